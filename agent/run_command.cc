@@ -1,0 +1,186 @@
+#include "agent/run_command.h"
+
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "agent/init_locator.h"
+#include "agent/outcome_json.h"
+#include "sandbox/cgroup.h"
+#include "sandbox/jail.h"
+#include "sandbox/policy_builder.h"
+#include "sandbox/policy_loader.h"
+#include "sandbox/status.h"
+#include "sandbox/unique_fd.h"
+
+extern char** environ;
+
+namespace sbx::agent {
+namespace {
+
+constexpr char kInstalledFilePolicy[] = "/etc/sandbox-agent/policies/file.textproto";
+
+absl::StatusOr<uint64_t> ParseBytes(std::string_view flag, std::string text) {
+  uint64_t multiplier = 1;
+  if (!text.empty()) {
+    switch (text.back()) {
+      case 'k': case 'K': multiplier = 1ull << 10; break;
+      case 'm': case 'M': multiplier = 1ull << 20; break;
+      case 'g': case 'G': multiplier = 1ull << 30; break;
+      default: break;
+    }
+    if (multiplier != 1) text.pop_back();
+  }
+  uint64_t value = 0;
+  if (!absl::SimpleAtoi(text, &value) || value > UINT64_MAX / multiplier) {
+    return absl::InvalidArgumentError(absl::StrCat(ToAbsl(flag), ": '", text, "' is not a byte count (e.g. 268435456 or 256M)"));
+  }
+  return value * multiplier;
+}
+
+// "SRC[:DST]" -> (SRC, DST). The source must exist on the host now, so the error names the flag.
+absl::StatusOr<std::pair<std::string, std::string>> ParseBind(std::string_view flag, const std::string& spec) {
+  const size_t colon = spec.find(':');
+  std::string src = spec.substr(0, colon);
+  std::string dst = colon == std::string::npos ? src : spec.substr(colon + 1);
+  if (src.empty() || dst.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(ToAbsl(flag), " '", spec, "': expected SRC[:DST]"));
+  }
+  char resolved[PATH_MAX];
+  if (realpath(src.c_str(), resolved) == nullptr) {
+    return ErrnoToStatus(errno, absl::StrCat(ToAbsl(flag), " '", spec, "': source ", src));
+  }
+  return std::make_pair(std::string(resolved), dst);
+}
+
+absl::StatusOr<sandbox::Policy> LoadPolicy(const RunFlags& flags) {
+  if (!flags.policy_path.empty()) return sandbox::LoadPolicyFile(flags.policy_path);
+  if (access(kInstalledFilePolicy, R_OK) == 0) return sandbox::LoadPolicyFile(kInstalledFilePolicy);
+  return sandbox::DefaultFilePolicy();
+}
+
+absl::StatusOr<sandbox::Policy> EffectivePolicy(const RunFlags& flags) {
+  ASSIGN_OR_RETURN(sandbox::Policy base, LoadPolicy(flags));
+  sandbox::PolicyNarrowing narrowing;
+  if (flags.time_limit_seconds) {
+    const double s = *flags.time_limit_seconds;
+    if (!(s > 0) || !std::isfinite(s) || s > 7 * 24 * 3600.0) {
+      return absl::InvalidArgumentError(absl::StrCat("--time-limit: ", s, " is not a duration in seconds (0 < s <= 604800)"));
+    }
+    narrowing.wall_time_limit_ms = static_cast<uint64_t>(std::ceil(s * 1000));
+  }
+  if (flags.memory_limit) {
+    ASSIGN_OR_RETURN(narrowing.memory_max_bytes, ParseBytes("--memory-limit", *flags.memory_limit));
+  }
+  if (flags.pids_limit) narrowing.pids_max = *flags.pids_limit;
+  ASSIGN_OR_RETURN(sandbox::Policy narrowed, sandbox::NarrowPolicy(base, narrowing));
+
+  sandbox::PolicyBuilder builder(narrowed);
+  for (const std::string& spec : flags.ro_binds) {
+    ASSIGN_OR_RETURN(auto bind, ParseBind("--ro-bind", spec));
+    builder.AddBind(bind.first, bind.second, /*writable=*/false);
+  }
+  for (const std::string& spec : flags.rw_binds) {
+    ASSIGN_OR_RETURN(auto bind, ParseBind("--rw-bind", spec));
+    builder.AddBind(bind.first, bind.second, /*writable=*/true);
+  }
+  for (const std::string& kv : flags.env) {
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("--env '", kv, "': expected KEY=VALUE"));
+    }
+    builder.SetEnv(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+  if (!flags.cwd.empty()) builder.SetWorkdir(flags.cwd);
+  return builder.TryBuild();
+}
+
+int SetupError(const RunFlags& flags, const absl::Status& status) {
+  fprintf(stderr, "sandbox-agent: %.*s\n", static_cast<int>(status.message().size()), status.message().data());
+  if (!flags.outcome_json.empty()) {
+    sandbox::RunResult result;
+    result.status = sandbox::RunStatus::kFailed;
+    result.reason = sandbox::RunReason::kSetupError;
+    result.message = std::string(status.message());
+    if (absl::Status s = WriteOutcomeJson(result, flags.outcome_json); !s.ok()) {
+      fprintf(stderr, "sandbox-agent: %.*s\n", static_cast<int>(s.message().size()), s.message().data());
+    }
+  }
+  return 125;
+}
+
+}  // namespace
+
+int RunCommand(const RunFlags& flags) {
+  if (flags.command.empty()) {
+    return SetupError(flags, absl::InvalidArgumentError(
+                                 "run: no command given (usage: sandbox-agent run [FLAGS] -- COMMAND [ARG...])"));
+  }
+  absl::StatusOr<sandbox::Policy> policy = EffectivePolicy(flags);
+  if (!policy.ok()) return SetupError(flags, policy.status());
+  absl::StatusOr<std::string> init = LocateInit(flags.init_path);
+  if (!init.ok()) return SetupError(flags, init.status());
+
+  sandbox::JailOptions options;
+  options.argv = flags.command;
+  options.init_path = *init;
+  options.host_environ = environ;
+  options.name = absl::StrCat("run-", getpid());
+  absl::StatusOr<sandbox::CgroupLayout> layout = sandbox::PrepareCgroupLayout();
+  if (layout.ok() && geteuid() != 0) {
+    // The parent may exist (made by root) without being delegated to us.
+    const std::string& parent =
+        layout->version == sandbox::CgroupVersion::kV2 ? layout->v2_parent : layout->v1_memory;
+    if (access(parent.c_str(), W_OK) != 0) {
+      layout = ErrnoToStatus(errno, absl::StrCat("no write access to ", parent));
+    }
+  }
+  if (layout.ok()) {
+    options.cgroups = &*layout;
+  } else if (geteuid() != 0) {
+    // Rootless without a delegated cgroup: say plainly what is not enforced.
+    const sandbox::Limits& l = policy->limits();
+    std::string warning = absl::StrCat(
+        "rootless: cgroup limits are NOT enforced (memory ", l.memory_max_bytes, " bytes, pids ", l.pids_max,
+        ", cpu ", l.cpu_millicores, " millicores): ", layout.status().message(),
+        "; run as root or delegate a cgroup to this user");
+    fprintf(stderr, "sandbox-agent: warning: %s\n", warning.c_str());
+    options.warnings.push_back(std::move(warning));
+  } else {
+    return SetupError(flags, Annotate(layout.status(), "cgroups"));
+  }
+
+  // Signals to the agent are forwarded to the workload (and mark the run canceled).
+  sigset_t forwarded;
+  sigemptyset(&forwarded);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&forwarded, sig);
+  sigprocmask(SIG_BLOCK, &forwarded, nullptr);
+  UniqueFd signals(signalfd(-1, &forwarded, SFD_CLOEXEC));
+  if (!signals) return SetupError(flags, ErrnoToStatus(errno, "signalfd"));
+
+  absl::StatusOr<std::unique_ptr<sandbox::Jail>> jail = sandbox::Jail::Start(*policy, options);
+  if (!jail.ok()) return SetupError(flags, jail.status());
+  const sandbox::RunResult result = (*jail)->Wait(signals.get());
+  jail->reset();
+
+  if (result.status == sandbox::RunStatus::kFailed && !result.message.empty()) {
+    fprintf(stderr, "sandbox-agent: %s: %s\n", std::string(sandbox::RunReasonName(result.reason)).c_str(),
+            result.message.c_str());
+  }
+  if (!flags.outcome_json.empty()) {
+    if (absl::Status s = WriteOutcomeJson(result, flags.outcome_json); !s.ok()) {
+      fprintf(stderr, "sandbox-agent: %.*s\n", static_cast<int>(s.message().size()), s.message().data());
+    }
+  }
+  return sandbox::ExitStatusFor(result);
+}
+
+}  // namespace sbx::agent

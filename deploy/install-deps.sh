@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs every build, test and benchmark dependency of sandbox-agent on Debian 12.
+# Idempotent: packages already present are left alone. Run as root.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps.sh: run as root (it calls apt-get)" >&2
+  exit 1
+fi
+
+packages=(
+  # toolchain
+  build-essential cmake ninja-build ccache pkg-config git
+  # gRPC + Protocol Buffers (protobuf-compiler-grpc is required by gRPC's CMake config)
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  # the jail
+  libseccomp-dev libcap-dev
+  # Boost.Process (header-only in 1.74; it links Boost.Filesystem)
+  libboost-dev libboost-filesystem-dev
+  # logging, argument parsing, JSON
+  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  # tests
+  libgtest-dev libgmock-dev
+  # tests and benchmarks run these: setpriv (util-linux), bubblewrap as the benchmark anchor, procps, iproute2
+  util-linux bubblewrap procps iproute2 python3
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install-deps.sh: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+echo "install-deps.sh: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,380 @@
+#include "sandbox/jail.h"
+
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "sandbox/init/init_report.h"
+#include "sandbox/jail_child.h"
+#include "sandbox/mount_plan.h"
+#include "sandbox/seccomp_program.h"
+#include "sandbox/status.h"
+
+namespace sbx::sandbox {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kCancelGrace = std::chrono::seconds(5);
+constexpr auto kPidsPollInterval = std::chrono::milliseconds(20);
+constexpr int kSetupTimeoutMs = 30'000;
+
+absl::Status WriteProcFile(pid_t pid, const char* file, std::string_view contents) {
+  const std::string path = absl::StrCat("/proc/", pid, "/", file);
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) return ErrnoToStatus(errno, absl::StrCat("open ", path));
+  ssize_t n = write(fd.get(), contents.data(), contents.size());
+  if (n != static_cast<ssize_t>(contents.size())) {
+    return ErrnoToStatus(n < 0 ? errno : EIO, absl::StrCat("write ", path, " <- '", ToAbsl(contents), "'"));
+  }
+  return absl::OkStatus();
+}
+
+int PidfdSendSignal(int pidfd, int sig) { return static_cast<int>(syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0)); }
+
+// clone3 with a pidfd; falls back to clone(2) on kernels without clone3. Returns 0 in the child.
+pid_t CloneWithPidfd(uint64_t flags, int* pidfd) {
+  clone_args args{};
+  args.flags = flags | CLONE_PIDFD;
+  args.pidfd = reinterpret_cast<uint64_t>(pidfd);
+  args.exit_signal = SIGCHLD;
+  long pid = syscall(SYS_clone3, &args, sizeof(args));
+  if (pid < 0 && errno == ENOSYS) {
+    pid = syscall(SYS_clone, flags | CLONE_PIDFD | SIGCHLD, nullptr, pidfd, nullptr, nullptr);
+  }
+  return static_cast<pid_t>(pid);
+}
+
+std::vector<std::string> BuildEnv(const PolicySpec& spec, char** host_environ) {
+  std::vector<std::string> env;
+  if (host_environ != nullptr) {
+    for (const std::string& name : spec.env_passthrough) {
+      for (char** e = host_environ; *e != nullptr; ++e) {
+        if (strncmp(*e, name.c_str(), name.size()) == 0 && (*e)[name.size()] == '=') {
+          env.emplace_back(*e);
+          break;
+        }
+      }
+    }
+  }
+  for (const EnvVar& var : spec.env) {
+    const std::string prefix = var.name + "=";
+    std::erase_if(env, [&](const std::string& e) { return e.rfind(prefix, 0) == 0; });
+    env.push_back(prefix + var.value);
+  }
+  return env;
+}
+
+std::vector<char*> CStrings(std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  out.reserve(strings.size() + 1);
+  for (std::string& s : strings) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const JailOptions& options) {
+  const PolicySpec& spec = policy.spec();
+  if (options.argv.empty()) return absl::InvalidArgumentError("no command given");
+  if (spec.network == NetworkMode::kEgress) {
+    return absl::UnimplementedError("network.mode EGRESS needs the egress proxy, which this build lacks");
+  }
+  std::unique_ptr<Jail> jail(new Jail());
+  jail->started_ = Clock::now();
+  jail->limits_ = spec.limits;
+  jail->warnings_ = options.warnings;
+
+  ASSIGN_OR_RETURN(SeccompProgram seccomp, CompileSeccomp(spec.seccomp));
+  sock_fprog prog{static_cast<unsigned short>(seccomp.instructions.size()), seccomp.instructions.data()};
+  ASSIGN_OR_RETURN(IdRange ids, IdRange::Acquire());
+  ASSIGN_OR_RETURN(MountPlan plan, MountPlan::Build(policy, options.init_path, spec.uid, spec.gid));
+
+  std::vector<std::string> env = BuildEnv(spec, options.host_environ);
+  std::vector<char*> envp = CStrings(env);
+  std::vector<std::string> init_args = {"sandbox-init", "--"};
+  init_args.insert(init_args.end(), options.argv.begin(), options.argv.end());
+  std::vector<char*> argv = CStrings(init_args);
+
+  const internal::ChildRlimit rlimits[] = {
+      {RLIMIT_NOFILE, {spec.limits.open_files_max, spec.limits.open_files_max}},
+      {RLIMIT_FSIZE, {spec.limits.file_size_max_bytes, spec.limits.file_size_max_bytes}},
+      {RLIMIT_CORE, {0, 0}},
+  };
+
+  if (options.cgroups != nullptr) {
+    CgroupLimits cl;
+    cl.memory_max_bytes = spec.limits.memory_max_bytes;
+    cl.pids_max = spec.limits.pids_max;
+    cl.cpu_millicores = spec.limits.cpu_millicores;
+    ASSIGN_OR_RETURN(Cgroup cgroup, Cgroup::Create(*options.cgroups, options.name, cl));
+    jail->cgroup_.emplace(std::move(cgroup));
+  }
+
+  int sync_pipe[2], err_pipe[2], report_pipe[2];
+  if (pipe2(sync_pipe, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
+  UniqueFd sync_read(sync_pipe[0]), sync_write(sync_pipe[1]);
+  if (pipe2(err_pipe, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
+  UniqueFd err_read(err_pipe[0]), err_write(err_pipe[1]);
+  if (pipe2(report_pipe, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
+  UniqueFd report_read(report_pipe[0]), report_write(report_pipe[1]);
+
+  internal::ChildSpec child;
+  child.sync_fd = sync_read.get();
+  child.err_fd = err_write.get();
+  child.report_fd = report_write.get();
+  child.id_range = !ids.rootless();
+  child.new_cgroup_ns = spec.new_cgroup_ns;
+  child.loopback_up = spec.network != NetworkMode::kHost;
+  child.ops = plan.ops().data();
+  child.num_ops = plan.ops().size();
+  child.newroot_tmpfs_options = plan.newroot_tmpfs_options();
+  child.hostname = spec.hostname.c_str();
+  child.hostname_len = spec.hostname.size();
+  child.set_hostname = spec.new_uts_ns;
+  child.workdir = spec.workdir.c_str();
+  child.rlimits = rlimits;
+  child.num_rlimits = sizeof(rlimits) / sizeof(rlimits[0]);
+  child.uid = spec.uid;
+  child.gid = spec.gid;
+  child.seccomp = &prog;
+  child.init_path = kInitPathInJail;
+  child.argv = argv.data();
+  child.envp = envp.data();
+
+  uint64_t flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS;
+  if (spec.network != NetworkMode::kHost) flags |= CLONE_NEWNET;
+  if (spec.new_ipc_ns) flags |= CLONE_NEWIPC;
+  if (spec.new_uts_ns) flags |= CLONE_NEWUTS;
+
+  int pidfd = -1;
+  const pid_t pid = CloneWithPidfd(flags, &pidfd);
+  if (pid < 0) return ErrnoToStatus(errno, "clone (new namespaces)");
+  if (pid == 0) internal::RunJailChild(child);  // never returns
+
+  jail->pid_ = pid;
+  jail->pidfd_.Reset(pidfd);
+  jail->ids_.emplace(std::move(ids));
+  sync_read.Reset();
+  err_write.Reset();
+  report_write.Reset();
+
+  // From here on a failure returns, and ~Jail kills and reaps the child and removes the cgroup.
+  const IdRange& lease = *jail->ids_;
+  if (lease.rootless()) RETURN_IF_ERROR(WriteProcFile(pid, "setgroups", "deny"));
+  RETURN_IF_ERROR(WriteProcFile(pid, "uid_map", lease.UidMap(spec.uid)));
+  RETURN_IF_ERROR(WriteProcFile(pid, "gid_map", lease.GidMap(spec.gid)));
+  if (jail->cgroup_) RETURN_IF_ERROR(jail->cgroup_->AddProcess(pid));
+  const char go = 1;
+  if (write(sync_write.get(), &go, 1) != 1) return ErrnoToStatus(errno, "releasing the jail child");
+  sync_write.Reset();
+
+  // EOF on the error pipe means execve(sandbox-init) succeeded.
+  pollfd pfd{err_read.get(), POLLIN, 0};
+  int ready;
+  do {
+    ready = poll(&pfd, 1, kSetupTimeoutMs);
+  } while (ready < 0 && errno == EINTR);
+  if (ready == 0) return absl::DeadlineExceededError("jail setup did not finish within 30 s");
+  internal::ChildError error{};
+  ssize_t n;
+  do {
+    n = read(err_read.get(), &error, sizeof(error));
+  } while (n < 0 && errno == EINTR);
+  if (n == sizeof(error)) {
+    std::string what = internal::ChildStepName(error.step);
+    if (error.step == static_cast<int32_t>(internal::ChildStep::kMountOp)) {
+      what = absl::StrCat(what, " (", plan.Describe(static_cast<size_t>(error.op_index)), ")");
+    }
+    return ErrnoToStatus(error.err, absl::StrCat("jail setup failed while ", what));
+  }
+  if (n != 0) return absl::InternalError("jail setup: truncated report from the child");
+  jail->report_fd_ = std::move(report_read);
+  return jail;
+}
+
+Jail::~Jail() {
+  if (!reaped_ && pidfd_) {
+    Kill();
+    Reap(0);
+  }
+  if (cgroup_) (void)cgroup_->Remove();
+}
+
+void Jail::Kill() {
+  if (cgroup_) (void)cgroup_->KillAll();
+  // Killing PID 1 of the namespace makes the kernel kill everything else in it.
+  if (!reaped_ && pidfd_) PidfdSendSignal(pidfd_.get(), SIGKILL);
+}
+
+void Jail::Reap(int options) {
+  if (reaped_) return;
+  siginfo_t info{};
+  rusage ru{};
+  constexpr int kPidfd = 3;  // P_PIDFD
+  long rc;
+  do {
+    rc = syscall(SYS_waitid, kPidfd, pidfd_.get(), &info, WEXITED | options, &ru);
+  } while (rc < 0 && errno == EINTR);
+  if (rc < 0 || info.si_pid == 0) return;
+  reaped_ = true;
+  wait_status_code_ = info.si_code;
+  wait_status_ = info.si_status;
+  rusage_user_us_ = ru.ru_utime.tv_sec * 1'000'000ull + ru.ru_utime.tv_usec;
+  rusage_sys_us_ = ru.ru_stime.tv_sec * 1'000'000ull + ru.ru_stime.tv_usec;
+  rusage_maxrss_bytes_ = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
+}
+
+RunResult Jail::Wait(int cancel_fd) {
+  const Clock::time_point deadline = started_ + std::chrono::milliseconds(limits_.wall_time_limit_ms);
+  Clock::time_point kill_at = Clock::time_point::max();  // max: not armed
+  bool timed_out = false, pids_killed = false, canceled = false;
+  const bool poll_pids = cgroup_.has_value() && limits_.kill_on_pids_limit;
+
+  while (!reaped_) {
+    const Clock::time_point now = Clock::now();
+    if (!timed_out && !canceled && now >= deadline) {
+      timed_out = true;
+      Kill();
+    }
+    if (now >= kill_at) {
+      Kill();
+      kill_at = Clock::time_point::max();
+    }
+    if (poll_pids && !pids_killed && !timed_out) {
+      absl::StatusOr<uint64_t> hits = cgroup_->ReadPidsMaxEvents();
+      if (hits.ok() && *hits > 0) {
+        pids_killed = true;
+        Kill();
+      }
+    }
+    Clock::time_point wake = timed_out ? now + std::chrono::seconds(1) : deadline;
+    wake = std::min(wake, kill_at);
+    if (poll_pids && !pids_killed) wake = std::min(wake, now + kPidsPollInterval);
+    const auto timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count() + 1;
+
+    pollfd fds[2] = {{pidfd_.get(), POLLIN, 0}, {cancel_fd, POLLIN, 0}};
+    const int nfds = cancel_fd >= 0 ? 2 : 1;
+    int ready = poll(fds, nfds, static_cast<int>(std::max<int64_t>(timeout_ms, 0)));
+    if (ready < 0 && errno != EINTR) break;
+    if (ready > 0 && nfds == 2 && (fds[1].revents & POLLIN)) {
+      signalfd_siginfo si{};
+      if (read(cancel_fd, &si, sizeof(si)) == sizeof(si)) {
+        if (!canceled) {
+          canceled = true;
+          PidfdSendSignal(pidfd_.get(), static_cast<int>(si.ssi_signo));
+          kill_at = Clock::now() + kCancelGrace;
+        } else {
+          Kill();
+        }
+      }
+    }
+    if (ready > 0 && (fds[0].revents & POLLIN)) Reap(WNOHANG);
+  }
+  if (!reaped_) {
+    Kill();
+    Reap(0);
+  }
+  const Clock::time_point ended = Clock::now();
+
+  RunResult result;
+  result.warnings = warnings_;
+  result.usage.wall_ms = std::chrono::duration_cast<std::chrono::milliseconds>(ended - started_).count();
+  result.usage.cpu_user_ms = rusage_user_us_ / 1000;
+  result.usage.cpu_sys_ms = rusage_sys_us_ / 1000;
+  result.usage.max_memory_bytes = rusage_maxrss_bytes_;
+  CgroupUsage cg;
+  if (cgroup_) {
+    absl::StatusOr<CgroupUsage> usage = cgroup_->ReadUsage();
+    if (usage.ok()) {
+      cg = *usage;
+      result.usage.cpu_user_ms = cg.cpu_user_us / 1000;
+      result.usage.cpu_sys_ms = cg.cpu_sys_us / 1000;
+      if (cg.memory_peak_bytes > 0) result.usage.max_memory_bytes = cg.memory_peak_bytes;
+    } else {
+      result.warnings.push_back(absl::StrCat("usage: ", usage.status().message()));
+    }
+  }
+
+  // What init said about the workload; absent when init itself was killed.
+  InitReport report{};
+  bool have_report = false;
+  if (report_fd_) {
+    fcntl(report_fd_.get(), F_SETFL, O_NONBLOCK);
+    have_report = read(report_fd_.get(), &report, sizeof(report)) == sizeof(report) &&
+                  report.magic == kInitReportMagic;
+  }
+  if (have_report) {
+    switch (report.kind) {
+      case InitReport::kExited:
+        result.exit_code = report.value;
+        break;
+      case InitReport::kSignaled:
+        result.signal = report.value;
+        break;
+      case InitReport::kExecFailed:
+        result.exec_errno = report.value;
+        break;
+      default:
+        have_report = false;
+    }
+  }
+  if (!have_report) {
+    if (wait_status_code_ == CLD_EXITED) {
+      result.exit_code = wait_status_;
+    } else {
+      result.signal = wait_status_;
+    }
+  }
+
+  const bool killed = result.signal == SIGKILL;
+  if (timed_out) {
+    result.status = RunStatus::kFailed;
+    result.reason = RunReason::kTimeLimit;
+    result.message = absl::StrCat("wall time limit of ", limits_.wall_time_limit_ms, " ms reached");
+  } else if (pids_killed) {
+    result.status = RunStatus::kFailed;
+    result.reason = RunReason::kPidsLimit;
+    result.message = absl::StrCat("the pids limit of ", limits_.pids_max, " refused a fork");
+  } else if (cg.oom_kills > 0 && (killed || result.exit_code < 0)) {
+    result.status = RunStatus::kFailed;
+    result.reason = RunReason::kMemoryLimit;
+    result.message = absl::StrCat("the memory limit of ", limits_.memory_max_bytes, " bytes was reached (",
+                                  cg.oom_kills, " OOM kills)");
+  } else if (result.exec_errno != 0) {
+    result.status = RunStatus::kFailed;
+    result.reason = RunReason::kSetupError;
+    result.message = absl::StrCat("cannot execute ", "the command: ", strerror(result.exec_errno));
+  } else if (result.signal == SIGSYS) {
+    result.status = RunStatus::kFailed;
+    result.reason = RunReason::kSeccompViolation;
+    result.message = "killed by the seccomp policy (SIGSYS)";
+  } else if (result.signal > 0) {
+    result.status = RunStatus::kCompleted;
+    result.reason = RunReason::kSignaled;
+  } else {
+    result.status = RunStatus::kCompleted;
+    result.reason = RunReason::kExited;
+  }
+  if (canceled && !timed_out) {
+    result.status = RunStatus::kCanceled;
+    result.reason = RunReason::kCanceled;
+  }
+  if (cgroup_) (void)cgroup_->Remove();
+  return result;
+}
+
+}  // namespace sbx::sandbox

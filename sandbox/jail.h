@@ -1,0 +1,81 @@
+// Jail: one running sandbox — sandbox-init as PID 1 of new user, pid, mount, net, ipc, uts and cgroup
+// namespaces, inside a session cgroup, on a tmpfs root built from the policy, seccomp'd, with no
+// capabilities and an unprivileged host uid range. The Jail owns the init process (by pidfd), the cgroup
+// and the id lease; destroying it kills every process in the jail, reaps init and removes the cgroup.
+#ifndef SBX_SANDBOX_JAIL_H_
+#define SBX_SANDBOX_JAIL_H_
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "sandbox/cgroup.h"
+#include "sandbox/id_range.h"
+#include "sandbox/policy.h"
+#include "sandbox/result.h"
+#include "sandbox/unique_fd.h"
+
+namespace sbx::sandbox {
+
+struct JailOptions {
+  std::vector<std::string> argv;  // the workload; argv[0] is looked up on the policy's PATH inside the jail
+  std::string init_path;          // host path of the sandbox-init binary
+  // Where the session cgroup goes; nullptr runs without one (rootless without delegation), in which case
+  // the memory/pids/cpu limits are not enforced and `warnings` must say so.
+  const CgroupLayout* cgroups = nullptr;
+  std::string name;  // the cgroup's directory name; must be unique among running jails
+  std::vector<std::string> warnings;  // carried into the RunResult
+  // The environment the policy's passthrough names are taken from; nullptr = none.
+  char** host_environ = nullptr;
+};
+
+class Jail {
+ public:
+  // Builds the jail and executes sandbox-init in it; returns once init is running. A failure anywhere
+  // (policy compile, cgroup, clone, a mount in the child) is an error naming the step, and leaves nothing
+  // behind.
+  static absl::StatusOr<std::unique_ptr<Jail>> Start(const Policy& policy, const JailOptions& options);
+
+  ~Jail();
+  Jail(const Jail&) = delete;
+  Jail& operator=(const Jail&) = delete;
+
+  // Waits for the run to end: init exits, the policy's wall time passes, or the pids controller refuses a
+  // fork (with kill_on_pids_limit). `cancel_fd`, when >= 0, is a signalfd: the first signal on it is
+  // forwarded to the workload and marks the run canceled; a second one, or 5 s without an end, kills the
+  // jail. Reads the outcome from the kernel (exit status, memory.events, pids.events, SIGSYS).
+  RunResult Wait(int cancel_fd = -1);
+
+  // SIGKILLs everything in the jail (idempotent).
+  void Kill();
+
+  pid_t pid() const { return pid_; }
+
+ private:
+  Jail() = default;
+  void Reap(int options);
+
+  pid_t pid_ = -1;
+  UniqueFd pidfd_;
+  UniqueFd report_fd_;  // read end of init's report pipe
+  std::optional<Cgroup> cgroup_;
+  std::optional<IdRange> ids_;
+  Limits limits_;
+  std::vector<std::string> warnings_;
+  std::chrono::steady_clock::time_point started_;
+  bool reaped_ = false;
+  int wait_status_code_ = 0;  // siginfo si_code (CLD_EXITED / CLD_KILLED / CLD_DUMPED)
+  int wait_status_ = 0;       // si_status
+  uint64_t rusage_user_us_ = 0;
+  uint64_t rusage_sys_us_ = 0;
+  uint64_t rusage_maxrss_bytes_ = 0;
+};
+
+}  // namespace sbx::sandbox
+
+#endif  // SBX_SANDBOX_JAIL_H_

@@ -1,0 +1,107 @@
+// The child side of building a jail: everything between clone and execve(sandbox-init). It runs in a copy of
+// a possibly multithreaded process, so it does raw syscalls only (no malloc, no locks, no logging). The parent
+// precomputes every string, the mount plan and the BPF program; the child reports a failure as ChildError
+// over a CLOEXEC pipe and _exits. Internal to sandbox/.
+#ifndef SBX_SANDBOX_JAIL_CHILD_H_
+#define SBX_SANDBOX_JAIL_CHILD_H_
+
+#include <linux/filter.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace sbx::sandbox::internal {
+
+// One step of building the jail's root, with paths already rebased (/oldroot/... and /newroot/...).
+struct MountOp {
+  enum class Kind : uint8_t {
+    kTmpfs,           // mount tmpfs at dst with `data` options
+    kBind,            // bind src (a host path under /oldroot) at dst, read-only unless !readonly
+    kRebindReadOnly,  // bind dst onto itself read-only (e.g. /proc/sys); optional when absent
+    kProc,            // fresh procfs at dst
+    kDevpts,          // devpts newinstance at dst with `data` options
+    kFile,            // create dst with `data` (data_len bytes) and `mode`
+    kSymlink,         // symlink dst -> src
+  };
+  Kind kind = Kind::kTmpfs;
+  const char* src = nullptr;
+  const char* dst = nullptr;
+  const char* data = nullptr;
+  size_t data_len = 0;
+  uint32_t mode = 0;
+  bool readonly = true;
+  bool optional = false;
+};
+
+struct ChildRlimit {
+  int resource;
+  rlimit value;
+};
+
+// Steps the child reports failures from (ChildError::step).
+enum class ChildStep : int32_t {
+  kSync = 1,
+  kFds,
+  kSetIdsRoot,
+  kSetsid,
+  kCgroupNs,
+  kLoopback,
+  kMountPrivate,
+  kBaseTmpfs,
+  kPivotBase,
+  kNewRootTmpfs,
+  kMountOp,
+  kHostname,
+  kRootReadOnly,
+  kPivotRoot,
+  kWorkdir,
+  kRlimit,
+  kDropCaps,
+  kSetIds,
+  kNoNewPrivs,
+  kSeccomp,
+  kExec,
+};
+
+// What the child writes to its error pipe when a step fails.
+struct ChildError {
+  int32_t step;
+  int32_t err;       // errno
+  int32_t op_index;  // for kMountOp / kRlimit: the index into ops / rlimits; else -1
+};
+
+struct ChildSpec {
+  int sync_fd = -1;    // read end: the parent writes one byte once ids are mapped and the cgroup is set
+  int err_fd = -1;     // write end, CLOEXEC: EOF at exec means success
+  int report_fd = -1;  // becomes fd 3 of sandbox-init (init's report channel); -1 for none
+  bool id_range = false;        // ids mapped as a 65536 range (root): switch to inside root for setup
+  bool new_cgroup_ns = true;    // unshare the cgroup namespace once placed in the session cgroup
+  bool loopback_up = true;      // bring "lo" up in the new network namespace
+  const MountOp* ops = nullptr;
+  size_t num_ops = 0;
+  const char* newroot_tmpfs_options = nullptr;
+  const char* hostname = nullptr;
+  size_t hostname_len = 0;
+  bool set_hostname = true;
+  const char* workdir = nullptr;  // inside the jail
+  const ChildRlimit* rlimits = nullptr;
+  size_t num_rlimits = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  const sock_fprog* seccomp = nullptr;
+  const char* init_path = nullptr;  // inside the jail
+  char* const* argv = nullptr;
+  char* const* envp = nullptr;
+};
+
+// Never returns: execs sandbox-init or _exits(125) after writing a ChildError.
+[[noreturn]] void RunJailChild(const ChildSpec& spec);
+
+// A human name for a step ("pivot_root", "mount", ...).
+const char* ChildStepName(int32_t step);
+
+}  // namespace sbx::sandbox::internal
+
+#endif  // SBX_SANDBOX_JAIL_CHILD_H_

@@ -1,0 +1,151 @@
+#include "sandbox/mount_plan.h"
+
+#include <cstdio>
+#include <variant>
+
+#include "absl/strings/str_cat.h"
+#include "sandbox/status.h"
+
+namespace sbx::sandbox {
+namespace {
+
+constexpr char kOldRoot[] = "/oldroot";
+constexpr char kNewRoot[] = "/newroot";
+constexpr uint64_t kDevShmBytes = 64ull << 20;
+
+std::string Octal(uint32_t mode) {
+  char buf[16];
+  snprintf(buf, sizeof(buf), "%o", mode);
+  return buf;
+}
+
+}  // namespace
+
+const char* MountPlan::Keep(std::string s) {
+  strings_.push_back(std::move(s));
+  return strings_.back().c_str();
+}
+
+void MountPlan::Add(internal::MountOp op, std::string description) {
+  ops_.push_back(op);
+  descriptions_.push_back(std::move(description));
+}
+
+std::string MountPlan::Describe(size_t index) const {
+  if (index >= descriptions_.size()) return absl::StrCat("mount step ", index);
+  return descriptions_[index];
+}
+
+absl::StatusOr<MountPlan> MountPlan::Build(const Policy& policy, std::string_view init_host_path, uint32_t uid,
+                                           uint32_t gid) {
+  using Kind = internal::MountOp::Kind;
+  MountPlan plan;
+  uint64_t file_bytes = 0;
+  const std::string owner = absl::StrCat(",uid=", uid, ",gid=", gid);
+
+  for (const MountSpec& spec : policy.mounts()) {
+    if (const auto* b = std::get_if<BindMount>(&spec)) {
+      internal::MountOp op;
+      op.kind = Kind::kBind;
+      op.src = plan.Keep(absl::StrCat(kOldRoot, b->src));
+      op.dst = plan.Keep(absl::StrCat(kNewRoot, b->dst));
+      op.readonly = !b->writable;
+      op.optional = b->optional;
+      plan.Add(op, absl::StrCat("bind ", b->src, " -> ", b->dst, b->writable ? " (read-write)" : " (read-only)"));
+    } else if (const auto* t = std::get_if<TmpfsMount>(&spec)) {
+      internal::MountOp op;
+      op.kind = Kind::kTmpfs;
+      op.dst = plan.Keep(absl::StrCat(kNewRoot, t->dst));
+      op.data = plan.Keep(absl::StrCat("size=", t->size_bytes, ",mode=", Octal(t->mode), owner));
+      plan.Add(op, absl::StrCat("tmpfs ", t->dst, " (", t->size_bytes, " bytes)"));
+    } else if (const auto* f = std::get_if<FileMount>(&spec)) {
+      internal::MountOp op;
+      op.kind = Kind::kFile;
+      op.dst = plan.Keep(absl::StrCat(kNewRoot, f->dst));
+      const char* data = plan.Keep(f->contents);
+      op.data = data;
+      op.data_len = f->contents.size();
+      op.mode = f->mode;
+      file_bytes += f->contents.size() + 4096;
+      plan.Add(op, absl::StrCat("file ", f->dst));
+    } else if (const auto* l = std::get_if<SymlinkMount>(&spec)) {
+      internal::MountOp op;
+      op.kind = Kind::kSymlink;
+      op.dst = plan.Keep(absl::StrCat(kNewRoot, l->dst));
+      op.src = plan.Keep(l->target);
+      plan.Add(op, absl::StrCat("symlink ", l->dst, " -> ", l->target));
+    }
+  }
+
+  // A fresh procfs for the jail's pid namespace, with the writable kernel knobs made read-only.
+  {
+    internal::MountOp op;
+    op.kind = Kind::kProc;
+    op.dst = "/newroot/proc";
+    plan.Add(op, "proc /proc");
+    for (const char* knob : {"/newroot/proc/sys", "/newroot/proc/sysrq-trigger", "/newroot/proc/irq",
+                             "/newroot/proc/bus", "/newroot/proc/fs"}) {
+      internal::MountOp ro;
+      ro.kind = Kind::kRebindReadOnly;
+      ro.dst = knob;
+      ro.optional = true;
+      plan.Add(ro, absl::StrCat("read-only ", knob + sizeof(kNewRoot) - 1));
+    }
+  }
+
+  // A minimal /dev: a few device nodes bound from the host, a private devpts, and /dev/shm.
+  {
+    internal::MountOp dev;
+    dev.kind = Kind::kTmpfs;
+    dev.dst = "/newroot/dev";
+    dev.data = "size=64k,mode=0755";
+    plan.Add(dev, "tmpfs /dev");
+    for (const char* node : {"null", "zero", "full", "random", "urandom", "tty"}) {
+      internal::MountOp op;
+      op.kind = Kind::kBind;
+      op.src = plan.Keep(absl::StrCat(kOldRoot, "/dev/", node));
+      op.dst = plan.Keep(absl::StrCat(kNewRoot, "/dev/", node));
+      op.readonly = false;
+      plan.Add(op, absl::StrCat("device /dev/", node));
+    }
+    internal::MountOp pts;
+    pts.kind = Kind::kDevpts;
+    pts.dst = "/newroot/dev/pts";
+    pts.data = "newinstance,ptmxmode=0666,mode=0620";
+    plan.Add(pts, "devpts /dev/pts");
+    internal::MountOp shm;
+    shm.kind = Kind::kTmpfs;
+    shm.dst = "/newroot/dev/shm";
+    shm.data = plan.Keep(absl::StrCat("size=", kDevShmBytes, ",mode=1777", owner));
+    plan.Add(shm, "tmpfs /dev/shm");
+    struct Link {
+      const char* dst;
+      const char* target;
+    };
+    for (const Link& link : {Link{"/newroot/dev/ptmx", "pts/ptmx"}, Link{"/newroot/dev/fd", "/proc/self/fd"},
+                             Link{"/newroot/dev/stdin", "/proc/self/fd/0"},
+                             Link{"/newroot/dev/stdout", "/proc/self/fd/1"},
+                             Link{"/newroot/dev/stderr", "/proc/self/fd/2"}}) {
+      internal::MountOp op;
+      op.kind = Kind::kSymlink;
+      op.dst = link.dst;
+      op.src = link.target;
+      plan.Add(op, absl::StrCat("symlink ", link.dst + sizeof(kNewRoot) - 1));
+    }
+  }
+
+  // sandbox-init, read-only: /proc/1/exe then points at a read-only mount, never at a writable host file.
+  {
+    internal::MountOp op;
+    op.kind = Kind::kBind;
+    op.src = plan.Keep(absl::StrCat(kOldRoot, ToAbsl(init_host_path)));
+    op.dst = plan.Keep(absl::StrCat(kNewRoot, kInitPathInJail));
+    op.readonly = true;
+    plan.Add(op, absl::StrCat("bind sandbox-init ", ToAbsl(init_host_path)));
+  }
+
+  plan.newroot_options_ = absl::StrCat("size=", (1u << 20) + file_bytes, ",mode=0755");
+  return plan;
+}
+
+}  // namespace sbx::sandbox

@@ -1,0 +1,130 @@
+// The immutable domain policy a jail is built from. Built only by PolicyBuilder (policy_builder.h), which
+// validates it; code that builds jails reads it and never includes the protobuf types.
+#ifndef SBX_SANDBOX_POLICY_H_
+#define SBX_SANDBOX_POLICY_H_
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace sbx::sandbox {
+
+// A host path bound into the jail. Read-only unless `writable`. An `optional` bind whose source is missing
+// is skipped (e.g. /lib64 on hosts that lack it); a required one is a setup error.
+struct BindMount {
+  std::string src;
+  std::string dst;
+  bool writable = false;
+  bool optional = false;
+};
+
+// A size-capped tmpfs. `size_bytes` is always set (the builder rejects an uncapped tmpfs).
+struct TmpfsMount {
+  std::string dst;
+  uint64_t size_bytes = 0;
+  uint32_t mode = 01777;
+};
+
+// A small file written into the jail's root with fixed contents (e.g. /etc/passwd, /etc/hosts).
+struct FileMount {
+  std::string dst;
+  std::string contents;
+  uint32_t mode = 0644;
+};
+
+// A symlink in the jail's root (e.g. /bin -> usr/bin on merged-/usr hosts).
+struct SymlinkMount {
+  std::string dst;
+  std::string target;
+};
+
+using MountSpec = std::variant<BindMount, TmpfsMount, FileMount, SymlinkMount>;
+
+enum class SeccompAction { kAllow, kErrno, kKill, kLog };
+
+// A condition on one syscall argument. kAnyBitsSet means (arg & value) != 0; the seccomp compiler expands
+// it into one rule per bit.
+struct SyscallArgCondition {
+  enum class Op { kEq, kNe, kMaskedEq, kAnyBitsSet };
+  uint32_t index = 0;  // 0..5
+  Op op = Op::kEq;
+  uint64_t value = 0;
+  uint64_t mask = 0;  // only for kMaskedEq
+};
+
+struct SeccompRule {
+  std::string syscall;  // by name, resolved for the native ABI
+  SeccompAction action = SeccompAction::kErrno;
+  int errno_value = 1;  // EPERM; only for kErrno
+  std::vector<SyscallArgCondition> args;  // all must hold (AND)
+};
+
+// Foreign ABIs (i386, x32) are always refused by the compiled filter; there is no switch for that.
+struct SeccompPolicy {
+  SeccompAction default_action = SeccompAction::kAllow;
+  int default_errno = 1;
+  std::vector<SeccompRule> rules;
+};
+
+struct Limits {
+  uint64_t memory_max_bytes = 512ull << 20;
+  uint32_t pids_max = 256;
+  uint32_t cpu_millicores = 1000;  // 1000 = one full CPU
+  uint64_t wall_time_limit_ms = 10 * 60 * 1000;
+  uint64_t open_files_max = 1024;
+  uint64_t file_size_max_bytes = 1ull << 30;
+  uint64_t output_max_bytes = 64ull << 20;
+  // When the pids controller refuses a fork, end the run as failed/pids_limit instead of letting the
+  // workload see EAGAIN and go on.
+  bool kill_on_pids_limit = true;
+};
+
+enum class NetworkMode { kNone, kEgress, kHost };
+
+struct EnvVar {
+  std::string name;
+  std::string value;
+};
+
+// Everything a jail is built from. Plain data; Policy below is its immutable wrapper.
+struct PolicySpec {
+  std::string name;
+  // Namespaces that may be turned off. User, pid, mount and net are always new (net is shared with the host
+  // only through NetworkMode::kHost, which needs an explicit token in the builder).
+  bool new_ipc_ns = true;
+  bool new_uts_ns = true;
+  bool new_cgroup_ns = true;
+  // The uid/gid the workload runs as inside the jail. Never 0.
+  uint32_t uid = 1000;
+  uint32_t gid = 1000;
+  std::vector<MountSpec> mounts;  // applied in order
+  Limits limits;
+  SeccompPolicy seccomp;
+  NetworkMode network = NetworkMode::kNone;
+  // Host variables passed through when set on the host; nothing else is inherited.
+  std::vector<std::string> env_passthrough;
+  std::vector<EnvVar> env;  // set explicitly, after the passthrough ones
+  std::string hostname = "sandbox";
+  std::string workdir = "/workspace";
+};
+
+// An immutable, validated policy.
+class Policy {
+ public:
+  const PolicySpec& spec() const { return spec_; }
+  const std::string& name() const { return spec_.name; }
+  const Limits& limits() const { return spec_.limits; }
+  const std::vector<MountSpec>& mounts() const { return spec_.mounts; }
+  const SeccompPolicy& seccomp() const { return spec_.seccomp; }
+
+ private:
+  friend class PolicyBuilder;
+  explicit Policy(PolicySpec spec) : spec_(std::move(spec)) {}
+  PolicySpec spec_;
+};
+
+}  // namespace sbx::sandbox
+
+#endif  // SBX_SANDBOX_POLICY_H_

@@ -1,0 +1,132 @@
+// Start latency of a sandboxed /bin/true: `sandbox-agent run` against bubblewrap, side by side in one run.
+// Prints both medians and their ratio, and runs per second sequentially and with 2 in parallel.
+//
+//   start_latency_bench [--runs N] [--agent PATH] [--bwrap PATH]
+//
+// The anchor is `bwrap --unshare-all --die-with-parent` with equivalent read-only binds, /proc, /dev and
+// /tmp. Ours additionally creates a session cgroup (memory, pids, cpu), loads a seccomp filter and maps a
+// per-jail unprivileged uid range.
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int RunOnce(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  pid_t pid;
+  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
+    perror("posix_spawn");
+    exit(1);
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  int status;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+double Percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+}
+
+// Runs `argv` `n` times in each of `threads` threads; returns runs per second.
+double Throughput(const std::vector<std::string>& argv, int n, int threads) {
+  const auto start = Clock::now();
+  std::vector<std::jthread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&] {
+      for (int i = 0; i < n; ++i) {
+        if (RunOnce(argv) != 0) {
+          fprintf(stderr, "a run failed: %s\n", argv[0].c_str());
+          exit(1);
+        }
+      }
+    });
+  }
+  workers.clear();
+  const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  return n * threads / secs;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int runs = 200;
+  std::string agent = SBX_AGENT_BIN;
+  std::string bwrap = "/usr/bin/bwrap";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!strcmp(argv[i], "--runs")) runs = atoi(argv[i + 1]);
+    if (!strcmp(argv[i], "--agent")) agent = argv[i + 1];
+    if (!strcmp(argv[i], "--bwrap")) bwrap = argv[i + 1];
+  }
+  if (access(bwrap.c_str(), X_OK) != 0) {
+    fprintf(stderr, "bubblewrap not found at %s (apt-get install bubblewrap)\n", bwrap.c_str());
+    return 1;
+  }
+  const std::vector<std::string> ours = {agent, "run", "--", "/bin/true"};
+  const std::vector<std::string> anchor = {
+      bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr",
+      "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+      "--symlink", "usr/sbin", "/sbin", "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
+      "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/workspace", "--chdir", "/workspace",
+      "--hostname", "sandbox", "--", "/bin/true"};
+
+  // Warm up both (page cache, dynamic loader).
+  for (int i = 0; i < 10; ++i) {
+    if (RunOnce(ours) != 0 || RunOnce(anchor) != 0) {
+      fprintf(stderr, "warm-up run failed (are we root, is sandbox-agent built?)\n");
+      return 1;
+    }
+  }
+  // Interleave so both see the same machine state.
+  std::vector<double> ours_ms, anchor_ms;
+  for (int i = 0; i < runs; ++i) {
+    auto t0 = Clock::now();
+    RunOnce(ours);
+    auto t1 = Clock::now();
+    RunOnce(anchor);
+    auto t2 = Clock::now();
+    ours_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    anchor_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+  }
+  const double m_ours = Median(ours_ms), m_anchor = Median(anchor_ms);
+  printf("machine: %u cores\n", std::thread::hardware_concurrency());
+  printf("start latency of /bin/true, %d runs each (interleaved)\n", runs);
+  printf("  sandbox-agent run   median %.2f ms  p90 %.2f ms\n", m_ours, Percentile(ours_ms, 0.9));
+  printf("  bwrap --unshare-all median %.2f ms  p90 %.2f ms\n", m_anchor, Percentile(anchor_ms, 0.9));
+  printf("  ratio (ours / bwrap) %.2f\n", m_ours / m_anchor);
+
+  const int n = std::max(runs / 2, 20);
+  const double ours_seq = Throughput(ours, n, 1), anchor_seq = Throughput(anchor, n, 1);
+  const double ours_par = Throughput(ours, n, 2), anchor_par = Throughput(anchor, n, 2);
+  printf("runs per second, sequential: sandbox-agent %.0f  bwrap %.0f  ratio %.2f\n", ours_seq, anchor_seq,
+         ours_seq / anchor_seq);
+  printf("runs per second, 2 parallel: sandbox-agent %.0f  bwrap %.0f  ratio %.2f\n", ours_par, anchor_par,
+         ours_par / anchor_par);
+  return 0;
+}

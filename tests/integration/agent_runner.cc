@@ -1,0 +1,159 @@
+#include "tests/integration/agent_runner.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace sbx::testing {
+
+std::string AgentBin() { return SBX_AGENT_BIN; }
+std::string ProbeBin() { return SBX_PROBE_BIN; }
+
+namespace {
+
+std::atomic<int> g_counter{0};
+
+std::vector<char*> CStrings(std::vector<std::string>& v) {
+  std::vector<char*> out;
+  for (auto& s : v) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+}  // namespace
+
+pid_t StartAgent(const AgentInvocation& inv, int* out_fd, std::string* outcome_path) {
+  *outcome_path = "/tmp/sbx-test-outcome-" + std::to_string(getpid()) + "-" + std::to_string(g_counter++) + ".json";
+  unlink(outcome_path->c_str());
+  std::vector<std::string> args = inv.prefix;
+  args.push_back(AgentBin());
+  args.push_back("run");
+  args.push_back("--outcome-json");
+  args.push_back(*outcome_path);
+  if (inv.bind_probe) {
+    args.push_back("--ro-bind");
+    args.push_back(ProbeBin() + ":/probe");
+  }
+  args.insert(args.end(), inv.flags.begin(), inv.flags.end());
+  args.push_back("--");
+  args.insert(args.end(), inv.command.begin(), inv.command.end());
+
+  int in[2], out[2];
+  if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0) abort();
+  std::vector<std::string> env = inv.env;
+  std::vector<char*> argv = CStrings(args);
+  std::vector<char*> envp = CStrings(env);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(in[0], 0);
+    dup2(out[1], 1);
+    // stderr goes to the same pipe, tagged by the reader? Keep them apart: stderr to a file per run.
+    std::string err_path = *outcome_path + ".stderr";
+    int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(err, 2);
+    execvpe(argv[0], argv.data(), envp.data());
+    _exit(127);
+  }
+  close(in[0]);
+  close(out[1]);
+  if (!inv.stdin_data.empty()) {
+    ssize_t unused = write(in[1], inv.stdin_data.data(), inv.stdin_data.size());
+    (void)unused;
+  }
+  close(in[1]);
+  *out_fd = out[0];
+  return pid;
+}
+
+AgentRun WaitAgent(pid_t pid, int out_fd, const std::string& outcome_path) {
+  AgentRun run;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(out_fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    run.out.append(buf, static_cast<size_t>(n));
+  }
+  close(out_fd);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  {
+    std::ifstream err(outcome_path + ".stderr");
+    std::stringstream ss;
+    ss << err.rdbuf();
+    run.err = ss.str();
+  }
+  std::ifstream f(outcome_path);
+  if (f) {
+    std::stringstream ss;
+    ss << f.rdbuf();
+    run.outcome = nlohmann::json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  }
+  unlink(outcome_path.c_str());
+  unlink((outcome_path + ".stderr").c_str());
+  return run;
+}
+
+AgentRun RunAgent(const AgentInvocation& inv) {
+  int out_fd;
+  std::string outcome;
+  pid_t pid = StartAgent(inv, &out_fd, &outcome);
+  return WaitAgent(pid, out_fd, outcome);
+}
+
+namespace {
+std::vector<std::string>* g_found = nullptr;
+int CollectRunDirs(const char* path, const struct stat*, int type, FTW* ftw) {
+  if (type == FTW_D && strncmp(path + ftw->base, "run-", 4) == 0) g_found->push_back(path);
+  return 0;
+}
+}  // namespace
+
+std::vector<std::string> SessionCgroups() {
+  std::vector<std::string> found;
+  g_found = &found;
+  nftw("/sys/fs/cgroup", CollectRunDirs, 16, FTW_PHYS);
+  g_found = nullptr;
+  return found;
+}
+
+int MountCount() {
+  std::ifstream f("/proc/self/mountinfo");
+  std::string line;
+  int n = 0;
+  while (std::getline(f, line)) ++n;
+  return n;
+}
+
+std::vector<pid_t> JailUidProcesses() {
+  std::vector<pid_t> pids;
+  DIR* d = opendir("/proc");
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    std::ifstream f(std::string("/proc/") + e->d_name + "/status");
+    std::string line;
+    while (std::getline(f, line)) {
+      if (line.rfind("Uid:", 0) == 0) {
+        unsigned long uid = strtoul(line.c_str() + 4, nullptr, 10);
+        if (uid >= (1ul << 30) && uid != 0xFFFFFFFFul) pids.push_back(atoi(e->d_name));
+        break;
+      }
+    }
+  }
+  closedir(d);
+  return pids;
+}
+
+}  // namespace sbx::testing
