@@ -1,6 +1,7 @@
 #include "agent/outcome_json.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -30,7 +31,17 @@ std::string OutcomeToJson(const sandbox::RunResult& result) {
 
 absl::Status WriteOutcomeJson(const sandbox::RunResult& result, std::string_view path) {
   const std::string json = OutcomeToJson(result);
-  const std::string target(path);
+  const std::string target = path == "-" ? "/dev/stdout" : std::string(path);
+  struct stat st;
+  if (stat(target.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    // A terminal, pipe or /dev/stdout: write in place; there is nothing to rename over.
+    UniqueFd out(open(target.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!out) return ErrnoToStatus(errno, absl::StrCat("--outcome-json: cannot open ", target));
+    if (write(out.get(), json.data(), json.size()) != static_cast<ssize_t>(json.size())) {
+      return ErrnoToStatus(errno, absl::StrCat("--outcome-json: cannot write ", target));
+    }
+    return absl::OkStatus();
+  }
   const std::string tmp = absl::StrCat(target, ".tmp.", getpid());
   UniqueFd fd(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (!fd) return ErrnoToStatus(errno, absl::StrCat("--outcome-json: cannot create ", tmp));

@@ -13,7 +13,8 @@ namespace sbx::agent {
 
 std::string OutcomeToJson(const sandbox::RunResult& result);
 
-// Writes the JSON to `path` (via a temporary file and rename, so a reader never sees half of it).
+// Writes the JSON to `path`: a regular file via a temporary file and rename, so a reader never sees half of
+// it; "-", /dev/stdout, a pipe or a terminal directly.
 absl::Status WriteOutcomeJson(const sandbox::RunResult& result, std::string_view path);
 
 }  // namespace sbx::agent

@@ -698,6 +698,18 @@ absl::Status Cgroup::AddProcess(pid_t pid) const {
   return absl::OkStatus();
 }
 
+absl::Status Cgroup::AddSingleThreadedProcess(pid_t pid) const {
+  if (version_ == CgroupVersion::kV2) return AddProcess(pid);
+  if (removed_) return absl::FailedPreconditionError("cgroup already removed");
+  if (pid <= 0) return absl::InvalidArgumentError(absl::StrCat("invalid pid ", pid));
+  const std::string text = std::to_string(pid);
+  for (const std::string& dir :
+       UniqueDirs({&memory_path_, &pids_path_, &cpu_path_, &cpuacct_path_, &freezer_path_})) {
+    RETURN_IF_ERROR(WriteFile(dir + "/tasks", text));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<uint64_t> Cgroup::ReadPidsMaxEvents() const {
   if (removed_) return absl::FailedPreconditionError("cgroup already removed");
   return ReadKeyed(pids_path_ + "/pids.events", "max");

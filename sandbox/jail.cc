@@ -45,13 +45,18 @@ absl::Status WriteProcFile(pid_t pid, const char* file, std::string_view content
 int PidfdSendSignal(int pidfd, int sig) { return static_cast<int>(syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0)); }
 
 // clone3 with a pidfd; falls back to clone(2) on kernels without clone3. Returns 0 in the child.
-pid_t CloneWithPidfd(uint64_t flags, int* pidfd) {
+pid_t CloneWithPidfd(uint64_t flags, int* pidfd, int cgroup_fd) {
   clone_args args{};
   args.flags = flags | CLONE_PIDFD;
+  if (cgroup_fd >= 0) {
+    // v2: born in the session cgroup, with no migration afterwards.
+    args.flags |= CLONE_INTO_CGROUP;
+    args.cgroup = static_cast<uint64_t>(cgroup_fd);
+  }
   args.pidfd = reinterpret_cast<uint64_t>(pidfd);
   args.exit_signal = SIGCHLD;
   long pid = syscall(SYS_clone3, &args, sizeof(args));
-  if (pid < 0 && errno == ENOSYS) {
+  if (pid < 0 && errno == ENOSYS && cgroup_fd < 0) {
     pid = syscall(SYS_clone, flags | CLONE_PIDFD | SIGCHLD, nullptr, pidfd, nullptr, nullptr);
   }
   return static_cast<pid_t>(pid);
@@ -161,7 +166,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   if (spec.new_uts_ns) flags |= CLONE_NEWUTS;
 
   int pidfd = -1;
-  const pid_t pid = CloneWithPidfd(flags, &pidfd);
+  const pid_t pid = CloneWithPidfd(flags, &pidfd, jail->cgroup_ ? jail->cgroup_->v2_dir_fd() : -1);
   if (pid < 0) return ErrnoToStatus(errno, "clone (new namespaces)");
   if (pid == 0) internal::RunJailChild(child);  // never returns
 
@@ -177,7 +182,9 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   if (lease.rootless()) RETURN_IF_ERROR(WriteProcFile(pid, "setgroups", "deny"));
   RETURN_IF_ERROR(WriteProcFile(pid, "uid_map", lease.UidMap(spec.uid)));
   RETURN_IF_ERROR(WriteProcFile(pid, "gid_map", lease.GidMap(spec.gid)));
-  if (jail->cgroup_) RETURN_IF_ERROR(jail->cgroup_->AddProcess(pid));
+  if (jail->cgroup_ && jail->cgroup_->v2_dir_fd() < 0) {
+    RETURN_IF_ERROR(jail->cgroup_->AddSingleThreadedProcess(pid));
+  }
   const char go = 1;
   if (write(sync_write.get(), &go, 1) != 1) return ErrnoToStatus(errno, "releasing the jail child");
   sync_write.Reset();

@@ -439,6 +439,8 @@ struct BadInputCase {
   const char* expected_message;
 };
 
+void PrintTo(const BadInputCase& c, std::ostream* os) { *os << c.name; }
+
 class BadInputTest : public JailTest, public ::testing::WithParamInterface<BadInputCase> {};
 
 TEST_P(BadInputTest, Exits125NamingTheProblemAndLeavesNothing) {
