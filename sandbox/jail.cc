@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -94,7 +95,10 @@ std::vector<char*> CStrings(std::vector<std::string>& strings) {
 
 absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const JailOptions& options) {
   const PolicySpec& spec = policy.spec();
-  if (options.argv.empty()) return absl::InvalidArgumentError("no command given");
+  if (options.argv.empty() && !options.serve) return absl::InvalidArgumentError("no command given");
+  if (!options.argv.empty() && options.serve) {
+    return absl::InvalidArgumentError("a serving jail takes its commands over the init protocol, not argv");
+  }
   if (spec.network == NetworkMode::kEgress) {
     return absl::UnimplementedError("network.mode EGRESS needs the egress proxy, which this build lacks");
   }
@@ -110,8 +114,13 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
 
   std::vector<std::string> env = BuildEnv(spec, options.host_environ);
   std::vector<char*> envp = CStrings(env);
-  std::vector<std::string> init_args = {"sandbox-init", "--"};
-  init_args.insert(init_args.end(), options.argv.begin(), options.argv.end());
+  std::vector<std::string> init_args = {"sandbox-init"};
+  if (options.serve) {
+    init_args.push_back("--serve");
+  } else {
+    init_args.push_back("--");
+    init_args.insert(init_args.end(), options.argv.begin(), options.argv.end());
+  }
   std::vector<char*> argv = CStrings(init_args);
 
   const internal::ChildRlimit rlimits[] = {
@@ -134,7 +143,14 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   UniqueFd sync_read(sync_pipe[0]), sync_write(sync_pipe[1]);
   if (pipe2(err_pipe, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
   UniqueFd err_read(err_pipe[0]), err_write(err_pipe[1]);
-  if (pipe2(report_pipe, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
+  // One-shot: init writes one InitReport on a pipe. Serving: a stream socket carries the init protocol.
+  if (options.serve) {
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, report_pipe) < 0) {
+      return ErrnoToStatus(errno, "socketpair");
+    }
+  } else if (pipe2(report_pipe, O_CLOEXEC) < 0) {
+    return ErrnoToStatus(errno, "pipe2");
+  }
   UniqueFd report_read(report_pipe[0]), report_write(report_pipe[1]);
 
   internal::ChildSpec child;
@@ -209,7 +225,11 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
     return ErrnoToStatus(error.err, absl::StrCat("jail setup failed while ", what));
   }
   if (n != 0) return absl::InternalError("jail setup: truncated report from the child");
-  jail->report_fd_ = std::move(report_read);
+  if (options.serve) {
+    jail->control_fd_ = std::move(report_read);
+  } else {
+    jail->report_fd_ = std::move(report_read);
+  }
   return jail;
 }
 

@@ -24,6 +24,9 @@ namespace sbx::sandbox {
 
 struct JailOptions {
   std::vector<std::string> argv;  // the workload; argv[0] is looked up on the policy's PATH inside the jail
+  // Instead of one command, sandbox-init serves the init protocol on a socketpair (TakeControlFd); argv must
+  // then be empty. The jail lives until the control socket closes or the jail is killed.
+  bool serve = false;
   std::string init_path;          // host path of the sandbox-init binary
   // Where the session cgroup goes; nullptr runs without one (rootless without delegation), in which case
   // the memory/pids/cpu limits are not enforced and `warnings` must say so.
@@ -56,13 +59,17 @@ class Jail {
 
   pid_t pid() const { return pid_; }
 
+  // The agent's end of the init-protocol socket (serving jails only; invalid after the first call).
+  UniqueFd TakeControlFd() { return std::move(control_fd_); }
+
  private:
   Jail() = default;
   void Reap(int options);
 
   pid_t pid_ = -1;
   UniqueFd pidfd_;
-  UniqueFd report_fd_;  // read end of init's report pipe
+  UniqueFd report_fd_;   // read end of init's report pipe (one-shot jails)
+  UniqueFd control_fd_;  // agent end of the init-protocol socket (serving jails)
   std::optional<Cgroup> cgroup_;
   std::optional<IdRange> ids_;
   Limits limits_;

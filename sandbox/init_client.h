@@ -1,0 +1,100 @@
+// InitClient: the agent's side of the init protocol, spoken with sandbox-init (serving mode) over the jail's
+// control socket (Jail::TakeControlFd). Frames are length-prefixed protobuf messages with a size cap; the
+// agent parses nothing else a jail writes. Every path is resolved by sandbox-init inside the jail.
+#ifndef SBX_SANDBOX_INIT_CLIENT_H_
+#define SBX_SANDBOX_INIT_CLIENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "sandbox/unique_fd.h"
+
+namespace sbx::sandbox {
+
+struct ExecSpec {
+  std::vector<std::string> argv;  // argv[0] is looked up on PATH from `env` inside the jail
+  std::vector<std::string> env;   // KEY=VALUE; empty = the jail's policy environment
+  std::string cwd;                // empty = the policy's workdir
+  bool pty = false;               // run on a new pseudo-terminal (stdout only; stderr merged)
+  uint32_t rows = 24;
+  uint32_t cols = 80;
+  uint64_t timeout_ms = 0;  // 0 = none; on expiry the command's process group is SIGKILLed
+  bool stdin_open = false;  // keep stdin open for WriteStdin; otherwise it is /dev/null
+};
+
+struct ExecEnd {
+  int exit_code = -1;  // when it exited
+  int signal = 0;      // when a signal ended it
+  bool timed_out = false;
+  int exec_errno = 0;  // the command could not be executed (ENOENT: not found)
+};
+
+enum class OutputStream { kStdout = 1, kStderr = 2 };
+
+struct FileInfo {
+  enum class Type { kFile, kDirectory, kSymlink, kOther };
+  std::string name;  // the entry's name (ListFiles) or the path asked for (Stat)
+  Type type = Type::kOther;
+  uint64_t size = 0;
+  uint32_t mode = 0;  // permission bits
+  int64_t mtime_ns = 0;
+  std::string symlink_target;  // for kSymlink
+};
+
+class InitClient {
+ public:
+  // Largest frame either side accepts; a bigger length prefix ends the connection.
+  static constexpr uint32_t kMaxFrameBytes = 1 << 20;
+  // Largest data chunk in one frame (output, file data).
+  static constexpr uint32_t kMaxChunkBytes = 256 << 10;
+
+  // Takes the control socket; starts the reader thread (owned, joined in the destructor).
+  explicit InitClient(UniqueFd control);
+  ~InitClient();
+  InitClient(const InitClient&) = delete;
+  InitClient& operator=(const InitClient&) = delete;
+
+  using OutputFn = std::function<void(OutputStream stream, std::string_view data, uint64_t offset)>;
+  using EndFn = std::function<void(absl::StatusOr<ExecEnd> end)>;
+
+  // Starts a command. Output chunks arrive in order on `on_output` as the command writes them (called from
+  // the reader thread, with the chunk's byte offset in its stream); `on_end` is called exactly once, last.
+  // Returns the call id for WriteStdin / Signal / Resize.
+  absl::StatusOr<uint64_t> StartExec(const ExecSpec& spec, OutputFn on_output, EndFn on_end);
+  absl::Status WriteStdin(uint64_t call_id, std::string_view data, bool eof);
+  absl::Status Signal(uint64_t call_id, int signo);
+  absl::Status Resize(uint64_t call_id, uint32_t rows, uint32_t cols);
+
+  // File tools, executed by sandbox-init inside the jail. Relative paths are relative to the workdir.
+  // Paths with ".." components are refused (InvalidArgument); symlinks are not followed out of the jail
+  // (the kernel confines resolution to the jail's root). Each call blocks until init answers.
+  // WriteFile writes `data` at `offset` (truncating first when `truncate`), creating the file with `mode`.
+  absl::Status WriteFile(std::string_view path, std::string_view data, uint64_t offset, bool truncate,
+                         uint32_t mode = 0644);
+  // sha256 (lowercase hex) of a file's current contents, computed inside the jail.
+  absl::StatusOr<std::string> Sha256(std::string_view path);
+  // Reads up to `length` bytes (at most kMaxChunkBytes) at `offset`; fewer at the end of the file.
+  absl::StatusOr<std::string> ReadFile(std::string_view path, uint64_t offset, uint64_t length);
+  absl::StatusOr<std::vector<FileInfo>> ListFiles(std::string_view path);
+  absl::StatusOr<FileInfo> Stat(std::string_view path);
+  absl::Status Mkdir(std::string_view path, bool parents);
+  absl::Status Remove(std::string_view path, bool recursive);
+
+  // False once the connection failed (init died, or sent a malformed, oversized or truncated frame); every
+  // pending and later call then fails with Unavailable naming the cause.
+  bool healthy() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace sbx::sandbox
+
+#endif  // SBX_SANDBOX_INIT_CLIENT_H_
