@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include "agent/run_command.h"
+#include "agent/serve_command.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"sandbox-agent: runs sandboxed workloads in namespace + seccomp + cgroup jails"};
@@ -23,6 +24,12 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--init-path", run.init_path, "Path of sandbox-init (default: beside this binary)");
   run_cmd->add_option("command", run.command, "COMMAND [ARG...] after --");
 
+  sbx::agent::ServeFlags serve;
+  CLI::App* serve_cmd = app.add_subcommand("serve", "Run the daemon: the Sandboxes API on a unix socket");
+  serve_cmd->add_option("--config", serve.config_path, "Agent config textproto (see deploy/agent.textproto)");
+  serve_cmd->add_option("--socket", serve.socket, "Unix socket path (overrides the config)");
+  serve_cmd->add_option("--metrics-address", serve.metrics_address, "host:port for /metrics, or 'off'");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -32,5 +39,6 @@ int main(int argc, char** argv) {
     return 125;
   }
   if (*run_cmd) return sbx::agent::RunCommand(run);
+  if (*serve_cmd) return sbx::agent::ServeCommand(serve);
   return 125;
 }

@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "sandbox/init/frame.h"
 #include "sandbox/unique_fd.h"
 
 namespace sbx::sandbox {
@@ -25,7 +26,7 @@ struct ExecSpec {
   uint32_t rows = 24;
   uint32_t cols = 80;
   uint64_t timeout_ms = 0;  // 0 = none; on expiry the command's process group is SIGKILLed
-  bool stdin_open = false;  // keep stdin open for WriteStdin; otherwise it is /dev/null
+  bool stdin_open = false;  // keep stdin open for WriteStdin; otherwise it reads EOF at once (/dev/null-like)
 };
 
 struct ExecEnd {
@@ -50,12 +51,17 @@ struct FileInfo {
 class InitClient {
  public:
   // Largest frame either side accepts; a bigger length prefix ends the connection.
-  static constexpr uint32_t kMaxFrameBytes = 1 << 20;
+  static constexpr uint32_t kMaxFrameBytes = sandbox::kMaxFrameBytes;
   // Largest data chunk in one frame (output, file data).
-  static constexpr uint32_t kMaxChunkBytes = 256 << 10;
+  static constexpr uint32_t kMaxChunkBytes = sandbox::kMaxChunkBytes;
+  // How long a blocking call waits for sandbox-init's answer (and a frame for the socket to take it).
+  static constexpr int kCallTimeoutMs = 30'000;
 
-  // Takes the control socket; starts the reader thread (owned, joined in the destructor).
+  // Takes the control socket (a connected stream socket: shutdown(2) is what wakes the reader); starts the
+  // reader thread (owned, joined in the destructor). An invalid fd makes a client that is born unhealthy.
   explicit InitClient(UniqueFd control);
+  // Closes the connection (sandbox-init then kills its commands and exits), joins the reader thread, and
+  // ends every running command's call with Unavailable (on_end runs before the destructor returns).
   ~InitClient();
   InitClient(const InitClient&) = delete;
   InitClient& operator=(const InitClient&) = delete;
@@ -65,8 +71,13 @@ class InitClient {
 
   // Starts a command. Output chunks arrive in order on `on_output` as the command writes them (called from
   // the reader thread, with the chunk's byte offset in its stream); `on_end` is called exactly once, last.
-  // Returns the call id for WriteStdin / Signal / Resize.
+  // Returns the call id for WriteStdin / Signal / Resize. When StartExec returns an error, neither callback
+  // is ever called. NOTE: the callbacks may run before StartExec returns, and must not block on this
+  // client's own blocking calls (they run on the thread that delivers the answers).
   absl::StatusOr<uint64_t> StartExec(const ExecSpec& spec, OutputFn on_output, EndFn on_end);
+  // Writes to the command's stdin (in chunks of kMaxChunkBytes) and returns once sandbox-init has written
+  // it into the command's stdin pipe or pty: a command that does not read makes this wait, up to
+  // kCallTimeoutMs per chunk. `eof` then closes stdin (on a pty: sends the terminal's EOF character).
   absl::Status WriteStdin(uint64_t call_id, std::string_view data, bool eof);
   absl::Status Signal(uint64_t call_id, int signo);
   absl::Status Resize(uint64_t call_id, uint32_t rows, uint32_t cols);
@@ -74,7 +85,8 @@ class InitClient {
   // File tools, executed by sandbox-init inside the jail. Relative paths are relative to the workdir.
   // Paths with ".." components are refused (InvalidArgument); symlinks are not followed out of the jail
   // (the kernel confines resolution to the jail's root). Each call blocks until init answers.
-  // WriteFile writes `data` at `offset` (truncating first when `truncate`), creating the file with `mode`.
+  // WriteFile writes `data` at `offset` (truncating first when `truncate`), creating the file with `mode`;
+  // data above kMaxChunkBytes goes in several requests (not atomically). A final symlink is refused.
   absl::Status WriteFile(std::string_view path, std::string_view data, uint64_t offset, bool truncate,
                          uint32_t mode = 0644);
   // sha256 (lowercase hex) of a file's current contents, computed inside the jail.

@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -75,7 +76,7 @@ class Jail {
   Limits limits_;
   std::vector<std::string> warnings_;
   std::chrono::steady_clock::time_point started_;
-  bool reaped_ = false;
+  std::atomic<bool> reaped_{false};  // Kill() may run on another thread than Wait()
   int wait_status_code_ = 0;  // siginfo si_code (CLD_EXITED / CLD_KILLED / CLD_DUMPED)
   int wait_status_ = 0;       // si_status
   uint64_t rusage_user_us_ = 0;

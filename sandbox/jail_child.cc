@@ -21,7 +21,9 @@
 #include <cstring>
 
 // NOTE: everything in this file runs between clone and execve. Raw syscalls and async-signal-safe libc
-// wrappers only: no allocation, no locks, no logging, no C++ exceptions.
+// wrappers only: no allocation, no locks, no logging, no C++ exceptions. The id changes in particular go
+// through syscall(2): glibc's setresuid/setgroups broadcast to every thread of the process under a lock
+// that another thread of the parent may have held at clone time, which hangs the child forever.
 
 namespace sbx::sandbox::internal {
 namespace {
@@ -78,14 +80,14 @@ int Touch(const char* path) {
   return 0;
 }
 
-// Applies read-only (or not), nosuid and nodev to the mount at `path` and everything under it.
-int RestrictMount(const char* path, bool readonly) {
+// Applies read-only (or not), nosuid and (unless a device node) nodev to the mount at `path` and below.
+int RestrictMount(const char* path, bool readonly, bool device = false) {
   mount_attr attr{};
-  attr.attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (readonly ? MOUNT_ATTR_RDONLY : 0);
+  attr.attr_set = MOUNT_ATTR_NOSUID | (device ? 0 : MOUNT_ATTR_NODEV) | (readonly ? MOUNT_ATTR_RDONLY : 0);
   if (mount_setattr(AT_FDCWD, path, AT_RECURSIVE, &attr, sizeof(attr)) == 0) return 0;
   if (errno != ENOSYS) return errno;
   // Kernels before 5.12: remount the top mount, keeping the flags that are locked in a user namespace.
-  unsigned long flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (readonly ? MS_RDONLY : 0);
+  unsigned long flags = MS_REMOUNT | MS_BIND | MS_NOSUID | (device ? 0 : MS_NODEV) | (readonly ? MS_RDONLY : 0);
   if (mount(nullptr, path, nullptr, flags, nullptr) < 0) {
     // Retry with noexec kept (it may be locked).
     if (mount(nullptr, path, nullptr, flags | MS_NOEXEC, nullptr) < 0) return errno;
@@ -109,7 +111,7 @@ int DoMountOp(const MountOp& op) {
       int err = S_ISDIR(st.st_mode) ? MkdirAll(op.dst, 0755) : Touch(op.dst);
       if (err != 0) return err;
       if (mount(op.src, op.dst, nullptr, MS_BIND | MS_REC, nullptr) < 0) return errno;
-      return RestrictMount(op.dst, op.readonly);
+      return RestrictMount(op.dst, op.readonly, op.device);
     }
     case MountOp::Kind::kRebindReadOnly: {
       if (mount(op.dst, op.dst, nullptr, MS_BIND | MS_REC, nullptr) < 0) {
@@ -223,9 +225,9 @@ void RunJailChild(const ChildSpec& spec) {
 
   if (spec.id_range) {
     // Become inside-root (mapped to the range's base) so that files we create have a mapped owner.
-    if (setresgid(0, 0, 0) < 0) Fail(ChildStep::kSetIdsRoot, errno);
-    if (setresuid(0, 0, 0) < 0) Fail(ChildStep::kSetIdsRoot, errno);
-    if (setgroups(0, nullptr) < 0) Fail(ChildStep::kSetIdsRoot, errno);
+    if (syscall(SYS_setresgid, 0, 0, 0) < 0) Fail(ChildStep::kSetIdsRoot, errno);
+    if (syscall(SYS_setresuid, 0, 0, 0) < 0) Fail(ChildStep::kSetIdsRoot, errno);
+    if (syscall(SYS_setgroups, 0, nullptr) < 0) Fail(ChildStep::kSetIdsRoot, errno);
   }
   if (setsid() < 0) Fail(ChildStep::kSetsid, errno);
   if (spec.new_cgroup_ns && unshare(CLONE_NEWCGROUP) < 0) Fail(ChildStep::kCgroupNs, errno);
@@ -275,9 +277,9 @@ void RunJailChild(const ChildSpec& spec) {
   if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_KEEP_CAPS_LOCKED, 0, 0, 0) < 0) {
     Fail(ChildStep::kDropCaps, errno);
   }
-  if (spec.id_range && setgroups(0, nullptr) < 0) Fail(ChildStep::kSetIds, errno);
-  if (setresgid(spec.gid, spec.gid, spec.gid) < 0) Fail(ChildStep::kSetIds, errno);
-  if (setresuid(spec.uid, spec.uid, spec.uid) < 0) Fail(ChildStep::kSetIds, errno);
+  if (spec.id_range && syscall(SYS_setgroups, 0, nullptr) < 0) Fail(ChildStep::kSetIds, errno);
+  if (syscall(SYS_setresgid, spec.gid, spec.gid, spec.gid) < 0) Fail(ChildStep::kSetIds, errno);
+  if (syscall(SYS_setresuid, spec.uid, spec.uid, spec.uid) < 0) Fail(ChildStep::kSetIds, errno);
   if (int err = ClearCapabilities(); err != 0) Fail(ChildStep::kDropCaps, err);
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) Fail(ChildStep::kNoNewPrivs, errno);
   // Credential changes clear the parent-death signal: set it again.

@@ -33,6 +33,7 @@ struct MountOp {
   uint32_t mode = 0;
   bool readonly = true;
   bool optional = false;
+  bool device = false;  // kBind of a device node: nodev would make it unusable
 };
 
 struct ChildRlimit {

@@ -44,6 +44,10 @@ absl::StatusOr<MountPlan> MountPlan::Build(const Policy& policy, std::string_vie
   const std::string owner = absl::StrCat(",uid=", uid, ",gid=", gid);
 
   for (const MountSpec& spec : policy.mounts()) {
+    const std::string& dst = std::visit([](const auto& m) -> const std::string& { return m.dst; }, spec);
+    if (dst == "/.sandbox" || dst.rfind("/.sandbox/", 0) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("mounts: ", dst, " is reserved for sandbox-init"));
+    }
     if (const auto* b = std::get_if<BindMount>(&spec)) {
       internal::MountOp op;
       op.kind = Kind::kBind;
@@ -106,6 +110,7 @@ absl::StatusOr<MountPlan> MountPlan::Build(const Policy& policy, std::string_vie
       op.src = plan.Keep(absl::StrCat(kOldRoot, "/dev/", node));
       op.dst = plan.Keep(absl::StrCat(kNewRoot, "/dev/", node));
       op.readonly = false;
+      op.device = true;
       plan.Add(op, absl::StrCat("device /dev/", node));
     }
     internal::MountOp pts;

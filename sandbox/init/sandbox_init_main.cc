@@ -1,9 +1,14 @@
 // sandbox-init: PID 1 of a jail. Started by the agent with no capabilities, as the workload's uid, under the
-// jail's seccomp filter (loaded just before this binary was executed, so it covers init too). It runs one
-// command, forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2/SIGWINCH to it, reaps every orphan that
-// is re-parented to it, writes an InitReport on fd 3, and exits with the workload's status (128+N for a
-// signal; the report carries the exact signal). When it exits, the kernel kills whatever is left in the
-// pid namespace.
+// jail's seccomp filter (loaded just before this binary was executed, so it covers init too).
+//
+// `sandbox-init --serve`: serves the init protocol on fd 3 (a socket; see init_server.h) until the agent
+// closes it.
+//
+// `sandbox-init [--] COMMAND [ARG...]` (one-shot): it runs one command, forwards SIGTERM/SIGINT/SIGHUP/
+// SIGQUIT/SIGUSR1/SIGUSR2/SIGWINCH to it, reaps every orphan that is re-parented to it, writes an InitReport
+// on fd 3, and exits with the workload's status (128+N for a signal; the report carries the exact signal).
+//
+// When it exits, the kernel kills whatever is left in the pid namespace.
 //
 // It is linked statically: it starts in well under a millisecond and needs nothing from the jail's /lib.
 // NOTE: it uses fork + execvpe directly rather than Boost.Process: as PID 1 it must reap every process of
@@ -19,6 +24,7 @@
 #include <cstring>
 
 #include "sandbox/init/init_report.h"
+#include "sandbox/init/init_server.h"
 
 namespace {
 
@@ -50,6 +56,9 @@ bool IsForwarded(int sig) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && strcmp(argv[1], "--serve") == 0) {
+    return sbx::sandbox::ServeInitProtocol(sbx::sandbox::kInitReportFd);
+  }
   int first = 1;
   if (first < argc && strcmp(argv[first], "--") == 0) ++first;
   if (first >= argc) {

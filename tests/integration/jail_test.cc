@@ -205,6 +205,14 @@ TEST_F(JailTest, HostEnvironmentDoesNotLeak) {
   EXPECT_THAT(run.out, HasSubstr("env:HOME=/workspace"));
 }
 
+TEST_F(JailTest, DeviceNodesWork) {
+  AgentInvocation inv;
+  inv.command = {"sh", "-c", "echo x > /dev/null && head -c 4 /dev/zero | wc -c && head -c 8 /dev/urandom | wc -c"};
+  AgentRun run = RunAgent(inv);
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out, "4\n8\n");
+}
+
 TEST_F(JailTest, HostnameIsTheJails) {
   AgentRun run = Probe({"hostname"});
   ASSERT_EQ(run.exit_code, 0) << run.err;

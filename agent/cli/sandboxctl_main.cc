@@ -1,0 +1,569 @@
+// sandboxctl: the command-line client of the agent's Sandboxes API.
+//
+//   sandboxctl [--addr ADDR] [--output text|json] [--token-file FILE] COMMAND ...
+//   create | get | list | exec | run | cp | ls | events | cancel | delete
+//
+// Errors print the gRPC code, the message and the request id. `exec` and `run` exit with the command's
+// status (128+N for signal N, 124 when its timeout hit, 127/126 when it could not be executed).
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+
+#include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
+#include "sandbox/init/sha256.h"
+
+namespace pb = ::duvo::sandbox::v1;
+
+namespace {
+
+struct Globals {
+  std::string addr;
+  std::string output = "text";
+  std::string token_file;
+  std::string request_id;
+};
+
+std::string DefaultAddr() {
+  if (const char* env = getenv("SANDBOX_AGENT_ADDR"); env && *env) return env;
+  if (geteuid() == 0) return "unix:/run/sandbox-agent/agent.sock";
+  const char* runtime = getenv("XDG_RUNTIME_DIR");
+  return std::string("unix:") + (runtime && *runtime ? runtime : "/tmp/sandbox-agent-" + std::to_string(geteuid())) +
+         "/sandbox-agent/agent.sock";
+}
+
+std::unique_ptr<grpc::ClientContext> Context(const Globals& g) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  if (!g.request_id.empty()) ctx->AddMetadata("x-request-id", g.request_id);
+  if (!g.token_file.empty()) {
+    std::ifstream f(g.token_file);
+    std::string token;
+    std::getline(f, token);
+    ctx->AddMetadata("authorization", "Bearer " + token);
+  }
+  return ctx;
+}
+
+std::string RequestIdOf(const grpc::ClientContext& ctx) {
+  const auto& md = ctx.GetServerInitialMetadata();
+  auto it = md.find("x-request-id");
+  if (it == md.end()) {
+    const auto& trailing = ctx.GetServerTrailingMetadata();
+    it = trailing.find("x-request-id");
+    if (it == trailing.end()) return "-";
+  }
+  return std::string(it->second.data(), it->second.size());
+}
+
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::OK: return "OK";
+    case grpc::CANCELLED: return "CANCELLED";
+    case grpc::UNKNOWN: return "UNKNOWN";
+    case grpc::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::NOT_FOUND: return "NOT_FOUND";
+    case grpc::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::ABORTED: return "ABORTED";
+    case grpc::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::INTERNAL: return "INTERNAL";
+    case grpc::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::DATA_LOSS: return "DATA_LOSS";
+    case grpc::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    default: return "UNKNOWN";
+  }
+}
+
+int RpcError(const grpc::Status& status, const grpc::ClientContext& ctx) {
+  fprintf(stderr, "sandboxctl: %s: %s (request id %s)\n", CodeName(status.error_code()),
+          status.error_message().c_str(), RequestIdOf(ctx).c_str());
+  return 1;
+}
+
+void Print(const Globals& g, const google::protobuf::Message& m, const std::string& text) {
+  if (g.output == "json") {
+    std::string json;
+    google::protobuf::util::JsonPrintOptions o;
+    o.preserve_proto_field_names = true;
+    (void)google::protobuf::util::MessageToJsonString(m, &json, o);
+    printf("%s\n", json.c_str());
+  } else {
+    printf("%s\n", text.c_str());
+  }
+}
+
+std::string Describe(const pb::Session& s) {
+  std::string out = s.id() + "\t" + pb::SessionKind_Name(s.kind()) + "\t" + pb::SessionState_Name(s.state());
+  if (s.has_outcome()) {
+    out += "\t" + pb::Outcome::Status_Name(s.outcome().status()) + "/" + s.outcome().reason();
+  }
+  return out;
+}
+
+struct CreateFlags {
+  std::string kind = "file";
+  double ttl_s = 0;
+  double idle_s = 0;
+  std::vector<std::string> labels;
+  std::string idempotency_key;
+  uint64_t memory_limit = 0;
+  uint32_t pids_limit = 0;
+};
+
+bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
+  pb::SessionKind kind;
+  std::string upper = f.kind;
+  for (char& c : upper) c = static_cast<char>(toupper(c));
+  if (!pb::SessionKind_Parse(upper, &kind) || kind == pb::SESSION_KIND_UNSPECIFIED) {
+    fprintf(stderr, "sandboxctl: --kind: '%s' is not file, browser or desktop\n", f.kind.c_str());
+    return false;
+  }
+  req->set_kind(kind);
+  req->set_ttl_ms(static_cast<uint64_t>(f.ttl_s * 1000));
+  req->set_idle_timeout_ms(static_cast<uint64_t>(f.idle_s * 1000));
+  for (const std::string& kv : f.labels) {
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      fprintf(stderr, "sandboxctl: --label '%s': expected KEY=VALUE\n", kv.c_str());
+      return false;
+    }
+    (*req->mutable_labels())[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  req->set_idempotency_key(f.idempotency_key);
+  if (f.memory_limit) req->mutable_policy()->mutable_limits()->set_memory_max_bytes(f.memory_limit);
+  if (f.pids_limit) req->mutable_policy()->mutable_limits()->set_pids_max(f.pids_limit);
+  return true;
+}
+
+// Puts the local terminal in raw mode for -t and restores it on destruction.
+class RawTerminal {
+ public:
+  RawTerminal() {
+    if (isatty(0) && tcgetattr(0, &saved_) == 0) {
+      termios raw = saved_;
+      cfmakeraw(&raw);
+      active_ = tcsetattr(0, TCSANOW, &raw) == 0;
+    }
+  }
+  ~RawTerminal() {
+    if (active_) tcsetattr(0, TCSANOW, &saved_);
+  }
+
+ private:
+  termios saved_{};
+  bool active_ = false;
+};
+
+int Exec(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session_id,
+         const std::vector<std::string>& argv, bool interactive, bool tty, uint64_t timeout_ms) {
+  auto ctx = Context(g);
+  auto stream = stub.Call(ctx.get());
+  pb::CallRequest first;
+  first.set_session_id(session_id);
+  pb::Exec* exec = first.mutable_call()->mutable_exec();
+  for (const std::string& a : argv) exec->add_argv(a);
+  exec->set_stdin_open(interactive);
+  exec->set_pty(tty);
+  exec->set_timeout_ms(timeout_ms);
+  if (tty) {
+    winsize ws{};
+    if (ioctl(0, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0) {
+      exec->set_rows(ws.ws_row);
+      exec->set_cols(ws.ws_col);
+    }
+    if (const char* term = getenv("TERM")) (*exec->mutable_env())["TERM"] = term;
+  }
+  if (!stream->Write(first)) {
+    grpc::Status status = stream->Finish();
+    return RpcError(status, *ctx);
+  }
+  std::unique_ptr<RawTerminal> raw;
+  if (tty) raw = std::make_unique<RawTerminal>();
+  std::jthread input;
+  if (interactive) {
+    input = std::jthread([&] {
+      char buf[32768];
+      for (;;) {
+        ssize_t n = read(0, buf, sizeof(buf));
+        pb::CallRequest more;
+        if (n <= 0) {
+          more.set_stdin_eof(true);
+          stream->Write(more);
+          break;
+        }
+        more.set_stdin(buf, static_cast<size_t>(n));
+        if (!stream->Write(more)) break;
+      }
+      stream->WritesDone();
+    });
+  } else {
+    stream->WritesDone();
+  }
+  int exit_status = 125;
+  pb::Event event;
+  bool finished = false;
+  while (stream->Read(&event)) {
+    if (event.has_output()) {
+      const std::string& data = event.output().data();
+      FILE* out = event.output().stream() == pb::STDERR ? stderr : stdout;
+      fwrite(data.data(), 1, data.size(), out);
+      fflush(out);
+    } else if (event.has_tool_call_finished()) {
+      finished = true;
+      const auto& f = event.tool_call_finished();
+      if (f.has_error()) {
+        raw.reset();
+        fprintf(stderr, "sandboxctl: %s: %s\n", CodeName(static_cast<grpc::StatusCode>(f.error().code())),
+                f.error().message().c_str());
+        exit_status = f.error().code() == grpc::NOT_FOUND ? 127 : f.error().code() == grpc::PERMISSION_DENIED ? 126 : 125;
+      } else {
+        const pb::ExecResult& r = f.result().exec();
+        exit_status = r.timed_out() ? 124 : r.has_signal() ? 128 + r.signal() : r.exit_code();
+        if (g.output == "json") Print(g, f.result(), "");
+      }
+    } else if (event.has_outcome()) {
+      raw.reset();
+      fprintf(stderr, "sandboxctl: the session ended: %s/%s %s\n",
+              pb::Outcome::Status_Name(event.outcome().status()).c_str(), event.outcome().reason().c_str(),
+              event.outcome().message().c_str());
+    }
+  }
+  (void)finished;
+  grpc::Status status = stream->Finish();
+  raw.reset();
+  if (!status.ok()) exit_status = RpcError(status, *ctx);
+  if (interactive) {
+    // The stdin reader may sit in read(2) forever (a terminal): leave without joining it.
+    fflush(stdout);
+    fflush(stderr);
+    _exit(exit_status);
+  }
+  return exit_status;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"sandboxctl: create sandboxes and run tool calls in them through sandbox-agent"};
+  app.require_subcommand(1);
+  Globals g;
+  g.addr = DefaultAddr();
+  app.add_option("--addr", g.addr, "Agent address: unix:PATH or host:port")->capture_default_str();
+  app.add_option("--output,-o", g.output, "text or json")->check(CLI::IsMember({"text", "json"}));
+  app.add_option("--token-file", g.token_file, "Bearer token file (TCP)");
+  app.add_option("--request-id", g.request_id, "x-request-id to send");
+
+  CreateFlags cf;
+  auto add_create_flags = [&](CLI::App* c) {
+    c->add_option("--kind", cf.kind, "file, browser or desktop");
+    c->add_option("--ttl", cf.ttl_s, "Session time to live, seconds");
+    c->add_option("--idle-timeout", cf.idle_s, "Idle timeout, seconds");
+    c->add_option("--label", cf.labels, "KEY=VALUE")->allow_extra_args(false);
+    c->add_option("--idempotency-key", cf.idempotency_key, "Same key + same request = same session");
+    c->add_option("--memory-limit", cf.memory_limit, "Bytes (narrows the host policy)");
+    c->add_option("--pids-limit", cf.pids_limit, "Processes (narrows the host policy)");
+  };
+  CLI::App* create = app.add_subcommand("create", "Create a session; prints its id");
+  add_create_flags(create);
+  std::string session_id;
+  CLI::App* get = app.add_subcommand("get", "Show a session");
+  get->add_option("session", session_id)->required();
+  CLI::App* list = app.add_subcommand("list", "List sessions");
+  std::vector<std::string> selector;
+  list->add_option("--label", selector, "KEY=VALUE (all must match)")->allow_extra_args(false);
+  CLI::App* cancel = app.add_subcommand("cancel", "Cancel a session");
+  cancel->add_option("session", session_id)->required();
+  CLI::App* del = app.add_subcommand("delete", "Delete a session");
+  del->add_option("session", session_id)->required();
+
+  bool interactive = false, tty = false;
+  double timeout_s = 0;
+  std::vector<std::string> command;
+  CLI::App* exec = app.add_subcommand("exec", "Run a command in a session: exec SESSION -- CMD...");
+  exec->add_flag("-i,--interactive", interactive, "Forward stdin");
+  exec->add_flag("-t,--tty", tty, "Run on a pseudo-terminal");
+  exec->add_option("--timeout", timeout_s, "Seconds");
+  exec->add_option("session", session_id)->required();
+  exec->add_option("command", command)->required();
+  CLI::App* run = app.add_subcommand("run", "Create a session, run a command, delete it: run -- CMD...");
+  add_create_flags(run);
+  run->add_flag("-i,--interactive", interactive, "Forward stdin");
+  run->add_flag("-t,--tty", tty, "Run on a pseudo-terminal");
+  run->add_option("--timeout", timeout_s, "Seconds");
+  run->add_option("command", command)->required();
+
+  std::string path;
+  CLI::App* ls = app.add_subcommand("ls", "List a directory in a session: ls SESSION [PATH]");
+  ls->add_option("session", session_id)->required();
+  ls->add_option("path", path);
+  std::string src, dst;
+  CLI::App* cp = app.add_subcommand("cp", "Copy LOCAL SESSION:PATH, or SESSION:PATH LOCAL");
+  cp->add_option("src", src)->required();
+  cp->add_option("dst", dst)->required();
+  uint64_t after = 0;
+  bool follow = false;
+  CLI::App* events = app.add_subcommand("events", "Print a session's events");
+  events->add_option("session", session_id)->required();
+  events->add_option("--after", after, "Start after this seq");
+  events->add_flag("--follow,-f", follow, "Keep streaming until the session ends");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  signal(SIGPIPE, SIG_IGN);
+
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(g.addr, grpc::InsecureChannelCredentials());
+  pb::Sandboxes::Stub stub(channel);
+
+  if (*create || *run) {
+    pb::CreateRequest req;
+    if (!BuildCreate(cf, &req)) return 2;
+    auto ctx = Context(g);
+    pb::Session session;
+    grpc::Status status = stub.Create(ctx.get(), req, &session);
+    if (!status.ok()) return RpcError(status, *ctx);
+    if (*create) {
+      Print(g, session, session.id());
+      return 0;
+    }
+    int rc = Exec(stub, g, session.id(), command, interactive, tty, static_cast<uint64_t>(timeout_s * 1000));
+    auto dctx = Context(g);
+    pb::DeleteRequest dreq;
+    dreq.set_session_id(session.id());
+    pb::DeleteResponse dresp;
+    grpc::Status ds = stub.Delete(dctx.get(), dreq, &dresp);
+    if (!ds.ok()) RpcError(ds, *dctx);
+    return rc;
+  }
+  if (*exec) return Exec(stub, g, session_id, command, interactive, tty, static_cast<uint64_t>(timeout_s * 1000));
+  if (*get) {
+    auto ctx = Context(g);
+    pb::GetRequest req;
+    req.set_session_id(session_id);
+    pb::Session session;
+    grpc::Status status = stub.Get(ctx.get(), req, &session);
+    if (!status.ok()) return RpcError(status, *ctx);
+    Print(g, session, Describe(session));
+    return 0;
+  }
+  if (*list) {
+    auto ctx = Context(g);
+    pb::ListRequest req;
+    for (const std::string& kv : selector) {
+      const size_t eq = kv.find('=');
+      if (eq == std::string::npos) {
+        fprintf(stderr, "sandboxctl: --label '%s': expected KEY=VALUE\n", kv.c_str());
+        return 2;
+      }
+      (*req.mutable_label_selector())[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+    pb::ListResponse resp;
+    grpc::Status status = stub.List(ctx.get(), req, &resp);
+    if (!status.ok()) return RpcError(status, *ctx);
+    std::string text;
+    for (const pb::Session& s : resp.sessions()) text += Describe(s) + "\n";
+    if (!text.empty()) text.pop_back();
+    Print(g, resp, text);
+    return 0;
+  }
+  if (*cancel) {
+    auto ctx = Context(g);
+    pb::CancelRequest req;
+    req.set_session_id(session_id);
+    pb::Session session;
+    grpc::Status status = stub.Cancel(ctx.get(), req, &session);
+    if (!status.ok()) return RpcError(status, *ctx);
+    Print(g, session, Describe(session));
+    return 0;
+  }
+  if (*del) {
+    auto ctx = Context(g);
+    pb::DeleteRequest req;
+    req.set_session_id(session_id);
+    pb::DeleteResponse resp;
+    grpc::Status status = stub.Delete(ctx.get(), req, &resp);
+    if (!status.ok()) return RpcError(status, *ctx);
+    return 0;
+  }
+  if (*ls) {
+    auto ctx = Context(g);
+    auto stream = stub.Call(ctx.get());
+    pb::CallRequest req;
+    req.set_session_id(session_id);
+    req.mutable_call()->mutable_list_files()->set_path(path.empty() ? "." : path);
+    stream->Write(req);
+    stream->WritesDone();
+    pb::Event event;
+    int rc = 0;
+    while (stream->Read(&event)) {
+      if (!event.has_tool_call_finished()) continue;
+      const auto& f = event.tool_call_finished();
+      if (f.has_error()) {
+        fprintf(stderr, "sandboxctl: %s: %s\n", CodeName(static_cast<grpc::StatusCode>(f.error().code())),
+                f.error().message().c_str());
+        rc = 1;
+        continue;
+      }
+      std::string text;
+      for (const pb::FileInfo& e : f.result().listing().entries()) {
+        char line[512];
+        snprintf(line, sizeof(line), "%c%04o %12llu %s%s%s\n",
+                 e.type() == pb::FileInfo::DIRECTORY ? 'd' : e.type() == pb::FileInfo::SYMLINK ? 'l' : '-',
+                 e.mode() & 07777, static_cast<unsigned long long>(e.size()), e.name().c_str(),
+                 e.type() == pb::FileInfo::SYMLINK ? " -> " : "", e.symlink_target().c_str());
+        text += line;
+      }
+      if (!text.empty()) text.pop_back();
+      Print(g, f.result().listing(), text);
+    }
+    grpc::Status status = stream->Finish();
+    if (!status.ok()) return RpcError(status, *ctx);
+    return rc;
+  }
+  if (*events) {
+    auto ctx = Context(g);
+    pb::EventsRequest req;
+    req.set_session_id(session_id);
+    req.set_after_seq(after);
+    req.set_follow(follow);
+    auto reader = stub.Events(ctx.get(), req);
+    pb::Event event;
+    while (reader->Read(&event)) {
+      std::string json;
+      google::protobuf::util::JsonPrintOptions o;
+      o.preserve_proto_field_names = true;
+      (void)google::protobuf::util::MessageToJsonString(event, &json, o);
+      printf("%s\n", json.c_str());
+      fflush(stdout);
+    }
+    grpc::Status status = reader->Finish();
+    if (!status.ok()) return RpcError(status, *ctx);
+    return 0;
+  }
+  if (*cp) {
+    const size_t src_colon = src.find(':');
+    const size_t dst_colon = dst.find(':');
+    const bool upload = dst_colon != std::string::npos && src_colon == std::string::npos;
+    const bool download = src_colon != std::string::npos && dst_colon == std::string::npos;
+    if (!upload && !download) {
+      fprintf(stderr, "sandboxctl: cp: exactly one of SRC and DST must be SESSION:PATH\n");
+      return 2;
+    }
+    const bool progress = isatty(2);
+    auto ctx = Context(g);
+    if (upload) {
+      FILE* in = fopen(src.c_str(), "rb");
+      if (!in) {
+        fprintf(stderr, "sandboxctl: cp: cannot open %s: %s\n", src.c_str(), strerror(errno));
+        return 1;
+      }
+      fseeko(in, 0, SEEK_END);
+      const off_t total = ftello(in);
+      fseeko(in, 0, SEEK_SET);
+      pb::UploadResponse resp;
+      auto writer = stub.Upload(ctx.get(), &resp);
+      sbx::Sha256 hash;
+      std::vector<char> buf(1 << 20);
+      bool first = true;
+      off_t sent = 0;
+      for (;;) {
+        size_t n = fread(buf.data(), 1, buf.size(), in);
+        pb::UploadChunk chunk;
+        if (first) {
+          chunk.set_session_id(dst.substr(0, dst_colon));
+          chunk.set_path(dst.substr(dst_colon + 1));
+          first = false;
+        }
+        chunk.set_data(buf.data(), n);
+        hash.Update(buf.data(), n);
+        sent += static_cast<off_t>(n);
+        const bool last = n < buf.size();
+        if (last) {
+          chunk.set_last(true);
+          chunk.set_sha256(sbx::Sha256::Hex(hash.Final()));
+        }
+        if (!writer->Write(chunk)) break;
+        if (progress && total > 0) {
+          fprintf(stderr, "\r%5.1f%% %lld/%lld bytes", 100.0 * sent / total, static_cast<long long>(sent),
+                  static_cast<long long>(total));
+        }
+        if (last) break;
+      }
+      fclose(in);
+      if (progress) fprintf(stderr, "\n");
+      writer->WritesDone();
+      grpc::Status status = writer->Finish();
+      if (!status.ok()) return RpcError(status, *ctx);
+      Print(g, resp, std::to_string(resp.size()) + " bytes, sha256 " + resp.sha256());
+      return 0;
+    }
+    pb::DownloadRequest req;
+    req.set_session_id(src.substr(0, src_colon));
+    req.set_path(src.substr(src_colon + 1));
+    auto reader = stub.Download(ctx.get(), req);
+    const std::string tmp = dst + ".sandboxctl-partial";
+    FILE* out = fopen(tmp.c_str(), "wb");
+    if (!out) {
+      fprintf(stderr, "sandboxctl: cp: cannot create %s: %s\n", tmp.c_str(), strerror(errno));
+      return 1;
+    }
+    sbx::Sha256 hash;
+    pb::DownloadChunk chunk;
+    std::string expected;
+    uint64_t got = 0;
+    bool last = false;
+    while (reader->Read(&chunk)) {
+      fwrite(chunk.data().data(), 1, chunk.data().size(), out);
+      hash.Update(chunk.data());
+      got += chunk.data().size();
+      if (progress) fprintf(stderr, "\r%llu bytes", static_cast<unsigned long long>(got));
+      if (chunk.last()) {
+        last = true;
+        expected = chunk.sha256();
+      }
+    }
+    fclose(out);
+    if (progress) fprintf(stderr, "\n");
+    grpc::Status status = reader->Finish();
+    if (!status.ok()) {
+      unlink(tmp.c_str());
+      return RpcError(status, *ctx);
+    }
+    const std::string actual = sbx::Sha256::Hex(hash.Final());
+    if (!last || actual != expected) {
+      unlink(tmp.c_str());
+      fprintf(stderr, "sandboxctl: cp: sha256 mismatch (agent %s, received %s); nothing written\n",
+              expected.c_str(), actual.c_str());
+      return 1;
+    }
+    if (rename(tmp.c_str(), dst.c_str()) < 0) {
+      fprintf(stderr, "sandboxctl: cp: rename to %s: %s\n", dst.c_str(), strerror(errno));
+      unlink(tmp.c_str());
+      return 1;
+    }
+    pb::DownloadChunk summary;
+    summary.set_size(got);
+    summary.set_sha256(actual);
+    Print(g, summary, std::to_string(got) + " bytes, sha256 " + actual);
+    return 0;
+  }
+  return 2;
+}

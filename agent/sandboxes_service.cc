@@ -1,0 +1,397 @@
+#include "agent/sandboxes_service.h"
+
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "agent/grpc_status.h"
+#include "agent/log.h"
+#include "sandbox/init/sha256.h"
+#include "sandbox/status.h"
+
+namespace sbx::agent {
+namespace {
+
+namespace pb = ::duvo::sandbox::v1;
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kForever = std::chrono::hours(24 * 365);
+
+std::string NewRequestId() {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrFormat("r-%016x", rng());
+}
+
+std::string NewCallId() {
+  static std::atomic<uint64_t> next{1};
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrFormat("c-%x-%08x", next++, static_cast<uint32_t>(rng()));
+}
+
+const char* ToolName(const pb::ToolCall& call) {
+  switch (call.tool_case()) {
+    case pb::ToolCall::kExec: return "exec";
+    case pb::ToolCall::kWriteFile: return "write_file";
+    case pb::ToolCall::kReadFile: return "read_file";
+    case pb::ToolCall::kListFiles: return "list_files";
+    case pb::ToolCall::kStat: return "stat";
+    case pb::ToolCall::kRemove: return "remove";
+    case pb::ToolCall::kMkdir: return "mkdir";
+    case pb::ToolCall::TOOL_NOT_SET: break;
+  }
+  return "none";
+}
+
+// The call id an event belongs to, or "" for session-wide events.
+const std::string& CallIdOf(const pb::Event& e) {
+  static const std::string kNone;
+  switch (e.kind_case()) {
+    case pb::Event::kToolCallStarted: return e.tool_call_started().call_id();
+    case pb::Event::kOutput: return e.output().call_id();
+    case pb::Event::kToolCallFinished: return e.tool_call_finished().call_id();
+    case pb::Event::kFile: return e.file().call_id();
+    case pb::Event::kAudit: return e.audit().call_id();
+    case pb::Event::kHumanRequest: return e.human_request().call_id();
+    default: return kNone;
+  }
+}
+
+std::string ReadToken(const std::string& path) {
+  std::string token;
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return token;
+  char buf[4096];
+  ssize_t n = read(fd.get(), buf, sizeof(buf));
+  if (n > 0) token.assign(buf, static_cast<size_t>(n));
+  while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  return token;
+}
+
+}  // namespace
+
+SandboxesService::SandboxesService(Options options) : options_(std::move(options)) {}
+
+absl::Status SandboxesService::Begin(grpc::ServerContext* ctx, std::string* request_id) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("x-request-id");
+  if (it != md.end() && it->second.size() > 0 && it->second.size() <= 128) {
+    *request_id = std::string(it->second.data(), it->second.size());
+  } else {
+    *request_id = NewRequestId();
+  }
+  ctx->AddInitialMetadata("x-request-id", *request_id);
+  const std::string peer = ctx->peer();
+  const bool tcp = peer.rfind("ipv4:", 0) == 0 || peer.rfind("ipv6:", 0) == 0;
+  if (tcp) {
+    if (options_.bearer_token_file.empty()) {
+      return absl::UnauthenticatedError("TCP clients need a bearer token, and this agent has none configured");
+    }
+    const std::string token = ReadToken(options_.bearer_token_file);
+    auto auth = md.find("authorization");
+    const std::string expected = "Bearer " + token;
+    if (token.empty() || auth == md.end() || auth->second.size() != expected.size() ||
+        CRYPTO_memcmp(auth->second.data(), expected.data(), expected.size()) != 0) {
+      return absl::UnauthenticatedError("authorization: missing or wrong bearer token");
+    }
+  }
+  return absl::OkStatus();
+}
+
+grpc::Status SandboxesService::Finish(std::string_view method, const absl::Status& status,
+                                      const std::string& request_id) {
+  if (!status.ok() && status.code() != absl::StatusCode::kNotFound &&
+      status.code() != absl::StatusCode::kInvalidArgument) {
+    const std::string code = absl::StatusCodeToString(status.code());
+    const std::string_view error(status.message().data(), status.message().size());
+    Log(LogLevel::kWarn, "request failed",
+        {{"method", method}, {"request_id", request_id}, {"code", code}, {"error", error}});
+  }
+  return ToGrpcStatus(status, request_id);
+}
+
+grpc::Status SandboxesService::Create(grpc::ServerContext* ctx, const pb::CreateRequest* request,
+                                      pb::Session* response) {
+  std::string rid;
+  absl::Status s = Begin(ctx, &rid);
+  if (s.ok()) {
+    absl::StatusOr<pb::Session> session = options_.sessions->Create(*request);
+    if (session.ok()) {
+      *response = *session;
+      Log(LogLevel::kInfo, "session created", {{"session_id", session->id()}, {"request_id", rid}});
+    }
+    s = session.status();
+  }
+  return Finish("Create", s, rid);
+}
+
+grpc::Status SandboxesService::Get(grpc::ServerContext* ctx, const pb::GetRequest* request, pb::Session* response) {
+  std::string rid;
+  absl::Status s = Begin(ctx, &rid);
+  if (s.ok()) {
+    absl::StatusOr<std::shared_ptr<Session>> session = options_.sessions->Find(request->session_id());
+    if (session.ok()) *response = (*session)->Describe();
+    s = session.status();
+  }
+  return Finish("Get", s, rid);
+}
+
+grpc::Status SandboxesService::List(grpc::ServerContext* ctx, const pb::ListRequest* request,
+                                    pb::ListResponse* response) {
+  std::string rid;
+  absl::Status s = Begin(ctx, &rid);
+  if (s.ok()) {
+    std::map<std::string, std::string> selector(request->label_selector().begin(), request->label_selector().end());
+    for (pb::Session& session : options_.sessions->List(selector)) *response->add_sessions() = std::move(session);
+  }
+  return Finish("List", s, rid);
+}
+
+grpc::Status SandboxesService::Call(grpc::ServerContext* ctx,
+                                    grpc::ServerReaderWriter<pb::Event, pb::CallRequest>* stream) {
+  std::string rid;
+  absl::Status s = Begin(ctx, &rid);
+  if (!s.ok()) return Finish("Call", s, rid);
+  pb::CallRequest first;
+  if (!stream->Read(&first)) {
+    return Finish("Call", absl::InvalidArgumentError("call: the stream ended before the first message"), rid);
+  }
+  absl::StatusOr<std::shared_ptr<Session>> found = options_.sessions->Find(first.session_id());
+  if (!found.ok()) return Finish("Call", found.status(), rid);
+  std::shared_ptr<Session> session = *found;
+  const std::string tool = ToolName(first.call());
+
+  // With an idempotency key, a repeated call (same key, same body) replays the first call's events.
+  absl::StatusOr<std::pair<std::string, uint64_t>> started =
+      session->StartCallOnce(first.idempotency_key(), NewCallId(), first.call());
+  if (!started.ok()) {
+    if (options_.metrics) options_.metrics->ToolCall(tool, absl::StatusCodeToString(started.status().code()));
+    return Finish("Call", started.status(), rid);
+  }
+  const std::string call_id = started->first;
+  const uint64_t started_seq = started->second;
+  Log(LogLevel::kInfo, "tool call", {{"session_id", session->id()}, {"request_id", rid}, {"call_id", call_id},
+                                     {"tool", tool}});
+
+  // Control messages (stdin, window size, signals) arrive on another thread while this one streams.
+  std::atomic<bool> done{false};
+  std::atomic<bool> control_ended{false};
+  std::jthread control([&] {
+    pb::CallRequest msg;
+    while (!done && stream->Read(&msg)) {
+      Session::ExecControl c;
+      c.stdin_data = msg.stdin();
+      c.stdin_eof = msg.stdin_eof();
+      c.rows = msg.rows();
+      c.cols = msg.cols();
+      c.signal = msg.signal();
+      (void)session->ControlExec(call_id, c);
+    }
+    control_ended = true;
+  });
+
+  uint64_t after = started_seq - 1;
+  bool finished = false;
+  std::string result_code = "OK";
+  while (!finished) {
+    std::vector<pb::Event> events;
+    EventLog::ReadResult r = session->events().Read(after, 256, Clock::now() + kForever,
+                                                    [ctx] { return ctx->IsCancelled(); }, &events);
+    if (r == EventLog::ReadResult::kStopped) break;
+    for (const pb::Event& e : events) {
+      after = e.seq();
+      const bool mine = CallIdOf(e) == call_id;
+      if (!mine && !e.has_outcome()) continue;
+      if (e.has_output() && options_.metrics) options_.metrics->BytesStreamed(e.output().data().size());
+      if (!stream->Write(e)) {
+        finished = true;
+        break;
+      }
+      if (e.has_tool_call_finished() && mine) {
+        finished = true;
+        if (e.tool_call_finished().has_error()) {
+          result_code = absl::StatusCodeToString(static_cast<absl::StatusCode>(e.tool_call_finished().error().code()));
+        }
+        break;
+      }
+      if (e.has_outcome()) {
+        finished = true;
+        result_code = "SESSION_ENDED";
+        break;
+      }
+    }
+    if (r == EventLog::ReadResult::kClosed) break;
+  }
+  if (options_.metrics) options_.metrics->ToolCall(tool, result_code);
+  done = true;
+  // The client half-closes once it has seen the end; one that does not is cut off after a grace period so
+  // this handler (and the reader thread blocked in Read) can finish.
+  for (int i = 0; i < 200 && !control_ended; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (!control_ended) ctx->TryCancel();
+  control.join();
+  return Finish("Call", absl::OkStatus(), rid);
+}
+
+grpc::Status SandboxesService::Upload(grpc::ServerContext* ctx, grpc::ServerReader<pb::UploadChunk>* reader,
+                                      pb::UploadResponse* response) {
+  std::string rid;
+  absl::Status s = Begin(ctx, &rid);
+  if (!s.ok()) return Finish("Upload", s, rid);
+  pb::UploadChunk chunk;
+  if (!reader->Read(&chunk)) {
+    return Finish("Upload", absl::InvalidArgumentError("upload: the stream ended before the first chunk"), rid);
+  }
+  absl::StatusOr<std::shared_ptr<Session>> found = options_.sessions->Find(chunk.session_id());
+  if (!found.ok()) return Finish("Upload", found.status(), rid);
+  std::shared_ptr<Session> session = *found;
+  if (session->ended() || session->init() == nullptr) {
+    return Finish("Upload", absl::FailedPreconditionError(absl::StrCat("session ", session->id(), " has ended")), rid);
+  }
+  const std::string path = chunk.path();
+  if (path.empty()) return Finish("Upload", absl::InvalidArgumentError("path: empty"), rid);
+  const uint32_t mode = chunk.mode() != 0 ? chunk.mode() : 0644;
+  Sha256 hash;
+  uint64_t offset = 0;
+  bool last = false;
+  std::string declared;
+  for (;;) {
+    session->Touch();
+    const std::string& data = chunk.data();
+    // init takes at most kMaxChunkBytes per frame.
+    for (size_t done = 0; done < data.size() || (offset == 0 && done == 0);) {
+      const size_t n = std::min<size_t>(data.size() - done, sandbox::InitClient::kMaxChunkBytes);
+      s = session->init()->WriteFile(path, std::string_view(data).substr(done, n), offset, offset == 0, mode);
+      if (!s.ok()) return Finish("Upload", s, rid);
+      offset += n;
+      done += n;
+      if (n == 0) break;
+    }
+    hash.Update(data);
+    if (chunk.last()) {
+      last = true;
+      declared = chunk.sha256();
+      break;
+    }
+    if (!reader->Read(&chunk)) break;
+  }
+  if (!last) {
+    (void)session->init()->Remove(path, false);
+    return Finish("Upload", absl::InvalidArgumentError("upload: the stream ended without a last chunk; the partial file was removed"), rid);
+  }
+  const std::string received = Sha256::Hex(hash.Final());
+  absl::StatusOr<std::string> stored = session->init()->Sha256(path);
+  if (!stored.ok()) return Finish("Upload", stored.status(), rid);
+  if ((!declared.empty() && declared != received) || *stored != received) {
+    (void)session->init()->Remove(path, false);
+    return Finish("Upload",
+                  absl::DataLossError(absl::StrCat("sha256: the client declared ", declared.empty() ? "-" : declared,
+                                                   ", the agent received ", received, ", the jail stored ",
+                                                   *stored, "; the file was removed")),
+                  rid);
+  }
+  response->set_size(offset);
+  response->set_sha256(received);
+  if (options_.metrics) options_.metrics->ToolCall("upload", "OK");
+  return Finish("Upload", absl::OkStatus(), rid);
+}
+
+grpc::Status SandboxesService::Download(grpc::ServerContext* ctx, const pb::DownloadRequest* request,
+                                        grpc::ServerWriter<pb::DownloadChunk>* writer) {
+  std::string rid;
+  absl::Status s = Begin(ctx, &rid);
+  if (!s.ok()) return Finish("Download", s, rid);
+  absl::StatusOr<std::shared_ptr<Session>> found = options_.sessions->Find(request->session_id());
+  if (!found.ok()) return Finish("Download", found.status(), rid);
+  std::shared_ptr<Session> session = *found;
+  if (session->ended() || session->init() == nullptr) {
+    return Finish("Download", absl::FailedPreconditionError(absl::StrCat("session ", session->id(), " has ended")), rid);
+  }
+  absl::StatusOr<sandbox::FileInfo> info = session->init()->Stat(request->path());
+  if (!info.ok()) return Finish("Download", info.status(), rid);
+  if (info->type != sandbox::FileInfo::Type::kFile) {
+    return Finish("Download", absl::InvalidArgumentError(absl::StrCat("path: ", request->path(), " is not a regular file")), rid);
+  }
+  Sha256 hash;
+  uint64_t offset = 0;
+  for (;;) {
+    if (ctx->IsCancelled()) return Finish("Download", absl::CancelledError("the client went away"), rid);
+    session->Touch();
+    absl::StatusOr<std::string> data =
+        session->init()->ReadFile(request->path(), offset, sandbox::InitClient::kMaxChunkBytes);
+    if (!data.ok()) return Finish("Download", data.status(), rid);
+    hash.Update(*data);
+    pb::DownloadChunk chunk;
+    chunk.set_offset(offset);
+    offset += data->size();
+    const bool last = data->size() < sandbox::InitClient::kMaxChunkBytes;
+    chunk.set_data(std::move(*data));
+    if (last) {
+      chunk.set_last(true);
+      chunk.set_sha256(Sha256::Hex(hash.Final()));
+      chunk.set_size(offset);
+    }
+    if (options_.metrics) options_.metrics->BytesStreamed(chunk.data().size());
+    if (!writer->Write(chunk)) return Finish("Download", absl::CancelledError("the client went away"), rid);
+    if (last) break;
+  }
+  if (options_.metrics) options_.metrics->ToolCall("download", "OK");
+  return Finish("Download", absl::OkStatus(), rid);
+}
+
+grpc::Status SandboxesService::Events(grpc::ServerContext* ctx, const pb::EventsRequest* request,
+                                      grpc::ServerWriter<pb::Event>* writer) {
+  std::string rid;
+  absl::Status s = Begin(ctx, &rid);
+  if (!s.ok()) return Finish("Events", s, rid);
+  absl::StatusOr<std::shared_ptr<Session>> found = options_.sessions->Find(request->session_id());
+  if (!found.ok()) return Finish("Events", found.status(), rid);
+  std::shared_ptr<Session> session = *found;
+  uint64_t after = request->after_seq();
+  if (after > session->events().last_seq()) {
+    return Finish("Events",
+                  absl::OutOfRangeError(absl::StrCat("after_seq: ", after, " is past the newest event (",
+                                                     session->events().last_seq(), ")")),
+                  rid);
+  }
+  for (;;) {
+    std::vector<pb::Event> events;
+    const auto deadline = request->follow() ? Clock::now() + kForever : Clock::now();
+    EventLog::ReadResult r =
+        session->events().Read(after, 256, deadline, [ctx] { return ctx->IsCancelled(); }, &events);
+    for (const pb::Event& e : events) {
+      if (!writer->Write(e)) return Finish("Events", absl::CancelledError("the client went away"), rid);
+      after = e.seq();
+    }
+    if (r != EventLog::ReadResult::kEvents) break;
+  }
+  return Finish("Events", absl::OkStatus(), rid);
+}
+
+grpc::Status SandboxesService::Cancel(grpc::ServerContext* ctx, const pb::CancelRequest* request,
+                                      pb::Session* response) {
+  std::string rid;
+  absl::Status s = Begin(ctx, &rid);
+  if (s.ok()) {
+    absl::StatusOr<pb::Session> session = options_.sessions->Cancel(request->session_id());
+    if (session.ok()) *response = *session;
+    s = session.status();
+  }
+  return Finish("Cancel", s, rid);
+}
+
+grpc::Status SandboxesService::Delete(grpc::ServerContext* ctx, const pb::DeleteRequest* request,
+                                      pb::DeleteResponse* response) {
+  std::string rid;
+  absl::Status s = Begin(ctx, &rid);
+  if (s.ok()) s = options_.sessions->Delete(request->session_id());
+  return Finish("Delete", s, rid);
+}
+
+}  // namespace sbx::agent

@@ -1,0 +1,169 @@
+#include "agent/serve_command.h"
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "agent/agent_config.h"
+#include "agent/init_locator.h"
+#include "agent/log.h"
+#include "agent/metrics.h"
+#include "agent/sandboxes_service.h"
+#include "agent/session_manager.h"
+#include "duvo/sandbox/v1/session.pb.h"
+#include "sandbox/cgroup.h"
+#include "sandbox/policy_loader.h"
+#include "sandbox/status.h"
+#include "sandbox/unique_fd.h"
+
+namespace sbx::agent {
+namespace {
+
+absl::Status MkdirAll(const std::string& dir, mode_t mode) {
+  std::string partial;
+  for (size_t i = 1; i <= dir.size(); ++i) {
+    if (i == dir.size() || dir[i] == '/') {
+      partial = dir.substr(0, i);
+      if (mkdir(partial.c_str(), mode) < 0 && errno != EEXIST) return ErrnoToStatus(errno, absl::StrCat("mkdir ", partial));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Makes `path` free for a new socket: refuses when a live agent answers there, removes a stale socket.
+absl::Status ClaimSocketPath(const std::string& path) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) < 0) return errno == ENOENT ? absl::OkStatus() : ErrnoToStatus(errno, path);
+  if (!S_ISSOCK(st.st_mode)) return absl::FailedPreconditionError(absl::StrCat(path, " exists and is not a socket"));
+  UniqueFd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return absl::InvalidArgumentError(absl::StrCat(path, ": too long for a unix socket"));
+  memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  if (connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    return absl::FailedPreconditionError(absl::StrCat("another agent is serving on ", path));
+  }
+  if (unlink(path.c_str()) < 0) return ErrnoToStatus(errno, absl::StrCat("remove stale socket ", path));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<sandbox::Policy> FilePolicy(const AgentConfig& config) {
+  const std::string path = config.policy_dir + "/file.textproto";
+  if (access(path.c_str(), F_OK) == 0) return sandbox::LoadPolicyFile(path);
+  return sandbox::DefaultFilePolicy();
+}
+
+int Fail(const absl::Status& status) {
+  fprintf(stderr, "sandbox-agent serve: %.*s\n", static_cast<int>(status.message().size()), status.message().data());
+  return 1;
+}
+
+}  // namespace
+
+int ServeCommand(const ServeFlags& flags) {
+  // Signals are taken by sigwait below; block them before any thread exists so every thread inherits it.
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&signals, sig);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  InitLogging();
+
+  absl::StatusOr<AgentConfig> config = LoadAgentConfig(flags.config_path);
+  if (!config.ok()) return Fail(config.status());
+  if (!flags.socket.empty()) config->unix_socket = flags.socket;
+  if (!flags.metrics_address.empty()) config->metrics_address = flags.metrics_address;
+
+  absl::StatusOr<sandbox::Policy> file_policy = FilePolicy(*config);
+  if (!file_policy.ok()) return Fail(file_policy.status());
+  absl::StatusOr<std::string> init = LocateInit(config->init_path);
+  if (!init.ok()) return Fail(init.status());
+
+  std::vector<std::string> warnings;
+  absl::StatusOr<sandbox::CgroupLayout> layout = sandbox::PrepareCgroupLayout();
+  if (!layout.ok()) {
+    if (geteuid() == 0) return Fail(Annotate(layout.status(), "cgroups"));
+    warnings.push_back(absl::StrCat("rootless: cgroup limits are NOT enforced: ", layout.status().message()));
+    Log(LogLevel::kWarn, warnings.back());
+  }
+
+  Metrics metrics;
+  std::unique_ptr<MetricsServer> metrics_server;
+  if (config->metrics_address != "off") {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> started = MetricsServer::Start(config->metrics_address, &metrics);
+    if (!started.ok()) return Fail(started.status());
+    metrics_server = std::move(*started);
+  }
+
+  SessionManager::Options mo;
+  mo.max_sessions = config->max_sessions;
+  mo.default_ttl = config->default_ttl;
+  mo.default_idle_timeout = config->default_idle_timeout;
+  mo.init_path = *init;
+  mo.cgroups = layout.ok() ? &*layout : nullptr;
+  mo.warnings = warnings;
+  mo.policies.emplace(duvo::sandbox::v1::FILE, *file_policy);
+  mo.metrics = &metrics;
+  auto sessions = std::make_unique<SessionManager>(std::move(mo));
+  metrics.SetActiveSessions([raw = sessions.get()] { return raw->active(); });
+
+  SandboxesService::Options so;
+  so.sessions = sessions.get();
+  so.metrics = &metrics;
+  so.bearer_token_file = config->bearer_token_file;
+  SandboxesService service(so);
+
+  const std::string socket_dir = config->unix_socket.substr(0, config->unix_socket.rfind('/'));
+  if (absl::Status s = MkdirAll(socket_dir, 0755); !s.ok()) return Fail(s);
+  if (absl::Status s = ClaimSocketPath(config->unix_socket); !s.ok()) return Fail(s);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix://" + config->unix_socket, grpc::InsecureServerCredentials());
+  int tcp_port = 0;
+  if (!config->tcp_address.empty()) {
+    builder.AddListeningPort(config->tcp_address, grpc::InsecureServerCredentials(), &tcp_port);
+  }
+  builder.SetMaxReceiveMessageSize(4 << 20);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config->unix_socket)));
+  chmod(config->unix_socket.c_str(), 0660);
+  Log(LogLevel::kInfo, "serving",
+      {{"socket", config->unix_socket},
+       {"tcp", config->tcp_address.empty() ? "" : absl::StrCat(config->tcp_address, " (port ", tcp_port, ")")},
+       {"metrics", metrics_server ? absl::StrCat("127.0.0.1:", metrics_server->port()) : "off"}});
+
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&signals, &sig) != 0) continue;
+    if (sig == SIGHUP) {
+      Log(LogLevel::kInfo, "SIGHUP: configuration reload is not supported in local mode; ignoring");
+      continue;
+    }
+    Log(LogLevel::kInfo, "shutting down", {{"signal", strsignal(sig)}});
+    break;
+  }
+  sessions->CancelAll("the agent is shutting down");
+  Log(LogLevel::kInfo, "sessions canceled");
+  // Streams of canceled sessions end by themselves; anything still in flight after a second is cut off.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  Log(LogLevel::kInfo, "server shut down");
+  server->Wait();
+  sessions.reset();
+  unlink(config->unix_socket.c_str());
+  Log(LogLevel::kInfo, "stopped");
+  return 0;
+}
+
+}  // namespace sbx::agent

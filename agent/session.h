@@ -1,0 +1,124 @@
+// Session: one long-lived sandbox — a serving jail (sandbox-init speaking the init protocol), its event log,
+// and the tool calls running in it. Owned by the SessionManager through shared_ptr (RPC handlers hold a
+// reference while they stream); the jail is killed and removed when the session ends.
+#ifndef SBX_AGENT_SESSION_H_
+#define SBX_AGENT_SESSION_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "agent/event_log.h"
+#include "agent/metrics.h"
+#include "duvo/sandbox/v1/session.pb.h"
+#include "sandbox/cgroup.h"
+#include "sandbox/init_client.h"
+#include "sandbox/jail.h"
+#include "sandbox/jail_launcher.h"
+#include "sandbox/policy.h"
+
+namespace sbx::agent {
+
+class Session {
+ public:
+  struct Options {
+    std::string id;
+    duvo::sandbox::v1::SessionKind kind = duvo::sandbox::v1::FILE;
+    std::map<std::string, std::string> labels;
+    std::chrono::milliseconds ttl{0};
+    std::chrono::milliseconds idle_timeout{0};
+    std::string init_path;
+    const sandbox::CgroupLayout* cgroups = nullptr;  // nullptr: rootless without cgroup limits
+    std::vector<std::string> warnings;
+    std::vector<sandbox::EnvVar> env;  // the policy's environment, for exec calls that add variables
+    Metrics* metrics = nullptr;        // not owned; may be null
+    sandbox::JailLauncher* launcher = nullptr;  // not owned; clones the jail from a long-lived thread
+  };
+
+  // Builds the jail and connects to its sandbox-init. The session_started event is seq 1.
+  static absl::StatusOr<std::shared_ptr<Session>> Start(const sandbox::Policy& policy, Options options);
+  ~Session();
+
+  const std::string& id() const { return options_.id; }
+  EventLog& events() { return events_; }
+  duvo::sandbox::v1::Session Describe() const;
+  bool ended() const { return ended_.load(); }
+  bool Matches(const std::map<std::string, std::string>& selector) const;
+  // True while an exec runs (an idle timeout does not apply then).
+  bool busy() const;
+
+  // Control messages for a running exec (stdin, window size, signals).
+  struct ExecControl {
+    std::string stdin_data;
+    bool stdin_eof = false;
+    uint32_t rows = 0, cols = 0;
+    int signal = 0;
+  };
+
+  // Starts a tool call: appends tool_call_started and returns its seq; the call's output and its
+  // tool_call_finished follow in the log. File tools run before this returns; an exec runs on.
+  // FailedPrecondition once the session has ended.
+  absl::StatusOr<uint64_t> StartCall(const std::string& call_id, const duvo::sandbox::v1::ToolCall& call);
+  absl::Status ControlExec(const std::string& call_id, const ExecControl& control);
+
+  // StartCall with an idempotency key: the first call with `key` starts as `new_call_id`; a later one with
+  // the same body gets that call's id and started seq back (its events replay from the log); with another
+  // body it is ABORTED. An empty key always starts a new call. Returns {call id, started seq}.
+  absl::StatusOr<std::pair<std::string, uint64_t>> StartCallOnce(const std::string& key,
+                                                                 const std::string& new_call_id,
+                                                                 const duvo::sandbox::v1::ToolCall& call);
+
+  // Ends the session (kills the jail). `status`/`reason` go into the outcome unless it already ended.
+  void End(duvo::sandbox::v1::Outcome::Status status, const std::string& reason, const std::string& message);
+
+  // The InitClient for Upload/Download (nullptr after the end).
+  sandbox::InitClient* init() { return init_.get(); }
+
+  // Marks the session used now (tool calls, uploads); the idle timeout counts from the last use.
+  void Touch();
+  std::chrono::steady_clock::time_point last_used() const;
+  std::chrono::steady_clock::time_point expires_at() const { return expires_; }
+  std::chrono::milliseconds idle_timeout() const { return options_.idle_timeout; }
+
+ private:
+  Session(Options options, std::unique_ptr<sandbox::Jail> jail, std::unique_ptr<sandbox::InitClient> init);
+  void WatchJail();  // runs on watcher_: waits for the jail's end and writes the outcome
+  void FinishCall(const std::string& call_id, const absl::StatusOr<duvo::sandbox::v1::ToolResult>& result);
+
+  const Options options_;
+  const std::chrono::steady_clock::time_point created_;
+  const int64_t created_unix_ms_;
+  const std::chrono::steady_clock::time_point expires_;
+  EventLog events_;
+  std::unique_ptr<sandbox::Jail> jail_;
+  std::unique_ptr<sandbox::InitClient> init_;
+  std::atomic<bool> ended_{false};
+  std::atomic<int64_t> last_used_ns_;
+
+  mutable std::mutex mu_;
+  std::map<std::string, uint64_t> running_execs_;  // GUARDED_BY(mu_): call id -> InitClient call id
+  duvo::sandbox::v1::Outcome outcome_;             // GUARDED_BY(mu_)
+  duvo::sandbox::v1::Outcome::Status end_status_ = duvo::sandbox::v1::Outcome::STATUS_UNSPECIFIED;  // GUARDED_BY(mu_)
+  std::string end_reason_, end_message_;           // GUARDED_BY(mu_)
+
+  struct IdempotentCall {
+    std::string body;
+    std::string call_id;
+    uint64_t seq = 0;
+  };
+  std::mutex idempotent_mu_;  // held across StartCall so two calls with one key start once
+  std::map<std::string, IdempotentCall> idempotent_calls_;  // GUARDED_BY(idempotent_mu_)
+
+  std::jthread watcher_;  // last member: joined first
+};
+
+}  // namespace sbx::agent
+
+#endif  // SBX_AGENT_SESSION_H_

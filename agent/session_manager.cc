@@ -1,0 +1,224 @@
+#include "agent/session_manager.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "sandbox/policy_builder.h"
+#include "sandbox/policy_loader.h"
+#include "sandbox/status.h"
+
+namespace sbx::agent {
+namespace {
+
+namespace pb = ::duvo::sandbox::v1;
+using Clock = std::chrono::steady_clock;
+
+// Only limits may be narrowed by a request; anything else in its policy is refused by name.
+absl::StatusOr<sandbox::PolicyNarrowing> NarrowingFromRequest(const pb::SandboxPolicy& policy) {
+  pb::SandboxPolicy rest = policy;
+  rest.clear_limits();
+  if (rest.ByteSizeLong() != 0) {
+    std::vector<const google::protobuf::FieldDescriptor*> fields;
+    rest.GetReflection()->ListFields(rest, &fields);
+    return absl::PermissionDeniedError(absl::StrCat(
+        "policy.", fields.empty() ? "?" : fields[0]->name(),
+        ": a request may only narrow policy.limits; the host's policy decides the rest"));
+  }
+  sandbox::PolicyNarrowing n;
+  const pb::Limits& l = policy.limits();
+  if (l.has_memory_max_bytes()) n.memory_max_bytes = l.memory_max_bytes();
+  if (l.has_pids_max()) n.pids_max = l.pids_max();
+  if (l.has_cpu_millicores()) n.cpu_millicores = l.cpu_millicores();
+  if (l.has_wall_time_limit_ms()) n.wall_time_limit_ms = l.wall_time_limit_ms();
+  if (l.has_open_files_max()) n.open_files_max = l.open_files_max();
+  if (l.has_file_size_max_bytes()) n.file_size_max_bytes = l.file_size_max_bytes();
+  if (l.has_output_max_bytes()) n.output_max_bytes = l.output_max_bytes();
+  if (l.has_kill_on_pids_limit()) {
+    return absl::PermissionDeniedError("policy.limits.kill_on_pids_limit: set by the host's policy");
+  }
+  return n;
+}
+
+}  // namespace
+
+std::string NewSessionId() {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrFormat("s-%016x", rng());
+}
+
+SessionManager::SessionManager(Options options) : options_(std::move(options)) {
+  reaper_ = std::jthread([this](std::stop_token stop) { Reap(stop); });
+}
+
+SessionManager::~SessionManager() {
+  reaper_.request_stop();
+  if (reaper_.joinable()) reaper_.join();
+  CancelAll("the agent is shutting down");
+}
+
+absl::StatusOr<pb::Session> SessionManager::Create(const pb::CreateRequest& request) {
+  const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
+  auto policy_it = options_.policies.find(kind);
+  if (policy_it == options_.policies.end()) {
+    return absl::UnimplementedError(
+        absl::StrCat("kind: ", pb::SessionKind_Name(kind), " sessions are not available on this agent"));
+  }
+  std::string request_bytes;
+  request.SerializeToString(&request_bytes);
+  {
+    std::lock_guard lock(mu_);
+    if (!request.idempotency_key().empty()) {
+      auto it = idempotency_.find(request.idempotency_key());
+      if (it != idempotency_.end()) {
+        if (it->second.request_bytes != request_bytes) {
+          return absl::AbortedError(absl::StrCat("idempotency_key '", request.idempotency_key(),
+                                                 "' was used for a different request"));
+        }
+        auto s = sessions_.find(it->second.session_id);
+        if (s != sessions_.end()) return s->second->Describe();
+        return absl::NotFoundError(absl::StrCat("the session created with idempotency_key '",
+                                                request.idempotency_key(), "' was deleted"));
+      }
+    }
+    size_t running = 0;
+    for (const auto& [id, s] : sessions_) running += s->ended() ? 0 : 1;
+    if (running + starting_ >= options_.max_sessions) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("capacity: ", options_.max_sessions, " sessions are running; retry later"));
+    }
+    ++starting_;
+  }
+  struct Unstart {
+    SessionManager* self;
+    ~Unstart() {
+      std::lock_guard lock(self->mu_);
+      --self->starting_;
+    }
+  } unstart{this};
+
+  ASSIGN_OR_RETURN(sandbox::PolicyNarrowing narrowing, NarrowingFromRequest(request.policy()));
+  const std::chrono::milliseconds ttl =
+      request.ttl_ms() > 0 ? std::chrono::milliseconds(request.ttl_ms()) : options_.default_ttl;
+  // The jail's own wall-clock timer enforces the ttl.
+  if (!narrowing.wall_time_limit_ms || *narrowing.wall_time_limit_ms > static_cast<uint64_t>(ttl.count())) {
+    narrowing.wall_time_limit_ms = std::min<uint64_t>(ttl.count(), policy_it->second.limits().wall_time_limit_ms);
+  }
+  ASSIGN_OR_RETURN(sandbox::Policy policy, sandbox::NarrowPolicy(policy_it->second, narrowing));
+
+  Session::Options so;
+  so.id = NewSessionId();
+  so.kind = kind;
+  so.labels.insert(request.labels().begin(), request.labels().end());
+  so.ttl = std::chrono::milliseconds(policy.limits().wall_time_limit_ms);
+  so.idle_timeout = request.idle_timeout_ms() > 0 ? std::chrono::milliseconds(request.idle_timeout_ms())
+                                                  : options_.default_idle_timeout;
+  so.init_path = options_.init_path;
+  so.cgroups = options_.cgroups;
+  so.warnings = options_.warnings;
+  so.env = policy.spec().env;
+  so.metrics = options_.metrics;
+  so.launcher = &launcher_;
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> session, Session::Start(policy, std::move(so)));
+  pb::Session described = session->Describe();
+  std::lock_guard lock(mu_);
+  sessions_[session->id()] = session;
+  if (!request.idempotency_key().empty()) {
+    idempotency_[request.idempotency_key()] = Idempotent{request_bytes, session->id()};
+  }
+  return described;
+}
+
+absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string& id) const {
+  std::lock_guard lock(mu_);
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) return absl::NotFoundError(absl::StrCat("session_id: no session '", id, "'"));
+  return it->second;
+}
+
+std::vector<pb::Session> SessionManager::List(const std::map<std::string, std::string>& selector) const {
+  std::vector<std::shared_ptr<Session>> all;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, s] : sessions_) all.push_back(s);
+  }
+  std::vector<pb::Session> out;
+  for (const auto& s : all) {
+    if (s->Matches(selector)) out.push_back(s->Describe());
+  }
+  return out;
+}
+
+absl::StatusOr<pb::Session> SessionManager::Cancel(const std::string& id) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> session, Find(id));
+  session->End(pb::Outcome::CANCELED, "canceled", "canceled by request");
+  // The outcome follows promptly: the jail is SIGKILLed.
+  std::vector<pb::Event> ignored;
+  session->events().Read(UINT64_MAX - 1, 1, Clock::now() + std::chrono::seconds(5), [] { return false; }, &ignored);
+  return session->Describe();
+}
+
+absl::Status SessionManager::Delete(const std::string& id) {
+  std::shared_ptr<Session> session;
+  {
+    std::lock_guard lock(mu_);
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return absl::NotFoundError(absl::StrCat("session_id: no session '", id, "'"));
+    session = std::move(it->second);
+    sessions_.erase(it);
+    ended_at_.erase(id);
+    std::erase_if(idempotency_, [&](const auto& kv) { return kv.second.session_id == id; });
+  }
+  session->End(pb::Outcome::CANCELED, "canceled", "the session was deleted");
+  return absl::OkStatus();  // the last reference (ours, or a streaming handler's) tears the jail down
+}
+
+void SessionManager::CancelAll(const std::string& reason) {
+  std::map<std::string, std::shared_ptr<Session>> all;
+  {
+    std::lock_guard lock(mu_);
+    all.swap(sessions_);
+  }
+  for (auto& [id, s] : all) s->End(pb::Outcome::CANCELED, "canceled", reason);
+  all.clear();  // joins each session's watcher after its jail is killed
+}
+
+size_t SessionManager::active() const {
+  std::lock_guard lock(mu_);
+  size_t n = 0;
+  for (const auto& [id, s] : sessions_) n += s->ended() ? 0 : 1;
+  return n;
+}
+
+void SessionManager::Reap(std::stop_token stop) {
+  while (!stop.stop_requested()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const auto now = Clock::now();
+    std::vector<std::shared_ptr<Session>> idle;
+    std::vector<std::shared_ptr<Session>> forget;
+    {
+      std::lock_guard lock(mu_);
+      for (auto it = sessions_.begin(); it != sessions_.end();) {
+        const std::shared_ptr<Session>& s = it->second;
+        if (s->ended()) {
+          auto [at, inserted] = ended_at_.emplace(it->first, now);
+          if (!inserted && now - at->second > options_.keep_ended) {
+            forget.push_back(s);
+            ended_at_.erase(at);
+            it = sessions_.erase(it);
+            continue;
+          }
+        } else if (!s->busy() && now - s->last_used() > s->idle_timeout()) {
+          idle.push_back(s);
+        }
+        ++it;
+      }
+    }
+    for (auto& s : idle) {
+      s->End(pb::Outcome::CANCELED, "idle_timeout",
+             absl::StrCat("no tool call for ", s->idle_timeout().count(), " ms"));
+    }
+  }
+}
+
+}  // namespace sbx::agent

@@ -1,0 +1,80 @@
+// SessionManager: the agent's sessions by id. Creates them within the configured capacity (with
+// idempotency keys), finds, lists, cancels and deletes them, and ends idle ones. Holds no global state:
+// the Daemon owns it.
+#ifndef SBX_AGENT_SESSION_MANAGER_H_
+#define SBX_AGENT_SESSION_MANAGER_H_
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "agent/session.h"
+#include "duvo/sandbox/v1/sandboxes.pb.h"
+#include "sandbox/cgroup.h"
+#include "sandbox/jail_launcher.h"
+#include "sandbox/policy.h"
+
+namespace sbx::agent {
+
+class SessionManager {
+ public:
+  struct Options {
+    uint32_t max_sessions = 64;
+    std::chrono::milliseconds default_ttl{std::chrono::hours(1)};
+    std::chrono::milliseconds default_idle_timeout{std::chrono::minutes(15)};
+    std::string init_path;
+    const sandbox::CgroupLayout* cgroups = nullptr;
+    std::vector<std::string> warnings;  // rootless limitations, copied into every outcome
+    // The host's ceiling per kind. Kinds without a policy are refused (UNIMPLEMENTED).
+    std::map<int, sandbox::Policy> policies;  // key: duvo::sandbox::v1::SessionKind
+    // Ended sessions are forgotten this long after their end unless deleted first.
+    std::chrono::milliseconds keep_ended{std::chrono::minutes(10)};
+    Metrics* metrics = nullptr;  // not owned; may be null
+  };
+
+  explicit SessionManager(Options options);
+  ~SessionManager();  // cancels every session
+
+  // Starts a session. Same idempotency key + same request: the first session; another request: ABORTED.
+  // Past capacity: RESOURCE_EXHAUSTED. A policy wider than the kind's ceiling: PERMISSION_DENIED.
+  absl::StatusOr<duvo::sandbox::v1::Session> Create(const duvo::sandbox::v1::CreateRequest& request);
+  absl::StatusOr<std::shared_ptr<Session>> Find(const std::string& id) const;
+  std::vector<duvo::sandbox::v1::Session> List(const std::map<std::string, std::string>& selector) const;
+  absl::StatusOr<duvo::sandbox::v1::Session> Cancel(const std::string& id);
+  absl::Status Delete(const std::string& id);
+  // Cancels every session (drain) and waits for their outcomes.
+  void CancelAll(const std::string& reason);
+
+  size_t active() const;
+  uint32_t capacity() const { return options_.max_sessions; }
+
+ private:
+  void Reap(std::stop_token stop);  // idle timeouts and forgetting ended sessions
+
+  const Options options_;
+  // Declared before the sessions: destroyed after them, so no jail outlives the thread that cloned it.
+  sandbox::JailLauncher launcher_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Session>> sessions_;  // GUARDED_BY(mu_)
+  struct Idempotent {
+    std::string request_bytes;
+    std::string session_id;
+  };
+  std::map<std::string, Idempotent> idempotency_;  // GUARDED_BY(mu_)
+  uint32_t starting_ = 0;                          // GUARDED_BY(mu_): Creates in flight
+  std::map<std::string, std::chrono::steady_clock::time_point> ended_at_;  // GUARDED_BY(mu_)
+  std::jthread reaper_;
+};
+
+// A new random session id: "s-" + 16 hex digits.
+std::string NewSessionId();
+
+}  // namespace sbx::agent
+
+#endif  // SBX_AGENT_SESSION_MANAGER_H_

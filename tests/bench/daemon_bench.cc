@@ -1,0 +1,197 @@
+// Daemon benchmarks, each beside its anchor in the same run:
+//  1. exec round trip of `true` in a warm session through the daemon (p50/p99, calls/s); anchor: a local
+//     fork+exec+wait of /bin/true.
+//  2. stdout streaming throughput of `head -c 1G /dev/zero` to a client; anchor:
+//     `head -c 1G /dev/zero | cat > /dev/null` on the host.
+//  3. idle density: N concurrent idle file sessions; agent RSS and host memory per session.
+//
+//   daemon_bench [--calls N] [--stream-bytes B] [--sessions N]
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
+
+namespace pb = ::duvo::sandbox::v1;
+using Clock = std::chrono::steady_clock;
+
+extern char** environ;
+
+namespace {
+
+double Pct(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+}
+
+// "MemAvailable" etc. from /proc/meminfo, in KiB.
+long MemInfo(const char* key) {
+  std::ifstream f("/proc/meminfo");
+  std::string k;
+  long v;
+  std::string unit;
+  while (f >> k >> v >> unit) {
+    if (k == std::string(key) + ":") return v;
+  }
+  return -1;
+}
+
+long RssKiB(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  }
+  return -1;
+}
+
+int Spawn(const std::vector<std::string>& argv, bool wait = true) {
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid;
+  if (posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), environ) != 0) return -1;
+  if (!wait) return pid;
+  int status;
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+struct ExecOutcome {
+  uint64_t bytes = 0;
+  bool ok = false;
+};
+
+ExecOutcome Exec(pb::Sandboxes::Stub& stub, const std::string& id, const std::vector<std::string>& argv) {
+  grpc::ClientContext ctx;
+  auto stream = stub.Call(&ctx);
+  pb::CallRequest req;
+  req.set_session_id(id);
+  for (auto& a : argv) req.mutable_call()->mutable_exec()->add_argv(a);
+  stream->Write(req);
+  stream->WritesDone();
+  pb::Event e;
+  ExecOutcome out;
+  while (stream->Read(&e)) {
+    if (e.has_output()) out.bytes += e.output().data().size();
+    if (e.has_tool_call_finished()) out.ok = e.tool_call_finished().has_result();
+  }
+  out.ok = out.ok && stream->Finish().ok();
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int calls = 500;
+  uint64_t stream_bytes = 1ull << 30;
+  int sessions = 500;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!strcmp(argv[i], "--calls")) calls = atoi(argv[i + 1]);
+    if (!strcmp(argv[i], "--stream-bytes")) stream_bytes = strtoull(argv[i + 1], nullptr, 10);
+    if (!strcmp(argv[i], "--sessions")) sessions = atoi(argv[i + 1]);
+  }
+  char dir[] = "/tmp/sbx-bench-XXXXXX";
+  if (!mkdtemp(dir)) return 1;
+  const std::string socket = std::string(dir) + "/agent.sock";
+  const std::string config = std::string(dir) + "/agent.textproto";
+  std::ofstream(config) << "unix_socket: \"" << socket << "\"\nmetrics_address: \"off\"\nmax_sessions: "
+                        << sessions + 4 << "\n";
+  pid_t agent = Spawn({SBX_AGENT_BIN, "serve", "--config", config}, /*wait=*/false);
+  auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
+  for (int i = 0; i < 500; ++i) {
+    struct stat st;
+    if (stat(socket.c_str(), &st) == 0 &&
+        channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(1))) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  pb::Sandboxes::Stub stub(channel);
+  printf("machine: %u cores\n", std::thread::hardware_concurrency());
+
+  pb::Session warm;
+  {
+    grpc::ClientContext ctx;
+    if (!stub.Create(&ctx, pb::CreateRequest(), &warm).ok()) {
+      fprintf(stderr, "cannot create a session (root? built?)\n");
+      kill(agent, SIGKILL);
+      return 1;
+    }
+  }
+  // 1. exec round trip.
+  for (int i = 0; i < 20; ++i) Exec(stub, warm.id(), {"true"});
+  std::vector<double> rtt, local;
+  const auto t0 = Clock::now();
+  for (int i = 0; i < calls; ++i) {
+    auto a = Clock::now();
+    if (!Exec(stub, warm.id(), {"true"}).ok) fprintf(stderr, "exec failed\n");
+    rtt.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
+  }
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  for (int i = 0; i < calls; ++i) {
+    auto a = Clock::now();
+    Spawn({"/bin/true"});
+    local.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
+  }
+  printf("exec round trip of `true` in a warm session, %d calls\n", calls);
+  printf("  through the daemon  p50 %.2f ms  p99 %.2f ms  %.0f calls/s\n", Pct(rtt, 0.5), Pct(rtt, 0.99),
+         calls / secs);
+  printf("  local fork+exec     p50 %.2f ms  p99 %.2f ms\n", Pct(local, 0.5), Pct(local, 0.99));
+  printf("  ratio (p50)         %.2f\n", Pct(rtt, 0.5) / Pct(local, 0.5));
+
+  // 2. streaming throughput.
+  const std::string count = std::to_string(stream_bytes);
+  auto s0 = Clock::now();
+  ExecOutcome streamed = Exec(stub, warm.id(), {"head", "-c", count, "/dev/zero"});
+  const double stream_secs = std::chrono::duration<double>(Clock::now() - s0).count();
+  auto h0 = Clock::now();
+  Spawn({"/bin/sh", "-c", "head -c " + count + " /dev/zero | cat > /dev/null"});
+  const double host_secs = std::chrono::duration<double>(Clock::now() - h0).count();
+  printf("stdout streaming, %llu bytes\n", static_cast<unsigned long long>(stream_bytes));
+  printf("  through the daemon  %.2f GB/s (%llu bytes received)\n", streamed.bytes / stream_secs / 1e9,
+         static_cast<unsigned long long>(streamed.bytes));
+  printf("  head | cat on host  %.2f GB/s\n", stream_bytes / host_secs / 1e9);
+  printf("  ratio               %.2f\n", (streamed.bytes / stream_secs) / (stream_bytes / host_secs));
+
+  // 3. idle density.
+  const long avail_before = MemInfo("MemAvailable");
+  const long rss_before = RssKiB(agent);
+  int created = 0;
+  auto c0 = Clock::now();
+  for (int i = 0; i < sessions; ++i) {
+    grpc::ClientContext ctx;
+    pb::Session s;
+    if (stub.Create(&ctx, pb::CreateRequest(), &s).ok()) ++created;
+  }
+  const double create_secs = std::chrono::duration<double>(Clock::now() - c0).count();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const long avail_after = MemInfo("MemAvailable");
+  const long rss_after = RssKiB(agent);
+  printf("idle density: %d sessions created in %.1f s (%.1f ms each)\n", created, create_secs,
+         1000 * create_secs / std::max(created, 1));
+  printf("  agent RSS %ld KiB -> %ld KiB: %.0f KiB per session (target < 200)\n", rss_before, rss_after,
+         static_cast<double>(rss_after - rss_before) / std::max(created, 1));
+  printf("  host memory in use +%ld MiB: %.0f KiB per session (jail, init, cgroup, namespaces)\n",
+         (avail_before - avail_after) / 1024, static_cast<double>(avail_before - avail_after) / std::max(created, 1));
+
+  kill(agent, SIGTERM);
+  int status;
+  waitpid(agent, &status, 0);
+  unlink(config.c_str());
+  rmdir(dir);
+  return 0;
+}

@@ -1,0 +1,146 @@
+#include "tests/e2e/daemon_fixture.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace sbx::testing {
+
+namespace pb = ::duvo::sandbox::v1;
+
+std::string AgentBin() { return SBX_AGENT_BIN; }
+std::string CtlBin() { return SBX_CTL_BIN; }
+
+Daemon::Daemon(Options options) {
+  char dir[] = "/tmp/sbx-e2e-XXXXXX";
+  if (mkdtemp(dir) == nullptr) return;
+  dir_ = dir;
+  socket_ = dir_ + "/agent.sock";
+  const std::string config = dir_ + "/agent.textproto";
+  {
+    std::ofstream f(config);
+    f << "unix_socket: \"" << socket_ << "\"\n";
+    f << "metrics_address: \"127.0.0.1:0\"\n";
+    for (const std::string& line : options.config_lines) f << line << "\n";
+  }
+  std::vector<std::string> args = {AgentBin(), "serve", "--config", config};
+  args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+  pid_ = fork();
+  if (pid_ == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // a test that dies takes its daemon with it
+    int log = open((dir_ + "/agent.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(log, 2);
+    int null = open("/dev/null", O_RDWR);
+    dup2(null, 0);
+    dup2(null, 1);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  for (int i = 0; i < 500; ++i) {
+    struct stat st;
+    if (stat(socket_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+      auto channel = grpc::CreateChannel(address(), grpc::InsecureChannelCredentials());
+      if (channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(2))) {
+        ready_ = true;
+        return;
+      }
+    }
+    if (!Alive()) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+bool Daemon::Alive() const {
+  if (pid_ <= 0) return false;
+  int status;
+  return waitpid(pid_, &status, WNOHANG) == 0;
+}
+
+int Daemon::Stop() {
+  if (pid_ <= 0) return -1;
+  kill(pid_, SIGTERM);
+  int status = 0;
+  for (int i = 0; i < 1000; ++i) {
+    pid_t r = waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(pid_, SIGKILL);
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return 128 + SIGKILL;
+}
+
+Daemon::~Daemon() {
+  if (pid_ > 0) Stop();
+  if (!dir_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+}
+
+std::string Daemon::Log() const {
+  std::ifstream f(dir_ + "/agent.log");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::unique_ptr<pb::Sandboxes::StubInterface> Daemon::NewStub() const {
+  return pb::Sandboxes::NewStub(grpc::CreateChannel(address(), grpc::InsecureChannelCredentials()));
+}
+
+CallResult RunCall(pb::Sandboxes::StubInterface* stub, const std::string& session_id, const pb::ToolCall& call,
+                   const std::string& idempotency_key) {
+  CallResult result;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto stream = stub->Call(&ctx);
+  pb::CallRequest req;
+  req.set_session_id(session_id);
+  *req.mutable_call() = call;
+  req.set_idempotency_key(idempotency_key);
+  stream->Write(req);
+  stream->WritesDone();
+  pb::Event event;
+  while (stream->Read(&event)) {
+    if (event.has_output()) {
+      (event.output().stream() == pb::STDERR ? result.err : result.out) += event.output().data();
+    }
+    if (event.has_tool_call_finished()) {
+      result.finished = event.tool_call_finished();
+      result.has_finished = true;
+      result.finished_at = std::chrono::steady_clock::now();
+    }
+    result.events.push_back(event);
+  }
+  result.status = stream->Finish();
+  auto md = ctx.GetServerInitialMetadata();
+  auto it = md.find("x-request-id");
+  if (it != md.end()) result.request_id = std::string(it->second.data(), it->second.size());
+  return result;
+}
+
+CallResult RunExec(pb::Sandboxes::StubInterface* stub, const std::string& session_id, std::vector<std::string> argv,
+                   const std::string& stdin_data) {
+  pb::ToolCall call;
+  for (auto& a : argv) call.mutable_exec()->add_argv(a);
+  call.mutable_exec()->set_stdin(stdin_data);
+  return RunCall(stub, session_id, call);
+}
+
+}  // namespace sbx::testing
