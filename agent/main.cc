@@ -3,8 +3,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "agent/exec_daemon.h"
 #include "agent/run_command.h"
-#include "agent/serve_command.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"sandbox-agent: runs sandboxed workloads in namespace + seccomp + cgroup jails"};
@@ -24,11 +24,9 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--init-path", run.init_path, "Path of sandbox-init (default: beside this binary)");
   run_cmd->add_option("command", run.command, "COMMAND [ARG...] after --");
 
-  sbx::agent::ServeFlags serve;
-  CLI::App* serve_cmd = app.add_subcommand("serve", "Run the daemon: the Sandboxes API on a unix socket");
-  serve_cmd->add_option("--config", serve.config_path, "Agent config textproto (see deploy/agent.textproto)");
-  serve_cmd->add_option("--socket", serve.socket, "Unix socket path (overrides the config)");
-  serve_cmd->add_option("--metrics-address", serve.metrics_address, "host:port for /metrics, or 'off'");
+  CLI::App* serve_cmd = app.add_subcommand("serve", "Run the daemon (sandbox-agentd): the Sandboxes API");
+  serve_cmd->prefix_command();  // everything after `serve`, --help included, goes to sandbox-agentd
+  serve_cmd->set_help_flag();
 
   try {
     app.parse(argc, argv);
@@ -39,6 +37,6 @@ int main(int argc, char** argv) {
     return 125;
   }
   if (*run_cmd) return sbx::agent::RunCommand(run);
-  if (*serve_cmd) return sbx::agent::ServeCommand(serve);
+  if (*serve_cmd) return sbx::agent::ExecDaemon(serve_cmd->remaining());
   return 125;
 }
