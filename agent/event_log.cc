@@ -4,7 +4,8 @@
 
 namespace sbx::agent {
 
-EventLog::EventLog(std::string session_id) : session_id_(std::move(session_id)) {}
+EventLog::EventLog(std::string session_id, uint64_t max_output_bytes)
+    : session_id_(std::move(session_id)), max_output_bytes_(max_output_bytes) {}
 
 uint64_t EventLog::Append(duvo::sandbox::v1::Event event) {
   uint64_t seq;
@@ -17,7 +18,24 @@ uint64_t EventLog::Append(duvo::sandbox::v1::Event event) {
     event.set_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count());
-    events_.push_back(std::move(event));
+    if (event.has_output()) output_bytes_ += event.output().data().size();
+    if (event.has_tool_call_finished()) finished_calls_.insert(event.tool_call_finished().call_id());
+    events_.push_back(std::make_shared<const duvo::sandbox::v1::Event>(std::move(event)));
+    // Over budget: the oldest output chunks of *finished* calls give up their data (a running call's output
+    // is bounded by its own budget and is never dropped). Readers holding a chunk keep their copy.
+    while (output_bytes_ > max_output_bytes_ && oldest_output_ < events_.size()) {
+      const EventPtr& old = events_[oldest_output_];
+      if (old->has_output() && finished_calls_.count(old->output().call_id()) == 0) break;
+      if (old->has_output() && !old->output().data().empty()) {
+        auto trimmed = std::make_shared<duvo::sandbox::v1::Event>(*old);
+        const uint64_t size = trimmed->output().data().size();
+        trimmed->mutable_output()->clear_data();
+        trimmed->mutable_output()->set_dropped_bytes(size);
+        output_bytes_ -= size;
+        events_[oldest_output_] = std::move(trimmed);
+      }
+      ++oldest_output_;
+    }
   }
   cv_.notify_all();
   return seq;

@@ -1,14 +1,18 @@
 // EventLog: one session's events, numbered 1, 2, 3... with no gaps, kept in memory so a client that
-// reconnects resumes from the last seq it saw and loses nothing. Thread-safe: writers append from the
-// session's threads, readers (RPC handlers) wait for new events.
+// reconnects resumes from the last seq it saw. Output is retained up to a byte budget: past it, the oldest
+// output chunks of finished calls give up their data (the event stays, marked with dropped_bytes), so a
+// chatty session cannot grow the agent without bound; a running call's output is never dropped (the session
+// kills a command that exceeds the budget on its own). Events are shared, immutable: readers copy pointers, not payloads.
+// Thread-safe: writers append from the session's threads, readers (RPC handlers) wait for new events.
 #ifndef SBX_AGENT_EVENT_LOG_H_
 #define SBX_AGENT_EVENT_LOG_H_
 
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
+#include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -18,7 +22,10 @@ namespace sbx::agent {
 
 class EventLog {
  public:
-  explicit EventLog(std::string session_id);
+  using EventPtr = std::shared_ptr<const duvo::sandbox::v1::Event>;
+
+  // `max_output_bytes`: output data retained at most (older chunks are dropped first).
+  explicit EventLog(std::string session_id, uint64_t max_output_bytes = 64ull << 20);
 
   // Appends `event`, setting its seq, session id and time; returns the seq. After Close, does nothing and
   // returns 0.
@@ -30,7 +37,7 @@ class EventLog {
   // returns true (checked every 100 ms; kStopped).
   template <typename StopFn>
   ReadResult Read(uint64_t after_seq, size_t max, std::chrono::steady_clock::time_point deadline, StopFn stop,
-                  std::vector<duvo::sandbox::v1::Event>* out);
+                  std::vector<EventPtr>* out);
 
   // No more events: wakes every reader.
   void Close();
@@ -41,13 +48,17 @@ class EventLog {
   const std::string session_id_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<duvo::sandbox::v1::Event> events_;  // GUARDED_BY(mu_); events_[i].seq() == i + 1
-  bool closed_ = false;                           // GUARDED_BY(mu_)
+  const uint64_t max_output_bytes_;
+  std::vector<EventPtr> events_;  // GUARDED_BY(mu_); events_[i]->seq() == i + 1
+  uint64_t output_bytes_ = 0;     // GUARDED_BY(mu_): output data held
+  size_t oldest_output_ = 0;      // GUARDED_BY(mu_): no output data is held before this index
+  std::set<std::string> finished_calls_;  // GUARDED_BY(mu_)
+  bool closed_ = false;           // GUARDED_BY(mu_)
 };
 
 template <typename StopFn>
 EventLog::ReadResult EventLog::Read(uint64_t after_seq, size_t max, std::chrono::steady_clock::time_point deadline,
-                                    StopFn stop, std::vector<duvo::sandbox::v1::Event>* out) {
+                                    StopFn stop, std::vector<EventPtr>* out) {
   std::unique_lock lock(mu_);
   for (;;) {
     if (after_seq < events_.size()) {

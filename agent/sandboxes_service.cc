@@ -201,11 +201,12 @@ grpc::Status SandboxesService::Call(grpc::ServerContext* ctx,
   bool finished = false;
   std::string result_code = "OK";
   while (!finished) {
-    std::vector<pb::Event> events;
+    std::vector<EventLog::EventPtr> events;
     EventLog::ReadResult r = session->events().Read(after, 256, Clock::now() + kForever,
                                                     [ctx] { return ctx->IsCancelled(); }, &events);
     if (r == EventLog::ReadResult::kStopped) break;
-    for (const pb::Event& e : events) {
+    for (const EventLog::EventPtr& ptr : events) {
+      const pb::Event& e = *ptr;
       after = e.seq();
       const bool mine = CallIdOf(e) == call_id;
       if (!mine && !e.has_outcome()) continue;
@@ -361,13 +362,13 @@ grpc::Status SandboxesService::Events(grpc::ServerContext* ctx, const pb::Events
                   rid);
   }
   for (;;) {
-    std::vector<pb::Event> events;
+    std::vector<EventLog::EventPtr> events;
     const auto deadline = request->follow() ? Clock::now() + kForever : Clock::now();
     EventLog::ReadResult r =
         session->events().Read(after, 256, deadline, [ctx] { return ctx->IsCancelled(); }, &events);
-    for (const pb::Event& e : events) {
-      if (!writer->Write(e)) return Finish("Events", absl::CancelledError("the client went away"), rid);
-      after = e.seq();
+    for (const EventLog::EventPtr& e : events) {
+      if (!writer->Write(*e)) return Finish("Events", absl::CancelledError("the client went away"), rid);
+      after = e->seq();
     }
     if (r != EventLog::ReadResult::kEvents) break;
   }

@@ -61,6 +61,7 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
   if (session->options_.metrics != nullptr) {
     session->options_.metrics->SessionStarted(std::chrono::duration<double>(Clock::now() - start).count());
   }
+  session->killer_ = std::jthread([raw = session.get()](std::stop_token stop) { raw->RunKiller(stop); });
   session->watcher_ = std::jthread([raw = session.get()] { raw->WatchJail(); });
   return session;
 }
@@ -70,7 +71,7 @@ Session::Session(Options options, std::unique_ptr<sandbox::Jail> jail, std::uniq
       created_(Clock::now()),
       created_unix_ms_(UnixMs()),
       expires_(created_ + options_.ttl),
-      events_(options_.id),
+      events_(options_.id, options_.max_output_bytes),
       jail_(std::move(jail)),
       init_(std::move(init)) {
   Touch();
@@ -79,7 +80,9 @@ Session::Session(Options options, std::unique_ptr<sandbox::Jail> jail, std::uniq
 Session::~Session() {
   End(pb::Outcome::CANCELED, "canceled", "the session was deleted");
   if (watcher_.joinable()) watcher_.join();
-  init_.reset();  // after the watcher: joins the client's reader thread
+  killer_.request_stop();
+  if (killer_.joinable()) killer_.join();
+  init_.reset();  // after the watcher and the killer: joins the client's reader thread
   jail_.reset();  // kills what is left, removes the cgroup
 }
 
@@ -234,8 +237,20 @@ absl::StatusOr<uint64_t> Session::StartCall(const std::string& call_id, const pb
         std::lock_guard lock(mu_);
         running_execs_[call_id] = 0;  // a placeholder until the client's id is known
       }
-      auto on_output = [this, call_id](sandbox::OutputStream stream, std::string_view data, uint64_t offset) {
+      // The policy's output budget for one command: past it the command is killed (from the killer thread:
+      // this callback runs on the client's reader and must not block on it).
+      auto output_total = std::make_shared<uint64_t>(0);
+      auto over_limit = std::make_shared<bool>(false);
+      auto on_output = [this, call_id, output_total, over_limit](sandbox::OutputStream stream,
+                                                                 std::string_view data, uint64_t offset) {
         Touch();
+        *output_total += data.size();
+        if (*over_limit) return;
+        if (*output_total > options_.max_output_bytes) {
+          *over_limit = true;
+          RequestKill(call_id);
+          return;
+        }
         pb::Event event;
         pb::Output* out = event.mutable_output();
         out->set_call_id(call_id);
@@ -244,9 +259,13 @@ absl::StatusOr<uint64_t> Session::StartCall(const std::string& call_id, const pb
         out->set_offset(offset);
         events_.Append(std::move(event));
       };
-      auto on_end = [this, call_id](absl::StatusOr<sandbox::ExecEnd> end) {
+      auto on_end = [this, call_id, over_limit](absl::StatusOr<sandbox::ExecEnd> end) {
         absl::StatusOr<pb::ToolResult> result;
-        if (!end.ok()) {
+        if (*over_limit) {
+          result = absl::ResourceExhaustedError(
+              absl::StrCat("output: the command wrote more than the policy's output_max_bytes (",
+                           options_.max_output_bytes, "); it was killed"));
+        } else if (!end.ok()) {
           result = end.status();
         } else if (end->exec_errno != 0) {
           result = absl::Status(end->exec_errno == ENOENT ? absl::StatusCode::kNotFound
@@ -382,6 +401,29 @@ absl::StatusOr<std::pair<std::string, uint64_t>> Session::StartCallOnce(const st
   ASSIGN_OR_RETURN(uint64_t seq, StartCall(new_call_id, call));
   idempotent_calls_[key] = IdempotentCall{std::move(body), new_call_id, seq};
   return std::make_pair(new_call_id, seq);
+}
+
+void Session::RequestKill(const std::string& call_id) {
+  {
+    std::lock_guard lock(kill_mu_);
+    kill_queue_.push_back(call_id);
+  }
+  kill_cv_.notify_one();
+}
+
+void Session::RunKiller(std::stop_token stop) {
+  for (;;) {
+    std::string call_id;
+    {
+      std::unique_lock lock(kill_mu_);
+      if (!kill_cv_.wait(lock, stop, [this] { return !kill_queue_.empty(); })) return;
+      call_id = std::move(kill_queue_.front());
+      kill_queue_.pop_front();
+    }
+    ExecControl kill;
+    kill.signal = SIGKILL;
+    (void)ControlExec(call_id, kill);
+  }
 }
 
 absl::Status Session::ControlExec(const std::string& call_id, const ExecControl& control) {

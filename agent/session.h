@@ -5,6 +5,8 @@
 #define SBX_AGENT_SESSION_H_
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -40,6 +42,7 @@ class Session {
     std::vector<sandbox::EnvVar> env;  // the policy's environment, for exec calls that add variables
     Metrics* metrics = nullptr;        // not owned; may be null
     sandbox::JailLauncher* launcher = nullptr;  // not owned; clones the jail from a long-lived thread
+    uint64_t max_output_bytes = 64ull << 20;     // output the event log retains (policy output_max_bytes)
   };
 
   // Builds the jail and connects to its sandbox-init. The session_started event is seq 1.
@@ -115,6 +118,14 @@ class Session {
   };
   std::mutex idempotent_mu_;  // held across StartCall so two calls with one key start once
   std::map<std::string, IdempotentCall> idempotent_calls_;  // GUARDED_BY(idempotent_mu_)
+
+  // Kills commands over their output budget, off the client's reader thread.
+  void RequestKill(const std::string& call_id);
+  void RunKiller(std::stop_token stop);
+  std::mutex kill_mu_;
+  std::condition_variable_any kill_cv_;
+  std::deque<std::string> kill_queue_;  // GUARDED_BY(kill_mu_)
+  std::jthread killer_;
 
   std::jthread watcher_;  // last member: joined first
 };

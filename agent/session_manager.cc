@@ -119,6 +119,7 @@ absl::StatusOr<pb::Session> SessionManager::Create(const pb::CreateRequest& requ
   so.env = policy.spec().env;
   so.metrics = options_.metrics;
   so.launcher = &launcher_;
+  so.max_output_bytes = policy.limits().output_max_bytes;
   ASSIGN_OR_RETURN(std::shared_ptr<Session> session, Session::Start(policy, std::move(so)));
   pb::Session described = session->Describe();
   std::lock_guard lock(mu_);
@@ -153,7 +154,7 @@ absl::StatusOr<pb::Session> SessionManager::Cancel(const std::string& id) {
   ASSIGN_OR_RETURN(std::shared_ptr<Session> session, Find(id));
   session->End(pb::Outcome::CANCELED, "canceled", "canceled by request");
   // The outcome follows promptly: the jail is SIGKILLed.
-  std::vector<pb::Event> ignored;
+  std::vector<EventLog::EventPtr> ignored;
   session->events().Read(UINT64_MAX - 1, 1, Clock::now() + std::chrono::seconds(5), [] { return false; }, &ignored);
   return session->Describe();
 }

@@ -1008,6 +1008,9 @@ void Server::StartExec(uint64_t call_id, const pb::ExecStart& q) {
     if (pipe2(fds, O_CLOEXEC) < 0) return fail_errno("pipe2", errno);
     out_read.Reset(fds[0]);
     out_write.Reset(fds[1]);
+    // A 1 MiB stdout pipe (the unprivileged maximum) lets each read fill a whole 256 KiB chunk: 4x fewer
+    // frames for bulk output. Best effort: a smaller pipe only costs speed.
+    (void)fcntl(out_read.get(), F_SETPIPE_SZ, 1 << 20);
     if (pipe2(fds, O_CLOEXEC) < 0) return fail_errno("pipe2", errno);
     err_read.Reset(fds[0]);
     err_write.Reset(fds[1]);

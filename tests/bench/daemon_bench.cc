@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -108,9 +109,31 @@ int main(int argc, char** argv) {
   if (!mkdtemp(dir)) return 1;
   const std::string socket = std::string(dir) + "/agent.sock";
   const std::string config = std::string(dir) + "/agent.textproto";
+  // The default file policy, with an output budget large enough for the streaming run.
+  {
+    std::ifstream in(SBX_FILE_POLICY);
+    std::stringstream policy;
+    policy << in.rdbuf();
+    std::string text = policy.str();
+    const std::string from = "output_max_bytes: 67108864";
+    const size_t at = text.find(from);
+    if (at == std::string::npos) {
+      fprintf(stderr, "%s: no '%s' line to raise\n", SBX_FILE_POLICY, from.c_str());
+      return 1;
+    }
+    text.replace(at, from.size(), "output_max_bytes: " + std::to_string(2 * stream_bytes + (1 << 20)));
+    std::ofstream(std::string(dir) + "/file.textproto") << text;
+  }
   std::ofstream(config) << "unix_socket: \"" << socket << "\"\nmetrics_address: \"off\"\nmax_sessions: "
-                        << sessions + 4 << "\n";
-  pid_t agent = Spawn({SBX_AGENT_BIN, "serve", "--config", config}, /*wait=*/false);
+                        << sessions + 4 << "\npolicy_dir: \"" << dir << "\"\n";
+  // The daemon's log goes to a file: it would drown the figures.
+  const std::string log = std::string(dir) + "/agent.log";
+  pid_t agent = fork();
+  if (agent == 0) {
+    freopen(log.c_str(), "w", stderr);
+    execl(SBX_AGENT_BIN, SBX_AGENT_BIN, "serve", "--config", config.c_str(), nullptr);
+    _exit(127);
+  }
   auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
   for (int i = 0; i < 500; ++i) {
     struct stat st;
@@ -192,6 +215,8 @@ int main(int argc, char** argv) {
   int status;
   waitpid(agent, &status, 0);
   unlink(config.c_str());
+  unlink((std::string(dir) + "/file.textproto").c_str());
+  unlink(log.c_str());
   rmdir(dir);
   return 0;
 }

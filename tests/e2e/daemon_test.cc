@@ -15,6 +15,7 @@
 
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "sandbox/init/sha256.h"
 #include "tests/e2e/daemon_fixture.h"
 
@@ -517,6 +518,62 @@ TEST_F(DaemonTest, ConcurrentCreatesPastCapacityGetResourceExhaustedWithRetryInf
   pb::ListResponse list;
   ASSERT_TRUE(stub_->List(&ctx, pb::ListRequest(), &list).ok());
   EXPECT_EQ(list.sessions_size(), 8);
+}
+
+TEST_F(DaemonTest, OutputPastThePolicyBudgetKillsTheCommandAndTheSessionGoesOn) {
+  pb::CreateRequest req;
+  req.mutable_policy()->mutable_limits()->set_output_max_bytes(1 << 20);
+  pb::Session s = Create(req);
+  CallResult big = RunExec(stub_.get(), s.id(), {"head", "-c", "8M", "/dev/zero"});
+  ASSERT_TRUE(big.finished.has_error());
+  EXPECT_EQ(big.finished.error().code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(big.finished.error().message(), HasSubstr("output_max_bytes"));
+  EXPECT_LE(big.out.size(), 1u << 20);
+  EXPECT_EQ(RunExec(stub_.get(), s.id(), {"echo", "still here"}).out, "still here\n");
+}
+
+TEST_F(DaemonTest, HealthServiceAndMetrics) {
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(daemon_->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckRequest hreq;
+  grpc::health::v1::HealthCheckResponse hresp;
+  ASSERT_TRUE(health->Check(&ctx, hreq, &hresp).ok());
+  EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  pb::Session s = Create();
+  RunExec(stub_.get(), s.id(), {"echo", "counted"});
+  RunExec(stub_.get(), s.id(), {"/no/such"});
+  // The metrics address is in the "serving" log line.
+  const std::string log = daemon_->Log();
+  const size_t at = log.find("\"metrics\":\"127.0.0.1:");
+  ASSERT_NE(at, std::string::npos) << log;
+  const int port = std::stoi(log.substr(at + 21));
+  const std::string cmd = "exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(port) +
+                          "; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+  FILE* p = popen(("bash -c \"" + cmd + "\"").c_str(), "r");
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) text.append(buf, n);
+  pclose(p);
+  EXPECT_THAT(text, HasSubstr("200 OK"));
+  EXPECT_THAT(text, HasSubstr("sandbox_agent_sessions_active 1"));
+  EXPECT_THAT(text, HasSubstr("sandbox_agent_tool_calls_total{tool=\"exec\",result=\"OK\"} 1"));
+  EXPECT_THAT(text, HasSubstr("sandbox_agent_tool_calls_total{tool=\"exec\",result=\"NOT_FOUND\"} 1"));
+  EXPECT_THAT(text, HasSubstr("sandbox_agent_session_start_seconds_count 1"));
+  EXPECT_THAT(text, HasSubstr("sandbox_agent_bytes_streamed_total 8"));
+}
+
+TEST_F(DaemonTest, SandboxctlExecWithAPty) {
+  pb::Session s = Create();
+  FILE* p = popen((CtlBin() + " --addr " + daemon_->address() + " exec -t " + s.id() + " -- tty </dev/null").c_str(), "r");
+  std::string out;
+  char buf[256];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  EXPECT_EQ(WEXITSTATUS(pclose(p)), 0) << out;
+  EXPECT_THAT(out, HasSubstr("/dev/pts/"));
 }
 
 // --- TCP with a bearer token ------------------------------------------------------------------------------
