@@ -1,8 +1,9 @@
 // EventLog: one session's events, numbered 1, 2, 3... with no gaps, kept in memory so a client that
 // reconnects resumes from the last seq it saw. Output is retained up to a byte budget: past it, the oldest
-// output chunks of finished calls give up their data (the event stays, marked with dropped_bytes), so a
-// chatty session cannot grow the agent without bound; a running call's output is never dropped (the session
-// kills a command that exceeds the budget on its own). Events are shared, immutable: readers copy pointers, not payloads.
+// output chunks that a client has already received, or that belong to a finished call, give up their data
+// (the event stays, marked with dropped_bytes), so a chatty session cannot grow the agent without bound.
+// Output nobody has received yet of a running call is never dropped (the session kills a command whose
+// output exceeds the policy's budget). Events are shared, immutable: readers copy pointers, not payloads.
 // Thread-safe: writers append from the session's threads, readers (RPC handlers) wait for new events.
 #ifndef SBX_AGENT_EVENT_LOG_H_
 #define SBX_AGENT_EVENT_LOG_H_
@@ -39,6 +40,9 @@ class EventLog {
   ReadResult Read(uint64_t after_seq, size_t max, std::chrono::steady_clock::time_point deadline, StopFn stop,
                   std::vector<EventPtr>* out);
 
+  // A client has received every event up to `seq` (a watermark: it only grows).
+  void MarkDelivered(uint64_t seq);
+
   // No more events: wakes every reader.
   void Close();
   bool closed() const;
@@ -53,6 +57,8 @@ class EventLog {
   uint64_t output_bytes_ = 0;     // GUARDED_BY(mu_): output data held
   size_t oldest_output_ = 0;      // GUARDED_BY(mu_): no output data is held before this index
   std::set<std::string> finished_calls_;  // GUARDED_BY(mu_)
+  uint64_t delivered_seq_ = 0;            // GUARDED_BY(mu_)
+  void TrimLocked();
   bool closed_ = false;           // GUARDED_BY(mu_)
 };
 

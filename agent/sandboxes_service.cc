@@ -215,6 +215,7 @@ grpc::Status SandboxesService::Call(grpc::ServerContext* ctx,
         finished = true;
         break;
       }
+      if (e.has_output()) session->events().MarkDelivered(e.seq());
       if (e.has_tool_call_finished() && mine) {
         finished = true;
         if (e.tool_call_finished().has_error()) {

@@ -16,6 +16,8 @@ namespace pb = ::duvo::sandbox::v1;
 using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kMaxReadFileBytes = 1 << 20;
+// Output a session's event log keeps once clients have it (or its call ended): enough for a reconnect.
+constexpr uint64_t kRetainedOutputBytes = 64ull << 20;
 
 int64_t UnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -71,7 +73,7 @@ Session::Session(Options options, std::unique_ptr<sandbox::Jail> jail, std::uniq
       created_(Clock::now()),
       created_unix_ms_(UnixMs()),
       expires_(created_ + options_.ttl),
-      events_(options_.id, options_.max_output_bytes),
+      events_(options_.id, kRetainedOutputBytes),
       jail_(std::move(jail)),
       init_(std::move(init)) {
   Touch();
@@ -241,8 +243,8 @@ absl::StatusOr<uint64_t> Session::StartCall(const std::string& call_id, const pb
       // this callback runs on the client's reader and must not block on it).
       auto output_total = std::make_shared<uint64_t>(0);
       auto over_limit = std::make_shared<bool>(false);
-      auto on_output = [this, call_id, output_total, over_limit](sandbox::OutputStream stream,
-                                                                 std::string_view data, uint64_t offset) {
+      auto on_output = [this, call_id, output_total, over_limit](sandbox::OutputStream stream, std::string data,
+                                                                 uint64_t offset) {
         Touch();
         *output_total += data.size();
         if (*over_limit) return;
@@ -255,7 +257,7 @@ absl::StatusOr<uint64_t> Session::StartCall(const std::string& call_id, const pb
         pb::Output* out = event.mutable_output();
         out->set_call_id(call_id);
         out->set_stream(stream == sandbox::OutputStream::kStdout ? pb::STDOUT : pb::STDERR);
-        out->set_data(data.data(), data.size());
+        out->set_data(std::move(data));
         out->set_offset(offset);
         events_.Append(std::move(event));
       };

@@ -42,7 +42,7 @@ class Session {
     std::vector<sandbox::EnvVar> env;  // the policy's environment, for exec calls that add variables
     Metrics* metrics = nullptr;        // not owned; may be null
     sandbox::JailLauncher* launcher = nullptr;  // not owned; clones the jail from a long-lived thread
-    uint64_t max_output_bytes = 64ull << 20;     // output the event log retains (policy output_max_bytes)
+    uint64_t max_output_bytes = 64ull << 20;     // one command's output budget (policy output_max_bytes)
   };
 
   // Builds the jail and connects to its sandbox-init. The session_started event is seq 1.

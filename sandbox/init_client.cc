@@ -31,7 +31,7 @@ using Clock = std::chrono::steady_clock;
 
 // Messages from sandbox-init are cut to this length before they reach a Status.
 constexpr size_t kMaxErrorMessageBytes = 1024;
-constexpr size_t kReadBytes = 64u << 10;
+constexpr size_t kReadBytes = 512u << 10;
 
 absl::Status StatusFromProto(const pb::Error& error) {
   absl::StatusCode code;
@@ -241,7 +241,6 @@ absl::StatusOr<pb::Response> InitClient::State::Call(pb::Request request, pb::Re
 
 void InitClient::State::ReaderLoop(std::stop_token stop) {
   FrameReader frames;
-  std::string buf(kReadBytes, '\0');
   absl::Status why;
   while (why.ok()) {
     pollfd p{fd.get(), POLLIN, 0};
@@ -249,7 +248,7 @@ void InitClient::State::ReaderLoop(std::stop_token stop) {
       why = absl::UnavailableError(absl::StrCat("poll on the init connection: ", strerror(errno)));
       break;
     }
-    const ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    const ssize_t n = ::read(fd.get(), frames.Prepare(kReadBytes), kReadBytes);
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) continue;
       why = absl::UnavailableError(absl::StrCat("reading from sandbox-init: ", strerror(errno)));
@@ -265,7 +264,7 @@ void InitClient::State::ReaderLoop(std::stop_token stop) {
       }
       break;
     }
-    if (!frames.Feed(buf.data(), static_cast<size_t>(n))) {
+    if (!frames.Commit(static_cast<size_t>(n))) {
       why = absl::UnavailableError(absl::StrCat("sandbox-init broke the protocol: ", frames.error()));
       break;
     }
@@ -308,7 +307,7 @@ absl::Status InitClient::State::Dispatch(pb::Response response) {
   // A command: its callbacks run here, on the reader thread, without locks held.
   switch (response.kind_case()) {
     case pb::Response::kOutput: {
-      const pb::Output& output = response.output();
+      pb::Output& output = *response.mutable_output();
       const int stream = output.stream();
       if (stream != pb::OUTPUT_STREAM_STDOUT && stream != pb::OUTPUT_STREAM_STDERR) {
         return absl::UnavailableError(
@@ -321,7 +320,8 @@ absl::Status InitClient::State::Dispatch(pb::Response response) {
       }
       call->next_offset[stream] += output.data().size();
       if (call->on_output) {
-        call->on_output(static_cast<OutputStream>(stream), output.data(), output.offset());
+        const uint64_t offset = output.offset();
+        call->on_output(static_cast<OutputStream>(stream), std::move(*output.mutable_data()), offset);
       }
       return absl::OkStatus();
     }

@@ -66,7 +66,8 @@ class InitClient {
   InitClient(const InitClient&) = delete;
   InitClient& operator=(const InitClient&) = delete;
 
-  using OutputFn = std::function<void(OutputStream stream, std::string_view data, uint64_t offset)>;
+  // The chunk is handed over (moved), so a consumer can keep it without copying.
+  using OutputFn = std::function<void(OutputStream stream, std::string data, uint64_t offset)>;
   using EndFn = std::function<void(absl::StatusOr<ExecEnd> end)>;
 
   // Starts a command. Output chunks arrive in order on `on_output` as the command writes them (called from

@@ -1,5 +1,7 @@
 #include "sandbox/init/frame.h"
 
+#include <cstring>
+
 namespace sbx::sandbox {
 namespace {
 
@@ -26,30 +28,42 @@ std::string EncodeFrame(std::string_view payload) {
 }
 
 void FrameReader::Scan() {
-  while (buf_.size() - scan_ >= kFrameHeaderBytes) {
+  while (len_ - scan_ >= kFrameHeaderBytes) {
     const uint32_t length = DecodeLength(buf_.data() + scan_);
     if (length > max_) {
       error_ = "frame of " + std::to_string(length) + " bytes exceeds the " + std::to_string(max_) + "-byte cap";
       return;
     }
-    if (buf_.size() - scan_ - kFrameHeaderBytes < length) return;
+    if (len_ - scan_ - kFrameHeaderBytes < length) return;
     scan_ += kFrameHeaderBytes + length;
   }
 }
 
-bool FrameReader::Feed(const char* data, size_t size) {
-  if (failed()) return false;
-  // Drop what Next already returned before growing the buffer.
+char* FrameReader::Prepare(size_t n) {
+  // Drop what Next already returned: only a partial frame (or nothing) moves.
   if (pos_ > 0) {
-    buf_.erase(0, pos_);
+    if (len_ > pos_) memmove(buf_.data(), buf_.data() + pos_, len_ - pos_);
+    len_ -= pos_;
     scan_ -= pos_;
     pos_ = 0;
   }
-  // NOTE: the buffer grows by the bytes received only; Scan() rejects an oversized prefix before the next
-  // Feed, so at most one capped frame plus one read's worth of bytes is ever held.
-  buf_.append(data, size);
+  // NOTE: the buffer grows by what is asked for only; Scan() rejects an oversized prefix before the next
+  // Prepare, so at most one capped frame plus one read's worth of bytes is ever held.
+  if (buf_.size() - len_ < n) buf_.resize(len_ + n);
+  return buf_.data() + len_;
+}
+
+bool FrameReader::Commit(size_t n) {
+  if (failed()) return false;
+  len_ += n;
   Scan();
   return !failed();
+}
+
+bool FrameReader::Feed(const char* data, size_t size) {
+  if (failed()) return false;
+  memcpy(Prepare(size), data, size);
+  return Commit(size);
 }
 
 bool FrameReader::Next(std::string_view* payload) {
@@ -62,7 +76,7 @@ bool FrameReader::Next(std::string_view* payload) {
 
 bool FrameReader::Finish() {
   if (failed()) return false;
-  const size_t rest = buf_.size() - scan_;
+  const size_t rest = len_ - scan_;
   if (rest == 0) return true;
   if (rest < kFrameHeaderBytes) {
     error_ = "truncated frame: connection closed after " + std::to_string(rest) + " of " +

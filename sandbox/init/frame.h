@@ -41,6 +41,11 @@ class FrameReader {
   bool Feed(const char* data, size_t size);
   bool Feed(std::string_view bytes) { return Feed(bytes.data(), bytes.size()); }
 
+  // The same without the extra copy: read(2) straight into Prepare(n) (room for at least n bytes; it
+  // invalidates earlier payloads), then Commit the bytes written. Commit returns what Feed would.
+  char* Prepare(size_t n);
+  bool Commit(size_t n);
+
   // The next complete payload, if any. It points into the reader's buffer and stays valid until the next
   // Feed call.
   bool Next(std::string_view* payload);
@@ -55,14 +60,15 @@ class FrameReader {
   // Why the stream is broken, e.g. "frame of 2000000 bytes exceeds the 1048576-byte cap".
   const std::string& error() const { return error_; }
   // Bytes received and not yet returned by Next.
-  size_t buffered() const { return buf_.size() - pos_; }
+  size_t buffered() const { return len_ - pos_; }
 
  private:
   // Checks every length prefix that is complete in the buffer, advancing scan_ over complete frames.
   void Scan();
 
   uint32_t max_;
-  std::string buf_;
+  std::string buf_;  // storage; only [0, len_) holds data (the rest is room, never zero-filled twice)
+  size_t len_ = 0;
   size_t pos_ = 0;   // start of the first frame not yet returned by Next
   size_t scan_ = 0;  // end of the complete frames that were checked; frames in [pos_, scan_) are ready
   std::string error_;

@@ -15,6 +15,7 @@
 // the namespace with waitpid(-1), which a process library's own child tracking would race with.
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -57,6 +58,10 @@ bool IsForwarded(int sig) {
 
 int main(int argc, char** argv) {
   if (argc == 2 && strcmp(argv[1], "--serve") == 0) {
+    // Output frames are ~256 KiB: keep them on the heap instead of a fresh mmap (page faults and zeroing)
+    // for every one.
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
+    mallopt(M_TRIM_THRESHOLD, 16 << 20);
     return sbx::sandbox::ServeInitProtocol(sbx::sandbox::kInitReportFd);
   }
   int first = 1;

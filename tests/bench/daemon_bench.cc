@@ -134,7 +134,9 @@ int main(int argc, char** argv) {
     execl(SBX_AGENT_BIN, SBX_AGENT_BIN, "serve", "--config", config.c_str(), nullptr);
     _exit(127);
   }
-  auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 1 << 20);
+  auto channel = grpc::CreateCustomChannel("unix:" + socket, grpc::InsecureChannelCredentials(), args);
   for (int i = 0; i < 500; ++i) {
     struct stat st;
     if (stat(socket.c_str(), &st) == 0 &&

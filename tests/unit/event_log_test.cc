@@ -90,6 +90,18 @@ TEST(EventLogTest, ARunningCallsOutputIsNeverDropped) {
   EXPECT_EQ(events[1]->output().data().size(), 600u);
 }
 
+TEST(EventLogTest, DeliveredOutputOfARunningCallIsDroppedPastTheBudget) {
+  EventLog log("s", /*max_output_bytes=*/1000);
+  log.Append(Output("a", 600));  // seq 1
+  log.Append(Output("a", 600));  // seq 2: over budget, nothing delivered yet: kept
+  EXPECT_EQ(ReadAll(log, 0)[0]->output().data().size(), 600u);
+  log.MarkDelivered(1);
+  auto events = ReadAll(log, 0);
+  EXPECT_TRUE(events[0]->output().data().empty());
+  EXPECT_EQ(events[0]->output().dropped_bytes(), 600u);
+  EXPECT_EQ(events[1]->output().data().size(), 600u) << "not delivered yet";
+}
+
 TEST(EventLogTest, ReadersKeepTheirCopyWhenDataIsDropped) {
   EventLog log("s", 1000);
   log.Append(Output("a", 600));
