@@ -954,6 +954,11 @@ Exec* Server::FindExec(uint64_t call_id) {
   return it == execs_.end() ? nullptr : it->second.get();
 }
 
+// NOTE: commands are started with fork + execvpe here, not Boost.Process: as PID 1, init reaps every process
+// of the namespace with waitpid(-1) (a process library's own per-child waits would race it and lose exit
+// statuses); a pty command needs setsid + TIOCSCTTY on a terminal opened with TIOCGPTPEER between fork and
+// exec; and each command's pipes must be nonblocking ends of this epoll loop with backpressure. Boost.Process
+// 1.74 offers none of these hooks without fighting it.
 void Server::StartExec(uint64_t call_id, const pb::ExecStart& q) {
   pb::Response r;
   r.set_call_id(call_id);

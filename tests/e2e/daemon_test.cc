@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -317,6 +318,50 @@ TEST_F(DaemonTest, CancelEndsTheSessionAsCanceled) {
   EXPECT_THAT(late.status.error_message(), HasSubstr("has ended"));
 }
 
+TEST_F(DaemonTest, DeleteRemovesEverything) {
+  pb::Session s = Create();
+  std::thread sleeper([&] { RunExec(stub_.get(), s.id(), {"sh", "-c", "sleep 30 & sleep 30"}); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto session_cgroups = [&] {
+    std::vector<std::string> found;
+    for (const char* root : {"/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"}) {
+      std::error_code ec;
+      for (auto it = std::filesystem::recursive_directory_iterator(root, ec);
+           !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+        if (it->path().filename() == "session-" + s.id()) found.push_back(it->path());
+      }
+    }
+    return found;
+  };
+  EXPECT_FALSE(session_cgroups().empty()) << "the session has a cgroup while it runs";
+  grpc::ClientContext ctx;
+  pb::DeleteRequest req;
+  req.set_session_id(s.id());
+  pb::DeleteResponse resp;
+  ASSERT_TRUE(stub_->Delete(&ctx, req, &resp).ok());
+  sleeper.join();
+  for (int i = 0; i < 100 && !session_cgroups().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_TRUE(session_cgroups().empty());
+  grpc::ClientContext gctx;
+  pb::GetRequest greq;
+  greq.set_session_id(s.id());
+  pb::Session gone;
+  EXPECT_EQ(stub_->Get(&gctx, greq, &gone).error_code(), grpc::NOT_FOUND);
+  // No process of the jail is left: every jail uid is >= 2^30.
+  int left = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    std::ifstream f(e.path() / "status");
+    std::string line;
+    while (std::getline(f, line)) {
+      if (line.rfind("Uid:", 0) == 0 && std::stoul(line.substr(4)) >= (1ul << 30) &&
+          std::stoul(line.substr(4)) != 0xFFFFFFFFul) {
+        ++left;
+      }
+    }
+  }
+  EXPECT_EQ(left, 0);
+}
+
 TEST_F(DaemonTest, TtlExpiryEndsTheSession) {
   pb::CreateRequest req;
   req.set_ttl_ms(1000);
@@ -446,6 +491,14 @@ TEST_F(DaemonTest, BadInputGetsTheRightCodeAndTheDaemonKeepsServing) {
     grpc::Status status = stub_->Create(&ctx, req, &out);
     EXPECT_EQ(status.error_code(), grpc::PERMISSION_DENIED);
     EXPECT_THAT(status.error_message(), HasSubstr("memory_max_bytes"));
+    // The field is named in a google.rpc.BadRequest too.
+    google::rpc::BadRequest bad;
+    bool found = false;
+    const google::rpc::Status details = Details(status);
+    for (const auto& d : details.details()) found |= d.UnpackTo(&bad);
+    ASSERT_TRUE(found) << status.error_message();
+    ASSERT_EQ(bad.field_violations_size(), 1);
+    EXPECT_THAT(bad.field_violations(0).field(), HasSubstr("memory_max_bytes"));
   }
   {
     pb::CreateRequest req;
