@@ -50,6 +50,7 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
   jail_options.cgroups = options.cgroups;
   jail_options.name = absl::StrCat("session-", options.id);
   jail_options.warnings = options.warnings;
+  jail_options.pids_poll_interval = std::chrono::milliseconds(250);
   if (options.launcher == nullptr) return absl::InternalError("session: no jail launcher");
   ASSIGN_OR_RETURN(std::unique_ptr<sandbox::Jail> jail, options.launcher->Start(policy, jail_options));
   auto init = std::make_unique<sandbox::InitClient>(jail->TakeControlFd());

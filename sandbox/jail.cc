@@ -29,7 +29,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr auto kCancelGrace = std::chrono::seconds(5);
-constexpr auto kPidsPollInterval = std::chrono::milliseconds(20);
 constexpr int kSetupTimeoutMs = 30'000;
 
 absl::Status WriteProcFile(pid_t pid, const char* file, std::string_view contents) {
@@ -106,6 +105,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   jail->started_ = Clock::now();
   jail->limits_ = spec.limits;
   jail->warnings_ = options.warnings;
+  jail->pids_poll_interval_ = options.pids_poll_interval;
 
   ASSIGN_OR_RETURN(SeccompProgram seccomp, CompileSeccomp(spec.seccomp));
   sock_fprog prog{static_cast<unsigned short>(seccomp.instructions.size()), seccomp.instructions.data()};
@@ -290,7 +290,7 @@ RunResult Jail::Wait(int cancel_fd) {
     }
     Clock::time_point wake = timed_out ? now + std::chrono::seconds(1) : deadline;
     wake = std::min(wake, kill_at);
-    if (poll_pids && !pids_killed) wake = std::min(wake, now + kPidsPollInterval);
+    if (poll_pids && !pids_killed) wake = std::min(wake, now + pids_poll_interval_);
     const auto timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count() + 1;
 
     pollfd fds[2] = {{pidfd_.get(), POLLIN, 0}, {cancel_fd, POLLIN, 0}};

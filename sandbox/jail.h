@@ -36,6 +36,9 @@ struct JailOptions {
   std::vector<std::string> warnings;  // carried into the RunResult
   // The environment the policy's passthrough names are taken from; nullptr = none.
   char** host_environ = nullptr;
+  // How often Wait reads pids.events for kill_on_pids_limit (v1 cgroups cannot notify). A one-shot run
+  // checks often; a daemon with hundreds of idle sessions less so (the pids limit holds either way).
+  std::chrono::milliseconds pids_poll_interval{20};
 };
 
 class Jail {
@@ -74,6 +77,7 @@ class Jail {
   std::optional<Cgroup> cgroup_;
   std::optional<IdRange> ids_;
   Limits limits_;
+  std::chrono::milliseconds pids_poll_interval_{20};
   std::vector<std::string> warnings_;
   std::chrono::steady_clock::time_point started_;
   std::atomic<bool> reaped_{false};  // Kill() may run on another thread than Wait()

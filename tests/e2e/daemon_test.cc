@@ -362,6 +362,16 @@ TEST_F(DaemonTest, DeleteRemovesEverything) {
   EXPECT_EQ(left, 0);
 }
 
+TEST_F(DaemonTest, AForkBombEndsTheSessionWithPidsLimit) {
+  pb::CreateRequest req;
+  req.mutable_policy()->mutable_limits()->set_pids_max(32);
+  pb::Session s = Create(req);
+  RunExec(stub_.get(), s.id(), {"sh", "-c", "while true; do sleep 100 & done"});
+  pb::Session ended = WaitEnded(s.id());
+  EXPECT_EQ(ended.outcome().status(), pb::Outcome::FAILED);
+  EXPECT_EQ(ended.outcome().reason(), "pids_limit");
+}
+
 TEST_F(DaemonTest, TtlExpiryEndsTheSession) {
   pb::CreateRequest req;
   req.set_ttl_ms(1000);
