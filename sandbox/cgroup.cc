@@ -790,8 +790,18 @@ absl::Status Cgroup::Remove() {
   if (removed_) return absl::OkStatus();
   const std::vector<std::string> dirs =
       UniqueDirs({&memory_path_, &pids_path_, &cpu_path_, &cpuacct_path_, &freezer_path_});
-  const absl::Status killed = KillAll();
-  const absl::Status emptied = killed.ok() ? WaitEmpty(dirs) : absl::OkStatus();
+  // Usually the jail's init is already reaped, and with it every process of its pid namespace: then there is
+  // nothing to freeze and kill, and a lone start saves the freezer round trip.
+  bool already_empty = true;
+  for (const std::string& dir : dirs) {
+    absl::StatusOr<std::vector<pid_t>> pids = ReadPids(dir);
+    if (!pids.ok() || !pids->empty()) {
+      already_empty = false;
+      break;
+    }
+  }
+  const absl::Status killed = already_empty ? absl::OkStatus() : KillAll();
+  const absl::Status emptied = killed.ok() && !already_empty ? WaitEmpty(dirs) : absl::OkStatus();
   if (v2_dir_fd_ >= 0) close(std::exchange(v2_dir_fd_, -1));
   absl::Status removed = absl::OkStatus();
   for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
