@@ -7,30 +7,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "duvo/sandbox/v1/agent_config.pb.h"
-#include "google/protobuf/io/tokenizer.h"
-#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
-#include "google/protobuf/text_format.h"
 #include "sandbox/status.h"
+#include "sandbox/textproto.h"
 #include "sandbox/unique_fd.h"
 
 namespace sbx::agent {
-namespace {
-
-class ErrorCollector : public google::protobuf::io::ErrorCollector {
- public:
-  explicit ErrorCollector(std::string origin) : origin_(std::move(origin)) {}
-  void AddError(int line, google::protobuf::io::ColumnNumber column, const std::string& message) override {
-    if (first_.empty()) first_ = absl::StrCat(origin_, ":", line + 1, ":", column + 1, ": ", message);
-  }
-  const std::string& first() const { return first_; }
-
- private:
-  std::string origin_;
-  std::string first_;
-};
-
-}  // namespace
-
 AgentConfig DefaultAgentConfig() {
   AgentConfig c;
   if (geteuid() == 0) {
@@ -64,13 +45,7 @@ absl::StatusOr<AgentConfig> LoadAgentConfig(std::string_view path) {
     if (text.size() > (1 << 20)) return absl::InvalidArgumentError(absl::StrCat(file, ": larger than 1 MiB"));
   }
   duvo::sandbox::v1::AgentConfig proto;
-  ErrorCollector errors(file);
-  google::protobuf::TextFormat::Parser parser;
-  parser.RecordErrorsTo(&errors);
-  google::protobuf::io::ArrayInputStream input(text.data(), static_cast<int>(text.size()));
-  if (!parser.Parse(&input, &proto)) {
-    return absl::InvalidArgumentError(errors.first().empty() ? absl::StrCat(file, ": parse error") : errors.first());
-  }
+  RETURN_IF_ERROR(ParseTextProto(text, file, &proto));
   if (!proto.state_dir().empty()) c.state_dir = proto.state_dir();
   if (!proto.unix_socket().empty()) c.unix_socket = proto.unix_socket();
   c.tcp_address = proto.tcp_address();

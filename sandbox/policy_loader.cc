@@ -16,11 +16,9 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "duvo/sandbox/v1/policy.pb.h"
-#include "google/protobuf/io/tokenizer.h"
-#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
-#include "google/protobuf/text_format.h"
 #include "sandbox/policy_builder.h"
 #include "sandbox/status.h"
+#include "sandbox/textproto.h"
 #include "sandbox/unique_fd.h"
 
 namespace sbx::sandbox::internal {
@@ -49,28 +47,6 @@ absl::Status FieldError(std::string_view field, const Args&... args) {
 
 // A string as it appears in messages: quoted, with control bytes escaped.
 std::string Quote(std::string_view s) { return absl::StrCat("\"", absl::CHexEscape(ToAbsl(s)), "\""); }
-
-// Keeps the first parse error as "<origin>:<line>:<column>: <message>", 1-based.
-class FirstErrorCollector : public google::protobuf::io::ErrorCollector {
- public:
-  explicit FirstErrorCollector(std::string_view origin) : origin_(origin) {}
-
-  void AddError(int line, google::protobuf::io::ColumnNumber column, const std::string& message) override {
-    if (!error_.empty()) return;
-    if (line < 0) {  // not tied to a position
-      error_ = absl::StrCat(origin_, ": ", message);
-      return;
-    }
-    error_ = absl::StrCat(origin_, ":", line + 1, ":", column + 1, ": ", message);
-  }
-  void AddWarning(int line, google::protobuf::io::ColumnNumber column, const std::string& message) override {}
-
-  const std::string& error() const { return error_; }
-
- private:
-  std::string origin_;
-  std::string error_;
-};
 
 absl::Status CheckErrno(std::string_view field, uint32_t value) {
   if (value == 0) return FieldError(field, "0 is not allowed (must be between 1 and 4095)");
@@ -390,16 +366,9 @@ absl::StatusOr<Policy> ParsePolicyText(std::string_view text, std::string_view o
     return policy;
   }
   pb::SandboxPolicy proto;
-  FirstErrorCollector errors(origin);
-  google::protobuf::TextFormat::Parser parser;
-  parser.RecordErrorsTo(&errors);
-  // NOTE: unknown fields and extensions stay errors (the Parser's default): a misspelt field must not
-  // silently widen or weaken a policy.
-  google::protobuf::io::ArrayInputStream input(text.data(), static_cast<int>(text.size()));
-  if (!parser.Parse(&input, &proto)) {
-    return absl::InvalidArgumentError(errors.error().empty() ? absl::StrCat(ToAbsl(origin), ": parse error")
-                                                             : errors.error());
-  }
+  // NOTE: unknown fields and extensions stay errors: a misspelt field must not silently widen or weaken a
+  // policy.
+  RETURN_IF_ERROR(ParseTextProto(text, origin, &proto));
   absl::StatusOr<Policy> policy = PolicyFromProto(proto);
   if (!policy.ok()) return Annotate(policy.status(), origin);
   return policy;
