@@ -698,16 +698,14 @@ absl::Status Cgroup::AddProcess(pid_t pid) const {
   return absl::OkStatus();
 }
 
-absl::Status Cgroup::AddSingleThreadedProcess(pid_t pid) const {
-  if (version_ == CgroupVersion::kV2) return AddProcess(pid);
-  if (removed_) return absl::FailedPreconditionError("cgroup already removed");
-  if (pid <= 0) return absl::InvalidArgumentError(absl::StrCat("invalid pid ", pid));
-  const std::string text = std::to_string(pid);
+std::vector<std::string> Cgroup::V1SelfJoinFiles() const {
+  std::vector<std::string> files;
+  if (version_ == CgroupVersion::kV2 || removed_) return files;
   for (const std::string& dir :
        UniqueDirs({&memory_path_, &pids_path_, &cpu_path_, &cpuacct_path_, &freezer_path_})) {
-    RETURN_IF_ERROR(WriteFile(dir + "/tasks", text));
+    files.push_back(dir + "/tasks");
   }
-  return absl::OkStatus();
+  return files;
 }
 
 absl::StatusOr<uint64_t> Cgroup::ReadPidsMaxEvents() const {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -77,10 +78,12 @@ class Cgroup {
   // Moves `pid` into the cgroup (every v1 hierarchy, or the v2 directory).
   absl::Status AddProcess(pid_t pid) const;
 
-  // The same for a process known to have one thread (a child just cloned and waiting). On v1 it is moved
-  // through `tasks`, which spares the global threadgroup lock whose RCU grace period otherwise adds up to
-  // ~10 ms to a start; on v2 this is AddProcess.
-  absl::Status AddSingleThreadedProcess(pid_t pid) const;
+  // v1: the `tasks` file of each hierarchy, for the jail child to join by writing "0" to each itself.
+  // NOTE: a task that moves *itself* this way skips the global threadgroup lock, whose RCU grace period
+  // otherwise costs a start ~10 ms whenever no migration ran in the last few milliseconds (writing any
+  // other pid, or to cgroup.procs, takes that lock). Empty on v2, where clone3(CLONE_INTO_CGROUP) places
+  // the child.
+  std::vector<std::string> V1SelfJoinFiles() const;
 
   // v2: an O_DIRECTORY fd of the cgroup for clone3(CLONE_INTO_CGROUP); -1 on v1.
   int v2_dir_fd() const { return v2_dir_fd_; }

@@ -153,7 +153,15 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   }
   UniqueFd report_read(report_pipe[0]), report_write(report_pipe[1]);
 
+  // v1: the child joins its cgroups itself (see Cgroup::V1SelfJoinFiles); v2: it is cloned into it.
+  std::vector<std::string> tasks_files;
+  if (jail->cgroup_) tasks_files = jail->cgroup_->V1SelfJoinFiles();
+  std::vector<const char*> tasks_file_ptrs;
+  for (const std::string& f : tasks_files) tasks_file_ptrs.push_back(f.c_str());
+
   internal::ChildSpec child;
+  child.cgroup_tasks_files = tasks_file_ptrs.data();
+  child.num_cgroup_tasks_files = tasks_file_ptrs.size();
   child.sync_fd = sync_read.get();
   child.err_fd = err_write.get();
   child.report_fd = report_write.get();
@@ -198,9 +206,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   if (lease.rootless()) RETURN_IF_ERROR(WriteProcFile(pid, "setgroups", "deny"));
   RETURN_IF_ERROR(WriteProcFile(pid, "uid_map", lease.UidMap(spec.uid)));
   RETURN_IF_ERROR(WriteProcFile(pid, "gid_map", lease.GidMap(spec.gid)));
-  if (jail->cgroup_ && jail->cgroup_->v2_dir_fd() < 0) {
-    RETURN_IF_ERROR(jail->cgroup_->AddSingleThreadedProcess(pid));
-  }
+
   const char go = 1;
   if (write(sync_write.get(), &go, 1) != 1) return ErrnoToStatus(errno, "releasing the jail child");
   sync_write.Reset();
@@ -221,6 +227,10 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
     std::string what = internal::ChildStepName(error.step);
     if (error.step == static_cast<int32_t>(internal::ChildStep::kMountOp)) {
       what = absl::StrCat(what, " (", plan.Describe(static_cast<size_t>(error.op_index)), ")");
+    }
+    if (error.step == static_cast<int32_t>(internal::ChildStep::kCgroupJoin) && error.op_index >= 0 &&
+        static_cast<size_t>(error.op_index) < tasks_files.size()) {
+      what = absl::StrCat(what, " (", tasks_files[error.op_index], ")");
     }
     return ErrnoToStatus(error.err, absl::StrCat("jail setup failed while ", what));
   }

@@ -223,6 +223,15 @@ void RunJailChild(const ChildSpec& spec) {
   } while (n < 0 && errno == EINTR);
   if (n != 1) Fail(ChildStep::kSync, n < 0 ? errno : EPIPE);
 
+  // Join the v1 session cgroups first, by moving ourselves ("0"): that path skips the kernel's global
+  // threadgroup lock and its RCU grace period. Still host root here, so the tasks files are writable.
+  for (size_t i = 0; i < spec.num_cgroup_tasks_files; ++i) {
+    int fd = open(spec.cgroup_tasks_files[i], O_WRONLY | O_CLOEXEC);
+    if (fd < 0) Fail(ChildStep::kCgroupJoin, errno, static_cast<int>(i));
+    if (write(fd, "0", 1) != 1) Fail(ChildStep::kCgroupJoin, errno, static_cast<int>(i));
+    close(fd);
+  }
+
   if (spec.id_range) {
     // Become inside-root (mapped to the range's base) so that files we create have a mapped owner.
     if (syscall(SYS_setresgid, 0, 0, 0) < 0) Fail(ChildStep::kSetIdsRoot, errno);
@@ -316,6 +325,7 @@ const char* ChildStepName(int32_t step) {
   switch (static_cast<ChildStep>(step)) {
     case ChildStep::kSync: return "waiting for the parent";
     case ChildStep::kFds: return "arranging file descriptors";
+    case ChildStep::kCgroupJoin: return "joining the session cgroup";
     case ChildStep::kSetIdsRoot: return "switching to the jail's root id";
     case ChildStep::kSetsid: return "setsid";
     case ChildStep::kCgroupNs: return "unshare(CLONE_NEWCGROUP)";

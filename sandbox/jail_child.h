@@ -45,6 +45,7 @@ struct ChildRlimit {
 enum class ChildStep : int32_t {
   kSync = 1,
   kFds,
+  kCgroupJoin,
   kSetIdsRoot,
   kSetsid,
   kCgroupNs,
@@ -79,6 +80,9 @@ struct ChildSpec {
   int report_fd = -1;  // becomes fd 3 of sandbox-init (init's report channel); -1 for none
   bool id_range = false;        // ids mapped as a 65536 range (root): switch to inside root for setup
   bool new_cgroup_ns = true;    // unshare the cgroup namespace once placed in the session cgroup
+  // v1: `tasks` files the child joins by writing "0" to each, before anything else (see Cgroup).
+  const char* const* cgroup_tasks_files = nullptr;
+  size_t num_cgroup_tasks_files = 0;
   bool loopback_up = true;      // bring "lo" up in the new network namespace
   const MountOp* ops = nullptr;
   size_t num_ops = 0;
