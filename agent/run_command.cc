@@ -135,14 +135,6 @@ int RunCommand(const RunFlags& flags) {
   options.host_environ = environ;
   options.name = absl::StrCat("run-", getpid());
   absl::StatusOr<sandbox::CgroupLayout> layout = sandbox::PrepareCgroupLayout();
-  if (layout.ok() && geteuid() != 0) {
-    // The parent may exist (made by root) without being delegated to us.
-    const std::string& parent =
-        layout->version == sandbox::CgroupVersion::kV2 ? layout->v2_parent : layout->v1_memory;
-    if (access(parent.c_str(), W_OK) != 0) {
-      layout = ErrnoToStatus(errno, absl::StrCat("no write access to ", parent));
-    }
-  }
   if (layout.ok()) {
     options.cgroups = &*layout;
   } else if (geteuid() != 0) {

@@ -553,6 +553,13 @@ absl::StatusOr<CgroupLayout> CgroupLayoutFromProc(std::string_view mountinfo, st
   return layout;
 }
 
+// The parent may exist (made earlier by root) without being delegated to us: say so now, by path, rather
+// than at the first session.
+static absl::Status CheckWritable(const std::string& dir) {
+  if (access(dir.c_str(), W_OK) == 0) return absl::OkStatus();
+  return WithPermissionHint(ErrnoToStatus(errno, "no write access to " + dir));
+}
+
 absl::StatusOr<CgroupLayout> PrepareCgroupLayout(std::string_view subdir) {
   ASSIGN_OR_RETURN(std::string mountinfo, ReadFile("/proc/self/mountinfo"));
   ASSIGN_OR_RETURN(std::string self_cgroup, ReadFile("/proc/self/cgroup"));
@@ -562,11 +569,13 @@ absl::StatusOr<CgroupLayout> PrepareCgroupLayout(std::string_view subdir) {
       return absl::InvalidArgumentError("cgroup subdir \"agent\" is reserved for the agent's own leaf on v2");
     }
     RETURN_IF_ERROR(PrepareV2(layout.v2_parent));
+    RETURN_IF_ERROR(CheckWritable(layout.v2_parent));
     return layout;
   }
   for (const std::string& dir : UniqueDirs(
            {&layout.v1_memory, &layout.v1_pids, &layout.v1_cpu, &layout.v1_cpuacct, &layout.v1_freezer})) {
     RETURN_IF_ERROR(MkdirAll(dir));
+    RETURN_IF_ERROR(CheckWritable(dir));
   }
   return layout;
 }

@@ -1,6 +1,8 @@
 // The real daemon over its real unix socket: sessions, tool calls, streaming, files, events, cancel/ttl/idle,
 // isolation between sessions, and bad input (each with the right gRPC code, the daemon still serving).
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -8,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <random>
 #include <thread>
 
@@ -637,6 +640,46 @@ TEST_F(DaemonTest, SandboxctlExecWithAPty) {
   while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
   EXPECT_EQ(WEXITSTATUS(pclose(p)), 0) << out;
   EXPECT_THAT(out, HasSubstr("/dev/pts/"));
+}
+
+// The daemon run as an ordinary user: sessions work, and the missing cgroup limits are said out loud.
+TEST(RootlessDaemonTest, ServesSessionsAndSaysWhatItCannotEnforce) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to switch to an unprivileged user with setpriv";
+  if (access("/usr/bin/setpriv", X_OK) != 0) GTEST_SKIP() << "setpriv (util-linux) is not installed";
+  char dir[] = "/tmp/sbx-rootless-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  chmod(dir, 0777);
+  const std::string as_nobody = std::string("/usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups -- ") +
+                                "env -i XDG_RUNTIME_DIR=" + dir + " HOME=" + dir + " ";
+  const std::string log = std::string(dir) + "/agent.log";
+  pid_t agent = fork();
+  if (agent == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    execl("/bin/sh", "sh", "-c",
+          (std::string("exec ") + as_nobody + AgentBin() + " serve --metrics-address off 2>" + log).c_str(), nullptr);
+    _exit(127);
+  }
+  const std::string socket = std::string(dir) + "/sandbox-agent/agent.sock";
+  for (int i = 0; i < 200 && access(socket.c_str(), F_OK) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  FILE* p = popen((as_nobody + CtlBin() + " run -- sh -c 'echo rootless-ok; id -u' 2>&1").c_str(), "r");
+  std::string out;
+  char buf[512];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int rc = pclose(p);
+  kill(agent, SIGTERM);
+  int status = 0;
+  waitpid(agent, &status, 0);
+  std::ifstream f(log);
+  std::stringstream logged;
+  logged << f.rdbuf();
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(WEXITSTATUS(rc), 0) << out << logged.str();
+  EXPECT_THAT(out, HasSubstr("rootless-ok\n1000"));
+  EXPECT_THAT(logged.str(), HasSubstr("cgroup limits are NOT enforced"));
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << logged.str();
 }
 
 // --- TCP with a bearer token ------------------------------------------------------------------------------
