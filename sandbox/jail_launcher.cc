@@ -14,6 +14,13 @@ JailLauncher::~JailLauncher() {
   for (auto& t : threads_) t.request_stop();
   cv_.notify_all();
   threads_.clear();  // joins
+  std::deque<std::function<void(bool)>> left;
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    left.swap(queue_);
+  }
+  for (auto& job : left) job(false);
 }
 
 absl::StatusOr<std::unique_ptr<Jail>> JailLauncher::Start(const Policy& policy, const JailOptions& options) {
@@ -21,7 +28,12 @@ absl::StatusOr<std::unique_ptr<Jail>> JailLauncher::Start(const Policy& policy, 
   auto future = promise.get_future();
   {
     std::lock_guard lock(mu_);
-    queue_.push_back([&] { promise.set_value(Jail::Start(policy, options)); });
+    if (stopping_) return absl::UnavailableError("the jail launcher is shutting down");
+    queue_.push_back([&](bool run) {
+      promise.set_value(run ? Jail::Start(policy, options)
+                            : absl::StatusOr<std::unique_ptr<Jail>>(
+                                  absl::UnavailableError("the jail launcher shut down before starting the jail")));
+    });
   }
   cv_.notify_one();
   return future.get();
@@ -29,14 +41,14 @@ absl::StatusOr<std::unique_ptr<Jail>> JailLauncher::Start(const Policy& policy, 
 
 void JailLauncher::Run(std::stop_token stop) {
   for (;;) {
-    std::function<void()> job;
+    std::function<void(bool)> job;
     {
       std::unique_lock lock(mu_);
       if (!cv_.wait(lock, stop, [this] { return !queue_.empty(); })) return;
       job = std::move(queue_.front());
       queue_.pop_front();
     }
-    job();
+    job(true);
   }
 }
 

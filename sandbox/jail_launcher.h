@@ -37,7 +37,10 @@ class JailLauncher {
 
   std::mutex mu_;
   std::condition_variable_any cv_;
-  std::deque<std::function<void()>> queue_;  // GUARDED_BY(mu_)
+  // A job runs with true; with false when the launcher shuts down before running it (the caller gets an
+  // error instead of waiting forever).
+  std::deque<std::function<void(bool run)>> queue_;  // GUARDED_BY(mu_)
+  bool stopping_ = false;                            // GUARDED_BY(mu_)
   std::vector<std::jthread> threads_;
 };
 

@@ -16,7 +16,6 @@ struct InitReport {
   uint32_t magic = kInitReportMagic;
   uint32_t kind = 0;
   int32_t value = 0;  // exit code (kExited), signal (kSignaled), errno (kExecFailed)
-  uint32_t seccomp_kills = 0;  // descendants reaped by init that died of SIGSYS
 };
 
 }  // namespace sbx::sandbox

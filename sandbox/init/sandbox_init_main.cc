@@ -29,11 +29,10 @@
 
 namespace {
 
-void WriteReport(uint32_t kind, int32_t value, uint32_t seccomp_kills) {
+void WriteReport(uint32_t kind, int32_t value) {
   sbx::sandbox::InitReport report;
   report.kind = kind;
   report.value = value;
-  report.seccomp_kills = seccomp_kills;
   ssize_t unused = write(sbx::sandbox::kInitReportFd, &report, sizeof(report));
   (void)unused;
 }
@@ -107,11 +106,10 @@ int main(int argc, char** argv) {
   if (n == sizeof(exec_errno)) {
     waitpid(child, nullptr, 0);
     fprintf(stderr, "sandbox-init: cannot execute %s: %s\n", argv[first], strerror(exec_errno));
-    WriteReport(sbx::sandbox::InitReport::kExecFailed, exec_errno, 0);
+    WriteReport(sbx::sandbox::InitReport::kExecFailed, exec_errno);
     return exec_errno == ENOENT ? 127 : 126;
   }
 
-  uint32_t seccomp_kills = 0;
   for (;;) {
     siginfo_t info;
     const int sig = sigwaitinfo(&all, &info);
@@ -126,13 +124,12 @@ int main(int argc, char** argv) {
       int status;
       const pid_t pid = waitpid(-1, &status, WNOHANG);
       if (pid <= 0) break;
-      if (WIFSIGNALED(status) && WTERMSIG(status) == SIGSYS) ++seccomp_kills;
       if (pid != child) continue;
       if (WIFEXITED(status)) {
-        WriteReport(sbx::sandbox::InitReport::kExited, WEXITSTATUS(status), seccomp_kills);
+        WriteReport(sbx::sandbox::InitReport::kExited, WEXITSTATUS(status));
         return WEXITSTATUS(status);
       }
-      WriteReport(sbx::sandbox::InitReport::kSignaled, WTERMSIG(status), seccomp_kills);
+      WriteReport(sbx::sandbox::InitReport::kSignaled, WTERMSIG(status));
       return 128 + WTERMSIG(status);
     }
   }
