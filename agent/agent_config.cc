@@ -29,6 +29,65 @@ AgentConfig DefaultAgentConfig() {
   return c;
 }
 
+namespace {
+
+absl::Status LoadFleet(const duvo::sandbox::v1::FleetConfig& f, const std::string& file, FleetSettings* out) {
+  out->control_plane = f.control_plane();
+  if (f.has_tls()) {
+    out->tls = true;
+    out->ca_file = f.tls().ca_file();
+    out->cert_file = f.tls().cert_file();
+    out->key_file = f.tls().key_file();
+    out->server_name = f.tls().server_name();
+    if (out->cert_file.empty() != out->key_file.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(file, ": fleet.tls: cert_file and key_file go together (mTLS)"));
+    }
+  }
+  out->token_file = f.token_file();
+  out->agent_id = f.agent_id();
+  if (out->agent_id.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    out->agent_id = host;
+  }
+  out->labels.insert(f.labels().begin(), f.labels().end());
+  struct Millis {
+    const char* name;
+    bool has;
+    uint64_t value;
+    uint64_t min, max;
+    std::chrono::milliseconds* field;
+  };
+  const Millis fields[] = {
+      {"lease_wait_ms", f.has_lease_wait_ms(), f.lease_wait_ms(), 100, 300000, &out->lease_wait},
+      {"heartbeat_interval_ms", f.has_heartbeat_interval_ms(), f.heartbeat_interval_ms(), 10, 600000,
+       &out->heartbeat_interval},
+      {"drain_grace_ms", f.has_drain_grace_ms(), f.drain_grace_ms(), 0, 86400000, &out->drain_grace},
+      {"backoff_initial_ms", f.has_backoff_initial_ms(), f.backoff_initial_ms(), 1, 600000, &out->backoff_initial},
+      {"backoff_max_ms", f.has_backoff_max_ms(), f.backoff_max_ms(), 1, 3600000, &out->backoff_max},
+  };
+  for (const Millis& m : fields) {
+    if (!m.has) continue;
+    if (m.value < m.min || m.value > m.max) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file, ": fleet.", m.name, ": ", m.value, " is outside ", m.min, "..", m.max));
+    }
+    *m.field = std::chrono::milliseconds(m.value);
+  }
+  if (out->backoff_max < out->backoff_initial) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ": fleet.backoff_max_ms is below backoff_initial_ms"));
+  }
+  if (f.has_max_request_bytes()) {
+    if (f.max_request_bytes() < 1024 || f.max_request_bytes() > (64u << 20)) {
+      return absl::InvalidArgumentError(absl::StrCat(file, ": fleet.max_request_bytes: must be 1 KiB..64 MiB"));
+    }
+    out->max_request_bytes = f.max_request_bytes();
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<AgentConfig> LoadAgentConfig(std::string_view path) {
   AgentConfig c = DefaultAgentConfig();
   if (path.empty()) return c;
@@ -72,6 +131,8 @@ absl::StatusOr<AgentConfig> LoadAgentConfig(std::string_view path) {
   if (!proto.policy_dir().empty()) c.policy_dir = proto.policy_dir();
   if (!proto.metrics_address().empty()) c.metrics_address = proto.metrics_address();
   c.init_path = proto.init_path();
+  c.health_address = proto.health_address();
+  if (proto.has_fleet()) RETURN_IF_ERROR(LoadFleet(proto.fleet(), file, &c.fleet));
   return c;
 }
 

@@ -4,12 +4,29 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 
 #include "absl/status/statusor.h"
 
 namespace sbx::agent {
+
+// Fleet mode (AgentConfig.fleet in agent_config.proto documents each field).
+struct FleetSettings {
+  std::string control_plane;  // empty: local mode only
+  bool tls = false;
+  std::string ca_file, cert_file, key_file, server_name;
+  std::string token_file;
+  std::string agent_id;  // default: the host name
+  std::map<std::string, std::string> labels;
+  std::chrono::milliseconds lease_wait{10000};
+  std::chrono::milliseconds heartbeat_interval{500};
+  std::chrono::milliseconds drain_grace{60000};
+  std::chrono::milliseconds backoff_initial{200};
+  std::chrono::milliseconds backoff_max{30000};
+  uint64_t max_request_bytes = 1 << 20;
+};
 
 struct AgentConfig {
   std::string state_dir;
@@ -22,6 +39,8 @@ struct AgentConfig {
   std::string policy_dir = "/etc/sandbox-agent/policies";
   std::string metrics_address = "127.0.0.1:9464";  // "off": none
   std::string init_path;                           // empty: located beside the binary
+  std::string health_address;                      // empty: health only on the unix socket
+  FleetSettings fleet;
 };
 
 // The defaults for this user: root gets /run and /var/lib paths, others $XDG_RUNTIME_DIR / $XDG_STATE_HOME.

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/agent_config.h"
+#include "agent/fleet_agent.h"
 #include "agent/init_locator.h"
 #include "agent/log.h"
 #include "agent/metrics.h"
@@ -61,6 +62,34 @@ absl::StatusOr<sandbox::Policy> FilePolicy(const AgentConfig& config) {
   const std::string path = config.policy_dir + "/file.textproto";
   if (access(path.c_str(), F_OK) == 0) return sandbox::LoadPolicyFile(path);
   return sandbox::DefaultFilePolicy();
+}
+
+// SIGHUP: re-reads the config file and the policies. Capacity, defaults, policies and fleet settings apply
+// to new sessions and calls; running sessions keep theirs. A bad file changes nothing (logged).
+void Reload(const ServeFlags& flags, const AgentConfig& running, SessionManager* sessions, FleetAgent* fleet) {
+  absl::StatusOr<AgentConfig> config = LoadAgentConfig(flags.config_path);
+  if (!config.ok()) {
+    Log(LogLevel::kError, "SIGHUP: the configuration did not load; keeping the running one",
+        {{"error", config.status().ToString()}});
+    return;
+  }
+  absl::StatusOr<sandbox::Policy> file_policy = FilePolicy(*config);
+  if (!file_policy.ok()) {
+    Log(LogLevel::kError, "SIGHUP: a policy did not load; keeping the running ones",
+        {{"error", file_policy.status().ToString()}});
+    return;
+  }
+  std::map<int, sandbox::Policy> policies;
+  policies.emplace(duvo::sandbox::v1::FILE, *file_policy);
+  sessions->Reload(config->max_sessions, config->default_ttl, config->default_idle_timeout, std::move(policies));
+  if (fleet != nullptr) fleet->Reload(config->fleet);
+  if (config->unix_socket != running.unix_socket || config->tcp_address != running.tcp_address ||
+      config->state_dir != running.state_dir || config->metrics_address != running.metrics_address ||
+      config->health_address != running.health_address || config->fleet.control_plane != running.fleet.control_plane) {
+    Log(LogLevel::kWarn, "SIGHUP: listener, state_dir and control_plane changes take effect at the next restart");
+  }
+  Log(LogLevel::kInfo, "SIGHUP: configuration reloaded",
+      {{"max_sessions", absl::StrCat(config->max_sessions)}, {"policy", file_policy->name()}});
 }
 
 int Fail(const absl::Status& status) {
@@ -127,6 +156,20 @@ int ServeCommand(const ServeFlags& flags) {
   if (absl::Status s = MkdirAll(socket_dir, 0755); !s.ok()) return Fail(s);
   if (absl::Status s = ClaimSocketPath(config->unix_socket); !s.ok()) return Fail(s);
 
+  std::unique_ptr<FleetAgent> fleet;
+  if (!config->fleet.control_plane.empty()) {
+    if (absl::Status s = MkdirAll(config->state_dir, 0700); !s.ok()) return Fail(s);
+    FleetAgent::Options fo;
+    fo.fleet = config->fleet;
+    fo.outbox_dir = config->state_dir + "/outbox";
+    fo.sessions = sessions.get();
+    fo.cgroups = layout.ok() ? &*layout : nullptr;
+    fo.metrics = &metrics;
+    absl::StatusOr<std::unique_ptr<FleetAgent>> started = FleetAgent::Start(std::move(fo));
+    if (!started.ok()) return Fail(Annotate(started.status(), "fleet mode"));
+    fleet = std::move(*started);
+  }
+
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   builder.AddListeningPort("unix://" + config->unix_socket, grpc::InsecureServerCredentials());
@@ -143,6 +186,18 @@ int ServeCommand(const ServeFlags& flags) {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config->unix_socket)));
   chmod(config->unix_socket.c_str(), 0660);
+  // The health service alone on TCP, for probes (Kubernetes grpc liveness/readiness): no API, no auth.
+  std::unique_ptr<grpc::Server> health_server;
+  if (!config->health_address.empty()) {
+    grpc::ServerBuilder hb;
+    int health_port = 0;
+    hb.AddListeningPort(config->health_address, grpc::InsecureServerCredentials(), &health_port);
+    health_server = hb.BuildAndStart();
+    if (!health_server || health_port == 0) {
+      return Fail(absl::UnavailableError(absl::StrCat("health_address: cannot listen on ", config->health_address)));
+    }
+    Log(LogLevel::kInfo, "health service", {{"address", config->health_address}, {"port", absl::StrCat(health_port)}});
+  }
   Log(LogLevel::kInfo, "serving",
       {{"socket", config->unix_socket},
        {"tcp", config->tcp_address.empty() ? "" : absl::StrCat(config->tcp_address, " (port ", tcp_port, ")")},
@@ -152,11 +207,23 @@ int ServeCommand(const ServeFlags& flags) {
     int sig = 0;
     if (sigwait(&signals, &sig) != 0) continue;
     if (sig == SIGHUP) {
-      Log(LogLevel::kInfo, "SIGHUP: configuration reload is not supported in local mode; ignoring");
+      Reload(flags, *config, sessions.get(), fleet.get());
       continue;
     }
     Log(LogLevel::kInfo, "shutting down", {{"signal", strsignal(sig)}});
     break;
+  }
+  // Probes see NOT_SERVING from here on.
+  for (grpc::Server* s : {server.get(), health_server.get()}) {
+    if (s != nullptr && s->GetHealthCheckService() != nullptr) s->GetHealthCheckService()->Shutdown();
+  }
+  if (fleet) {
+    // SIGTERM drains: running sessions get the grace period, then their outcomes are reported.
+    const size_t undelivered = fleet->Drain(config->fleet.drain_grace);
+    if (undelivered > 0) {
+      Log(LogLevel::kWarn, "outcomes left in the outbox for the next start", {{"count", absl::StrCat(undelivered)}});
+    }
+    fleet.reset();
   }
   sessions->CancelAll("the agent is shutting down");
   Log(LogLevel::kInfo, "sessions canceled");
@@ -164,6 +231,7 @@ int ServeCommand(const ServeFlags& flags) {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   Log(LogLevel::kInfo, "server shut down");
   server->Wait();
+  if (health_server) health_server->Shutdown(std::chrono::system_clock::now());
   sessions.reset();
   unlink(config->unix_socket.c_str());
   Log(LogLevel::kInfo, "stopped");

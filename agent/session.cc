@@ -124,13 +124,15 @@ pb::Session Session::Describe() const {
   return out;
 }
 
-void Session::End(pb::Outcome::Status status, const std::string& reason, const std::string& message) {
+void Session::End(pb::Outcome::Status status, const std::string& reason, const std::string& message,
+                  std::optional<int> exit_code) {
   {
     std::lock_guard lock(mu_);
     if (ended_ || end_status_ != pb::Outcome::STATUS_UNSPECIFIED) return;
     end_status_ = status;
     end_reason_ = reason;
     end_message_ = message;
+    end_exit_code_ = exit_code;
   }
   jail_->Kill();
 }
@@ -153,6 +155,7 @@ void Session::WatchJail() {
       outcome.set_status(end_status_);
       outcome.set_reason(end_reason_);
       outcome.set_message(end_message_);
+      if (end_exit_code_) outcome.set_exit_code(*end_exit_code_);
     } else {
       switch (result.reason) {
         case sandbox::RunReason::kTimeLimit:

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -79,7 +80,9 @@ class Session {
                                                                  const duvo::sandbox::v1::ToolCall& call);
 
   // Ends the session (kills the jail). `status`/`reason` go into the outcome unless it already ended.
-  void End(duvo::sandbox::v1::Outcome::Status status, const std::string& reason, const std::string& message);
+  // `exit_code`, when set, goes into the outcome too (a fleet session that completed its calls).
+  void End(duvo::sandbox::v1::Outcome::Status status, const std::string& reason, const std::string& message,
+           std::optional<int> exit_code = std::nullopt);
 
   // The InitClient for Upload/Download (nullptr after the end).
   sandbox::InitClient* init() { return init_.get(); }
@@ -110,6 +113,7 @@ class Session {
   duvo::sandbox::v1::Outcome outcome_;             // GUARDED_BY(mu_)
   duvo::sandbox::v1::Outcome::Status end_status_ = duvo::sandbox::v1::Outcome::STATUS_UNSPECIFIED;  // GUARDED_BY(mu_)
   std::string end_reason_, end_message_;           // GUARDED_BY(mu_)
+  std::optional<int> end_exit_code_;               // GUARDED_BY(mu_)
 
   struct IdempotentCall {
     std::string body;

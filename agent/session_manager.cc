@@ -1,5 +1,6 @@
 #include "agent/session_manager.h"
 
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -47,7 +48,12 @@ std::string NewSessionId() {
   return absl::StrFormat("s-%016x", rng());
 }
 
-SessionManager::SessionManager(Options options) : options_(std::move(options)) {
+SessionManager::SessionManager(Options options)
+    : options_(std::move(options)),
+      max_sessions_(options_.max_sessions),
+      default_ttl_(options_.default_ttl),
+      default_idle_timeout_(options_.default_idle_timeout),
+      policies_(options_.policies) {
   reaper_ = std::jthread([this](std::stop_token stop) { Reap(stop); });
 }
 
@@ -58,16 +64,27 @@ SessionManager::~SessionManager() {
 }
 
 absl::StatusOr<pb::Session> SessionManager::Create(const pb::CreateRequest& request) {
+  return CreateWithId(request, NewSessionId());
+}
+
+absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest& request,
+                                                        const std::string& session_id, bool from_reservation) {
   const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
-  auto policy_it = options_.policies.find(kind);
-  if (policy_it == options_.policies.end()) {
-    return absl::UnimplementedError(
-        absl::StrCat("kind: ", pb::SessionKind_Name(kind), " sessions are not available on this agent"));
-  }
   std::string request_bytes;
   request.SerializeToString(&request_bytes);
+  std::optional<sandbox::Policy> ceiling;
+  std::chrono::milliseconds default_ttl, default_idle_timeout;
   {
     std::lock_guard lock(mu_);
+    auto policy_it = policies_.find(kind);
+    if (policy_it == policies_.end()) {
+      return absl::UnimplementedError(absl::StrCat(
+          "kind: ", pb::SessionKind_IsValid(kind) ? pb::SessionKind_Name(kind) : absl::StrCat(static_cast<int>(kind)),
+          " sessions are not available on this agent"));
+    }
+    ceiling = policy_it->second;
+    default_ttl = default_ttl_;
+    default_idle_timeout = default_idle_timeout_;
     if (!request.idempotency_key().empty()) {
       auto it = idempotency_.find(request.idempotency_key());
       if (it != idempotency_.end()) {
@@ -81,38 +98,41 @@ absl::StatusOr<pb::Session> SessionManager::Create(const pb::CreateRequest& requ
                                                 request.idempotency_key(), "' was deleted"));
       }
     }
-    size_t running = 0;
-    for (const auto& [id, s] : sessions_) running += s->ended() ? 0 : 1;
-    if (running + starting_ >= options_.max_sessions) {
+    if (from_reservation) {
+      if (reserved_ > 0) --reserved_;
+    } else if (UsedLocked() >= max_sessions_) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("capacity: ", options_.max_sessions, " sessions are running; retry later"));
+          absl::StrCat("capacity: ", max_sessions_, " sessions are running; retry later"));
     }
     ++starting_;
   }
   struct Unstart {
     SessionManager* self;
+    bool reserved;
+    bool started = false;
     ~Unstart() {
       std::lock_guard lock(self->mu_);
       --self->starting_;
+      if (reserved && !started) ++self->reserved_;
     }
-  } unstart{this};
+  } unstart{this, from_reservation};
 
   ASSIGN_OR_RETURN(sandbox::PolicyNarrowing narrowing, NarrowingFromRequest(request.policy()));
   const std::chrono::milliseconds ttl =
-      request.ttl_ms() > 0 ? std::chrono::milliseconds(request.ttl_ms()) : options_.default_ttl;
+      request.ttl_ms() > 0 ? std::chrono::milliseconds(request.ttl_ms()) : default_ttl;
   // The jail's own wall-clock timer enforces the ttl.
   if (!narrowing.wall_time_limit_ms || *narrowing.wall_time_limit_ms > static_cast<uint64_t>(ttl.count())) {
-    narrowing.wall_time_limit_ms = std::min<uint64_t>(ttl.count(), policy_it->second.limits().wall_time_limit_ms);
+    narrowing.wall_time_limit_ms = std::min<uint64_t>(ttl.count(), ceiling->limits().wall_time_limit_ms);
   }
-  ASSIGN_OR_RETURN(sandbox::Policy policy, sandbox::NarrowPolicy(policy_it->second, narrowing));
+  ASSIGN_OR_RETURN(sandbox::Policy policy, sandbox::NarrowPolicy(*ceiling, narrowing));
 
   Session::Options so;
-  so.id = NewSessionId();
+  so.id = session_id;
   so.kind = kind;
   so.labels.insert(request.labels().begin(), request.labels().end());
   so.ttl = std::chrono::milliseconds(policy.limits().wall_time_limit_ms);
   so.idle_timeout = request.idle_timeout_ms() > 0 ? std::chrono::milliseconds(request.idle_timeout_ms())
-                                                  : options_.default_idle_timeout;
+                                                  : default_idle_timeout;
   so.init_path = options_.init_path;
   so.cgroups = options_.cgroups;
   so.warnings = options_.warnings;
@@ -124,6 +144,8 @@ absl::StatusOr<pb::Session> SessionManager::Create(const pb::CreateRequest& requ
   pb::Session described = session->Describe();
   std::lock_guard lock(mu_);
   sessions_[session->id()] = session;
+  if (from_reservation) held_ids_.insert(session->id());
+  unstart.started = true;
   if (!request.idempotency_key().empty()) {
     idempotency_[request.idempotency_key()] = Idempotent{request_bytes, session->id()};
   }
@@ -168,6 +190,7 @@ absl::Status SessionManager::Delete(const std::string& id) {
     session = std::move(it->second);
     sessions_.erase(it);
     ended_at_.erase(id);
+    held_ids_.erase(id);
     std::erase_if(idempotency_, [&](const auto& kv) { return kv.second.session_id == id; });
   }
   session->End(pb::Outcome::CANCELED, "canceled", "the session was deleted");
@@ -179,6 +202,7 @@ void SessionManager::CancelAll(const std::string& reason) {
   {
     std::lock_guard lock(mu_);
     all.swap(sessions_);
+    held_ids_.clear();
   }
   for (auto& [id, s] : all) s->End(pb::Outcome::CANCELED, "canceled", reason);
   all.clear();  // joins each session's watcher after its jail is killed
@@ -189,6 +213,49 @@ size_t SessionManager::active() const {
   size_t n = 0;
   for (const auto& [id, s] : sessions_) n += s->ended() ? 0 : 1;
   return n;
+}
+
+uint32_t SessionManager::capacity() const {
+  std::lock_guard lock(mu_);
+  return max_sessions_;
+}
+
+size_t SessionManager::UsedLocked() const {
+  size_t used = starting_ + reserved_;
+  for (const auto& [id, s] : sessions_) used += (!s->ended() || held_ids_.count(id) > 0) ? 1 : 0;
+  return used;
+}
+
+uint32_t SessionManager::free_capacity() const {
+  std::lock_guard lock(mu_);
+  const size_t used = UsedLocked();
+  return used >= max_sessions_ ? 0 : static_cast<uint32_t>(max_sessions_ - used);
+}
+
+void SessionManager::Reserve() {
+  std::lock_guard lock(mu_);
+  ++reserved_;
+}
+
+void SessionManager::Unreserve() {
+  std::lock_guard lock(mu_);
+  if (reserved_ > 0) --reserved_;
+}
+
+std::vector<pb::SessionKind> SessionManager::kinds() const {
+  std::lock_guard lock(mu_);
+  std::vector<pb::SessionKind> out;
+  for (const auto& [kind, policy] : policies_) out.push_back(static_cast<pb::SessionKind>(kind));
+  return out;
+}
+
+void SessionManager::Reload(uint32_t max_sessions, std::chrono::milliseconds default_ttl,
+                            std::chrono::milliseconds default_idle_timeout, std::map<int, sandbox::Policy> policies) {
+  std::lock_guard lock(mu_);
+  max_sessions_ = max_sessions;
+  default_ttl_ = default_ttl;
+  default_idle_timeout_ = default_idle_timeout;
+  policies_ = std::move(policies);
 }
 
 void SessionManager::Reap(std::stop_token stop) {
@@ -203,7 +270,7 @@ void SessionManager::Reap(std::stop_token stop) {
         const std::shared_ptr<Session>& s = it->second;
         if (s->ended()) {
           auto [at, inserted] = ended_at_.emplace(it->first, now);
-          if (!inserted && now - at->second > options_.keep_ended) {
+          if (!inserted && now - at->second > options_.keep_ended && held_ids_.count(it->first) == 0) {
             forget.push_back(s);
             ended_at_.erase(at);
             it = sessions_.erase(it);

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -44,6 +45,15 @@ class SessionManager {
   // Starts a session. Same idempotency key + same request: the first session; another request: ABORTED.
   // Past capacity: RESOURCE_EXHAUSTED. A policy wider than the kind's ceiling: PERMISSION_DENIED.
   absl::StatusOr<duvo::sandbox::v1::Session> Create(const duvo::sandbox::v1::CreateRequest& request);
+  // Create with the session id chosen by the caller (fleet mode journals it before the jail exists).
+  // With `from_reservation`, the session takes a slot Reserve() held (no capacity check) and keeps counting
+  // against capacity after it ends, until Delete; when it fails to start, the reservation is held again.
+  absl::StatusOr<duvo::sandbox::v1::Session> CreateWithId(const duvo::sandbox::v1::CreateRequest& request,
+                                                         const std::string& session_id,
+                                                         bool from_reservation = false);
+  // Holds one slot of capacity (fleet mode: from a lease's acceptance until its outcome is acknowledged).
+  void Reserve();
+  void Unreserve();
   absl::StatusOr<std::shared_ptr<Session>> Find(const std::string& id) const;
   std::vector<duvo::sandbox::v1::Session> List(const std::map<std::string, std::string>& selector) const;
   absl::StatusOr<duvo::sandbox::v1::Session> Cancel(const std::string& id);
@@ -52,12 +62,24 @@ class SessionManager {
   void CancelAll(const std::string& reason);
 
   size_t active() const;
-  uint32_t capacity() const { return options_.max_sessions; }
+  uint32_t capacity() const;
+  // Sessions that could start now: capacity minus running and starting ones.
+  uint32_t free_capacity() const;
+  // The kinds this agent has a policy for.
+  std::vector<duvo::sandbox::v1::SessionKind> kinds() const;
+  // SIGHUP: new capacity, defaults and per-kind policies for sessions created from now on; running sessions
+  // keep theirs.
+  void Reload(uint32_t max_sessions, std::chrono::milliseconds default_ttl,
+              std::chrono::milliseconds default_idle_timeout, std::map<int, sandbox::Policy> policies);
 
  private:
   void Reap(std::stop_token stop);  // idle timeouts and forgetting ended sessions
 
   const Options options_;
+  // Reloadable copies of options_ (GUARDED_BY(mu_)).
+  uint32_t max_sessions_;
+  std::chrono::milliseconds default_ttl_, default_idle_timeout_;
+  std::map<int, sandbox::Policy> policies_;
   // Declared before the sessions: destroyed after them, so no jail outlives the thread that cloned it.
   sandbox::JailLauncher launcher_;
   mutable std::mutex mu_;
@@ -68,6 +90,9 @@ class SessionManager {
   };
   std::map<std::string, Idempotent> idempotency_;  // GUARDED_BY(mu_)
   uint32_t starting_ = 0;                          // GUARDED_BY(mu_): Creates in flight
+  uint32_t reserved_ = 0;                          // GUARDED_BY(mu_): Reserve() slots
+  std::set<std::string> held_ids_;                 // GUARDED_BY(mu_): count until deleted, even ended
+  size_t UsedLocked() const;
   std::map<std::string, std::chrono::steady_clock::time_point> ended_at_;  // GUARDED_BY(mu_)
   std::jthread reaper_;
 };

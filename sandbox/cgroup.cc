@@ -793,6 +793,32 @@ absl::Status Cgroup::KillAll() const {
   return KillUntilEmpty(dirs);
 }
 
+absl::StatusOr<Cgroup> Cgroup::Adopt(const CgroupLayout& layout, std::string_view name) {
+  RETURN_IF_ERROR(ValidateComponent(name, "cgroup name"));
+  Cgroup cg;
+  cg.version_ = layout.version;
+  bool any = false;
+  const auto adopt = [&](const std::string& parent, std::string* dir) {
+    if (parent.empty()) return;
+    std::string path = absl::StrCat(parent, "/", ToAbsl(name));
+    if (!Exists(path)) return;
+    *dir = std::move(path);
+    any = true;
+  };
+  if (layout.version == CgroupVersion::kV2) {
+    adopt(layout.v2_parent, &cg.memory_path_);
+    cg.pids_path_ = cg.memory_path_;
+  } else {
+    adopt(layout.v1_memory, &cg.memory_path_);
+    adopt(layout.v1_pids, &cg.pids_path_);
+    adopt(layout.v1_cpu, &cg.cpu_path_);
+    adopt(layout.v1_cpuacct, &cg.cpuacct_path_);
+    adopt(layout.v1_freezer, &cg.freezer_path_);
+  }
+  if (!any) return absl::NotFoundError(absl::StrCat("no cgroup named ", ToAbsl(name)));
+  return cg;
+}
+
 absl::Status Cgroup::Remove() {
   if (removed_) return absl::OkStatus();
   const std::vector<std::string> dirs =

@@ -69,6 +69,10 @@ class Cgroup {
   static absl::StatusOr<Cgroup> Create(const CgroupLayout& layout, std::string_view name,
                                        const CgroupLimits& limits);
 
+  // Takes over `<parent>/<name>` left behind by an agent that died (crash recovery), to Remove() it: the
+  // directories of that name that exist in each hierarchy. NotFound when none does.
+  static absl::StatusOr<Cgroup> Adopt(const CgroupLayout& layout, std::string_view name);
+
   Cgroup(Cgroup&& other) noexcept;
   Cgroup& operator=(Cgroup&& other) noexcept;
   Cgroup(const Cgroup&) = delete;

@@ -1,0 +1,844 @@
+#include "agent/fleet_agent.h"
+
+#include <algorithm>
+#include <functional>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "agent/log.h"
+#include "duvo/sandbox/v1/agent_state.pb.h"
+#include "sandbox/status.h"
+
+namespace sbx::agent {
+
+namespace pb = ::duvo::sandbox::v1;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr char kLeaseKind[] = "lease";
+constexpr char kOutcomeKind[] = "outcome";
+// Lease ids remembered for duplicate detection beyond those in the outbox.
+constexpr size_t kKnownLeases = 100000;
+// Events a report carries for the control plane to fill its gaps; output beyond it travels as dropped_bytes.
+constexpr size_t kReportEventBytes = 2 << 20;
+// After the session ended, how long the stream may take to have its last events acknowledged.
+constexpr milliseconds kFinalAckWait{2000};
+
+int64_t UnixMs() {
+  return std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string GrpcError(const grpc::Status& s) {
+  return absl::StrCat(s.error_code(), " ", s.error_message());
+}
+
+pb::Outcome Failed(const std::string& reason, const std::string& message) {
+  pb::Outcome o;
+  o.set_status(pb::Outcome::FAILED);
+  o.set_reason(reason);
+  o.set_message(message);
+  return o;
+}
+
+}  // namespace
+
+struct FleetAgent::Lease {
+  std::string lease_id;
+  std::string session_id;
+  pb::SandboxRequest request;
+  uint64_t record_id = 0;                    // the outbox's lease record
+  std::atomic<int64_t> expires_ns{0};        // steady clock
+  std::atomic<uint64_t> acked_seq{0};        // the control plane holds every event up to here
+  std::atomic<bool> finished{false};         // the pump is done (the outcome is journaled)
+  std::shared_ptr<Session> session;          // set by the pump before it is visible to other threads' use
+  std::atomic<bool> has_session{false};
+
+  std::mutex cmd_mu;
+  std::set<std::string> commands_seen;  // GUARDED_BY(cmd_mu)
+  struct Upload {
+    std::string path;
+    uint64_t next_offset = 0;
+    bool done = false;
+  };
+  std::map<std::string, Upload> uploads;  // GUARDED_BY(cmd_mu)
+
+  std::jthread driver;
+  std::jthread pump;  // last
+
+  Clock::time_point expires() const { return Clock::time_point(Clock::duration(expires_ns.load())); }
+  void set_expires(Clock::time_point t) { expires_ns.store(t.time_since_epoch().count()); }
+};
+
+FleetAgent::FleetAgent(Options options) : options_(std::move(options)), fleet_(options_.fleet) {}
+
+absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
+  if (options.sessions == nullptr) return absl::InvalidArgumentError("FleetAgent needs a SessionManager");
+  std::unique_ptr<FleetAgent> agent(new FleetAgent(std::move(options)));
+  FleetAgent& a = *agent;
+  ASSIGN_OR_RETURN(a.outbox_, Outbox::Open(a.options_.outbox_dir));
+  if (a.outbox_->dropped_tail_bytes() > 0) {
+    Log(LogLevel::kWarn, "outbox: dropped a torn tail",
+        {{"journal", a.outbox_->journal_path()}, {"bytes", absl::StrCat(a.outbox_->dropped_tail_bytes())}});
+  }
+  ASSIGN_OR_RETURN(a.channel_, MakeWorkerChannel(a.options_.fleet));
+  a.stub_ = pb::WorkerGateway::NewStub(a.channel_);
+  a.token_ = std::make_unique<TokenFile>(a.options_.fleet.token_file);
+  if (!a.options_.fleet.tls) {
+    Log(LogLevel::kWarn, "fleet: the control plane connection is plaintext (no fleet.tls)",
+        {{"control_plane", a.options_.fleet.control_plane}});
+  }
+
+  // Recovery: leases journaled by a previous agent that never got an outcome died with it.
+  size_t lost = 0, undelivered = 0;
+  for (const OutboxRecord& rec : a.outbox_->Pending()) {
+    if (rec.kind != kLeaseKind) continue;
+    pb::LeaseRecord lr;
+    if (!lr.ParseFromString(rec.payload)) {
+      Log(LogLevel::kError, "outbox: an unreadable lease record; reporting it lost", {{"lease_id", rec.key}});
+    }
+    if (!lr.session_id().empty() && a.options_.cgroups != nullptr) {
+      absl::StatusOr<sandbox::Cgroup> leftover = sandbox::Cgroup::Adopt(*a.options_.cgroups, lr.session_id());
+      if (leftover.ok()) {
+        if (absl::Status s = leftover->Remove(); !s.ok()) {
+          Log(LogLevel::kError, "could not remove a lost session's cgroup",
+              {{"session_id", lr.session_id()}, {"error", s.ToString()}});
+        }
+      }
+    }
+    pb::OutcomeRecord out;
+    pb::ReportOutcomeRequest* report = out.mutable_report();
+    report->set_agent_id(a.options_.fleet.agent_id);
+    report->set_lease_id(rec.key);
+    report->set_session_id(lr.session_id());
+    *report->mutable_outcome() =
+        Failed("agent_restart", "the agent restarted while the session ran; its jail ended with the agent");
+    RETURN_IF_ERROR(a.outbox_->Append(kOutcomeKind, rec.key, out.SerializeAsString()).status());
+    RETURN_IF_ERROR(a.outbox_->Ack(rec.id));
+    ++lost;
+  }
+  for (const OutboxRecord& rec : a.outbox_->Pending()) {
+    if (rec.kind != kOutcomeKind) continue;
+    a.known_.insert(rec.key);
+    a.known_order_.push_back(rec.key);
+    a.held_[rec.key] = "";
+    a.options_.sessions->Reserve();
+    ++undelivered;
+  }
+  if (lost > 0 || undelivered > 0) {
+    Log(LogLevel::kInfo, "fleet: recovered the outbox",
+        {{"lost_sessions", absl::StrCat(lost)}, {"outcomes_to_report", absl::StrCat(undelivered)}});
+  }
+  a.reporter_ = std::jthread([&a](std::stop_token stop) { a.ReportLoop(stop); });
+  a.heartbeat_ = std::jthread([&a](std::stop_token stop) { a.HeartbeatLoop(stop); });
+  a.leaser_ = std::jthread([&a](std::stop_token stop) { a.LeaseLoop(stop); });
+  Log(LogLevel::kInfo, "fleet: leasing",
+      {{"control_plane", a.options_.fleet.control_plane}, {"agent_id", a.options_.fleet.agent_id}});
+  return agent;
+}
+
+FleetAgent::~FleetAgent() {
+  if (!drained_) Drain(milliseconds(0), milliseconds(0));
+}
+
+FleetSettings FleetAgent::settings() const {
+  std::lock_guard lock(mu_);
+  return fleet_;
+}
+
+bool FleetAgent::SleepFor(milliseconds d, const std::stop_token& stop) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, stop, d, [] { return false; });
+  return !stop.stop_requested();
+}
+
+size_t FleetAgent::leases_held() const {
+  std::lock_guard lock(mu_);
+  return held_.size();
+}
+
+void FleetAgent::Reload(const FleetSettings& fleet) {
+  std::lock_guard lock(mu_);
+  if (fleet.control_plane != fleet_.control_plane || fleet.tls != fleet_.tls || fleet.ca_file != fleet_.ca_file ||
+      fleet.cert_file != fleet_.cert_file || fleet.key_file != fleet_.key_file) {
+    Log(LogLevel::kWarn, "SIGHUP: fleet.control_plane and fleet.tls changes take effect at the next restart");
+  }
+  if (fleet.token_file != fleet_.token_file) {
+    Log(LogLevel::kWarn, "SIGHUP: a new fleet.token_file path takes effect at the next restart (the file's "
+                         "contents are re-read whenever they change)");
+  }
+  const std::string control_plane = fleet_.control_plane, token_file = fleet_.token_file;
+  fleet_ = fleet;
+  fleet_.control_plane = control_plane;
+  fleet_.token_file = token_file;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Leasing.
+
+void FleetAgent::LeaseLoop(std::stop_token stop) {
+  FleetSettings fleet = settings();
+  Backoff backoff(fleet.backoff_initial, fleet.backoff_max);
+  while (!stop.stop_requested() && !draining_) {
+    fleet = settings();
+    const uint32_t free = options_.sessions->free_capacity();
+    if (free == 0) {
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, stop, milliseconds(100), [&] { return options_.sessions->free_capacity() > 0; });
+      continue;
+    }
+    pb::LeaseRequest request;
+    request.set_agent_id(fleet.agent_id);
+    request.mutable_labels()->insert(fleet.labels.begin(), fleet.labels.end());
+    for (pb::SessionKind kind : options_.sessions->kinds()) {
+      pb::KindCapacity* c = request.add_capacity();
+      c->set_kind(kind);
+      c->set_free(free);
+    }
+    request.set_max_sessions(options_.sessions->capacity());
+    request.set_wait_ms(fleet.lease_wait.count());
+
+    grpc::ClientContext ctx;
+    if (absl::Status s = PrepareContext(*token_, &ctx, fleet.lease_wait + milliseconds(5000)); !s.ok()) {
+      Log(LogLevel::kError, "fleet: cannot lease", {{"error", s.ToString()}});
+      SleepFor(backoff.Next(), stop);
+      continue;
+    }
+    {
+      std::lock_guard lock(lease_ctx_mu_);
+      if (draining_) break;
+      lease_ctx_ = &ctx;
+    }
+    pb::LeaseResponse response;
+    const grpc::Status status = stub_->Lease(&ctx, request, &response);
+    {
+      std::lock_guard lock(lease_ctx_mu_);
+      lease_ctx_ = nullptr;
+    }
+    if (draining_ || stop.stop_requested()) {
+      // A lease granted as the drain began must still be answered: each is rejected and reported.
+      for (const pb::LeaseGrant& grant : response.leases()) Reject(grant.lease_id(), "the agent is draining");
+      break;
+    }
+    if (!status.ok()) {
+      const milliseconds delay = backoff.Next(RetryDelay(status, ctx));
+      Log(backoff.attempt() <= 1 ? LogLevel::kWarn : LogLevel::kDebug, "fleet: Lease failed; retrying",
+          {{"error", GrpcError(status)}, {"retry_in_ms", absl::StrCat(delay.count())}});
+      SleepFor(delay, stop);
+      continue;
+    }
+    backoff.Reset();
+    uint32_t taken = 0;
+    for (const pb::LeaseGrant& grant : response.leases()) {
+      Accept(grant, taken >= free);
+      ++taken;
+    }
+  }
+}
+
+void FleetAgent::Reject(const std::string& lease_id, const std::string& message) {
+  Log(LogLevel::kWarn, "fleet: lease rejected", {{"lease_id", lease_id}, {"reason", message}});
+  pb::OutcomeRecord out;
+  pb::ReportOutcomeRequest* report = out.mutable_report();
+  report->set_agent_id(settings().agent_id);
+  report->set_lease_id(lease_id);
+  *report->mutable_outcome() = Failed("rejected", message);
+  absl::Status s = outbox_->Append(kOutcomeKind, lease_id, out.SerializeAsString()).status();
+  if (!s.ok()) {
+    Log(LogLevel::kError, "outbox: cannot journal a rejection", {{"lease_id", lease_id}, {"error", s.ToString()}});
+    return;
+  }
+  options_.sessions->Reserve();
+  std::lock_guard lock(mu_);
+  held_[lease_id] = "";
+  cv_.notify_all();
+}
+
+void FleetAgent::Accept(const pb::LeaseGrant& grant, bool over_capacity) {
+  const std::string& id = grant.lease_id();
+  if (id.empty() || id.size() > 256) {
+    Log(LogLevel::kError, "fleet: a grant without a usable lease_id; ignored",
+        {{"lease_id_bytes", absl::StrCat(id.size())}});
+    return;
+  }
+  {
+    std::lock_guard lock(mu_);
+    if (known_.count(id) > 0) {
+      Log(LogLevel::kWarn, "fleet: duplicate lease ignored (it runs once)", {{"lease_id", id}});
+      return;
+    }
+    known_.insert(id);
+    known_order_.push_back(id);
+    if (known_order_.size() > kKnownLeases) {
+      const std::string& oldest = known_order_.front();
+      if (leases_.count(oldest) == 0 && held_.count(oldest) == 0) known_.erase(oldest);
+      known_order_.pop_front();
+    }
+  }
+  const FleetSettings fleet = settings();
+  if (over_capacity) return Reject(id, "the control plane granted more leases than the free capacity asked for");
+  if (grant.request().size() > fleet.max_request_bytes) {
+    return Reject(id, absl::StrCat("request: ", grant.request().size(), " bytes, over the agent's limit of ",
+                                   fleet.max_request_bytes));
+  }
+  auto lease = std::make_shared<Lease>();
+  lease->lease_id = id;
+  if (!lease->request.ParseFromString(grant.request())) {
+    return Reject(id, "request: not a valid duvo.sandbox.v1.SandboxRequest");
+  }
+  const pb::SessionKind kind = lease->request.kind();
+  if (!pb::SessionKind_IsValid(kind) || kind == pb::SESSION_KIND_UNSPECIFIED) {
+    return Reject(id, absl::StrCat("kind: ", static_cast<int>(kind), " is not a session kind this agent knows"));
+  }
+  const std::vector<pb::SessionKind> kinds = options_.sessions->kinds();
+  if (std::find(kinds.begin(), kinds.end(), kind) == kinds.end()) {
+    return Reject(id, absl::StrCat("kind: ", pb::SessionKind_Name(kind), " sessions are not available on this agent"));
+  }
+  lease->session_id = NewSessionId();
+  lease->set_expires(Clock::now() + milliseconds(grant.ttl_ms() > 0 ? grant.ttl_ms() : 30000));
+
+  pb::LeaseRecord record;
+  *record.mutable_grant() = grant;
+  record.set_session_id(lease->session_id);
+  record.set_leased_unix_ms(UnixMs());
+  absl::StatusOr<uint64_t> record_id = outbox_->Append(kLeaseKind, id, record.SerializeAsString());
+  if (!record_id.ok()) {
+    // Without the journal entry a crash could lose this lease's outcome: do not run it.
+    Log(LogLevel::kError, "outbox: cannot journal a lease; not running it",
+        {{"lease_id", id}, {"error", record_id.status().ToString()}});
+    return;
+  }
+  lease->record_id = *record_id;
+  options_.sessions->Reserve();
+  {
+    std::lock_guard lock(mu_);
+    held_[id] = lease->session_id;
+    leases_[id] = lease;
+  }
+  Log(LogLevel::kInfo, "fleet: leased", {{"lease_id", id}, {"session_id", lease->session_id}});
+  lease->pump = std::jthread([this, raw = lease.get()] { RunLease(raw); });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// One lease: the session, its stream, its outcome.
+
+void FleetAgent::RunLease(Lease* lease) {
+  const pb::SandboxRequest& req = lease->request;
+  pb::CreateRequest create;
+  create.set_kind(req.kind());
+  *create.mutable_policy() = req.policy();
+  create.set_ttl_ms(req.ttl_ms());
+  create.set_idle_timeout_ms(req.idle_timeout_ms());
+  create.mutable_labels()->insert(req.labels().begin(), req.labels().end());
+  (*create.mutable_labels())["lease_id"] = lease->lease_id;
+  absl::StatusOr<pb::Session> created = options_.sessions->CreateWithId(create, lease->session_id, true);
+  absl::StatusOr<std::shared_ptr<Session>> session =
+      created.ok() ? options_.sessions->Find(lease->session_id) : absl::StatusOr<std::shared_ptr<Session>>(created.status());
+  if (!session.ok()) {
+    const absl::StatusCode code = session.status().code();
+    const bool rejected = code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kPermissionDenied ||
+                          code == absl::StatusCode::kUnimplemented || code == absl::StatusCode::kFailedPrecondition;
+    Log(LogLevel::kWarn, "fleet: session did not start",
+        {{"lease_id", lease->lease_id}, {"error", session.status().ToString()}});
+    {
+      // The session never existed: its slot is a reservation again (CreateWithId restored it).
+      std::lock_guard lock(mu_);
+      held_[lease->lease_id] = "";
+    }
+    JournalOutcome(lease, Failed(rejected ? "rejected" : "setup_error", std::string(session.status().message())));
+    return;
+  }
+  lease->session = *session;
+  lease->has_session = true;
+  if (req.calls_size() > 0) lease->driver = std::jthread([this, lease] { DriveStartCalls(lease); });  // joined by this pump
+
+  FleetSettings fleet = settings();
+  Backoff backoff(fleet.backoff_initial, fleet.backoff_max);
+  for (;;) {
+    std::optional<milliseconds> retry_after;
+    if (StreamOnce(lease, &retry_after)) break;
+    // The stream broke. Once the session has ended, its remaining events travel with the outcome report.
+    if (lease->session->events().closed()) break;
+    const milliseconds delay = backoff.Next(retry_after);
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, delay, [&] { return lease->session->events().closed(); });
+  }
+  if (lease->driver.joinable()) lease->driver.join();
+  // Wait for the outcome (it is the last event; the log closes right after).
+  std::vector<EventLog::EventPtr> ignored;
+  while (!lease->session->events().closed()) {
+    lease->session->events().Read(UINT64_MAX - 1, 1, Clock::now() + milliseconds(200), [] { return false; },
+                                  &ignored);
+  }
+  JournalOutcome(lease, lease->session->Describe().outcome());
+}
+
+void FleetAgent::DriveStartCalls(Lease* lease) {
+  Session& session = *lease->session;
+  std::optional<int> last_exit;
+  for (int i = 0; i < lease->request.calls_size(); ++i) {
+    const std::string call_id = absl::StrCat("start-", i + 1);
+    absl::StatusOr<std::pair<std::string, uint64_t>> started =
+        session.StartCallOnce(call_id, call_id, lease->request.calls(i));
+    if (!started.ok()) {
+      if (lease->request.end_after_calls()) {
+        session.End(pb::Outcome::FAILED, "call_failed",
+                    absl::StrCat("calls[", i, "] did not start: ", started.status().message()));
+      }
+      return;
+    }
+    // Wait for its tool_call_finished.
+    uint64_t cursor = started->second;
+    std::optional<pb::ToolCallFinished> finished;
+    while (!finished) {
+      std::vector<EventLog::EventPtr> events;
+      const EventLog::ReadResult r =
+          session.events().Read(cursor, 256, Clock::now() + milliseconds(500), [] { return false; }, &events);
+      if (r == EventLog::ReadResult::kClosed) return;  // the session ended first
+      for (const EventLog::EventPtr& e : events) {
+        cursor = e->seq();
+        if (e->has_tool_call_finished() && e->tool_call_finished().call_id() == call_id) {
+          finished = e->tool_call_finished();
+          break;
+        }
+      }
+    }
+    if (finished->has_error()) {
+      if (lease->request.end_after_calls()) {
+        session.End(pb::Outcome::FAILED, "call_failed",
+                    absl::StrCat("calls[", i, "] failed: ", finished->error().message()));
+      }
+      return;
+    }
+    if (finished->result().has_exec()) {
+      const pb::ExecResult& r = finished->result().exec();
+      last_exit = r.has_exit_code() ? r.exit_code() : 128 + r.signal();
+    }
+  }
+  if (lease->request.end_after_calls()) {
+    session.End(pb::Outcome::COMPLETED, "exited", "the request's calls finished", last_exit.value_or(0));
+  }
+}
+
+bool FleetAgent::StreamOnce(Lease* lease, std::optional<milliseconds>* retry_after) {
+  Session& session = *lease->session;
+  grpc::ClientContext ctx;
+  if (absl::Status s = PrepareContext(*token_, &ctx, std::nullopt); !s.ok()) {
+    Log(LogLevel::kError, "fleet: cannot attach", {{"lease_id", lease->lease_id}, {"error", s.ToString()}});
+    return false;
+  }
+  std::unique_ptr<grpc::ClientReaderWriter<pb::AgentMessage, pb::ControlMessage>> stream = stub_->Attach(&ctx);
+  std::mutex write_mu;
+  std::atomic<bool> write_failed{false};
+  const auto send = [&](const pb::AgentMessage& m) {
+    std::lock_guard lock(write_mu);
+    if (write_failed) return false;
+    if (!stream->Write(m)) write_failed = true;
+    return !write_failed;
+  };
+  {
+    pb::AgentMessage hello;
+    pb::AttachHello* h = hello.mutable_hello();
+    h->set_agent_id(settings().agent_id);
+    h->set_lease_id(lease->lease_id);
+    h->set_session_id(lease->session_id);
+    h->set_last_seq(session.events().last_seq());
+    send(hello);
+  }
+  pb::ControlMessage first;
+  if (write_failed || !stream->Read(&first) || !first.has_resume()) {
+    ctx.TryCancel();
+    const grpc::Status status = stream->Finish();
+    *retry_after = RetryDelay(status, ctx);
+    Log(LogLevel::kDebug, "fleet: attach failed", {{"lease_id", lease->lease_id}, {"error", GrpcError(status)}});
+    return false;
+  }
+  uint64_t next = first.resume().after_seq();
+  if (next > session.events().last_seq()) next = session.events().last_seq();  // a confused control plane
+  if (next > lease->acked_seq) lease->acked_seq = next;
+  session.events().MarkDelivered(lease->acked_seq);
+
+  std::atomic<bool> reader_done{false};
+  std::jthread reader([&] {
+    pb::ControlMessage msg;
+    while (stream->Read(&msg)) {
+      if (msg.has_ack_seq()) {
+        uint64_t seen = lease->acked_seq.load();
+        while (msg.ack_seq() > seen && !lease->acked_seq.compare_exchange_weak(seen, msg.ack_seq())) {
+        }
+        session.events().MarkDelivered(msg.ack_seq());
+      } else if (msg.has_command()) {
+        HandleCommand(lease, msg.command(), [&](const pb::AgentMessage& m) { send(m); });
+      }
+    }
+    reader_done = true;
+  });
+
+  bool complete = false;
+  std::optional<Clock::time_point> closed_at;
+  while (!reader_done && !write_failed) {
+    std::vector<EventLog::EventPtr> events;
+    const EventLog::ReadResult r = session.events().Read(next, 64, Clock::now() + milliseconds(100),
+                                                         [&] { return reader_done.load(); }, &events);
+    for (const EventLog::EventPtr& e : events) {
+      pb::AgentMessage m;
+      *m.mutable_event() = *e;
+      if (!send(m)) break;
+      next = e->seq();
+    }
+    if (r == EventLog::ReadResult::kClosed && next >= session.events().last_seq()) {
+      if (lease->acked_seq >= next) {
+        complete = true;
+        break;
+      }
+      if (!closed_at) closed_at = Clock::now();
+      if (Clock::now() - *closed_at > kFinalAckWait) break;  // the report carries the rest
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+  }
+  if (complete) {
+    std::lock_guard lock(write_mu);
+    stream->WritesDone();
+  }
+  ctx.TryCancel();
+  reader.join();
+  const grpc::Status status = stream->Finish();
+  if (!complete && !session.events().closed()) {
+    *retry_after = RetryDelay(status, ctx);
+    Log(LogLevel::kInfo, "fleet: attach stream ended; reconnecting",
+        {{"lease_id", lease->lease_id}, {"error", GrpcError(status)}});
+  }
+  return complete;
+}
+
+void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
+                               const std::function<void(const pb::AgentMessage&)>& send) {
+  Session& session = *lease->session;
+  const std::string& id = command.command_id();
+  const auto fail = [&](absl::StatusCode code, std::string message) {
+    pb::AgentMessage m;
+    m.mutable_command_error()->set_command_id(id);
+    m.mutable_command_error()->set_code(static_cast<int>(code));
+    m.mutable_command_error()->set_message(std::move(message));
+    send(m);
+  };
+  if (id.empty() || id.size() > 256) {
+    return fail(absl::StatusCode::kInvalidArgument, "command_id: required, at most 256 bytes");
+  }
+  if (command.has_upload()) {
+    const pb::UploadPart& chunk = command.upload();
+    std::lock_guard lock(lease->cmd_mu);
+    Lease::Upload& up = lease->uploads[id];
+    if (up.done || chunk.offset() + chunk.data().size() <= up.next_offset) {
+      if (!chunk.data().empty() || up.done) return;  // a resend of a chunk already written
+    }
+    if (chunk.offset() != up.next_offset) {
+      return fail(absl::StatusCode::kInvalidArgument,
+                  absl::StrCat("upload: chunk at offset ", chunk.offset(), ", expected ", up.next_offset));
+    }
+    if (up.path.empty()) up.path = chunk.path();
+    sandbox::InitClient* init = session.init();
+    absl::Status s = init == nullptr ? absl::FailedPreconditionError("the session has ended")
+                                     : init->WriteFile(up.path, chunk.data(), chunk.offset(), chunk.offset() == 0,
+                                                       chunk.mode() == 0 ? 0644 : chunk.mode());
+    pb::Event done;
+    pb::ToolCallFinished* f = done.mutable_tool_call_finished();
+    f->set_call_id(id);
+    if (s.ok()) {
+      up.next_offset += chunk.data().size();
+      if (!chunk.last()) return;
+      up.done = true;
+      absl::StatusOr<std::string> sum = init->Sha256(up.path);
+      if (!sum.ok()) {
+        s = sum.status();
+      } else if (!chunk.sha256().empty() && *sum != chunk.sha256()) {
+        s = absl::DataLossError(absl::StrCat("upload ", up.path, ": sha256 is ", *sum, ", the sender said ",
+                                             chunk.sha256()));
+      }
+    }
+    up.done = true;
+    if (s.ok()) {
+      f->mutable_result()->set_done(true);
+    } else {
+      f->mutable_error()->set_code(static_cast<int>(s.code()));
+      f->mutable_error()->set_message(std::string(s.message()));
+    }
+    session.events().Append(std::move(done));
+    return;
+  }
+  {
+    std::lock_guard lock(lease->cmd_mu);
+    if (!lease->commands_seen.insert(id).second) return;  // resent after a reconnect: already carried out
+  }
+  session.Touch();
+  switch (command.command_case()) {
+    case pb::SessionCommand::kCall: {
+      absl::StatusOr<std::pair<std::string, uint64_t>> started = session.StartCallOnce(id, id, command.call());
+      if (!started.ok()) fail(started.status().code(), std::string(started.status().message()));
+      return;
+    }
+    case pb::SessionCommand::kInput: {
+      const pb::ExecInput& in = command.input();
+      Session::ExecControl control;
+      control.stdin_data = in.stdin();
+      control.stdin_eof = in.stdin_eof();
+      control.rows = in.rows();
+      control.cols = in.cols();
+      control.signal = in.signal();
+      if (absl::Status s = session.ControlExec(in.call_id(), control); !s.ok()) fail(s.code(), std::string(s.message()));
+      return;
+    }
+    case pb::SessionCommand::kAnswer:
+      return fail(absl::StatusCode::kNotFound,
+                  absl::StrCat("answer: no human request '", command.answer().request_id(), "' is pending"));
+    case pb::SessionCommand::kCancel:
+      session.End(pb::Outcome::CANCELED, "canceled",
+                  command.cancel().reason().empty() ? "canceled by the control plane" : command.cancel().reason());
+      return;
+    default:
+      return fail(absl::StatusCode::kInvalidArgument, "command: none given (call, upload, input, answer, cancel)");
+  }
+}
+
+void FleetAgent::JournalOutcome(Lease* lease, const pb::Outcome& outcome) {
+  pb::OutcomeRecord out;
+  pb::ReportOutcomeRequest* report = out.mutable_report();
+  report->set_agent_id(settings().agent_id);
+  report->set_lease_id(lease->lease_id);
+  report->set_session_id(lease->has_session ? lease->session_id : "");
+  *report->mutable_outcome() = outcome;
+  if (lease->has_session) {
+    EventLog& log = lease->session->events();
+    report->set_last_seq(log.last_seq());
+    std::vector<EventLog::EventPtr> tail;
+    log.Read(lease->acked_seq, SIZE_MAX, Clock::now(), [] { return true; }, &tail);
+    size_t bytes = 0;
+    for (const EventLog::EventPtr& e : tail) {
+      pb::Event* copy = report->add_events();
+      *copy = *e;
+      bytes += copy->ByteSizeLong();
+      if (bytes > kReportEventBytes && copy->has_output() && !copy->output().data().empty()) {
+        copy->mutable_output()->set_dropped_bytes(copy->output().data().size());
+        copy->mutable_output()->clear_data();
+      }
+    }
+  }
+  absl::StatusOr<uint64_t> appended = outbox_->Append(kOutcomeKind, lease->lease_id, out.SerializeAsString());
+  if (!appended.ok()) {
+    // The lease record stays pending: the next start reports this session lost rather than nothing at all.
+    Log(LogLevel::kError, "outbox: cannot journal an outcome",
+        {{"lease_id", lease->lease_id}, {"error", appended.status().ToString()}});
+  } else if (lease->record_id != 0) {
+    if (absl::Status s = outbox_->Ack(lease->record_id); !s.ok()) {
+      Log(LogLevel::kError, "outbox: cannot ack a lease record", {{"lease_id", lease->lease_id}, {"error", s.ToString()}});
+    }
+  }
+  Log(LogLevel::kInfo, "fleet: session ended",
+      {{"lease_id", lease->lease_id},
+       {"session_id", lease->session_id},
+       {"status", pb::Outcome::Status_Name(outcome.status())},
+       {"reason", outcome.reason()}});
+  lease->finished = true;
+  std::lock_guard lock(mu_);
+  cv_.notify_all();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Heartbeats and reports.
+
+void FleetAgent::HeartbeatLoop(std::stop_token stop) {
+  for (;;) {
+    const FleetSettings fleet = settings();
+    if (!SleepFor(fleet.heartbeat_interval, stop)) return;
+    std::vector<std::shared_ptr<Lease>> live, done;
+    {
+      std::lock_guard lock(mu_);
+      for (auto it = leases_.begin(); it != leases_.end();) {
+        if (it->second->finished) {
+          done.push_back(it->second);
+          it = leases_.erase(it);
+        } else {
+          live.push_back(it->second);
+          ++it;
+        }
+      }
+    }
+    done.clear();  // joins the finished pumps
+    const Clock::time_point now = Clock::now();
+    pb::HeartbeatRequest request;
+    request.set_agent_id(fleet.agent_id);
+    std::map<std::string, std::shared_ptr<Lease>> by_id;
+    for (const auto& lease : live) {
+      if (lease->has_session && lease->session->ended()) continue;
+      if (now >= lease->expires()) {
+        Log(LogLevel::kWarn, "fleet: lease lapsed; canceling its session", {{"lease_id", lease->lease_id}});
+        if (lease->has_session) {
+          lease->session->End(pb::Outcome::CANCELED, "lease_expired", "the lease was not renewed before its ttl");
+        }
+        continue;
+      }
+      request.add_lease_ids(lease->lease_id);
+      by_id[lease->lease_id] = lease;
+    }
+    if (request.lease_ids_size() == 0) continue;
+    grpc::ClientContext ctx;
+    if (!PrepareContext(*token_, &ctx, std::max(fleet.heartbeat_interval * 2, milliseconds(1000))).ok()) continue;
+    pb::HeartbeatResponse response;
+    const Clock::time_point sent = Clock::now();
+    const grpc::Status status = stub_->Heartbeat(&ctx, request, &response);
+    if (!status.ok()) {
+      Log(LogLevel::kDebug, "fleet: Heartbeat failed", {{"error", GrpcError(status)}});
+      continue;
+    }
+    for (const auto& renewal : response.renewed()) {
+      auto it = by_id.find(renewal.lease_id());
+      if (it != by_id.end()) it->second->set_expires(sent + milliseconds(renewal.ttl_ms()));
+    }
+    for (const auto& revoked : response.revoked()) {
+      auto it = by_id.find(revoked.lease_id());
+      if (it == by_id.end()) continue;
+      Log(LogLevel::kInfo, "fleet: lease revoked; canceling its session",
+          {{"lease_id", revoked.lease_id()}, {"reason", revoked.reason()}});
+      it->second->set_expires(Clock::now());
+      if (it->second->has_session) {
+        it->second->session->End(pb::Outcome::CANCELED, "lease_revoked",
+                                 revoked.reason().empty() ? "the control plane revoked the lease" : revoked.reason());
+      }
+    }
+  }
+}
+
+void FleetAgent::ReportLoop(std::stop_token stop) {
+  FleetSettings fleet = settings();
+  Backoff backoff(fleet.backoff_initial, fleet.backoff_max);
+  while (!stop.stop_requested()) {
+    std::vector<OutboxRecord> pending;
+    for (OutboxRecord& rec : outbox_->Pending()) {
+      if (rec.kind == kOutcomeKind) pending.push_back(std::move(rec));
+    }
+    if (pending.empty()) {
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, stop, milliseconds(200), [] { return false; });
+      continue;
+    }
+    for (const OutboxRecord& rec : pending) {
+      if (stop.stop_requested()) return;
+      pb::OutcomeRecord out;
+      if (!out.ParseFromString(rec.payload)) {
+        Log(LogLevel::kError, "outbox: an unreadable outcome record; dropping it", {{"lease_id", rec.key}});
+        (void)outbox_->Ack(rec.id);
+        continue;
+      }
+      grpc::ClientContext ctx;
+      if (absl::Status s = PrepareContext(*token_, &ctx, milliseconds(10000)); !s.ok()) {
+        Log(LogLevel::kError, "fleet: cannot report", {{"error", s.ToString()}});
+        SleepFor(backoff.Next(), stop);
+        break;
+      }
+      pb::ReportOutcomeResponse response;
+      const grpc::Status status = stub_->ReportOutcome(&ctx, out.report(), &response);
+      if (!status.ok()) {
+        const milliseconds delay = backoff.Next(RetryDelay(status, ctx));
+        Log(backoff.attempt() <= 1 ? LogLevel::kWarn : LogLevel::kDebug, "fleet: ReportOutcome failed; retrying",
+            {{"lease_id", rec.key}, {"error", GrpcError(status)}, {"retry_in_ms", absl::StrCat(delay.count())}});
+        SleepFor(delay, stop);
+        break;
+      }
+      backoff.Reset();
+      if (absl::Status s = outbox_->Ack(rec.id); !s.ok()) {
+        Log(LogLevel::kError, "outbox: cannot ack a delivered outcome", {{"lease_id", rec.key}, {"error", s.ToString()}});
+      }
+      std::string session_id;
+      bool held = false;
+      {
+        std::lock_guard lock(mu_);
+        auto it = held_.find(rec.key);
+        if (it != held_.end()) {
+          held = true;
+          session_id = it->second;
+          held_.erase(it);
+        }
+        cv_.notify_all();
+      }
+      if (!held) continue;
+      if (session_id.empty()) {
+        options_.sessions->Unreserve();
+      } else {
+        (void)options_.sessions->Delete(session_id);  // frees its slot
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Drain.
+
+size_t FleetAgent::Drain(milliseconds grace, milliseconds flush) {
+  draining_ = true;
+  {
+    std::lock_guard lock(lease_ctx_mu_);
+    if (lease_ctx_ != nullptr) lease_ctx_->TryCancel();
+  }
+  leaser_.request_stop();
+  {
+    std::lock_guard lock(mu_);
+    cv_.notify_all();
+  }
+  if (leaser_.joinable()) leaser_.join();
+  const auto running = [&] {
+    size_t n = 0;
+    for (const auto& [id, lease] : leases_) n += lease->finished ? 0 : 1;
+    return n;
+  };
+  {
+    std::unique_lock lock(mu_);
+    Log(LogLevel::kInfo, "fleet: draining", {{"running", absl::StrCat(running())}, {"grace_ms", absl::StrCat(grace.count())}});
+    cv_.wait_for(lock, grace, [&] { return running() == 0; });
+  }
+  std::vector<std::shared_ptr<Lease>> all;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, lease] : leases_) all.push_back(lease);
+  }
+  for (const auto& lease : all) {
+    if (!lease->finished && lease->has_session) {
+      lease->session->End(pb::Outcome::CANCELED, "drained", "the agent drained before the session finished");
+    }
+  }
+  // Wait for every pump to journal its outcome (a canceled jail ends within moments).
+  for (const auto& lease : all) {
+    if (lease->pump.joinable()) lease->pump.join();
+  }
+  {
+    std::lock_guard lock(mu_);
+    leases_.clear();
+  }
+  all.clear();
+  // Deliver what the outbox holds.
+  const Clock::time_point flush_until = Clock::now() + flush;
+  for (;;) {
+    size_t undelivered = 0;
+    for (const OutboxRecord& rec : outbox_->Pending()) undelivered += rec.kind == kOutcomeKind ? 1 : 0;
+    if (undelivered == 0 || Clock::now() >= flush_until) {
+      heartbeat_.request_stop();
+      reporter_.request_stop();
+      {
+        std::lock_guard lock(mu_);
+        cv_.notify_all();
+      }
+      if (heartbeat_.joinable()) heartbeat_.join();
+      if (reporter_.joinable()) reporter_.join();
+      drained_ = true;
+      Log(LogLevel::kInfo, "fleet: drained", {{"undelivered_outcomes", absl::StrCat(undelivered)}});
+      return undelivered;
+    }
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+}
+
+}  // namespace sbx::agent

@@ -1,0 +1,122 @@
+// FleetAgent: fleet mode. Leases sandbox requests from the control plane's WorkerGateway within the agent's
+// free capacity, runs each as a session of the SessionManager, streams its events over one Attach stream per
+// session (resumed by seq after a reconnect) and carries out the commands that come back, renews leases by
+// heartbeat (a revoked or lapsed lease cancels its session), and delivers every outcome at least once through
+// the durable outbox (agent/outbox.h).
+//
+// Exactly-once reporting across crashes: a lease is journaled ("lease" record) before its session starts; the
+// outcome is journaled ("outcome" record) and the lease record acknowledged in that order once it ends; the
+// outcome record is acknowledged when the control plane took the report. At start-up, a lease record still
+// pending is a session that died with the previous agent: it is reported failed, reason agent_restart, and
+// its leftover cgroup is removed. A lease id seen before (running, journaled, or done in this process) is not
+// run again.
+//
+// Capacity: a lease holds one slot of the SessionManager's capacity from the moment it is accepted until the
+// control plane acknowledged its outcome, so the control plane never sees more outstanding leases than the
+// agent's capacity.
+//
+// Threads: the lease loop, the heartbeat loop, the outcome reporter, and per lease a pump (session start,
+// Attach stream, outcome), the stream's reader, and a driver while the request's start calls run.
+#ifndef SBX_AGENT_FLEET_AGENT_H_
+#define SBX_AGENT_FLEET_AGENT_H_
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "agent/agent_config.h"
+#include "agent/metrics.h"
+#include "agent/outbox.h"
+#include "agent/session_manager.h"
+#include "agent/worker_client.h"
+#include "duvo/sandbox/v1/worker.grpc.pb.h"
+#include "sandbox/cgroup.h"
+
+namespace sbx::agent {
+
+class FleetAgent {
+ public:
+  struct Options {
+    FleetSettings fleet;
+    std::string outbox_dir;                          // e.g. <state_dir>/outbox
+    SessionManager* sessions = nullptr;              // not owned
+    const sandbox::CgroupLayout* cgroups = nullptr;  // for leftovers of a crashed agent; may be null
+    Metrics* metrics = nullptr;                      // may be null
+  };
+
+  // Opens the outbox (taking its lock), reports the sessions a previous agent lost, and starts leasing.
+  // Errors: the outbox (locked by another agent, corrupt), the channel (unreadable TLS files).
+  static absl::StatusOr<std::unique_ptr<FleetAgent>> Start(Options options);
+  ~FleetAgent();  // Drain(0) if not drained
+
+  // SIGTERM: stops leasing, gives running sessions `grace` to finish, cancels the rest, and waits (at most
+  // `flush`) until every outcome is reported. Outcomes not delivered by then stay in the outbox for the next
+  // start. Returns how many outcomes are still undelivered.
+  size_t Drain(std::chrono::milliseconds grace, std::chrono::milliseconds flush = std::chrono::seconds(10));
+
+  // SIGHUP: labels, lease wait, heartbeat interval, backoff, max request size and the token file take effect
+  // for the next calls. The control plane address and TLS need a restart (logged).
+  void Reload(const FleetSettings& fleet);
+
+  // For tests and metrics.
+  size_t leases_held() const;
+
+ private:
+  struct Lease;
+  explicit FleetAgent(Options options);
+
+  void LeaseLoop(std::stop_token stop);
+  void HeartbeatLoop(std::stop_token stop);
+  void ReportLoop(std::stop_token stop);
+  void Accept(const duvo::sandbox::v1::LeaseGrant& grant, bool over_capacity);
+  void RunLease(Lease* lease);  // the pump
+  void DriveStartCalls(Lease* lease);
+  // One Attach stream's life: false when it broke (retry), true when every event went out and the session
+  // ended.
+  bool StreamOnce(Lease* lease, std::optional<std::chrono::milliseconds>* retry_after);
+  void HandleCommand(Lease* lease, const duvo::sandbox::v1::SessionCommand& command,
+                     const std::function<void(const duvo::sandbox::v1::AgentMessage&)>& send);
+  // Journals the outcome (and acks the lease record), then wakes the reporter.
+  void JournalOutcome(Lease* lease, const duvo::sandbox::v1::Outcome& outcome);
+  void Reject(const std::string& lease_id, const std::string& message);
+  FleetSettings settings() const;
+  // Sleeps up to `d`, returning early (false) when `stop` is requested.
+  bool SleepFor(std::chrono::milliseconds d, const std::stop_token& stop);
+
+  const Options options_;
+  std::unique_ptr<Outbox> outbox_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<duvo::sandbox::v1::WorkerGateway::Stub> stub_;
+  std::unique_ptr<TokenFile> token_;
+
+  mutable std::mutex mu_;
+  std::condition_variable_any cv_;  // leases ending, outcomes journaled or delivered
+  FleetSettings fleet_;             // GUARDED_BY(mu_)
+  std::map<std::string, std::shared_ptr<Lease>> leases_;  // GUARDED_BY(mu_): running, by lease id
+  // Lease ids seen by this process or pending in the outbox (bounded: the oldest are forgotten).
+  std::set<std::string> known_;      // GUARDED_BY(mu_)
+  std::deque<std::string> known_order_;  // GUARDED_BY(mu_)
+  // Capacity held by lease id until its outcome is acknowledged: the session id to delete then, or "" for a
+  // lease without a session (rejected, or lost with a previous agent), which holds a reservation.
+  std::map<std::string, std::string> held_;  // GUARDED_BY(mu_)
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> drained_{false};
+  std::mutex lease_ctx_mu_;
+  grpc::ClientContext* lease_ctx_ = nullptr;  // GUARDED_BY(lease_ctx_mu_): the long poll in flight
+
+  std::jthread reporter_;
+  std::jthread heartbeat_;
+  std::jthread leaser_;  // last: stopped first
+};
+
+}  // namespace sbx::agent
+
+#endif  // SBX_AGENT_FLEET_AGENT_H_
