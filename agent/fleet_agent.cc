@@ -48,6 +48,10 @@ pb::Outcome Failed(const std::string& reason, const std::string& message) {
 
 }  // namespace
 
+void FleetAgent::Count(std::string_view event) {
+  if (options_.metrics != nullptr) options_.metrics->FleetEvent(event);
+}
+
 struct FleetAgent::Lease {
   std::string lease_id;
   std::string session_id;
@@ -133,6 +137,10 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
   if (lost > 0 || undelivered > 0) {
     Log(LogLevel::kInfo, "fleet: recovered the outbox",
         {{"lost_sessions", absl::StrCat(lost)}, {"outcomes_to_report", absl::StrCat(undelivered)}});
+  }
+  if (a.options_.metrics != nullptr) {
+    a.options_.metrics->SetFleetGauges([&a] { return a.leases_held(); },
+                                       [&a] { return a.outbox_->pending_count(); });
   }
   a.reporter_ = std::jthread([&a](std::stop_token stop) { a.ReportLoop(stop); });
   a.heartbeat_ = std::jthread([&a](std::stop_token stop) { a.HeartbeatLoop(stop); });
@@ -227,6 +235,7 @@ void FleetAgent::LeaseLoop(std::stop_token stop) {
     }
     if (!status.ok()) {
       const milliseconds delay = backoff.Next(RetryDelay(status, ctx));
+      Count("lease_error");
       Log(backoff.attempt() <= 1 ? LogLevel::kWarn : LogLevel::kDebug, "fleet: Lease failed; retrying",
           {{"error", GrpcError(status)}, {"retry_in_ms", absl::StrCat(delay.count())}});
       SleepFor(delay, stop);
@@ -242,6 +251,7 @@ void FleetAgent::LeaseLoop(std::stop_token stop) {
 }
 
 void FleetAgent::Reject(const std::string& lease_id, const std::string& message) {
+  Count("rejected");
   Log(LogLevel::kWarn, "fleet: lease rejected", {{"lease_id", lease_id}, {"reason", message}});
   pb::OutcomeRecord out;
   pb::ReportOutcomeRequest* report = out.mutable_report();
@@ -269,6 +279,7 @@ void FleetAgent::Accept(const pb::LeaseGrant& grant, bool over_capacity) {
   {
     std::lock_guard lock(mu_);
     if (known_.count(id) > 0) {
+      Count("duplicate");
       Log(LogLevel::kWarn, "fleet: duplicate lease ignored (it runs once)", {{"lease_id", id}});
       return;
     }
@@ -320,6 +331,7 @@ void FleetAgent::Accept(const pb::LeaseGrant& grant, bool over_capacity) {
     held_[id] = lease->session_id;
     leases_[id] = lease;
   }
+  Count("leased");
   Log(LogLevel::kInfo, "fleet: leased", {{"lease_id", id}, {"session_id", lease->session_id}});
   lease->pump = std::jthread([this, raw = lease.get()] { RunLease(raw); });
 }
@@ -510,6 +522,7 @@ bool FleetAgent::StreamOnce(Lease* lease, std::optional<milliseconds>* retry_aft
   const grpc::Status status = stream->Finish();
   if (!complete && !session.events().closed()) {
     *retry_after = RetryDelay(status, ctx);
+    Count("attach_error");
     Log(LogLevel::kInfo, "fleet: attach stream ended; reconnecting",
         {{"lease_id", lease->lease_id}, {"error", GrpcError(status)}});
   }
@@ -676,6 +689,7 @@ void FleetAgent::HeartbeatLoop(std::stop_token stop) {
     for (const auto& lease : live) {
       if (lease->has_session && lease->session->ended()) continue;
       if (now >= lease->expires()) {
+        Count("expired");
         Log(LogLevel::kWarn, "fleet: lease lapsed; canceling its session", {{"lease_id", lease->lease_id}});
         if (lease->has_session) {
           lease->session->End(pb::Outcome::CANCELED, "lease_expired", "the lease was not renewed before its ttl");
@@ -692,6 +706,7 @@ void FleetAgent::HeartbeatLoop(std::stop_token stop) {
     const Clock::time_point sent = Clock::now();
     const grpc::Status status = stub_->Heartbeat(&ctx, request, &response);
     if (!status.ok()) {
+      Count("heartbeat_error");
       Log(LogLevel::kDebug, "fleet: Heartbeat failed", {{"error", GrpcError(status)}});
       continue;
     }
@@ -702,6 +717,7 @@ void FleetAgent::HeartbeatLoop(std::stop_token stop) {
     for (const auto& revoked : response.revoked()) {
       auto it = by_id.find(revoked.lease_id());
       if (it == by_id.end()) continue;
+      Count("revoked");
       Log(LogLevel::kInfo, "fleet: lease revoked; canceling its session",
           {{"lease_id", revoked.lease_id()}, {"reason", revoked.reason()}});
       it->second->set_expires(Clock::now());
@@ -744,12 +760,14 @@ void FleetAgent::ReportLoop(std::stop_token stop) {
       const grpc::Status status = stub_->ReportOutcome(&ctx, out.report(), &response);
       if (!status.ok()) {
         const milliseconds delay = backoff.Next(RetryDelay(status, ctx));
+        Count("report_error");
         Log(backoff.attempt() <= 1 ? LogLevel::kWarn : LogLevel::kDebug, "fleet: ReportOutcome failed; retrying",
             {{"lease_id", rec.key}, {"error", GrpcError(status)}, {"retry_in_ms", absl::StrCat(delay.count())}});
         SleepFor(delay, stop);
         break;
       }
       backoff.Reset();
+      Count("reported");
       if (absl::Status s = outbox_->Ack(rec.id); !s.ok()) {
         Log(LogLevel::kError, "outbox: cannot ack a delivered outcome", {{"lease_id", rec.key}, {"error", s.ToString()}});
       }

@@ -88,6 +88,7 @@ class FleetAgent {
   void JournalOutcome(Lease* lease, const duvo::sandbox::v1::Outcome& outcome);
   void Reject(const std::string& lease_id, const std::string& message);
   FleetSettings settings() const;
+  void Count(std::string_view event);
   // Sleeps up to `d`, returning early (false) when `stop` is requested.
   bool SleepFor(std::chrono::milliseconds d, const std::stop_token& stop);
 

@@ -59,6 +59,17 @@ void Metrics::SetActiveSessions(std::function<size_t()> fn) {
   active_ = std::move(fn);
 }
 
+void Metrics::FleetEvent(std::string_view event) {
+  std::lock_guard lock(mu_);
+  ++fleet_events_[std::string(event)];
+}
+
+void Metrics::SetFleetGauges(std::function<size_t()> leases_held, std::function<size_t()> outbox_pending) {
+  std::lock_guard lock(mu_);
+  leases_held_ = std::move(leases_held);
+  outbox_pending_ = std::move(outbox_pending);
+}
+
 std::string Metrics::Render() const {
   std::lock_guard lock(mu_);
   std::string out;
@@ -89,6 +100,19 @@ std::string Metrics::Render() const {
   absl::StrAppend(&out, "# HELP sandbox_agent_bytes_streamed_total Output and file bytes sent to clients.\n",
                   "# TYPE sandbox_agent_bytes_streamed_total counter\n", "sandbox_agent_bytes_streamed_total ",
                   bytes_streamed_.load(), "\n");
+  if (leases_held_) {
+    absl::StrAppend(&out, "# HELP sandbox_agent_fleet_leases_held Leases held until their outcome is acknowledged.\n",
+                    "# TYPE sandbox_agent_fleet_leases_held gauge\n", "sandbox_agent_fleet_leases_held ",
+                    leases_held_(), "\n");
+    absl::StrAppend(&out, "# HELP sandbox_agent_fleet_outbox_pending Outcomes in the outbox not yet acknowledged.\n",
+                    "# TYPE sandbox_agent_fleet_outbox_pending gauge\n", "sandbox_agent_fleet_outbox_pending ",
+                    outbox_pending_ ? outbox_pending_() : 0, "\n");
+    absl::StrAppend(&out, "# HELP sandbox_agent_fleet_events_total Fleet-mode events by kind.\n",
+                    "# TYPE sandbox_agent_fleet_events_total counter\n");
+    for (const auto& [event, n] : fleet_events_) {
+      absl::StrAppend(&out, "sandbox_agent_fleet_events_total{event=\"", Escape(event), "\"} ", n, "\n");
+    }
+  }
   return out;
 }
 

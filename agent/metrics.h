@@ -27,6 +27,11 @@ class Metrics {
   void Outcome(std::string_view status, std::string_view reason);
   void BytesStreamed(uint64_t bytes);
   void SetActiveSessions(std::function<size_t()> fn);
+  // Fleet mode: a counted event (leased, rejected, duplicate, revoked, expired, reported, and
+  // "<method>_error" for failed control-plane calls), and the gauges of leases held (until their outcome is
+  // acknowledged) and outcomes waiting in the outbox.
+  void FleetEvent(std::string_view event);
+  void SetFleetGauges(std::function<size_t()> leases_held, std::function<size_t()> outbox_pending);
 
   // The exposition text (version 0.0.4).
   std::string Render() const;
@@ -41,6 +46,8 @@ class Metrics {
   std::map<std::pair<std::string, std::string>, uint64_t> tool_calls_;  // GUARDED_BY(mu_)
   std::map<std::pair<std::string, std::string>, uint64_t> outcomes_;    // GUARDED_BY(mu_)
   std::atomic<uint64_t> bytes_streamed_{0};
+  std::map<std::string, uint64_t> fleet_events_;                       // GUARDED_BY(mu_)
+  std::function<size_t()> leases_held_, outbox_pending_;               // GUARDED_BY(mu_)
 };
 
 // A minimal HTTP/1.0 server for GET /metrics on one address (loopback by default). One thread, owned.

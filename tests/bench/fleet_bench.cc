@@ -1,0 +1,211 @@
+// Fleet mode: lease-to-running latency and sustained sessions per second of one agent, against the bare jail
+// (`sandbox-agent run`) as the anchor, side by side in one run.
+//
+//   fleet_bench [--latency-runs N] [--sessions N] [--capacity N]
+//
+// Lease-to-running: the request is enqueued at the control-plane double (in this process, on loopback) while
+// the agent's long poll waits; the workload (the static probe, `probe now`) prints CLOCK_REALTIME as its first
+// act. The anchor is the same workload started by `sandbox-agent run` (fork/exec to the probe's first act):
+// the difference is what fleet mode adds (the lease answer, the journal fsync, the session's init protocol
+// and the exec call).
+// Sustained: N sessions of /bin/true (end_after_calls) enqueued at once; sessions per second from the first
+// enqueue to the last outcome. Anchor: `sandbox-agent run -- /bin/true`, 2 in parallel (the machine has 2
+// cores), runs per second.
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/fleet/agent_process.h"
+#include "tests/fleet/double/control_plane_double.h"
+
+extern char** environ;
+
+namespace {
+
+namespace pb = ::duvo::sandbox::v1;
+using sbx::testing::AgentProcess;
+using sbx::testing::ControlPlaneDouble;
+using Clock = std::chrono::steady_clock;
+
+int64_t RealtimeNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+}
+
+double Percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+}
+
+// Runs argv; returns its stdout.
+std::string Capture(const std::vector<std::string>& argv) {
+  int fds[2];
+  if (pipe(fds) != 0) exit(1);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
+  posix_spawn_file_actions_addclose(&actions, fds[0]);
+  pid_t pid;
+  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
+    perror("posix_spawn");
+    exit(1);
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  close(fds[1]);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  int status;
+  waitpid(pid, &status, 0);
+  return out;
+}
+
+void RunQuiet(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  pid_t pid;
+  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) exit(1);
+  posix_spawn_file_actions_destroy(&actions);
+  int status;
+  waitpid(pid, &status, 0);
+}
+
+std::string Stdout(const ControlPlaneDouble::LeaseView& lease) {
+  std::string out;
+  for (const pb::Event& e : lease.events) {
+    if (e.has_output() && e.output().stream() == pb::STDOUT) out += e.output().data();
+  }
+  return out;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int latency_runs = 100, sessions = 500, capacity = 16;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (strcmp(argv[i], "--latency-runs") == 0) latency_runs = atoi(argv[i + 1]);
+    if (strcmp(argv[i], "--sessions") == 0) sessions = atoi(argv[i + 1]);
+    if (strcmp(argv[i], "--capacity") == 0) capacity = atoi(argv[i + 1]);
+  }
+  const std::string probe = sbx::testing::ProbeBin();
+  const std::string probe_dir = probe.substr(0, probe.rfind('/'));
+
+  absl::StatusOr<std::unique_ptr<ControlPlaneDouble>> cp = ControlPlaneDouble::Start({});
+  if (!cp.ok()) {
+    fprintf(stderr, "control-plane double: %s\n", std::string(cp.status().message()).c_str());
+    return 1;
+  }
+  AgentProcess::Options options;
+  options.control_plane = (*cp)->target();
+  options.agent_id = "bench";
+  options.max_sessions = capacity;
+  AgentProcess agent(options);
+  // The host policy: the default file policy plus the probe, read-only at /probe.
+  const std::string policy_dir = agent.dir() + "/policies";
+  mkdir(policy_dir.c_str(), 0755);
+  {
+    std::ofstream policy(policy_dir + "/file.textproto");
+    policy << ReadAll(SBX_FILE_POLICY) << "\nmounts { bind { src: \"" << probe_dir << "\" dst: \"/probe\" } }\n";
+  }
+  agent.options().config_lines.push_back("policy_dir: \"" + policy_dir + "\"");
+  if (!agent.Start()) {
+    fprintf(stderr, "the agent did not start:\n%s\n", agent.Log().c_str());
+    return 1;
+  }
+  const std::string workload = "/probe/" + probe.substr(probe.rfind('/') + 1);
+
+  // Warm up (page cache, first connections).
+  for (int i = 0; i < 5; ++i) (*cp)->Enqueue(sbx::testing::ExecRequest({workload, "now"}));
+  (*cp)->WaitForOutcomes(5, std::chrono::seconds(30));
+
+  // Lease-to-running, one at a time (the agent's long poll is parked when each request arrives), alternating
+  // with the anchor so both see the same machine state.
+  std::vector<double> fleet_ms, run_ms;
+  size_t done = 5;
+  for (int i = 0; i < latency_runs; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const int64_t enqueued = RealtimeNs();
+    const std::string id = (*cp)->Enqueue(sbx::testing::ExecRequest({workload, "now"}));
+    if (!(*cp)->WaitForOutcomes(++done, std::chrono::seconds(30))) {
+      fprintf(stderr, "no outcome for %s\n%s\n", id.c_str(), agent.Log().c_str());
+      return 1;
+    }
+    const int64_t started = atoll(Stdout(*(*cp)->Lease(id)).c_str());
+    fleet_ms.push_back(static_cast<double>(started - enqueued) / 1e6);
+
+    const int64_t spawned = RealtimeNs();
+    const std::string out = Capture({sbx::testing::AgentBin(), "run", "--ro-bind", probe_dir + ":/probe", "--",
+                                     workload, "now"});
+    run_ms.push_back(static_cast<double>(atoll(out.c_str()) - spawned) / 1e6);
+  }
+
+  // Sustained sessions per second.
+  const auto start = Clock::now();
+  for (int i = 0; i < sessions; ++i) (*cp)->Enqueue(sbx::testing::ExecRequest({"/bin/true"}));
+  if (!(*cp)->WaitForOutcomes(done + sessions, std::chrono::seconds(300))) {
+    fprintf(stderr, "sustained run did not finish\n");
+    return 1;
+  }
+  const double fleet_rate = sessions / std::chrono::duration<double>(Clock::now() - start).count();
+  int failed = 0;
+  for (const auto& l : (*cp)->Leases()) {
+    if (l.outcome && l.outcome->outcome().status() != pb::Outcome::COMPLETED) ++failed;
+  }
+  int max_outstanding = (*cp)->Agents()["bench"].max_outstanding;
+  agent.Terminate(std::chrono::seconds(60));
+
+  const int anchor_runs = std::max(100, sessions / 2);
+  const auto anchor_start = Clock::now();
+  {
+    std::vector<std::jthread> workers;
+    for (int t = 0; t < 2; ++t) {
+      workers.emplace_back([&] {
+        for (int i = 0; i < anchor_runs / 2; ++i) RunQuiet({sbx::testing::AgentBin(), "run", "--", "/bin/true"});
+      });
+    }
+  }
+  const double run_rate = anchor_runs / std::chrono::duration<double>(Clock::now() - anchor_start).count();
+
+  printf("fleet_bench: one agent (capacity %d), control-plane double on loopback; %u cores\n", capacity,
+         std::thread::hardware_concurrency());
+  printf("lease-to-running (enqueued -> workload's first instruction), %d runs:\n", latency_runs);
+  printf("  fleet mode            p50 %7.2f ms   p99 %7.2f ms\n", Percentile(fleet_ms, 0.5), Percentile(fleet_ms, 0.99));
+  printf("  anchor: agent run     p50 %7.2f ms   p99 %7.2f ms\n", Percentile(run_ms, 0.5), Percentile(run_ms, 0.99));
+  printf("  ratio (p50)           %.2f   target: fleet p50 < 20 ms\n", Percentile(fleet_ms, 0.5) / Percentile(run_ms, 0.5));
+  printf("sustained /bin/true sessions:\n");
+  printf("  fleet mode            %7.1f sessions/s  (%d sessions, %d not completed, peak outstanding %d)\n",
+         fleet_rate, sessions, failed, max_outstanding);
+  printf("  anchor: agent run x2  %7.1f runs/s\n", run_rate);
+  printf("  ratio                 %.2f   target: fleet >= 100 sessions/s\n", fleet_rate / run_rate);
+  return failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,182 @@
+#include "tests/fleet/agent_process.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+namespace sbx::testing {
+
+namespace pb = ::duvo::sandbox::v1;
+
+std::string AgentBin() { return SBX_AGENT_BIN; }
+std::string ProbeBin() { return SBX_PROBE_BIN; }
+
+AgentProcess::AgentProcess(Options options) : options_(std::move(options)) {
+  char dir[] = "/tmp/sbx-fleet-XXXXXX";
+  if (mkdtemp(dir) != nullptr) dir_ = dir;
+}
+
+AgentProcess::~AgentProcess() {
+  Kill9();
+  if (!dir_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+}
+
+void AgentProcess::WriteConfig() {
+  std::ofstream f(dir_ + "/agent.textproto");
+  f << "state_dir: \"" << state_dir() << "\"\n";
+  f << "unix_socket: \"" << dir_ << "/agent.sock\"\n";
+  f << "metrics_address: \"off\"\n";
+  f << "max_sessions: " << options_.max_sessions << "\n";
+  for (const std::string& line : options_.config_lines) f << line << "\n";
+  f << "fleet {\n";
+  f << "  control_plane: \"" << options_.control_plane << "\"\n";
+  f << "  agent_id: \"" << options_.agent_id << "\"\n";
+  f << "  heartbeat_interval_ms: 200\n";
+  f << "  lease_wait_ms: 2000\n";
+  f << "  backoff_initial_ms: 50\n";
+  f << "  backoff_max_ms: 1000\n";
+  for (const std::string& line : options_.fleet_lines) f << "  " << line << "\n";
+  f << "}\n";
+}
+
+bool AgentProcess::Start() {
+  if (dir_.empty()) return false;
+  WriteConfig();
+  const std::string socket = dir_ + "/agent.sock";
+  std::vector<std::string> args = {AgentBin(), "serve", "--config", dir_ + "/agent.textproto"};
+  pid_ = fork();
+  if (pid_ == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // a test that dies takes its agent with it
+    int log = open((dir_ + "/agent.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dup2(log, 2);
+    int null = open("/dev/null", O_RDWR);
+    dup2(null, 0);
+    dup2(null, 1);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  for (int i = 0; i < 1000; ++i) {
+    struct stat st;
+    if (stat(socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+      auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
+      if (channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(2))) return true;
+    }
+    if (!Alive()) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+bool AgentProcess::Alive() {
+  if (pid_ <= 0) return false;
+  int status;
+  if (waitpid(pid_, &status, WNOHANG) == pid_) {
+    pid_ = -1;
+    return false;
+  }
+  return true;
+}
+
+void AgentProcess::Kill9() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  int status;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+int AgentProcess::Terminate(std::chrono::milliseconds limit, std::chrono::milliseconds* took) {
+  if (pid_ <= 0) return -1;
+  const auto start = std::chrono::steady_clock::now();
+  kill(pid_, SIGTERM);
+  int status = 0;
+  while (std::chrono::steady_clock::now() - start < limit) {
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      if (took != nullptr) {
+        *took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+      }
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return -1;
+}
+
+void AgentProcess::Hup() {
+  if (pid_ > 0) kill(pid_, SIGHUP);
+}
+
+std::string AgentProcess::Log() const {
+  std::ifstream f(dir_ + "/agent.log");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+pb::SandboxRequest ExecRequest(std::vector<std::string> argv, bool end_after_calls) {
+  pb::SandboxRequest r;
+  r.set_kind(pb::FILE);
+  pb::Exec* exec = r.add_calls()->mutable_exec();
+  for (auto& a : argv) exec->add_argv(std::move(a));
+  r.set_end_after_calls(end_after_calls);
+  return r;
+}
+
+namespace {
+
+void FindDirs(const std::string& dir, const std::string& name, int depth, std::vector<std::string>* out) {
+  if (depth > 8) return;
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return;
+  while (dirent* e = readdir(d)) {
+    if (e->d_type != DT_DIR || e->d_name[0] == '.') continue;
+    const std::string path = dir + "/" + e->d_name;
+    if (name == e->d_name) out->push_back(path);
+    FindDirs(path, name, depth + 1, out);
+  }
+  closedir(d);
+}
+
+}  // namespace
+
+std::string Leftovers(const std::string& session_id) {
+  std::string out;
+  if (session_id.empty()) return out;
+  std::vector<std::string> dirs;
+  FindDirs("/sys/fs/cgroup", session_id, 0, &dirs);
+  for (const std::string& d : dirs) out += "cgroup " + d + "\n";
+  // Any process whose cgroup path names the session.
+  DIR* proc = opendir("/proc");
+  while (proc != nullptr) {
+    dirent* e = readdir(proc);
+    if (e == nullptr) break;
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    std::ifstream f(std::string("/proc/") + e->d_name + "/cgroup");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    if (ss.str().find(session_id) != std::string::npos) out += std::string("process ") + e->d_name + "\n";
+  }
+  if (proc != nullptr) closedir(proc);
+  return out;
+}
+
+}  // namespace sbx::testing

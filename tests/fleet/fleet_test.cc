@@ -1,0 +1,556 @@
+// Fleet mode end to end: real sandbox-agent processes lease from the control-plane double over real gRPC on
+// loopback, run real jails, and report. Each test names the behaviour of issue #4 it proves.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/fleet/agent_process.h"
+#include "tests/fleet/double/control_plane_double.h"
+
+namespace sbx::testing {
+namespace {
+
+namespace pb = ::duvo::sandbox::v1;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using Clock = std::chrono::steady_clock;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+std::unique_ptr<ControlPlaneDouble> StartDouble(DoubleOptions options = {}) {
+  absl::StatusOr<std::unique_ptr<ControlPlaneDouble>> cp = ControlPlaneDouble::Start(std::move(options));
+  EXPECT_TRUE(cp.ok()) << cp.status();
+  return cp.ok() ? std::move(*cp) : nullptr;
+}
+
+AgentProcess::Options AgentFor(const ControlPlaneDouble& cp, std::string id = "agent-1", uint32_t capacity = 8) {
+  AgentProcess::Options o;
+  o.control_plane = cp.target();
+  o.agent_id = std::move(id);
+  o.max_sessions = capacity;
+  return o;
+}
+
+// The output of a lease's events, stdout only, in seq order.
+std::string Stdout(const ControlPlaneDouble::LeaseView& lease) {
+  std::string out;
+  for (const pb::Event& e : lease.events) {
+    if (e.has_output() && e.output().stream() == pb::STDOUT) out += e.output().data();
+  }
+  return out;
+}
+
+bool HasStarted(const ControlPlaneDouble& cp, const std::string& lease_id) {
+  std::optional<ControlPlaneDouble::LeaseView> l = cp.Lease(lease_id);
+  if (!l) return false;
+  for (const pb::Event& e : l->events) {
+    if (e.has_tool_call_started()) return true;
+  }
+  return false;
+}
+
+// Seqs 1..n, each once, in order.
+void ExpectGapFree(const ControlPlaneDouble::LeaseView& lease) {
+  ASSERT_FALSE(lease.events.empty()) << lease.lease_id;
+  for (size_t i = 0; i < lease.events.size(); ++i) {
+    ASSERT_EQ(lease.events[i].seq(), i + 1) << lease.lease_id;
+  }
+  EXPECT_EQ(lease.gaps, 0) << lease.lease_id;
+  ASSERT_TRUE(lease.outcome.has_value());
+  EXPECT_EQ(lease.outcome->last_seq(), lease.events.size()) << lease.lease_id;
+  EXPECT_TRUE(lease.events.back().has_outcome()) << lease.lease_id;
+}
+
+TEST(FleetTest, ThousandShortSessionsOverFourAgentsAreEachReportedOnceWithinCapacity) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  constexpr int kAgents = 4, kCapacity = 6, kSessions = 1000;
+  std::vector<std::unique_ptr<AgentProcess>> agents;
+  for (int i = 0; i < kAgents; ++i) {
+    agents.push_back(std::make_unique<AgentProcess>(AgentFor(*cp, "agent-" + std::to_string(i), kCapacity)));
+    ASSERT_TRUE(agents.back()->Start()) << agents.back()->Log();
+  }
+  std::vector<std::string> ids;
+  for (int i = 0; i < kSessions; ++i) ids.push_back(cp->Enqueue(ExecRequest({"/bin/true"})));
+  ASSERT_TRUE(cp->WaitForOutcomes(kSessions, seconds(240))) << "outcomes: " << cp->Leases().size();
+  // A moment for any stray duplicate report to arrive before counting.
+  std::this_thread::sleep_for(milliseconds(500));
+  std::set<std::string> agent_ids;
+  for (const std::string& id : ids) {
+    std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+    ASSERT_TRUE(l && l->outcome) << id;
+    EXPECT_EQ(l->grants, 1) << id;
+    EXPECT_EQ(l->outcome_reports, 1) << id;
+    EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::COMPLETED) << id << " " << l->outcome->DebugString();
+    EXPECT_EQ(l->outcome->outcome().exit_code(), 0) << id;
+    agent_ids.insert(l->agent_id);
+  }
+  EXPECT_EQ(agent_ids.size(), static_cast<size_t>(kAgents)) << "the work spread over every agent";
+  for (const auto& [agent, view] : cp->Agents()) {
+    EXPECT_LE(view.max_outstanding, kCapacity) << agent;
+    EXPECT_LE(view.max_free_advertised, static_cast<uint32_t>(kCapacity)) << agent;
+    EXPECT_EQ(view.outstanding, 0) << agent;
+  }
+  for (auto& a : agents) EXPECT_EQ(a->Terminate(seconds(30)), 0);
+}
+
+TEST(FleetTest, ControlPlaneDownForTenSecondsSessionsKeepRunningAndEventsArriveInOrder) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) {
+    ids.push_back(cp->Enqueue(
+        ExecRequest({"/bin/sh", "-c", "for i in $(seq 1 28); do echo line $i; sleep 0.5; done"}), 60000));
+  }
+  ASSERT_TRUE(cp->WaitFor([&] { return HasStarted(*cp, ids[0]) && HasStarted(*cp, ids[1]) && HasStarted(*cp, ids[2]); },
+                          seconds(20)));
+  std::this_thread::sleep_for(seconds(1));
+  cp->Stop();
+  std::this_thread::sleep_for(seconds(10));
+  ASSERT_TRUE(cp->Restart().ok());
+  ASSERT_TRUE(cp->WaitForOutcomes(3, seconds(60))) << agent.Log();
+  std::string expected;
+  for (int i = 1; i <= 28; ++i) expected += "line " + std::to_string(i) + "\n";
+  for (const std::string& id : ids) {
+    std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+    ASSERT_TRUE(l);
+    ExpectGapFree(*l);
+    EXPECT_EQ(Stdout(*l), expected) << id;
+    EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::COMPLETED) << l->outcome->DebugString();
+    EXPECT_GE(l->attaches, 2) << "the stream was resumed after the control plane came back";
+  }
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+TEST(FleetTest, AgentKilledWithSessionsRunningReportsEachOnceAfterRestartAndLeavesNothing) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(cp->Enqueue(ExecRequest({"/bin/sleep", "60"})));
+  ASSERT_TRUE(cp->WaitFor([&] {
+    for (const auto& id : ids) {
+      if (!HasStarted(*cp, id)) return false;
+    }
+    return true;
+  }, seconds(20)));
+  std::map<std::string, std::string> sessions;  // lease -> session id, from the Attach hello
+  for (const auto& id : ids) sessions[id] = cp->Lease(id)->session_id;
+  agent.Kill9();
+  ASSERT_TRUE(agent.Start()) << agent.Log();
+  ASSERT_TRUE(cp->WaitForOutcomes(5, seconds(30))) << agent.Log();
+  std::this_thread::sleep_for(seconds(1));
+  for (const auto& id : ids) {
+    std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+    ASSERT_TRUE(l && l->outcome);
+    EXPECT_EQ(l->outcome_reports, 1) << id;
+    EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::FAILED);
+    EXPECT_EQ(l->outcome->outcome().reason(), "agent_restart");
+    EXPECT_EQ(l->outcome->session_id(), sessions[id]);
+    EXPECT_EQ(Leftovers(sessions[id]), "") << id;
+  }
+  // Nothing runs twice: a second restart reports nothing more.
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+  ASSERT_TRUE(agent.Start());
+  std::this_thread::sleep_for(seconds(1));
+  for (const auto& id : ids) EXPECT_EQ(cp->Lease(id)->outcome_reports, 1) << id;
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+TEST(FleetTest, RevokedLeaseIsCanceledWithinASecond) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  const std::string id = cp->Enqueue(ExecRequest({"/bin/sleep", "60"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return HasStarted(*cp, id); }, seconds(20)));
+  const auto revoked_at = Clock::now();
+  cp->Revoke(id, "the user closed the tab");
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(10)));
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  EXPECT_LT(l->outcome_at - revoked_at, seconds(1));
+  EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::CANCELED);
+  EXPECT_EQ(l->outcome->outcome().reason(), "lease_revoked");
+  EXPECT_THAT(l->outcome->outcome().message(), HasSubstr("the user closed the tab"));
+  EXPECT_EQ(Leftovers(l->session_id), "");
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+TEST(FleetTest, LeaseNotRenewedIsCanceledAtItsExpiry) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  const std::string id = cp->Enqueue(ExecRequest({"/bin/sleep", "60"}), /*ttl_ms=*/2000);
+  cp->StopRenewing(id);
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(15)));
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  const auto after_grant = l->outcome_at - l->first_granted;
+  EXPECT_GE(after_grant, milliseconds(1800));
+  EXPECT_LT(after_grant, milliseconds(3500));
+  EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::CANCELED);
+  EXPECT_EQ(l->outcome->outcome().reason(), "lease_expired");
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+TEST(FleetTest, SigtermDrainsTwentyRunningSessionsReportsThemAndExitsZero) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp, "agent-1", 32));
+  agent.options().fleet_lines.push_back("drain_grace_ms: 20000");
+  ASSERT_TRUE(agent.Start());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 20; ++i) ids.push_back(cp->Enqueue(ExecRequest({"/bin/sleep", "3"})));
+  ASSERT_TRUE(cp->WaitFor([&] {
+    for (const auto& id : ids) {
+      if (!HasStarted(*cp, id)) return false;
+    }
+    return true;
+  }, seconds(30)));
+  // More work is queued, and must not be leased once draining.
+  const std::string late = cp->Enqueue(ExecRequest({"/bin/true"}));
+  std::this_thread::sleep_for(milliseconds(50));
+  milliseconds took{0};
+  // Work enqueued after SIGTERM is not taken.
+  EXPECT_EQ(agent.Terminate(seconds(40), &took), 0) << agent.Log();
+  EXPECT_LT(took, seconds(20 + 10));
+  for (const auto& id : ids) {
+    std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+    ASSERT_TRUE(l && l->outcome) << id;
+    EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::COMPLETED) << l->outcome->DebugString();
+    ExpectGapFree(*l);
+  }
+  (void)late;
+}
+
+TEST(FleetTest, DrainPastItsGraceCancelsTheRestAndReportsThem) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp, "agent-1", 8));
+  agent.options().fleet_lines.push_back("drain_grace_ms: 1000");
+  ASSERT_TRUE(agent.Start());
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(cp->Enqueue(ExecRequest({"/bin/sleep", "60"})));
+  ASSERT_TRUE(cp->WaitFor([&] {
+    for (const auto& id : ids) {
+      if (!HasStarted(*cp, id)) return false;
+    }
+    return true;
+  }, seconds(20)));
+  milliseconds took{0};
+  EXPECT_EQ(agent.Terminate(seconds(30), &took), 0) << agent.Log();
+  EXPECT_GE(took, milliseconds(900));
+  EXPECT_LT(took, seconds(10));
+  for (const auto& id : ids) {
+    std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+    ASSERT_TRUE(l && l->outcome) << id;
+    EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::CANCELED);
+    EXPECT_EQ(l->outcome->outcome().reason(), "drained");
+    EXPECT_EQ(Leftovers(l->session_id), "");
+  }
+}
+
+TEST(FleetTest, BadInputFromTheControlPlaneIsRejectedPerLeaseAndTheAgentKeepsServing) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  agent.options().fleet_lines.push_back("max_request_bytes: 65536");
+  ASSERT_TRUE(agent.Start());
+
+  const std::string garbage = cp->EnqueueRaw(std::string("\xff\xff\xff\xff\x0f garbage", 14));
+  const std::string oversized = cp->EnqueueRaw(ExecRequest({"/bin/echo", std::string(100000, 'x')}).SerializeAsString());
+  pb::SandboxRequest wider = ExecRequest({"/bin/true"});
+  wider.mutable_policy()->mutable_limits()->set_memory_max_bytes(64ull << 30);
+  const std::string widening = cp->Enqueue(wider);
+  pb::SandboxRequest mounts = ExecRequest({"/bin/true"});
+  mounts.mutable_policy()->add_mounts()->mutable_bind()->set_src("/");
+  const std::string not_limits = cp->Enqueue(mounts);
+  pb::SandboxRequest unknown = ExecRequest({"/bin/true"});
+  unknown.set_kind(static_cast<pb::SessionKind>(42));
+  const std::string unknown_kind = cp->Enqueue(unknown);
+  pb::SandboxRequest browser = ExecRequest({"/bin/true"});
+  browser.set_kind(pb::BROWSER);
+  const std::string unavailable_kind = cp->Enqueue(browser);
+  pb::SandboxRequest no_tool = ExecRequest({"/bin/true"});
+  no_tool.mutable_calls(0)->clear_exec();
+  const std::string empty_call = cp->Enqueue(no_tool);
+  const std::string good = cp->Enqueue(ExecRequest({"/bin/sh", "-c", "echo still serving"}));
+
+  ASSERT_TRUE(cp->WaitForOutcomes(8, seconds(30))) << agent.Log();
+  const std::map<std::string, std::string> want = {
+      {garbage, "not a valid duvo.sandbox.v1.SandboxRequest"},
+      {oversized, "over the agent's limit of 65536"},
+      {widening, "memory_max_bytes"},
+      {not_limits, "policy.mounts"},
+      {unknown_kind, "kind: 42"},
+      {unavailable_kind, "BROWSER"},
+      {empty_call, "no tool given"},
+  };
+  for (const auto& [id, message] : want) {
+    std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+    ASSERT_TRUE(l && l->outcome) << id;
+    EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::FAILED) << id;
+    EXPECT_THAT(l->outcome->outcome().reason(), ::testing::AnyOf("rejected", "call_failed")) << id;
+    EXPECT_THAT(l->outcome->outcome().message(), HasSubstr(message)) << id;
+  }
+  std::optional<ControlPlaneDouble::LeaseView> ok = cp->Lease(good);
+  ASSERT_TRUE(ok && ok->outcome);
+  EXPECT_EQ(ok->outcome->outcome().status(), pb::Outcome::COMPLETED);
+  EXPECT_EQ(Stdout(*ok), "still serving\n");
+  EXPECT_TRUE(agent.Alive());
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+TEST(FleetTest, DuplicateLeaseRunsOnce) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  const std::string id = cp->Enqueue(ExecRequest({"/bin/sh", "-c", "sleep 1; echo once"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return HasStarted(*cp, id); }, seconds(20)));
+  cp->GrantAgain(id);
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Lease(id)->grants == 2; }, seconds(10)));
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20)));
+  std::this_thread::sleep_for(seconds(1));
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  EXPECT_EQ(l->outcome_reports, 1);
+  EXPECT_EQ(Stdout(*l), "once\n");
+  EXPECT_THAT(agent.Log(), HasSubstr("duplicate lease ignored"));
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+TEST(FleetTest, RetryAfterFromTheControlPlaneIsHonoured) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  cp->FailNext(ControlPlaneDouble::Method::kLease, grpc::StatusCode::UNAVAILABLE, 1, milliseconds(2000));
+  cp->FailNext(ControlPlaneDouble::Method::kReportOutcome, grpc::StatusCode::RESOURCE_EXHAUSTED, 2, milliseconds(1000));
+  const auto start = Clock::now();
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  const std::string id = cp->Enqueue(ExecRequest({"/bin/true"}));
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(30)));
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  // The first Lease was refused with retry-after 2 s (the agent's own backoff would be <= 1 s), and two
+  // reports with 1 s each.
+  EXPECT_GE(l->first_granted - start, milliseconds(1900));
+  EXPECT_GE(l->outcome_at - l->first_granted, milliseconds(1900));
+  EXPECT_EQ(l->outcome_reports, 1);
+  EXPECT_EQ(cp->Calls()[ControlPlaneDouble::Method::kReportOutcome], 3);
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+TEST(FleetTest, TokenIsReadFromAFileReReadOnRotationAndNeverLogged) {
+  DoubleOptions options;
+  options.token = "first-secret-token-1111";
+  auto cp = StartDouble(options);
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  const std::string token_file = agent.dir() + "/token";
+  { std::ofstream(token_file) << "first-secret-token-1111\n"; }
+  agent.options().fleet_lines.push_back("token_file: \"" + token_file + "\"");
+  ASSERT_TRUE(agent.Start());
+  const std::string first = cp->Enqueue(ExecRequest({"/bin/true"}));
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20))) << agent.Log();
+  EXPECT_EQ(cp->unauthenticated(), 0);
+
+  // Rotation: the control plane moves to a new token, then the file is replaced (as a Secret update does).
+  cp->SetToken("second-secret-token-2222");
+  const std::string tmp = token_file + ".new";
+  { std::ofstream(tmp) << "second-secret-token-2222"; }
+  ASSERT_EQ(rename(tmp.c_str(), token_file.c_str()), 0);
+  const std::string second = cp->Enqueue(ExecRequest({"/bin/true"}));
+  ASSERT_TRUE(cp->WaitForOutcomes(2, seconds(20))) << agent.Log();
+  EXPECT_EQ(cp->Lease(second)->outcome->outcome().status(), pb::Outcome::COMPLETED);
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+  const std::string log = agent.Log();
+  EXPECT_THAT(log, Not(HasSubstr("first-secret-token")));
+  EXPECT_THAT(log, Not(HasSubstr("second-secret-token")));
+  (void)first;
+}
+
+TEST(FleetTest, CommandsOverAttachRunOnceAndUploadsArriveIntact) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  pb::SandboxRequest request;
+  request.set_kind(pb::FILE);
+  const std::string id = cp->Enqueue(request);
+  ASSERT_TRUE(cp->WaitFor([&] { auto l = cp->Lease(id); return l && !l->events.empty(); }, seconds(20)));
+
+  // An upload in two parts, with the sha256 of "hello, fleet\n".
+  pb::SessionCommand part1;
+  part1.set_command_id("up-1");
+  part1.mutable_upload()->set_path("/workspace/greeting.txt");
+  part1.mutable_upload()->set_data("hello, ");
+  pb::SessionCommand part2 = part1;
+  part2.mutable_upload()->set_offset(7);
+  part2.mutable_upload()->set_data("fleet\n");
+  part2.mutable_upload()->set_last(true);
+  part2.mutable_upload()->set_sha256("a963e87ae48c91da3ea9c3399321d0354d3289ecc12c9ef18bd1df2354b114a2");
+  cp->SendCommand(id, part1);
+  cp->SendCommand(id, part2);
+  pb::SessionCommand cat;
+  cat.set_command_id("cmd-cat");
+  pb::Exec* exec = cat.mutable_call()->mutable_exec();
+  exec->add_argv("/bin/sh");
+  exec->add_argv("-c");
+  exec->add_argv("cat /workspace/greeting.txt; sha256sum /workspace/greeting.txt");
+  cp->SendCommand(id, cat);
+  ASSERT_TRUE(cp->WaitFor([&] { return Stdout(*cp->Lease(id)).find("greeting.txt") != std::string::npos; },
+                          seconds(20)));
+  // Every command is sent again on a new stream: none runs twice.
+  cp->DropStreams();
+  std::this_thread::sleep_for(seconds(2));
+  pb::SessionCommand cancel;
+  cancel.set_command_id("cmd-cancel");
+  cancel.mutable_cancel()->set_reason("done with it");
+  cp->SendCommand(id, cancel);
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20)));
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  ExpectGapFree(*l);
+  const std::string out = Stdout(*l);
+  EXPECT_EQ(out, "hello, fleet\na963e87ae48c91da3ea9c3399321d0354d3289ecc12c9ef18bd1df2354b114a2  "
+                 "/workspace/greeting.txt\n");
+  int started = 0, upload_results = 0;
+  for (const pb::Event& e : l->events) {
+    if (e.has_tool_call_started() && e.tool_call_started().call_id() == "cmd-cat") ++started;
+    if (e.has_tool_call_finished() && e.tool_call_finished().call_id() == "up-1") {
+      ++upload_results;
+      EXPECT_TRUE(e.tool_call_finished().has_result()) << e.DebugString();
+    }
+  }
+  EXPECT_EQ(started, 1);
+  EXPECT_EQ(upload_results, 1);
+  EXPECT_GE(l->attaches, 2);
+  EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::CANCELED);
+  EXPECT_EQ(l->outcome->outcome().message(), "done with it");
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+TEST(FleetTest, OutcomeSurvivesAControlPlaneOutageAndAnAgentRestart) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  agent.options().fleet_lines.push_back("drain_grace_ms: 5000");
+  ASSERT_TRUE(agent.Start());
+  const std::string id = cp->Enqueue(ExecRequest({"/bin/sh", "-c", "sleep 2; echo after the outage"}), 60000);
+  ASSERT_TRUE(cp->WaitFor([&] { return HasStarted(*cp, id); }, seconds(20)));
+  cp->Stop();
+  std::this_thread::sleep_for(seconds(4));  // the session ends while the control plane is away
+  // The agent stops before it could report: the outcome waits in its outbox.
+  EXPECT_EQ(agent.Terminate(seconds(40)), 0);
+  EXPECT_FALSE(cp->Lease(id)->outcome.has_value());
+  ASSERT_TRUE(cp->Restart().ok());
+  ASSERT_TRUE(agent.Start());
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20))) << agent.Log();
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  ExpectGapFree(*l);
+  EXPECT_EQ(Stdout(*l), "after the outage\n");
+  EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::COMPLETED);
+  EXPECT_EQ(l->outcome_reports, 1);
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+TEST(FleetTest, SighupReloadsCapacityAndLabelsWithoutDroppingSessions) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp, "agent-1", 2));
+  agent.options().fleet_lines.push_back("labels { key: \"zone\" value: \"a\" }");
+  ASSERT_TRUE(agent.Start());
+  const std::string running = cp->Enqueue(ExecRequest({"/bin/sh", "-c", "sleep 2; echo survived"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return HasStarted(*cp, running); }, seconds(20)));
+  agent.options().max_sessions = 5;
+  agent.options().fleet_lines = {"labels { key: \"zone\" value: \"b\" }"};
+  agent.WriteConfig();
+  agent.Hup();
+  ASSERT_TRUE(cp->WaitFor([&] {
+    auto agents = cp->Agents();
+    return agents["agent-1"].max_sessions == 5 && agents["agent-1"].labels["zone"] == "b";
+  }, seconds(10))) << agent.Log();
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20)));
+  EXPECT_EQ(Stdout(*cp->Lease(running)), "survived\n");
+  EXPECT_EQ(cp->Lease(running)->outcome->outcome().status(), pb::Outcome::COMPLETED);
+  EXPECT_THAT(agent.Log(), HasSubstr("configuration reloaded"));
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+// Writes a CA, a server certificate for "cp.test" and a client certificate into `dir` with openssl.
+bool MakeCertificates(const std::string& dir) {
+  {
+    std::ofstream script(dir + "/make.sh");
+    script << "set -e\ncd '" << dir << "'\n"
+           << "K='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'\n"
+           << "openssl req -x509 $K -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem 2>/dev/null\n"
+           << "echo subjectAltName=DNS:cp.test > server.ext\n"
+           << "echo extendedKeyUsage=clientAuth > client.ext\n"
+           << "for who in server client; do\n"
+           << "  openssl req $K -subj /CN=$who -keyout $who.key -out $who.csr 2>/dev/null\n"
+           << "  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+              "-extfile $who.ext -out $who.pem 2>/dev/null\n"
+           << "done\n";
+  }
+  return system(("bash " + dir + "/make.sh").c_str()) == 0;
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+TEST(FleetTest, MutualTlsToTheControlPlane) {
+  char dir[] = "/tmp/sbx-fleet-tls-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string d = dir;
+  ASSERT_TRUE(MakeCertificates(d));
+  DoubleOptions options;
+  options.server_cert_pem = ReadAll(d + "/server.pem");
+  options.server_key_pem = ReadAll(d + "/server.key");
+  options.client_ca_pem = ReadAll(d + "/ca.pem");
+  auto cp = StartDouble(options);
+  ASSERT_NE(cp, nullptr);
+
+  AgentProcess agent(AgentFor(*cp, "agent-mtls"));
+  agent.options().fleet_lines.push_back("tls { ca_file: \"" + d + "/ca.pem\" cert_file: \"" + d +
+                                        "/client.pem\" key_file: \"" + d + "/client.key\" server_name: \"cp.test\" }");
+  ASSERT_TRUE(agent.Start()) << agent.Log();
+  const std::string id = cp->Enqueue(ExecRequest({"/bin/sh", "-c", "echo over mtls"}));
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20))) << agent.Log();
+  EXPECT_EQ(Stdout(*cp->Lease(id)), "over mtls\n");
+  EXPECT_EQ(cp->Lease(id)->outcome->outcome().status(), pb::Outcome::COMPLETED);
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+
+  // Without a client certificate the control plane refuses the connection: nothing is leased.
+  AgentProcess anonymous(AgentFor(*cp, "agent-anonymous"));
+  anonymous.options().fleet_lines.push_back("tls { ca_file: \"" + d + "/ca.pem\" server_name: \"cp.test\" }");
+  ASSERT_TRUE(anonymous.Start());
+  const std::string refused = cp->Enqueue(ExecRequest({"/bin/true"}));
+  std::this_thread::sleep_for(seconds(3));
+  EXPECT_EQ(cp->Agents().count("agent-anonymous"), 0u);
+  EXPECT_EQ(cp->Lease(refused)->grants, 0);
+  EXPECT_THAT(anonymous.Log(), HasSubstr("Lease failed"));
+  EXPECT_EQ(anonymous.Terminate(seconds(30)), 0);
+  std::error_code ec;
+  std::filesystem::remove_all(d, ec);
+}
+
+}  // namespace
+}  // namespace sbx::testing
