@@ -23,6 +23,9 @@ packages=(
   libgtest-dev libgmock-dev
   # tests and benchmarks run these: setpriv (util-linux), bubblewrap as the benchmark anchor, procps, iproute2
   util-linux bubblewrap procps iproute2 python3
+  # tests/deploy (deploy_validate): yamllint for the Kubernetes manifests, python3-yaml for their structural
+  # checks, systemd for systemd-analyze (fresh Debian container images do not have it)
+  yamllint python3-yaml systemd
 )
 
 missing=()
