@@ -266,6 +266,7 @@ void FleetAgent::Reject(const std::string& lease_id, const std::string& message)
   options_.sessions->Reserve();
   std::lock_guard lock(mu_);
   held_[lease_id] = "";
+  ++journaled_;
   cv_.notify_all();
 }
 
@@ -658,6 +659,7 @@ void FleetAgent::JournalOutcome(Lease* lease, const pb::Outcome& outcome) {
        {"reason", outcome.reason()}});
   lease->finished = true;
   std::lock_guard lock(mu_);
+  ++journaled_;
   cv_.notify_all();
 }
 
@@ -733,13 +735,18 @@ void FleetAgent::ReportLoop(std::stop_token stop) {
   FleetSettings fleet = settings();
   Backoff backoff(fleet.backoff_initial, fleet.backoff_max);
   while (!stop.stop_requested()) {
+    uint64_t seen;
+    {
+      std::lock_guard lock(mu_);
+      seen = journaled_;
+    }
     std::vector<OutboxRecord> pending;
     for (OutboxRecord& rec : outbox_->Pending()) {
       if (rec.kind == kOutcomeKind) pending.push_back(std::move(rec));
     }
     if (pending.empty()) {
       std::unique_lock lock(mu_);
-      cv_.wait_for(lock, stop, milliseconds(200), [] { return false; });
+      cv_.wait_for(lock, stop, milliseconds(1000), [&] { return journaled_ != seen; });
       continue;
     }
     for (const OutboxRecord& rec : pending) {
@@ -781,14 +788,16 @@ void FleetAgent::ReportLoop(std::stop_token stop) {
           session_id = it->second;
           held_.erase(it);
         }
-        cv_.notify_all();
       }
-      if (!held) continue;
-      if (session_id.empty()) {
-        options_.sessions->Unreserve();
-      } else {
-        (void)options_.sessions->Delete(session_id);  // frees its slot
+      if (held) {
+        if (session_id.empty()) {
+          options_.sessions->Unreserve();
+        } else {
+          (void)options_.sessions->Delete(session_id);  // frees its slot
+        }
       }
+      std::lock_guard lock(mu_);
+      cv_.notify_all();  // the lease loop may take another
     }
   }
 }

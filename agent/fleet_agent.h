@@ -108,6 +108,7 @@ class FleetAgent {
   // Capacity held by lease id until its outcome is acknowledged: the session id to delete then, or "" for a
   // lease without a session (rejected, or lost with a previous agent), which holds a reservation.
   std::map<std::string, std::string> held_;  // GUARDED_BY(mu_)
+  uint64_t journaled_ = 0;                   // GUARDED_BY(mu_): outcomes journaled, to wake the reporter
   std::atomic<bool> draining_{false};
   std::atomic<bool> drained_{false};
   std::mutex lease_ctx_mu_;
