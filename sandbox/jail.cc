@@ -5,6 +5,8 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -12,7 +14,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <thread>
 #include <cerrno>
 #include <cstring>
 
@@ -44,22 +48,117 @@ absl::Status WriteProcFile(pid_t pid, const char* file, std::string_view content
 
 int PidfdSendSignal(int pidfd, int sig) { return static_cast<int>(syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0)); }
 
-// clone3 with a pidfd; falls back to clone(2) on kernels without clone3. Returns 0 in the child.
-pid_t CloneWithPidfd(uint64_t flags, int* pidfd, int cgroup_fd) {
+// clone3 with a pidfd (and CLONE_PARENT_SETTID into *tid); falls back to clone(2) on kernels without clone3.
+// Returns 0 in the child.
+pid_t CloneWithPidfd(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd) {
   clone_args args{};
-  args.flags = flags | CLONE_PIDFD;
+  args.flags = flags | CLONE_PIDFD | CLONE_PARENT_SETTID;
   if (cgroup_fd >= 0) {
     // v2: born in the session cgroup, with no migration afterwards.
     args.flags |= CLONE_INTO_CGROUP;
     args.cgroup = static_cast<uint64_t>(cgroup_fd);
   }
   args.pidfd = reinterpret_cast<uint64_t>(pidfd);
+  args.parent_tid = reinterpret_cast<uint64_t>(tid);
   args.exit_signal = SIGCHLD;
   long pid = syscall(SYS_clone3, &args, sizeof(args));
   if (pid < 0 && errno == ENOSYS && cgroup_fd < 0) {
-    pid = syscall(SYS_clone, flags | CLONE_PIDFD | SIGCHLD, nullptr, pidfd, nullptr, nullptr);
+    pid = syscall(SYS_clone, flags | CLONE_PIDFD | CLONE_PARENT_SETTID | SIGCHLD, nullptr, pidfd, tid, nullptr);
   }
   return static_cast<pid_t>(pid);
+}
+
+#if defined(__x86_64__)
+// The jail child shares the agent's memory until it execs: clone3(CLONE_VM | CLONE_VFORK) onto its own stack,
+// as posix_spawn does. A fork-style clone of the agent (a large, many-threaded process) copies its page
+// tables, and then every page any agent thread writes takes a copy-on-write fault with a TLB shootdown on
+// every CPU: under a stream of session starts that was half the agent's CPU time. With CLONE_VFORK the
+// launching thread sleeps until the child execs or exits, so the child alone uses that thread's TLS.
+constexpr size_t kChildStackBytes = 256 << 10;
+
+// A stack for the children this thread clones, kept for the thread's life (one child at a time: the
+// thread is suspended while its child runs). A guard page below catches an overflow.
+struct ChildStack {
+  void* base = nullptr;
+  ~ChildStack() {
+    if (base != nullptr) munmap(base, kChildStackBytes + 4096);
+  }
+  char* top() {
+    if (base == nullptr) {
+      void* p = mmap(nullptr, kChildStackBytes + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
+                     -1, 0);
+      if (p == MAP_FAILED) return nullptr;
+      mprotect(p, 4096, PROT_NONE);
+      base = p;
+    }
+    return static_cast<char*>(base) + 4096 + kChildStackBytes;  // 16-byte aligned
+  }
+};
+
+[[noreturn]] void ChildEntry(void* spec) { internal::RunJailChild(*static_cast<const internal::ChildSpec*>(spec)); }
+
+// clone3 that runs fn(arg) on `stack_top` in the child and never returns there. In the parent: the pid, or
+// -1 with errno.
+[[gnu::noinline]] long Clone3OnStack(clone_args* args, void (*fn)(void*), void* arg) {
+  long ret;
+  register void (*r8)(void*) asm("r8") = fn;
+  register void* r9 asm("r9") = arg;
+  asm volatile(
+      "syscall\n\t"
+      "testq %%rax, %%rax\n\t"
+      "jnz 1f\n\t"
+      // The child, on its new stack (16-byte aligned; the call pushes the return address).
+      "xorl %%ebp, %%ebp\n\t"
+      "movq %%r9, %%rdi\n\t"
+      "callq *%%r8\n\t"
+      "movl $60, %%eax\n\t"  // SYS_exit, should fn ever return
+      "movl $125, %%edi\n\t"
+      "syscall\n\t"
+      "hlt\n\t"
+      "1:\n\t"
+      : "=a"(ret)
+      : "0"(static_cast<long>(SYS_clone3)), "D"(args), "S"(sizeof(clone_args)), "r"(r8), "r"(r9)
+      : "rcx", "r11", "memory", "cc");
+  if (ret < 0) {
+    errno = static_cast<int>(-ret);
+    return -1;
+  }
+  return ret;
+}
+#endif
+
+// Starts the jail child: returns its pid in the parent once it has exec'd sandbox-init or failed (x86-64,
+// CLONE_VFORK), or at once (elsewhere). -1 with errno when clone fails.
+pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, const internal::ChildSpec& child) {
+#if defined(__x86_64__)
+  static thread_local ChildStack stack;
+  char* top = stack.top();
+  if (top != nullptr) {
+    clone_args args{};
+    args.flags = flags | CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_PARENT_SETTID;
+    if (cgroup_fd >= 0) {
+      args.flags |= CLONE_INTO_CGROUP;
+      args.cgroup = static_cast<uint64_t>(cgroup_fd);
+    }
+    args.pidfd = reinterpret_cast<uint64_t>(pidfd);
+    args.parent_tid = reinterpret_cast<uint64_t>(tid);
+    args.exit_signal = SIGCHLD;
+    args.stack = reinterpret_cast<uint64_t>(top - kChildStackBytes);
+    args.stack_size = kChildStackBytes;
+    // No signal handler of the agent may run on the child's stack before it resets them: block all.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    long pid = Clone3OnStack(&args, ChildEntry, const_cast<internal::ChildSpec*>(&child));
+    const int err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    errno = err;
+    if (pid >= 0 || errno != ENOSYS) return static_cast<pid_t>(pid);
+  }
+#endif
+  const pid_t pid = CloneWithPidfd(flags, pidfd, tid, cgroup_fd);
+  if (pid == 0) internal::RunJailChild(child);  // never returns
+  return pid;
 }
 
 std::vector<std::string> BuildEnv(const PolicySpec& spec, char** host_environ) {
@@ -138,11 +237,15 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
     jail->cgroup_.emplace(std::move(cgroup));
   }
 
-  int sync_pipe[2], err_pipe[2], report_pipe[2];
+  int ready_pipe[2], sync_pipe[2], err_pipe[2], report_pipe[2];
+  if (pipe2(ready_pipe, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
+  UniqueFd ready_read(ready_pipe[0]), ready_write(ready_pipe[1]);
   if (pipe2(sync_pipe, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
   UniqueFd sync_read(sync_pipe[0]), sync_write(sync_pipe[1]);
   if (pipe2(err_pipe, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
   UniqueFd err_read(err_pipe[0]), err_write(err_pipe[1]);
+  UniqueFd clone_done(eventfd(0, EFD_CLOEXEC));
+  if (!clone_done) return ErrnoToStatus(errno, "eventfd");
   // One-shot: init writes one InitReport on a pipe. Serving: a stream socket carries the init protocol.
   if (options.serve) {
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, report_pipe) < 0) {
@@ -162,6 +265,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   internal::ChildSpec child;
   child.cgroup_tasks_files = tasks_file_ptrs.data();
   child.num_cgroup_tasks_files = tasks_file_ptrs.size();
+  child.ready_fd = ready_write.get();
   child.sync_fd = sync_read.get();
   child.err_fd = err_write.get();
   child.report_fd = report_write.get();
@@ -189,40 +293,83 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   if (spec.new_ipc_ns) flags |= CLONE_NEWIPC;
   if (spec.new_uts_ns) flags |= CLONE_NEWUTS;
 
+  // The child cannot write its own id maps, and with CLONE_VFORK this thread sleeps until the child execs:
+  // a helper thread writes them when the child says it is ready, then releases it. It also enforces the
+  // setup timeout, killing a child that has not exec'd in time.
   int pidfd = -1;
-  const pid_t pid = CloneWithPidfd(flags, &pidfd, jail->cgroup_ ? jail->cgroup_->v2_dir_fd() : -1);
-  if (pid < 0) return ErrnoToStatus(errno, "clone (new namespaces)");
-  if (pid == 0) internal::RunJailChild(child);  // never returns
-
-  jail->pid_ = pid;
-  jail->pidfd_.Reset(pidfd);
-  jail->ids_.emplace(std::move(ids));
-  sync_read.Reset();
+  pid_t child_pid = 0;  // CLONE_PARENT_SETTID: written by the kernel before the child runs
+  const IdRange& lease = ids;
+  absl::Status map_status;
+  std::jthread mapper([&, sync_write = std::move(sync_write)]() mutable {
+    const auto deadline = Clock::now() + std::chrono::milliseconds(kSetupTimeoutMs);
+    const auto remaining_ms = [&] {
+      return static_cast<int>(std::max<int64_t>(
+          0, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count()));
+    };
+    pollfd fds[2] = {{ready_read.get(), POLLIN, 0}, {clone_done.get(), POLLIN, 0}};
+    int ready;
+    do {
+      ready = poll(fds, 2, remaining_ms());
+    } while (ready < 0 && errno == EINTR);
+    if (ready > 0 && (fds[0].revents & POLLIN) != 0) {
+      char byte;
+      if (read(ready_read.get(), &byte, 1) == 1) {
+        const pid_t pid = __atomic_load_n(&child_pid, __ATOMIC_ACQUIRE);
+        if (lease.rootless()) map_status = WriteProcFile(pid, "setgroups", "deny");
+        if (map_status.ok()) map_status = WriteProcFile(pid, "uid_map", lease.UidMap(spec.uid));
+        if (map_status.ok()) map_status = WriteProcFile(pid, "gid_map", lease.GidMap(spec.gid));
+        const char go = map_status.ok() ? 1 : 0;
+        if (write(sync_write.get(), &go, 1) != 1 && map_status.ok()) {
+          map_status = ErrnoToStatus(errno, "releasing the jail child");
+        }
+      }
+      sync_write.Reset();
+      do {
+        ready = poll(&fds[1], 1, remaining_ms());
+      } while (ready < 0 && errno == EINTR);
+    }
+    sync_write.Reset();
+    if (ready == 0) {
+      // Setup hangs (a mount that never returns...): the child dies, and clone returns in the launcher.
+      if (map_status.ok()) map_status = absl::DeadlineExceededError("jail setup did not finish within 30 s");
+      const int fd = __atomic_load_n(&pidfd, __ATOMIC_ACQUIRE);
+      if (fd >= 0) PidfdSendSignal(fd, SIGKILL);
+    }
+  });
+  const pid_t pid = StartChild(flags, &pidfd, &child_pid, jail->cgroup_ ? jail->cgroup_->v2_dir_fd() : -1, child);
+  const int clone_errno = errno;
+  if (pid > 0) {
+    jail->pid_ = pid;
+    jail->pidfd_.Reset(pidfd);
+  }
   err_write.Reset();
+  ready_write.Reset();
+  sync_read.Reset();
   report_write.Reset();
+  if (pid > 0) {
+    // EOF on the error pipe means execve(sandbox-init) succeeded. (After a CLONE_VFORK clone the child has
+    // already exec'd or exited; elsewhere this waits for it, bounded by the helper's timeout.)
+    pollfd pfd{err_read.get(), POLLIN, 0};
+    int ready;
+    do {
+      ready = poll(&pfd, 1, kSetupTimeoutMs + 1000);
+    } while (ready < 0 && errno == EINTR);
+  }
+  const uint64_t one = 1;
+  if (write(clone_done.get(), &one, sizeof(one)) != sizeof(one)) {
+    // Cannot happen for an eventfd below its maximum; the helper then ends at its timeout.
+  }
+  mapper.join();
+  if (pid < 0) return ErrnoToStatus(clone_errno, "clone (new namespaces)");
+  jail->ids_.emplace(std::move(ids));
 
   // From here on a failure returns, and ~Jail kills and reaps the child and removes the cgroup.
-  const IdRange& lease = *jail->ids_;
-  if (lease.rootless()) RETURN_IF_ERROR(WriteProcFile(pid, "setgroups", "deny"));
-  RETURN_IF_ERROR(WriteProcFile(pid, "uid_map", lease.UidMap(spec.uid)));
-  RETURN_IF_ERROR(WriteProcFile(pid, "gid_map", lease.GidMap(spec.gid)));
-
-  const char go = 1;
-  if (write(sync_write.get(), &go, 1) != 1) return ErrnoToStatus(errno, "releasing the jail child");
-  sync_write.Reset();
-
-  // EOF on the error pipe means execve(sandbox-init) succeeded.
-  pollfd pfd{err_read.get(), POLLIN, 0};
-  int ready;
-  do {
-    ready = poll(&pfd, 1, kSetupTimeoutMs);
-  } while (ready < 0 && errno == EINTR);
-  if (ready == 0) return absl::DeadlineExceededError("jail setup did not finish within 30 s");
   internal::ChildError error{};
   ssize_t n;
   do {
     n = read(err_read.get(), &error, sizeof(error));
   } while (n < 0 && errno == EINTR);
+  if (!map_status.ok()) return map_status;
   if (n == sizeof(error)) {
     std::string what = internal::ChildStepName(error.step);
     if (error.step == static_cast<int32_t>(internal::ChildStep::kMountOp)) {

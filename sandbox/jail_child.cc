@@ -21,14 +21,17 @@
 #include <cstring>
 
 // NOTE: everything in this file runs between clone and execve. Raw syscalls and async-signal-safe libc
-// wrappers only: no allocation, no locks, no logging, no C++ exceptions. The id changes in particular go
+// wrappers only: no allocation, no locks, no logging, no C++ exceptions. On x86-64 the child shares the
+// agent's memory (CLONE_VM|CLONE_VFORK, see jail.cc) and runs on the suspended launching thread's TLS, so
+// it may write only its own stack and that thread's thread-locals (errno, g_err_fd). The id changes in particular go
 // through syscall(2): glibc's setresuid/setgroups broadcast to every thread of the process under a lock
 // that another thread of the parent may have held at clone time, which hangs the child forever.
 
 namespace sbx::sandbox::internal {
 namespace {
 
-int g_err_fd = -1;
+// thread_local: with CLONE_VM the child writes the launching thread's copy, which no other jail shares.
+thread_local int g_err_fd = -1;
 
 [[noreturn]] void Fail(ChildStep step, int err, int op_index = -1) {
   ChildError e{static_cast<int32_t>(step), err, op_index};
@@ -216,12 +219,17 @@ void RunJailChild(const ChildSpec& spec) {
   }
 
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) Fail(ChildStep::kSync, errno);
-  char byte;
+  char byte = 1;
   ssize_t n;
+  do {
+    n = write(spec.ready_fd, &byte, 1);
+  } while (n < 0 && errno == EINTR);
+  if (n != 1) Fail(ChildStep::kSync, n < 0 ? errno : EPIPE);
   do {
     n = read(spec.sync_fd, &byte, 1);
   } while (n < 0 && errno == EINTR);
   if (n != 1) Fail(ChildStep::kSync, n < 0 ? errno : EPIPE);
+  if (byte != 1) Fail(ChildStep::kSync, EPERM);  // the parent could not map our ids
 
   // Join the v1 session cgroups first, by moving ourselves ("0"): that path skips the kernel's global
   // threadgroup lock and its RCU grace period. Still host root here, so the tasks files are writable.

@@ -75,7 +75,8 @@ struct ChildError {
 };
 
 struct ChildSpec {
-  int sync_fd = -1;    // read end: the parent writes one byte once ids are mapped and the cgroup is set
+  int ready_fd = -1;   // write end: the child writes one byte when it waits for its id maps
+  int sync_fd = -1;    // read end: one byte, 1 once the ids are mapped (anything else: give up)
   int err_fd = -1;     // write end, CLOEXEC: EOF at exec means success
   int report_fd = -1;  // becomes fd 3 of sandbox-init (init's report channel); -1 for none
   bool id_range = false;        // ids mapped as a 65536 range (root): switch to inside root for setup
