@@ -23,6 +23,13 @@ packages=(
   libgtest-dev libgmock-dev
   # tests and benchmarks run these: setpriv (util-linux), bubblewrap as the benchmark anchor, procps, iproute2
   util-linux bubblewrap procps iproute2 python3
+  # desktop sessions: the virtual display (xvfb brings xkbcomp and the XKB data), a window manager, the core
+  # fonts twm and xterm draw with, a terminal to run in it, x11vnc for live viewers; and what sandbox-init's
+  # X driver links statically: xcb with XTEST (+ libXau, libXdmcp), the keysym names (x11proto-dev), libpng
+  xvfb twm xfonts-base xterm x11vnc
+  libxcb1-dev libxcb-xtest0-dev libxau-dev libxdmcp-dev x11proto-dev libpng-dev zlib1g-dev
+  # desktop_bench's anchors on a host Xvfb: xwd (x11-apps) for screenshots, xdotool for input
+  x11-apps xdotool
   # tests/deploy (deploy_validate): yamllint for the Kubernetes manifests, python3-yaml for their structural
   # checks, systemd for systemd-analyze (fresh Debian container images do not have it)
   yamllint python3-yaml systemd
