@@ -2,11 +2,15 @@
 
 #include <fcntl.h>
 #include <openssl/crypto.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -45,6 +49,7 @@ const char* ToolName(const pb::ToolCall& call) {
     case pb::ToolCall::kStat: return "stat";
     case pb::ToolCall::kRemove: return "remove";
     case pb::ToolCall::kMkdir: return "mkdir";
+    case pb::ToolCall::kDesktop: return "desktop";
     case pb::ToolCall::TOOL_NOT_SET: break;
   }
   return "none";
@@ -394,6 +399,95 @@ grpc::Status SandboxesService::Delete(grpc::ServerContext* ctx, const pb::Delete
   absl::Status s = Begin(ctx, &rid);
   if (s.ok()) s = options_.sessions->Delete(request->session_id());
   return Finish("Delete", s, rid);
+}
+
+grpc::Status SandboxesService::Vnc(grpc::ServerContext* ctx, grpc::ServerReaderWriter<pb::VncData, pb::VncData>* stream) {
+  std::string rid;
+  absl::Status s = Begin(ctx, &rid);
+  if (!s.ok()) return Finish("Vnc", s, rid);
+  pb::VncData first;
+  if (!stream->Read(&first)) return Finish("Vnc", absl::InvalidArgumentError("vnc: no first message"), rid);
+  absl::StatusOr<std::shared_ptr<Session>> found = options_.sessions->Find(first.session_id());
+  if (!found.ok()) return Finish("Vnc", found.status(), rid);
+  std::shared_ptr<Session> session = *found;
+  if (!session->vnc_allowed()) {
+    return Finish("Vnc", absl::FailedPreconditionError(absl::StrCat(
+                             "vnc: session ", session->id(), " was not created as a desktop with desktop.vnc")),
+                  rid);
+  }
+  if (session->ended() || session->init() == nullptr) {
+    return Finish("Vnc", absl::FailedPreconditionError(absl::StrCat("session ", session->id(), " has ended")), rid);
+  }
+  // One x11vnc per viewer, in inetd mode: RFB over its stdin and stdout, relayed here. Its output bypasses
+  // the session's event log (a live view is not a tool call's output).
+  struct Relay {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<std::string> out;  // GUARDED_BY(mu)
+    size_t out_bytes = 0;         // GUARDED_BY(mu)
+    bool ended = false;           // GUARDED_BY(mu)
+  };
+  auto relay = std::make_shared<Relay>();
+  sandbox::ExecSpec spec;
+  spec.argv = {"x11vnc", "-inetd", "-display", ":1", "-nopw", "-shared", "-quiet", "-noxdamage", "-nowf", "-o",
+               "/dev/null"};
+  spec.stdin_open = true;
+  spec.socket_stdio = true;  // x11vnc -inetd wants a socket on stdin/stdout
+  auto on_output = [relay](sandbox::OutputStream stream_kind, std::string data, uint64_t) {
+    if (stream_kind != sandbox::OutputStream::kStdout) return;  // x11vnc's own messages
+    std::lock_guard lock(relay->mu);
+    relay->out_bytes += data.size();
+    relay->out.push_back(std::move(data));
+    relay->cv.notify_all();
+  };
+  auto on_end = [relay](absl::StatusOr<sandbox::ExecEnd>) {
+    std::lock_guard lock(relay->mu);
+    relay->ended = true;
+    relay->cv.notify_all();
+  };
+  absl::StatusOr<uint64_t> call = session->init()->StartExec(spec, on_output, on_end);
+  if (!call.ok()) return Finish("Vnc", Annotate(call.status(), "vnc: starting x11vnc"), rid);
+  Log(LogLevel::kInfo, "vnc viewer attached", {{"session_id", session->id()}, {"request_id", rid}});
+  sandbox::InitClient* init = session->init();
+  // The viewer's bytes go to x11vnc's stdin from this thread; its answers are written by the handler below.
+  std::jthread reader([&, init, id = *call] {
+    if (!first.data().empty()) (void)init->WriteStdin(id, first.data(), false);
+    pb::VncData in;
+    while (stream->Read(&in)) {
+      session->Touch();
+      if (!init->WriteStdin(id, in.data(), false).ok()) break;
+    }
+    (void)init->WriteStdin(id, "", true);
+    (void)init->Signal(id, SIGTERM);
+    std::lock_guard lock(relay->mu);
+    relay->ended = true;
+    relay->cv.notify_all();
+  });
+  for (;;) {
+    std::deque<std::string> batch;
+    {
+      std::unique_lock lock(relay->mu);
+      relay->cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return !relay->out.empty() || relay->ended; });
+      if (relay->out.empty() && (relay->ended || ctx->IsCancelled())) break;
+      batch.swap(relay->out);
+      relay->out_bytes = 0;
+    }
+    bool ok = true;
+    for (std::string& data : batch) {
+      pb::VncData frame;
+      frame.set_data(std::move(data));
+      if (!stream->Write(frame)) {
+        ok = false;
+        break;
+      }
+    }
+    if (!ok) break;
+  }
+  (void)init->Signal(*call, SIGKILL);
+  ctx->TryCancel();  // ends the reader's Read
+  reader.join();
+  Log(LogLevel::kInfo, "vnc viewer detached", {{"session_id", session->id()}, {"request_id", rid}});
+  return Finish("Vnc", absl::OkStatus(), rid);
 }
 
 }  // namespace sbx::agent

@@ -40,6 +40,8 @@ class SandboxesService final : public duvo::sandbox::v1::Sandboxes::Service {
                       grpc::ServerWriter<duvo::sandbox::v1::Event>* writer) override;
   grpc::Status Cancel(grpc::ServerContext* ctx, const duvo::sandbox::v1::CancelRequest* request,
                       duvo::sandbox::v1::Session* response) override;
+  grpc::Status Vnc(grpc::ServerContext* ctx,
+                   grpc::ServerReaderWriter<duvo::sandbox::v1::VncData, duvo::sandbox::v1::VncData>* stream) override;
   grpc::Status Delete(grpc::ServerContext* ctx, const duvo::sandbox::v1::DeleteRequest* request,
                       duvo::sandbox::v1::DeleteResponse* response) override;
 

@@ -58,10 +58,25 @@ absl::Status ClaimSocketPath(const std::string& path) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<sandbox::Policy> FilePolicy(const AgentConfig& config) {
-  const std::string path = config.policy_dir + "/file.textproto";
-  if (access(path.c_str(), F_OK) == 0) return sandbox::LoadPolicyFile(path);
-  return sandbox::DefaultFilePolicy();
+// The host's ceiling per session kind: <policy_dir>/<kind>.textproto, else the built-in one.
+absl::StatusOr<std::map<int, sandbox::Policy>> LoadPolicies(const AgentConfig& config) {
+  std::map<int, sandbox::Policy> policies;
+  const struct {
+    duvo::sandbox::v1::SessionKind kind;
+    const char* file;
+    absl::StatusOr<sandbox::Policy> (*builtin)();
+  } kinds[] = {
+      {duvo::sandbox::v1::FILE, "file.textproto", &sandbox::DefaultFilePolicy},
+      {duvo::sandbox::v1::DESKTOP, "desktop.textproto", &sandbox::DefaultDesktopPolicy},
+  };
+  for (const auto& k : kinds) {
+    const std::string path = config.policy_dir + "/" + k.file;
+    absl::StatusOr<sandbox::Policy> policy =
+        access(path.c_str(), F_OK) == 0 ? sandbox::LoadPolicyFile(path) : k.builtin();
+    if (!policy.ok()) return policy.status();
+    policies.emplace(k.kind, std::move(*policy));
+  }
+  return policies;
 }
 
 // SIGHUP: re-reads the config file and the policies. Capacity, defaults, policies and fleet settings apply
@@ -73,15 +88,13 @@ void Reload(const ServeFlags& flags, const AgentConfig& running, SessionManager*
         {{"error", config.status().ToString()}});
     return;
   }
-  absl::StatusOr<sandbox::Policy> file_policy = FilePolicy(*config);
-  if (!file_policy.ok()) {
+  absl::StatusOr<std::map<int, sandbox::Policy>> policies = LoadPolicies(*config);
+  if (!policies.ok()) {
     Log(LogLevel::kError, "SIGHUP: a policy did not load; keeping the running ones",
-        {{"error", file_policy.status().ToString()}});
+        {{"error", policies.status().ToString()}});
     return;
   }
-  std::map<int, sandbox::Policy> policies;
-  policies.emplace(duvo::sandbox::v1::FILE, *file_policy);
-  sessions->Reload(config->max_sessions, config->default_ttl, config->default_idle_timeout, std::move(policies));
+  sessions->Reload(config->max_sessions, config->default_ttl, config->default_idle_timeout, std::move(*policies));
   if (fleet != nullptr) fleet->Reload(config->fleet);
   if (config->unix_socket != running.unix_socket || config->tcp_address != running.tcp_address ||
       config->state_dir != running.state_dir || config->metrics_address != running.metrics_address ||
@@ -89,7 +102,7 @@ void Reload(const ServeFlags& flags, const AgentConfig& running, SessionManager*
     Log(LogLevel::kWarn, "SIGHUP: listener, state_dir and control_plane changes take effect at the next restart");
   }
   Log(LogLevel::kInfo, "SIGHUP: configuration reloaded",
-      {{"max_sessions", absl::StrCat(config->max_sessions)}, {"policy", file_policy->name()}});
+      {{"max_sessions", absl::StrCat(config->max_sessions)}, {"policy_dir", config->policy_dir}});
 }
 
 int Fail(const absl::Status& status) {
@@ -113,8 +126,8 @@ int ServeCommand(const ServeFlags& flags) {
   if (!flags.socket.empty()) config->unix_socket = flags.socket;
   if (!flags.metrics_address.empty()) config->metrics_address = flags.metrics_address;
 
-  absl::StatusOr<sandbox::Policy> file_policy = FilePolicy(*config);
-  if (!file_policy.ok()) return Fail(file_policy.status());
+  absl::StatusOr<std::map<int, sandbox::Policy>> policies = LoadPolicies(*config);
+  if (!policies.ok()) return Fail(policies.status());
   absl::StatusOr<std::string> init = LocateInit(config->init_path);
   if (!init.ok()) return Fail(init.status());
 
@@ -141,7 +154,7 @@ int ServeCommand(const ServeFlags& flags) {
   mo.init_path = *init;
   mo.cgroups = layout.ok() ? &*layout : nullptr;
   mo.warnings = warnings;
-  mo.policies.emplace(duvo::sandbox::v1::FILE, *file_policy);
+  mo.policies = std::move(*policies);
   mo.metrics = &metrics;
   auto sessions = std::make_unique<SessionManager>(std::move(mo));
   metrics.SetActiveSessions([raw = sessions.get()] { return raw->active(); });

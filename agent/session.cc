@@ -42,18 +42,27 @@ pb::FileInfo ToProto(const sandbox::FileInfo& info) {
 
 }  // namespace
 
+std::string SessionCgroupName(const std::string& session_id) { return absl::StrCat("session-", session_id); }
+
 absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& policy, Options options) {
   const auto start = Clock::now();
   sandbox::JailOptions jail_options;
   jail_options.serve = true;
   jail_options.init_path = options.init_path;
   jail_options.cgroups = options.cgroups;
-  jail_options.name = absl::StrCat("session-", options.id);
+  jail_options.name = SessionCgroupName(options.id);
   jail_options.warnings = options.warnings;
   jail_options.pids_poll_interval = std::chrono::milliseconds(250);
   if (options.launcher == nullptr) return absl::InternalError("session: no jail launcher");
   ASSIGN_OR_RETURN(std::unique_ptr<sandbox::Jail> jail, options.launcher->Start(policy, jail_options));
   auto init = std::make_unique<sandbox::InitClient>(jail->TakeControlFd());
+  if (options.kind == pb::DESKTOP) {
+    absl::StatusOr<sandbox::DesktopInfo> display =
+        init->DesktopStart(options.desktop.width(), options.desktop.height(), options.desktop.window_manager());
+    if (!display.ok()) return Annotate(display.status(), "starting the desktop");
+    options.display_width = display->width;
+    options.display_height = display->height;
+  }
   std::shared_ptr<Session> session(new Session(std::move(options), std::move(jail), std::move(init)));
 
   pb::Event started;
@@ -301,6 +310,16 @@ absl::StatusOr<uint64_t> Session::StartCall(const std::string& call_id, const pb
       if (!exec.stdin().empty()) (void)init_->WriteStdin(*id, exec.stdin(), /*eof=*/!exec.stdin_open());
       return seq;
     }
+    case pb::ToolCall::kDesktop: {
+      absl::StatusOr<pb::ToolResult> result = RunDesktop(call_id, call.desktop());
+      FinishCall(call_id, result);
+      // The display died under the session (Xvfb killed from inside): the session cannot go on.
+      if (result.status().code() == absl::StatusCode::kUnavailable && init_->healthy() &&
+          options_.kind == pb::DESKTOP) {
+        End(pb::Outcome::FAILED, "display_lost", std::string(result.status().message()));
+      }
+      return seq;
+    }
     case pb::ToolCall::kWriteFile: {
       const pb::WriteFile& w = call.write_file();
       absl::Status s = init_->WriteFile(w.path(), w.data(), 0, /*truncate=*/true, w.mode() != 0 ? w.mode() : 0644);
@@ -449,6 +468,157 @@ absl::Status Session::ControlExec(const std::string& call_id, const ExecControl&
   if (control.rows > 0 && control.cols > 0) RETURN_IF_ERROR(init_->Resize(id, control.rows, control.cols));
   if (control.signal > 0) RETURN_IF_ERROR(init_->Signal(id, control.signal));
   return absl::OkStatus();
+}
+
+namespace {
+
+// Maps (x, y) in the caller's space (`space`, or the display when unset) onto display pixels: pixel centers
+// map onto pixel centers, so a click at a screenshot pixel lands on the display pixel it shows.
+absl::StatusOr<std::pair<int, int>> ToDisplay(const pb::CoordinateSpace& space, uint32_t dw, uint32_t dh, int64_t x,
+                                              int64_t y, std::string_view field) {
+  const uint32_t sw = space.width() == 0 ? dw : space.width();
+  const uint32_t sh = space.height() == 0 ? dh : space.height();
+  if ((space.width() == 0) != (space.height() == 0)) {
+    return absl::InvalidArgumentError("desktop.space: give both width and height, or neither");
+  }
+  if (x < 0 || y < 0 || x >= sw || y >= sh) {
+    return absl::InvalidArgumentError(absl::StrCat("desktop.", ToAbsl(field), ": (", x, ", ", y,
+                                                   ") is outside the ", sw, "x", sh, " coordinate space"));
+  }
+  const int dx = static_cast<int>(std::min<int64_t>(dw - 1, ((2 * x + 1) * dw) / (2 * int64_t{sw})));
+  const int dy = static_cast<int>(std::min<int64_t>(dh - 1, ((2 * y + 1) * dh) / (2 * int64_t{sh})));
+  return std::make_pair(dx, dy);
+}
+
+}  // namespace
+
+absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, const pb::DesktopAction& action) {
+  if (options_.kind != pb::DESKTOP) {
+    return absl::FailedPreconditionError("desktop: this is not a desktop session (create it with kind DESKTOP)");
+  }
+  const uint32_t dw = options_.display_width, dh = options_.display_height;
+  const pb::CoordinateSpace& space = action.space();
+  pb::ToolResult result;
+  sandbox::DesktopInputSpec in;
+  switch (action.action_case()) {
+    case pb::DesktopAction::kScreenshot: {
+      const uint32_t target = action.screenshot().target_width();
+      if (target > 7680) return absl::InvalidArgumentError("desktop.screenshot.target_width: at most 7680");
+      ASSIGN_OR_RETURN(sandbox::Screenshot shot, init_->TakeScreenshot(target));
+      const std::string path = absl::StrCat("screenshots/", screenshots_.fetch_add(1) + 1, ".png");
+      for (size_t offset = 0; offset < shot.png.size() || offset == 0;) {
+        const size_t n = std::min<size_t>(shot.png.size() - offset, sandbox::InitClient::kMaxChunkBytes);
+        pb::Event event;
+        pb::FileChunk* chunk = event.mutable_file();
+        chunk->set_path(path);
+        chunk->set_call_id(call_id);
+        chunk->set_offset(offset);
+        chunk->set_data(shot.png.substr(offset, n));
+        offset += n;
+        if (offset >= shot.png.size()) {
+          chunk->set_last(true);
+          chunk->set_sha256(shot.sha256);
+        }
+        events_.Append(std::move(event));
+        if (offset >= shot.png.size()) break;
+      }
+      pb::DesktopResult* d = result.mutable_desktop();
+      d->set_image_path(path);
+      d->set_sha256(shot.sha256);
+      d->set_image_bytes(shot.png.size());
+      d->set_image_width(shot.width);
+      d->set_image_height(shot.height);
+      d->set_display_width(shot.display_width);
+      d->set_display_height(shot.display_height);
+      d->set_scale(shot.display_width == 0 ? 0 : static_cast<double>(shot.width) / shot.display_width);
+      return result;
+    }
+    case pb::DesktopAction::kCursorPosition: {
+      ASSIGN_OR_RETURN(auto pos, init_->PointerPosition());
+      const uint32_t sw = space.width() == 0 ? dw : space.width();
+      const uint32_t sh = space.height() == 0 ? dh : space.height();
+      pb::DesktopResult* d = result.mutable_desktop();
+      d->set_display_width(dw);
+      d->set_display_height(dh);
+      d->set_x(static_cast<int>(((2 * int64_t{pos.first} + 1) * sw) / (2 * int64_t{dw})));
+      d->set_y(static_cast<int>(((2 * int64_t{pos.second} + 1) * sh) / (2 * int64_t{dh})));
+      return result;
+    }
+    case pb::DesktopAction::kWait: {
+      const uint32_t ms = action.wait().ms();
+      if (ms > 60000) return absl::InvalidArgumentError("desktop.wait.ms: at most 60000");
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+      result.set_done(true);
+      return result;
+    }
+    case pb::DesktopAction::kMouseMove: {
+      in.kind = sandbox::DesktopInputSpec::Kind::kMove;
+      ASSIGN_OR_RETURN(auto p, ToDisplay(space, dw, dh, action.mouse_move().x(), action.mouse_move().y(), "mouse_move"));
+      in.x = p.first;
+      in.y = p.second;
+      break;
+    }
+    case pb::DesktopAction::kClick: {
+      const pb::DesktopAction::Click& c = action.click();
+      in.kind = sandbox::DesktopInputSpec::Kind::kClick;
+      in.button = c.button() == pb::DesktopAction::RIGHT ? 3 : c.button() == pb::DesktopAction::MIDDLE ? 2 : 1;
+      in.count = c.count() == 0 ? 1 : static_cast<int>(c.count());
+      if (in.count > 3) return absl::InvalidArgumentError("desktop.click.count: at most 3 (triple click)");
+      if (c.has_x() != c.has_y()) return absl::InvalidArgumentError("desktop.click: give both x and y, or neither");
+      if (c.has_x()) {
+        ASSIGN_OR_RETURN(auto p, ToDisplay(space, dw, dh, c.x(), c.y(), "click"));
+        in.has_point = true;
+        in.x = p.first;
+        in.y = p.second;
+      }
+      break;
+    }
+    case pb::DesktopAction::kLeftClickDrag: {
+      const pb::DesktopAction::Drag& g = action.left_click_drag();
+      in.kind = sandbox::DesktopInputSpec::Kind::kDrag;
+      ASSIGN_OR_RETURN(auto from, ToDisplay(space, dw, dh, g.from_x(), g.from_y(), "left_click_drag.from"));
+      ASSIGN_OR_RETURN(auto to, ToDisplay(space, dw, dh, g.to_x(), g.to_y(), "left_click_drag.to"));
+      in.x = from.first;
+      in.y = from.second;
+      in.x2 = to.first;
+      in.y2 = to.second;
+      break;
+    }
+    case pb::DesktopAction::kScroll: {
+      const pb::DesktopAction::Scroll& sc = action.scroll();
+      in.kind = sandbox::DesktopInputSpec::Kind::kScroll;
+      in.direction = static_cast<int>(sc.direction());
+      in.amount = sc.amount() == 0 ? 1 : static_cast<int>(sc.amount());
+      if (in.amount > 100) return absl::InvalidArgumentError("desktop.scroll.amount: at most 100");
+      if (sc.has_x() != sc.has_y()) return absl::InvalidArgumentError("desktop.scroll: give both x and y, or neither");
+      if (sc.has_x()) {
+        ASSIGN_OR_RETURN(auto p, ToDisplay(space, dw, dh, sc.x(), sc.y(), "scroll"));
+        in.has_point = true;
+        in.x = p.first;
+        in.y = p.second;
+      }
+      break;
+    }
+    case pb::DesktopAction::kKey:
+      in.kind = sandbox::DesktopInputSpec::Kind::kKey;
+      in.text = action.key().chord();
+      if (in.text.empty() || in.text.size() > 256) {
+        return absl::InvalidArgumentError("desktop.key.chord: 1 to 256 bytes, e.g. \"ctrl+shift+t\"");
+      }
+      break;
+    case pb::DesktopAction::kType:
+      in.kind = sandbox::DesktopInputSpec::Kind::kType;
+      in.text = action.type().text();
+      if (in.text.size() > 65536) return absl::InvalidArgumentError("desktop.type.text: at most 64 KiB");
+      break;
+    case pb::DesktopAction::ACTION_NOT_SET:
+      return absl::InvalidArgumentError(
+          "desktop: no action given (screenshot, mouse_move, click, left_click_drag, scroll, key, type, "
+          "cursor_position, wait)");
+  }
+  RETURN_IF_ERROR(init_->DesktopInput(in));
+  result.set_done(true);
+  return result;
 }
 
 }  // namespace sbx::agent

@@ -29,6 +29,9 @@
 
 namespace sbx::agent {
 
+// The name of a session's jail and cgroup: "session-<id>".
+std::string SessionCgroupName(const std::string& session_id);
+
 class Session {
  public:
   struct Options {
@@ -44,6 +47,9 @@ class Session {
     Metrics* metrics = nullptr;        // not owned; may be null
     sandbox::JailLauncher* launcher = nullptr;  // not owned; clones the jail from a long-lived thread
     uint64_t max_output_bytes = 64ull << 20;     // one command's output budget (policy output_max_bytes)
+    duvo::sandbox::v1::DesktopOptions desktop;   // kind DESKTOP: the display to start
+    // Set by Start for a desktop session: the display's size.
+    uint32_t display_width = 0, display_height = 0;
   };
 
   // Builds the jail and connects to its sandbox-init. The session_started event is seq 1.
@@ -51,6 +57,9 @@ class Session {
   ~Session();
 
   const std::string& id() const { return options_.id; }
+  duvo::sandbox::v1::SessionKind kind() const { return options_.kind; }
+  // A desktop session created with desktop.vnc.
+  bool vnc_allowed() const { return options_.kind == duvo::sandbox::v1::DESKTOP && options_.desktop.vnc(); }
   EventLog& events() { return events_; }
   duvo::sandbox::v1::Session Describe() const;
   bool ended() const { return ended_.load(); }
@@ -97,6 +106,11 @@ class Session {
   Session(Options options, std::unique_ptr<sandbox::Jail> jail, std::unique_ptr<sandbox::InitClient> init);
   void WatchJail();  // runs on watcher_: waits for the jail's end and writes the outcome
   void FinishCall(const std::string& call_id, const absl::StatusOr<duvo::sandbox::v1::ToolResult>& result);
+  // A desktop action: maps the caller's coordinate space onto the display, has sandbox-init carry it out,
+  // and for a screenshot appends the image as file events.
+  absl::StatusOr<duvo::sandbox::v1::ToolResult> RunDesktop(const std::string& call_id,
+                                                           const duvo::sandbox::v1::DesktopAction& action);
+  std::atomic<uint64_t> screenshots_{0};
 
   const Options options_;
   const std::chrono::steady_clock::time_point created_;

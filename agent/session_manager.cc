@@ -140,6 +140,17 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
   so.metrics = options_.metrics;
   so.launcher = &launcher_;
   so.max_output_bytes = policy.limits().output_max_bytes;
+  if (kind == pb::DESKTOP) {
+    const pb::DesktopOptions& d = request.desktop();
+    if ((d.width() != 0 && (d.width() < 64 || d.width() > 7680)) ||
+        (d.height() != 0 && (d.height() < 64 || d.height() > 4320))) {
+      return absl::InvalidArgumentError(absl::StrCat("desktop: ", d.width(), "x", d.height(),
+                                                     " is not a display size (64..7680 x 64..4320)"));
+    }
+    so.desktop = d;
+  } else if (request.has_desktop()) {
+    return absl::InvalidArgumentError("desktop: display options are for kind DESKTOP sessions");
+  }
   ASSIGN_OR_RETURN(std::shared_ptr<Session> session, Session::Start(policy, std::move(so)));
   pb::Session described = session->Describe();
   std::lock_guard lock(mu_);

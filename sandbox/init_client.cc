@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "sandbox/init/frame.h"
 #include "sandbox/init/init_protocol.pb.h"
+#include "sandbox/init/sha256.h"
 #include "sandbox/status.h"
 
 namespace sbx::sandbox {
@@ -43,6 +44,7 @@ absl::Status StatusFromProto(const pb::Error& error) {
     case pb::CODE_RESOURCE_EXHAUSTED:
     case pb::CODE_FAILED_PRECONDITION:
     case pb::CODE_INTERNAL:
+    case pb::CODE_UNAVAILABLE:
       // NOTE: the proto's numbers are absl::StatusCode's.
       code = static_cast<absl::StatusCode>(error.code());
       break;
@@ -96,6 +98,12 @@ const char* KindName(pb::Response::KindCase kind) {
       return "file_info";
     case pb::Response::kFileList:
       return "file_list";
+    case pb::Response::kDesktopInfo:
+      return "desktop_info";
+    case pb::Response::kScreenshotInfo:
+      return "screenshot_info";
+    case pb::Response::kPointerPosition:
+      return "pointer_position";
     case pb::Response::KIND_NOT_SET:
       break;
   }
@@ -402,6 +410,7 @@ absl::StatusOr<uint64_t> InitClient::StartExec(const ExecSpec& spec, OutputFn on
   start->set_cols(spec.cols);
   start->set_timeout_ms(spec.timeout_ms);
   start->set_stdin_open(spec.stdin_open);
+  start->set_socket_stdio(spec.socket_stdio);
 
   auto call = std::make_shared<State::PendingCall>();
   call->exec = true;
@@ -529,6 +538,84 @@ absl::Status InitClient::Remove(std::string_view path, bool recursive) {
   request.mutable_remove()->set_path(std::string(path));
   request.mutable_remove()->set_recursive(recursive);
   return state_->Call(std::move(request), pb::Response::kOk, "remove").status();
+}
+
+absl::StatusOr<DesktopInfo> InitClient::DesktopStart(uint32_t width, uint32_t height, bool window_manager) {
+  pb::Request request;
+  pb::DesktopStart* d = request.mutable_desktop_start();
+  d->set_width(width);
+  d->set_height(height);
+  d->set_window_manager(window_manager);
+  ASSIGN_OR_RETURN(pb::Response answer,
+                   state_->Call(std::move(request), pb::Response::kDesktopInfo, "desktop_start"));
+  DesktopInfo info;
+  info.width = answer.desktop_info().width();
+  info.height = answer.desktop_info().height();
+  info.display = answer.desktop_info().display();
+  if (info.display.size() > 64) return absl::InternalError("desktop_start: sandbox-init named an absurd display");
+  return info;
+}
+
+absl::Status InitClient::DesktopInput(const DesktopInputSpec& input) {
+  pb::Request request;
+  pb::DesktopInput* d = request.mutable_desktop_input();
+  d->set_kind(static_cast<pb::DesktopInput::Kind>(static_cast<int>(input.kind)));
+  d->set_x(input.x);
+  d->set_y(input.y);
+  d->set_x2(input.x2);
+  d->set_y2(input.y2);
+  d->set_has_point(input.has_point);
+  d->set_button(input.button);
+  d->set_count(input.count);
+  d->set_direction(input.direction);
+  d->set_amount(input.amount);
+  d->set_text(input.text);
+  return state_->Call(std::move(request), pb::Response::kOk, "desktop_input").status();
+}
+
+absl::StatusOr<std::pair<int, int>> InitClient::PointerPosition() {
+  pb::Request request;
+  request.mutable_desktop_input()->set_kind(pb::DesktopInput::KIND_CURSOR);
+  ASSIGN_OR_RETURN(pb::Response answer,
+                   state_->Call(std::move(request), pb::Response::kPointerPosition, "cursor_position"));
+  return std::make_pair(answer.pointer_position().x(), answer.pointer_position().y());
+}
+
+absl::StatusOr<Screenshot> InitClient::TakeScreenshot(uint32_t target_width) {
+  // A PNG of an 8K display is at most ~100 MiB raw; refuse anything larger than that from init.
+  constexpr uint64_t kMaxImageBytes = 128ull << 20;
+  pb::Request request;
+  request.mutable_desktop_input()->set_kind(pb::DesktopInput::KIND_SCREENSHOT);
+  request.mutable_desktop_input()->set_target_width(target_width);
+  ASSIGN_OR_RETURN(pb::Response answer,
+                   state_->Call(std::move(request), pb::Response::kScreenshotInfo, "screenshot"));
+  pb::ScreenshotInfo* info = answer.mutable_screenshot_info();
+  if (info->size() > kMaxImageBytes || info->data().size() > info->size()) {
+    return absl::InternalError(absl::StrCat("screenshot: sandbox-init announced ", info->size(), " bytes"));
+  }
+  Screenshot shot;
+  shot.width = info->width();
+  shot.height = info->height();
+  shot.display_width = info->display_width();
+  shot.display_height = info->display_height();
+  shot.sha256 = info->sha256();
+  shot.png = std::move(*info->mutable_data());
+  shot.png.reserve(info->size());
+  while (shot.png.size() < info->size()) {
+    pb::Request fetch;
+    fetch.mutable_desktop_fetch()->set_image_id(info->image_id());
+    fetch.mutable_desktop_fetch()->set_offset(shot.png.size());
+    ASSIGN_OR_RETURN(pb::Response part, state_->Call(std::move(fetch), pb::Response::kFileData, "screenshot"));
+    const std::string& data = part.file_data().data();
+    if (data.empty() || shot.png.size() + data.size() > info->size()) {
+      return absl::InternalError("screenshot: sandbox-init sent a chunk that does not fit the image");
+    }
+    shot.png += data;
+  }
+  if (Sha256Hex(shot.png) != shot.sha256) {
+    return absl::DataLossError("screenshot: the image's sha256 does not match what sandbox-init computed");
+  }
+  return shot;
 }
 
 }  // namespace sbx::sandbox

@@ -27,6 +27,7 @@ struct ExecSpec {
   uint32_t cols = 80;
   uint64_t timeout_ms = 0;  // 0 = none; on expiry the command's process group is SIGKILLed
   bool stdin_open = false;  // keep stdin open for WriteStdin; otherwise it reads EOF at once (/dev/null-like)
+  bool socket_stdio = false;  // stdin and stdout one stream socket (with stdin_open), e.g. for x11vnc -inetd
 };
 
 struct ExecEnd {
@@ -37,6 +38,32 @@ struct ExecEnd {
 };
 
 enum class OutputStream { kStdout = 1, kStderr = 2 };
+
+// Desktop sessions (sandbox-init drives Xvfb; see sandbox/init/desktop.h).
+struct DesktopInfo {
+  uint32_t width = 0, height = 0;
+  std::string display;  // ":1"
+};
+
+// One input action, in display pixels.
+struct DesktopInputSpec {
+  enum class Kind { kMove = 1, kClick = 2, kDrag = 3, kScroll = 4, kKey = 5, kType = 6 };
+  Kind kind = Kind::kMove;
+  int x = 0, y = 0, x2 = 0, y2 = 0;
+  bool has_point = false;
+  int button = 1;     // 1 left, 2 middle, 3 right
+  int count = 1;      // clicks
+  int direction = 0;  // scroll: 0 up, 1 down, 2 left, 3 right
+  int amount = 1;
+  std::string text;   // key chord or text
+};
+
+struct Screenshot {
+  std::string png;
+  std::string sha256;  // lowercase hex, computed inside the jail and checked here
+  uint32_t width = 0, height = 0;
+  uint32_t display_width = 0, display_height = 0;
+};
 
 struct FileInfo {
   enum class Type { kFile, kDirectory, kSymlink, kOther };
@@ -98,6 +125,14 @@ class InitClient {
   absl::StatusOr<FileInfo> Stat(std::string_view path);
   absl::Status Mkdir(std::string_view path, bool parents);
   absl::Status Remove(std::string_view path, bool recursive);
+
+  // Desktop: starts Xvfb (and the window manager) inside the jail. The display's own errors are
+  // Unavailable ("the display is gone") once Xvfb has exited.
+  absl::StatusOr<DesktopInfo> DesktopStart(uint32_t width, uint32_t height, bool window_manager);
+  absl::Status DesktopInput(const DesktopInputSpec& input);
+  absl::StatusOr<std::pair<int, int>> PointerPosition();
+  // A PNG of the display, scaled down to target_width (0: native); fetched in chunks, sha256 checked.
+  absl::StatusOr<Screenshot> TakeScreenshot(uint32_t target_width);
 
   // False once the connection failed (init died, or sent a malformed, oversized or truncated frame); every
   // pending and later call then fails with Unavailable naming the cause.

@@ -27,6 +27,7 @@ extern const char kDefaultFilePolicy[];
 // The same policy encoded by protoc at build time: parsing it needs no descriptor pool (~0.5 ms less).
 extern const unsigned char kDefaultFilePolicyBinary[];
 extern const unsigned long kDefaultFilePolicyBinarySize;
+extern const char kDefaultDesktopPolicy[];
 }  // namespace sbx::sandbox::internal
 
 namespace sbx::sandbox {
@@ -393,6 +394,10 @@ absl::StatusOr<Policy> DefaultFilePolicy() {
     return new absl::StatusOr<Policy>(std::move(policy));
   }();
   return *kPolicy;
+}
+
+absl::StatusOr<Policy> DefaultDesktopPolicy() {
+  return ParsePolicyText(internal::kDefaultDesktopPolicy, "policies/desktop.textproto (built in)");
 }
 
 }  // namespace sbx::sandbox

@@ -25,6 +25,8 @@ absl::StatusOr<Policy> PolicyFromProto(const duvo::sandbox::v1::SandboxPolicy& p
 
 // The built-in default policy for file sessions (policies/file.textproto, compiled in).
 absl::StatusOr<Policy> DefaultFilePolicy();
+// The built-in policies/desktop.textproto (parsed from its text on each call).
+absl::StatusOr<Policy> DefaultDesktopPolicy();
 
 }  // namespace sbx::sandbox
 

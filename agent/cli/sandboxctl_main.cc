@@ -1,16 +1,20 @@
 // sandboxctl: the command-line client of the agent's Sandboxes API.
 //
 //   sandboxctl [--addr ADDR] [--output text|json] [--token-file FILE] COMMAND ...
-//   create | get | list | exec | run | cp | ls | events | cancel | delete
+//   create | get | list | exec | run | cp | ls | events | cancel | delete | desktop
 //
 // Errors print the gRPC code, the message and the request id. `exec` and `run` exit with the command's
 // status (128+N for signal N, 124 when its timeout hit, 127/126 when it could not be executed).
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -124,6 +128,9 @@ struct CreateFlags {
   std::string idempotency_key;
   uint64_t memory_limit = 0;
   uint32_t pids_limit = 0;
+  std::string display;  // desktop: WIDTHxHEIGHT
+  bool window_manager = false;
+  bool vnc = false;
 };
 
 bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
@@ -148,7 +155,140 @@ bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
   req->set_idempotency_key(f.idempotency_key);
   if (f.memory_limit) req->mutable_policy()->mutable_limits()->set_memory_max_bytes(f.memory_limit);
   if (f.pids_limit) req->mutable_policy()->mutable_limits()->set_pids_max(f.pids_limit);
+  if (!f.display.empty() || f.window_manager || f.vnc) {
+    if (kind != pb::DESKTOP) {
+      fprintf(stderr, "sandboxctl: --display, --window-manager and --vnc are for --kind desktop\n");
+      return false;
+    }
+    unsigned w = 0, h = 0;
+    char tail = 0;
+    if (!f.display.empty() && sscanf(f.display.c_str(), "%ux%u%c", &w, &h, &tail) != 2) {
+      fprintf(stderr, "sandboxctl: --display '%s': expected WIDTHxHEIGHT, e.g. 1024x768\n", f.display.c_str());
+      return false;
+    }
+    req->mutable_desktop()->set_width(w);
+    req->mutable_desktop()->set_height(h);
+    req->mutable_desktop()->set_window_manager(f.window_manager);
+    req->mutable_desktop()->set_vnc(f.vnc);
+  }
   return true;
+}
+
+// Serves the session's live view on a local TCP address for a VNC viewer: each connection is relayed over
+// the Vnc RPC. Prints "listening on HOST:PORT" once ready. Runs until interrupted.
+int ServeVnc(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session_id, const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  if (colon == std::string::npos || inet_pton(AF_INET, listen.substr(0, colon).c_str(), &addr.sin_addr) != 1) {
+    fprintf(stderr, "sandboxctl: --listen '%s': expected IPV4:PORT, e.g. 127.0.0.1:5901\n", listen.c_str());
+    return 2;
+  }
+  addr.sin_port = htons(static_cast<uint16_t>(atoi(listen.c_str() + colon + 1)));
+  const int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(lfd, 4) != 0) {
+    fprintf(stderr, "sandboxctl: cannot listen on %s: %s\n", listen.c_str(), strerror(errno));
+    return 1;
+  }
+  socklen_t len = sizeof(addr);
+  getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
+  printf("listening on %s:%d\n", listen.substr(0, colon).c_str(), ntohs(addr.sin_port));
+  fflush(stdout);
+  for (;;) {
+    const int cfd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (cfd < 0) {
+      if (errno == EINTR) continue;
+      return 1;
+    }
+    auto ctx = Context(g);
+    auto stream = stub.Vnc(ctx.get());
+    pb::VncData first;
+    first.set_session_id(session_id);
+    stream->Write(first);
+    std::thread up([&] {
+      char buf[65536];
+      for (;;) {
+        const ssize_t n = read(cfd, buf, sizeof(buf));
+        if (n <= 0) break;
+        pb::VncData d;
+        d.set_data(buf, static_cast<size_t>(n));
+        if (!stream->Write(d)) break;
+      }
+      stream->WritesDone();
+    });
+    pb::VncData down;
+    while (stream->Read(&down)) {
+      const std::string& data = down.data();
+      size_t done = 0;
+      while (done < data.size()) {
+        const ssize_t n = write(cfd, data.data() + done, data.size() - done);
+        if (n <= 0) break;
+        done += static_cast<size_t>(n);
+      }
+      if (done < data.size()) break;
+    }
+    shutdown(cfd, SHUT_RDWR);
+    ctx->TryCancel();
+    up.join();
+    grpc::Status status = stream->Finish();
+    close(cfd);
+    if (!status.ok() && status.error_code() != grpc::CANCELLED) return RpcError(status, *ctx);
+  }
+}
+
+// One desktop action: prints its result; a screenshot's image goes to `out_file`.
+int DesktopCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session_id,
+                const pb::DesktopAction& action, const std::string& out_file) {
+  auto ctx = Context(g);
+  auto stream = stub.Call(ctx.get());
+  pb::CallRequest req;
+  req.set_session_id(session_id);
+  *req.mutable_call()->mutable_desktop() = action;
+  stream->Write(req);
+  stream->WritesDone();
+  pb::Event event;
+  std::string image;
+  int rc = 0;
+  while (stream->Read(&event)) {
+    if (event.has_file()) {
+      image += event.file().data();
+      continue;
+    }
+    if (!event.has_tool_call_finished()) continue;
+    const pb::ToolCallFinished& f = event.tool_call_finished();
+    if (f.has_error()) {
+      fprintf(stderr, "sandboxctl: %s: %s\n", CodeName(static_cast<grpc::StatusCode>(f.error().code())),
+              f.error().message().c_str());
+      rc = 1;
+      continue;
+    }
+    const pb::DesktopResult& d = f.result().desktop();
+    if (action.has_screenshot()) {
+      if (sbx::Sha256Hex(image) != d.sha256()) {
+        fprintf(stderr, "sandboxctl: screenshot: the image's sha256 does not match\n");
+        rc = 1;
+        continue;
+      }
+      std::ofstream out(out_file, std::ios::binary | std::ios::trunc);
+      out.write(image.data(), static_cast<std::streamsize>(image.size()));
+      if (!out) {
+        fprintf(stderr, "sandboxctl: cannot write %s\n", out_file.c_str());
+        rc = 1;
+        continue;
+      }
+      char text[256];
+      snprintf(text, sizeof(text), "%s: %ux%u (display %ux%u, scale %.4f)", out_file.c_str(), d.image_width(),
+               d.image_height(), d.display_width(), d.display_height(), d.scale());
+      Print(g, d, text);
+    } else if (action.has_cursor_position()) {
+      Print(g, d, std::to_string(d.x()) + " " + std::to_string(d.y()));
+    }
+  }
+  grpc::Status status = stream->Finish();
+  if (!status.ok()) return RpcError(status, *ctx);
+  return rc;
 }
 
 // Puts the local terminal in raw mode for -t and restores it on destruction.
@@ -278,6 +418,9 @@ int main(int argc, char** argv) {
     c->add_option("--idempotency-key", cf.idempotency_key, "Same key + same request = same session");
     c->add_option("--memory-limit", cf.memory_limit, "Bytes (narrows the host policy)");
     c->add_option("--pids-limit", cf.pids_limit, "Processes (narrows the host policy)");
+    c->add_option("--display", cf.display, "Desktop: WIDTHxHEIGHT (default 1280x800)");
+    c->add_flag("--window-manager", cf.window_manager, "Desktop: run a window manager");
+    c->add_flag("--vnc", cf.vnc, "Desktop: allow a live view over VNC");
   };
   CLI::App* create = app.add_subcommand("create", "Create a session; prints its id");
   add_create_flags(create);
@@ -323,6 +466,48 @@ int main(int argc, char** argv) {
   events->add_option("--after", after, "Start after this seq");
   events->add_flag("--follow,-f", follow, "Keep streaming until the session ends");
 
+  // desktop SESSION screenshot -o FILE | click X Y | type TEXT | key CHORD | move X Y | scroll DIR N | ...
+  CLI::App* desktop = app.add_subcommand("desktop", "Computer-use actions in a desktop session");
+  desktop->require_subcommand(1);
+  desktop->add_option("session", session_id)->required();
+  pb::DesktopAction action;
+  std::string shot_file, button = "left", direction, space;
+  int x = 0, y = 0, x2 = 0, y2 = 0, count = 1, amount = 1;
+  uint32_t target_width = 0;
+  std::vector<int> at;
+  std::string text;
+  CLI::App* d_shot = desktop->add_subcommand("screenshot", "Save a PNG of the display");
+  d_shot->add_option("-o,--file", shot_file, "Where to write the PNG")->required();
+  d_shot->add_option("--width", target_width, "Scale down to this width");
+  CLI::App* d_click = desktop->add_subcommand("click", "Click at X Y (in --space, default display pixels)");
+  d_click->add_option("x", x)->required();
+  d_click->add_option("y", y)->required();
+  d_click->add_option("--button", button, "left, right or middle")->check(CLI::IsMember({"left", "right", "middle"}));
+  d_click->add_option("--count", count, "2: double click, 3: triple click")->check(CLI::Range(1, 3));
+  CLI::App* d_move = desktop->add_subcommand("move", "Move the pointer to X Y");
+  d_move->add_option("x", x)->required();
+  d_move->add_option("y", y)->required();
+  CLI::App* d_drag = desktop->add_subcommand("drag", "Left-button drag from X1 Y1 to X2 Y2");
+  d_drag->add_option("x1", x)->required();
+  d_drag->add_option("y1", y)->required();
+  d_drag->add_option("x2", x2)->required();
+  d_drag->add_option("y2", y2)->required();
+  CLI::App* d_scroll = desktop->add_subcommand("scroll", "Scroll: scroll DIR N [--at X Y]");
+  d_scroll->add_option("direction", direction)->required()->check(CLI::IsMember({"up", "down", "left", "right"}));
+  d_scroll->add_option("amount", amount)->check(CLI::Range(1, 100));
+  d_scroll->add_option("--at", at, "X Y")->expected(2);
+  CLI::App* d_type = desktop->add_subcommand("type", "Type TEXT (any Unicode)");
+  d_type->add_option("text", text)->required();
+  CLI::App* d_key = desktop->add_subcommand("key", "Press a chord: ctrl+shift+t, Return, alt+F4");
+  d_key->add_option("chord", text)->required();
+  CLI::App* d_cursor = desktop->add_subcommand("cursor", "Print the pointer's position");
+  std::string vnc_listen = "127.0.0.1:5901";
+  CLI::App* d_vnc = desktop->add_subcommand("vnc", "Serve the live view (VNC) on a local TCP port");
+  d_vnc->add_option("--listen", vnc_listen, "IPV4:PORT (port 0 picks one)")->capture_default_str();
+  for (CLI::App* sub : {d_click, d_move, d_drag, d_scroll, d_cursor}) {
+    sub->add_option("--space", space, "WIDTHxHEIGHT of the screenshot the coordinates refer to");
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -354,6 +539,54 @@ int main(int argc, char** argv) {
     return rc;
   }
   if (*exec) return Exec(stub, g, session_id, command, interactive, tty, static_cast<uint64_t>(timeout_s * 1000));
+  if (*desktop) {
+    if (*d_vnc) return ServeVnc(stub, g, session_id, vnc_listen);
+    if (!space.empty()) {
+      unsigned w = 0, h = 0;
+      char tail = 0;
+      if (sscanf(space.c_str(), "%ux%u%c", &w, &h, &tail) != 2) {
+        fprintf(stderr, "sandboxctl: --space '%s': expected WIDTHxHEIGHT\n", space.c_str());
+        return 2;
+      }
+      action.mutable_space()->set_width(w);
+      action.mutable_space()->set_height(h);
+    }
+    if (*d_shot) action.mutable_screenshot()->set_target_width(target_width);
+    if (*d_move) {
+      action.mutable_mouse_move()->set_x(x);
+      action.mutable_mouse_move()->set_y(y);
+    }
+    if (*d_click) {
+      pb::DesktopAction::Click* c = action.mutable_click();
+      c->set_button(button == "right" ? pb::DesktopAction::RIGHT
+                                      : button == "middle" ? pb::DesktopAction::MIDDLE : pb::DesktopAction::LEFT);
+      c->set_count(static_cast<uint32_t>(count));
+      c->set_x(x);
+      c->set_y(y);
+    }
+    if (*d_drag) {
+      pb::DesktopAction::Drag* dr = action.mutable_left_click_drag();
+      dr->set_from_x(x);
+      dr->set_from_y(y);
+      dr->set_to_x(x2);
+      dr->set_to_y(y2);
+    }
+    if (*d_scroll) {
+      pb::DesktopAction::Scroll* sc = action.mutable_scroll();
+      sc->set_direction(direction == "up" ? pb::DesktopAction::UP
+                        : direction == "down" ? pb::DesktopAction::DOWN
+                        : direction == "left" ? pb::DesktopAction::LEFT_SCROLL : pb::DesktopAction::RIGHT_SCROLL);
+      sc->set_amount(static_cast<uint32_t>(amount));
+      if (at.size() == 2) {
+        sc->set_x(at[0]);
+        sc->set_y(at[1]);
+      }
+    }
+    if (*d_type) action.mutable_type()->set_text(text);
+    if (*d_key) action.mutable_key()->set_chord(text);
+    if (*d_cursor) action.mutable_cursor_position();
+    return DesktopCall(stub, g, session_id, action, shot_file);
+  }
   if (*get) {
     auto ctx = Context(g);
     pb::GetRequest req;

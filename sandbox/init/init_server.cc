@@ -30,6 +30,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sandbox/init/desktop.h"
 #include "sandbox/init/frame.h"
 #include "sandbox/init/init_protocol.pb.h"
 #include "sandbox/init/sha256.h"
@@ -623,6 +624,12 @@ class Server {
   // Ends serving: every command is killed, and the loop stops.
   void Stop(const std::string& why, int status);
 
+  // Desktop sessions.
+  void DesktopStartOp(const pb::DesktopStart& q, pb::Response* r);
+  void DesktopInputOp(const pb::DesktopInput& q, pb::Response* r);
+  void DesktopFetchOp(const pb::DesktopFetch& q, pb::Response* r);
+  bool DesktopReady(pb::Response* r);
+
   // Signals and children.
   void OnSignals();
   void ReapChildren();
@@ -657,6 +664,9 @@ class Server {
   std::map<uint64_t, std::unique_ptr<Exec>> execs_;  // by call id
   std::map<uint64_t, uint64_t> serials_;             // serial -> call id
   std::map<pid_t, uint64_t> pids_;                   // unreaped command pid -> call id
+  std::unique_ptr<init::Desktop> desktop_;
+  std::string last_png_;          // the last screenshot, for DesktopFetch
+  uint64_t last_image_id_ = 0;
 };
 
 bool SetupFailed(const char* what) {
@@ -845,6 +855,15 @@ void Server::Handle(const pb::Request& q) {
       if (CheckPath("remove", rm.path(), &r) && ConfineToWorkspace("remove", rm.mutable_path(), &r)) RemoveOp(rm, &r);
       break;
     }
+    case pb::Request::kDesktopStart:
+      DesktopStartOp(q.desktop_start(), &r);
+      break;
+    case pb::Request::kDesktopInput:
+      DesktopInputOp(q.desktop_input(), &r);
+      break;
+    case pb::Request::kDesktopFetch:
+      DesktopFetchOp(q.desktop_fetch(), &r);
+      break;
     case pb::Request::KIND_NOT_SET:
       SetError(&r, pb::CODE_INVALID_ARGUMENT, "a request without a kind (is the agent newer than sandbox-init?)");
       break;
@@ -932,6 +951,7 @@ void Server::ReapChildren() {
     int status = 0;
     const pid_t pid = waitpid(-1, &status, WNOHANG);
     if (pid <= 0) break;
+    if (desktop_ && (pid == desktop_->xvfb_pid() || pid == desktop_->wm_pid())) desktop_->ChildExited(pid);
     const auto it = pids_.find(pid);
     if (it == pids_.end()) continue;  // an orphan re-parented to PID 1
     Exec* e = FindExec(it->second);
@@ -945,6 +965,108 @@ void Server::ReapChildren() {
 
 void Server::KillAll(int sig) {
   for (auto& [id, e] : execs_) kill(-e->pid, sig);
+}
+
+// ---- Desktop ----
+
+void Server::DesktopStartOp(const pb::DesktopStart& q, pb::Response* r) {
+  if (desktop_) return SetError(r, pb::CODE_FAILED_PRECONDITION, "the desktop is already started");
+  init::DesktopConfig config;
+  config.width = q.width() == 0 ? 1280 : q.width();
+  config.height = q.height() == 0 ? 800 : q.height();
+  config.window_manager = q.window_manager();
+  for (char** e = environ; *e != nullptr; ++e) config.env.emplace_back(*e);
+  std::string error;
+  desktop_ = init::Desktop::Start(config, &error);
+  if (!desktop_) return SetError(r, pb::CODE_FAILED_PRECONDITION, "desktop: " + error);
+  pb::DesktopInfo* info = r->mutable_desktop_info();
+  info->set_width(desktop_->width());
+  info->set_height(desktop_->height());
+  info->set_display(desktop_->display_name());
+}
+
+bool Server::DesktopReady(pb::Response* r) {
+  if (!desktop_) {
+    SetError(r, pb::CODE_FAILED_PRECONDITION, "not a desktop session (no display was started)");
+    return false;
+  }
+  if (!desktop_->alive()) {
+    SetError(r, pb::CODE_UNAVAILABLE, "the display is gone: Xvfb is no longer running");
+    return false;
+  }
+  return true;
+}
+
+void Server::DesktopInputOp(const pb::DesktopInput& q, pb::Response* r) {
+  if (!DesktopReady(r)) return;
+  init::Desktop& d = *desktop_;
+  std::string error;
+  bool ok = false;
+  const std::optional<init::Point> at =
+      q.has_point() ? std::optional<init::Point>(init::Point{q.x(), q.y()}) : std::nullopt;
+  switch (q.kind()) {
+    case pb::DesktopInput::KIND_MOVE:
+      ok = d.MouseMove(init::Point{q.x(), q.y()}, &error);
+      break;
+    case pb::DesktopInput::KIND_CLICK:
+      if (q.button() < 1 || q.button() > 3) return SetError(r, pb::CODE_INVALID_ARGUMENT, "click: button must be 1..3");
+      ok = d.Click(static_cast<init::Button>(q.button()), q.count(), at, &error);
+      break;
+    case pb::DesktopInput::KIND_DRAG:
+      ok = d.Drag(init::Point{q.x(), q.y()}, init::Point{q.x2(), q.y2()}, &error);
+      break;
+    case pb::DesktopInput::KIND_SCROLL:
+      if (q.direction() < 0 || q.direction() > 3) {
+        return SetError(r, pb::CODE_INVALID_ARGUMENT, "scroll: direction must be 0..3");
+      }
+      ok = d.Scroll(static_cast<init::ScrollDirection>(q.direction()), q.amount(), at, &error);
+      break;
+    case pb::DesktopInput::KIND_KEY:
+      ok = d.Key(q.text(), &error);
+      break;
+    case pb::DesktopInput::KIND_TYPE:
+      ok = d.Type(q.text(), &error);
+      break;
+    case pb::DesktopInput::KIND_CURSOR: {
+      init::Point p;
+      if (!d.CursorPosition(&p, &error)) break;
+      r->mutable_pointer_position()->set_x(p.x);
+      r->mutable_pointer_position()->set_y(p.y);
+      return;
+    }
+    case pb::DesktopInput::KIND_SCREENSHOT: {
+      init::DesktopImage image;
+      if (!d.Screenshot(q.target_width(), &image, &error)) break;
+      last_png_ = std::move(image.png);
+      ++last_image_id_;
+      pb::ScreenshotInfo* info = r->mutable_screenshot_info();
+      info->set_image_id(last_image_id_);
+      info->set_width(image.width);
+      info->set_height(image.height);
+      info->set_display_width(image.display_width);
+      info->set_display_height(image.display_height);
+      info->set_size(last_png_.size());
+      info->set_sha256(Sha256Hex(last_png_));
+      info->set_data(last_png_.substr(0, std::min<size_t>(last_png_.size(), kMaxChunkBytes)));
+      return;
+    }
+    default:
+      return SetError(r, pb::CODE_INVALID_ARGUMENT, "desktop: an input of an unknown kind");
+  }
+  if (!ok) {
+    // Once Xvfb is gone the driver's message says so ("the display :1 is gone: ...").
+    return SetError(r, d.alive() ? pb::CODE_INVALID_ARGUMENT : pb::CODE_UNAVAILABLE, error);
+  }
+  r->mutable_ok();
+}
+
+void Server::DesktopFetchOp(const pb::DesktopFetch& q, pb::Response* r) {
+  if (q.image_id() != last_image_id_ || last_image_id_ == 0) {
+    return SetError(r, pb::CODE_NOT_FOUND, "desktop_fetch: not the last screenshot");
+  }
+  if (q.offset() >= last_png_.size()) return SetError(r, pb::CODE_INVALID_ARGUMENT, "desktop_fetch: offset past the end");
+  r->mutable_file_data()->set_data(
+      last_png_.substr(q.offset(), std::min<size_t>(last_png_.size() - q.offset(), kMaxChunkBytes)));
 }
 
 // ---- Commands ----
@@ -1010,9 +1132,20 @@ void Server::StartExec(uint64_t call_id, const pb::ExecStart& q) {
     ws.ws_col = static_cast<unsigned short>(q.cols());
     if (ioctl(master.get(), TIOCSWINSZ, &ws) < 0) return fail_errno("TIOCSWINSZ", errno);
   } else {
-    if (pipe2(fds, O_CLOEXEC) < 0) return fail_errno("pipe2", errno);
-    out_read.Reset(fds[0]);
-    out_write.Reset(fds[1]);
+    if (q.socket_stdio()) {
+      if (!q.stdin_open()) return fail(pb::CODE_INVALID_ARGUMENT, "exec: socket_stdio needs stdin_open");
+      if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0) return fail_errno("socketpair", errno);
+      out_read.Reset(fds[0]);
+      out_write.Reset(fds[1]);
+      in_write.Reset(fcntl(out_read.get(), F_DUPFD_CLOEXEC, 3));
+      in_read.Reset(fcntl(out_write.get(), F_DUPFD_CLOEXEC, 3));
+      if (!in_write || !in_read) return fail_errno("dup", errno);
+    } else if (pipe2(fds, O_CLOEXEC) < 0) {
+      return fail_errno("pipe2", errno);
+    } else {
+      out_read.Reset(fds[0]);
+      out_write.Reset(fds[1]);
+    }
     // A 1 MiB stdout pipe (the unprivileged maximum) lets each read fill a whole 256 KiB chunk: 4x fewer
     // frames for bulk output. Best effort: a smaller pipe only costs speed.
     (void)fcntl(out_read.get(), F_SETPIPE_SZ, 1 << 20);
@@ -1021,10 +1154,12 @@ void Server::StartExec(uint64_t call_id, const pb::ExecStart& q) {
     err_write.Reset(fds[1]);
     // Without stdin_open, stdin is a pipe whose write end is closed at once: EOF on the first read, like
     // /dev/null, with no dependence on the jail's device nodes.
-    if (pipe2(fds, O_CLOEXEC) < 0) return fail_errno("pipe2", errno);
-    in_read.Reset(fds[0]);
-    in_write.Reset(fds[1]);
-    if (!q.stdin_open()) in_write.Reset();
+    if (!q.socket_stdio()) {
+      if (pipe2(fds, O_CLOEXEC) < 0) return fail_errno("pipe2", errno);
+      in_read.Reset(fds[0]);
+      in_write.Reset(fds[1]);
+      if (!q.stdin_open()) in_write.Reset();
+    }
   }
 
   ChildArgs args;
@@ -1238,7 +1373,10 @@ void Server::FlushStdin(Exec& e) {
       chunk.written += static_cast<size_t>(n);
       continue;
     }
-    if (chunk.eof && !e.pty) Close(e.in);
+    if (chunk.eof && !e.pty) {
+      shutdown(e.in.fd.get(), SHUT_WR);  // a socket_stdio command sees EOF (fails harmlessly on a pipe)
+      Close(e.in);
+    }
     pb::Response r;
     r.set_call_id(chunk.call_id);
     r.mutable_ok();

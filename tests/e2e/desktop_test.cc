@@ -1,0 +1,503 @@
+// Desktop sessions end to end: the real daemon starts Xvfb in a jail; tool calls drive it through
+// sandbox-init (XTEST input, screenshots); xprobe (tests/testcases) draws a known pattern and logs the input
+// it receives.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <png.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "sandbox/init/sha256.h"
+#include "tests/e2e/daemon_fixture.h"
+
+namespace sbx::testing {
+namespace {
+
+namespace pb = ::duvo::sandbox::v1;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using Clock = std::chrono::steady_clock;
+
+struct Image {
+  uint32_t width = 0, height = 0;
+  std::vector<uint8_t> rgb;  // 3 bytes per pixel
+  uint32_t Pixel(uint32_t x, uint32_t y) const {
+    const uint8_t* p = &rgb[(static_cast<size_t>(y) * width + x) * 3];
+    return static_cast<uint32_t>(p[0]) << 16 | static_cast<uint32_t>(p[1]) << 8 | p[2];
+  }
+};
+
+bool DecodePng(const std::string& png, Image* out) {
+  png_image image;
+  memset(&image, 0, sizeof(image));
+  image.version = PNG_IMAGE_VERSION;
+  if (!png_image_begin_read_from_memory(&image, png.data(), png.size())) return false;
+  image.format = PNG_FORMAT_RGB;
+  out->width = image.width;
+  out->height = image.height;
+  out->rgb.resize(PNG_IMAGE_SIZE(image));
+  const bool ok = png_image_finish_read(&image, nullptr, out->rgb.data(), 0, nullptr) != 0;
+  png_image_free(&image);
+  return ok;
+}
+
+// A daemon whose desktop policy also binds xprobe's directory read-only at /probe.
+Daemon::Options DesktopDaemon(const std::string& policy_dir) {
+  std::filesystem::create_directories(policy_dir);
+  std::ifstream in(SBX_DESKTOP_POLICY);
+  std::stringstream policy;
+  policy << in.rdbuf();
+  const std::string xprobe = SBX_XPROBE_BIN;
+  policy << "\nmounts { bind { src: \"" << xprobe.substr(0, xprobe.rfind('/')) << "\" dst: \"/probe\" } }\n";
+  std::ofstream(policy_dir + "/desktop.textproto") << policy.str();
+  Daemon::Options o;
+  o.config_lines = {"policy_dir: \"" + policy_dir + "\""};
+  return o;
+}
+
+class DesktopTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (access("/usr/bin/Xvfb", X_OK) != 0) GTEST_SKIP() << "this machine lacks Xvfb (deploy/install-deps.sh installs it)";
+    policy_dir_ = std::filesystem::temp_directory_path() / ("sbx-desktop-policy-" + std::to_string(getpid()));
+    daemon_ = std::make_unique<Daemon>(DesktopDaemon(policy_dir_));
+    ASSERT_TRUE(daemon_->ok()) << daemon_->Log();
+    stub_ = daemon_->NewStub();
+  }
+  void TearDown() override {
+    daemon_.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(policy_dir_, ec);
+  }
+
+  std::string Create(uint32_t width = 1280, uint32_t height = 800, bool wm = false, bool vnc = false) {
+    grpc::ClientContext ctx;
+    pb::CreateRequest req;
+    req.set_kind(pb::DESKTOP);
+    req.mutable_desktop()->set_width(width);
+    req.mutable_desktop()->set_height(height);
+    req.mutable_desktop()->set_window_manager(wm);
+    req.mutable_desktop()->set_vnc(vnc);
+    pb::Session session;
+    grpc::Status status = stub_->Create(&ctx, req, &session);
+    EXPECT_TRUE(status.ok()) << status.error_message() << "\n" << daemon_->Log();
+    return session.id();
+  }
+
+  CallResult Action(const std::string& id, const pb::DesktopAction& action) {
+    pb::ToolCall call;
+    *call.mutable_desktop() = action;
+    return RunCall(stub_.get(), id, call);
+  }
+
+  // Takes a screenshot; returns the decoded image and the result.
+  pb::DesktopResult Screenshot(const std::string& id, uint32_t target_width, Image* image) {
+    pb::DesktopAction a;
+    a.mutable_screenshot()->set_target_width(target_width);
+    CallResult r = Action(id, a);
+    EXPECT_TRUE(r.has_finished && r.finished.has_result()) << r.finished.DebugString();
+    std::string png;
+    for (const pb::Event& e : r.events) {
+      if (e.has_file()) {
+        EXPECT_EQ(e.file().offset(), png.size());
+        png += e.file().data();
+      }
+    }
+    const pb::DesktopResult& d = r.finished.result().desktop();
+    EXPECT_EQ(Sha256Hex(png), d.sha256());
+    EXPECT_EQ(png.size(), d.image_bytes());
+    EXPECT_TRUE(DecodePng(png, image)) << "the screenshot is not a PNG";
+    return d;
+  }
+
+  // Starts xprobe in the background, logging to /workspace/<log>, and waits for its "ready" line.
+  void StartXprobe(const std::string& id, const std::string& log = "input.log") {
+    CallResult r = RunExec(stub_.get(), id,
+                           {"/bin/sh", "-c", "/probe/xprobe --log /workspace/" + log + " >/dev/null 2>&1 &"});
+    ASSERT_TRUE(r.has_finished) << r.status.error_message();
+    ASSERT_TRUE(WaitForLog(id, log, "ready")) << ReadLog(id, log);
+  }
+
+  std::string ReadLog(const std::string& id, const std::string& log = "input.log") {
+    pb::ToolCall call;
+    call.mutable_read_file()->set_path("/workspace/" + log);
+    CallResult r = RunCall(stub_.get(), id, call);
+    return r.finished.has_result() ? r.finished.result().data() : "";
+  }
+
+  bool WaitForLog(const std::string& id, const std::string& log, const std::string& needle,
+                  std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    const auto until = Clock::now() + timeout;
+    while (Clock::now() < until) {
+      if (ReadLog(id, log).find(needle) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+  std::string policy_dir_;
+  std::unique_ptr<Daemon> daemon_;
+  std::unique_ptr<pb::Sandboxes::StubInterface> stub_;
+};
+
+pb::DesktopAction Click(int x, int y, pb::DesktopAction::Button button = pb::DesktopAction::LEFT, int count = 1) {
+  pb::DesktopAction a;
+  a.mutable_click()->set_x(x);
+  a.mutable_click()->set_y(y);
+  a.mutable_click()->set_button(button);
+  a.mutable_click()->set_count(static_cast<uint32_t>(count));
+  return a;
+}
+
+TEST_F(DesktopTest, ScreenshotPixelsMatchThePatternAtNativeAndScaledSizes) {
+  const std::string id = Create();
+  StartXprobe(id);
+  Image image;
+  pb::DesktopResult native = Screenshot(id, 0, &image);
+  EXPECT_EQ(native.image_width(), 1280u);
+  EXPECT_EQ(native.image_height(), 800u);
+  EXPECT_EQ(native.display_width(), 1280u);
+  EXPECT_DOUBLE_EQ(native.scale(), 1.0);
+  ASSERT_EQ(image.width, 1280u);
+  EXPECT_EQ(image.Pixel(320, 200), 0xFF0000u);
+  EXPECT_EQ(image.Pixel(960, 200), 0x00FF00u);
+  EXPECT_EQ(image.Pixel(320, 600), 0x0000FFu);
+  EXPECT_EQ(image.Pixel(960, 600), 0xFFFFFFu);
+
+  pb::DesktopResult scaled = Screenshot(id, 640, &image);
+  EXPECT_EQ(scaled.image_width(), 640u);
+  EXPECT_EQ(scaled.image_height(), 400u);
+  EXPECT_EQ(scaled.display_width(), 1280u);
+  EXPECT_EQ(scaled.display_height(), 800u);
+  EXPECT_DOUBLE_EQ(scaled.scale(), 0.5);
+  ASSERT_EQ(image.width, 640u);
+  EXPECT_EQ(image.Pixel(160, 100), 0xFF0000u);
+  EXPECT_EQ(image.Pixel(480, 100), 0x00FF00u);
+  EXPECT_EQ(image.Pixel(160, 300), 0x0000FFu);
+  EXPECT_EQ(image.Pixel(480, 300), 0xFFFFFFu);
+  EXPECT_NE(scaled.image_path(), native.image_path());
+}
+
+TEST_F(DesktopTest, InputArrivesExactlyAsSentWithAndWithoutScaling) {
+  const std::string id = Create();
+  StartXprobe(id);
+  ASSERT_TRUE(Action(id, Click(100, 200)).finished.has_result());
+  ASSERT_TRUE(Action(id, Click(300, 400, pb::DesktopAction::RIGHT)).finished.has_result());
+  ASSERT_TRUE(Action(id, Click(50, 60, pb::DesktopAction::MIDDLE)).finished.has_result());
+  ASSERT_TRUE(Action(id, Click(700, 500, pb::DesktopAction::LEFT, 2)).finished.has_result());
+  // In the space of a 640x400 screenshot: (50, 60) is display pixel (101, 121), the center of the 2x2
+  // block that image pixel shows.
+  pb::DesktopAction scaled = Click(50, 60);
+  scaled.mutable_space()->set_width(640);
+  scaled.mutable_space()->set_height(400);
+  ASSERT_TRUE(Action(id, scaled).finished.has_result());
+  pb::DesktopAction drag;
+  drag.mutable_left_click_drag()->set_from_x(10);
+  drag.mutable_left_click_drag()->set_from_y(20);
+  drag.mutable_left_click_drag()->set_to_x(900);
+  drag.mutable_left_click_drag()->set_to_y(700);
+  ASSERT_TRUE(Action(id, drag).finished.has_result());
+  pb::DesktopAction scroll;
+  scroll.mutable_scroll()->set_direction(pb::DesktopAction::DOWN);
+  scroll.mutable_scroll()->set_amount(3);
+  scroll.mutable_scroll()->set_x(640);
+  scroll.mutable_scroll()->set_y(400);
+  ASSERT_TRUE(Action(id, scroll).finished.has_result());
+  pb::DesktopAction key;
+  key.mutable_key()->set_chord("ctrl+shift+t");
+  ASSERT_TRUE(Action(id, key).finished.has_result());
+  pb::DesktopAction type;
+  type.mutable_type()->set_text("héllo 日本 🙂");
+  ASSERT_TRUE(Action(id, type).finished.has_result());
+  pb::DesktopAction ret;
+  ret.mutable_key()->set_chord("Return");
+  ASSERT_TRUE(Action(id, ret).finished.has_result());
+  ASSERT_TRUE(WaitForLog(id, "input.log", "keysym=0xff0d")) << ReadLog(id);
+
+  const std::string log = ReadLog(id);
+  EXPECT_THAT(log, HasSubstr("press button=1 x=100 y=200"));
+  EXPECT_THAT(log, HasSubstr("press button=3 x=300 y=400"));
+  EXPECT_THAT(log, HasSubstr("press button=2 x=50 y=60"));
+  // The double click: two presses at the same place.
+  const size_t first = log.find("press button=1 x=700 y=500");
+  ASSERT_NE(first, std::string::npos);
+  EXPECT_NE(log.find("press button=1 x=700 y=500", first + 1), std::string::npos);
+  EXPECT_THAT(log, HasSubstr("press button=1 x=101 y=121"));
+  EXPECT_THAT(log, HasSubstr("press button=1 x=10 y=20"));
+  EXPECT_THAT(log, HasSubstr("release button=1 x=900 y=700"));
+  // Three wheel clicks down (button 5) where the pointer was taken.
+  size_t wheel = 0;
+  for (size_t at = log.find("press button=5 x=640 y=400"); at != std::string::npos;
+       at = log.find("press button=5 x=640 y=400", at + 1)) {
+    ++wheel;
+  }
+  EXPECT_EQ(wheel, 3u);
+  // ctrl+shift+t: the t arrives with Control (0x4) and Shift (0x1) held.
+  EXPECT_THAT(log, ::testing::ContainsRegex("key keysym=0x(74|54) text=[tT] state=0x5"));
+  // The typed text, character by character, in order.
+  std::string typed;
+  std::istringstream lines(log);
+  for (std::string line; std::getline(lines, line);) {
+    const size_t t = line.find(" text=");
+    if (line.rfind("key ", 0) != 0 || t == std::string::npos) continue;
+    if (line.find("state=0x5") != std::string::npos) continue;  // the chord
+    const size_t end = line.find(" state=", t);
+    typed += line.substr(t + 6, end - t - 6);
+  }
+  EXPECT_THAT(typed, HasSubstr("héllo 日本 🙂"));
+
+  pb::DesktopAction move;
+  move.mutable_mouse_move()->set_x(333);
+  move.mutable_mouse_move()->set_y(222);
+  ASSERT_TRUE(Action(id, move).finished.has_result());
+  pb::DesktopAction where;
+  where.mutable_cursor_position();
+  CallResult pos = Action(id, where);
+  EXPECT_EQ(pos.finished.result().desktop().x(), 333);
+  EXPECT_EQ(pos.finished.result().desktop().y(), 222);
+  where.mutable_space()->set_width(640);
+  where.mutable_space()->set_height(400);
+  pos = Action(id, where);
+  EXPECT_EQ(pos.finished.result().desktop().x(), 166);
+  EXPECT_EQ(pos.finished.result().desktop().y(), 111);
+}
+
+TEST_F(DesktopTest, BadActionsAreRefusedByName) {
+  const std::string id = Create(1024, 768);
+  CallResult outside = Action(id, Click(1024, 10));
+  EXPECT_THAT(outside.finished.error().message(), HasSubstr("outside the 1024x768"));
+  pb::DesktopAction key;
+  key.mutable_key()->set_chord("ctrl+NoSuchKey");
+  EXPECT_THAT(Action(id, key).finished.error().message(), HasSubstr("NoSuchKey"));
+  pb::DesktopAction half;
+  half.mutable_space()->set_width(640);
+  EXPECT_THAT(Action(id, half).finished.error().message(), HasSubstr("no action given"));
+  pb::DesktopAction nothing;
+  EXPECT_THAT(Action(id, nothing).finished.error().message(), HasSubstr("no action given"));
+  // The session is still usable.
+  Image image;
+  EXPECT_EQ(Screenshot(id, 0, &image).display_width(), 1024u);
+
+  // Not a desktop session: the action is refused.
+  grpc::ClientContext ctx;
+  pb::CreateRequest req;
+  req.set_kind(pb::FILE);
+  pb::Session file;
+  ASSERT_TRUE(stub_->Create(&ctx, req, &file).ok());
+  EXPECT_THAT(Action(file.id(), Click(1, 1)).finished.error().message(), HasSubstr("not a desktop session"));
+  // Display options on a file session, and an absurd display.
+  grpc::ClientContext ctx2;
+  req.mutable_desktop()->set_width(1024);
+  grpc::Status status = stub_->Create(&ctx2, req, &file);
+  EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT);
+  grpc::ClientContext ctx3;
+  req.set_kind(pb::DESKTOP);
+  req.mutable_desktop()->set_width(100000);
+  status = stub_->Create(&ctx3, req, &file);
+  EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("100000x0"));
+}
+
+TEST_F(DesktopTest, XtermStartedByExecRunsWhatIsTyped) {
+  if (access("/usr/bin/xterm", X_OK) != 0) GTEST_SKIP() << "this machine lacks xterm (deploy/install-deps.sh installs it)";
+  const std::string id = Create(1024, 768, /*wm=*/true);
+  CallResult started = RunExec(stub_.get(), id, {"/bin/sh", "-c", "xterm -geometry 80x24+0+0 >/dev/null 2>&1 &"});
+  ASSERT_TRUE(started.has_finished);
+  // Wait until the xterm window is drawn (the screen is no longer one colour), then give it the pointer
+  // (twm focuses the window under it) and type.
+  bool drawn = false;
+  for (int i = 0; i < 100 && !drawn; ++i) {
+    Image image;
+    Screenshot(id, 0, &image);
+    drawn = image.width > 0 && image.Pixel(100, 100) != image.Pixel(1000, 700);
+    if (!drawn) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(drawn) << "no xterm window appeared";
+  ASSERT_TRUE(Action(id, Click(100, 100)).finished.has_result());
+  pb::DesktopAction type;
+  type.mutable_type()->set_text("echo typed > /workspace/from-xterm.txt");
+  ASSERT_TRUE(Action(id, type).finished.has_result());
+  pb::DesktopAction ret;
+  ret.mutable_key()->set_chord("Return");
+  ASSERT_TRUE(Action(id, ret).finished.has_result());
+  ASSERT_TRUE(WaitForLog(id, "from-xterm.txt", "typed")) << "the command typed into xterm did not run";
+}
+
+TEST_F(DesktopTest, DisplaysAreIsolatedFromTheHostAndFromEachOther) {
+  const std::string a = Create();
+  const std::string b = Create();
+  StartXprobe(a);
+  // Session b's display is its own: not a's pattern.
+  Image image;
+  Screenshot(b, 0, &image);
+  ASSERT_EQ(image.width, 1280u);
+  EXPECT_NE(image.Pixel(320, 200), 0xFF0000u);
+  // An X client in b reaches b's display only: xprobe there draws on b, and a's log sees no input from it.
+  StartXprobe(b, "b.log");
+  Screenshot(b, 0, &image);
+  EXPECT_EQ(image.Pixel(320, 200), 0xFF0000u);
+  ASSERT_TRUE(Action(b, Click(11, 12)).finished.has_result());
+  ASSERT_TRUE(WaitForLog(b, "b.log", "press button=1 x=11 y=12"));
+  EXPECT_THAT(ReadLog(a), Not(HasSubstr("x=11 y=12")));
+  // The host sees neither display: no socket file, and the abstract socket lives in each jail's own
+  // network namespace.
+  for (const char* abstract : {"/tmp/.X11-unix/X1"}) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    memcpy(addr.sun_path + 1, abstract, strlen(abstract));
+    const socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + strlen(abstract));
+    EXPECT_NE(connect(fd, reinterpret_cast<sockaddr*>(&addr), len), 0) << "a display is reachable from the host";
+    close(fd);
+  }
+}
+
+TEST_F(DesktopTest, XvfbKilledFromInsideFailsTheNextActionAndEndsTheSession) {
+  const std::string id = Create();
+  CallResult kill = RunExec(stub_.get(), id, {"/bin/sh", "-c", "pkill -KILL -x Xvfb; sleep 0.3"});
+  ASSERT_TRUE(kill.has_finished);
+  Image image;
+  pb::DesktopAction a;
+  a.mutable_screenshot();
+  CallResult r = Action(id, a);
+  ASSERT_TRUE(r.finished.has_error()) << r.finished.DebugString();
+  EXPECT_EQ(r.finished.error().code(), grpc::UNAVAILABLE);
+  EXPECT_THAT(r.finished.error().message(), HasSubstr("display"));
+  // The session ends failed, naming why.
+  pb::Session session;
+  for (int i = 0; i < 100; ++i) {
+    grpc::ClientContext ctx;
+    pb::GetRequest get;
+    get.set_session_id(id);
+    ASSERT_TRUE(stub_->Get(&ctx, get, &session).ok());
+    if (session.state() == pb::ENDED) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_EQ(session.state(), pb::ENDED);
+  EXPECT_EQ(session.outcome().status(), pb::Outcome::FAILED);
+  EXPECT_EQ(session.outcome().reason(), "display_lost");
+}
+
+// Runs sandboxctl against the daemon; returns its stdout (and exit status in *rc).
+std::string Ctl(const Daemon& daemon, const std::vector<std::string>& args, int* rc) {
+  std::string cmd = CtlBin() + " --addr " + daemon.address();
+  for (const std::string& a : args) cmd += " '" + a + "'";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+TEST_F(DesktopTest, SandboxctlDesktopCommands) {
+  const std::string id = Create(1024, 768);
+  StartXprobe(id);
+  const std::string png = policy_dir_ + "/shot.png";
+  int rc = 0;
+  std::string out = Ctl(*daemon_, {"desktop", id, "screenshot", "-o", png, "--width", "512"}, &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("512x384 (display 1024x768, scale 0.5000)"));
+  std::ifstream f(png, std::ios::binary);
+  std::stringstream bytes;
+  bytes << f.rdbuf();
+  Image image;
+  ASSERT_TRUE(DecodePng(bytes.str(), &image));
+  EXPECT_EQ(image.Pixel(128, 96), 0xFF0000u);
+  EXPECT_EQ(Ctl(*daemon_, {"desktop", id, "click", "100", "50", "--space", "512x384"}, &rc), "");
+  EXPECT_EQ(rc, 0);
+  ASSERT_TRUE(WaitForLog(id, "input.log", "press button=1 x=201 y=101")) << ReadLog(id);
+  EXPECT_EQ(Ctl(*daemon_, {"desktop", id, "cursor"}, &rc), "201 101\n");
+  Ctl(*daemon_, {"desktop", id, "key", "NoSuchKey"}, &rc);
+  EXPECT_EQ(rc, 1);
+}
+
+TEST_F(DesktopTest, VncLiveViewSpeaksRfbOnlyWhenTheSessionAllowsIt) {
+  const std::string plain = Create();
+  {
+    grpc::ClientContext ctx;
+    auto stream = stub_->Vnc(&ctx);
+    pb::VncData first;
+    first.set_session_id(plain);
+    stream->Write(first);
+    stream->WritesDone();
+    pb::VncData ignored;
+    while (stream->Read(&ignored)) {
+    }
+    grpc::Status status = stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::FAILED_PRECONDITION);
+    EXPECT_THAT(status.error_message(), HasSubstr("desktop.vnc"));
+  }
+  if (access("/usr/bin/x11vnc", X_OK) != 0) GTEST_SKIP() << "this machine lacks x11vnc (deploy/install-deps.sh installs it)";
+  const std::string id = Create(1280, 800, false, /*vnc=*/true);
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    auto stream = stub_->Vnc(&ctx);
+    pb::VncData first;
+    first.set_session_id(id);
+    stream->Write(first);
+    std::string greeting;
+    pb::VncData in;
+    while (greeting.size() < 12 && stream->Read(&in)) greeting += in.data();
+    EXPECT_EQ(greeting.substr(0, 12), "RFB 003.008\n");
+    ctx.TryCancel();
+  }
+  // The same through sandboxctl, on a local TCP port a VNC viewer would use.
+  int pipefd[2];
+  ASSERT_EQ(pipe(pipefd), 0);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(pipefd[1], 1);
+    execl(CtlBin().c_str(), "sandboxctl", "--addr", daemon_->address().c_str(), "desktop", id.c_str(), "vnc",
+          "--listen", "127.0.0.1:0", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(pipefd[1]);
+  std::string line;
+  char c;
+  while (read(pipefd[0], &c, 1) == 1 && c != '\n') line += c;
+  close(pipefd[0]);
+  ASSERT_EQ(line.rfind("listening on 127.0.0.1:", 0), 0u) << line;
+  const int port = atoi(line.c_str() + strlen("listening on 127.0.0.1:"));
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char greeting[12];
+  size_t got = 0;
+  while (got < sizeof(greeting)) {
+    const ssize_t n = read(fd, greeting + got, sizeof(greeting) - got);
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  EXPECT_EQ(std::string(greeting, got), "RFB 003.008\n");
+  close(fd);
+  kill(pid, SIGTERM);
+  int status;
+  waitpid(pid, &status, 0);
+}
+
+}  // namespace
+}  // namespace sbx::testing
