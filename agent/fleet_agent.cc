@@ -107,12 +107,12 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
       Log(LogLevel::kError, "outbox: an unreadable lease record; reporting it lost", {{"lease_id", rec.key}});
     }
     if (!lr.session_id().empty() && a.options_.cgroups != nullptr) {
-      absl::StatusOr<sandbox::Cgroup> leftover = sandbox::Cgroup::Adopt(*a.options_.cgroups, lr.session_id());
-      if (leftover.ok()) {
-        if (absl::Status s = leftover->Remove(); !s.ok()) {
-          Log(LogLevel::kError, "could not remove a lost session's cgroup",
-              {{"session_id", lr.session_id()}, {"error", s.ToString()}});
-        }
+      absl::StatusOr<sandbox::Cgroup> leftover =
+          sandbox::Cgroup::Adopt(*a.options_.cgroups, SessionCgroupName(lr.session_id()));
+      absl::Status removed = leftover.ok() ? leftover->Remove() : leftover.status();
+      if (!removed.ok() && !absl::IsNotFound(removed)) {
+        Log(LogLevel::kError, "could not remove a lost session's cgroup",
+            {{"session_id", lr.session_id()}, {"error", removed.ToString()}});
       }
     }
     pb::OutcomeRecord out;
@@ -347,6 +347,7 @@ void FleetAgent::RunLease(Lease* lease) {
   *create.mutable_policy() = req.policy();
   create.set_ttl_ms(req.ttl_ms());
   create.set_idle_timeout_ms(req.idle_timeout_ms());
+  if (req.has_desktop()) *create.mutable_desktop() = req.desktop();
   create.mutable_labels()->insert(req.labels().begin(), req.labels().end());
   (*create.mutable_labels())["lease_id"] = lease->lease_id;
   absl::StatusOr<pb::Session> created = options_.sessions->CreateWithId(create, lease->session_id, true);

@@ -816,6 +816,7 @@ absl::StatusOr<Cgroup> Cgroup::Adopt(const CgroupLayout& layout, std::string_vie
     adopt(layout.v1_freezer, &cg.freezer_path_);
   }
   if (!any) return absl::NotFoundError(absl::StrCat("no cgroup named ", ToAbsl(name)));
+  cg.removed_ = false;
   return cg;
 }
 

@@ -162,7 +162,7 @@ std::string Leftovers(const std::string& session_id) {
   std::string out;
   if (session_id.empty()) return out;
   std::vector<std::string> dirs;
-  FindDirs("/sys/fs/cgroup", session_id, 0, &dirs);
+  FindDirs("/sys/fs/cgroup", "session-" + session_id, 0, &dirs);
   for (const std::string& d : dirs) out += "cgroup " + d + "\n";
   // Any process whose cgroup path names the session.
   DIR* proc = opendir("/proc");

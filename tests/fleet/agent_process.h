@@ -51,8 +51,8 @@ class AgentProcess {
 // A request that runs `argv` and ends the session when it exits.
 duvo::sandbox::v1::SandboxRequest ExecRequest(std::vector<std::string> argv, bool end_after_calls = true);
 
-// What a session left on the host: cgroup directories named after it, processes in such cgroups. Empty when
-// nothing.
+// What a session left on the host: its cgroup directories ("session-<id>" in any hierarchy), processes in
+// such cgroups. Empty when nothing.
 std::string Leftovers(const std::string& session_id);
 
 std::string AgentBin();
