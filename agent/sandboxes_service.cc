@@ -187,7 +187,9 @@ grpc::Status SandboxesService::Call(grpc::ServerContext* ctx,
 
   // Control messages (stdin, window size, signals) arrive on another thread while this one streams.
   std::atomic<bool> done{false};
-  std::atomic<bool> control_ended{false};
+  std::mutex control_mu;
+  std::condition_variable control_cv;
+  bool control_ended = false;  // GUARDED_BY(control_mu)
   std::jthread control([&] {
     pb::CallRequest msg;
     while (!done && stream->Read(&msg)) {
@@ -199,7 +201,9 @@ grpc::Status SandboxesService::Call(grpc::ServerContext* ctx,
       c.signal = msg.signal();
       (void)session->ControlExec(call_id, c);
     }
+    std::lock_guard lock(control_mu);
     control_ended = true;
+    control_cv.notify_all();
   });
 
   uint64_t after = started_seq - 1;
@@ -240,8 +244,12 @@ grpc::Status SandboxesService::Call(grpc::ServerContext* ctx,
   done = true;
   // The client half-closes once it has seen the end; one that does not is cut off after a grace period so
   // this handler (and the reader thread blocked in Read) can finish.
-  for (int i = 0; i < 200 && !control_ended; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  if (!control_ended) ctx->TryCancel();
+  {
+    std::unique_lock lock(control_mu);
+    // NOTE: a cv, not a sleep loop: a fast call (a desktop action, a file tool) ends before the client's
+    // half-close has been read, and polling every 10 ms added those 10 ms to every such call.
+    if (!control_cv.wait_for(lock, std::chrono::seconds(2), [&] { return control_ended; })) ctx->TryCancel();
+  }
   control.join();
   return Finish("Call", absl::OkStatus(), rid);
 }
