@@ -140,7 +140,7 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
   }
   if (a.options_.metrics != nullptr) {
     a.options_.metrics->SetFleetGauges([&a] { return a.leases_held(); },
-                                       [&a] { return a.outbox_->pending_count(); });
+                                       [&a] { return a.undelivered_outcomes(); });
   }
   a.reporter_ = std::jthread([&a](std::stop_token stop) { a.ReportLoop(stop); });
   a.heartbeat_ = std::jthread([&a](std::stop_token stop) { a.HeartbeatLoop(stop); });
@@ -163,6 +163,12 @@ bool FleetAgent::SleepFor(milliseconds d, const std::stop_token& stop) {
   std::unique_lock lock(mu_);
   cv_.wait_for(lock, stop, d, [] { return false; });
   return !stop.stop_requested();
+}
+
+size_t FleetAgent::undelivered_outcomes() const {
+  size_t n = 0;
+  for (const OutboxRecord& rec : outbox_->Pending()) n += rec.kind == kOutcomeKind ? 1 : 0;
+  return n;
 }
 
 size_t FleetAgent::leases_held() const {
@@ -850,8 +856,7 @@ size_t FleetAgent::Drain(milliseconds grace, milliseconds flush) {
   // Deliver what the outbox holds.
   const Clock::time_point flush_until = Clock::now() + flush;
   for (;;) {
-    size_t undelivered = 0;
-    for (const OutboxRecord& rec : outbox_->Pending()) undelivered += rec.kind == kOutcomeKind ? 1 : 0;
+    const size_t undelivered = undelivered_outcomes();
     if (undelivered == 0 || Clock::now() >= flush_until) {
       heartbeat_.request_stop();
       reporter_.request_stop();

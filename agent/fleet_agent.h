@@ -66,8 +66,9 @@ class FleetAgent {
   // for the next calls. The control plane address and TLS need a restart (logged).
   void Reload(const FleetSettings& fleet);
 
-  // For tests and metrics.
+  // For metrics: leases held (until their outcome is acknowledged), outcomes in the outbox.
   size_t leases_held() const;
+  size_t undelivered_outcomes() const;
 
  private:
   struct Lease;

@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -22,6 +23,7 @@
 #include "agent/sandboxes_service.h"
 #include "agent/session_manager.h"
 #include "duvo/sandbox/v1/session.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/policy_loader.h"
 #include "sandbox/status.h"
@@ -104,6 +106,30 @@ void Reload(const ServeFlags& flags, const AgentConfig& running, SessionManager*
   Log(LogLevel::kInfo, "SIGHUP: configuration reloaded",
       {{"max_sessions", absl::StrCat(config->max_sessions)}, {"policy_dir", config->policy_dir}});
 }
+
+// grpc.health.v1 Check alone, for the TCP probe listener (health_address; Kubernetes' grpc probes call
+// Check). gRPC's default health service cannot serve a server that has no synchronous service of its own,
+// so this one is ours: the overall status ("") and the agent's service are SERVING until the agent starts to
+// stop.
+class ProbeHealthService final : public grpc::health::v1::Health::Service {
+ public:
+  void SetNotServing() { serving_ = false; }
+  grpc::Status Check(grpc::ServerContext*, const grpc::health::v1::HealthCheckRequest* request,
+                     grpc::health::v1::HealthCheckResponse* response) override {
+    if (!Known(request->service())) return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown service");
+    response->set_status(Status());
+    return grpc::Status::OK;
+  }
+ private:
+  static bool Known(const std::string& service) {
+    return service.empty() || service == "duvo.sandbox.v1.Sandboxes";
+  }
+  grpc::health::v1::HealthCheckResponse::ServingStatus Status() const {
+    return serving_ ? grpc::health::v1::HealthCheckResponse::SERVING
+                    : grpc::health::v1::HealthCheckResponse::NOT_SERVING;
+  }
+  std::atomic<bool> serving_{true};
+};
 
 int Fail(const absl::Status& status) {
   fprintf(stderr, "sandbox-agent serve: %.*s\n", static_cast<int>(status.message().size()), status.message().data());
@@ -201,10 +227,13 @@ int ServeCommand(const ServeFlags& flags) {
   chmod(config->unix_socket.c_str(), 0660);
   // The health service alone on TCP, for probes (Kubernetes grpc liveness/readiness): no API, no auth.
   std::unique_ptr<grpc::Server> health_server;
+  ProbeHealthService probe_health;
   if (!config->health_address.empty()) {
+    grpc::EnableDefaultHealthCheckService(false);  // this server carries ProbeHealthService instead
     grpc::ServerBuilder hb;
     int health_port = 0;
     hb.AddListeningPort(config->health_address, grpc::InsecureServerCredentials(), &health_port);
+    hb.RegisterService(&probe_health);
     health_server = hb.BuildAndStart();
     if (!health_server || health_port == 0) {
       return Fail(absl::UnavailableError(absl::StrCat("health_address: cannot listen on ", config->health_address)));
@@ -227,9 +256,8 @@ int ServeCommand(const ServeFlags& flags) {
     break;
   }
   // Probes see NOT_SERVING from here on.
-  for (grpc::Server* s : {server.get(), health_server.get()}) {
-    if (s != nullptr && s->GetHealthCheckService() != nullptr) s->GetHealthCheckService()->Shutdown();
-  }
+  if (server->GetHealthCheckService() != nullptr) server->GetHealthCheckService()->Shutdown();
+  probe_health.SetNotServing();
   if (fleet) {
     // SIGTERM drains: running sessions get the grace period, then their outcomes are reported.
     const size_t undelivered = fleet->Drain(config->fleet.drain_grace);

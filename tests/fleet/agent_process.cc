@@ -1,6 +1,9 @@
 #include "tests/fleet/agent_process.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -40,7 +43,7 @@ void AgentProcess::WriteConfig() {
   std::ofstream f(dir_ + "/agent.textproto");
   f << "state_dir: \"" << state_dir() << "\"\n";
   f << "unix_socket: \"" << dir_ << "/agent.sock\"\n";
-  f << "metrics_address: \"off\"\n";
+  f << "metrics_address: \"" << options_.metrics_address << "\"\n";
   f << "max_sessions: " << options_.max_sessions << "\n";
   for (const std::string& line : options_.config_lines) f << line << "\n";
   f << "fleet {\n";
@@ -130,6 +133,18 @@ std::string AgentProcess::Log() const {
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
+}
+
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
 }
 
 pb::SandboxRequest ExecRequest(std::vector<std::string> argv, bool end_after_calls) {

@@ -20,6 +20,7 @@ class AgentProcess {
     std::string control_plane;             // "127.0.0.1:<port>"
     std::string agent_id = "agent-1";
     uint32_t max_sessions = 8;
+    std::string metrics_address = "off";
     std::vector<std::string> config_lines;  // more top-level textproto lines
     std::vector<std::string> fleet_lines;   // more lines inside fleet { }
   };
@@ -47,6 +48,9 @@ class AgentProcess {
   std::string dir_;
   pid_t pid_ = -1;
 };
+
+// A TCP port on 127.0.0.1 that was free a moment ago.
+int FreePort();
 
 // A request that runs `argv` and ends the session when it exits.
 duvo::sandbox::v1::SandboxRequest ExecRequest(std::vector<std::string> argv, bool end_after_calls = true);

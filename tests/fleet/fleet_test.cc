@@ -1,6 +1,9 @@
 // Fleet mode end to end: real sandbox-agent processes lease from the control-plane double over real gRPC on
 // loopback, run real jails, and report. Each test names the behaviour of issue #4 it proves.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -15,8 +18,10 @@
 #include <vector>
 
 #include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/fleet/agent_process.h"
 #include "tests/fleet/double/control_plane_double.h"
 
@@ -488,6 +493,81 @@ TEST(FleetTest, SighupReloadsCapacityAndLabelsWithoutDroppingSessions) {
   EXPECT_EQ(cp->Lease(running)->outcome->outcome().status(), pb::Outcome::COMPLETED);
   EXPECT_THAT(agent.Log(), HasSubstr("configuration reloaded"));
   EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+// GET /metrics on 127.0.0.1:port.
+std::string Metrics(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string req = "GET /metrics HTTP/1.0\r\n\r\n";
+    (void)!write(fd, req.data(), req.size());
+    char buf[8192];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return out;
+}
+
+grpc::health::v1::HealthCheckResponse::ServingStatus Health(int port, grpc::Status* status) {
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(2));
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  *status = stub->Check(&ctx, req, &resp);
+  return resp.status();
+}
+
+TEST(FleetTest, HealthOnTcpGoesNotServingWhileDrainingAndMetricsCountTheFleet) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  const int health_port = FreePort(), metrics_port = FreePort();
+  agent.options().metrics_address = "127.0.0.1:" + std::to_string(metrics_port);
+  agent.options().config_lines.push_back("health_address: \"127.0.0.1:" + std::to_string(health_port) + "\"");
+  agent.options().fleet_lines.push_back("drain_grace_ms: 20000");
+  ASSERT_TRUE(agent.Start()) << agent.Log();
+  grpc::Status status;
+  EXPECT_EQ(Health(health_port, &status), grpc::health::v1::HealthCheckResponse::SERVING) << status.error_message();
+  ASSERT_TRUE(status.ok());
+
+  const std::string done = cp->Enqueue(ExecRequest({"/bin/true"}));
+  cp->Revoke(cp->Enqueue(ExecRequest({"/bin/sleep", "60"})), "test");
+  cp->EnqueueRaw("garbage");
+  const std::string running = cp->Enqueue(ExecRequest({"/bin/sleep", "2"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return HasStarted(*cp, running) && cp->Lease(done)->outcome.has_value(); },
+                          seconds(20)));
+  ASSERT_TRUE(cp->WaitForOutcomes(3, seconds(20)));
+  // The agent releases a lease once the control plane's answer to its report arrives.
+  std::string metrics;
+  for (int i = 0; i < 250; ++i) {
+    metrics = Metrics(metrics_port);
+    if (metrics.find("sandbox_agent_fleet_leases_held 1\n") != std::string::npos) break;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  EXPECT_THAT(metrics, HasSubstr("sandbox_agent_fleet_events_total{event=\"leased\"} 3"));
+  EXPECT_THAT(metrics, HasSubstr("sandbox_agent_fleet_events_total{event=\"rejected\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("sandbox_agent_fleet_events_total{event=\"revoked\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("sandbox_agent_fleet_leases_held 1"));
+  EXPECT_THAT(metrics, HasSubstr("sandbox_agent_fleet_outbox_pending 0"));
+
+  // SIGTERM: the probe sees NOT_SERVING while the running session finishes.
+  kill(agent.pid(), SIGTERM);
+  bool not_serving = false;
+  for (int i = 0; i < 100 && !not_serving; ++i) {
+    not_serving = Health(health_port, &status) == grpc::health::v1::HealthCheckResponse::NOT_SERVING && status.ok();
+    if (!not_serving) std::this_thread::sleep_for(milliseconds(20));
+  }
+  EXPECT_TRUE(not_serving);
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+  EXPECT_EQ(cp->Lease(running)->outcome->outcome().status(), pb::Outcome::COMPLETED);
 }
 
 // Writes a CA, a server certificate for "cp.test" and a client certificate into `dir` with openssl.
