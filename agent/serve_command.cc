@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/agent_config.h"
+#include "agent/egress_proxy.h"
 #include "agent/fleet_agent.h"
 #include "agent/init_locator.h"
 #include "agent/log.h"
@@ -76,6 +77,11 @@ absl::StatusOr<std::map<int, sandbox::Policy>> LoadPolicies(const AgentConfig& c
     absl::StatusOr<sandbox::Policy> policy =
         access(path.c_str(), F_OK) == 0 ? sandbox::LoadPolicyFile(path) : k.builtin();
     if (!policy.ok()) return policy.status();
+    if (policy->spec().network == sandbox::NetworkMode::kEgress) {
+      // The egress rules are the proxy's to read: a policy with a bad one fails here, naming it.
+      absl::StatusOr<std::vector<EgressRule>> rules = ParseEgressRules(policy->spec().egress_allow);
+      if (!rules.ok()) return Annotate(rules.status(), absl::StrCat(path, ": network.allow"));
+    }
     policies.emplace(k.kind, std::move(*policy));
   }
   return policies;

@@ -64,6 +64,30 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
     options.display_height = display->height;
   }
   std::shared_ptr<Session> session(new Session(std::move(options), std::move(jail), std::move(init)));
+  if (policy.spec().network == sandbox::NetworkMode::kEgress) {
+    // The proxy listens on the jail's loopback and connects out from the agent's namespace, to the
+    // policy's allowed destinations only (agent/egress_proxy.h).
+    ASSIGN_OR_RETURN(std::vector<EgressRule> rules, ParseEgressRules(policy.spec().egress_allow));
+    ASSIGN_OR_RETURN(UniqueFd listen_fd, session->jail_->ListenInNetns(policy.spec().egress_proxy_port));
+    EgressProxyOptions eo;
+    eo.allow = std::move(rules);
+    eo.resolver_threads = 1;
+    Session* raw = session.get();
+    eo.audit = [raw](const EgressAudit& a) {
+      pb::Event event;
+      pb::Audit* audit = event.mutable_audit();
+      audit->set_call_id(a.call_id);
+      audit->set_action(a.action);
+      audit->set_detail(a.detail);
+      audit->set_destination(a.destination);
+      raw->events_.Append(std::move(event));
+    };
+    eo.current_call_id = [raw] {
+      std::lock_guard lock(raw->mu_);
+      return raw->last_call_id_;
+    };
+    ASSIGN_OR_RETURN(session->egress_, EgressProxy::Start(std::move(listen_fd), std::move(eo)));
+  }
 
   pb::Event started;
   started.mutable_session_started()->set_kind(session->options_.kind);
@@ -91,6 +115,7 @@ Session::Session(Options options, std::unique_ptr<sandbox::Jail> jail, std::uniq
 
 Session::~Session() {
   End(pb::Outcome::CANCELED, "canceled", "the session was deleted");
+  egress_.reset();  // before the jail: its audit callback writes the event log
   if (watcher_.joinable()) watcher_.join();
   killer_.request_stop();
   if (killer_.joinable()) killer_.join();
@@ -215,6 +240,7 @@ absl::StatusOr<uint64_t> Session::StartCall(const std::string& call_id, const pb
     if (running_execs_.count(call_id) != 0) {
       return absl::AlreadyExistsError(absl::StrCat("call ", call_id, " is already running"));
     }
+    last_call_id_ = call_id;
   }
   Touch();
   pb::Event started;

@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "agent/egress_proxy.h"
 #include "agent/event_log.h"
 #include "agent/metrics.h"
 #include "duvo/sandbox/v1/session.pb.h"
@@ -119,11 +120,13 @@ class Session {
   EventLog events_;
   std::unique_ptr<sandbox::Jail> jail_;
   std::unique_ptr<sandbox::InitClient> init_;
+  std::unique_ptr<EgressProxy> egress_;  // network mode EGRESS: the jail's proxy
   std::atomic<bool> ended_{false};
   std::atomic<int64_t> last_used_ns_;
 
   mutable std::mutex mu_;
   std::map<std::string, uint64_t> running_execs_;  // GUARDED_BY(mu_): call id -> InitClient call id
+  std::string last_call_id_;                       // GUARDED_BY(mu_): the newest tool call, for egress audits
   duvo::sandbox::v1::Outcome outcome_;             // GUARDED_BY(mu_)
   duvo::sandbox::v1::Outcome::Status end_status_ = duvo::sandbox::v1::Outcome::STATUS_UNSPECIFIED;  // GUARDED_BY(mu_)
   std::string end_reason_, end_message_;           // GUARDED_BY(mu_)

@@ -5,6 +5,8 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -173,7 +175,21 @@ std::vector<std::string> BuildEnv(const PolicySpec& spec, char** host_environ) {
       }
     }
   }
-  for (const EnvVar& var : spec.env) {
+  std::vector<EnvVar> vars = spec.env;
+  if (spec.network == NetworkMode::kEgress) {
+    // Every HTTP client of note reads one of these; the proxy listens on the jail's loopback.
+    const std::string proxy = "http://127.0.0.1:" + std::to_string(spec.egress_proxy_port);
+    const std::pair<const char*, std::string> proxy_env[] = {
+        {"HTTP_PROXY", proxy}, {"HTTPS_PROXY", proxy}, {"http_proxy", proxy}, {"https_proxy", proxy},
+        // The jail's own loopback services are reached directly.
+        {"NO_PROXY", "localhost,127.0.0.1,::1"}, {"no_proxy", "localhost,127.0.0.1,::1"}};
+    for (const auto& [name, value] : proxy_env) {
+      if (std::none_of(vars.begin(), vars.end(), [&](const EnvVar& v) { return v.name == name; })) {
+        vars.push_back(EnvVar{name, value});
+      }
+    }
+  }
+  for (const EnvVar& var : vars) {
     const std::string prefix = var.name + "=";
     std::erase_if(env, [&](const std::string& e) { return e.rfind(prefix, 0) == 0; });
     env.push_back(prefix + var.value);
@@ -197,8 +213,9 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   if (!options.argv.empty() && options.serve) {
     return absl::InvalidArgumentError("a serving jail takes its commands over the init protocol, not argv");
   }
-  if (spec.network == NetworkMode::kEgress) {
-    return absl::UnimplementedError("network.mode EGRESS needs the egress proxy, which this build lacks");
+  if (spec.network == NetworkMode::kEgress && !options.serve) {
+    return absl::UnimplementedError(
+        "network.mode EGRESS: the egress proxy runs in the agent's daemon (sandbox-agent serve), not in `run`");
   }
   std::unique_ptr<Jail> jail(new Jail());
   jail->started_ = Clock::now();
@@ -396,6 +413,37 @@ Jail::~Jail() {
     Reap(0);
   }
   if (cgroup_) (void)cgroup_->Remove();
+}
+
+absl::StatusOr<UniqueFd> Jail::ListenInNetns(uint16_t port) const {
+  if (reaped_ || pid_ <= 0) return absl::FailedPreconditionError("the jail has ended");
+  const std::string path = absl::StrCat("/proc/", pid_, "/ns/net");
+  UniqueFd ns(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!ns) return ErrnoToStatus(errno, absl::StrCat("open ", path));
+  // setns(CLONE_NEWNET) changes only the calling thread: a short-lived thread makes the socket, which
+  // stays in the jail's namespace after the thread ends.
+  absl::StatusOr<UniqueFd> result = absl::InternalError("listen in the jail: no result");
+  std::thread([&] {
+    if (setns(ns.get(), CLONE_NEWNET) != 0) {
+      result = ErrnoToStatus(errno, "setns into the jail's network namespace");
+      return;
+    }
+    UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!fd) {
+      result = ErrnoToStatus(errno, "socket");
+      return;
+    }
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd.get(), 128) != 0) {
+      result = ErrnoToStatus(errno, absl::StrCat("listen on 127.0.0.1:", port, " in the jail"));
+      return;
+    }
+    result = std::move(fd);
+  }).join();
+  return result;
 }
 
 void Jail::Kill() {

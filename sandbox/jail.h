@@ -58,6 +58,9 @@ class Jail {
   // jail. Reads the outcome from the kernel (exit status, memory.events, pids.events, SIGSYS).
   RunResult Wait(int cancel_fd = -1);
 
+  // A listening TCP socket on 127.0.0.1:port inside the jail's network namespace (nonblocking), made by the
+  // agent: the egress proxy accepts the jail's connections on it.
+  absl::StatusOr<UniqueFd> ListenInNetns(uint16_t port) const;
   // SIGKILLs everything in the jail (idempotent).
   void Kill();
 

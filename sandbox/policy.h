@@ -103,6 +103,9 @@ struct PolicySpec {
   Limits limits;
   SeccompPolicy seccomp;
   NetworkMode network = NetworkMode::kNone;
+  // EGRESS: the proxy's allow rules (checked by the agent's egress proxy) and its port in the jail.
+  std::vector<std::string> egress_allow;
+  uint16_t egress_proxy_port = 3128;
   // Host variables passed through when set on the host; nothing else is inherited.
   std::vector<std::string> env_passthrough;
   std::vector<EnvVar> env;  // set explicitly, after the passthrough ones

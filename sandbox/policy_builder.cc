@@ -360,6 +360,17 @@ absl::Status ValidateSpec(const PolicySpec& spec) {
     default:
       return FieldError("network.mode", "unknown mode ", static_cast<int>(spec.network));
   }
+  if (spec.network != NetworkMode::kEgress && !spec.egress_allow.empty()) {
+    return FieldError("network.allow", "only for mode EGRESS");
+  }
+  if (spec.egress_allow.size() > 1024) return FieldError("network.allow", "at most 1024 rules");
+  for (size_t i = 0; i < spec.egress_allow.size(); ++i) {
+    const std::string& rule = spec.egress_allow[i];
+    if (rule.empty() || rule.size() > 300 || rule.find_first_of(" \t\r\n") != std::string::npos) {
+      return FieldError(absl::StrCat("network.allow[", i, "]"), "'", rule, "' is not a HOST[:PORT] rule");
+    }
+  }
+  if (spec.egress_proxy_port == 0) return FieldError("network.proxy_port", "must be 1..65535");
   for (size_t i = 0; i < spec.env_passthrough.size(); ++i) {
     RETURN_IF_ERROR(ValidatePassthrough(spec.env_passthrough[i], i));
   }
@@ -464,8 +475,11 @@ PolicyBuilder& PolicyBuilder::SetNetworkNone() {
   return *this;
 }
 
-PolicyBuilder& PolicyBuilder::SetNetworkEgress() {
-  if (status_.ok()) spec_.network = NetworkMode::kEgress;
+PolicyBuilder& PolicyBuilder::SetNetworkEgress(std::vector<std::string> allow, uint16_t proxy_port) {
+  if (!status_.ok()) return *this;
+  spec_.network = NetworkMode::kEgress;
+  spec_.egress_allow = std::move(allow);
+  spec_.egress_proxy_port = proxy_port;
   return *this;
 }
 

@@ -37,7 +37,7 @@ class PolicyBuilder {
   PolicyBuilder& SetLimits(const Limits& limits);
   PolicyBuilder& SetSeccomp(SeccompPolicy seccomp);
   PolicyBuilder& SetNetworkNone();
-  PolicyBuilder& SetNetworkEgress();
+  PolicyBuilder& SetNetworkEgress(std::vector<std::string> allow = {}, uint16_t proxy_port = 3128);
   PolicyBuilder& SetNetworkHost(UnrestrictedNetworking);
   PolicyBuilder& AddEnvPassthrough(std::string_view name);
   PolicyBuilder& SetEnv(std::string_view name, std::string_view value);  // replaces an earlier value

@@ -329,15 +329,25 @@ absl::StatusOr<Policy> PolicyFromProto(const pb::SandboxPolicy& proto) {
     RETURN_IF_ERROR(first_error(ConvertSeccomp(proto.seccomp(), seccomp)));
     builder.SetSeccomp(std::move(seccomp));
   }
+  if (proto.network().mode() != pb::Network::EGRESS &&
+      (proto.network().allow_size() > 0 || proto.network().has_proxy_port())) {
+    return absl::InvalidArgumentError("network.allow, network.proxy_port: only for mode EGRESS");
+  }
   switch (proto.network().mode()) {
     case pb::Network::MODE_UNSPECIFIED:
       break;
     case pb::Network::NONE:
       builder.SetNetworkNone();
       break;
-    case pb::Network::EGRESS:
-      builder.SetNetworkEgress();
+    case pb::Network::EGRESS: {
+      const uint32_t port = proto.network().has_proxy_port() ? proto.network().proxy_port() : 3128;
+      if (port == 0 || port > 65535) {
+        return absl::InvalidArgumentError(absl::StrCat("network.proxy_port: ", port, " is not a port"));
+      }
+      builder.SetNetworkEgress({proto.network().allow().begin(), proto.network().allow().end()},
+                               static_cast<uint16_t>(port));
       break;
+    }
     case pb::Network::HOST:
       // The policy says so in as many words; that is the review point the token stands for.
       builder.SetNetworkHost(UnrestrictedNetworking());

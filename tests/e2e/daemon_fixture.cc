@@ -64,7 +64,9 @@ Daemon::Daemon(Options options) {
 bool Daemon::Alive() const {
   if (pid_ <= 0) return false;
   int status;
-  return waitpid(pid_, &status, WNOHANG) == 0;
+  if (waitpid(pid_, &status, WNOHANG) == 0) return true;
+  pid_ = -1;  // reaped (or gone): Stop() has nothing to wait for
+  return false;
 }
 
 int Daemon::Stop() {

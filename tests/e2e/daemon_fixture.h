@@ -42,7 +42,7 @@ class Daemon {
  private:
   std::string dir_;
   std::string socket_;
-  pid_t pid_ = -1;
+  mutable pid_t pid_ = -1;  // -1 once reaped
   bool ready_ = false;
 };
 

@@ -565,5 +565,28 @@ TEST_F(LoadPolicyFileTest, DirectoryIsNotAPolicy) {
   EXPECT_TRUE(StatusIs(LoadPolicyFile(dir_), StatusCode::kInvalidArgument, dir_ + ": not a regular file"));
 }
 
+TEST(ParsePolicyTextTest, EgressAllowRulesAndProxyPort) {
+  absl::StatusOr<Policy> policy = ParsePolicyText(
+      "name: \"e\"\nnetwork { mode: EGRESS allow: \"example.com\" allow: \"*.example.org:443\" proxy_port: 8080 }\n",
+      "egress.textproto");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  EXPECT_EQ(policy->spec().network, NetworkMode::kEgress);
+  EXPECT_EQ(policy->spec().egress_allow, (std::vector<std::string>{"example.com", "*.example.org:443"}));
+  EXPECT_EQ(policy->spec().egress_proxy_port, 8080);
+  absl::StatusOr<Policy> defaults = ParsePolicyText("name: \"e\"\nnetwork { mode: EGRESS }\n", "d.textproto");
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->spec().egress_proxy_port, 3128);
+  EXPECT_TRUE(defaults->spec().egress_allow.empty());
+}
+
+TEST(ParsePolicyTextTest, EgressRulesOutsideEgressModeOrMalformedAreErrors) {
+  EXPECT_TRUE(StatusIs(ParsePolicyText("name: \"e\"\nnetwork { mode: NONE allow: \"example.com\" }\n", "n.textproto"),
+                       StatusCode::kInvalidArgument, "network.allow"));
+  EXPECT_TRUE(StatusIs(ParsePolicyText("name: \"e\"\nnetwork { mode: EGRESS proxy_port: 0 }\n", "p.textproto"),
+                       StatusCode::kInvalidArgument, "network.proxy_port"));
+  EXPECT_TRUE(StatusIs(ParsePolicyText("name: \"e\"\nnetwork { mode: EGRESS allow: \"a b\" }\n", "s.textproto"),
+                       StatusCode::kInvalidArgument, "network.allow[0]"));
+}
+
 }  // namespace
 }  // namespace sbx::sandbox

@@ -1,0 +1,254 @@
+// Network mode EGRESS end to end: the real daemon runs a file session whose only way out is the agent's proxy
+// on the jail's loopback (HTTP_PROXY is set); upstream test servers listen on the host's loopback.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/e2e/daemon_fixture.h"
+
+namespace sbx::testing {
+namespace {
+
+namespace pb = ::duvo::sandbox::v1;
+using ::testing::HasSubstr;
+
+// A one-response-per-connection HTTP server on `ip`, recording the request heads it got.
+class Upstream {
+ public:
+  explicit Upstream(const char* ip) {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    inet_pton(AF_INET, ip, &addr.sin_addr);
+    bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    listen(fd_, 16);
+    socklen_t len = sizeof(addr);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~Upstream() {
+    shutdown(fd_, SHUT_RDWR);
+    close(fd_);
+    thread_.join();
+  }
+  int port() const { return port_; }
+  std::vector<std::string> requests() {
+    std::lock_guard lock(mu_);
+    return requests_;
+  }
+
+ private:
+  void Serve() {
+    for (;;) {
+      const int c = accept(fd_, nullptr, nullptr);
+      if (c < 0) return;
+      std::string head;
+      char buf[4096];
+      while (head.find("\r\n\r\n") == std::string::npos) {
+        const ssize_t n = read(c, buf, sizeof(buf));
+        if (n <= 0) break;
+        head.append(buf, static_cast<size_t>(n));
+      }
+      {
+        std::lock_guard lock(mu_);
+        requests_.push_back(head);
+      }
+      const std::string response = "HTTP/1.0 200 OK\r\nContent-Length: 19\r\n\r\nhello from upstream";
+      (void)!write(c, response.data(), response.size());
+      close(c);
+    }
+  }
+  int fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<std::string> requests_;  // GUARDED_BY(mu_)
+};
+
+// The built-in file policy with network EGRESS and the given rules.
+std::string EgressPolicy(const std::vector<std::string>& allow) {
+  std::ifstream in(SBX_FILE_POLICY);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string policy = ss.str();
+  const std::string none = "network {\n  mode: NONE\n}";
+  const size_t at = policy.find(none);
+  if (at == std::string::npos) return "";
+  std::string egress = "network {\n  mode: EGRESS\n";
+  for (const std::string& rule : allow) egress += "  allow: \"" + rule + "\"\n";
+  egress += "}";
+  return policy.replace(at, none.size(), egress);
+}
+
+// Fetches argv[1] through the proxy (for every host: NO_PROXY would send localhost straight to the jail's
+// own loopback).
+constexpr char kFetch[] =
+    "import os, sys, urllib.request, urllib.error\n"
+    "os.environ.pop('no_proxy', None); os.environ.pop('NO_PROXY', None)\n"
+    "try:\n"
+    "    print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())\n"
+    "except urllib.error.HTTPError as e:\n"
+    "    print('HTTP', e.code)\n"
+    "except Exception as e:\n"
+    "    print('ERROR', type(e).__name__, e)\n";
+
+class EgressTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    allowed_ = std::make_unique<Upstream>("127.0.0.2");
+    denied_ = std::make_unique<Upstream>("127.0.0.3");
+    dir_ = std::filesystem::temp_directory_path() / ("sbx-egress-" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir_);
+    const std::string policy =
+        EgressPolicy({"127.0.0.2/32:" + std::to_string(allowed_->port()), "localhost", "example.invalid"});
+    ASSERT_FALSE(policy.empty()) << "policies/file.textproto has no network { mode: NONE } block to replace";
+    std::ofstream(dir_ + "/file.textproto") << policy;
+    Daemon::Options o;
+    o.config_lines = {"policy_dir: \"" + dir_ + "\""};
+    daemon_ = std::make_unique<Daemon>(o);
+    ASSERT_TRUE(daemon_->ok()) << daemon_->Log();
+    stub_ = daemon_->NewStub();
+    grpc::ClientContext ctx;
+    pb::CreateRequest req;
+    req.set_kind(pb::FILE);
+    pb::Session session;
+    grpc::Status status = stub_->Create(&ctx, req, &session);
+    ASSERT_TRUE(status.ok()) << status.error_message() << daemon_->Log();
+    id_ = session.id();
+  }
+  void TearDown() override {
+    daemon_.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  CallResult Fetch(const std::string& url) { return RunExec(stub_.get(), id_, {"python3", "-c", kFetch, url}); }
+
+  std::vector<pb::Audit> Audits() {
+    grpc::ClientContext ctx;
+    pb::EventsRequest req;
+    req.set_session_id(id_);
+    auto reader = stub_->Events(&ctx, req);
+    std::vector<pb::Audit> out;
+    pb::Event e;
+    while (reader->Read(&e)) {
+      if (e.has_audit()) out.push_back(e.audit());
+    }
+    return out;
+  }
+
+  std::string CallIdOf(const CallResult& r) { return r.finished.call_id(); }
+
+  std::unique_ptr<Upstream> allowed_, denied_;
+  std::string dir_;
+  std::unique_ptr<Daemon> daemon_;
+  std::unique_ptr<pb::Sandboxes::StubInterface> stub_;
+  std::string id_;
+};
+
+TEST_F(EgressTest, AllowedHostLoadsThroughTheProxy) {
+  CallResult r = Fetch("http://127.0.0.2:" + std::to_string(allowed_->port()) + "/page?q=1");
+  EXPECT_EQ(r.out, "hello from upstream\n") << r.err;
+  ASSERT_EQ(allowed_->requests().size(), 1u);
+  // The proxy sends origin-form upstream.
+  EXPECT_EQ(allowed_->requests()[0].rfind("GET /page?q=1 HTTP/1.1\r\n", 0), 0u) << allowed_->requests()[0];
+  EXPECT_TRUE(Audits().empty());
+}
+
+TEST_F(EgressTest, DeniedHostGets403AndOneAuditEventNamingItAndTheCall) {
+  const std::string dest = "127.0.0.3:" + std::to_string(denied_->port());
+  CallResult r = Fetch("http://" + dest + "/");
+  EXPECT_EQ(r.out, "HTTP 403\n") << r.err;
+  EXPECT_TRUE(denied_->requests().empty());
+  std::vector<pb::Audit> audits = Audits();
+  ASSERT_EQ(audits.size(), 1u);
+  EXPECT_EQ(audits[0].action(), "egress_denied");
+  EXPECT_EQ(audits[0].destination(), dest);
+  EXPECT_EQ(audits[0].call_id(), CallIdOf(r));
+}
+
+TEST_F(EgressTest, ANameResolvingToLoopbackIsRefusedThoughARuleNamesTheName) {
+  CallResult r = Fetch("http://localhost:" + std::to_string(allowed_->port()) + "/");
+  EXPECT_EQ(r.out, "HTTP 403\n") << r.err;
+  std::vector<pb::Audit> audits = Audits();
+  ASSERT_EQ(audits.size(), 1u);
+  EXPECT_EQ(audits[0].action(), "egress_denied");
+  EXPECT_THAT(audits[0].detail(), HasSubstr("127.0.0.1"));
+}
+
+TEST_F(EgressTest, ATunnelCannotCarryASecondConnect) {
+  const std::string script =
+      "import socket, sys\n"
+      "s = socket.create_connection(('127.0.0.1', 3128))\n"
+      "s.sendall(('CONNECT 127.0.0.2:%s HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' % sys.argv[1]).encode())\n"
+      "print(s.recv(1024).split(b'\\r\\n')[0].decode())\n"
+      "s.sendall(('CONNECT 127.0.0.3:%s HTTP/1.1\\r\\nHost: y\\r\\n\\r\\n' % sys.argv[2]).encode())\n"
+      "rest = b''\n"
+      "while True:\n"
+      "    d = s.recv(1024)\n"
+      "    if not d: break\n"
+      "    rest += d\n"
+      "print('closed', b'hello from upstream' in rest)\n";
+  CallResult r = RunExec(stub_.get(), id_,
+                         {"python3", "-c", script, std::to_string(allowed_->port()), std::to_string(denied_->port())});
+  EXPECT_THAT(r.out, HasSubstr("HTTP/1.1 200"));
+  EXPECT_THAT(r.out, HasSubstr("closed False"));
+  // Neither upstream saw the nested request.
+  for (const std::string& req : allowed_->requests()) EXPECT_THAT(req, ::testing::Not(HasSubstr("CONNECT")));
+  EXPECT_TRUE(denied_->requests().empty());
+  bool nested = false;
+  for (const pb::Audit& a : Audits()) nested = nested || a.action() == "egress_nested_connect";
+  EXPECT_TRUE(nested);
+}
+
+TEST_F(EgressTest, RawSocketsGoNowhereAndTheJailHasNoDns) {
+  const std::string script =
+      "import socket, sys\n"
+      "for host, port in (('127.0.0.2', int(sys.argv[1])), ('198.51.100.7', 80)):\n"
+      "    try:\n"
+      "        socket.create_connection((host, port), timeout=3)\n"
+      "        print(host, 'connected')\n"
+      "    except OSError as e:\n"
+      "        print(host, 'refused' if isinstance(e, ConnectionRefusedError) else 'unreachable')\n"
+      "try:\n"
+      "    socket.getaddrinfo('example.invalid', 80)\n"
+      "    print('dns works')\n"
+      "except OSError:\n"
+      "    print('no dns')\n";
+  CallResult r = RunExec(stub_.get(), id_, {"python3", "-c", script, std::to_string(allowed_->port())});
+  // 127.0.0.2 inside the jail is the jail's own loopback, where nothing listens.
+  EXPECT_THAT(r.out, HasSubstr("127.0.0.2 refused"));
+  EXPECT_THAT(r.out, HasSubstr("198.51.100.7 unreachable"));
+  EXPECT_THAT(r.out, HasSubstr("no dns"));
+  EXPECT_TRUE(allowed_->requests().empty());
+}
+
+TEST(EgressPolicyTest, ABadRuleFailsTheDaemonAtStartNamingIt) {
+  const std::string dir = std::filesystem::temp_directory_path() / ("sbx-egress-bad-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/file.textproto") << EgressPolicy({"10.0.0.1/8"});
+  Daemon::Options o;
+  o.config_lines = {"policy_dir: \"" + dir + "\""};
+  Daemon daemon(o);
+  EXPECT_FALSE(daemon.ok());
+  EXPECT_THAT(daemon.Log(), HasSubstr("10.0.0.1/8"));
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+}
+
+}  // namespace
+}  // namespace sbx::testing
