@@ -30,6 +30,8 @@ packages=(
   libxcb1-dev libxcb-xtest0-dev libxau-dev libxdmcp-dev x11proto-dev libpng-dev zlib1g-dev
   # desktop_bench's anchors on a host Xvfb: xwd (x11-apps) for screenshots, xdotool for input
   x11-apps xdotool
+  # browser sessions: Debian's Chromium (policies/browser.textproto; the browser policy test runs it)
+  chromium
   # tests/deploy (deploy_validate): yamllint for the Kubernetes manifests, python3-yaml for their structural
   # checks, systemd for systemd-analyze (fresh Debian container images do not have it)
   yamllint python3-yaml systemd
