@@ -52,17 +52,23 @@ int PidfdSendSignal(int pidfd, int sig) { return static_cast<int>(syscall(SYS_pi
 
 // clone3 with a pidfd (and CLONE_PARENT_SETTID into *tid); falls back to clone(2) on kernels without clone3.
 // Returns 0 in the child.
-pid_t CloneWithPidfd(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd) {
+// clone3's arguments for a jail child: a pidfd, its pid in *tid, and (v2) born in the session cgroup with no
+// migration afterwards.
+clone_args JailCloneArgs(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd) {
   clone_args args{};
   args.flags = flags | CLONE_PIDFD | CLONE_PARENT_SETTID;
   if (cgroup_fd >= 0) {
-    // v2: born in the session cgroup, with no migration afterwards.
     args.flags |= CLONE_INTO_CGROUP;
     args.cgroup = static_cast<uint64_t>(cgroup_fd);
   }
   args.pidfd = reinterpret_cast<uint64_t>(pidfd);
   args.parent_tid = reinterpret_cast<uint64_t>(tid);
   args.exit_signal = SIGCHLD;
+  return args;
+}
+
+pid_t CloneWithPidfd(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd) {
+  clone_args args = JailCloneArgs(flags, pidfd, tid, cgroup_fd);
   long pid = syscall(SYS_clone3, &args, sizeof(args));
   if (pid < 0 && errno == ENOSYS && cgroup_fd < 0) {
     pid = syscall(SYS_clone, flags | CLONE_PIDFD | CLONE_PARENT_SETTID | SIGCHLD, nullptr, pidfd, tid, nullptr);
@@ -136,15 +142,7 @@ pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, const in
   static thread_local ChildStack stack;
   char* top = stack.top();
   if (top != nullptr) {
-    clone_args args{};
-    args.flags = flags | CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_PARENT_SETTID;
-    if (cgroup_fd >= 0) {
-      args.flags |= CLONE_INTO_CGROUP;
-      args.cgroup = static_cast<uint64_t>(cgroup_fd);
-    }
-    args.pidfd = reinterpret_cast<uint64_t>(pidfd);
-    args.parent_tid = reinterpret_cast<uint64_t>(tid);
-    args.exit_signal = SIGCHLD;
+    clone_args args = JailCloneArgs(flags | CLONE_VM | CLONE_VFORK, pidfd, tid, cgroup_fd);
     args.stack = reinterpret_cast<uint64_t>(top - kChildStackBytes);
     args.stack_size = kChildStackBytes;
     // No signal handler of the agent may run on the child's stack before it resets them: block all.

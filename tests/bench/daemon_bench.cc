@@ -25,6 +25,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
+#include "tests/bench/bench_util.h"
 
 namespace pb = ::duvo::sandbox::v1;
 using Clock = std::chrono::steady_clock;
@@ -57,18 +58,6 @@ long RssKiB(pid_t pid) {
     if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
   }
   return -1;
-}
-
-int Spawn(const std::vector<std::string>& argv, bool wait = true) {
-  std::vector<char*> args;
-  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid;
-  if (posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), environ) != 0) return -1;
-  if (!wait) return pid;
-  int status;
-  waitpid(pid, &status, 0);
-  return status;
 }
 
 struct ExecOutcome {
@@ -169,7 +158,7 @@ int main(int argc, char** argv) {
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
   for (int i = 0; i < calls; ++i) {
     auto a = Clock::now();
-    Spawn({"/bin/true"});
+    sbx::bench::Wait(sbx::bench::Spawn({"/bin/true"}));
     local.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
   }
   printf("exec round trip of `true` in a warm session, %d calls\n", calls);
@@ -189,7 +178,7 @@ int main(int argc, char** argv) {
     received = streamed.bytes;
     ours_gbs.push_back(streamed.bytes / stream_secs / 1e9);
     auto h0 = Clock::now();
-    Spawn({"/bin/sh", "-c", "head -c " + count + " /dev/zero | cat > /dev/null"});
+    sbx::bench::Wait(sbx::bench::Spawn({"/bin/sh", "-c", "head -c " + count + " /dev/zero | cat > /dev/null"}));
     host_gbs.push_back(stream_bytes / std::chrono::duration<double>(Clock::now() - h0).count() / 1e9);
   }
   printf("stdout streaming, %llu bytes, 5 runs each\n", static_cast<unsigned long long>(stream_bytes));

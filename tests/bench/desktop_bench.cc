@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/bench/bench_util.h"
 #include "tests/e2e/daemon_fixture.h"
 
 extern char** environ;
@@ -31,39 +32,13 @@ using Clock = std::chrono::steady_clock;
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
-double Percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
-}
-
-pid_t Spawn(const std::vector<std::string>& argv, bool wait_for_it) {
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
-  pid_t pid;
-  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
-    perror(args[0]);
-    exit(1);
-  }
-  posix_spawn_file_actions_destroy(&actions);
-  if (wait_for_it) {
-    int status;
-    waitpid(pid, &status, 0);
-  }
-  return pid;
-}
-
 // Starts a host Xvfb on `display` and waits for its socket; returns its pid.
 pid_t HostXvfb(int display) {
   const std::string socket = "/tmp/.X11-unix/X" + std::to_string(display);
   unlink(socket.c_str());
-  const pid_t pid = Spawn({"/usr/bin/Xvfb", ":" + std::to_string(display), "-screen", "0", "1280x800x24",
-                           "-nolisten", "tcp", "-noreset"},
-                          false);
+  const pid_t pid = sbx::bench::Spawn({"/usr/bin/Xvfb", ":" + std::to_string(display), "-screen", "0", "1280x800x24",
+                                       "-nolisten", "tcp", "-noreset"},
+                                      /*quiet_stderr=*/true);
   for (int i = 0; i < 2000; ++i) {
     struct stat st;
     if (stat(socket.c_str(), &st) == 0) return pid;
@@ -131,7 +106,7 @@ int main(int argc, char** argv) {
 
     const auto a0 = Clock::now();
     const pid_t xvfb = HostXvfb(97);
-    Spawn({"/usr/bin/xwd", "-root", "-silent", "-display", ":97"}, true);
+    sbx::bench::RunQuiet({"/usr/bin/xwd", "-root", "-silent", "-display", ":97"}, /*quiet_stderr=*/true);
     anchor_create_ms.push_back(Ms(Clock::now() - a0));
     StopXvfb(xvfb);
   }
@@ -149,7 +124,7 @@ int main(int argc, char** argv) {
     if (!Call(stub.get(), session.id(), screenshot)) return 1;
     shot_ms.push_back(Ms(Clock::now() - t0));
     const auto a0 = Clock::now();
-    Spawn({"/usr/bin/xwd", "-root", "-silent", "-display", ":98"}, true);
+    sbx::bench::RunQuiet({"/usr/bin/xwd", "-root", "-silent", "-display", ":98"}, /*quiet_stderr=*/true);
     anchor_shot_ms.push_back(Ms(Clock::now() - a0));
   }
   const auto fps_start = Clock::now();
@@ -164,24 +139,24 @@ int main(int argc, char** argv) {
     move_ms.push_back(Ms(Clock::now() - t0));
     const auto a0 = Clock::now();
     setenv("DISPLAY", ":98", 1);
-    Spawn({"/usr/bin/xdotool", "mousemove", std::to_string(i % 1280), std::to_string(i % 800)}, true);
+    sbx::bench::RunQuiet({"/usr/bin/xdotool", "mousemove", std::to_string(i % 1280), std::to_string(i % 800)}, /*quiet_stderr=*/true);
     anchor_move_ms.push_back(Ms(Clock::now() - a0));
   }
   StopXvfb(xvfb);
 
   printf("desktop_bench: 1280x800, %u cores\n", std::thread::hardware_concurrency());
   printf("Create -> first screenshot (PNG), %d runs:\n", creates);
-  printf("  desktop session        p50 %8.2f ms\n", Percentile(create_ms, 0.5));
-  printf("  anchor: host Xvfb+xwd  p50 %8.2f ms   ratio %.2f\n", Percentile(anchor_create_ms, 0.5),
-         Percentile(create_ms, 0.5) / Percentile(anchor_create_ms, 0.5));
+  printf("  desktop session        p50 %8.2f ms\n", sbx::bench::Percentile(create_ms, 0.5));
+  printf("  anchor: host Xvfb+xwd  p50 %8.2f ms   ratio %.2f\n", sbx::bench::Percentile(anchor_create_ms, 0.5),
+         sbx::bench::Percentile(create_ms, 0.5) / sbx::bench::Percentile(anchor_create_ms, 0.5));
   printf("screenshot, %d runs:\n", shots);
-  printf("  desktop session (PNG)  p50 %8.2f ms   p99 %8.2f ms   %.1f frames/s\n", Percentile(shot_ms, 0.5),
-         Percentile(shot_ms, 0.99), fps);
-  printf("  anchor: xwd -root      p50 %8.2f ms   ratio %.2f\n", Percentile(anchor_shot_ms, 0.5),
-         Percentile(shot_ms, 0.5) / Percentile(anchor_shot_ms, 0.5));
+  printf("  desktop session (PNG)  p50 %8.2f ms   p99 %8.2f ms   %.1f frames/s\n", sbx::bench::Percentile(shot_ms, 0.5),
+         sbx::bench::Percentile(shot_ms, 0.99), fps);
+  printf("  anchor: xwd -root      p50 %8.2f ms   ratio %.2f\n", sbx::bench::Percentile(anchor_shot_ms, 0.5),
+         sbx::bench::Percentile(shot_ms, 0.5) / sbx::bench::Percentile(anchor_shot_ms, 0.5));
   printf("input round trip (mouse_move), %d runs:\n", moves);
-  printf("  desktop session        p50 %8.2f ms   p99 %8.2f ms\n", Percentile(move_ms, 0.5), Percentile(move_ms, 0.99));
-  printf("  anchor: xdotool        p50 %8.2f ms   ratio %.2f\n", Percentile(anchor_move_ms, 0.5),
-         Percentile(move_ms, 0.5) / Percentile(anchor_move_ms, 0.5));
+  printf("  desktop session        p50 %8.2f ms   p99 %8.2f ms\n", sbx::bench::Percentile(move_ms, 0.5), sbx::bench::Percentile(move_ms, 0.99));
+  printf("  anchor: xdotool        p50 %8.2f ms   ratio %.2f\n", sbx::bench::Percentile(anchor_move_ms, 0.5),
+         sbx::bench::Percentile(move_ms, 0.5) / sbx::bench::Percentile(anchor_move_ms, 0.5));
   return 0;
 }

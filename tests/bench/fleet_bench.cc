@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/bench/bench_util.h"
 #include "tests/fleet/agent_process.h"
 #include "tests/fleet/double/control_plane_double.h"
 
@@ -44,53 +45,6 @@ int64_t RealtimeNs() {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return static_cast<int64_t>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
-}
-
-double Percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
-}
-
-// Runs argv; returns its stdout.
-std::string Capture(const std::vector<std::string>& argv) {
-  int fds[2];
-  if (pipe(fds) != 0) exit(1);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
-  posix_spawn_file_actions_addclose(&actions, fds[0]);
-  pid_t pid;
-  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
-    perror("posix_spawn");
-    exit(1);
-  }
-  posix_spawn_file_actions_destroy(&actions);
-  close(fds[1]);
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fds[0], buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
-  close(fds[0]);
-  int status;
-  waitpid(pid, &status, 0);
-  return out;
-}
-
-void RunQuiet(const std::vector<std::string>& argv) {
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  pid_t pid;
-  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) exit(1);
-  posix_spawn_file_actions_destroy(&actions);
-  int status;
-  waitpid(pid, &status, 0);
 }
 
 std::string Stdout(const ControlPlaneDouble::LeaseView& lease) {
@@ -164,7 +118,7 @@ int main(int argc, char** argv) {
     fleet_ms.push_back(static_cast<double>(started - enqueued) / 1e6);
 
     const int64_t spawned = RealtimeNs();
-    const std::string out = Capture({sbx::testing::AgentBin(), "run", "--ro-bind", probe_dir + ":/probe", "--",
+    const std::string out = sbx::bench::Capture({sbx::testing::AgentBin(), "run", "--ro-bind", probe_dir + ":/probe", "--",
                                      workload, "now"});
     run_ms.push_back(static_cast<double>(atoll(out.c_str()) - spawned) / 1e6);
   }
@@ -190,7 +144,7 @@ int main(int argc, char** argv) {
     std::vector<std::jthread> workers;
     for (int t = 0; t < 2; ++t) {
       workers.emplace_back([&] {
-        for (int i = 0; i < anchor_runs / 2; ++i) RunQuiet({sbx::testing::AgentBin(), "run", "--", "/bin/true"});
+        for (int i = 0; i < anchor_runs / 2; ++i) sbx::bench::RunQuiet({sbx::testing::AgentBin(), "run", "--", "/bin/true"});
       });
     }
   }
@@ -199,9 +153,9 @@ int main(int argc, char** argv) {
   printf("fleet_bench: one agent (capacity %d), control-plane double on loopback; %u cores\n", capacity,
          std::thread::hardware_concurrency());
   printf("lease-to-running (enqueued -> workload's first instruction), %d runs:\n", latency_runs);
-  printf("  fleet mode            p50 %7.2f ms   p99 %7.2f ms\n", Percentile(fleet_ms, 0.5), Percentile(fleet_ms, 0.99));
-  printf("  anchor: agent run     p50 %7.2f ms   p99 %7.2f ms\n", Percentile(run_ms, 0.5), Percentile(run_ms, 0.99));
-  printf("  ratio (p50)           %.2f   target: fleet p50 < 20 ms\n", Percentile(fleet_ms, 0.5) / Percentile(run_ms, 0.5));
+  printf("  fleet mode            p50 %7.2f ms   p99 %7.2f ms\n", sbx::bench::Percentile(fleet_ms, 0.5), sbx::bench::Percentile(fleet_ms, 0.99));
+  printf("  anchor: agent run     p50 %7.2f ms   p99 %7.2f ms\n", sbx::bench::Percentile(run_ms, 0.5), sbx::bench::Percentile(run_ms, 0.99));
+  printf("  ratio (p50)           %.2f   target: fleet p50 < 20 ms\n", sbx::bench::Percentile(fleet_ms, 0.5) / sbx::bench::Percentile(run_ms, 0.5));
   printf("sustained /bin/true sessions:\n");
   printf("  fleet mode            %7.1f sessions/s  (%d sessions, %d not completed, peak outstanding %d)\n",
          fleet_rate, sessions, failed, max_outstanding);

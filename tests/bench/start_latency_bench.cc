@@ -20,39 +20,13 @@
 #include <thread>
 #include <vector>
 
+#include "tests/bench/bench_util.h"
+
 extern char** environ;
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-int RunOnce(const std::vector<std::string>& argv) {
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  pid_t pid;
-  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
-    perror("posix_spawn");
-    exit(1);
-  }
-  posix_spawn_file_actions_destroy(&actions);
-  int status;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
-double Percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
-}
 
 // Runs `argv` `n` times in each of `threads` threads; returns runs per second.
 double Throughput(const std::vector<std::string>& argv, int n, int threads) {
@@ -61,7 +35,7 @@ double Throughput(const std::vector<std::string>& argv, int n, int threads) {
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&] {
       for (int i = 0; i < n; ++i) {
-        if (RunOnce(argv) != 0) {
+        if (sbx::bench::RunQuiet(argv) != 0) {
           fprintf(stderr, "a run failed: %s\n", argv[0].c_str());
           exit(1);
         }
@@ -98,7 +72,7 @@ int main(int argc, char** argv) {
 
   // Warm up both (page cache, dynamic loader).
   for (int i = 0; i < 10; ++i) {
-    if (RunOnce(ours) != 0 || RunOnce(anchor) != 0) {
+    if (sbx::bench::RunQuiet(ours) != 0 || sbx::bench::RunQuiet(anchor) != 0) {
       fprintf(stderr, "warm-up run failed (are we root, is sandbox-agent built?)\n");
       return 1;
     }
@@ -107,18 +81,18 @@ int main(int argc, char** argv) {
   std::vector<double> ours_ms, anchor_ms;
   for (int i = 0; i < runs; ++i) {
     auto t0 = Clock::now();
-    RunOnce(ours);
+    sbx::bench::RunQuiet(ours);
     auto t1 = Clock::now();
-    RunOnce(anchor);
+    sbx::bench::RunQuiet(anchor);
     auto t2 = Clock::now();
     ours_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
     anchor_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
   }
-  const double m_ours = Median(ours_ms), m_anchor = Median(anchor_ms);
+  const double m_ours = sbx::bench::Median(ours_ms), m_anchor = sbx::bench::Median(anchor_ms);
   printf("machine: %u cores\n", std::thread::hardware_concurrency());
   printf("start latency of /bin/true, %d runs each (interleaved)\n", runs);
-  printf("  sandbox-agent run   median %.2f ms  p90 %.2f ms\n", m_ours, Percentile(ours_ms, 0.9));
-  printf("  bwrap --unshare-all median %.2f ms  p90 %.2f ms\n", m_anchor, Percentile(anchor_ms, 0.9));
+  printf("  sandbox-agent run   median %.2f ms  p90 %.2f ms\n", m_ours, sbx::bench::Percentile(ours_ms, 0.9));
+  printf("  bwrap --unshare-all median %.2f ms  p90 %.2f ms\n", m_anchor, sbx::bench::Percentile(anchor_ms, 0.9));
   printf("  ratio (ours / bwrap) %.2f\n", m_ours / m_anchor);
 
   // Spaced starts, 100 ms apart: what a lone `run` sees. On cgroup v1 hosts the first cgroup migration after
@@ -128,19 +102,19 @@ int main(int argc, char** argv) {
   for (int i = 0; i < std::max(runs / 10, 10); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     auto t0 = Clock::now();
-    RunOnce(ours);
+    sbx::bench::RunQuiet(ours);
     auto t1 = Clock::now();
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     auto t2 = Clock::now();
-    RunOnce(anchor);
+    sbx::bench::RunQuiet(anchor);
     auto t3 = Clock::now();
     ours_spaced.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
     anchor_spaced.push_back(std::chrono::duration<double, std::milli>(t3 - t2).count());
   }
   printf("spaced starts (100 ms apart), %zu runs each\n", ours_spaced.size());
-  printf("  sandbox-agent run   median %.2f ms\n", Median(ours_spaced));
-  printf("  bwrap --unshare-all median %.2f ms\n", Median(anchor_spaced));
-  printf("  ratio (ours / bwrap) %.2f\n", Median(ours_spaced) / Median(anchor_spaced));
+  printf("  sandbox-agent run   median %.2f ms\n", sbx::bench::Median(ours_spaced));
+  printf("  bwrap --unshare-all median %.2f ms\n", sbx::bench::Median(anchor_spaced));
+  printf("  ratio (ours / bwrap) %.2f\n", sbx::bench::Median(ours_spaced) / sbx::bench::Median(anchor_spaced));
 
   const int n = std::max(runs / 2, 20);
   const double ours_seq = Throughput(ours, n, 1), anchor_seq = Throughput(anchor, n, 1);
