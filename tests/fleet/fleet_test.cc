@@ -495,6 +495,39 @@ TEST(FleetTest, SighupReloadsCapacityAndLabelsWithoutDroppingSessions) {
   EXPECT_EQ(agent.Terminate(seconds(30)), 0);
 }
 
+TEST(FleetTest, ADesktopLeaseStartsItsDisplayAndStreamsAScreenshot) {
+  if (access("/usr/bin/Xvfb", X_OK) != 0) GTEST_SKIP() << "this machine lacks Xvfb (deploy/install-deps.sh installs it)";
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  pb::SandboxRequest request;
+  request.set_kind(pb::DESKTOP);
+  request.mutable_desktop()->set_width(800);
+  request.mutable_desktop()->set_height(600);
+  request.add_calls()->mutable_desktop()->mutable_screenshot()->set_target_width(400);
+  request.set_end_after_calls(true);
+  const std::string id = cp->Enqueue(request);
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(30))) << agent.Log();
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  ExpectGapFree(*l);
+  EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::COMPLETED) << l->outcome->DebugString();
+  std::string png;
+  pb::DesktopResult result;
+  for (const pb::Event& e : l->events) {
+    if (e.has_file()) png += e.file().data();
+    if (e.has_tool_call_finished() && e.tool_call_finished().has_result()) {
+      result = e.tool_call_finished().result().desktop();
+    }
+  }
+  EXPECT_EQ(result.display_width(), 800u);
+  EXPECT_EQ(result.image_width(), 400u);
+  EXPECT_EQ(result.image_height(), 300u);
+  EXPECT_EQ(png.size(), result.image_bytes());
+  EXPECT_EQ(png.substr(1, 3), "PNG");
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
 // GET /metrics on 127.0.0.1:port.
 std::string Metrics(int port) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -495,7 +495,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadInputCase{"MissingPolicyFile", {"--policy", "/no/such/policy.textproto"}, {"/bin/true"}, "",
                      "/no/such/policy.textproto"},
         BadInputCase{"RelativeCwd", {"--cwd", "relative/dir"}, {"/bin/true"}, "", "workdir"},
-        BadInputCase{"CwdMissingInJail", {"--cwd", "/no/such/dir"}, {"/bin/true"}, "", "chdir"}),
+        BadInputCase{"CwdMissingInJail", {"--cwd", "/no/such/dir"}, {"/bin/true"}, "", "chdir"},
+        // The egress proxy lives in the daemon: a one-shot run cannot give a jail governed egress.
+        BadInputCase{"EgressInRun", {}, {"/bin/true"}, "name: \"e\"\nnetwork { mode: EGRESS allow: \"x.test\" }\n",
+                     "sandbox-agent serve"}),
     [](const ::testing::TestParamInfo<BadInputCase>& info) { return std::string(info.param.name); });
 
 }  // namespace
