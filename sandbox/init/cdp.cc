@@ -1,0 +1,1136 @@
+#include "sandbox/init/cdp.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+namespace sbx::init {
+namespace {
+
+using nlohmann::json;
+
+constexpr size_t kMaxMessageBytes = 64 << 20;  // one CDP message (a full-page screenshot is the biggest)
+constexpr size_t kReadChunk = 1 << 20;
+constexpr size_t kMaxDepth = 2000;  // of a CDP message's JSON
+constexpr size_t kMaxEvents = 1000;
+constexpr size_t kMaxEventText = 8192;
+constexpr size_t kMaxInFlight = 10000;  // requests tracked for network idle
+constexpr int kNetworkIdleMs = 500;
+constexpr int kDownloadAnnounceMs = 1000;  // after a navigation aborted, until a download it became is announced
+constexpr int kCloseGraceMs = 2000;        // Browser.close until the process exits
+constexpr int kTermGraceMs = 1000;         // between SIGTERM and SIGKILL
+constexpr int kInputTimeoutMs = 10000;     // input events, focus, element lookups
+constexpr int kTerminateWaitMs = 1000;     // a terminated script's evaluate response (a pending
+                                           // promise never answers)
+constexpr double kMaxFullPageHeight = 16384;
+constexpr uint32_t kMinWidth = 64, kMaxWidth = 7680, kMinHeight = 64, kMaxHeight = 4320;
+
+int64_t NowMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+void SleepMs(int ms) {
+  timespec ts{ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+  }
+}
+
+std::string ErrnoMessage(const std::string& what, int err) { return what + ": " + strerror(err); }
+
+std::string DescribeStatus(int status) {
+  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return std::string("was killed by signal ") + strsignal(WTERMSIG(status));
+  return "stopped";
+}
+
+// ---- JSON access that never throws ----
+
+// Whether `j` nests deeper than `max` levels. Iterative: dump() and our readers recurse, and Chromium runs
+// hostile pages (V8 itself refuses to serialize values nested deeper than about 1000 levels).
+bool TooDeep(const json& j, size_t max) {
+  std::vector<std::pair<const json*, size_t>> stack = {{&j, 1}};
+  while (!stack.empty()) {
+    const auto [node, depth] = stack.back();
+    stack.pop_back();
+    if (!node->is_structured()) continue;
+    if (depth > max) return true;
+    for (const json& child : *node) {
+      if (child.is_structured()) stack.emplace_back(&child, depth + 1);
+    }
+  }
+  return false;
+}
+
+const json* Field(const json& j, const char* key) {
+  if (!j.is_object()) return nullptr;
+  auto it = j.find(key);
+  return it == j.end() ? nullptr : &*it;
+}
+
+std::string Str(const json& j, const char* key) {
+  const json* f = Field(j, key);
+  return f != nullptr && f->is_string() ? f->get<std::string>() : std::string();
+}
+
+double Num(const json& j, const char* key, double fallback = 0) {
+  const json* f = Field(j, key);
+  return f != nullptr && f->is_number() ? f->get<double>() : fallback;
+}
+
+std::string Cut(std::string s, size_t max) {
+  if (s.size() <= max) return s;
+  size_t n = max;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xc0) == 0x80) --n;  // a UTF-8 boundary
+  s.resize(n);
+  return s + "...";
+}
+
+// The message of a Runtime exceptionDetails: the exception's description's first line ("Error: boom"), else
+// its value, else the details' text ("Uncaught").
+std::string ExceptionText(const json& details) {
+  std::string text = Str(details, "text");
+  if (const json* ex = Field(details, "exception")) {
+    std::string desc = Str(*ex, "description");
+    if (desc.empty()) {
+      if (const json* v = Field(*ex, "value")) desc = v->is_string() ? v->get<std::string>() : v->dump();
+    }
+    desc = desc.substr(0, desc.find('\n'));
+    if (!desc.empty()) text = text.empty() ? desc : text + " " + desc;
+  }
+  return text.empty() ? "an exception was thrown" : text;
+}
+
+// The text of a console API call: its arguments' values (or descriptions), space-separated.
+std::string ConsoleText(const json& params) {
+  std::string text;
+  if (const json* args = Field(params, "args"); args != nullptr && args->is_array()) {
+    for (const json& a : *args) {
+      std::string part;
+      if (const json* v = Field(a, "value")) {
+        part = v->is_string() ? v->get<std::string>() : v->dump();
+      } else {
+        part = Str(a, "description");
+        if (part.empty()) part = Str(a, "type");
+      }
+      if (!text.empty()) text += " ";
+      text += part;
+      if (text.size() > kMaxEventText) break;
+    }
+  }
+  return Cut(text, kMaxEventText);
+}
+
+bool DecodeBase64(const std::string& in, std::string* out) {
+  static const auto kTable = [] {
+    std::array<int8_t, 256> t{};
+    t.fill(-1);
+    const char* chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for (int i = 0; i < 64; ++i) t[static_cast<unsigned char>(chars[i])] = static_cast<int8_t>(i);
+    return t;
+  }();
+  out->clear();
+  out->reserve(in.size() / 4 * 3);
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : in) {
+    if (c == '=') break;
+    const int v = kTable[static_cast<unsigned char>(c)];
+    if (v < 0) return false;
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out->push_back(static_cast<char>((acc >> bits) & 0xff));
+    }
+  }
+  return true;
+}
+
+uint32_t Be16(const std::string& s, size_t i) {
+  return static_cast<uint32_t>(static_cast<unsigned char>(s[i])) << 8 | static_cast<unsigned char>(s[i + 1]);
+}
+
+// The size of a PNG (IHDR) or JPEG (the first SOFn marker) image.
+bool ImageSize(const std::string& img, uint32_t* w, uint32_t* h) {
+  if (img.size() >= 24 && img.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0) {
+    *w = Be16(img, 16) << 16 | Be16(img, 18);
+    *h = Be16(img, 20) << 16 | Be16(img, 22);
+    return true;
+  }
+  if (img.size() < 4 || static_cast<unsigned char>(img[0]) != 0xff || static_cast<unsigned char>(img[1]) != 0xd8) {
+    return false;
+  }
+  size_t i = 2;
+  while (i + 9 < img.size()) {
+    if (static_cast<unsigned char>(img[i]) != 0xff) return false;
+    const unsigned char marker = static_cast<unsigned char>(img[i + 1]);
+    if (marker == 0xff) {
+      ++i;
+      continue;
+    }
+    const uint32_t len = Be16(img, i + 2);
+    if (marker >= 0xc0 && marker <= 0xcf && marker != 0xc4 && marker != 0xc8 && marker != 0xcc) {
+      *h = Be16(img, i + 5);
+      *w = Be16(img, i + 7);
+      return true;
+    }
+    i += 2 + len;
+  }
+  return false;
+}
+
+// The last lines of Chromium's output (a memfd) for an error message: whitespace collapsed, without its D-Bus
+// complaints (a jail has no bus; they are harmless and would crowd out what matters), at most ~600 bytes.
+std::string OutputTail(int fd) {
+  if (fd < 0) return "";
+  struct stat st;
+  if (fstat(fd, &st) < 0 || st.st_size <= 0) return "";
+  std::string buf(8192, '\0');
+  const off_t from = std::max<off_t>(0, st.st_size - static_cast<off_t>(buf.size()));
+  const ssize_t n = pread(fd, buf.data(), buf.size(), from);
+  if (n <= 0) return "";
+  buf.resize(static_cast<size_t>(n));
+  std::vector<std::string> lines;
+  size_t pos = from > 0 ? buf.find('\n') + 1 : 0;  // skip a partial first line
+  while (pos < buf.size()) {
+    size_t end = buf.find('\n', pos);
+    if (end == std::string::npos) end = buf.size();
+    std::string line = buf.substr(pos, end - pos);
+    pos = end + 1;
+    if (line.find("dbus") != std::string::npos || line.find("DBus") != std::string::npos) continue;
+    std::string clean;
+    bool space = false;
+    for (char ch : line) {
+      const unsigned char c = static_cast<unsigned char>(ch);
+      if (c == '\t' || c == '\r' || c == ' ') {
+        space = !clean.empty();
+        continue;
+      }
+      if (c < 0x20) continue;
+      if (space) clean.push_back(' ');
+      space = false;
+      clean.push_back(ch);
+    }
+    if (!clean.empty()) lines.push_back(std::move(clean));
+  }
+  std::string out;
+  for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
+    if (!out.empty() && out.size() + it->size() > 600) break;
+    out = out.empty() ? *it : *it + " | " + out;
+  }
+  return out.size() > 600 ? "..." + out.substr(out.size() - 600) : out;
+}
+
+// Waits up to `ms` for `pid` (our child) to exit; true with *status if it did (or someone else reaped it).
+bool WaitExit(pid_t pid, int ms, int* status) {
+  const int64_t deadline = NowMs() + ms;
+  for (;;) {
+    const pid_t r = waitpid(pid, status, WNOHANG);
+    if (r == pid) return true;
+    if (r < 0 && errno != EINTR) return true;
+    if (NowMs() >= deadline) return false;
+    SleepMs(5);
+  }
+}
+
+// SIGTERM to the child's process group, SIGKILL after the grace period, then reaps it.
+void KillAndReap(pid_t pid) {
+  int status = 0;
+  kill(-pid, SIGTERM);
+  kill(pid, SIGTERM);
+  if (WaitExit(pid, kTermGraceMs, &status)) {
+    kill(-pid, SIGKILL);  // renderers and helpers left in its group
+    return;
+  }
+  kill(-pid, SIGKILL);
+  kill(pid, SIGKILL);
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+}
+
+// Starts Chromium: a new session, signals unblocked and at their defaults, stdin /dev/null, stdout and stderr
+// `log_fd`, fd 3 `cmd_fd` (it reads commands), fd 4 `resp_fd` (it writes responses and events), every other
+// descriptor close-on-exec. Between fork and exec: raw syscalls only. Returns the pid, or -1 with *error.
+pid_t SpawnChromium(const std::vector<std::string>& argv, const std::vector<std::string>& env, int log_fd, int cmd_fd,
+                    int resp_fd, std::string* error) {
+  std::vector<char*> args;
+  for (const std::string& s : argv) args.push_back(const_cast<char*>(s.c_str()));
+  args.push_back(nullptr);
+  std::vector<char*> envp;
+  for (const std::string& s : env) envp.push_back(const_cast<char*>(s.c_str()));
+  envp.push_back(nullptr);
+  int errpipe[2];
+  if (pipe2(errpipe, O_CLOEXEC) < 0) {
+    *error = ErrnoMessage("pipe2", errno);
+    return -1;
+  }
+  const int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null_fd < 0) {
+    *error = ErrnoMessage("open /dev/null", errno);
+    close(errpipe[0]);
+    close(errpipe[1]);
+    return -1;
+  }
+  const pid_t pid = fork();
+  if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);  // fails harmlessly for some
+    setsid();
+    // Out of the way of 0..4 first, so no dup2 below clobbers a source.
+    const int in = fcntl(null_fd, F_DUPFD_CLOEXEC, 10);
+    const int out = log_fd >= 0 ? fcntl(log_fd, F_DUPFD_CLOEXEC, 10) : in;
+    const int cmd = fcntl(cmd_fd, F_DUPFD_CLOEXEC, 10);
+    const int resp = fcntl(resp_fd, F_DUPFD_CLOEXEC, 10);
+    int err = 0;
+    if (in < 0 || out < 0 || cmd < 0 || resp < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0 ||
+        dup2(cmd, 3) < 0 || dup2(resp, 4) < 0) {
+      err = errno;
+    } else {
+      syscall(SYS_close_range, 5U, ~0U, CLOSE_RANGE_CLOEXEC);  // best effort (Linux >= 5.11)
+      execve(args[0], args.data(), envp.data());
+      err = errno;
+    }
+    (void)!write(errpipe[1], &err, sizeof(err));
+    _exit(127);
+  }
+  const int fork_errno = errno;
+  close(errpipe[1]);
+  close(null_fd);
+  if (pid < 0) {
+    close(errpipe[0]);
+    *error = ErrnoMessage("fork", fork_errno);
+    return -1;
+  }
+  int err = 0;
+  ssize_t n;
+  do {
+    n = read(errpipe[0], &err, sizeof(err));
+  } while (n < 0 && errno == EINTR);
+  close(errpipe[0]);
+  if (n == sizeof(err)) {
+    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    *error = ErrnoMessage("exec " + argv[0], err);
+    return -1;
+  }
+  return pid;
+}
+
+bool CheckSize(uint32_t w, uint32_t h, std::string* error) {
+  if (w < kMinWidth || w > kMaxWidth || h < kMinHeight || h > kMaxHeight) {
+    *error = "the viewport " + std::to_string(w) + "x" + std::to_string(h) + " is outside " +
+             std::to_string(kMinWidth) + "x" + std::to_string(kMinHeight) + ".." + std::to_string(kMaxWidth) + "x" +
+             std::to_string(kMaxHeight);
+    return false;
+  }
+  return true;
+}
+
+struct KeyInfo {
+  std::string key, code, text;
+  int vk = 0;
+};
+
+bool LookupKey(const std::string& name, KeyInfo* k) {
+  struct Named {
+    const char* name;
+    const char* code;
+    int vk;
+    const char* text;
+  };
+  static const Named kNamed[] = {
+      {"Enter", "Enter", 13, "\r"},
+      {"Tab", "Tab", 9, ""},
+      {"Escape", "Escape", 27, ""},
+      {"Backspace", "Backspace", 8, ""},
+      {"Delete", "Delete", 46, ""},
+      {"Space", "Space", 32, " "},
+      {"ArrowLeft", "ArrowLeft", 37, ""},
+      {"ArrowUp", "ArrowUp", 38, ""},
+      {"ArrowRight", "ArrowRight", 39, ""},
+      {"ArrowDown", "ArrowDown", 40, ""},
+      {"Home", "Home", 36, ""},
+      {"End", "End", 35, ""},
+      {"PageUp", "PageUp", 33, ""},
+      {"PageDown", "PageDown", 34, ""},
+  };
+  static const std::pair<const char*, const char*> kAliases[] = {
+      {"return", "Enter"},     {"esc", "Escape"},     {"del", "Delete"},  {"left", "ArrowLeft"}, {"up", "ArrowUp"},
+      {"right", "ArrowRight"}, {"down", "ArrowDown"}, {"pgup", "PageUp"}, {"pgdn", "PageDown"},  {" ", "Space"},
+  };
+  std::string lower;
+  for (char c : name) lower.push_back(static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c));
+  std::string canonical;
+  for (const auto& [alias, to] : kAliases) {
+    if (lower == alias) canonical = to;
+  }
+  for (const Named& n : kNamed) {
+    std::string nl;
+    for (const char* p = n.name; *p; ++p) nl.push_back(static_cast<char>(*p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p));
+    if (lower == nl || canonical == n.name) {
+      *k = {n.name, n.code, n.text, n.vk};
+      return true;
+    }
+  }
+  if (name.size() == 1 && name[0] > 0x20 && name[0] < 0x7f) {
+    const char c = name[0];
+    k->key = name;
+    k->text = name;
+    if (c >= 'a' && c <= 'z') {
+      k->code = std::string("Key") + static_cast<char>(c - 'a' + 'A');
+      k->vk = c - 'a' + 'A';
+    } else if (c >= 'A' && c <= 'Z') {
+      k->code = std::string("Key") + c;
+      k->vk = c;
+    } else if (c >= '0' && c <= '9') {
+      k->code = std::string("Digit") + c;
+      k->vk = c;
+    } else {
+      k->vk = 0;  // punctuation: the text is what matters
+    }
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+// ---- Start and stop ----
+
+std::unique_ptr<Browser> Browser::Start(const BrowserConfig& config, std::string* error) {
+  if (!CheckSize(config.width, config.height, error)) return nullptr;
+  if (config.profile_dir.empty()) {
+    *error = "the browser needs a profile directory";
+    return nullptr;
+  }
+  if (config.chromium_path.empty()) {
+    *error = "the chromium path is empty";
+    return nullptr;
+  }
+  std::unique_ptr<Browser> b(new Browser());
+  // Chromium's output goes to a memfd: nothing has to drain it, and its tail explains a failure.
+  b->log_fd_ = static_cast<int>(syscall(SYS_memfd_create, "chromium", 1U /* MFD_CLOEXEC */));
+  auto fail = [&](const std::string& message) -> std::unique_ptr<Browser> {
+    *error = message;
+    const std::string tail = OutputTail(b->log_fd_);
+    if (!tail.empty() && error->find("chromium said") == std::string::npos) *error += " (chromium said: " + tail + ")";
+    return nullptr;  // ~Browser kills and reaps what was started
+  };
+
+  int cmd[2], resp[2];  // cmd: we write, Chromium reads (its fd 3); resp: Chromium writes (its fd 4), we read
+  if (pipe2(cmd, O_CLOEXEC) < 0) return fail(ErrnoMessage("pipe2", errno));
+  if (pipe2(resp, O_CLOEXEC) < 0) {
+    close(cmd[0]);
+    close(cmd[1]);
+    return fail(ErrnoMessage("pipe2", errno));
+  }
+  b->to_chromium_ = cmd[1];
+  b->from_chromium_ = resp[0];
+  fcntl(cmd[1], F_SETFL, O_NONBLOCK);
+  fcntl(resp[0], F_SETFL, O_NONBLOCK);
+
+  std::vector<std::string> argv = {
+      config.chromium_path,
+      "--headless=new",
+      // NOTE: Chromium's own sandbox needs user namespaces or a setuid helper, neither of which a jail has (and
+      // it would be a sandbox inside ours). The jail (namespaces, seccomp, cgroup, no capabilities) is the
+      // sandbox around the browser and everything it runs.
+      "--no-sandbox",
+      "--remote-debugging-pipe",  // CDP on fds 3 and 4; no port is opened
+      "--user-data-dir=" + config.profile_dir,
+      "--window-size=" + std::to_string(config.width) + "," + std::to_string(config.height),
+      "--no-first-run",
+      "--no-default-browser-check",
+      "--disable-gpu",  // no GPU in a jail: software compositing, no GPU process probing /dev/dri
+      // Nothing that phones home or runs by itself: the egress proxy would see (and audit) it.
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--disable-default-apps",
+      "--disable-extensions",
+      "--disable-domain-reliability",
+      "--disable-client-side-phishing-detection",
+      "--disable-breakpad",
+      "--metrics-recording-only",
+      "--disable-features=Translate,MediaRouter,OptimizationHints,DialMediaRouteProvider,AutofillServerCommunication",
+      // A headless page is never "in the background": timers and rendering run at full speed.
+      "--disable-background-timer-throttling",
+      "--disable-backgrounding-occluded-windows",
+      "--disable-renderer-backgrounding",
+      "--disable-hang-monitor",
+      // Screenshots: exact sRGB colours, no scrollbars eating the viewport.
+      "--force-color-profile=srgb",
+      "--hide-scrollbars",
+      "--mute-audio",
+      "--password-store=basic",  // no keyring over D-Bus
+      "--noerrdialogs",
+  };
+  if (config.disable_dev_shm_usage) argv.push_back("--disable-dev-shm-usage");
+  if (!config.proxy.empty()) argv.push_back("--proxy-server=" + config.proxy);
+  for (const std::string& f : config.extra_flags) argv.push_back(f);
+  argv.push_back("about:blank");
+
+  std::string spawn_error;
+  b->pid_ = SpawnChromium(argv, config.env, b->log_fd_, cmd[0], resp[1], &spawn_error);
+  close(cmd[0]);
+  close(resp[1]);
+  if (b->pid_ < 0) return fail("starting chromium: " + spawn_error);
+
+  const int64_t deadline = NowMs() + config.start_timeout_ms;
+  auto left = [&] { return static_cast<int>(std::max<int64_t>(1, deadline - NowMs())); };
+  json result;
+  std::string e;
+  if (!b->Call("Target.getTargets", json::object(), &result, &e, left(), true)) {
+    return fail("chromium did not answer: " + e);
+  }
+  if (const json* infos = Field(result, "targetInfos"); infos != nullptr && infos->is_array()) {
+    for (const json& t : *infos) {
+      if (Str(t, "type") == "page") {
+        b->target_id_ = Str(t, "targetId");
+        break;
+      }
+    }
+  }
+  if (b->target_id_.empty()) {
+    if (!b->Call("Target.createTarget", {{"url", "about:blank"}}, &result, &e, left(), true)) {
+      return fail("creating a page: " + e);
+    }
+    b->target_id_ = Str(result, "targetId");
+  }
+  if (!b->Call("Target.attachToTarget", {{"targetId", b->target_id_}, {"flatten", true}}, &result, &e, left(), true)) {
+    return fail("attaching to the page: " + e);
+  }
+  b->session_id_ = Str(result, "sessionId");
+  if (b->session_id_.empty()) return fail("attaching to the page: no session id");
+  b->download_dir_ = config.download_dir;
+  json downloads = {{"behavior", "deny"}};
+  if (!config.download_dir.empty()) {
+    downloads = {{"behavior", "allowAndName"}, {"downloadPath", config.download_dir}, {"eventsEnabled", true}};
+  }
+  if (!b->Call("Browser.setDownloadBehavior", downloads, &result, &e, left(), true)) {
+    return fail("Browser.setDownloadBehavior: " + e);
+  }
+  for (const char* method : {"Page.enable", "Runtime.enable", "Network.enable", "Log.enable"}) {
+    if (!b->Call(method, json::object(), &result, &e, left())) return fail(std::string(method) + ": " + e);
+  }
+  if (!b->SetViewport(config.width, config.height, &e)) return fail(e);
+  b->TakeEvents();  // nothing the user did
+  error->clear();
+  return b;
+}
+
+Browser::~Browser() { Terminate(); }
+
+void Browser::Terminate() {
+  if (pid_ > 0) {
+    // A clean close flushes the profile; then the process exits by itself.
+    json result;
+    std::string e;
+    const bool closing = !gone_ && Call("Browser.close", json::object(), &result, &e, kCloseGraceMs, true);
+    int status = 0;
+    if (WaitExit(pid_, closing ? kCloseGraceMs : 0, &status)) {
+      kill(-pid_, SIGKILL);  // helpers left in its group
+    } else {
+      KillAndReap(pid_);
+    }
+    pid_ = -1;
+  }
+  for (int* fd : {&to_chromium_, &from_chromium_, &log_fd_}) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+  }
+}
+
+void Browser::ChildExited(pid_t pid, int status) {
+  if (pid <= 0 || pid != pid_) return;
+  pid_ = -1;
+  exit_status_ = status;
+  MarkGone("chromium " + DescribeStatus(status));
+}
+
+void Browser::MarkGone(const std::string& why, bool exiting) {
+  if (gone_) return;
+  gone_ = true;
+  gone_why_ = why;
+  // The pipe closes while the process exits, a moment before it can be waited for: give it that moment, so
+  // GoneMessage can say how it ended. Without reaping (WNOWAIT): the reaper still gets it.
+  const int64_t deadline = NowMs() + 500;
+  while (exiting && pid_ > 0 && !exit_status_ && NowMs() < deadline) {
+    siginfo_t info{};
+    if (waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) < 0 && errno != EINTR) break;
+    if (info.si_pid == pid_) break;
+    SleepMs(5);
+  }
+}
+
+std::string Browser::GoneMessage() const {
+  std::string why = gone_why_;
+  if (exit_status_) {
+    why = "chromium " + DescribeStatus(*exit_status_);
+  } else if (pid_ > 0) {
+    // Describe, without reaping, how it ended, if it did (the reaper still gets it).
+    siginfo_t info{};
+    if (waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid_) {
+      if (info.si_code == CLD_EXITED) {
+        why = "chromium exited with status " + std::to_string(info.si_status);
+      } else {
+        why = std::string("chromium was killed by signal ") + strsignal(info.si_status);
+      }
+    }
+  }
+  std::string message = "the browser is gone (" + why + ")";
+  const std::string tail = OutputTail(log_fd_);
+  if (!tail.empty()) message += " (chromium said: " + tail + ")";
+  return message;
+}
+
+bool Browser::Check(std::string* error) const {
+  if (gone_) {
+    *error = GoneMessage();
+    return false;
+  }
+  if (crashed_) {
+    *error = "the page crashed (its renderer died); navigate to load a page again";
+    return false;
+  }
+  return true;
+}
+
+// ---- The connection ----
+
+bool Browser::Send(const json& message, int64_t deadline_ms, std::string* error) {
+  std::string text = message.dump(-1, ' ', false, json::error_handler_t::replace);
+  text.push_back('\0');
+  size_t off = 0;
+  while (off < text.size()) {
+    const ssize_t n = write(to_chromium_, text.data() + off, text.size() - off);
+    if (n > 0) {
+      off += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      // Chromium is not reading: keep reading its side meanwhile, so neither of us blocks the other.
+      pollfd p[2] = {{to_chromium_, POLLOUT, 0}, {from_chromium_, POLLIN, 0}};
+      const int64_t left = deadline_ms - NowMs();
+      if (left <= 0) {
+        *error = "timed out sending to the browser";
+        return false;
+      }
+      if (poll(p, 2, static_cast<int>(left)) > 0 && (p[1].revents & (POLLIN | POLLHUP))) {
+        if (!Pump(NowMs(), error)) return false;
+      }
+      continue;
+    }
+    MarkGone(n < 0 ? ErrnoMessage("writing to chromium", errno) : "chromium stopped reading", true);
+    *error = GoneMessage();
+    return false;
+  }
+  return true;
+}
+
+bool Browser::Pump(int64_t deadline_ms, std::string* error) {
+  if (gone_) {
+    *error = GoneMessage();
+    return false;
+  }
+  pollfd p{from_chromium_, POLLIN, 0};
+  const int64_t left = std::max<int64_t>(0, deadline_ms - NowMs());
+  const int n = poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1 << 30)));
+  if (n < 0 && errno != EINTR) {
+    MarkGone(ErrnoMessage("poll", errno));
+    *error = GoneMessage();
+    return false;
+  }
+  if (n <= 0) return true;
+  for (;;) {
+    const size_t old = in_.size();
+    in_.resize(old + kReadChunk);
+    const ssize_t got = read(from_chromium_, in_.data() + old, kReadChunk);
+    in_.resize(old + static_cast<size_t>(std::max<ssize_t>(got, 0)));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0 && errno == EAGAIN) break;
+    if (got <= 0) {
+      MarkGone(got == 0 ? "chromium closed its CDP pipe: it exited" : ErrnoMessage("reading from chromium", errno),
+               true);
+      break;
+    }
+    // Every complete message.
+    size_t start = 0;
+    for (;;) {
+      const size_t nul = in_.find('\0', std::max(start, scanned_));
+      if (nul == std::string::npos) break;
+      const json message = json::parse(in_.begin() + static_cast<std::ptrdiff_t>(start),
+                                       in_.begin() + static_cast<std::ptrdiff_t>(nul), nullptr, false);
+      start = nul + 1;
+      scanned_ = start;
+      if (message.is_discarded()) continue;
+      if (TooDeep(message, kMaxDepth)) {
+        MarkGone("chromium sent a message nested deeper than " + std::to_string(kMaxDepth) + " levels");
+        break;
+      }
+      Handle(message);
+    }
+    in_.erase(0, start);
+    scanned_ = in_.size();  // what is left holds no NUL
+    if (in_.size() > kMaxMessageBytes) {
+      MarkGone("a CDP message is larger than " + std::to_string(kMaxMessageBytes >> 20) + " MiB");
+      in_.clear();
+      scanned_ = 0;
+      break;
+    }
+    if (gone_ || static_cast<size_t>(got) < kReadChunk) break;
+  }
+  if (gone_) {
+    *error = GoneMessage();
+    return false;
+  }
+  return true;
+}
+
+void Browser::PushEvent(json event) {
+  if (events_.size() >= kMaxEvents) {
+    events_.pop_front();
+    ++dropped_events_;
+  }
+  events_.push_back(std::move(event));
+}
+
+void Browser::Handle(const json& message) {
+  if (const json* id = Field(message, "id"); id != nullptr && id->is_number_integer()) {
+    const int64_t got = id->get<int64_t>();
+    if (got == waiting_id_) response_ = message;
+    if (got == terminated_id_) terminated_answered_ = true;
+    return;  // a stale response (of a call that timed out) is dropped
+  }
+  const std::string method = Str(message, "method");
+  const std::string session = Str(message, "sessionId");
+  static const json kEmpty = json::object();
+  const json* params_p = Field(message, "params");
+  const json& params = params_p != nullptr ? *params_p : kEmpty;
+  if (session.empty()) {
+    if (method == "Browser.downloadWillBegin") {
+      ++downloads_begun_;
+      if (downloads_.size() < 1000) {
+        downloads_[Str(params, "guid")] = {{"url", Cut(Str(params, "url"), 2048)},
+                                           {"suggested_filename", Cut(Str(params, "suggestedFilename"), 1024)}};
+      }
+    } else if (method == "Browser.downloadProgress") {
+      const std::string state = Str(params, "state");
+      const std::string guid = Str(params, "guid");
+      auto it = downloads_.find(guid);
+      if ((state == "completed" || state == "canceled") && it != downloads_.end()) {
+        json event = {{"type", "download"}, {"state", state}};
+        event.update(it->second);
+        event["path"] = download_dir_ + "/" + guid;
+        event["bytes"] = static_cast<int64_t>(Num(params, "receivedBytes"));
+        downloads_.erase(it);
+        PushEvent(std::move(event));
+      }
+    } else if (method == "Target.detachedFromTarget" && Str(params, "sessionId") == session_id_ &&
+               !session_id_.empty()) {
+      MarkGone("the page was closed");
+    } else if (method == "Target.targetCrashed" && Str(params, "targetId") == target_id_) {
+      crashed_ = true;
+    }
+    return;
+  }
+  if (session != session_id_) return;
+  if (method == "Network.requestWillBeSent") {
+    if (in_flight_.size() < kMaxInFlight) in_flight_.insert(Str(params, "requestId"));
+    last_network_ms_ = NowMs();
+  } else if (method == "Network.loadingFinished" || method == "Network.loadingFailed") {
+    in_flight_.erase(Str(params, "requestId"));
+    last_network_ms_ = NowMs();
+  } else if (method == "Page.loadEventFired") {
+    load_fired_ = true;
+  } else if (method == "Runtime.consoleAPICalled") {
+    PushEvent({{"type", "console"}, {"level", Str(params, "type")}, {"text", ConsoleText(params)}});
+  } else if (method == "Runtime.exceptionThrown") {
+    const json* d = Field(params, "exceptionDetails");
+    json event = {{"type", "page_error"}, {"text", Cut(d ? ExceptionText(*d) : "", kMaxEventText)}};
+    if (d) {
+      event["url"] = Cut(Str(*d, "url"), 2048);
+      event["line"] = static_cast<int64_t>(Num(*d, "lineNumber"));
+    }
+    PushEvent(std::move(event));
+  } else if (method == "Log.entryAdded") {
+    const json* entry = Field(params, "entry");
+    if (entry != nullptr) {
+      PushEvent({{"type", "log"},
+                 {"level", Str(*entry, "level")},
+                 {"source", Str(*entry, "source")},
+                 {"text", Cut(Str(*entry, "text"), kMaxEventText)},
+                 {"url", Cut(Str(*entry, "url"), 2048)}});
+    }
+  } else if (method == "Inspector.targetCrashed") {
+    crashed_ = true;
+    PushEvent({{"type", "crash"}});
+  } else if (method == "Inspector.detached") {
+    MarkGone("the page was detached: " + Str(params, "reason"));
+  }
+}
+
+bool Browser::Call(const std::string& method, const json& params, json* result, std::string* error, int timeout_ms,
+                   bool browser_level) {
+  if (gone_ || (!browser_level && crashed_)) return Check(error);
+  const int64_t deadline = NowMs() + std::max(timeout_ms, 1);
+  const int64_t id = next_id_++;
+  json message = {{"id", id}, {"method", method}, {"params", params.is_null() ? json::object() : params}};
+  if (!browser_level) message["sessionId"] = session_id_;
+  waiting_id_ = id;
+  response_.reset();
+  if (!Send(message, deadline, error)) return false;
+  while (!response_) {
+    if (NowMs() >= deadline) {
+      waiting_id_ = 0;
+      *error = method + ": no answer within " + std::to_string(timeout_ms) + " ms";
+      return false;
+    }
+    if (!Pump(deadline, error)) return false;
+    if (!browser_level && crashed_ && !response_) return Check(error);
+  }
+  waiting_id_ = 0;
+  const json response = std::move(*response_);
+  response_.reset();
+  if (const json* err = Field(response, "error")) {
+    *error = method + ": " + Str(*err, "message");
+    const std::string data = Str(*err, "data");
+    if (!data.empty()) *error += " (" + data + ")";
+    return false;
+  }
+  const json* r = Field(response, "result");
+  *result = r != nullptr ? *r : json::object();
+  return true;
+}
+
+std::vector<json> Browser::TakeEvents() {
+  std::vector<json> out;
+  // What arrived since the last call, without waiting.
+  std::string e;
+  if (!gone_) Pump(NowMs(), &e);
+  if (dropped_events_ > 0) out.push_back({{"type", "dropped"}, {"count", dropped_events_}});
+  dropped_events_ = 0;
+  for (json& event : events_) out.push_back(std::move(event));
+  events_.clear();
+  return out;
+}
+
+// ---- Tools ----
+
+bool Browser::Navigate(const std::string& url, const std::string& wait, int timeout_ms, std::string* error) {
+  if (wait != "load" && wait != "networkidle") {
+    *error = "navigate: wait must be \"load\" or \"networkidle\", not \"" + wait + "\"";
+    return false;
+  }
+  const int64_t deadline = NowMs() + timeout_ms;
+  load_fired_ = false;
+  in_flight_.clear();
+  // A crashed page can be navigated again: Chromium gives it a new renderer.
+  const bool was_crashed = crashed_;
+  crashed_ = false;
+  const uint64_t downloads_before = downloads_begun_;
+  json result;
+  if (!Call("Page.navigate", {{"url", url}}, &result, error, timeout_ms)) {
+    crashed_ = crashed_ || was_crashed;
+    return false;
+  }
+  const std::string error_text = Str(result, "errorText");
+  if (error_text == "net::ERR_ABORTED" && !download_dir_.empty()) {
+    // Perhaps a download: Chromium announces it just after answering.
+    const int64_t until = std::min(deadline, NowMs() + kDownloadAnnounceMs);
+    while (downloads_begun_ == downloads_before && NowMs() < until) {
+      if (!Pump(until, error)) return false;
+    }
+    if (downloads_begun_ != downloads_before) return true;
+  }
+  if (!error_text.empty()) {
+    *error = "navigate: " + url + ": " + error_text;
+    return false;
+  }
+  if (Str(result, "loaderId").empty()) return true;  // same-document: no load
+  while (!load_fired_) {
+    if (NowMs() >= deadline) {
+      *error = "navigate: the page did not finish loading within " + std::to_string(timeout_ms) + " ms";
+      return false;
+    }
+    if (!Pump(deadline, error)) return false;
+    if (!Check(error)) return false;
+  }
+  if (wait == "networkidle") return WaitNetworkIdle(deadline, error);
+  return true;
+}
+
+bool Browser::WaitNetworkIdle(int64_t deadline_ms, std::string* error) {
+  // Quiet time before the load event counts too (like Playwright's networkidle).
+  last_network_ms_ = std::max(last_network_ms_, NowMs() - kNetworkIdleMs);
+  for (;;) {
+    const int64_t now = NowMs();
+    if (in_flight_.empty() && now - last_network_ms_ >= kNetworkIdleMs) return true;
+    if (now >= deadline_ms) {
+      *error = "navigate: the network was not idle before the timeout (" + std::to_string(in_flight_.size()) +
+               " requests in flight)";
+      return false;
+    }
+    const int64_t until = in_flight_.empty() ? std::min(deadline_ms, last_network_ms_ + kNetworkIdleMs) : deadline_ms;
+    if (!Pump(until, error)) return false;
+    if (!Check(error)) return false;
+  }
+}
+
+bool Browser::Screenshot(bool full_page, const std::string& format, int quality, std::string* image, uint32_t* width,
+                         uint32_t* height, std::string* error) {
+  if (format != "png" && format != "jpeg") {
+    *error = "screenshot: the format must be png or jpeg, not \"" + format + "\"";
+    return false;
+  }
+  json params = {{"format", format}};
+  if (format == "jpeg") params["quality"] = std::clamp(quality, 1, 100);
+  json result;
+  if (full_page) {
+    if (!Call("Page.getLayoutMetrics", json::object(), &result, error)) return false;
+    const json* size = Field(result, "cssContentSize");
+    if (size == nullptr) size = Field(result, "contentSize");
+    const double w = size ? Num(*size, "width") : 0, h = size ? Num(*size, "height") : 0;
+    if (w < 1 || h < 1) {
+      *error = "screenshot: the page has no size";
+      return false;
+    }
+    params["clip"] = {{"x", 0},
+                      {"y", 0},
+                      {"width", std::min(w, static_cast<double>(kMaxWidth))},
+                      {"height", std::min(h, kMaxFullPageHeight)},
+                      {"scale", 1}};
+    params["captureBeyondViewport"] = true;
+  }
+  if (!Call("Page.captureScreenshot", params, &result, error, 60000)) return false;
+  if (!DecodeBase64(Str(result, "data"), image) || image->empty()) {
+    *error = "screenshot: chromium sent no image";
+    return false;
+  }
+  if (!ImageSize(*image, width, height)) {
+    *error = "screenshot: chromium sent an image that is not " + format;
+    return false;
+  }
+  return true;
+}
+
+bool Browser::EvaluateValue(const std::string& expression, int timeout_ms, json* value, std::string* error) {
+  if (!Check(error)) return false;
+  json result;
+  const json params = {
+      {"expression", expression}, {"returnByValue", true}, {"awaitPromise", true}, {"userGesture", true}};
+  std::string e;
+  if (!Call("Runtime.evaluate", params, &result, &e, timeout_ms)) {
+    if (!Check(error)) return false;
+    if (e.find("no answer within") == std::string::npos) {
+      *error = "evaluate: " + e;
+      return false;
+    }
+    // A script that does not stop: terminate it (handled off the page's main thread), then wait for the
+    // evaluate's own answer, so the page is free again when we return.
+    terminated_id_ = next_id_ - 1;
+    terminated_answered_ = false;
+    json ignored;
+    std::string te;
+    Call("Runtime.terminateExecution", json::object(), &ignored, &te, kTerminateWaitMs);
+    const int64_t deadline = NowMs() + kTerminateWaitMs;
+    while (!terminated_answered_ && NowMs() < deadline && Pump(deadline, &te)) {
+    }
+    terminated_id_ = 0;
+    if (!Check(error)) return false;
+    *error = "evaluate: timed out after " + std::to_string(timeout_ms) + " ms (the script was terminated)";
+    return false;
+  }
+  if (const json* details = Field(result, "exceptionDetails")) {
+    *error = "evaluate: " + ExceptionText(*details);
+    return false;
+  }
+  const json* r = Field(result, "result");
+  const json* v = r != nullptr ? Field(*r, "value") : nullptr;
+  *value = v != nullptr ? *v : json();
+  return true;
+}
+
+bool Browser::Evaluate(const std::string& expression, int timeout_ms, size_t max_result_bytes, std::string* json_result,
+                       std::string* error) {
+  json value;
+  if (!EvaluateValue(expression, timeout_ms, &value, error)) return false;
+  *json_result = value.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (json_result->size() > max_result_bytes) {
+    *error = "evaluate: the result is " + std::to_string(json_result->size()) + " bytes, over the limit of " +
+             std::to_string(max_result_bytes);
+    json_result->clear();
+    return false;
+  }
+  return true;
+}
+
+bool Browser::Content(bool text, size_t max_bytes, std::string* out, bool* truncated, std::string* error) {
+  json value;
+  const char* expression = text ? "document.body ? document.body.innerText : ''"
+                                : "document.documentElement ? document.documentElement.outerHTML : ''";
+  if (!EvaluateValue(expression, 30000, &value, error)) return false;
+  *out = value.is_string() ? value.get<std::string>() : std::string();
+  *truncated = out->size() > max_bytes;
+  if (*truncated) {
+    size_t n = max_bytes;
+    while (n > 0 && (static_cast<unsigned char>((*out)[n]) & 0xc0) == 0x80) --n;
+    out->resize(n);
+  }
+  return true;
+}
+
+bool Browser::DispatchClick(double x, double y, std::string* error) {
+  json result;
+  for (const char* type : {"mouseMoved", "mousePressed", "mouseReleased"}) {
+    json params = {{"type", type}, {"x", x}, {"y", y}};
+    if (std::string(type) != "mouseMoved") {
+      params["button"] = "left";
+      params["buttons"] = std::string(type) == "mousePressed" ? 1 : 0;
+      params["clickCount"] = 1;
+    }
+    if (!Call("Input.dispatchMouseEvent", params, &result, error, kInputTimeoutMs)) return false;
+  }
+  return true;
+}
+
+bool Browser::ClickAt(double x, double y, std::string* error) {
+  if (!(x >= 0 && y >= 0)) {
+    *error = "click: the point is outside the viewport";
+    return false;
+  }
+  return DispatchClick(x, y, error);
+}
+
+bool Browser::Click(const std::string& selector, std::string* error) {
+  const std::string expression =
+      "(() => { const e = document.querySelector(" + json(selector).dump() +
+      "); if (!e) return null; e.scrollIntoView({block: 'center', inline: 'center'});"
+      " const r = e.getBoundingClientRect(); return {x: r.left + r.width / 2, y: r.top + r.height / 2,"
+      " w: r.width, h: r.height}; })()";
+  json box;
+  if (!EvaluateValue(expression, kInputTimeoutMs, &box, error)) {
+    *error = "click: " + *error;
+    return false;
+  }
+  if (box.is_null()) {
+    *error = "click: nothing matches the selector " + selector;
+    return false;
+  }
+  if (Num(box, "w") <= 0 || Num(box, "h") <= 0) {
+    *error = "click: the element " + selector + " is not visible (it has no box)";
+    return false;
+  }
+  return DispatchClick(Num(box, "x"), Num(box, "y"), error);
+}
+
+bool Browser::Type(const std::string& text, const std::string& selector, std::string* error) {
+  if (!selector.empty()) {
+    const std::string expression = "(() => { const e = document.querySelector(" + json(selector).dump() +
+                                   "); if (!e) return false; e.focus(); return true; })()";
+    json found;
+    if (!EvaluateValue(expression, kInputTimeoutMs, &found, error)) {
+      *error = "type: " + *error;
+      return false;
+    }
+    if (found != true) {
+      *error = "type: nothing matches the selector " + selector;
+      return false;
+    }
+  }
+  json result;
+  return Call("Input.insertText", {{"text", text}}, &result, error, kInputTimeoutMs);
+}
+
+bool Browser::Press(const std::string& key, std::string* error) {
+  KeyInfo k;
+  if (!LookupKey(key, &k)) {
+    *error = "press: unknown key \"" + key + "\"";
+    return false;
+  }
+  json down = {{"type", k.text.empty() ? "rawKeyDown" : "keyDown"}, {"key", k.key}};
+  if (!k.code.empty()) down["code"] = k.code;
+  if (k.vk != 0) down["windowsVirtualKeyCode"] = k.vk;
+  if (!k.text.empty()) {
+    down["text"] = k.text;
+    down["unmodifiedText"] = k.text;
+  }
+  json up = {{"type", "keyUp"}, {"key", k.key}};
+  if (!k.code.empty()) up["code"] = k.code;
+  if (k.vk != 0) up["windowsVirtualKeyCode"] = k.vk;
+  json result;
+  return Call("Input.dispatchKeyEvent", down, &result, error, kInputTimeoutMs) &&
+         Call("Input.dispatchKeyEvent", up, &result, error, kInputTimeoutMs);
+}
+
+bool Browser::WaitFor(const std::string& selector, const std::string& text, int timeout_ms, std::string* error) {
+  if (selector.empty() && text.empty()) {
+    *error = "wait_for: give a selector or a text";
+    return false;
+  }
+  std::string expression = "(() => { ";
+  if (!selector.empty()) expression += "if (!document.querySelector(" + json(selector).dump() + ")) return false; ";
+  if (!text.empty()) {
+    expression += "if (!document.body || !document.body.innerText.includes(" + json(text).dump() + ")) return false; ";
+  }
+  expression += "return true; })()";
+  const int64_t deadline = NowMs() + timeout_ms;
+  for (;;) {
+    json found;
+    const int left = static_cast<int>(std::max<int64_t>(1000, deadline - NowMs()));
+    if (!EvaluateValue(expression, left, &found, error)) {
+      // A navigation in between destroys the context the evaluate ran in: try again.
+      if (!Check(error)) return false;
+      if (error->find("context") == std::string::npos) {
+        *error = "wait_for: " + *error;
+        return false;
+      }
+    } else if (found == true) {
+      return true;
+    }
+    if (NowMs() >= deadline) {
+      *error = "wait_for: " + (selector.empty() ? "" : "the selector " + selector) +
+               (selector.empty() || text.empty() ? "" : " and ") + (text.empty() ? "" : "the text \"" + text + "\"") +
+               " did not appear within " + std::to_string(timeout_ms) + " ms";
+      return false;
+    }
+    // Sleep 100 ms, reading events meanwhile.
+    const int64_t until = std::min(deadline, NowMs() + 100);
+    while (NowMs() < until) {
+      if (!Pump(until, error)) return false;
+    }
+  }
+}
+
+bool Browser::SetViewport(uint32_t width, uint32_t height, std::string* error) {
+  if (!CheckSize(width, height, error)) return false;
+  json result;
+  return Call("Emulation.setDeviceMetricsOverride",
+              {{"width", width}, {"height", height}, {"deviceScaleFactor", 1}, {"mobile", false}}, &result, error,
+              kInputTimeoutMs);
+}
+
+}  // namespace sbx::init

@@ -1,0 +1,172 @@
+// The browser side of browser sessions: sandbox-init starts headless Chromium inside the jail with
+// --remote-debugging-pipe and drives it over the Chrome DevTools Protocol (CDP): commands go to Chromium's fd 3,
+// responses and events come back on its fd 4, each message a JSON text terminated by a NUL byte. No debugging
+// port is opened. Pure C++ plus nlohmann-json (header-only); no abseil, no protobuf, no global state
+// (sandbox-init links it statically).
+#ifndef SBX_SANDBOX_INIT_CDP_H_
+#define SBX_SANDBOX_INIT_CDP_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace sbx::init {
+
+struct BrowserConfig {
+  std::string chromium_path = "/usr/lib/chromium/chromium";  // the real binary, not Debian's /usr/bin wrapper
+  std::string profile_dir;              // --user-data-dir: required, writable, private to this browser
+  uint32_t width = 1280, height = 800;  // the viewport, 64..7680 x 64..4320, else Start fails
+  std::string proxy;                    // --proxy-server when set, e.g. "http://127.0.0.1:3128"
+  // --disable-dev-shm-usage: what Chromium would put in /dev/shm goes to TMPDIR instead (a jail's /dev/shm may
+  // be small or absent). NOTE: most of its shared memory is memfd_create, which needs neither.
+  bool disable_dev_shm_usage = true;
+  // Where downloads go, each saved under a fresh name (its GUID; the page's suggested name is in the event).
+  // Empty: downloads are refused.
+  std::string download_dir;
+  std::vector<std::string> env;          // Chromium's whole environment ("HOME=...", "PATH=...", "TZ=...")
+  std::vector<std::string> extra_flags;  // appended after ours (tests, tuning)
+  int start_timeout_ms = 20000;          // until the first page is attached and its domains are enabled
+};
+
+// A running headless Chromium and the CDP connection to its first page target (a flat session). Owns the
+// Chromium process, started in its own session (process group): the destructor sends Browser.close, waits a
+// moment, then SIGTERMs and SIGKILLs the group and reaps the process.
+// NOTE: the owner reaps children with waitpid(-1) (sandbox-init is PID 1) and must call ChildExited when it
+// reaps pid(). Apart from Start's failure path and the destructor, nothing here reaps it (a closed pipe is
+// described with waitid(WNOWAIT), which leaves the child to the reaper).
+// NOTE: writing to a dead Chromium's pipe raises SIGPIPE; the process must ignore it (sandbox-init does).
+// Not thread-safe; every call blocks until Chromium answered or its timeout passed.
+class Browser {
+ public:
+  // Spawns Chromium (flags in cdp.cc), attaches to its first page target, enables the Page, Runtime, Network
+  // and Log domains and sets the viewport. Returns nullptr and sets *error (with the tail of Chromium's output)
+  // on failure, after killing and reaping what it started.
+  static std::unique_ptr<Browser> Start(const BrowserConfig& config, std::string* error);
+  ~Browser();
+  Browser(const Browser&) = delete;
+  Browser& operator=(const Browser&) = delete;
+
+  pid_t pid() const { return pid_; }  // -1 once it exited
+  // The reaper reaped `pid` with wait status `status`: if it is Chromium, the browser is dead and every call
+  // fails naming how it ended.
+  void ChildExited(pid_t pid, int status);
+  bool alive() const { return !gone_; }
+
+  // Every call below returns false and sets *error when it fails. Chromium gone (exited, closed its pipe or
+  // broke the framing): "the browser is gone (...)"; the page crashed: "the page crashed" (until a Navigate
+  // succeeds).
+
+  // Sends one CDP command to the page session (or to the browser when `browser_level`) and waits up to
+  // timeout_ms for its response; events read meanwhile update the page state and the event queue. A CDP error
+  // response sets *error to its message (and data); *result gets the response's "result" object.
+  bool Call(const std::string& method, const nlohmann::json& params, nlohmann::json* result, std::string* error,
+            int timeout_ms = 30000, bool browser_level = false);
+
+  // Page.navigate, then waits for the page's load event ("load") or, after it, for no network request in
+  // flight for 500 ms ("networkidle"). A navigation error (net::ERR_..., a bad URL) is an error; an HTTP error
+  // status is not (it is a page). A same-document navigation (#fragment) returns at once, and so does one that
+  // turned into a download (a "download" event follows; with no download_dir it is net::ERR_ABORTED).
+  bool Navigate(const std::string& url, const std::string& wait, int timeout_ms, std::string* error);
+
+  // A PNG ("png") or JPEG ("jpeg", quality 1..100) of the viewport, or of the whole page (up to 16384 CSS px
+  // tall). *image gets the encoded bytes, *width/*height its size in pixels (device scale factor 1).
+  bool Screenshot(bool full_page, const std::string& format, int quality, std::string* image, uint32_t* width,
+                  uint32_t* height, std::string* error);
+
+  // Evaluates a JavaScript expression in the page (awaiting a promise) and sets *json_result to the value as
+  // JSON text ("2", "{\"a\":1}"; undefined is "null"). A thrown exception or rejected promise: *error is
+  // "evaluate: Uncaught Error: ..." (the exception's message). Longer than timeout_ms: the script is
+  // terminated (Runtime.terminateExecution), *error says it timed out, and the page stays usable. A result
+  // longer than max_result_bytes is an error.
+  bool Evaluate(const std::string& expression, int timeout_ms, size_t max_result_bytes, std::string* json_result,
+                std::string* error);
+
+  // The page's text (document.body.innerText) or HTML (document.documentElement.outerHTML), cut at max_bytes
+  // (at a UTF-8 boundary; *truncated says whether it was).
+  bool Content(bool text, size_t max_bytes, std::string* out, bool* truncated, std::string* error);
+
+  // Scrolls the first element matching a CSS selector into view and clicks (left button) the centre of its
+  // box. Fails if nothing matches or the element has no box (display:none).
+  bool Click(const std::string& selector, std::string* error);
+  // Clicks the viewport point (x, y) in CSS pixels (the coordinates of a viewport screenshot).
+  bool ClickAt(double x, double y, std::string* error);
+  // Inserts text as if typed (Input.insertText) into the focused element, after focusing the first element
+  // matching `selector` if it is not empty.
+  bool Type(const std::string& text, const std::string& selector, std::string* error);
+  // Presses and releases one key: Enter, Tab, Escape, Backspace, Delete, Space, ArrowLeft/Right/Up/Down, Home,
+  // End, PageUp, PageDown, or a single ASCII letter, digit or punctuation character.
+  bool Press(const std::string& key, std::string* error);
+  // Waits until an element matches `selector` (if not empty) and the page's text contains `text` (if not
+  // empty), polling every 100 ms, up to timeout_ms.
+  bool WaitFor(const std::string& selector, const std::string& text, int timeout_ms, std::string* error);
+  // The viewport in CSS pixels (device scale factor 1), same bounds as BrowserConfig.
+  bool SetViewport(uint32_t width, uint32_t height, std::string* error);
+
+  // What the page reported since the last call, oldest first (at most 1000 kept; the oldest are dropped):
+  //   {"type":"console","level":"log|warning|error|...","text":"..."}
+  //   {"type":"page_error","text":"Uncaught Error: ...","url":"...","line":N}
+  //   {"type":"log","level":"...","source":"network|...","text":"...","url":"..."}
+  //   {"type":"crash"}   (the page's renderer crashed: Inspector.targetCrashed)
+  //   {"type":"download","state":"completed|canceled","url":"...","suggested_filename":"...","path":"...",
+  //    "bytes":N}   (path: download_dir/GUID, the file as saved)
+  //   {"type":"dropped","count":N}   (events dropped because the queue was full)
+  std::vector<nlohmann::json> TakeEvents();
+
+ private:
+  Browser() = default;
+  bool Check(std::string* error) const;  // false with "the browser is gone ..." / "the page crashed"
+  bool Send(const nlohmann::json& message, int64_t deadline_ms, std::string* error);
+  // Reads what is there (waiting until deadline_ms for something) and handles every complete message. False
+  // only when the browser is gone.
+  bool Pump(int64_t deadline_ms, std::string* error);
+  void Handle(const nlohmann::json& message);
+  void PushEvent(nlohmann::json event);
+  // `exiting`: the pipe broke, so the process is exiting; wait a moment for that, to say how it ended.
+  void MarkGone(const std::string& why, bool exiting = false);
+  std::string GoneMessage() const;
+  bool WaitNetworkIdle(int64_t deadline_ms, std::string* error);
+  bool EvaluateValue(const std::string& expression, int timeout_ms, nlohmann::json* value, std::string* error);
+  bool DispatchClick(double x, double y, std::string* error);
+  void Terminate();
+
+  pid_t pid_ = -1;
+  int to_chromium_ = -1, from_chromium_ = -1;  // our ends of its fd 3 and fd 4
+  int log_fd_ = -1;                            // Chromium's stdout/stderr (a memfd), for error messages
+  std::string session_id_;
+  std::string target_id_;
+  bool gone_ = false, crashed_ = false;
+  std::string gone_why_;
+  std::optional<int> exit_status_;
+
+  int64_t next_id_ = 1;
+  int64_t waiting_id_ = 0;
+  std::optional<nlohmann::json> response_;
+  int64_t terminated_id_ = 0;  // a timed-out Runtime.evaluate that was terminated, until it answers
+  bool terminated_answered_ = false;
+  std::string in_;
+  size_t scanned_ = 0;  // in_[0, scanned_) holds no NUL
+
+  bool load_fired_ = false;
+  std::set<std::string> in_flight_;  // request ids
+  int64_t last_network_ms_ = 0;      // when in_flight_ last changed
+
+  std::string download_dir_;
+  std::map<std::string, nlohmann::json> downloads_;  // by GUID: begun, not finished (at most 1000)
+  uint64_t downloads_begun_ = 0;
+
+  std::deque<nlohmann::json> events_;
+  uint64_t dropped_events_ = 0;
+};
+
+}  // namespace sbx::init
+
+#endif  // SBX_SANDBOX_INIT_CDP_H_
