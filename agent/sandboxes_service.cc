@@ -50,6 +50,7 @@ const char* ToolName(const pb::ToolCall& call) {
     case pb::ToolCall::kRemove: return "remove";
     case pb::ToolCall::kMkdir: return "mkdir";
     case pb::ToolCall::kDesktop: return "desktop";
+    case pb::ToolCall::kBrowser: return "browser";
     case pb::ToolCall::TOOL_NOT_SET: break;
   }
   return "none";
@@ -65,6 +66,7 @@ const std::string& CallIdOf(const pb::Event& e) {
     case pb::Event::kFile: return e.file().call_id();
     case pb::Event::kAudit: return e.audit().call_id();
     case pb::Event::kHumanRequest: return e.human_request().call_id();
+    case pb::Event::kPage: return e.page().call_id();
     default: return kNone;
   }
 }

@@ -71,6 +71,7 @@ absl::StatusOr<std::map<int, sandbox::Policy>> LoadPolicies(const AgentConfig& c
   } kinds[] = {
       {duvo::sandbox::v1::FILE, "file.textproto", &sandbox::DefaultFilePolicy},
       {duvo::sandbox::v1::DESKTOP, "desktop.textproto", &sandbox::DefaultDesktopPolicy},
+      {duvo::sandbox::v1::BROWSER, "browser.textproto", &sandbox::DefaultBrowserPolicy},
   };
   for (const auto& k : kinds) {
     const std::string path = config.policy_dir + "/" + k.file;

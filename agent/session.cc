@@ -63,6 +63,13 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
     options.display_width = display->width;
     options.display_height = display->height;
   }
+  if (options.kind == pb::BROWSER) {
+    // Chromium reaches the network only through the agent's egress proxy, when the policy has one.
+    const std::string proxy = policy.spec().network == sandbox::NetworkMode::kEgress
+                                  ? absl::StrCat("http://127.0.0.1:", policy.spec().egress_proxy_port)
+                                  : "";
+    if (absl::Status s = init->BrowserStart(1280, 800, proxy); !s.ok()) return Annotate(s, "starting the browser");
+  }
   std::shared_ptr<Session> session(new Session(std::move(options), std::move(jail), std::move(init)));
   if (policy.spec().network == sandbox::NetworkMode::kEgress) {
     // The proxy listens on the jail's loopback and connects out from the agent's namespace, to the
@@ -346,6 +353,16 @@ absl::StatusOr<uint64_t> Session::StartCall(const std::string& call_id, const pb
       }
       return seq;
     }
+    case pb::ToolCall::kBrowser: {
+      absl::StatusOr<pb::ToolResult> result = RunBrowser(call_id, call.browser());
+      FinishCall(call_id, result);
+      // Chromium died (killed from inside, or crashed for good): the session ends, saying so.
+      if (result.status().code() == absl::StatusCode::kUnavailable && init_->healthy() &&
+          options_.kind == pb::BROWSER) {
+        End(pb::Outcome::FAILED, "browser_lost", std::string(result.status().message()));
+      }
+      return seq;
+    }
     case pb::ToolCall::kWriteFile: {
       const pb::WriteFile& w = call.write_file();
       absl::Status s = init_->WriteFile(w.path(), w.data(), 0, /*truncate=*/true, w.mode() != 0 ? w.mode() : 0644);
@@ -531,23 +548,7 @@ absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, c
       const uint32_t target = action.screenshot().target_width();
       if (target > 7680) return absl::InvalidArgumentError("desktop.screenshot.target_width: at most 7680");
       ASSIGN_OR_RETURN(sandbox::Screenshot shot, init_->TakeScreenshot(target));
-      const std::string path = absl::StrCat("screenshots/", screenshots_.fetch_add(1) + 1, ".png");
-      for (size_t offset = 0; offset < shot.png.size() || offset == 0;) {
-        const size_t n = std::min<size_t>(shot.png.size() - offset, sandbox::InitClient::kMaxChunkBytes);
-        pb::Event event;
-        pb::FileChunk* chunk = event.mutable_file();
-        chunk->set_path(path);
-        chunk->set_call_id(call_id);
-        chunk->set_offset(offset);
-        chunk->set_data(shot.png.substr(offset, n));
-        offset += n;
-        if (offset >= shot.png.size()) {
-          chunk->set_last(true);
-          chunk->set_sha256(shot.sha256);
-        }
-        events_.Append(std::move(event));
-        if (offset >= shot.png.size()) break;
-      }
+      const std::string path = AppendImage(call_id, shot, "png");
       pb::DesktopResult* d = result.mutable_desktop();
       d->set_image_path(path);
       d->set_sha256(shot.sha256);
@@ -644,6 +645,125 @@ absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, c
   }
   RETURN_IF_ERROR(init_->DesktopInput(in));
   result.set_done(true);
+  return result;
+}
+
+std::string Session::AppendImage(const std::string& call_id, const sandbox::Screenshot& shot, std::string_view ext) {
+  const std::string path = absl::StrCat("screenshots/", screenshots_.fetch_add(1) + 1, ".", ToAbsl(ext));
+  for (size_t offset = 0;;) {
+    const size_t n = std::min<size_t>(shot.png.size() - offset, sandbox::InitClient::kMaxChunkBytes);
+    pb::Event event;
+    pb::FileChunk* chunk = event.mutable_file();
+    chunk->set_path(path);
+    chunk->set_call_id(call_id);
+    chunk->set_offset(offset);
+    chunk->set_data(shot.png.substr(offset, n));
+    offset += n;
+    const bool last = offset >= shot.png.size();
+    if (last) {
+      chunk->set_last(true);
+      chunk->set_sha256(shot.sha256);
+    }
+    events_.Append(std::move(event));
+    if (last) break;
+  }
+  return path;
+}
+
+absl::StatusOr<pb::ToolResult> Session::RunBrowser(const std::string& call_id, const pb::BrowserAction& action) {
+  if (options_.kind != pb::BROWSER) {
+    return absl::FailedPreconditionError("browser: this is not a browser session (create it with kind BROWSER)");
+  }
+  using Kind = sandbox::InitClient::BrowserRequestSpec::Kind;
+  pb::ToolResult result;
+  pb::BrowserResult* br = result.mutable_browser();
+  sandbox::InitClient::BrowserRequestSpec q;
+  switch (action.action_case()) {
+    case pb::BrowserAction::kScreenshot: {
+      const pb::BrowserAction::Screenshot& sc = action.screenshot();
+      const std::string format = sc.format().empty() ? "png" : sc.format();
+      if (format != "png" && format != "jpeg") {
+        return absl::InvalidArgumentError("browser.screenshot.format: \"png\" or \"jpeg\"");
+      }
+      if (sc.quality() > 100) return absl::InvalidArgumentError("browser.screenshot.quality: 1..100");
+      ASSIGN_OR_RETURN(sandbox::Screenshot shot,
+                       init_->BrowserScreenshot(sc.full_page(), format, static_cast<int>(sc.quality())));
+      br->set_image_path(AppendImage(call_id, shot, format == "png" ? "png" : "jpg"));
+      br->set_sha256(shot.sha256);
+      br->set_image_bytes(shot.png.size());
+      br->set_image_width(shot.width);
+      br->set_image_height(shot.height);
+      return result;
+    }
+    case pb::BrowserAction::kNavigate:
+      q.kind = Kind::kNavigate;
+      q.text = action.navigate().url();
+      q.text2 = action.navigate().wait_until();
+      q.timeout_ms = action.navigate().timeout_ms();
+      if (q.text.empty()) return absl::InvalidArgumentError("browser.navigate.url: required");
+      if (!q.text2.empty() && q.text2 != "load" && q.text2 != "networkidle") {
+        return absl::InvalidArgumentError("browser.navigate.wait_until: \"load\" or \"networkidle\"");
+      }
+      break;
+    case pb::BrowserAction::kClick:
+      q.kind = Kind::kClick;
+      q.text = action.click().selector();
+      q.has_point = action.click().has_x() && action.click().has_y();
+      q.x = action.click().x();
+      q.y = action.click().y();
+      if (q.text.empty() && !q.has_point) return absl::InvalidArgumentError("browser.click: a selector, or x and y");
+      break;
+    case pb::BrowserAction::kType:
+      q.kind = Kind::kType;
+      q.text = action.type().text();
+      q.text2 = action.type().selector();
+      break;
+    case pb::BrowserAction::kPress:
+      q.kind = Kind::kPress;
+      q.text = action.press().key();
+      break;
+    case pb::BrowserAction::kEvaluate:
+      q.kind = Kind::kEvaluate;
+      q.text = action.evaluate().expression();
+      q.timeout_ms = action.evaluate().timeout_ms() == 0 ? 10000 : action.evaluate().timeout_ms();
+      break;
+    case pb::BrowserAction::kContent:
+      q.kind = Kind::kContent;
+      q.flag = action.content().text();
+      break;
+    case pb::BrowserAction::kWaitFor:
+      q.kind = Kind::kWaitFor;
+      q.text = action.wait_for().selector();
+      q.text2 = action.wait_for().text();
+      q.timeout_ms = action.wait_for().timeout_ms();
+      if (q.text.empty() && q.text2.empty()) return absl::InvalidArgumentError("browser.wait_for: a selector or a text");
+      break;
+    case pb::BrowserAction::kSetViewport:
+      q.kind = Kind::kViewport;
+      q.a = static_cast<int>(std::min<uint32_t>(action.set_viewport().width(), 100000));
+      q.b = static_cast<int>(std::min<uint32_t>(action.set_viewport().height(), 100000));
+      break;
+    case pb::BrowserAction::ACTION_NOT_SET:
+      return absl::InvalidArgumentError(
+          "browser: no action given (navigate, screenshot, click, type, press, evaluate, content, wait_for, "
+          "set_viewport)");
+  }
+  ASSIGN_OR_RETURN(sandbox::InitClient::BrowserOutput out, init_->BrowserRequest(q));
+  for (const sandbox::InitClient::PageReport& report : out.events) {
+    pb::Event event;
+    pb::PageEvent* page = event.mutable_page();
+    page->set_call_id(call_id);
+    page->set_type(report.type);
+    page->set_level(report.level);
+    page->set_text(report.text);
+    page->set_json(report.json);
+    events_.Append(std::move(event));
+  }
+  if (action.has_evaluate()) br->set_json(std::move(out.data));
+  if (action.has_content()) {
+    br->set_content(std::move(out.data));
+    br->set_truncated(out.truncated);
+  }
   return result;
 }
 

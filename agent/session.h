@@ -111,6 +111,11 @@ class Session {
   // and for a screenshot appends the image as file events.
   absl::StatusOr<duvo::sandbox::v1::ToolResult> RunDesktop(const std::string& call_id,
                                                            const duvo::sandbox::v1::DesktopAction& action);
+  // A browser action, carried out by sandbox-init over CDP; the page's reports become PageEvents.
+  absl::StatusOr<duvo::sandbox::v1::ToolResult> RunBrowser(const std::string& call_id,
+                                                           const duvo::sandbox::v1::BrowserAction& action);
+  // Appends a screenshot as file events; returns its path.
+  std::string AppendImage(const std::string& call_id, const sandbox::Screenshot& shot, std::string_view ext);
   std::atomic<uint64_t> screenshots_{0};
 
   const Options options_;

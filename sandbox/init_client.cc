@@ -104,6 +104,8 @@ const char* KindName(pb::Response::KindCase kind) {
       return "screenshot_info";
     case pb::Response::kPointerPosition:
       return "pointer_position";
+    case pb::Response::kBrowserOutput:
+      return "browser_output";
     case pb::Response::KIND_NOT_SET:
       break;
   }
@@ -582,11 +584,15 @@ absl::StatusOr<std::pair<int, int>> InitClient::PointerPosition() {
 }
 
 absl::StatusOr<Screenshot> InitClient::TakeScreenshot(uint32_t target_width) {
-  // A PNG of an 8K display is at most ~100 MiB raw; refuse anything larger than that from init.
-  constexpr uint64_t kMaxImageBytes = 128ull << 20;
   pb::Request request;
   request.mutable_desktop_input()->set_kind(pb::DesktopInput::KIND_SCREENSHOT);
   request.mutable_desktop_input()->set_target_width(target_width);
+  return FetchScreenshot(std::move(request));
+}
+
+absl::StatusOr<Screenshot> InitClient::FetchScreenshot(pb::Request request) {
+  // A PNG of an 8K display is at most ~100 MiB raw; refuse anything larger than that from init.
+  constexpr uint64_t kMaxImageBytes = 128ull << 20;
   ASSIGN_OR_RETURN(pb::Response answer,
                    state_->Call(std::move(request), pb::Response::kScreenshotInfo, "screenshot"));
   pb::ScreenshotInfo* info = answer.mutable_screenshot_info();
@@ -616,6 +622,48 @@ absl::StatusOr<Screenshot> InitClient::TakeScreenshot(uint32_t target_width) {
     return absl::DataLossError("screenshot: the image's sha256 does not match what sandbox-init computed");
   }
   return shot;
+}
+
+absl::Status InitClient::BrowserStart(uint32_t width, uint32_t height, std::string_view proxy) {
+  pb::Request request;
+  pb::BrowserStart* b = request.mutable_browser_start();
+  b->set_width(width);
+  b->set_height(height);
+  b->set_proxy(std::string(proxy));
+  return state_->Call(std::move(request), pb::Response::kOk, "browser_start").status();
+}
+
+absl::StatusOr<InitClient::BrowserOutput> InitClient::BrowserRequest(const BrowserRequestSpec& spec) {
+  pb::Request request;
+  pb::BrowserRequest* b = request.mutable_browser_request();
+  b->set_kind(static_cast<pb::BrowserRequest::Kind>(static_cast<int>(spec.kind)));
+  b->set_text(spec.text);
+  b->set_text2(spec.text2);
+  b->set_flag(spec.flag);
+  b->set_a(spec.a);
+  b->set_b(spec.b);
+  b->set_x(spec.x);
+  b->set_y(spec.y);
+  b->set_has_point(spec.has_point);
+  b->set_timeout_ms(spec.timeout_ms);
+  ASSIGN_OR_RETURN(pb::Response answer, state_->Call(std::move(request), pb::Response::kBrowserOutput, "browser"));
+  BrowserOutput out;
+  out.data = std::move(*answer.mutable_browser_output()->mutable_data());
+  out.truncated = answer.browser_output().truncated();
+  for (const pb::PageReport& e : answer.browser_output().events()) {
+    out.events.push_back(PageReport{e.type(), e.level(), e.text(), e.json()});
+  }
+  return out;
+}
+
+absl::StatusOr<Screenshot> InitClient::BrowserScreenshot(bool full_page, std::string_view format, int quality) {
+  pb::Request request;
+  pb::BrowserRequest* b = request.mutable_browser_request();
+  b->set_kind(pb::BrowserRequest::KIND_SCREENSHOT);
+  b->set_flag(full_page);
+  b->set_text2(std::string(format));
+  b->set_a(quality);
+  return FetchScreenshot(std::move(request));
 }
 
 }  // namespace sbx::sandbox

@@ -16,6 +16,10 @@
 #include "sandbox/init/frame.h"
 #include "sandbox/unique_fd.h"
 
+namespace sbx::init {
+class Request;  // sandbox/init/init_protocol.proto
+}  // namespace sbx::init
+
 namespace sbx::sandbox {
 
 struct ExecSpec {
@@ -134,12 +138,39 @@ class InitClient {
   // A PNG of the display, scaled down to target_width (0: native); fetched in chunks, sha256 checked.
   absl::StatusOr<Screenshot> TakeScreenshot(uint32_t target_width);
 
+  // Browser sessions: starts headless Chromium inside the jail (proxy: --proxy-server, or empty).
+  absl::Status BrowserStart(uint32_t width, uint32_t height, std::string_view proxy);
+  struct BrowserRequestSpec {
+    enum class Kind { kNavigate = 1, kClick = 3, kType = 4, kPress = 5, kEvaluate = 6, kContent = 7, kWaitFor = 8,
+                      kViewport = 9 };
+    Kind kind = Kind::kNavigate;
+    std::string text, text2;
+    bool flag = false;
+    int a = 0, b = 0;
+    double x = 0, y = 0;
+    bool has_point = false;
+    uint32_t timeout_ms = 0;
+  };
+  struct PageReport {
+    std::string type, level, text, json;  // console, page_error, log, crash, download...
+  };
+  struct BrowserOutput {
+    std::string data;  // evaluate: JSON; content: HTML or text
+    bool truncated = false;
+    std::vector<PageReport> events;
+  };
+  absl::StatusOr<BrowserOutput> BrowserRequest(const BrowserRequestSpec& request);
+  // A screenshot of the page (PNG or JPEG), fetched in chunks, sha256 checked.
+  absl::StatusOr<Screenshot> BrowserScreenshot(bool full_page, std::string_view format, int quality);
+
   // False once the connection failed (init died, or sent a malformed, oversized or truncated frame); every
   // pending and later call then fails with Unavailable naming the cause.
   bool healthy() const;
 
  private:
   struct State;
+  // Sends a screenshot request and fetches the whole image it answers with.
+  absl::StatusOr<Screenshot> FetchScreenshot(init::Request request);
   std::unique_ptr<State> state_;
 };
 

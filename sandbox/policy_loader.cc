@@ -28,6 +28,7 @@ extern const char kDefaultFilePolicy[];
 extern const unsigned char kDefaultFilePolicyBinary[];
 extern const unsigned long kDefaultFilePolicyBinarySize;
 extern const char kDefaultDesktopPolicy[];
+extern const char kDefaultBrowserPolicy[];
 }  // namespace sbx::sandbox::internal
 
 namespace sbx::sandbox {
@@ -408,6 +409,10 @@ absl::StatusOr<Policy> DefaultFilePolicy() {
 
 absl::StatusOr<Policy> DefaultDesktopPolicy() {
   return ParsePolicyText(internal::kDefaultDesktopPolicy, "policies/desktop.textproto (built in)");
+}
+
+absl::StatusOr<Policy> DefaultBrowserPolicy() {
+  return ParsePolicyText(internal::kDefaultBrowserPolicy, "policies/browser.textproto (built in)");
 }
 
 }  // namespace sbx::sandbox

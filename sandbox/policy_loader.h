@@ -27,6 +27,8 @@ absl::StatusOr<Policy> PolicyFromProto(const duvo::sandbox::v1::SandboxPolicy& p
 absl::StatusOr<Policy> DefaultFilePolicy();
 // The built-in policies/desktop.textproto (parsed from its text on each call).
 absl::StatusOr<Policy> DefaultDesktopPolicy();
+// The built-in policies/browser.textproto (parsed from its text on each call).
+absl::StatusOr<Policy> DefaultBrowserPolicy();
 
 }  // namespace sbx::sandbox
 

@@ -1,7 +1,7 @@
 // sandboxctl: the command-line client of the agent's Sandboxes API.
 //
 //   sandboxctl [--addr ADDR] [--output text|json] [--token-file FILE] COMMAND ...
-//   create | get | list | exec | run | cp | ls | events | cancel | delete | desktop
+//   create | get | list | exec | run | cp | ls | events | cancel | delete | desktop | browser
 //
 // Errors print the gRPC code, the message and the request id. `exec` and `run` exit with the command's
 // status (128+N for signal N, 124 when its timeout hit, 127/126 when it could not be executed).
@@ -172,6 +172,64 @@ bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
     req->mutable_desktop()->set_vnc(f.vnc);
   }
   return true;
+}
+
+// One browser action: prints its result (evaluate's JSON, content, a screenshot's size) and the page's
+// console messages and errors on stderr; a screenshot's image goes to `out_file`.
+int BrowserCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session_id,
+                const pb::BrowserAction& action, const std::string& out_file) {
+  auto ctx = Context(g);
+  auto stream = stub.Call(ctx.get());
+  pb::CallRequest req;
+  req.set_session_id(session_id);
+  *req.mutable_call()->mutable_browser() = action;
+  stream->Write(req);
+  stream->WritesDone();
+  pb::Event event;
+  std::string image;
+  int rc = 0;
+  while (stream->Read(&event)) {
+    if (event.has_file()) {
+      image += event.file().data();
+      continue;
+    }
+    if (event.has_page()) {
+      fprintf(stderr, "page %s%s%s: %s\n", event.page().type().c_str(), event.page().level().empty() ? "" : " ",
+              event.page().level().c_str(), event.page().text().c_str());
+      continue;
+    }
+    if (!event.has_tool_call_finished()) continue;
+    const pb::ToolCallFinished& f = event.tool_call_finished();
+    if (f.has_error()) {
+      fprintf(stderr, "sandboxctl: %s: %s\n", CodeName(static_cast<grpc::StatusCode>(f.error().code())),
+              f.error().message().c_str());
+      rc = 1;
+      continue;
+    }
+    const pb::BrowserResult& b = f.result().browser();
+    if (action.has_screenshot()) {
+      if (sbx::Sha256Hex(image) != b.sha256()) {
+        fprintf(stderr, "sandboxctl: screenshot: the image's sha256 does not match\n");
+        rc = 1;
+        continue;
+      }
+      std::ofstream out(out_file, std::ios::binary | std::ios::trunc);
+      out.write(image.data(), static_cast<std::streamsize>(image.size()));
+      if (!out) {
+        fprintf(stderr, "sandboxctl: cannot write %s\n", out_file.c_str());
+        rc = 1;
+        continue;
+      }
+      Print(g, b, out_file + ": " + std::to_string(b.image_width()) + "x" + std::to_string(b.image_height()));
+    } else if (action.has_evaluate()) {
+      Print(g, b, b.json());
+    } else if (action.has_content()) {
+      Print(g, b, b.content());
+    }
+  }
+  grpc::Status status = stream->Finish();
+  if (!status.ok()) return RpcError(status, *ctx);
+  return rc;
 }
 
 // Serves the session's live view on a local TCP address for a VNC viewer: each connection is relayed over
@@ -508,6 +566,33 @@ int main(int argc, char** argv) {
     sub->add_option("--space", space, "WIDTHxHEIGHT of the screenshot the coordinates refer to");
   }
 
+  // browser SESSION navigate URL | screenshot -o FILE | click SEL | type TEXT | press KEY | eval JS | content
+  CLI::App* browser = app.add_subcommand("browser", "Drive a browser session's Chromium");
+  browser->require_subcommand(1);
+  browser->add_option("session", session_id)->required();
+  std::string b_arg, b_file, b_selector, b_wait = "load", b_format = "png";
+  bool b_full = false, b_text = false;
+  uint32_t b_timeout = 0;
+  CLI::App* b_nav = browser->add_subcommand("navigate", "Load URL");
+  b_nav->add_option("url", b_arg)->required();
+  b_nav->add_option("--wait", b_wait, "load or networkidle")->check(CLI::IsMember({"load", "networkidle"}));
+  CLI::App* b_shot = browser->add_subcommand("screenshot", "Save a screenshot");
+  b_shot->add_option("-o,--file", b_file, "Where to write the image")->required();
+  b_shot->add_flag("--full-page", b_full, "The whole page, not the viewport");
+  b_shot->add_option("--format", b_format, "png or jpeg")->check(CLI::IsMember({"png", "jpeg"}));
+  CLI::App* b_click = browser->add_subcommand("click", "Click the first element matching a CSS selector");
+  b_click->add_option("selector", b_arg)->required();
+  CLI::App* b_type = browser->add_subcommand("type", "Type TEXT into the focused element (or --selector)");
+  b_type->add_option("text", b_arg)->required();
+  b_type->add_option("--selector", b_selector, "Focus this element first");
+  CLI::App* b_press = browser->add_subcommand("press", "Press a key: Enter, Tab, Escape, ArrowDown...");
+  b_press->add_option("key", b_arg)->required();
+  CLI::App* b_eval = browser->add_subcommand("eval", "Evaluate a JavaScript expression; prints it as JSON");
+  b_eval->add_option("expression", b_arg)->required();
+  b_eval->add_option("--timeout", b_timeout, "Milliseconds");
+  CLI::App* b_content = browser->add_subcommand("content", "Print the page's HTML (or --text)");
+  b_content->add_flag("--text", b_text, "The visible text instead");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -539,6 +624,29 @@ int main(int argc, char** argv) {
     return rc;
   }
   if (*exec) return Exec(stub, g, session_id, command, interactive, tty, static_cast<uint64_t>(timeout_s * 1000));
+  if (*browser) {
+    pb::BrowserAction b;
+    if (*b_nav) {
+      b.mutable_navigate()->set_url(b_arg);
+      b.mutable_navigate()->set_wait_until(b_wait);
+    }
+    if (*b_shot) {
+      b.mutable_screenshot()->set_full_page(b_full);
+      b.mutable_screenshot()->set_format(b_format);
+    }
+    if (*b_click) b.mutable_click()->set_selector(b_arg);
+    if (*b_type) {
+      b.mutable_type()->set_text(b_arg);
+      b.mutable_type()->set_selector(b_selector);
+    }
+    if (*b_press) b.mutable_press()->set_key(b_arg);
+    if (*b_eval) {
+      b.mutable_evaluate()->set_expression(b_arg);
+      b.mutable_evaluate()->set_timeout_ms(b_timeout);
+    }
+    if (*b_content) b.mutable_content()->set_text(b_text);
+    return BrowserCall(stub, g, session_id, b, b_file);
+  }
   if (*desktop) {
     if (*d_vnc) return ServeVnc(stub, g, session_id, vnc_listen);
     if (!space.empty()) {

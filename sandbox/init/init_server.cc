@@ -30,6 +30,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sandbox/init/cdp.h"
 #include "sandbox/init/desktop.h"
 #include "sandbox/init/frame.h"
 #include "sandbox/init/init_protocol.pb.h"
@@ -628,6 +629,8 @@ class Server {
   void DesktopStartOp(const pb::DesktopStart& q, pb::Response* r);
   void DesktopInputOp(const pb::DesktopInput& q, pb::Response* r);
   void DesktopFetchOp(const pb::DesktopFetch& q, pb::Response* r);
+  void BrowserStartOp(const pb::BrowserStart& q, pb::Response* r);
+  void BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r);
   bool DesktopReady(pb::Response* r);
 
   // Signals and children.
@@ -665,6 +668,7 @@ class Server {
   std::map<uint64_t, uint64_t> serials_;             // serial -> call id
   std::map<pid_t, uint64_t> pids_;                   // unreaped command pid -> call id
   std::unique_ptr<init::Desktop> desktop_;
+  std::unique_ptr<init::Browser> browser_;
   std::string last_png_;          // the last screenshot, for DesktopFetch
   uint64_t last_image_id_ = 0;
 };
@@ -864,6 +868,12 @@ void Server::Handle(const pb::Request& q) {
     case pb::Request::kDesktopFetch:
       DesktopFetchOp(q.desktop_fetch(), &r);
       break;
+    case pb::Request::kBrowserStart:
+      BrowserStartOp(q.browser_start(), &r);
+      break;
+    case pb::Request::kBrowserRequest:
+      BrowserRequestOp(q.browser_request(), &r);
+      break;
     case pb::Request::KIND_NOT_SET:
       SetError(&r, pb::CODE_INVALID_ARGUMENT, "a request without a kind (is the agent newer than sandbox-init?)");
       break;
@@ -952,6 +962,7 @@ void Server::ReapChildren() {
     const pid_t pid = waitpid(-1, &status, WNOHANG);
     if (pid <= 0) break;
     if (desktop_ && (pid == desktop_->xvfb_pid() || pid == desktop_->wm_pid())) desktop_->ChildExited(pid);
+    if (browser_ && pid == browser_->pid()) browser_->ChildExited(pid, status);
     const auto it = pids_.find(pid);
     if (it == pids_.end()) continue;  // an orphan re-parented to PID 1
     Exec* e = FindExec(it->second);
@@ -1067,6 +1078,108 @@ void Server::DesktopFetchOp(const pb::DesktopFetch& q, pb::Response* r) {
   if (q.offset() >= last_png_.size()) return SetError(r, pb::CODE_INVALID_ARGUMENT, "desktop_fetch: offset past the end");
   r->mutable_file_data()->set_data(
       last_png_.substr(q.offset(), std::min<size_t>(last_png_.size() - q.offset(), kMaxChunkBytes)));
+}
+
+// ---- Browser ----
+
+void Server::BrowserStartOp(const pb::BrowserStart& q, pb::Response* r) {
+  if (browser_) return SetError(r, pb::CODE_FAILED_PRECONDITION, "the browser is already started");
+  init::BrowserConfig config;
+  config.profile_dir = "/tmp/.browser-profile";
+  config.width = q.width() == 0 ? 1280 : q.width();
+  config.height = q.height() == 0 ? 800 : q.height();
+  config.proxy = q.proxy();
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (strncmp(*e, "TMPDIR=", 7) != 0) config.env.emplace_back(*e);
+  }
+  config.env.emplace_back("TMPDIR=/tmp");
+  std::string error;
+  browser_ = init::Browser::Start(config, &error);
+  if (!browser_) return SetError(r, pb::CODE_FAILED_PRECONDITION, "browser: " + error);
+  r->mutable_ok();
+}
+
+void Server::BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r) {
+  if (!browser_) return SetError(r, pb::CODE_FAILED_PRECONDITION, "not a browser session (no browser was started)");
+  init::Browser& b = *browser_;
+  std::string error;
+  bool ok = false;
+  pb::BrowserOutput* out = nullptr;
+  const int timeout = q.timeout_ms() == 0 ? 30000 : static_cast<int>(std::min<uint32_t>(q.timeout_ms(), 600000));
+  switch (q.kind()) {
+    case pb::BrowserRequest::KIND_NAVIGATE:
+      ok = b.Navigate(q.text(), q.text2().empty() ? "load" : q.text2(), timeout, &error);
+      break;
+    case pb::BrowserRequest::KIND_SCREENSHOT: {
+      std::string image;
+      uint32_t w = 0, h = 0;
+      if (!b.Screenshot(q.flag(), q.text2().empty() ? "png" : q.text2(), q.a() == 0 ? 80 : q.a(), &image, &w, &h,
+                        &error)) {
+        break;
+      }
+      last_png_ = std::move(image);
+      ++last_image_id_;
+      pb::ScreenshotInfo* info = r->mutable_screenshot_info();
+      info->set_image_id(last_image_id_);
+      info->set_width(w);
+      info->set_height(h);
+      info->set_display_width(w);
+      info->set_display_height(h);
+      info->set_size(last_png_.size());
+      info->set_sha256(Sha256Hex(last_png_));
+      info->set_data(last_png_.substr(0, std::min<size_t>(last_png_.size(), kMaxChunkBytes)));
+      return;
+    }
+    case pb::BrowserRequest::KIND_CLICK:
+      ok = q.has_point() ? b.ClickAt(q.x(), q.y(), &error) : b.Click(q.text(), &error);
+      break;
+    case pb::BrowserRequest::KIND_TYPE:
+      ok = b.Type(q.text(), q.text2(), &error);
+      break;
+    case pb::BrowserRequest::KIND_PRESS:
+      ok = b.Press(q.text(), &error);
+      break;
+    case pb::BrowserRequest::KIND_EVALUATE: {
+      std::string json;
+      if (!b.Evaluate(q.text(), timeout, kMaxChunkBytes, &json, &error)) break;
+      out = r->mutable_browser_output();
+      out->set_data(std::move(json));
+      ok = true;
+      break;
+    }
+    case pb::BrowserRequest::KIND_CONTENT: {
+      std::string content;
+      bool truncated = false;
+      if (!b.Content(q.flag(), kMaxChunkBytes, &content, &truncated, &error)) break;
+      out = r->mutable_browser_output();
+      out->set_data(std::move(content));
+      out->set_truncated(truncated);
+      ok = true;
+      break;
+    }
+    case pb::BrowserRequest::KIND_WAIT_FOR:
+      ok = b.WaitFor(q.text(), q.text2(), timeout, &error);
+      break;
+    case pb::BrowserRequest::KIND_VIEWPORT:
+      ok = q.a() > 0 && q.b() > 0 && b.SetViewport(static_cast<uint32_t>(q.a()), static_cast<uint32_t>(q.b()), &error);
+      if (!ok && error.empty()) error = "set_viewport: width and height must be positive";
+      break;
+    default:
+      return SetError(r, pb::CODE_INVALID_ARGUMENT, "browser: a request of an unknown kind");
+  }
+  if (!ok) return SetError(r, b.alive() ? pb::CODE_INVALID_ARGUMENT : pb::CODE_UNAVAILABLE, error);
+  if (out == nullptr) out = r->mutable_browser_output();
+  for (const nlohmann::json& event : b.TakeEvents()) {
+    pb::PageReport* report = out->add_events();
+    const auto str = [&event](const char* key) {
+      auto it = event.find(key);
+      return it != event.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    report->set_type(str("type"));
+    report->set_level(str("level"));
+    report->set_text(str("text"));
+    report->set_json(event.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  }
 }
 
 // ---- Commands ----

@@ -1,6 +1,8 @@
 // Network mode EGRESS end to end: the real daemon runs a file session whose only way out is the agent's proxy
 // on the jail's loopback (HTTP_PROXY is set); upstream test servers listen on the host's loopback.
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -79,9 +81,25 @@ class Upstream {
   std::vector<std::string> requests_;  // GUARDED_BY(mu_)
 };
 
-// The built-in file policy with network EGRESS and the given rules.
-std::string EgressPolicy(const std::vector<std::string>& allow) {
-  std::ifstream in(SBX_FILE_POLICY);
+// A non-loopback IPv4 address of this host, or "" (Chromium sends loopback destinations around any proxy,
+// as they are the jail's own).
+std::string HostIPv4() {
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return "";
+  std::string out;
+  for (ifaddrs* i = list; i != nullptr && out.empty(); i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK)) continue;
+    char buf[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof(buf));
+    out = buf;
+  }
+  freeifaddrs(list);
+  return out;
+}
+
+// The built-in file (or another) policy with network EGRESS and the given rules.
+std::string EgressPolicy(const std::vector<std::string>& allow, const char* base = SBX_FILE_POLICY) {
+  std::ifstream in(base);
   std::stringstream ss;
   ss << in.rdbuf();
   std::string policy = ss.str();
@@ -117,6 +135,12 @@ class EgressTest : public ::testing::Test {
         EgressPolicy({"127.0.0.2/32:" + std::to_string(allowed_->port()), "localhost", "example.invalid"});
     ASSERT_FALSE(policy.empty()) << "policies/file.textproto has no network { mode: NONE } block to replace";
     std::ofstream(dir_ + "/file.textproto") << policy;
+    host_ip_ = HostIPv4();
+    if (!host_ip_.empty()) {
+      on_host_ip_ = std::make_unique<Upstream>(host_ip_.c_str());
+      std::ofstream(dir_ + "/browser.textproto")
+          << EgressPolicy({host_ip_ + "/32:" + std::to_string(on_host_ip_->port())}, SBX_BROWSER_POLICY);
+    }
     Daemon::Options o;
     o.config_lines = {"policy_dir: \"" + dir_ + "\""};
     daemon_ = std::make_unique<Daemon>(o);
@@ -153,7 +177,8 @@ class EgressTest : public ::testing::Test {
 
   std::string CallIdOf(const CallResult& r) { return r.finished.call_id(); }
 
-  std::unique_ptr<Upstream> allowed_, denied_;
+  std::unique_ptr<Upstream> allowed_, denied_, on_host_ip_;
+  std::string host_ip_;
   std::string dir_;
   std::unique_ptr<Daemon> daemon_;
   std::unique_ptr<pb::Sandboxes::StubInterface> stub_;
@@ -235,6 +260,46 @@ TEST_F(EgressTest, RawSocketsGoNowhereAndTheJailHasNoDns) {
   EXPECT_THAT(r.out, HasSubstr("198.51.100.7 unreachable"));
   EXPECT_THAT(r.out, HasSubstr("no dns"));
   EXPECT_TRUE(allowed_->requests().empty());
+}
+
+TEST_F(EgressTest, ABrowserSessionBrowsesThroughTheProxyOnly) {
+  if (access("/usr/lib/chromium/chromium", X_OK) != 0) {
+    GTEST_SKIP() << "this machine lacks /usr/lib/chromium/chromium (deploy/install-deps.sh installs chromium)";
+  }
+  if (host_ip_.empty()) GTEST_SKIP() << "this machine has no non-loopback IPv4 address for the test's upstream";
+  grpc::ClientContext ctx;
+  pb::CreateRequest req;
+  req.set_kind(pb::BROWSER);
+  pb::Session browser;
+  grpc::Status status = stub_->Create(&ctx, req, &browser);
+  ASSERT_TRUE(status.ok()) << status.error_message() << daemon_->Log();
+  const auto act = [&](const pb::BrowserAction& a) {
+    pb::ToolCall call;
+    *call.mutable_browser() = a;
+    return RunCall(stub_.get(), browser.id(), call);
+  };
+  pb::BrowserAction nav;
+  nav.mutable_navigate()->set_url("http://" + host_ip_ + ":" + std::to_string(on_host_ip_->port()) + "/from-chromium");
+  CallResult loaded = act(nav);
+  ASSERT_TRUE(loaded.finished.has_result()) << loaded.finished.DebugString();
+  pb::BrowserAction content;
+  content.mutable_content()->set_text(true);
+  EXPECT_THAT(act(content).finished.result().browser().content(), HasSubstr("hello from upstream"));
+  bool seen = false;
+  for (const std::string& r : on_host_ip_->requests()) seen = seen || r.rfind("GET /from-chromium ", 0) == 0;
+  EXPECT_TRUE(seen);
+  // A port the policy does not name: the proxy answers 403 and the session gets an audit event.
+  const std::string dest = host_ip_ + ":" + std::to_string(denied_->port());
+  nav.mutable_navigate()->set_url("http://" + dest + "/");
+  act(nav);
+  grpc::ClientContext ectx;
+  pb::EventsRequest ereq;
+  ereq.set_session_id(browser.id());
+  auto reader = stub_->Events(&ectx, ereq);
+  pb::Event e;
+  int denied = 0;
+  while (reader->Read(&e)) denied += e.has_audit() && e.audit().destination() == dest ? 1 : 0;
+  EXPECT_GE(denied, 1);
 }
 
 TEST(EgressPolicyTest, ABadRuleFailsTheDaemonAtStartNamingIt) {

@@ -1,0 +1,197 @@
+// Browser sessions end to end: the real daemon starts Debian's Chromium in a jail; tool calls drive it over
+// the DevTools protocol through sandbox-init.
+#include <png.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "sandbox/init/sha256.h"
+#include "tests/e2e/daemon_fixture.h"
+
+namespace sbx::testing {
+namespace {
+
+namespace pb = ::duvo::sandbox::v1;
+using ::testing::HasSubstr;
+
+constexpr char kPage[] =
+    "<html><head><title>t</title></head><body style=\"margin:0;background:#00ff00\">"
+    "<input id=q><button id=go onclick=\"document.getElementById('out').textContent = "
+    "document.getElementById('q').value\">go</button><p id=out></p>"
+    "<script>console.log('page says hi')</script></body></html>";
+
+class BrowserTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (access("/usr/lib/chromium/chromium", X_OK) != 0) {
+      GTEST_SKIP() << "this machine lacks /usr/lib/chromium/chromium (deploy/install-deps.sh installs chromium)";
+    }
+    daemon_ = std::make_unique<Daemon>(Daemon::Options{});
+    ASSERT_TRUE(daemon_->ok()) << daemon_->Log();
+    stub_ = daemon_->NewStub();
+    grpc::ClientContext ctx;
+    pb::CreateRequest req;
+    req.set_kind(pb::BROWSER);
+    pb::Session session;
+    grpc::Status status = stub_->Create(&ctx, req, &session);
+    ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << daemon_->Log();
+    id_ = session.id();
+    pb::ToolCall write;
+    write.mutable_write_file()->set_path("/workspace/page.html");
+    write.mutable_write_file()->set_data(kPage);
+    ASSERT_TRUE(RunCall(stub_.get(), id_, write).finished.has_result());
+  }
+
+  CallResult Act(const pb::BrowserAction& action) {
+    pb::ToolCall call;
+    *call.mutable_browser() = action;
+    return RunCall(stub_.get(), id_, call);
+  }
+  CallResult Navigate(const std::string& url) {
+    pb::BrowserAction a;
+    a.mutable_navigate()->set_url(url);
+    return Act(a);
+  }
+  CallResult Evaluate(const std::string& expression, uint32_t timeout_ms = 0) {
+    pb::BrowserAction a;
+    a.mutable_evaluate()->set_expression(expression);
+    a.mutable_evaluate()->set_timeout_ms(timeout_ms);
+    return Act(a);
+  }
+
+  std::unique_ptr<Daemon> daemon_;
+  std::unique_ptr<pb::Sandboxes::StubInterface> stub_;
+  std::string id_;
+};
+
+TEST_F(BrowserTest, NavigateScreenshotAndThePagesConsole) {
+  CallResult nav = Navigate("file:///workspace/page.html");
+  ASSERT_TRUE(nav.finished.has_result()) << nav.finished.DebugString();
+  pb::BrowserAction shot;
+  shot.mutable_screenshot();
+  CallResult r = Act(shot);
+  ASSERT_TRUE(r.finished.has_result()) << r.finished.DebugString();
+  std::string png;
+  for (const pb::Event& e : r.events) {
+    if (e.has_file()) png += e.file().data();
+  }
+  const pb::BrowserResult& b = r.finished.result().browser();
+  EXPECT_EQ(Sha256Hex(png), b.sha256());
+  EXPECT_EQ(b.image_width(), 1280u);
+  png_image image;
+  memset(&image, 0, sizeof(image));
+  image.version = PNG_IMAGE_VERSION;
+  ASSERT_TRUE(png_image_begin_read_from_memory(&image, png.data(), png.size()));
+  image.format = PNG_FORMAT_RGB;
+  std::vector<uint8_t> rgb(PNG_IMAGE_SIZE(image));
+  ASSERT_TRUE(png_image_finish_read(&image, nullptr, rgb.data(), 0, nullptr));
+  // The page's background, below the form.
+  const size_t at = (static_cast<size_t>(400) * image.width + 600) * 3;
+  EXPECT_EQ(rgb[at], 0x00);
+  EXPECT_EQ(rgb[at + 1], 0xff);
+  EXPECT_EQ(rgb[at + 2], 0x00);
+  png_image_free(&image);
+  // The console message arrived as a page event, with the call that was running when it was reported.
+  bool console = false;
+  for (const CallResult* call : {&nav, &r}) {
+    for (const pb::Event& e : call->events) {
+      console = console || (e.has_page() && e.page().type() == "console" && e.page().text() == "page says hi");
+    }
+  }
+  EXPECT_TRUE(console);
+}
+
+TEST_F(BrowserTest, TypeClickEvaluateAndContent) {
+  ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
+  pb::BrowserAction type;
+  type.mutable_type()->set_text("hello jail");
+  type.mutable_type()->set_selector("#q");
+  ASSERT_TRUE(Act(type).finished.has_result());
+  pb::BrowserAction click;
+  click.mutable_click()->set_selector("#go");
+  ASSERT_TRUE(Act(click).finished.has_result());
+  CallResult out = Evaluate("document.getElementById('out').textContent");
+  EXPECT_EQ(out.finished.result().browser().json(), "\"hello jail\"");
+  EXPECT_EQ(Evaluate("({a: 1 + 1})").finished.result().browser().json(), "{\"a\":2}");
+  pb::BrowserAction content;
+  content.mutable_content()->set_text(true);
+  EXPECT_THAT(Act(content).finished.result().browser().content(), HasSubstr("hello jail"));
+}
+
+TEST_F(BrowserTest, ThrowingAndRunawayScriptsFailTheCallNotTheSession) {
+  ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
+  CallResult thrown = Evaluate("(() => { throw new Error('boom from test') })()");
+  ASSERT_TRUE(thrown.finished.has_error());
+  EXPECT_THAT(thrown.finished.error().message(), HasSubstr("boom from test"));
+  const auto start = std::chrono::steady_clock::now();
+  CallResult loop = Evaluate("while (true) {}", 1000);
+  ASSERT_TRUE(loop.finished.has_error());
+  EXPECT_THAT(loop.finished.error().message(), HasSubstr("timed out"));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  EXPECT_EQ(Evaluate("6 * 7").finished.result().browser().json(), "42");
+}
+
+TEST_F(BrowserTest, ChromiumKilledFromInsideFailsTheNextCallAndEndsTheSession) {
+  ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
+  CallResult kill = RunExec(stub_.get(), id_, {"/bin/sh", "-c", "pkill -KILL -x chromium; sleep 0.5"});
+  ASSERT_TRUE(kill.has_finished);
+  CallResult after = Evaluate("1");
+  ASSERT_TRUE(after.finished.has_error()) << after.finished.DebugString();
+  EXPECT_EQ(after.finished.error().code(), grpc::UNAVAILABLE);
+  EXPECT_THAT(after.finished.error().message(), HasSubstr("browser is gone"));
+  pb::Session session;
+  for (int i = 0; i < 100; ++i) {
+    grpc::ClientContext ctx;
+    pb::GetRequest get;
+    get.set_session_id(id_);
+    ASSERT_TRUE(stub_->Get(&ctx, get, &session).ok());
+    if (session.state() == pb::ENDED) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(session.outcome().status(), pb::Outcome::FAILED);
+  EXPECT_EQ(session.outcome().reason(), "browser_lost");
+}
+
+std::string Ctl(const Daemon& daemon, const std::vector<std::string>& args, int* rc) {
+  std::string cmd = CtlBin() + " --addr " + daemon.address();
+  for (const std::string& a : args) cmd += " '" + a + "'";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+TEST_F(BrowserTest, SandboxctlBrowserCommands) {
+  int rc = 0;
+  EXPECT_EQ(Ctl(*daemon_, {"browser", id_, "navigate", "file:///workspace/page.html"}, &rc), "");
+  ASSERT_EQ(rc, 0);
+  Ctl(*daemon_, {"browser", id_, "type", "typed by ctl", "--selector", "#q"}, &rc);
+  ASSERT_EQ(rc, 0);
+  Ctl(*daemon_, {"browser", id_, "click", "#go"}, &rc);
+  ASSERT_EQ(rc, 0);
+  EXPECT_EQ(Ctl(*daemon_, {"browser", id_, "eval", "document.getElementById(\"out\").textContent"}, &rc),
+            "\"typed by ctl\"\n");
+  EXPECT_THAT(Ctl(*daemon_, {"browser", id_, "content", "--text"}, &rc), HasSubstr("typed by ctl"));
+  const std::string file = "/tmp/sbx-browser-shot-" + std::to_string(getpid()) + ".png";
+  EXPECT_THAT(Ctl(*daemon_, {"browser", id_, "screenshot", "-o", file}, &rc), HasSubstr("1280x800"));
+  EXPECT_EQ(rc, 0);
+  EXPECT_EQ(access(file.c_str(), F_OK), 0);
+  unlink(file.c_str());
+  Ctl(*daemon_, {"browser", id_, "click", "#no-such-element"}, &rc);
+  EXPECT_EQ(rc, 1);
+}
+
+}  // namespace
+}  // namespace sbx::testing
