@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -30,7 +31,7 @@ using ::testing::HasSubstr;
 // A one-response-per-connection HTTP server on `ip`, recording the request heads it got.
 class Upstream {
  public:
-  explicit Upstream(const char* ip) {
+  explicit Upstream(const char* ip, std::string body = "hello from upstream") : body_(std::move(body)) {
     fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -69,11 +70,13 @@ class Upstream {
         std::lock_guard lock(mu_);
         requests_.push_back(head);
       }
-      const std::string response = "HTTP/1.0 200 OK\r\nContent-Length: 19\r\n\r\nhello from upstream";
+      const std::string response = "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: " +
+                                   std::to_string(body_.size()) + "\r\n\r\n" + body_;
       (void)!write(c, response.data(), response.size());
       close(c);
     }
   }
+  const std::string body_;
   int fd_ = -1;
   int port_ = 0;
   std::thread thread_;
@@ -137,7 +140,9 @@ class EgressTest : public ::testing::Test {
     std::ofstream(dir_ + "/file.textproto") << policy;
     host_ip_ = HostIPv4();
     if (!host_ip_.empty()) {
-      on_host_ip_ = std::make_unique<Upstream>(host_ip_.c_str());
+      on_host_ip_ = std::make_unique<Upstream>(
+          host_ip_.c_str(), "<html><body>hello from upstream<form action=/submit><input id=v name=v>"
+                            "<button id=go>go</button></form></body></html>");
       std::ofstream(dir_ + "/browser.textproto")
           << EgressPolicy({host_ip_ + "/32:" + std::to_string(on_host_ip_->port())}, SBX_BROWSER_POLICY);
     }
@@ -288,6 +293,26 @@ TEST_F(EgressTest, ABrowserSessionBrowsesThroughTheProxyOnly) {
   bool seen = false;
   for (const std::string& r : on_host_ip_->requests()) seen = seen || r.rfind("GET /from-chromium ", 0) == 0;
   EXPECT_TRUE(seen);
+  // A form: typed into, submitted, and the server receives the value.
+  pb::BrowserAction type;
+  type.mutable_type()->set_text("typed in a jail");
+  type.mutable_type()->set_selector("#v");
+  ASSERT_TRUE(act(type).finished.has_result());
+  pb::BrowserAction click;
+  click.mutable_click()->set_selector("#go");
+  ASSERT_TRUE(act(click).finished.has_result());
+  pb::BrowserAction wait;
+  wait.mutable_wait_for()->set_text("hello from upstream");
+  wait.mutable_wait_for()->set_timeout_ms(10000);
+  act(wait);
+  bool submitted = false;
+  for (int i = 0; i < 100 && !submitted; ++i) {
+    for (const std::string& r : on_host_ip_->requests()) {
+      submitted = submitted || r.rfind("GET /submit?v=typed+in+a+jail ", 0) == 0;
+    }
+    if (!submitted) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(submitted);
   // A port the policy does not name: the proxy answers 403 and the session gets an audit event.
   const std::string dest = host_ip_ + ":" + std::to_string(denied_->port());
   nav.mutable_navigate()->set_url("http://" + dest + "/");
