@@ -132,6 +132,13 @@ absl::StatusOr<AgentConfig> LoadAgentConfig(std::string_view path) {
   if (!proto.metrics_address().empty()) c.metrics_address = proto.metrics_address();
   c.init_path = proto.init_path();
   c.health_address = proto.health_address();
+  if (proto.has_warm_browsers()) {
+    if (proto.warm_browsers() > c.max_sessions) {
+      return absl::InvalidArgumentError(absl::StrCat(file, ": warm_browsers: ", proto.warm_browsers(),
+                                                     " is more than max_sessions (", c.max_sessions, ")"));
+    }
+    c.warm_browsers = proto.warm_browsers();
+  }
   if (proto.has_fleet()) RETURN_IF_ERROR(LoadFleet(proto.fleet(), file, &c.fleet));
   return c;
 }

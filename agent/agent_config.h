@@ -40,6 +40,7 @@ struct AgentConfig {
   std::string metrics_address = "127.0.0.1:9464";  // "off": none
   std::string init_path;                           // empty: located beside the binary
   std::string health_address;                      // empty: health only on the unix socket
+  uint32_t warm_browsers = 0;                      // browser sessions kept started
   FleetSettings fleet;
 };
 

@@ -182,6 +182,7 @@ int ServeCommand(const ServeFlags& flags) {
 
   SessionManager::Options mo;
   mo.max_sessions = config->max_sessions;
+  mo.warm_browsers = config->warm_browsers;
   mo.default_ttl = config->default_ttl;
   mo.default_idle_timeout = config->default_idle_timeout;
   mo.init_path = *init;

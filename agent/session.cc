@@ -116,7 +116,8 @@ Session::Session(Options options, std::unique_ptr<sandbox::Jail> jail, std::uniq
       expires_(created_ + options_.ttl),
       events_(options_.id, kRetainedOutputBytes),
       jail_(std::move(jail)),
-      init_(std::move(init)) {
+      init_(std::move(init)),
+      labels_(options_.labels) {
   Touch();
 }
 
@@ -140,10 +141,16 @@ Clock::time_point Session::last_used() const {
 
 bool Session::Matches(const std::map<std::string, std::string>& selector) const {
   for (const auto& [key, value] : selector) {
-    auto it = options_.labels.find(key);
-    if (it == options_.labels.end() || it->second != value) return false;
+    std::lock_guard lock(mu_);
+    auto it = labels_.find(key);
+    if (it == labels_.end() || it->second != value) return false;
   }
   return true;
+}
+
+void Session::SetLabels(std::map<std::string, std::string> labels) {
+  std::lock_guard lock(mu_);
+  labels_ = std::move(labels);
 }
 
 bool Session::busy() const {
@@ -156,7 +163,10 @@ pb::Session Session::Describe() const {
   out.set_id(options_.id);
   out.set_kind(options_.kind);
   out.set_state(ended_ ? pb::ENDED : pb::RUNNING);
-  for (const auto& [k, v] : options_.labels) (*out.mutable_labels())[k] = v;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [k, v] : labels_) (*out.mutable_labels())[k] = v;
+  }
   out.set_created_unix_ms(created_unix_ms_);
   out.set_expires_unix_ms(created_unix_ms_ + options_.ttl.count());
   out.set_last_seq(events_.last_seq());

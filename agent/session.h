@@ -65,6 +65,8 @@ class Session {
   duvo::sandbox::v1::Session Describe() const;
   bool ended() const { return ended_.load(); }
   bool Matches(const std::map<std::string, std::string>& selector) const;
+  // A pooled session taken by a Create: its labels become the request's.
+  void SetLabels(std::map<std::string, std::string> labels);
   // True while an exec runs (an idle timeout does not apply then).
   bool busy() const;
 
@@ -132,6 +134,7 @@ class Session {
   mutable std::mutex mu_;
   std::map<std::string, uint64_t> running_execs_;  // GUARDED_BY(mu_): call id -> InitClient call id
   std::string last_call_id_;                       // GUARDED_BY(mu_): the newest tool call, for egress audits
+  std::map<std::string, std::string> labels_;      // GUARDED_BY(mu_)
   duvo::sandbox::v1::Outcome outcome_;             // GUARDED_BY(mu_)
   duvo::sandbox::v1::Outcome::Status end_status_ = duvo::sandbox::v1::Outcome::STATUS_UNSPECIFIED;  // GUARDED_BY(mu_)
   std::string end_reason_, end_message_;           // GUARDED_BY(mu_)

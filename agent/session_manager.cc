@@ -55,9 +55,12 @@ SessionManager::SessionManager(Options options)
       default_idle_timeout_(options_.default_idle_timeout),
       policies_(options_.policies) {
   reaper_ = std::jthread([this](std::stop_token stop) { Reap(stop); });
+  if (options_.warm_browsers > 0) warmer_ = std::jthread([this](std::stop_token stop) { KeepWarm(stop); });
 }
 
 SessionManager::~SessionManager() {
+  warmer_.request_stop();
+  if (warmer_.joinable()) warmer_.join();
   reaper_.request_stop();
   if (reaper_.joinable()) reaper_.join();
   CancelAll("the agent is shutting down");
@@ -67,56 +70,19 @@ absl::StatusOr<pb::Session> SessionManager::Create(const pb::CreateRequest& requ
   return CreateWithId(request, NewSessionId());
 }
 
-absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest& request,
-                                                        const std::string& session_id, bool from_reservation) {
+absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::CreateRequest& request,
+                                                                       const std::string& session_id) {
   const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
-  std::string request_bytes;
-  request.SerializeToString(&request_bytes);
   std::optional<sandbox::Policy> ceiling;
   std::chrono::milliseconds default_ttl, default_idle_timeout;
   {
     std::lock_guard lock(mu_);
     auto policy_it = policies_.find(kind);
-    if (policy_it == policies_.end()) {
-      return absl::UnimplementedError(absl::StrCat(
-          "kind: ", pb::SessionKind_IsValid(kind) ? pb::SessionKind_Name(kind) : absl::StrCat(static_cast<int>(kind)),
-          " sessions are not available on this agent"));
-    }
+    if (policy_it == policies_.end()) return absl::UnimplementedError("kind: not available on this agent");
     ceiling = policy_it->second;
     default_ttl = default_ttl_;
     default_idle_timeout = default_idle_timeout_;
-    if (!request.idempotency_key().empty()) {
-      auto it = idempotency_.find(request.idempotency_key());
-      if (it != idempotency_.end()) {
-        if (it->second.request_bytes != request_bytes) {
-          return absl::AbortedError(absl::StrCat("idempotency_key '", request.idempotency_key(),
-                                                 "' was used for a different request"));
-        }
-        auto s = sessions_.find(it->second.session_id);
-        if (s != sessions_.end()) return s->second->Describe();
-        return absl::NotFoundError(absl::StrCat("the session created with idempotency_key '",
-                                                request.idempotency_key(), "' was deleted"));
-      }
-    }
-    if (from_reservation) {
-      if (reserved_ > 0) --reserved_;
-    } else if (UsedLocked() >= max_sessions_) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("capacity: ", max_sessions_, " sessions are running; retry later"));
-    }
-    ++starting_;
   }
-  struct Unstart {
-    SessionManager* self;
-    bool reserved;
-    bool started = false;
-    ~Unstart() {
-      std::lock_guard lock(self->mu_);
-      --self->starting_;
-      if (reserved && !started) ++self->reserved_;
-    }
-  } unstart{this, from_reservation};
-
   ASSIGN_OR_RETURN(sandbox::PolicyNarrowing narrowing, NarrowingFromRequest(request.policy()));
   const std::chrono::milliseconds ttl =
       request.ttl_ms() > 0 ? std::chrono::milliseconds(request.ttl_ms()) : default_ttl;
@@ -151,7 +117,76 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
   } else if (request.has_desktop()) {
     return absl::InvalidArgumentError("desktop: display options are for kind DESKTOP sessions");
   }
-  ASSIGN_OR_RETURN(std::shared_ptr<Session> session, Session::Start(policy, std::move(so)));
+  return Session::Start(policy, std::move(so));
+}
+
+absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest& request,
+                                                        const std::string& session_id, bool from_reservation) {
+  const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
+  std::string request_bytes;
+  request.SerializeToString(&request_bytes);
+  std::optional<sandbox::Policy> ceiling;
+  std::chrono::milliseconds default_ttl, default_idle_timeout;
+  {
+    std::lock_guard lock(mu_);
+    auto policy_it = policies_.find(kind);
+    if (policy_it == policies_.end()) {
+      return absl::UnimplementedError(absl::StrCat(
+          "kind: ", pb::SessionKind_IsValid(kind) ? pb::SessionKind_Name(kind) : absl::StrCat(static_cast<int>(kind)),
+          " sessions are not available on this agent"));
+    }
+    ceiling = policy_it->second;
+    default_ttl = default_ttl_;
+    default_idle_timeout = default_idle_timeout_;
+    if (!request.idempotency_key().empty()) {
+      auto it = idempotency_.find(request.idempotency_key());
+      if (it != idempotency_.end()) {
+        if (it->second.request_bytes != request_bytes) {
+          return absl::AbortedError(absl::StrCat("idempotency_key '", request.idempotency_key(),
+                                                 "' was used for a different request"));
+        }
+        auto s = sessions_.find(it->second.session_id);
+        if (s != sessions_.end()) return s->second->Describe();
+        return absl::NotFoundError(absl::StrCat("the session created with idempotency_key '",
+                                                request.idempotency_key(), "' was deleted"));
+      }
+    }
+    // A warm browser, for a request that keeps the host's policy and the defaults.
+    if (kind == pb::BROWSER && !from_reservation && request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 &&
+        request.idle_timeout_ms() == 0) {
+      while (!warm_.empty()) {
+        std::shared_ptr<Session> pooled = std::move(warm_.front().first);
+        warm_.pop_front();
+        warm_cv_.notify_all();
+        if (pooled->ended()) continue;  // Chromium died in the pool: the pool replaces it
+        pooled->SetLabels({request.labels().begin(), request.labels().end()});
+        sessions_[pooled->id()] = pooled;
+        if (!request.idempotency_key().empty()) {
+          idempotency_[request.idempotency_key()] = Idempotent{request_bytes, pooled->id()};
+        }
+        return pooled->Describe();
+      }
+    }
+    if (from_reservation) {
+      if (reserved_ > 0) --reserved_;
+    } else if (UsedLocked() >= max_sessions_) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("capacity: ", max_sessions_, " sessions are running; retry later"));
+    }
+    ++starting_;
+  }
+  struct Unstart {
+    SessionManager* self;
+    bool reserved;
+    bool started = false;
+    ~Unstart() {
+      std::lock_guard lock(self->mu_);
+      --self->starting_;
+      if (reserved && !started) ++self->reserved_;
+    }
+  } unstart{this, from_reservation};
+
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> session, StartSession(request, session_id));
   pb::Session described = session->Describe();
   std::lock_guard lock(mu_);
   sessions_[session->id()] = session;
@@ -214,6 +249,8 @@ void SessionManager::CancelAll(const std::string& reason) {
     std::lock_guard lock(mu_);
     all.swap(sessions_);
     held_ids_.clear();
+    for (auto& [session, at] : warm_) all[session->id()] = std::move(session);
+    warm_.clear();
   }
   for (auto& [id, s] : all) s->End(pb::Outcome::CANCELED, "canceled", reason);
   all.clear();  // joins each session's watcher after its jail is killed
@@ -232,7 +269,7 @@ uint32_t SessionManager::capacity() const {
 }
 
 size_t SessionManager::UsedLocked() const {
-  size_t used = starting_ + reserved_;
+  size_t used = starting_ + reserved_ + warm_.size() + warming_;
   for (const auto& [id, s] : sessions_) used += (!s->ended() || held_ids_.count(id) > 0) ? 1 : 0;
   return used;
 }
@@ -267,6 +304,47 @@ void SessionManager::Reload(uint32_t max_sessions, std::chrono::milliseconds def
   default_ttl_ = default_ttl;
   default_idle_timeout_ = default_idle_timeout;
   policies_ = std::move(policies);
+}
+
+void SessionManager::KeepWarm(std::stop_token stop) {
+  // A pooled browser's ttl runs from its start: one that waited this long is replaced by a fresh one.
+  constexpr auto kMaxPoolAge = std::chrono::minutes(5);
+  pb::CreateRequest request;
+  request.set_kind(pb::BROWSER);
+  while (!stop.stop_requested()) {
+    std::vector<std::shared_ptr<Session>> retired;
+    bool start = false;
+    {
+      std::unique_lock lock(mu_);
+      const auto now = Clock::now();
+      for (auto it = warm_.begin(); it != warm_.end();) {
+        if (it->first->ended() || now - it->second > kMaxPoolAge) {
+          retired.push_back(std::move(it->first));
+          it = warm_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      start = warm_.size() + warming_ < options_.warm_browsers && UsedLocked() < max_sessions_;
+      if (start) {
+        ++warming_;
+      } else if (retired.empty()) {
+        warm_cv_.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });
+        continue;
+      }
+    }
+    retired.clear();  // ends them (outside the lock)
+    if (!start) continue;
+    absl::StatusOr<std::shared_ptr<Session>> session = StartSession(request, NewSessionId());
+    std::lock_guard lock(mu_);
+    --warming_;
+    if (session.ok()) {
+      warm_.emplace_back(std::move(*session), Clock::now());
+    } else {
+      // NOTE: the next round tries again; a browser that cannot start keeps failing Creates the same way.
+      warm_cv_.wait_for(mu_, stop, std::chrono::seconds(1), [] { return false; });
+    }
+  }
 }
 
 void SessionManager::Reap(std::stop_token stop) {

@@ -5,6 +5,8 @@
 #define SBX_AGENT_SESSION_MANAGER_H_
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -37,6 +39,9 @@ class SessionManager {
     // Ended sessions are forgotten this long after their end unless deleted first.
     std::chrono::milliseconds keep_ended{std::chrono::minutes(10)};
     Metrics* metrics = nullptr;  // not owned; may be null
+    // Browser sessions kept started for Create to take (AgentConfig.warm_browsers); they count against
+    // max_sessions.
+    uint32_t warm_browsers = 0;
   };
 
   explicit SessionManager(Options options);
@@ -74,6 +79,11 @@ class SessionManager {
 
  private:
   void Reap(std::stop_token stop);  // idle timeouts and forgetting ended sessions
+  // Keeps options_.warm_browsers browser sessions started; replaces one that ended or aged in the pool.
+  void KeepWarm(std::stop_token stop);
+  // Starts a session (no idempotency, no capacity check): the common part of Create and the warm pool.
+  absl::StatusOr<std::shared_ptr<Session>> StartSession(const duvo::sandbox::v1::CreateRequest& request,
+                                                        const std::string& session_id);
 
   const Options options_;
   // Reloadable copies of options_ (GUARDED_BY(mu_)).
@@ -92,9 +102,13 @@ class SessionManager {
   uint32_t starting_ = 0;                          // GUARDED_BY(mu_): Creates in flight
   uint32_t reserved_ = 0;                          // GUARDED_BY(mu_): Reserve() slots
   std::set<std::string> held_ids_;                 // GUARDED_BY(mu_): count until deleted, even ended
+  std::deque<std::pair<std::shared_ptr<Session>, std::chrono::steady_clock::time_point>> warm_;  // GUARDED_BY(mu_)
+  uint32_t warming_ = 0;                           // GUARDED_BY(mu_): pool sessions being started
+  std::condition_variable_any warm_cv_;
   size_t UsedLocked() const;
   std::map<std::string, std::chrono::steady_clock::time_point> ended_at_;  // GUARDED_BY(mu_)
   std::jthread reaper_;
+  std::jthread warmer_;
 };
 
 // A new random session id: "s-" + 16 hex digits.

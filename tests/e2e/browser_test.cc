@@ -160,6 +160,56 @@ TEST_F(BrowserTest, ChromiumKilledFromInsideFailsTheNextCallAndEndsTheSession) {
   EXPECT_EQ(session.outcome().reason(), "browser_lost");
 }
 
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+TEST(BrowserPoolTest, CreateTakesAWarmBrowserThatIsNeverReused) {
+  if (access("/usr/lib/chromium/chromium", X_OK) != 0) {
+    GTEST_SKIP() << "this machine lacks /usr/lib/chromium/chromium (deploy/install-deps.sh installs chromium)";
+  }
+  Daemon::Options o;
+  o.config_lines = {"warm_browsers: 1"};
+  Daemon daemon(o);
+  ASSERT_TRUE(daemon.ok()) << daemon.Log();
+  auto stub = daemon.NewStub();
+  const auto create = [&](bool narrow) {
+    grpc::ClientContext ctx;
+    pb::CreateRequest req;
+    req.set_kind(pb::BROWSER);
+    (*req.mutable_labels())["who"] = "test";
+    if (narrow) req.mutable_policy()->mutable_limits()->set_pids_max(900);
+    pb::Session session;
+    EXPECT_TRUE(stub->Create(&ctx, req, &session).ok()) << daemon.Log();
+    return session;
+  };
+  const auto evaluate = [&](const std::string& id, const std::string& expression) {
+    pb::ToolCall call;
+    call.mutable_browser()->mutable_evaluate()->set_expression(expression);
+    return RunCall(stub.get(), id, call).finished.result().browser().json();
+  };
+  std::this_thread::sleep_for(std::chrono::seconds(4));  // the pool fills
+  const int64_t before_first = NowUnixMs();
+  const pb::Session first = create(false);
+  // It was started before this Create: it came from the pool, and it has the request's labels.
+  EXPECT_LT(first.created_unix_ms(), before_first);
+  EXPECT_EQ(first.labels().at("who"), "test");
+  // Leave a mark in its browser.
+  EXPECT_EQ(evaluate(first.id(), "(() => { window.name = 'used once'; return window.name })()"), "\"used once\"");
+  std::this_thread::sleep_for(std::chrono::seconds(4));  // the pool refills
+  const int64_t before_second = NowUnixMs();
+  const pb::Session second = create(false);
+  EXPECT_LT(second.created_unix_ms(), before_second);
+  EXPECT_NE(second.id(), first.id());
+  EXPECT_GT(second.created_unix_ms(), before_first);  // a fresh browser, started after the first was taken
+  EXPECT_EQ(evaluate(second.id(), "window.name"), "\"\"");
+  // A request that narrows the policy gets a browser started for it.
+  const int64_t before_third = NowUnixMs();
+  const pb::Session third = create(true);
+  EXPECT_GE(third.created_unix_ms(), before_third);
+}
+
 std::string Ctl(const Daemon& daemon, const std::vector<std::string>& args, int* rc) {
   std::string cmd = CtlBin() + " --addr " + daemon.address();
   for (const std::string& a : args) cmd += " '" + a + "'";
