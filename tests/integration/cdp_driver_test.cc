@@ -180,7 +180,16 @@ class CdpDriverTest : public ::testing::Test {
   }
   void TearDown() override {
     browser_.reset();
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+    if (dir_.empty()) return;
+    // Chromium's helper processes may still be writing into the profile for a moment after the browser
+    // itself was killed: retry until the directory is gone.
+    for (int i = 0; i < 100; ++i) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+      if (!std::filesystem::exists(dir_, ec)) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ADD_FAILURE() << "could not remove " << dir_;
   }
 
   BrowserConfig Config() const {
