@@ -174,6 +174,21 @@ bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
   return true;
 }
 
+// Checks a screenshot's sha256 and writes it to `file`; false (with a message) when either fails.
+bool SaveScreenshot(const std::string& image, const std::string& sha256, const std::string& file) {
+  if (sbx::Sha256Hex(image) != sha256) {
+    fprintf(stderr, "sandboxctl: screenshot: the image's sha256 does not match\n");
+    return false;
+  }
+  std::ofstream out(file, std::ios::binary | std::ios::trunc);
+  out.write(image.data(), static_cast<std::streamsize>(image.size()));
+  if (!out) {
+    fprintf(stderr, "sandboxctl: cannot write %s\n", file.c_str());
+    return false;
+  }
+  return true;
+}
+
 // One browser action: prints its result (evaluate's JSON, content, a screenshot's size) and the page's
 // console messages and errors on stderr; a screenshot's image goes to `out_file`.
 int BrowserCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session_id,
@@ -208,15 +223,7 @@ int BrowserCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& 
     }
     const pb::BrowserResult& b = f.result().browser();
     if (action.has_screenshot()) {
-      if (sbx::Sha256Hex(image) != b.sha256()) {
-        fprintf(stderr, "sandboxctl: screenshot: the image's sha256 does not match\n");
-        rc = 1;
-        continue;
-      }
-      std::ofstream out(out_file, std::ios::binary | std::ios::trunc);
-      out.write(image.data(), static_cast<std::streamsize>(image.size()));
-      if (!out) {
-        fprintf(stderr, "sandboxctl: cannot write %s\n", out_file.c_str());
+      if (!SaveScreenshot(image, b.sha256(), out_file)) {
         rc = 1;
         continue;
       }
@@ -324,15 +331,7 @@ int DesktopCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& 
     }
     const pb::DesktopResult& d = f.result().desktop();
     if (action.has_screenshot()) {
-      if (sbx::Sha256Hex(image) != d.sha256()) {
-        fprintf(stderr, "sandboxctl: screenshot: the image's sha256 does not match\n");
-        rc = 1;
-        continue;
-      }
-      std::ofstream out(out_file, std::ios::binary | std::ios::trunc);
-      out.write(image.data(), static_cast<std::streamsize>(image.size()));
-      if (!out) {
-        fprintf(stderr, "sandboxctl: cannot write %s\n", out_file.c_str());
+      if (!SaveScreenshot(image, d.sha256(), out_file)) {
         rc = 1;
         continue;
       }

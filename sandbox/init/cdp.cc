@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "sandbox/init/driver_util.h"
+
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
@@ -41,25 +43,12 @@ constexpr int kTerminateWaitMs = 1000;     // a terminated script's evaluate res
 constexpr double kMaxFullPageHeight = 16384;
 constexpr uint32_t kMinWidth = 64, kMaxWidth = 7680, kMinHeight = 64, kMaxHeight = 4320;
 
-int64_t NowMs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
 
-void SleepMs(int ms) {
-  timespec ts{ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-  }
-}
 
-std::string ErrnoMessage(const std::string& what, int err) { return what + ": " + strerror(err); }
-
-std::string DescribeStatus(int status) {
-  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return std::string("was killed by signal ") + strsignal(WTERMSIG(status));
-  return "stopped";
-}
+using internal::DescribeStatus;
+using internal::ErrnoMessage;
+using internal::NowMs;
+using internal::SleepMs;
 
 // ---- JSON access that never throws ----
 

@@ -25,6 +25,7 @@
 #include <cstring>
 #include <utility>
 
+#include "sandbox/init/driver_util.h"
 #include "sandbox/init/keysyms.h"
 
 #ifndef CLOSE_RANGE_CLOEXEC
@@ -52,25 +53,12 @@ struct FreeDeleter {
 template <typename T>
 using XPtr = std::unique_ptr<T, FreeDeleter>;
 
-int64_t NowMs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
 
-void SleepMs(int ms) {
-  timespec ts{ms / 1000, (ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-  }
-}
 
-std::string ErrnoMessage(const std::string& what, int err) { return what + ": " + strerror(err); }
-
-std::string DescribeStatus(int status) {
-  if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return std::string("was killed by signal ") + strsignal(WTERMSIG(status));
-  return "stopped";
-}
+using internal::DescribeStatus;
+using internal::ErrnoMessage;
+using internal::NowMs;
+using internal::SleepMs;
 
 std::string Hex(uint32_t v) {
   char buf[16];

@@ -210,36 +210,24 @@ TEST(BrowserPoolTest, CreateTakesAWarmBrowserThatIsNeverReused) {
   EXPECT_GE(third.created_unix_ms(), before_third);
 }
 
-std::string Ctl(const Daemon& daemon, const std::vector<std::string>& args, int* rc) {
-  std::string cmd = CtlBin() + " --addr " + daemon.address();
-  for (const std::string& a : args) cmd += " '" + a + "'";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
 
 TEST_F(BrowserTest, SandboxctlBrowserCommands) {
   int rc = 0;
-  EXPECT_EQ(Ctl(*daemon_, {"browser", id_, "navigate", "file:///workspace/page.html"}, &rc), "");
+  EXPECT_EQ(RunCtl(*daemon_, {"browser", id_, "navigate", "file:///workspace/page.html"}, &rc), "");
   ASSERT_EQ(rc, 0);
-  Ctl(*daemon_, {"browser", id_, "type", "typed by ctl", "--selector", "#q"}, &rc);
+  RunCtl(*daemon_, {"browser", id_, "type", "typed by ctl", "--selector", "#q"}, &rc);
   ASSERT_EQ(rc, 0);
-  Ctl(*daemon_, {"browser", id_, "click", "#go"}, &rc);
+  RunCtl(*daemon_, {"browser", id_, "click", "#go"}, &rc);
   ASSERT_EQ(rc, 0);
-  EXPECT_EQ(Ctl(*daemon_, {"browser", id_, "eval", "document.getElementById(\"out\").textContent"}, &rc),
+  EXPECT_EQ(RunCtl(*daemon_, {"browser", id_, "eval", "document.getElementById(\"out\").textContent"}, &rc),
             "\"typed by ctl\"\n");
-  EXPECT_THAT(Ctl(*daemon_, {"browser", id_, "content", "--text"}, &rc), HasSubstr("typed by ctl"));
+  EXPECT_THAT(RunCtl(*daemon_, {"browser", id_, "content", "--text"}, &rc), HasSubstr("typed by ctl"));
   const std::string file = "/tmp/sbx-browser-shot-" + std::to_string(getpid()) + ".png";
-  EXPECT_THAT(Ctl(*daemon_, {"browser", id_, "screenshot", "-o", file}, &rc), HasSubstr("1280x800"));
+  EXPECT_THAT(RunCtl(*daemon_, {"browser", id_, "screenshot", "-o", file}, &rc), HasSubstr("1280x800"));
   EXPECT_EQ(rc, 0);
   EXPECT_EQ(access(file.c_str(), F_OK), 0);
   unlink(file.c_str());
-  Ctl(*daemon_, {"browser", id_, "click", "#no-such-element"}, &rc);
+  RunCtl(*daemon_, {"browser", id_, "click", "#no-such-element"}, &rc);
   EXPECT_EQ(rc, 1);
 }
 

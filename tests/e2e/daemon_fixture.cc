@@ -145,4 +145,19 @@ CallResult RunExec(pb::Sandboxes::StubInterface* stub, const std::string& sessio
   return RunCall(stub, session_id, call);
 }
 
+std::string RunCtl(const Daemon& daemon, const std::vector<std::string>& args, int* rc) {
+  std::string cmd = CtlBin() + " --addr " + daemon.address();
+  for (const std::string& a : args) cmd += " '" + a + "'";
+  FILE* p = popen(cmd.c_str(), "r");
+  *rc = -1;
+  if (p == nullptr) return "";
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
 }  // namespace sbx::testing

@@ -63,6 +63,10 @@ CallResult RunCall(duvo::sandbox::v1::Sandboxes::StubInterface* stub, const std:
 CallResult RunExec(duvo::sandbox::v1::Sandboxes::StubInterface* stub, const std::string& session_id,
                    std::vector<std::string> argv, const std::string& stdin_data = "");
 
+// Runs sandboxctl against `daemon` with `args` (each shell-quoted in single quotes); returns its stdout and
+// sets *rc to its exit status.
+std::string RunCtl(const Daemon& daemon, const std::vector<std::string>& args, int* rc);
+
 std::string AgentBin();
 std::string CtlBin();
 

@@ -393,26 +393,13 @@ TEST_F(DesktopTest, XvfbKilledFromInsideFailsTheNextActionAndEndsTheSession) {
   EXPECT_EQ(session.outcome().reason(), "display_lost");
 }
 
-// Runs sandboxctl against the daemon; returns its stdout (and exit status in *rc).
-std::string Ctl(const Daemon& daemon, const std::vector<std::string>& args, int* rc) {
-  std::string cmd = CtlBin() + " --addr " + daemon.address();
-  for (const std::string& a : args) cmd += " '" + a + "'";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
 
 TEST_F(DesktopTest, SandboxctlDesktopCommands) {
   const std::string id = Create(1024, 768);
   StartXprobe(id);
   const std::string png = policy_dir_ + "/shot.png";
   int rc = 0;
-  std::string out = Ctl(*daemon_, {"desktop", id, "screenshot", "-o", png, "--width", "512"}, &rc);
+  std::string out = RunCtl(*daemon_, {"desktop", id, "screenshot", "-o", png, "--width", "512"}, &rc);
   ASSERT_EQ(rc, 0) << out;
   EXPECT_THAT(out, HasSubstr("512x384 (display 1024x768, scale 0.5000)"));
   std::ifstream f(png, std::ios::binary);
@@ -421,11 +408,11 @@ TEST_F(DesktopTest, SandboxctlDesktopCommands) {
   Image image;
   ASSERT_TRUE(DecodePng(bytes.str(), &image));
   EXPECT_EQ(image.Pixel(128, 96), 0xFF0000u);
-  EXPECT_EQ(Ctl(*daemon_, {"desktop", id, "click", "100", "50", "--space", "512x384"}, &rc), "");
+  EXPECT_EQ(RunCtl(*daemon_, {"desktop", id, "click", "100", "50", "--space", "512x384"}, &rc), "");
   EXPECT_EQ(rc, 0);
   ASSERT_TRUE(WaitForLog(id, "input.log", "press button=1 x=201 y=101")) << ReadLog(id);
-  EXPECT_EQ(Ctl(*daemon_, {"desktop", id, "cursor"}, &rc), "201 101\n");
-  Ctl(*daemon_, {"desktop", id, "key", "NoSuchKey"}, &rc);
+  EXPECT_EQ(RunCtl(*daemon_, {"desktop", id, "cursor"}, &rc), "201 101\n");
+  RunCtl(*daemon_, {"desktop", id, "key", "NoSuchKey"}, &rc);
   EXPECT_EQ(rc, 1);
 }
 
