@@ -7,6 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "sandbox/init/sha256.h"
 #include "sandbox/status.h"
 
 namespace sbx::agent {
@@ -680,6 +681,44 @@ std::string Session::AppendImage(const std::string& call_id, const sandbox::Scre
   return path;
 }
 
+absl::Status Session::AppendDownload(const std::string& call_id, const std::string& path, uint64_t size) {
+  // Events stay in the session's memory until it ends, so a big file is left for the Download RPC.
+  constexpr uint64_t kMaxInlineDownloadBytes = 64ull << 20;
+  if (size > kMaxInlineDownloadBytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(path, ": ", size, " bytes, over the ", kMaxInlineDownloadBytes >> 20,
+                                                     " MiB sent inline; fetch it with Download"));
+  }
+  // Read it all first: what the events carry is one consistent file, whatever the workload does meanwhile.
+  std::string data;
+  for (;;) {
+    ASSIGN_OR_RETURN(std::string part, init_->ReadFile(path, data.size(), sandbox::InitClient::kMaxChunkBytes));
+    if (part.empty()) break;
+    data += part;
+    if (data.size() > kMaxInlineDownloadBytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(path, ": grew past the ", kMaxInlineDownloadBytes >> 20, " MiB sent inline; fetch it with Download"));
+    }
+  }
+  const std::string sha256 = Sha256Hex(data);
+  for (size_t offset = 0;;) {
+    const size_t n = std::min<size_t>(data.size() - offset, sandbox::InitClient::kMaxChunkBytes);
+    pb::Event event;
+    pb::FileChunk* chunk = event.mutable_file();
+    chunk->set_path(path);
+    chunk->set_call_id(call_id);
+    chunk->set_offset(offset);
+    chunk->set_data(data.substr(offset, n));
+    offset += n;
+    const bool last = offset >= data.size();
+    if (last) {
+      chunk->set_last(true);
+      chunk->set_sha256(sha256);
+    }
+    events_.Append(std::move(event));
+    if (last) return absl::OkStatus();
+  }
+}
+
 absl::StatusOr<pb::ToolResult> Session::RunBrowser(const std::string& call_id, const pb::BrowserAction& action) {
   if (options_.kind != pb::BROWSER) {
     return absl::FailedPreconditionError("browser: this is not a browser session (create it with kind BROWSER)");
@@ -696,8 +735,11 @@ absl::StatusOr<pb::ToolResult> Session::RunBrowser(const std::string& call_id, c
         return absl::InvalidArgumentError("browser.screenshot.format: \"png\" or \"jpeg\"");
       }
       if (sc.quality() > 100) return absl::InvalidArgumentError("browser.screenshot.quality: 1..100");
-      ASSIGN_OR_RETURN(sandbox::Screenshot shot,
-                       init_->BrowserScreenshot(sc.full_page(), format, static_cast<int>(sc.quality())));
+      if (sc.width() != 0 && (sc.width() < 16 || sc.width() > 7680)) {
+        return absl::InvalidArgumentError("browser.screenshot.width: 16..7680 pixels, or 0 for no scaling");
+      }
+      ASSIGN_OR_RETURN(sandbox::Screenshot shot, init_->BrowserScreenshot(sc.full_page(), format,
+                                                                          static_cast<int>(sc.quality()), sc.width()));
       br->set_image_path(AppendImage(call_id, shot, format == "png" ? "png" : "jpg"));
       br->set_sha256(shot.sha256);
       br->set_image_bytes(shot.png.size());
@@ -745,8 +787,14 @@ absl::StatusOr<pb::ToolResult> Session::RunBrowser(const std::string& call_id, c
       q.kind = Kind::kWaitFor;
       q.text = action.wait_for().selector();
       q.text2 = action.wait_for().text();
+      q.flag = action.wait_for().download();
       q.timeout_ms = action.wait_for().timeout_ms();
-      if (q.text.empty() && q.text2.empty()) return absl::InvalidArgumentError("browser.wait_for: a selector or a text");
+      if (q.flag && !(q.text.empty() && q.text2.empty())) {
+        return absl::InvalidArgumentError("browser.wait_for: a download, or a selector and/or a text, not both");
+      }
+      if (!q.flag && q.text.empty() && q.text2.empty()) {
+        return absl::InvalidArgumentError("browser.wait_for: a selector, a text, or download");
+      }
       break;
     case pb::BrowserAction::kSetViewport:
       q.kind = Kind::kViewport;
@@ -768,6 +816,17 @@ absl::StatusOr<pb::ToolResult> Session::RunBrowser(const std::string& call_id, c
     page->set_text(report.text);
     page->set_json(report.json);
     events_.Append(std::move(event));
+    if (report.type == "download" && report.level == "completed" && !report.path.empty()) {
+      br->add_downloads(report.path);
+      if (absl::Status s = AppendDownload(call_id, report.path, report.size); !s.ok()) {
+        pb::Event note;
+        pb::PageEvent* p = note.mutable_page();
+        p->set_call_id(call_id);
+        p->set_type("download_not_sent");
+        p->set_text(std::string(s.message()));
+        events_.Append(std::move(note));
+      }
+    }
   }
   if (action.has_evaluate()) br->set_json(std::move(out.data));
   if (action.has_content()) {

@@ -118,6 +118,9 @@ class Session {
                                                            const duvo::sandbox::v1::BrowserAction& action);
   // Appends a screenshot as file events; returns its path.
   std::string AppendImage(const std::string& call_id, const sandbox::Screenshot& shot, std::string_view ext);
+  // A browser download (a workspace path) as file events; fails (appending nothing more) when it cannot be
+  // read or is bigger than kMaxInlineDownloadBytes.
+  absl::Status AppendDownload(const std::string& call_id, const std::string& path, uint64_t size);
   std::atomic<uint64_t> screenshots_{0};
 
   const Options options_;

@@ -651,18 +651,20 @@ absl::StatusOr<InitClient::BrowserOutput> InitClient::BrowserRequest(const Brows
   out.data = std::move(*answer.mutable_browser_output()->mutable_data());
   out.truncated = answer.browser_output().truncated();
   for (const pb::PageReport& e : answer.browser_output().events()) {
-    out.events.push_back(PageReport{e.type(), e.level(), e.text(), e.json()});
+    out.events.push_back(PageReport{e.type(), e.level(), e.text(), e.json(), e.path(), e.size()});
   }
   return out;
 }
 
-absl::StatusOr<Screenshot> InitClient::BrowserScreenshot(bool full_page, std::string_view format, int quality) {
+absl::StatusOr<Screenshot> InitClient::BrowserScreenshot(bool full_page, std::string_view format, int quality,
+                                                         uint32_t scale_width) {
   pb::Request request;
   pb::BrowserRequest* b = request.mutable_browser_request();
   b->set_kind(pb::BrowserRequest::KIND_SCREENSHOT);
   b->set_flag(full_page);
   b->set_text2(std::string(format));
   b->set_a(quality);
+  b->set_b(static_cast<int32_t>(std::min<uint32_t>(scale_width, 1u << 30)));
   return FetchScreenshot(std::move(request));
 }
 

@@ -153,6 +153,8 @@ class InitClient {
   };
   struct PageReport {
     std::string type, level, text, json;  // console, page_error, log, crash, download...
+    std::string path;                     // download: the file, relative to the workspace
+    uint64_t size = 0;                    // download: its size
   };
   struct BrowserOutput {
     std::string data;  // evaluate: JSON; content: HTML or text
@@ -161,7 +163,9 @@ class InitClient {
   };
   absl::StatusOr<BrowserOutput> BrowserRequest(const BrowserRequestSpec& request);
   // A screenshot of the page (PNG or JPEG), fetched in chunks, sha256 checked.
-  absl::StatusOr<Screenshot> BrowserScreenshot(bool full_page, std::string_view format, int quality);
+  // scale_width: scaled down to this width in pixels (0: none).
+  absl::StatusOr<Screenshot> BrowserScreenshot(bool full_page, std::string_view format, int quality,
+                                               uint32_t scale_width = 0);
 
   // False once the connection failed (init died, or sent a malformed, oversized or truncated frame); every
   // pending and later call then fails with Unavailable naming the cause.

@@ -205,7 +205,8 @@ int BrowserCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& 
   int rc = 0;
   while (stream->Read(&event)) {
     if (event.has_file()) {
-      image += event.file().data();
+      // A screenshot's image; a download's file stays in the workspace (sandboxctl cp fetches it).
+      if (event.file().path().rfind("screenshots/", 0) == 0) image += event.file().data();
       continue;
     }
     if (event.has_page()) {
@@ -222,6 +223,7 @@ int BrowserCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& 
       continue;
     }
     const pb::BrowserResult& b = f.result().browser();
+    for (const std::string& path : b.downloads()) fprintf(stderr, "downloaded %s\n", path.c_str());
     if (action.has_screenshot()) {
       if (!SaveScreenshot(image, b.sha256(), out_file)) {
         rc = 1;
@@ -318,7 +320,8 @@ int DesktopCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& 
   int rc = 0;
   while (stream->Read(&event)) {
     if (event.has_file()) {
-      image += event.file().data();
+      // A screenshot's image; a download's file stays in the workspace (sandboxctl cp fetches it).
+      if (event.file().path().rfind("screenshots/", 0) == 0) image += event.file().data();
       continue;
     }
     if (!event.has_tool_call_finished()) continue;
@@ -571,7 +574,7 @@ int main(int argc, char** argv) {
   browser->add_option("session", session_id)->required();
   std::string b_arg, b_file, b_selector, b_wait = "load", b_format = "png";
   bool b_full = false, b_text = false;
-  uint32_t b_timeout = 0;
+  uint32_t b_timeout = 0, b_width = 0;
   CLI::App* b_nav = browser->add_subcommand("navigate", "Load URL");
   b_nav->add_option("url", b_arg)->required();
   b_nav->add_option("--wait", b_wait, "load or networkidle")->check(CLI::IsMember({"load", "networkidle"}));
@@ -579,6 +582,7 @@ int main(int argc, char** argv) {
   b_shot->add_option("-o,--file", b_file, "Where to write the image")->required();
   b_shot->add_flag("--full-page", b_full, "The whole page, not the viewport");
   b_shot->add_option("--format", b_format, "png or jpeg")->check(CLI::IsMember({"png", "jpeg"}));
+  b_shot->add_option("--width", b_width, "Scale down to this many pixels wide")->check(CLI::Range(16, 7680));
   CLI::App* b_click = browser->add_subcommand("click", "Click the first element matching a CSS selector");
   b_click->add_option("selector", b_arg)->required();
   CLI::App* b_type = browser->add_subcommand("type", "Type TEXT into the focused element (or --selector)");
@@ -632,6 +636,7 @@ int main(int argc, char** argv) {
     if (*b_shot) {
       b.mutable_screenshot()->set_full_page(b_full);
       b.mutable_screenshot()->set_format(b_format);
+      b.mutable_screenshot()->set_width(b_width);
     }
     if (*b_click) b.mutable_click()->set_selector(b_arg);
     if (*b_type) {

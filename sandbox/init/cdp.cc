@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -90,6 +91,44 @@ std::string Cut(std::string s, size_t max) {
   while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xc0) == 0x80) --n;  // a UTF-8 boundary
   s.resize(n);
   return s + "...";
+}
+
+// A file name for a download from the name the page suggested (which the page controls): its last path
+// component (after the last slash or backslash), control characters replaced, no leading dot (no hidden
+// files, no "." or ".."), at most 200 bytes (a UTF-8 boundary, a short extension kept). "download" when
+// nothing is left.
+std::string SafeDownloadName(const std::string& suggested) {
+  const size_t slash = suggested.find_last_of("/\\");
+  std::string name = slash == std::string::npos ? suggested : suggested.substr(slash + 1);
+  for (char& c : name) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '_';
+  }
+  while (!name.empty() && (name[0] == '.' || name[0] == ' ')) name.erase(0, 1);
+  constexpr size_t kMax = 200;
+  if (name.size() > kMax) {
+    const size_t dot = name.rfind('.');
+    const std::string ext = dot != std::string::npos && name.size() - dot <= 16 ? name.substr(dot) : "";
+    size_t n = kMax - ext.size();
+    while (n > 0 && (static_cast<unsigned char>(name[n]) & 0xc0) == 0x80) --n;
+    name = name.substr(0, n) + ext;
+  }
+  return name.empty() ? "download" : name;
+}
+
+// Moves a finished download from `dir`/GUID to `dir`/NAME, never replacing a file: "NAME (1).ext",
+// "NAME (2).ext"... Returns the final path, or the GUID path when it could not be moved.
+std::string SettleDownload(const std::string& dir, const std::string& guid, const std::string& suggested) {
+  const std::string from = dir + "/" + guid;
+  const std::string name = SafeDownloadName(suggested);
+  const size_t dot = name.rfind('.');
+  const std::string stem = dot == std::string::npos || dot == 0 ? name : name.substr(0, dot);
+  const std::string ext = dot == std::string::npos || dot == 0 ? "" : name.substr(dot);
+  for (int i = 0; i < 1000; ++i) {
+    const std::string to = dir + "/" + (i == 0 ? name : stem + " (" + std::to_string(i) + ")" + ext);
+    if (renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return to;
+    if (errno != EEXIST) break;
+  }
+  return from;
 }
 
 // The message of a Runtime exceptionDetails: the exception's description's first line ("Error: boom"), else
@@ -726,6 +765,7 @@ void Browser::Handle(const json& message) {
         downloads_[Str(params, "guid")] = {{"url", Cut(Str(params, "url"), 2048)},
                                            {"suggested_filename", Cut(Str(params, "suggestedFilename"), 1024)}};
       }
+      last_download_guid_ = Str(params, "guid");
     } else if (method == "Browser.downloadProgress") {
       const std::string state = Str(params, "state");
       const std::string guid = Str(params, "guid");
@@ -733,8 +773,12 @@ void Browser::Handle(const json& message) {
       if ((state == "completed" || state == "canceled") && it != downloads_.end()) {
         json event = {{"type", "download"}, {"state", state}};
         event.update(it->second);
-        event["path"] = download_dir_ + "/" + guid;
+        // Chromium saved it under its GUID (a name the page cannot choose); give it the suggested name.
+        event["path"] = state == "completed" && !guid.empty() && guid.find('/') == std::string::npos
+                            ? SettleDownload(download_dir_, guid, Str(it->second, "suggested_filename"))
+                            : download_dir_ + "/" + guid;
         event["bytes"] = static_cast<int64_t>(Num(params, "receivedBytes"));
+        event["text"] = state + " " + Str(event, "path");
         downloads_.erase(it);
         PushEvent(std::move(event));
       }
@@ -853,7 +897,19 @@ bool Browser::Navigate(const std::string& url, const std::string& wait, int time
     while (downloads_begun_ == downloads_before && NowMs() < until) {
       if (!Pump(until, error)) return false;
     }
-    if (downloads_begun_ != downloads_before) return true;
+    if (downloads_begun_ != downloads_before) {
+      // The navigation became a download: its result is the file, so wait for it to finish.
+      const std::string guid = last_download_guid_;
+      while (downloads_.count(guid) != 0) {
+        if (NowMs() >= deadline) {
+          *error = "navigate: " + url + " became a download that did not finish within " +
+                   std::to_string(timeout_ms) + " ms (it goes on; a later call reports it)";
+          return false;
+        }
+        if (!Pump(deadline, error)) return false;
+      }
+      return true;
+    }
   }
   if (!error_text.empty()) {
     *error = "navigate: " + url + ": " + error_text;
@@ -889,8 +945,8 @@ bool Browser::WaitNetworkIdle(int64_t deadline_ms, std::string* error) {
   }
 }
 
-bool Browser::Screenshot(bool full_page, const std::string& format, int quality, std::string* image, uint32_t* width,
-                         uint32_t* height, std::string* error) {
+bool Browser::Screenshot(bool full_page, const std::string& format, int quality, uint32_t scale_width,
+                         std::string* image, uint32_t* width, uint32_t* height, std::string* error) {
   if (format != "png" && format != "jpeg") {
     *error = "screenshot: the format must be png or jpeg, not \"" + format + "\"";
     return false;
@@ -898,21 +954,40 @@ bool Browser::Screenshot(bool full_page, const std::string& format, int quality,
   json params = {{"format", format}};
   if (format == "jpeg") params["quality"] = std::clamp(quality, 1, 100);
   json result;
-  if (full_page) {
+  if (full_page || scale_width != 0) {
     if (!Call("Page.getLayoutMetrics", json::object(), &result, error)) return false;
-    const json* size = Field(result, "cssContentSize");
-    if (size == nullptr) size = Field(result, "contentSize");
-    const double w = size ? Num(*size, "width") : 0, h = size ? Num(*size, "height") : 0;
+    double x = 0, y = 0, w = 0, h = 0;
+    if (full_page) {
+      const json* size = Field(result, "cssContentSize");
+      if (size == nullptr) size = Field(result, "contentSize");
+      w = size ? std::min(Num(*size, "width"), static_cast<double>(kMaxWidth)) : 0;
+      h = size ? std::min(Num(*size, "height"), kMaxFullPageHeight) : 0;
+      params["captureBeyondViewport"] = true;
+    } else {
+      // The viewport, where the page is scrolled to.
+      const json* vp = Field(result, "cssVisualViewport");
+      if (vp == nullptr) vp = Field(result, "visualViewport");
+      x = vp ? Num(*vp, "pageX") : 0;
+      y = vp ? Num(*vp, "pageY") : 0;
+      w = vp ? Num(*vp, "clientWidth") : 0;
+      h = vp ? Num(*vp, "clientHeight") : 0;
+    }
     if (w < 1 || h < 1) {
       *error = "screenshot: the page has no size";
       return false;
     }
-    params["clip"] = {{"x", 0},
-                      {"y", 0},
-                      {"width", std::min(w, static_cast<double>(kMaxWidth))},
-                      {"height", std::min(h, kMaxFullPageHeight)},
-                      {"scale", 1}};
-    params["captureBeyondViewport"] = true;
+    double scale = 1;
+    if (scale_width != 0) {
+      if (scale_width < 16 || scale_width > static_cast<uint32_t>(w)) {
+        *error = "screenshot: the width to scale to, " + std::to_string(scale_width) + ", is outside 16.." +
+                 std::to_string(static_cast<uint32_t>(w)) + " (the image's own width; screenshots only scale down)";
+        return false;
+      }
+      // Chromium rounds the clip's scaled size; aim at the middle of the pixel.
+      scale = (scale_width + 0.25) / std::floor(w);
+      w = std::floor(w);
+    }
+    params["clip"] = {{"x", x}, {"y", y}, {"width", w}, {"height", h}, {"scale", scale}};
   }
   if (!Call("Page.captureScreenshot", params, &result, error, 60000)) return false;
   if (!DecodeBase64(Str(result, "data"), image) || image->empty()) {
@@ -1111,6 +1186,25 @@ bool Browser::WaitFor(const std::string& selector, const std::string& text, int 
     while (NowMs() < until) {
       if (!Pump(until, error)) return false;
     }
+  }
+}
+
+bool Browser::WaitForDownload(int timeout_ms, std::string* error) {
+  if (download_dir_.empty()) {
+    *error = "wait_for: downloads are off in this browser";
+    return false;
+  }
+  const int64_t deadline = NowMs() + timeout_ms;
+  for (;;) {
+    for (const json& event : events_) {
+      if (Str(event, "type") == "download") return true;
+    }
+    if (NowMs() >= deadline) {
+      *error = "wait_for: no download finished within " + std::to_string(timeout_ms) + " ms (" +
+               std::to_string(downloads_.size()) + " in progress)";
+      return false;
+    }
+    if (!Pump(deadline, error)) return false;
   }
 }
 

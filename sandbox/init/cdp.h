@@ -29,7 +29,8 @@ struct BrowserConfig {
   // --disable-dev-shm-usage: what Chromium would put in /dev/shm goes to TMPDIR instead (a jail's /dev/shm may
   // be small or absent). NOTE: most of its shared memory is memfd_create, which needs neither.
   bool disable_dev_shm_usage = true;
-  // Where downloads go, each saved under a fresh name (its GUID; the page's suggested name is in the event).
+  // Where downloads go. Chromium saves each under its GUID; once complete it is renamed to the page's suggested
+  // name, made safe ("report.pdf", never a path, a hidden file or a replaced file: "report (1).pdf").
   // Empty: downloads are refused.
   std::string download_dir;
   std::vector<std::string> env;          // Chromium's whole environment ("HOME=...", "PATH=...", "TZ=...")
@@ -74,13 +75,15 @@ class Browser {
   // Page.navigate, then waits for the page's load event ("load") or, after it, for no network request in
   // flight for 500 ms ("networkidle"). A navigation error (net::ERR_..., a bad URL) is an error; an HTTP error
   // status is not (it is a page). A same-document navigation (#fragment) returns at once, and so does one that
-  // turned into a download (a "download" event follows; with no download_dir it is net::ERR_ABORTED).
+  // turned into a download waits for the download to finish (a "download" event reports it; with no
+  // download_dir it is net::ERR_ABORTED).
   bool Navigate(const std::string& url, const std::string& wait, int timeout_ms, std::string* error);
 
   // A PNG ("png") or JPEG ("jpeg", quality 1..100) of the viewport, or of the whole page (up to 16384 CSS px
-  // tall). *image gets the encoded bytes, *width/*height its size in pixels (device scale factor 1).
-  bool Screenshot(bool full_page, const std::string& format, int quality, std::string* image, uint32_t* width,
-                  uint32_t* height, std::string* error);
+  // tall), scaled down to scale_width pixels wide when it is not 0 (16 up to the image's own width; the
+  // height keeps the aspect ratio). *image gets the encoded bytes, *width/*height its size in pixels.
+  bool Screenshot(bool full_page, const std::string& format, int quality, uint32_t scale_width, std::string* image,
+                  uint32_t* width, uint32_t* height, std::string* error);
 
   // Evaluates a JavaScript expression in the page (awaiting a promise) and sets *json_result to the value as
   // JSON text ("2", "{\"a\":1}"; undefined is "null"). A thrown exception or rejected promise: *error is
@@ -108,6 +111,9 @@ class Browser {
   // Waits until an element matches `selector` (if not empty) and the page's text contains `text` (if not
   // empty), polling every 100 ms, up to timeout_ms.
   bool WaitFor(const std::string& selector, const std::string& text, int timeout_ms, std::string* error);
+  // Waits until a download finished (completed or canceled) since the events were last taken: returns at once
+  // when one already did. Fails when downloads are off (no download_dir).
+  bool WaitForDownload(int timeout_ms, std::string* error);
   // The viewport in CSS pixels (device scale factor 1), same bounds as BrowserConfig.
   bool SetViewport(uint32_t width, uint32_t height, std::string* error);
 
@@ -117,7 +123,7 @@ class Browser {
   //   {"type":"log","level":"...","source":"network|...","text":"...","url":"..."}
   //   {"type":"crash"}   (the page's renderer crashed: Inspector.targetCrashed)
   //   {"type":"download","state":"completed|canceled","url":"...","suggested_filename":"...","path":"...",
-  //    "bytes":N}   (path: download_dir/GUID, the file as saved)
+  //    "bytes":N,"text":"completed PATH"}   (path: download_dir/NAME, the file as saved)
   //   {"type":"dropped","count":N}   (events dropped because the queue was full)
   std::vector<nlohmann::json> TakeEvents();
 
@@ -162,6 +168,7 @@ class Browser {
   std::string download_dir_;
   std::map<std::string, nlohmann::json> downloads_;  // by GUID: begun, not finished (at most 1000)
   uint64_t downloads_begun_ = 0;
+  std::string last_download_guid_;
 
   std::deque<nlohmann::json> events_;
   uint64_t dropped_events_ = 0;

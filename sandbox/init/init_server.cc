@@ -1089,6 +1089,11 @@ void Server::BrowserStartOp(const pb::BrowserStart& q, pb::Response* r) {
   config.width = q.width() == 0 ? 1280 : q.width();
   config.height = q.height() == 0 ? 800 : q.height();
   config.proxy = q.proxy();
+  // Downloads land in the workspace's downloads/ (the agent streams each back as file events).
+  config.download_dir = (Workspace() == "/" ? "" : Workspace()) + "/downloads";
+  if (mkdir(config.download_dir.c_str(), 0755) < 0 && errno != EEXIST) {
+    return SetErrnoError(r, "browser: mkdir", config.download_dir, errno);
+  }
   for (char** e = environ; *e != nullptr; ++e) {
     if (strncmp(*e, "TMPDIR=", 7) != 0) config.env.emplace_back(*e);
   }
@@ -1113,8 +1118,8 @@ void Server::BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r) {
     case pb::BrowserRequest::KIND_SCREENSHOT: {
       std::string image;
       uint32_t w = 0, h = 0;
-      if (!b.Screenshot(q.flag(), q.text2().empty() ? "png" : q.text2(), q.a() == 0 ? 80 : q.a(), &image, &w, &h,
-                        &error)) {
+      if (!b.Screenshot(q.flag(), q.text2().empty() ? "png" : q.text2(), q.a() == 0 ? 80 : q.a(),
+                        static_cast<uint32_t>(std::max(0, q.b())), &image, &w, &h, &error)) {
         break;
       }
       last_png_ = std::move(image);
@@ -1158,7 +1163,7 @@ void Server::BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r) {
       break;
     }
     case pb::BrowserRequest::KIND_WAIT_FOR:
-      ok = b.WaitFor(q.text(), q.text2(), timeout, &error);
+      ok = q.flag() ? b.WaitForDownload(timeout, &error) : b.WaitFor(q.text(), q.text2(), timeout, &error);
       break;
     case pb::BrowserRequest::KIND_VIEWPORT:
       ok = q.a() > 0 && q.b() > 0 && b.SetViewport(static_cast<uint32_t>(q.a()), static_cast<uint32_t>(q.b()), &error);
@@ -1169,15 +1174,27 @@ void Server::BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r) {
   }
   if (!ok) return SetError(r, b.alive() ? pb::CODE_INVALID_ARGUMENT : pb::CODE_UNAVAILABLE, error);
   if (out == nullptr) out = r->mutable_browser_output();
-  for (const nlohmann::json& event : b.TakeEvents()) {
-    pb::PageReport* report = out->add_events();
+  for (nlohmann::json& event : b.TakeEvents()) {
     const auto str = [&event](const char* key) {
       auto it = event.find(key);
       return it != event.end() && it->is_string() ? it->get<std::string>() : std::string();
     };
+    pb::PageReport* report = out->add_events();
     report->set_type(str("type"));
     report->set_level(str("level"));
     report->set_text(str("text"));
+    if (str("type") == "download") {
+      // The file relative to the workspace, as file tools name it.
+      std::string path = str("path");
+      const std::string prefix = Workspace() == "/" ? "/" : Workspace() + "/";
+      if (path.compare(0, prefix.size(), prefix) == 0) path.erase(0, prefix.size());
+      event["path"] = path;
+      report->set_path(path);
+      report->set_level(str("state"));
+      if (auto bytes = event.find("bytes"); bytes != event.end() && bytes->is_number_integer()) {
+        report->set_size(static_cast<uint64_t>(std::max<int64_t>(0, bytes->get<int64_t>())));
+      }
+    }
     report->set_json(event.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   }
 }

@@ -109,6 +109,81 @@ TEST_F(BrowserTest, NavigateScreenshotAndThePagesConsole) {
   EXPECT_TRUE(console);
 }
 
+TEST_F(BrowserTest, AScaledScreenshotHasTheWidthAsked) {
+  ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
+  pb::BrowserAction shot;
+  shot.mutable_screenshot()->set_width(640);
+  shot.mutable_screenshot()->set_format("jpeg");
+  CallResult r = Act(shot);
+  ASSERT_TRUE(r.finished.has_result()) << r.finished.DebugString();
+  EXPECT_EQ(r.finished.result().browser().image_width(), 640u);
+  EXPECT_EQ(r.finished.result().browser().image_height(), 400u);
+  EXPECT_EQ(r.finished.result().browser().image_path(), "screenshots/1.jpg");
+  shot.mutable_screenshot()->set_width(2);
+  r = Act(shot);
+  ASSERT_TRUE(r.finished.has_error());
+  EXPECT_THAT(r.finished.error().message(), HasSubstr("browser.screenshot.width"));
+}
+
+// The page builds a file in memory and downloads it (no network needed): it lands in the workspace and arrives
+// as file events whose bytes and sha256 are the file's.
+TEST_F(BrowserTest, ADownloadArrivesAsFileEventsWithItsSha256) {
+  ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
+  constexpr size_t kSize = 600 * 1000;  // several 256 KiB chunks
+  std::string expected(kSize, '\0');
+  for (size_t i = 0; i < kSize; ++i) expected[i] = static_cast<char>((i * 7 + i / 1000) & 0xff);
+  pb::BrowserAction make;
+  make.mutable_evaluate()->set_expression(
+      "(() => { const n = 600000, b = new Uint8Array(n);"
+      " for (let i = 0; i < n; ++i) b[i] = (i * 7 + Math.floor(i / 1000)) & 0xff;"
+      " const a = document.createElement('a'); a.href = URL.createObjectURL(new Blob([b]));"
+      " a.download = 'data.bin'; document.body.appendChild(a); a.click(); return true; })()");
+  CallResult started = Act(make);
+  ASSERT_TRUE(started.finished.has_result()) << started.finished.DebugString();
+  pb::BrowserAction wait;
+  wait.mutable_wait_for()->set_download(true);
+  wait.mutable_wait_for()->set_timeout_ms(20000);
+  CallResult waited = Act(wait);
+  ASSERT_TRUE(waited.finished.has_result()) << waited.finished.DebugString();
+
+  // The file events may come with either call (the download may finish before the evaluate returns).
+  std::string data, sha256, path;
+  bool last = false;
+  std::vector<std::string> downloads;
+  for (const CallResult* call : {&started, &waited}) {
+    for (const pb::Event& e : call->events) {
+      if (!e.has_file()) continue;
+      EXPECT_EQ(e.file().offset(), data.size());
+      data += e.file().data();
+      path = e.file().path();
+      if (e.file().last()) {
+        last = true;
+        sha256 = e.file().sha256();
+      }
+    }
+    for (const std::string& d : call->finished.result().browser().downloads()) downloads.push_back(d);
+  }
+  ASSERT_TRUE(last) << "no last file chunk";
+  EXPECT_EQ(path, "downloads/data.bin");
+  EXPECT_EQ(downloads, std::vector<std::string>{"downloads/data.bin"});
+  EXPECT_EQ(data.size(), kSize);
+  EXPECT_EQ(sha256, Sha256Hex(expected));
+  EXPECT_EQ(Sha256Hex(data), sha256);
+
+  // It is in the workspace, for file tools.
+  pb::ToolCall stat;
+  stat.mutable_stat()->set_path("downloads/data.bin");
+  CallResult st = RunCall(stub_.get(), id_, stat);
+  ASSERT_TRUE(st.finished.has_result()) << st.finished.DebugString();
+  EXPECT_EQ(st.finished.result().info().size(), kSize);
+
+  // Nothing more to wait for: the next wait times out, naming it.
+  wait.mutable_wait_for()->set_timeout_ms(200);
+  CallResult none = Act(wait);
+  ASSERT_TRUE(none.finished.has_error());
+  EXPECT_THAT(none.finished.error().message(), HasSubstr("no download finished"));
+}
+
 TEST_F(BrowserTest, TypeClickEvaluateAndContent) {
   ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
   pb::BrowserAction type;

@@ -128,6 +128,9 @@ class PageServer {
       } else if (path == "/file") {
         body = "file contents\n";
         type = "application/octet-stream\r\nContent-Disposition: attachment; filename=\"report.txt\"";
+      } else if (path == "/evil") {
+        body = "evil\n";
+        type = "application/octet-stream\r\nContent-Disposition: attachment; filename=\"../../.bashrc\"";
       } else if (path == "/throws") {
         body = kThrows;
       } else if (path == "/submit") {
@@ -222,7 +225,7 @@ TEST_F(CdpDriverTest, NavigatesAndTakesScreenshots) {
 
   std::string png;
   uint32_t w = 0, h = 0;
-  ASSERT_TRUE(browser_->Screenshot(false, "png", 0, &png, &w, &h, &error)) << error;
+  ASSERT_TRUE(browser_->Screenshot(false, "png", 0, 0, &png, &w, &h, &error)) << error;
   EXPECT_EQ(w, 800u);
   EXPECT_EQ(h, 600u);
   Image image;
@@ -231,24 +234,41 @@ TEST_F(CdpDriverTest, NavigatesAndTakesScreenshots) {
   EXPECT_EQ(image.height, 600u);
   EXPECT_TRUE(Near(image.Pixel(700, 500), kPageColour)) << std::hex << image.Pixel(700, 500);
 
+  // Scaled down to a given width, the aspect ratio kept.
+  ASSERT_TRUE(browser_->Screenshot(false, "png", 0, 400, &png, &w, &h, &error)) << error;
+  ASSERT_TRUE(DecodePng(png, &image));
+  EXPECT_EQ(image.width, 400u);
+  EXPECT_EQ(image.height, 300u);
+  EXPECT_EQ(w, 400u);
+  EXPECT_EQ(h, 300u);
+  EXPECT_TRUE(Near(image.Pixel(350, 250), kPageColour)) << std::hex << image.Pixel(350, 250);
+  ASSERT_TRUE(browser_->Screenshot(false, "png", 0, 333, &png, &w, &h, &error)) << error;
+  EXPECT_EQ(w, 333u);
+  EXPECT_FALSE(browser_->Screenshot(false, "png", 0, 801, &png, &w, &h, &error));
+  EXPECT_THAT(error, HasSubstr("only scale down"));
+
   std::string jpeg;
-  ASSERT_TRUE(browser_->Screenshot(false, "jpeg", 80, &jpeg, &w, &h, &error)) << error;
+  ASSERT_TRUE(browser_->Screenshot(false, "jpeg", 80, 0, &jpeg, &w, &h, &error)) << error;
   EXPECT_EQ(jpeg.substr(0, 2), "\xff\xd8");
   EXPECT_EQ(w, 800u);
   EXPECT_EQ(h, 600u);
 
   // The whole of a tall page.
   ASSERT_TRUE(browser_->Navigate(server_.Url("/tall"), "networkidle", 10000, &error)) << error;
-  ASSERT_TRUE(browser_->Screenshot(true, "png", 0, &png, &w, &h, &error)) << error;
+  ASSERT_TRUE(browser_->Screenshot(true, "png", 0, 0, &png, &w, &h, &error)) << error;
   ASSERT_TRUE(DecodePng(png, &image));
   EXPECT_EQ(image.width, 800u);
   EXPECT_GT(image.height, 3000u);
   EXPECT_EQ(h, image.height);
   EXPECT_TRUE(Near(image.Pixel(400, image.height - 5), kPageColour)) << std::hex << image.Pixel(400, image.height - 5);
+  const uint32_t full_height = image.height;
+  ASSERT_TRUE(browser_->Screenshot(true, "jpeg", 90, 200, &jpeg, &w, &h, &error)) << error;
+  EXPECT_EQ(w, 200u);
+  EXPECT_NEAR(h, full_height / 4.0, 2);
 
   // A new viewport.
   ASSERT_TRUE(browser_->SetViewport(640, 480, &error)) << error;
-  ASSERT_TRUE(browser_->Screenshot(false, "png", 0, &png, &w, &h, &error)) << error;
+  ASSERT_TRUE(browser_->Screenshot(false, "png", 0, 0, &png, &w, &h, &error)) << error;
   EXPECT_EQ(w, 640u);
   EXPECT_EQ(h, 480u);
   EXPECT_FALSE(browser_->SetViewport(10, 10, &error));
@@ -268,7 +288,7 @@ TEST_F(CdpDriverTest, NavigatesAndTakesScreenshots) {
   close(unused);
   EXPECT_THAT(error, HasSubstr("ERR_CONNECTION_REFUSED"));
   EXPECT_FALSE(browser_->Navigate(server_.Url("/"), "soon", 10000, &error));
-  EXPECT_FALSE(browser_->Screenshot(false, "gif", 0, &png, &w, &h, &error));
+  EXPECT_FALSE(browser_->Screenshot(false, "gif", 0, 0, &png, &w, &h, &error));
 }
 
 TEST_F(CdpDriverTest, TypesClicksAndPresses) {
@@ -402,22 +422,23 @@ TEST_F(CdpDriverTest, DownloadsBecomeFiles) {
   browser_ = Browser::Start(c, &error);
   ASSERT_NE(browser_, nullptr) << error;
   ASSERT_TRUE(browser_->Navigate(server_.Url("/"), "load", 10000, &error)) << error;
+  // Nothing downloaded yet: waiting for one times out, naming what it waited for.
+  EXPECT_FALSE(browser_->WaitForDownload(300, &error));
+  EXPECT_THAT(error, HasSubstr("no download finished within 300 ms"));
   ASSERT_TRUE(browser_->Click("#dl", &error)) << error;
+  ASSERT_TRUE(browser_->WaitForDownload(10000, &error)) << error;
   nlohmann::json download;
-  const auto start = Clock::now();
-  while (download.is_null() && MsSince(start) < 10000) {
-    for (const nlohmann::json& e : browser_->TakeEvents()) {
-      if (e["type"] == "download") download = e;
-    }
-    if (download.is_null()) usleep(20000);
+  for (const nlohmann::json& e : browser_->TakeEvents()) {
+    if (e["type"] == "download") download = e;
   }
   ASSERT_FALSE(download.is_null()) << "no download event";
   EXPECT_EQ(download["state"], "completed");
   EXPECT_EQ(download["suggested_filename"], "report.txt");
   EXPECT_EQ(download["url"], server_.Url("/file"));
   EXPECT_EQ(download["bytes"], 14);
+  // Saved under the page's suggested name, not Chromium's GUID.
   const std::string path = download["path"].get<std::string>();
-  EXPECT_EQ(path.rfind(c.download_dir + "/", 0), 0u) << path;
+  EXPECT_EQ(path, c.download_dir + "/report.txt");
   FILE* f = fopen(path.c_str(), "r");
   ASSERT_NE(f, nullptr) << path;
   char buf[64] = {};
@@ -425,22 +446,44 @@ TEST_F(CdpDriverTest, DownloadsBecomeFiles) {
   fclose(f);
   EXPECT_EQ(std::string(buf, n), "file contents\n");
 
-  // Navigating to a download succeeds (the page stays) and downloads it.
+  // Navigating to a download succeeds once the file is there (the page stays), and never replaces the
+  // first file.
   ASSERT_TRUE(browser_->Navigate(server_.Url("/file"), "load", 10000, &error)) << error;
   download = nullptr;
-  const auto again = Clock::now();
-  while (download.is_null() && MsSince(again) < 10000) {
-    for (const nlohmann::json& e : browser_->TakeEvents()) {
-      if (e["type"] == "download") download = e;
-    }
-    if (download.is_null()) usleep(20000);
+  for (const nlohmann::json& e : browser_->TakeEvents()) {
+    if (e["type"] == "download") download = e;
   }
-  ASSERT_FALSE(download.is_null()) << "no download event";
+  ASSERT_FALSE(download.is_null()) << "no download event when the navigation returned";
   EXPECT_EQ(download["state"], "completed");
-  EXPECT_NE(download["path"].get<std::string>(), path);
+  EXPECT_EQ(download["path"], c.download_dir + "/report (1).txt");
+  struct stat st;
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 14);
   std::string href;
   ASSERT_TRUE(browser_->Evaluate("location.pathname", 5000, 100, &href, &error)) << error;
   EXPECT_EQ(href, "\"/\"");
+
+  // A name the page chose to climb out or hide is made safe.
+  ASSERT_TRUE(browser_->Navigate(server_.Url("/evil"), "load", 10000, &error)) << error;
+  download = nullptr;
+  for (const nlohmann::json& e : browser_->TakeEvents()) {
+    if (e["type"] == "download") download = e;
+  }
+  ASSERT_FALSE(download.is_null()) << "no download event for /evil";
+  const std::string evil = download["path"].get<std::string>();
+  EXPECT_EQ(evil.rfind(c.download_dir + "/", 0), 0u) << evil;
+  const std::string name = evil.substr(c.download_dir.size() + 1);
+  EXPECT_EQ(name.find('/'), std::string::npos) << name;
+  EXPECT_NE(name[0], '.') << name;
+  EXPECT_EQ(stat(evil.c_str(), &st), 0) << evil;
+
+  // Downloads off: waiting for one fails at once.
+  BrowserConfig off = Config();
+  off.profile_dir = dir_ + "/profile-off";
+  std::unique_ptr<Browser> no_downloads = Browser::Start(off, &error);
+  ASSERT_NE(no_downloads, nullptr) << error;
+  EXPECT_FALSE(no_downloads->WaitForDownload(10000, &error));
+  EXPECT_THAT(error, HasSubstr("downloads are off"));
 }
 
 TEST_F(CdpDriverTest, APageCrashIsReportedAndNavigateRecovers) {
