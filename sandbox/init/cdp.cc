@@ -36,6 +36,7 @@ constexpr size_t kMaxEventText = 8192;
 constexpr size_t kMaxInFlight = 10000;  // requests tracked for network idle
 constexpr int kNetworkIdleMs = 500;
 constexpr int kDownloadAnnounceMs = 1000;  // after a navigation aborted, until a download it became is announced
+constexpr int kErrorPageSettleMs = 1000;  // a failed navigation's error page, until it loaded
 constexpr int kCloseGraceMs = 2000;        // Browser.close until the process exits
 constexpr int kTermGraceMs = 1000;         // between SIGTERM and SIGKILL
 constexpr int kInputTimeoutMs = 10000;     // input events, focus, element lookups
@@ -563,6 +564,9 @@ std::unique_ptr<Browser> Browser::Start(const BrowserConfig& config, std::string
   for (const char* method : {"Page.enable", "Runtime.enable", "Network.enable", "Log.enable"}) {
     if (!b->Call(method, json::object(), &result, &e, left())) return fail(std::string(method) + ": " + e);
   }
+  if (!b->Call("Page.setLifecycleEventsEnabled", {{"enabled", true}}, &result, &e, left())) {
+    return fail("Page.setLifecycleEventsEnabled: " + e);
+  }
   if (!b->SetViewport(config.width, config.height, &e)) return fail(e);
   b->TakeEvents();  // nothing the user did
   error->clear();
@@ -797,8 +801,14 @@ void Browser::Handle(const json& message) {
   } else if (method == "Network.loadingFinished" || method == "Network.loadingFailed") {
     in_flight_.erase(Str(params, "requestId"));
     last_network_ms_ = NowMs();
-  } else if (method == "Page.loadEventFired") {
-    load_fired_ = true;
+  } else if (method == "Page.lifecycleEvent") {
+    // "load" of the main frame's document (a page target's main frame id is its target id), by the loader
+    // that loaded it: a late load of a previous navigation (an error page committing after Page.navigate
+    // answered) must not end the wait for the next one.
+    if (Str(params, "name") == "load" && Str(params, "frameId") == target_id_) {
+      if (loaded_.size() >= 64) loaded_.clear();  // only the newest matter
+      loaded_.insert(Str(params, "loaderId"));
+    }
   } else if (method == "Runtime.consoleAPICalled") {
     PushEvent({{"type", "console"}, {"level", Str(params, "type")}, {"text", ConsoleText(params)}});
   } else if (method == "Runtime.exceptionThrown") {
@@ -879,7 +889,7 @@ bool Browser::Navigate(const std::string& url, const std::string& wait, int time
     return false;
   }
   const int64_t deadline = NowMs() + timeout_ms;
-  load_fired_ = false;
+  loaded_.clear();
   in_flight_.clear();
   // A crashed page can be navigated again: Chromium gives it a new renderer.
   const bool was_crashed = crashed_;
@@ -911,12 +921,19 @@ bool Browser::Navigate(const std::string& url, const std::string& wait, int time
       return true;
     }
   }
+  const std::string loader = Str(result, "loaderId");
   if (!error_text.empty()) {
+    // Chromium goes on to commit an error page (in another renderer): let it settle (briefly), so the next
+    // call sees that page rather than one half swapped out.
+    const int64_t until = std::min(deadline, NowMs() + kErrorPageSettleMs);
+    std::string ignored;
+    while (!loader.empty() && loaded_.count(loader) == 0 && NowMs() < until && Pump(until, &ignored)) {
+    }
     *error = "navigate: " + url + ": " + error_text;
     return false;
   }
-  if (Str(result, "loaderId").empty()) return true;  // same-document: no load
-  while (!load_fired_) {
+  if (loader.empty()) return true;  // same-document: no load
+  while (loaded_.count(loader) == 0) {
     if (NowMs() >= deadline) {
       *error = "navigate: the page did not finish loading within " + std::to_string(timeout_ms) + " ms";
       return false;

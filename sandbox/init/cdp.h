@@ -161,7 +161,7 @@ class Browser {
   std::string in_;
   size_t scanned_ = 0;  // in_[0, scanned_) holds no NUL
 
-  bool load_fired_ = false;
+  std::set<std::string> loaded_;  // loader ids whose document fired "load", since the navigation began
   std::set<std::string> in_flight_;  // request ids
   int64_t last_network_ms_ = 0;      // when in_flight_ last changed
 
