@@ -7,6 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "agent/log.h"
 #include "sandbox/init/sha256.h"
 #include "sandbox/status.h"
 
@@ -54,6 +55,7 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
   jail_options.name = SessionCgroupName(options.id);
   jail_options.warnings = options.warnings;
   jail_options.pids_poll_interval = std::chrono::milliseconds(250);
+  jail_options.cpu_background = options.pooled;
   if (options.launcher == nullptr) return absl::InternalError("session: no jail launcher");
   ASSIGN_OR_RETURN(std::unique_ptr<sandbox::Jail> jail, options.launcher->Start(policy, jail_options));
   auto init = std::make_unique<sandbox::InitClient>(jail->TakeControlFd());
@@ -149,7 +151,12 @@ bool Session::Matches(const std::map<std::string, std::string>& selector) const 
   return true;
 }
 
-void Session::SetLabels(std::map<std::string, std::string> labels) {
+void Session::TakeFromPool(std::map<std::string, std::string> labels) {
+  if (absl::Status s = jail_->SetCpuBackground(false); !s.ok()) {
+    // NOTE: the session still works; it only gets the CPU nothing else wants.
+    Log(LogLevel::kWarn, "bringing a pooled browser out of the CPU background failed",
+        {{"session_id", options_.id}, {"error", s.ToString()}});
+  }
   std::lock_guard lock(mu_);
   labels_ = std::move(labels);
 }

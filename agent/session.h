@@ -49,6 +49,9 @@ class Session {
     sandbox::JailLauncher* launcher = nullptr;  // not owned; clones the jail from a long-lived thread
     uint64_t max_output_bytes = 64ull << 20;     // one command's output budget (policy output_max_bytes)
     duvo::sandbox::v1::DesktopOptions desktop;   // kind DESKTOP: the display to start
+    // A warm-pool session: its cgroup stays in the CPU background (only CPU nothing else wants) until
+    // TakeFromPool, so keeping the pool full never slows live sessions down.
+    bool pooled = false;
     // Set by Start for a desktop session: the display's size.
     uint32_t display_width = 0, display_height = 0;
   };
@@ -65,8 +68,8 @@ class Session {
   duvo::sandbox::v1::Session Describe() const;
   bool ended() const { return ended_.load(); }
   bool Matches(const std::map<std::string, std::string>& selector) const;
-  // A pooled session taken by a Create: its labels become the request's.
-  void SetLabels(std::map<std::string, std::string> labels);
+  // A pooled session taken by a Create: its labels become the request's, and it leaves the CPU background.
+  void TakeFromPool(std::map<std::string, std::string> labels);
   // True while an exec runs (an idle timeout does not apply then).
   bool busy() const;
 

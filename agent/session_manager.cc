@@ -71,7 +71,7 @@ absl::StatusOr<pb::Session> SessionManager::Create(const pb::CreateRequest& requ
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::CreateRequest& request,
-                                                                       const std::string& session_id) {
+                                                                       const std::string& session_id, bool pooled) {
   const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
   std::optional<sandbox::Policy> ceiling;
   std::chrono::milliseconds default_ttl, default_idle_timeout;
@@ -106,6 +106,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   so.metrics = options_.metrics;
   so.launcher = &launcher_;
   so.max_output_bytes = policy.limits().output_max_bytes;
+  so.pooled = pooled;
   if (kind == pb::DESKTOP) {
     const pb::DesktopOptions& d = request.desktop();
     if ((d.width() != 0 && (d.width() < 64 || d.width() > 7680)) ||
@@ -159,7 +160,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
         warm_.pop_front();
         warm_cv_.notify_all();
         if (pooled->ended()) continue;  // Chromium died in the pool: the pool replaces it
-        pooled->SetLabels({request.labels().begin(), request.labels().end()});
+        pooled->TakeFromPool({request.labels().begin(), request.labels().end()});
         sessions_[pooled->id()] = pooled;
         if (!request.idempotency_key().empty()) {
           idempotency_[request.idempotency_key()] = Idempotent{request_bytes, pooled->id()};
@@ -335,7 +336,7 @@ void SessionManager::KeepWarm(std::stop_token stop) {
     }
     retired.clear();  // ends them (outside the lock)
     if (!start) continue;
-    absl::StatusOr<std::shared_ptr<Session>> session = StartSession(request, NewSessionId());
+    absl::StatusOr<std::shared_ptr<Session>> session = StartSession(request, NewSessionId(), /*pooled=*/true);
     std::lock_guard lock(mu_);
     --warming_;
     if (session.ok()) {

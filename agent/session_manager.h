@@ -82,8 +82,9 @@ class SessionManager {
   // Keeps options_.warm_browsers browser sessions started; replaces one that ended or aged in the pool.
   void KeepWarm(std::stop_token stop);
   // Starts a session (no idempotency, no capacity check): the common part of Create and the warm pool.
+  // `pooled`: for the warm pool (Session::Options::pooled).
   absl::StatusOr<std::shared_ptr<Session>> StartSession(const duvo::sandbox::v1::CreateRequest& request,
-                                                        const std::string& session_id);
+                                                        const std::string& session_id, bool pooled = false);
 
   const Options options_;
   // Reloadable copies of options_ (GUARDED_BY(mu_)).

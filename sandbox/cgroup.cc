@@ -612,10 +612,11 @@ absl::StatusOr<Cgroup> Cgroup::Create(const CgroupLayout& layout, std::string_vi
     if (limits.pids_max > 0) RETURN_IF_ERROR(WriteFile(dir + "/pids.max", std::to_string(limits.pids_max)));
     // NOTE: cpu is optional; without the controller (no cpu.max) the cpu limit is not enforced.
     if (limits.cpu_millicores > 0 && Exists(dir + "/cpu.max")) {
-      RETURN_IF_ERROR(
-          WriteFile(dir + "/cpu.max",
-                    absl::StrCat(uint64_t{limits.cpu_millicores} * kCpuPeriodUs / 1000, " ", kCpuPeriodUs)));
+      const uint64_t quota = uint64_t{limits.cpu_millicores} * kCpuPeriodUs / 1000;
+      RETURN_IF_ERROR(WriteFile(dir + "/cpu.max", absl::StrCat(quota, " ", kCpuPeriodUs)));
+      RETURN_IF_ERROR(WriteIfExists(dir + "/cpu.max.burst", std::to_string(quota)));
     }
+    if (limits.cpu_background) RETURN_IF_ERROR(cg.SetCpuBackground(true));
     cg.v2_dir_fd_ = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (cg.v2_dir_fd_ < 0) return ErrnoToStatus(errno, "open " + dir);
     return absl::OkStatus();
@@ -646,9 +647,11 @@ absl::StatusOr<Cgroup> Cgroup::Create(const CgroupLayout& layout, std::string_vi
     RETURN_IF_ERROR(make_dir(layout.v1_cpu, &cg.cpu_path_));
     if (!cg.cpu_path_.empty() && limits.cpu_millicores > 0) {
       RETURN_IF_ERROR(WriteFile(cg.cpu_path_ + "/cpu.cfs_period_us", std::to_string(kCpuPeriodUs)));
-      RETURN_IF_ERROR(WriteFile(cg.cpu_path_ + "/cpu.cfs_quota_us",
-                                std::to_string(uint64_t{limits.cpu_millicores} * kCpuPeriodUs / 1000)));
+      const uint64_t quota = uint64_t{limits.cpu_millicores} * kCpuPeriodUs / 1000;
+      RETURN_IF_ERROR(WriteFile(cg.cpu_path_ + "/cpu.cfs_quota_us", std::to_string(quota)));
+      RETURN_IF_ERROR(WriteIfExists(cg.cpu_path_ + "/cpu.cfs_burst_us", std::to_string(quota)));
     }
+    if (limits.cpu_background) RETURN_IF_ERROR(cg.SetCpuBackground(true));
     RETURN_IF_ERROR(make_dir(layout.v1_cpuacct, &cg.cpuacct_path_));
     RETURN_IF_ERROR(make_dir(layout.v1_freezer, &cg.freezer_path_));
     return absl::OkStatus();
@@ -663,6 +666,15 @@ absl::StatusOr<Cgroup> Cgroup::Create(const CgroupLayout& layout, std::string_vi
   }
   cg.removed_ = false;
   return cg;
+}
+
+absl::Status Cgroup::SetCpuBackground(bool background) const {
+  const std::string dir = version_ == CgroupVersion::kV2 ? memory_path_ : cpu_path_;
+  if (dir.empty()) return absl::OkStatus();  // v1 without the cpu hierarchy
+  // NOTE: the kernel refuses a weight for an idle group, so with cpu.idle the weight is left alone.
+  if (Exists(dir + "/cpu.idle")) return WriteFile(dir + "/cpu.idle", background ? "1" : "0");
+  if (version_ == CgroupVersion::kV2) return WriteIfExists(dir + "/cpu.weight", background ? "1" : "100");
+  return WriteFile(dir + "/cpu.shares", background ? "2" : "1024");
 }
 
 Cgroup::Cgroup(Cgroup&& other) noexcept

@@ -48,7 +48,11 @@ absl::StatusOr<CgroupLayout> PrepareCgroupLayout(std::string_view subdir = "sand
 struct CgroupLimits {
   uint64_t memory_max_bytes = 0;  // 0 = no limit
   uint32_t pids_max = 0;          // 0 = no limit
-  uint32_t cpu_millicores = 0;    // 0 = no limit; 1000 = one CPU (period 100 ms, quota 100 ms)
+  // 0 = no limit; 1000 = one CPU (period 100 ms, quota 100 ms). Quota left unused may be banked up to one
+  // more period's worth (v1 cpu.cfs_burst_us, v2 cpu.max.burst; kernel >= 5.14), so a short burst (a page
+  // load) is not throttled mid-way while the long-run average still holds.
+  uint32_t cpu_millicores = 0;
+  bool cpu_background = false;    // SetCpuBackground(true) from the start
 };
 
 // Usage and limit hits, as the kernel counted them.
@@ -93,6 +97,11 @@ class Cgroup {
   int v2_dir_fd() const { return v2_dir_fd_; }
 
   absl::StatusOr<CgroupUsage> ReadUsage() const;
+
+  // Background: the cgroup runs only on CPU nothing else wants (cpu.idle 1, SCHED_IDLE for the whole group,
+  // kernel >= 5.15; before that the least weight: v2 cpu.weight 1, v1 cpu.shares 2). Off: the defaults
+  // again. Does nothing without the cpu controller.
+  absl::Status SetCpuBackground(bool background) const;
 
   // pids.events "max": cheap enough to poll every few tens of milliseconds.
   absl::StatusOr<uint64_t> ReadPidsMaxEvents() const;

@@ -248,6 +248,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
     cl.memory_max_bytes = spec.limits.memory_max_bytes;
     cl.pids_max = spec.limits.pids_max;
     cl.cpu_millicores = spec.limits.cpu_millicores;
+    cl.cpu_background = options.cpu_background;
     ASSIGN_OR_RETURN(Cgroup cgroup, Cgroup::Create(*options.cgroups, options.name, cl));
     jail->cgroup_.emplace(std::move(cgroup));
   }
@@ -442,6 +443,10 @@ absl::StatusOr<UniqueFd> Jail::ListenInNetns(uint16_t port) const {
     result = std::move(fd);
   }).join();
   return result;
+}
+
+absl::Status Jail::SetCpuBackground(bool background) const {
+  return cgroup_ ? cgroup_->SetCpuBackground(background) : absl::OkStatus();
 }
 
 void Jail::Kill() {

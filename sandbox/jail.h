@@ -39,6 +39,8 @@ struct JailOptions {
   // How often Wait reads pids.events for kill_on_pids_limit (v1 cgroups cannot notify). A one-shot run
   // checks often; a daemon with hundreds of idle sessions less so (the pids limit holds either way).
   std::chrono::milliseconds pids_poll_interval{20};
+  // The session cgroup starts in the CPU background (Cgroup::SetCpuBackground).
+  bool cpu_background = false;
 };
 
 class Jail {
@@ -63,6 +65,8 @@ class Jail {
   absl::StatusOr<UniqueFd> ListenInNetns(uint16_t port) const;
   // SIGKILLs everything in the jail (idempotent).
   void Kill();
+  // Cgroup::SetCpuBackground of the session cgroup; does nothing without a cgroup.
+  absl::Status SetCpuBackground(bool background) const;
 
   pid_t pid() const { return pid_; }
 

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -240,6 +242,44 @@ int64_t NowUnixMs() {
       .count();
 }
 
+// The cpu-controller directories of session cgroups (v1 cpu.shares, v2 cpu.weight) anywhere under
+// /sys/fs/cgroup, of the session `id`, or of every session when it is empty.
+std::vector<std::string> SessionCpuDirs(const std::string& id) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(
+           "/sys/fs/cgroup", std::filesystem::directory_options::skip_permission_denied, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (it.depth() > 8) it.disable_recursion_pending();
+    if (!it->is_directory(ec)) continue;
+    const std::string name = it->path().filename().string();
+    if (name.rfind("session-", 0) != 0 || (!id.empty() && name != "session-" + id)) continue;
+    if (std::filesystem::exists(it->path() / "cpu.shares", ec) || std::filesystem::exists(it->path() / "cpu.weight", ec)) {
+      out.push_back(it->path().string());
+    }
+  }
+  return out;
+}
+
+// Whether a session cgroup is in the CPU background: cpu.idle 1, or (kernels before 5.15) the least weight.
+bool CpuBackground(const std::string& dir) {
+  std::string value;
+  if (std::ifstream idle(dir + "/cpu.idle"); idle >> value) return value == "1";
+  if (std::ifstream shares(dir + "/cpu.shares"); shares >> value) return value == "2";
+  if (std::ifstream weight(dir + "/cpu.weight"); weight >> value) return value == "1";
+  ADD_FAILURE() << dir << " has no cpu.idle, cpu.shares or cpu.weight";
+  return false;
+}
+
+bool HasCpuController() {
+  std::ifstream v2("/sys/fs/cgroup/cgroup.controllers");
+  std::string word;
+  while (v2 >> word) {
+    if (word == "cpu") return true;
+  }
+  return std::filesystem::exists("/sys/fs/cgroup/cpu/cpu.shares");
+}
+
 TEST(BrowserPoolTest, CreateTakesAWarmBrowserThatIsNeverReused) {
   if (access("/usr/lib/chromium/chromium", X_OK) != 0) {
     GTEST_SKIP() << "this machine lacks /usr/lib/chromium/chromium (deploy/install-deps.sh installs chromium)";
@@ -273,6 +313,19 @@ TEST(BrowserPoolTest, CreateTakesAWarmBrowserThatIsNeverReused) {
   // Leave a mark in its browser.
   EXPECT_EQ(evaluate(first.id(), "(() => { window.name = 'used once'; return window.name })()"), "\"used once\"");
   std::this_thread::sleep_for(std::chrono::seconds(4));  // the pool refills
+  // The pooled browser waits in the CPU background; the taken one left it.
+  const std::vector<std::string> pool_dirs = SessionCpuDirs("");
+  if (!pool_dirs.empty()) {
+    bool saw_pooled = false, saw_first = false;
+    for (const std::string& dir : pool_dirs) {
+      const bool is_first = dir.ends_with("/session-" + first.id());
+      (is_first ? saw_first : saw_pooled) = true;
+      EXPECT_EQ(CpuBackground(dir), !is_first) << dir;
+    }
+    EXPECT_TRUE(saw_first && saw_pooled) << "session cgroups: " << pool_dirs.size();
+  } else {
+    EXPECT_FALSE(HasCpuController()) << "no session cgroup with a cpu controller was found";
+  }
   const int64_t before_second = NowUnixMs();
   const pb::Session second = create(false);
   EXPECT_LT(second.created_unix_ms(), before_second);

@@ -334,6 +334,8 @@ class FakeCgroupfsTest : public ::testing::Test {
     return {{"cgroup.procs", ""},
             {"cpu.cfs_period_us", "100000\n"},
             {"cpu.cfs_quota_us", "-1\n"},
+            {"cpu.shares", "1024\n"},
+            {"cpu.cfs_burst_us", "0\n"},
             {"cpuacct.usage_user", "2500000000\n"},
             {"cpuacct.usage_sys", "500000000\n"},
             {"cpuacct.stat", "user 250\nsystem 50\n"}};
@@ -351,6 +353,8 @@ class FakeCgroupfsTest : public ::testing::Test {
             {"pids.max", "max\n"},
             {"pids.events", "max 7\n"},
             {"cpu.max", "max 100000\n"},
+            {"cpu.weight", "100\n"},
+            {"cpu.max.burst", "0\n"},
             {"cpu.stat", "usage_usec 3000\nuser_usec 2000\nsystem_usec 1000\nnr_periods 0\n"}};
   }
   static Files Without(Files files, const std::vector<std::string>& names) {
@@ -395,6 +399,7 @@ TEST_F(FakeCgroupfsTest, V1CreateWritesLimitsInEveryHierarchy) {
   EXPECT_EQ(ReadValue(layout.v1_pids + "/s1/pids.max"), "16");
   EXPECT_EQ(ReadValue(layout.v1_cpu + "/s1/cpu.cfs_period_us"), "100000");
   EXPECT_EQ(ReadValue(layout.v1_cpu + "/s1/cpu.cfs_quota_us"), "150000");
+  EXPECT_EQ(ReadValue(layout.v1_cpu + "/s1/cpu.cfs_burst_us"), "150000");  // one period's quota may be banked
   EXPECT_TRUE(Exists(layout.v1_freezer + "/s1/freezer.state"));
 }
 
@@ -517,6 +522,7 @@ TEST_F(FakeCgroupfsTest, V2CreateWritesLimitsAndOpensTheDirectory) {
   EXPECT_EQ(ReadValue(dir + "/memory.swap.max"), "0");
   EXPECT_EQ(ReadValue(dir + "/pids.max"), "16");
   EXPECT_EQ(ReadValue(dir + "/cpu.max"), "50000 100000");
+  EXPECT_EQ(ReadValue(dir + "/cpu.max.burst"), "50000");
 
   ASSERT_GE(cg->v2_dir_fd(), 0);
   struct stat by_fd {};
@@ -536,6 +542,51 @@ TEST_F(FakeCgroupfsTest, V2CreateWritesLimitsAndOpensTheDirectory) {
 
   ASSERT_TRUE(cg->KillAll().ok());
   EXPECT_EQ(ReadValue(dir + "/cgroup.kill"), "1");
+}
+
+TEST_F(FakeCgroupfsTest, CpuBackgroundFromTheStartAndLater) {
+  // A kernel with cpu.idle (>= 5.15): the whole group becomes SCHED_IDLE, its weight untouched.
+  CgroupLayout v1;
+  v1.version = CgroupVersion::kV1;
+  v1.v1_memory = AddHierarchy("memory", V1MemoryFiles());
+  v1.v1_pids = AddHierarchy("pids", V1PidsFiles());
+  v1.v1_cpu = AddHierarchy("cpu,cpuacct", V1CpuCpuacctFiles());
+  hierarchies_.back().files.push_back({"cpu.idle", "0\n"});
+  CgroupLimits limits;
+  limits.cpu_background = true;
+  absl::StatusOr<Cgroup> a = Cgroup::Create(v1, "b1", limits);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(ReadValue(v1.v1_cpu + "/b1/cpu.idle"), "1");
+  EXPECT_EQ(ReadValue(v1.v1_cpu + "/b1/cpu.shares"), "1024");
+  ASSERT_TRUE(a->SetCpuBackground(false).ok());
+  EXPECT_EQ(ReadValue(v1.v1_cpu + "/b1/cpu.idle"), "0");
+
+  // Older kernels: the least weight, then the default again.
+  CgroupLayout old_v1 = v1;
+  old_v1.v1_cpu = AddHierarchy("cpu-old", V1CpuCpuacctFiles());
+  absl::StatusOr<Cgroup> b = Cgroup::Create(old_v1, "b2", limits);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(ReadValue(old_v1.v1_cpu + "/b2/cpu.shares"), "2");
+  ASSERT_TRUE(b->SetCpuBackground(false).ok());
+  EXPECT_EQ(ReadValue(old_v1.v1_cpu + "/b2/cpu.shares"), "1024");
+
+  CgroupLayout v2;
+  v2.version = CgroupVersion::kV2;
+  v2.v2_parent = AddHierarchy("unified", V2Files());
+  absl::StatusOr<Cgroup> c = Cgroup::Create(v2, "b3", limits);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(ReadValue(v2.v2_parent + "/b3/cpu.weight"), "1");
+  ASSERT_TRUE(c->SetCpuBackground(false).ok());
+  EXPECT_EQ(ReadValue(v2.v2_parent + "/b3/cpu.weight"), "100");
+
+  // No cpu controller: nothing to do, and no error.
+  CgroupLayout bare;
+  bare.version = CgroupVersion::kV1;
+  bare.v1_memory = v1.v1_memory;
+  bare.v1_pids = v1.v1_pids;
+  absl::StatusOr<Cgroup> d = Cgroup::Create(bare, "b4", limits);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(d->SetCpuBackground(false).ok());
 }
 
 TEST_F(FakeCgroupfsTest, V2OlderKernelFallbacks) {
