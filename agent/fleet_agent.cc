@@ -56,6 +56,7 @@ struct FleetAgent::Lease {
   std::string lease_id;
   std::string session_id;
   pb::SandboxRequest request;
+  pb::LeaseRecord record;                    // as journaled
   uint64_t record_id = 0;                    // the outbox's lease record
   std::atomic<int64_t> expires_ns{0};        // steady clock
   std::atomic<uint64_t> acked_seq{0};        // the control plane holds every event up to here
@@ -100,12 +101,19 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
 
   // Recovery: leases journaled by a previous agent that never got an outcome died with it.
   size_t lost = 0, undelivered = 0;
+  // A lease served from the warm pool may have two records (a crash between journaling the pooled session and
+  // acking the first record): the newest one is reported.
+  std::map<std::string, uint64_t> newest;
+  for (const OutboxRecord& rec : a.outbox_->Pending()) {
+    if (rec.kind == kLeaseKind) newest[rec.key] = std::max(newest[rec.key], rec.id);
+  }
   for (const OutboxRecord& rec : a.outbox_->Pending()) {
     if (rec.kind != kLeaseKind) continue;
     pb::LeaseRecord lr;
     if (!lr.ParseFromString(rec.payload)) {
       Log(LogLevel::kError, "outbox: an unreadable lease record; reporting it lost", {{"lease_id", rec.key}});
     }
+    const bool superseded = newest[rec.key] != rec.id;
     if (!lr.session_id().empty() && a.options_.cgroups != nullptr) {
       absl::StatusOr<sandbox::Cgroup> leftover =
           sandbox::Cgroup::Adopt(*a.options_.cgroups, SessionCgroupName(lr.session_id()));
@@ -114,6 +122,10 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
         Log(LogLevel::kError, "could not remove a lost session's cgroup",
             {{"session_id", lr.session_id()}, {"error", removed.ToString()}});
       }
+    }
+    if (superseded) {
+      RETURN_IF_ERROR(a.outbox_->Ack(rec.id));
+      continue;
     }
     pb::OutcomeRecord out;
     pb::ReportOutcomeRequest* report = out.mutable_report();
@@ -213,6 +225,7 @@ void FleetAgent::LeaseLoop(std::stop_token stop) {
       pb::KindCapacity* c = request.add_capacity();
       c->set_kind(kind);
       c->set_free(free);
+      if (kind == pb::BROWSER) c->set_warm(std::min(free, options_.sessions->warm_count()));
     }
     request.set_max_sessions(options_.sessions->capacity());
     request.set_wait_ms(fleet.lease_wait.count());
@@ -332,6 +345,7 @@ void FleetAgent::Accept(const pb::LeaseGrant& grant, bool over_capacity) {
     return;
   }
   lease->record_id = *record_id;
+  lease->record = std::move(record);
   options_.sessions->Reserve();
   {
     std::lock_guard lock(mu_);
@@ -357,6 +371,27 @@ void FleetAgent::RunLease(Lease* lease) {
   create.mutable_labels()->insert(req.labels().begin(), req.labels().end());
   (*create.mutable_labels())["lease_id"] = lease->lease_id;
   absl::StatusOr<pb::Session> created = options_.sessions->CreateWithId(create, lease->session_id, true);
+  if (created.ok() && created->id() != lease->session_id) {
+    // Served from the warm pool: the session is the pooled browser, with its own id. Journal that id before
+    // anything else, so that after a crash the right cgroup is removed (recovery reports a lease once,
+    // whichever of its records it finds).
+    pb::LeaseRecord record = lease->record;
+    record.set_session_id(created->id());
+    absl::StatusOr<uint64_t> rejournaled = outbox_->Append(kLeaseKind, lease->lease_id, record.SerializeAsString());
+    if (rejournaled.ok()) {
+      if (absl::Status s = outbox_->Ack(lease->record_id); !s.ok()) {
+        Log(LogLevel::kError, "outbox: cannot ack a lease record", {{"lease_id", lease->lease_id}, {"error", s.ToString()}});
+      }
+      lease->record_id = *rejournaled;
+      lease->record = std::move(record);
+    } else {
+      Log(LogLevel::kError, "outbox: cannot journal the pooled session of a lease",
+          {{"lease_id", lease->lease_id}, {"session_id", created->id()}, {"error", rejournaled.status().ToString()}});
+    }
+    std::lock_guard lock(mu_);
+    lease->session_id = created->id();
+    held_[lease->lease_id] = lease->session_id;
+  }
   absl::StatusOr<std::shared_ptr<Session>> session =
       created.ok() ? options_.sessions->Find(lease->session_id) : absl::StatusOr<std::shared_ptr<Session>>(created.status());
   if (!session.ok()) {

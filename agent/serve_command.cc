@@ -103,7 +103,8 @@ void Reload(const ServeFlags& flags, const AgentConfig& running, SessionManager*
         {{"error", policies.status().ToString()}});
     return;
   }
-  sessions->Reload(config->max_sessions, config->default_ttl, config->default_idle_timeout, std::move(*policies));
+  sessions->Reload(config->max_sessions, config->default_ttl, config->default_idle_timeout, std::move(*policies),
+                   config->warm_browsers);
   if (fleet != nullptr) fleet->Reload(config->fleet);
   if (config->unix_socket != running.unix_socket || config->tcp_address != running.tcp_address ||
       config->state_dir != running.state_dir || config->metrics_address != running.metrics_address ||

@@ -53,9 +53,10 @@ SessionManager::SessionManager(Options options)
       max_sessions_(options_.max_sessions),
       default_ttl_(options_.default_ttl),
       default_idle_timeout_(options_.default_idle_timeout),
-      policies_(options_.policies) {
+      policies_(options_.policies),
+      warm_browsers_(options_.warm_browsers) {
   reaper_ = std::jthread([this](std::stop_token stop) { Reap(stop); });
-  if (options_.warm_browsers > 0) warmer_ = std::jthread([this](std::stop_token stop) { KeepWarm(stop); });
+  warmer_ = std::jthread([this](std::stop_token stop) { KeepWarm(stop); });
 }
 
 SessionManager::~SessionManager() {
@@ -128,6 +129,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
   request.SerializeToString(&request_bytes);
   std::optional<sandbox::Policy> ceiling;
   std::chrono::milliseconds default_ttl, default_idle_timeout;
+  std::shared_ptr<Session> evicted;  // a pooled browser that gave its slot to this session
   {
     std::lock_guard lock(mu_);
     auto policy_it = policies_.find(kind);
@@ -153,7 +155,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
       }
     }
     // A warm browser, for a request that keeps the host's policy and the defaults.
-    if (kind == pb::BROWSER && !from_reservation && request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 &&
+    if (kind == pb::BROWSER && request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 &&
         request.idle_timeout_ms() == 0) {
       while (!warm_.empty()) {
         std::shared_ptr<Session> pooled = std::move(warm_.front().first);
@@ -162,11 +164,21 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
         if (pooled->ended()) continue;  // Chromium died in the pool: the pool replaces it
         pooled->TakeFromPool({request.labels().begin(), request.labels().end()});
         sessions_[pooled->id()] = pooled;
+        if (from_reservation) {
+          // The reservation's slot is now this session's, held until Delete like any reserved one.
+          if (reserved_ > 0) --reserved_;
+          held_ids_.insert(pooled->id());
+        }
         if (!request.idempotency_key().empty()) {
           idempotency_[request.idempotency_key()] = Idempotent{request_bytes, pooled->id()};
         }
         return pooled->Describe();
       }
+    }
+    // Pooled browsers hold slots nobody asked for yet: one gives its slot up for a session that needs it.
+    if (UsedLocked() >= max_sessions_ + (from_reservation ? 1 : 0) && !warm_.empty()) {
+      evicted = std::move(warm_.front().first);
+      warm_.pop_front();
     }
     if (from_reservation) {
       if (reserved_ > 0) --reserved_;
@@ -176,6 +188,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
     }
     ++starting_;
   }
+  evicted.reset();  // ends it (outside the lock)
   struct Unstart {
     SessionManager* self;
     bool reserved;
@@ -277,8 +290,17 @@ size_t SessionManager::UsedLocked() const {
 
 uint32_t SessionManager::free_capacity() const {
   std::lock_guard lock(mu_);
-  const size_t used = UsedLocked();
+  // A pooled browser's slot is free for whoever asks: a browser request takes the browser, another request
+  // takes its slot.
+  const size_t used = UsedLocked() - warm_.size();
   return used >= max_sessions_ ? 0 : static_cast<uint32_t>(max_sessions_ - used);
+}
+
+uint32_t SessionManager::warm_count() const {
+  std::lock_guard lock(mu_);
+  uint32_t n = 0;
+  for (const auto& [session, at] : warm_) n += session->ended() ? 0 : 1;
+  return n;
 }
 
 void SessionManager::Reserve() {
@@ -299,8 +321,11 @@ std::vector<pb::SessionKind> SessionManager::kinds() const {
 }
 
 void SessionManager::Reload(uint32_t max_sessions, std::chrono::milliseconds default_ttl,
-                            std::chrono::milliseconds default_idle_timeout, std::map<int, sandbox::Policy> policies) {
+                            std::chrono::milliseconds default_idle_timeout, std::map<int, sandbox::Policy> policies,
+                            uint32_t warm_browsers) {
   std::lock_guard lock(mu_);
+  warm_browsers_ = warm_browsers;
+  warm_cv_.notify_all();
   max_sessions_ = max_sessions;
   default_ttl_ = default_ttl;
   default_idle_timeout_ = default_idle_timeout;
@@ -318,15 +343,16 @@ void SessionManager::KeepWarm(std::stop_token stop) {
     {
       std::unique_lock lock(mu_);
       const auto now = Clock::now();
+      size_t keep = warm_browsers_;  // a SIGHUP may have shrunk the pool: the oldest go first
       for (auto it = warm_.begin(); it != warm_.end();) {
-        if (it->first->ended() || now - it->second > kMaxPoolAge) {
+        if (it->first->ended() || now - it->second > kMaxPoolAge || warm_.size() > keep) {
           retired.push_back(std::move(it->first));
           it = warm_.erase(it);
         } else {
           ++it;
         }
       }
-      start = warm_.size() + warming_ < options_.warm_browsers && UsedLocked() < max_sessions_;
+      start = warm_.size() + warming_ < warm_browsers_ && UsedLocked() < max_sessions_;
       if (start) {
         ++warming_;
       } else if (retired.empty()) {

@@ -53,6 +53,8 @@ class SessionManager {
   // Create with the session id chosen by the caller (fleet mode journals it before the jail exists).
   // With `from_reservation`, the session takes a slot Reserve() held (no capacity check) and keeps counting
   // against capacity after it ends, until Delete; when it fails to start, the reservation is held again.
+  // NOTE: a browser request that keeps the host's policy and the defaults is served from the warm pool when
+  // it can: the session then has the pooled browser's id, not `session_id` (use the returned one).
   absl::StatusOr<duvo::sandbox::v1::Session> CreateWithId(const duvo::sandbox::v1::CreateRequest& request,
                                                          const std::string& session_id,
                                                          bool from_reservation = false);
@@ -68,14 +70,19 @@ class SessionManager {
 
   size_t active() const;
   uint32_t capacity() const;
-  // Sessions that could start now: capacity minus running and starting ones.
+  // Sessions that could start now: capacity minus running and starting ones (a pooled browser's slot is
+  // free: a browser request takes the browser, any other takes its slot).
   uint32_t free_capacity() const;
+  // Pooled browsers ready to be taken.
+  uint32_t warm_count() const;
   // The kinds this agent has a policy for.
   std::vector<duvo::sandbox::v1::SessionKind> kinds() const;
   // SIGHUP: new capacity, defaults and per-kind policies for sessions created from now on; running sessions
   // keep theirs.
+  // The warm pool grows or shrinks to `warm_browsers` (the oldest pooled browsers go first).
   void Reload(uint32_t max_sessions, std::chrono::milliseconds default_ttl,
-              std::chrono::milliseconds default_idle_timeout, std::map<int, sandbox::Policy> policies);
+              std::chrono::milliseconds default_idle_timeout, std::map<int, sandbox::Policy> policies,
+              uint32_t warm_browsers);
 
  private:
   void Reap(std::stop_token stop);  // idle timeouts and forgetting ended sessions
@@ -91,6 +98,7 @@ class SessionManager {
   uint32_t max_sessions_;
   std::chrono::milliseconds default_ttl_, default_idle_timeout_;
   std::map<int, sandbox::Policy> policies_;
+  uint32_t warm_browsers_;
   // Declared before the sessions: destroyed after them, so no jail outlives the thread that cloned it.
   sandbox::JailLauncher launcher_;
   mutable std::mutex mu_;

@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <fstream>
 #include <cstring>
+#include <sstream>
+#include <csignal>
 #include <string>
 #include <thread>
 #include <vector>
@@ -242,21 +244,35 @@ int64_t NowUnixMs() {
       .count();
 }
 
-// The cpu-controller directories of session cgroups (v1 cpu.shares, v2 cpu.weight) anywhere under
-// /sys/fs/cgroup, of the session `id`, or of every session when it is empty.
-std::vector<std::string> SessionCpuDirs(const std::string& id) {
+// The parent pid of `pid`, from /proc (0 when it is gone).
+pid_t ParentOf(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("PPid:", 0) == 0) return static_cast<pid_t>(std::stol(line.substr(5)));
+  }
+  return 0;
+}
+
+// The cpu-controller directories (v1 cpu.shares, v2 cpu.weight) of the session cgroups of the agent `agent`
+// (a jail's init is the agent's child), anywhere under /sys/fs/cgroup: other agents may be running tests too.
+std::vector<std::string> SessionCpuDirs(pid_t agent) {
   std::vector<std::string> out;
   std::error_code ec;
   for (auto it = std::filesystem::recursive_directory_iterator(
            "/sys/fs/cgroup", std::filesystem::directory_options::skip_permission_denied, ec);
        !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
     if (it.depth() > 8) it.disable_recursion_pending();
-    if (!it->is_directory(ec)) continue;
-    const std::string name = it->path().filename().string();
-    if (name.rfind("session-", 0) != 0 || (!id.empty() && name != "session-" + id)) continue;
-    if (std::filesystem::exists(it->path() / "cpu.shares", ec) || std::filesystem::exists(it->path() / "cpu.weight", ec)) {
-      out.push_back(it->path().string());
+    if (!it->is_directory(ec) || it->path().filename().string().rfind("session-", 0) != 0) continue;
+    if (!std::filesystem::exists(it->path() / "cpu.shares", ec) &&
+        !std::filesystem::exists(it->path() / "cpu.weight", ec)) {
+      continue;
     }
+    std::ifstream procs(it->path() / "cgroup.procs");
+    pid_t pid = 0;
+    bool ours = false;
+    while (!ours && procs >> pid) ours = ParentOf(pid) == agent;
+    if (ours) out.push_back(it->path().string());
   }
   return out;
 }
@@ -314,7 +330,7 @@ TEST(BrowserPoolTest, CreateTakesAWarmBrowserThatIsNeverReused) {
   EXPECT_EQ(evaluate(first.id(), "(() => { window.name = 'used once'; return window.name })()"), "\"used once\"");
   std::this_thread::sleep_for(std::chrono::seconds(4));  // the pool refills
   // The pooled browser waits in the CPU background; the taken one left it.
-  const std::vector<std::string> pool_dirs = SessionCpuDirs("");
+  const std::vector<std::string> pool_dirs = SessionCpuDirs(daemon.pid());
   if (!pool_dirs.empty()) {
     bool saw_pooled = false, saw_first = false;
     for (const std::string& dir : pool_dirs) {
@@ -338,6 +354,74 @@ TEST(BrowserPoolTest, CreateTakesAWarmBrowserThatIsNeverReused) {
   EXPECT_GE(third.created_unix_ms(), before_third);
 }
 
+
+// A pooled browser holds a slot nobody asked for: at capacity, a session of another kind takes its slot.
+TEST(BrowserPoolTest, APooledBrowserGivesItsSlotToASessionThatNeedsIt) {
+  if (access("/usr/lib/chromium/chromium", X_OK) != 0) {
+    GTEST_SKIP() << "this machine lacks /usr/lib/chromium/chromium (deploy/install-deps.sh installs chromium)";
+  }
+  Daemon::Options o;
+  o.config_lines = {"warm_browsers: 1", "max_sessions: 1"};
+  Daemon daemon(o);
+  ASSERT_TRUE(daemon.ok()) << daemon.Log();
+  auto stub = daemon.NewStub();
+  std::this_thread::sleep_for(std::chrono::seconds(4));  // the pool fills the only slot
+  ASSERT_EQ(SessionCpuDirs(daemon.pid()).size(), 1u) << "the pooled browser's cgroup";
+  grpc::ClientContext ctx;
+  pb::CreateRequest req;
+  req.set_kind(pb::FILE);
+  pb::Session session;
+  grpc::Status status = stub->Create(&ctx, req, &session);
+  ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << daemon.Log();
+  // The pooled browser is gone; only the new session holds the slot, so the pool does not refill.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const std::vector<std::string> dirs = SessionCpuDirs(daemon.pid());
+  ASSERT_EQ(dirs.size(), 1u);
+  EXPECT_TRUE(dirs[0].ends_with("/session-" + session.id())) << dirs[0];
+  // And the slot is taken: another Create is refused.
+  grpc::ClientContext ctx2;
+  pb::Session refused;
+  EXPECT_EQ(stub->Create(&ctx2, req, &refused).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+}
+
+// SIGHUP resizes the pool: it fills when warm_browsers grows and empties when it shrinks.
+TEST(BrowserPoolTest, SighupResizesThePool) {
+  if (access("/usr/lib/chromium/chromium", X_OK) != 0) {
+    GTEST_SKIP() << "this machine lacks /usr/lib/chromium/chromium (deploy/install-deps.sh installs chromium)";
+  }
+  Daemon::Options o;
+  o.config_lines = {"warm_browsers: 0"};
+  Daemon daemon(o);
+  ASSERT_TRUE(daemon.ok()) << daemon.Log();
+  const std::string config_path = daemon.dir() + "/agent.textproto";
+  std::stringstream text;
+  text << std::ifstream(config_path).rdbuf();
+  const std::string config = text.str();
+  ASSERT_NE(config.find("warm_browsers: 0"), std::string::npos) << config;
+  const auto reload_with = [&](const std::string& line) {
+    std::string changed = config;
+    changed.replace(changed.find("warm_browsers: 0"), std::strlen("warm_browsers: 0"), line);
+    std::ofstream(config_path) << changed;
+    ASSERT_EQ(kill(daemon.pid(), SIGHUP), 0);
+  };
+  const auto wait_for_pool = [&](size_t n) {
+    for (int i = 0; i < 150; ++i) {
+      if (SessionCpuDirs(daemon.pid()).size() == n) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  };
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_TRUE(SessionCpuDirs(daemon.pid()).empty());
+  reload_with("warm_browsers: 2");
+  ASSERT_TRUE(wait_for_pool(2)) << daemon.Log();
+  for (const std::string& dir : SessionCpuDirs(daemon.pid())) EXPECT_TRUE(CpuBackground(dir)) << dir;
+  reload_with("warm_browsers: 1");
+  EXPECT_TRUE(wait_for_pool(1)) << daemon.Log();
+  reload_with("warm_browsers: 0");
+  EXPECT_TRUE(wait_for_pool(0)) << daemon.Log();
+  EXPECT_TRUE(daemon.Alive());
+}
 
 TEST_F(BrowserTest, SandboxctlBrowserCommands) {
   int rc = 0;

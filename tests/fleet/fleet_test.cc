@@ -177,6 +177,59 @@ TEST(FleetTest, AgentKilledWithSessionsRunningReportsEachOnceAfterRestartAndLeav
   EXPECT_EQ(agent.Terminate(seconds(30)), 0);
 }
 
+// A browser lease is served from the warm pool (advertised as warm capacity): its session was started before
+// the lease was enqueued. Killed with it running, the agent reports it once after a restart, under the pooled
+// session's id, and leaves none of its cgroups behind.
+TEST(FleetTest, ABrowserLeaseIsServedFromTheWarmPoolAndACrashLeavesNothingBehind) {
+  if (access("/usr/lib/chromium/chromium", X_OK) != 0) {
+    GTEST_SKIP() << "this machine lacks /usr/lib/chromium/chromium (deploy/install-deps.sh installs chromium)";
+  }
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess::Options o = AgentFor(*cp, "agent-warm", 2);
+  o.config_lines = {"warm_browsers: 1"};
+  AgentProcess agent(o);
+  ASSERT_TRUE(agent.Start());
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Agents()["agent-warm"].warm_advertised == 1; }, seconds(30)))
+      << agent.Log();
+  const int64_t enqueued_unix_ms =
+      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  pb::SandboxRequest request;
+  request.set_kind(pb::BROWSER);
+  request.add_calls()->mutable_browser()->mutable_evaluate()->set_expression("1 + 1");
+  const std::string id = cp->Enqueue(request);
+  ASSERT_TRUE(cp->WaitFor([&] { return HasStarted(*cp, id); }, seconds(30))) << agent.Log();
+  ASSERT_TRUE(cp->WaitFor([&] {
+    const std::optional<ControlPlaneDouble::LeaseView> view = cp->Lease(id);
+    for (const pb::Event& e : view->events) {
+      if (e.has_tool_call_finished()) return true;
+    }
+    return false;
+  }, seconds(30)));
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  ASSERT_FALSE(l->events.empty());
+  ASSERT_TRUE(l->events[0].has_session_started());
+  EXPECT_LT(l->events[0].unix_ms(), enqueued_unix_ms) << "the session was not started before the lease";
+  std::string json;
+  for (const pb::Event& e : l->events) {
+    if (e.has_tool_call_finished()) json = e.tool_call_finished().result().browser().json();
+  }
+  EXPECT_EQ(json, "2");
+  const std::string session_id = l->session_id;
+  ASSERT_FALSE(session_id.empty());
+
+  agent.Kill9();
+  ASSERT_TRUE(agent.Start()) << agent.Log();
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(30))) << agent.Log();
+  l = cp->Lease(id);
+  EXPECT_EQ(l->outcome->outcome().reason(), "agent_restart");
+  EXPECT_EQ(l->outcome->session_id(), session_id);
+  EXPECT_EQ(Leftovers(session_id), "") << agent.Log();
+  std::this_thread::sleep_for(seconds(1));
+  EXPECT_EQ(cp->Lease(id)->outcome_reports, 1);
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
 TEST(FleetTest, RevokedLeaseIsCanceledWithinASecond) {
   auto cp = StartDouble();
   ASSERT_NE(cp, nullptr);

@@ -411,8 +411,12 @@ grpc::Status ControlPlaneDouble::DoLease(grpc::ServerContext* ctx, const v1::Lea
     ++agent.lease_calls;
     agent.max_sessions = request.max_sessions();
     agent.labels = std::map<std::string, std::string>(request.labels().begin(), request.labels().end());
-    uint64_t free = 0;
-    for (const v1::KindCapacity& capacity : request.capacity()) free += capacity.free();
+    uint64_t free = 0, warm = 0;
+    for (const v1::KindCapacity& capacity : request.capacity()) {
+      free += capacity.free();
+      warm += capacity.warm();
+    }
+    agent.warm_advertised = static_cast<uint32_t>(std::min<uint64_t>(warm, UINT32_MAX));
     agent.max_free_advertised =
         std::max<uint64_t>(agent.max_free_advertised, std::min<uint64_t>(free, UINT32_MAX));
     BumpLocked();
