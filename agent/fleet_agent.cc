@@ -113,17 +113,8 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
     if (!lr.ParseFromString(rec.payload)) {
       Log(LogLevel::kError, "outbox: an unreadable lease record; reporting it lost", {{"lease_id", rec.key}});
     }
-    const bool superseded = newest[rec.key] != rec.id;
-    if (!lr.session_id().empty() && a.options_.cgroups != nullptr) {
-      absl::StatusOr<sandbox::Cgroup> leftover =
-          sandbox::Cgroup::Adopt(*a.options_.cgroups, SessionCgroupName(lr.session_id()));
-      absl::Status removed = leftover.ok() ? leftover->Remove() : leftover.status();
-      if (!removed.ok() && !absl::IsNotFound(removed)) {
-        Log(LogLevel::kError, "could not remove a lost session's cgroup",
-            {{"session_id", lr.session_id()}, {"error", removed.ToString()}});
-      }
-    }
-    if (superseded) {
+    // NOTE: the lost session's cgroup is gone already: the agent's cgroup ledger removed it at start.
+    if (newest[rec.key] != rec.id) {
       RETURN_IF_ERROR(a.outbox_->Ack(rec.id));
       continue;
     }

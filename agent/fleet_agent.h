@@ -38,7 +38,6 @@
 #include "agent/session_manager.h"
 #include "agent/worker_client.h"
 #include "duvo/sandbox/v1/worker.grpc.pb.h"
-#include "sandbox/cgroup.h"
 
 namespace sbx::agent {
 
@@ -48,7 +47,6 @@ class FleetAgent {
     FleetSettings fleet;
     std::string outbox_dir;                          // e.g. <state_dir>/outbox
     SessionManager* sessions = nullptr;              // not owned
-    const sandbox::CgroupLayout* cgroups = nullptr;  // for leftovers of a crashed agent; may be null
     Metrics* metrics = nullptr;                      // may be null
   };
 

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/agent_config.h"
+#include "agent/cgroup_ledger.h"
 #include "agent/egress_proxy.h"
 #include "agent/fleet_agent.h"
 #include "agent/init_locator.h"
@@ -181,7 +182,19 @@ int ServeCommand(const ServeFlags& flags) {
     metrics_server = std::move(*started);
   }
 
+  // The sessions' cgroups a previous agent on this state dir left behind go first.
+  if (absl::Status s = MkdirAll(config->state_dir, 0700); !s.ok()) return Fail(s);
+  size_t recovered = 0;
+  absl::StatusOr<std::unique_ptr<CgroupLedger>> ledger =
+      CgroupLedger::Open(config->state_dir + "/cgroups", layout.ok() ? &*layout : nullptr, &recovered);
+  if (!ledger.ok()) return Fail(ledger.status());
+  if (recovered > 0) {
+    Log(LogLevel::kWarn, "removed the cgroups of sessions that died with the previous agent",
+        {{"count", absl::StrCat(recovered)}});
+  }
+
   SessionManager::Options mo;
+  mo.ledger = ledger->get();
   mo.max_sessions = config->max_sessions;
   mo.warm_browsers = config->warm_browsers;
   mo.default_ttl = config->default_ttl;
@@ -206,12 +219,10 @@ int ServeCommand(const ServeFlags& flags) {
 
   std::unique_ptr<FleetAgent> fleet;
   if (!config->fleet.control_plane.empty()) {
-    if (absl::Status s = MkdirAll(config->state_dir, 0700); !s.ok()) return Fail(s);
     FleetAgent::Options fo;
     fo.fleet = config->fleet;
     fo.outbox_dir = config->state_dir + "/outbox";
     fo.sessions = sessions.get();
-    fo.cgroups = layout.ok() ? &*layout : nullptr;
     fo.metrics = &metrics;
     absl::StatusOr<std::unique_ptr<FleetAgent>> started = FleetAgent::Start(std::move(fo));
     if (!started.ok()) return Fail(Annotate(started.status(), "fleet mode"));

@@ -7,6 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "agent/cgroup_ledger.h"
 #include "agent/log.h"
 #include "sandbox/init/sha256.h"
 #include "sandbox/status.h"
@@ -132,6 +133,7 @@ Session::~Session() {
   if (killer_.joinable()) killer_.join();
   init_.reset();  // after the watcher and the killer: joins the client's reader thread
   jail_.reset();  // kills what is left, removes the cgroup
+  if (options_.ledger != nullptr) options_.ledger->Remove(options_.id);
 }
 
 void Session::Touch() {

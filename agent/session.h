@@ -30,6 +30,8 @@
 
 namespace sbx::agent {
 
+class CgroupLedger;
+
 // The name of a session's jail and cgroup: "session-<id>".
 std::string SessionCgroupName(const std::string& session_id);
 
@@ -46,6 +48,7 @@ class Session {
     std::vector<std::string> warnings;
     std::vector<sandbox::EnvVar> env;  // the policy's environment, for exec calls that add variables
     Metrics* metrics = nullptr;        // not owned; may be null
+    CgroupLedger* ledger = nullptr;    // not owned; may be null: forgets the session once its cgroup is gone
     sandbox::JailLauncher* launcher = nullptr;  // not owned; clones the jail from a long-lived thread
     uint64_t max_output_bytes = 64ull << 20;     // one command's output budget (policy output_max_bytes)
     duvo::sandbox::v1::DesktopOptions desktop;   // kind DESKTOP: the display to start

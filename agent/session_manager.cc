@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "agent/cgroup_ledger.h"
 #include "sandbox/policy_builder.h"
 #include "sandbox/policy_loader.h"
 #include "sandbox/status.h"
@@ -108,6 +109,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   so.launcher = &launcher_;
   so.max_output_bytes = policy.limits().output_max_bytes;
   so.pooled = pooled;
+  so.ledger = options_.ledger;
   if (kind == pb::DESKTOP) {
     const pb::DesktopOptions& d = request.desktop();
     if ((d.width() != 0 && (d.width() < 64 || d.width() > 7680)) ||
@@ -119,7 +121,10 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   } else if (request.has_desktop()) {
     return absl::InvalidArgumentError("desktop: display options are for kind DESKTOP sessions");
   }
-  return Session::Start(policy, std::move(so));
+  if (options_.ledger != nullptr) RETURN_IF_ERROR(options_.ledger->Add(session_id));
+  absl::StatusOr<std::shared_ptr<Session>> session = Session::Start(policy, std::move(so));
+  if (!session.ok() && options_.ledger != nullptr) options_.ledger->Remove(session_id);  // the jail is gone
+  return session;
 }
 
 absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest& request,

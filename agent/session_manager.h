@@ -25,6 +25,8 @@
 
 namespace sbx::agent {
 
+class CgroupLedger;
+
 class SessionManager {
  public:
   struct Options {
@@ -39,6 +41,8 @@ class SessionManager {
     // Ended sessions are forgotten this long after their end unless deleted first.
     std::chrono::milliseconds keep_ended{std::chrono::minutes(10)};
     Metrics* metrics = nullptr;  // not owned; may be null
+    // Not owned; may be null. Records each session before its cgroup exists (a crash leaves none behind).
+    CgroupLedger* ledger = nullptr;
     // Browser sessions kept started for Create to take (AgentConfig.warm_browsers); they count against
     // max_sessions.
     uint32_t warm_browsers = 0;

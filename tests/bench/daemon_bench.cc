@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -114,7 +115,7 @@ int main(int argc, char** argv) {
     std::ofstream(std::string(dir) + "/file.textproto") << text;
   }
   std::ofstream(config) << "unix_socket: \"" << socket << "\"\nmetrics_address: \"off\"\nmax_sessions: "
-                        << sessions + 4 << "\npolicy_dir: \"" << dir << "\"\n";
+                        << sessions + 4 << "\npolicy_dir: \"" << dir << "\"\nstate_dir: \"" << dir << "/state\"\n";
   // The daemon's log goes to a file: it would drown the figures.
   const std::string log = std::string(dir) + "/agent.log";
   pid_t agent = fork();
@@ -214,6 +215,8 @@ int main(int argc, char** argv) {
   unlink(config.c_str());
   unlink((std::string(dir) + "/file.textproto").c_str());
   unlink(log.c_str());
+  std::error_code ec;
+  std::filesystem::remove_all(std::string(dir) + "/state", ec);
   rmdir(dir);
   return 0;
 }

@@ -29,6 +29,10 @@ Daemon::Daemon(Options options) {
     std::ofstream f(config);
     f << "unix_socket: \"" << socket_ << "\"\n";
     f << "metrics_address: \"127.0.0.1:0\"\n";
+    // A state dir of its own (one agent per state dir), unless the test shares one between daemons.
+    bool has_state_dir = false;
+    for (const std::string& line : options.config_lines) has_state_dir |= line.rfind("state_dir:", 0) == 0;
+    if (!has_state_dir) f << "state_dir: \"" << dir_ << "/state\"\n";
     for (const std::string& line : options.config_lines) f << line << "\n";
   }
   std::vector<std::string> args = {AgentBin(), "serve", "--config", config};

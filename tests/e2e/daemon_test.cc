@@ -788,5 +788,57 @@ TEST_F(DaemonTest, SandboxctlRunExecCpLsAndErrors) {
   EXPECT_EQ(RunCtl(addr, {"delete", id}).exit_code, 0);
 }
 
+// The cgroup directories of session `id`, in every hierarchy.
+std::vector<std::string> SessionCgroups(const std::string& id) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(
+           "/sys/fs/cgroup", std::filesystem::directory_options::skip_permission_denied, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (it.depth() > 8) it.disable_recursion_pending();
+    if (it->path().filename() == "session-" + id) found.push_back(it->path());
+  }
+  return found;
+}
+
+// An agent killed with a session running leaves the session's cgroup behind (its jail ends with it); the
+// next agent on the same state dir removes it at start. A second agent on a state dir in use refuses to start.
+TEST(DaemonRecoveryTest, ARestartedAgentRemovesTheCgroupsOfSessionsThatDiedWithThePreviousOne) {
+  char tmpl[] = "/tmp/sbx-state-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string state = tmpl;
+  Daemon::Options o;
+  o.config_lines = {"state_dir: \"" + state + "\""};
+  std::string id;
+  {
+    Daemon first(o);
+    ASSERT_TRUE(first.ok()) << first.Log();
+    auto stub = first.NewStub();
+    grpc::ClientContext ctx;
+    pb::CreateRequest req;
+    pb::Session session;
+    ASSERT_TRUE(stub->Create(&ctx, req, &session).ok());
+    id = session.id();
+    ASSERT_FALSE(SessionCgroups(id).empty());
+
+    Daemon second(o);
+    EXPECT_FALSE(second.ok());
+    EXPECT_THAT(second.Log(), HasSubstr("is held by another agent"));
+
+    ASSERT_EQ(kill(first.pid(), SIGKILL), 0);
+    first.Stop();
+  }
+  // The jail ended with the agent; its cgroup stayed.
+  EXPECT_FALSE(SessionCgroups(id).empty()) << "the kernel removed the cgroup by itself: this test proves nothing";
+  {
+    Daemon third(o);
+    ASSERT_TRUE(third.ok()) << third.Log();
+    EXPECT_TRUE(SessionCgroups(id).empty()) << third.Log();
+    EXPECT_THAT(third.Log(), HasSubstr("removed the cgroups of sessions that died with the previous agent"));
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(state, ec);
+}
+
 }  // namespace
 }  // namespace sbx::testing

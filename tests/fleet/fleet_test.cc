@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -217,6 +218,17 @@ TEST(FleetTest, ABrowserLeaseIsServedFromTheWarmPoolAndACrashLeavesNothingBehind
   EXPECT_EQ(json, "2");
   const std::string session_id = l->session_id;
   ASSERT_FALSE(session_id.empty());
+  // Every session the agent has (the leased browser, and the pool's next one once it is refilled) is in its
+  // cgroup ledger.
+  std::vector<std::string> recorded;
+  ASSERT_TRUE(cp->WaitFor([&] {
+    recorded.clear();
+    for (const auto& e : std::filesystem::directory_iterator(agent.state_dir() + "/cgroups")) {
+      if (e.path().filename().string()[0] != '.') recorded.push_back(e.path().filename().string());
+    }
+    return recorded.size() == 2;
+  }, seconds(30))) << recorded.size();
+  EXPECT_NE(std::find(recorded.begin(), recorded.end(), session_id), recorded.end());
 
   agent.Kill9();
   ASSERT_TRUE(agent.Start()) << agent.Log();
@@ -224,7 +236,7 @@ TEST(FleetTest, ABrowserLeaseIsServedFromTheWarmPoolAndACrashLeavesNothingBehind
   l = cp->Lease(id);
   EXPECT_EQ(l->outcome->outcome().reason(), "agent_restart");
   EXPECT_EQ(l->outcome->session_id(), session_id);
-  EXPECT_EQ(Leftovers(session_id), "") << agent.Log();
+  for (const std::string& recorded_id : recorded) EXPECT_EQ(Leftovers(recorded_id), "") << recorded_id << agent.Log();
   std::this_thread::sleep_for(seconds(1));
   EXPECT_EQ(cp->Lease(id)->outcome_reports, 1);
   EXPECT_EQ(agent.Terminate(seconds(30)), 0);
