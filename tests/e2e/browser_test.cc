@@ -423,6 +423,56 @@ TEST(BrowserPoolTest, SighupResizesThePool) {
   EXPECT_TRUE(daemon.Alive());
 }
 
+// Isolation through the real session path: what Chromium can open as file:// is the jail's. It reads the
+// jail's /etc/passwd; the host's /etc/shadow is not there; the agent's pid does not exist in the jail's pid
+// namespace. (file:///proc/1/environ would prove nothing: Chromium reads every procfs file as empty, their
+// size being 0. That the workload cannot read init's environment is init_protocol_test's.)
+TEST(BrowserIsolationTest, TheBrowserSeesTheJailsFilesAndProcessesNotTheHosts) {
+  if (access("/usr/lib/chromium/chromium", X_OK) != 0) {
+    GTEST_SKIP() << "this machine lacks /usr/lib/chromium/chromium (deploy/install-deps.sh installs chromium)";
+  }
+  std::ifstream host_shadow("/etc/shadow");
+  std::stringstream shadow_text;
+  shadow_text << host_shadow.rdbuf();
+  ASSERT_NE(shadow_text.str().find("root:"), std::string::npos) << "the host's /etc/shadow has no root entry";
+  Daemon daemon(Daemon::Options{});
+  ASSERT_TRUE(daemon.ok()) << daemon.Log();
+  ASSERT_EQ(access(("/proc/" + std::to_string(daemon.pid()) + "/environ").c_str(), F_OK), 0);
+
+  auto stub = daemon.NewStub();
+  grpc::ClientContext ctx;
+  pb::CreateRequest req;
+  req.set_kind(pb::BROWSER);
+  pb::Session session;
+  ASSERT_TRUE(stub->Create(&ctx, req, &session).ok()) << daemon.Log();
+  // What the browser got for a URL: the page's text, or the file it downloaded instead.
+  const auto open = [&](const std::string& url, std::string* error) {
+    pb::ToolCall nav;
+    nav.mutable_browser()->mutable_navigate()->set_url(url);
+    CallResult r = RunCall(stub.get(), session.id(), nav);
+    std::string got;
+    for (const pb::Event& e : r.events) {
+      if (e.has_file()) got += e.file().data();
+    }
+    if (!r.finished.has_result()) {
+      *error = r.finished.error().message();
+      return got;
+    }
+    pb::ToolCall content;
+    content.mutable_browser()->mutable_content()->set_text(true);
+    return got + RunCall(stub.get(), session.id(), content).finished.result().browser().content();
+  };
+  std::string error;
+  EXPECT_THAT(open("file:///etc/passwd", &error), HasSubstr("sandbox:x:1000:1000")) << error;
+  error.clear();
+  const std::string shadow = open("file:///etc/shadow", &error);
+  EXPECT_EQ(shadow.find("root:"), std::string::npos) << shadow;
+  EXPECT_THAT(error, HasSubstr("ERR_FILE_NOT_FOUND"));
+  error.clear();
+  open("file:///proc/" + std::to_string(daemon.pid()) + "/environ", &error);
+  EXPECT_THAT(error, HasSubstr("ERR_FILE_NOT_FOUND"));
+}
+
 TEST_F(BrowserTest, SandboxctlBrowserCommands) {
   int rc = 0;
   EXPECT_EQ(RunCtl(*daemon_, {"browser", id_, "navigate", "file:///workspace/page.html"}, &rc), "");
