@@ -258,21 +258,15 @@ pid_t ParentOf(pid_t pid) {
 // (a jail's init is the agent's child), anywhere under /sys/fs/cgroup: other agents may be running tests too.
 std::vector<std::string> SessionCpuDirs(pid_t agent) {
   std::vector<std::string> out;
-  std::error_code ec;
-  for (auto it = std::filesystem::recursive_directory_iterator(
-           "/sys/fs/cgroup", std::filesystem::directory_options::skip_permission_denied, ec);
-       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-    if (it.depth() > 8) it.disable_recursion_pending();
-    if (!it->is_directory(ec) || it->path().filename().string().rfind("session-", 0) != 0) continue;
-    if (!std::filesystem::exists(it->path() / "cpu.shares", ec) &&
-        !std::filesystem::exists(it->path() / "cpu.weight", ec)) {
+  for (const std::string& dir : SessionCgroups("")) {
+    if (access((dir + "/cpu.shares").c_str(), F_OK) != 0 && access((dir + "/cpu.weight").c_str(), F_OK) != 0) {
       continue;
     }
-    std::ifstream procs(it->path() / "cgroup.procs");
+    std::ifstream procs(dir + "/cgroup.procs");
     pid_t pid = 0;
     bool ours = false;
     while (!ours && procs >> pid) ours = ParentOf(pid) == agent;
-    if (ours) out.push_back(it->path().string());
+    if (ours) out.push_back(dir);
   }
   return out;
 }

@@ -67,6 +67,10 @@ CallResult RunExec(duvo::sandbox::v1::Sandboxes::StubInterface* stub, const std:
 // sets *rc to its exit status.
 std::string RunCtl(const Daemon& daemon, const std::vector<std::string>& args, int* rc);
 
+// The cgroup directories, in every hierarchy under /sys/fs/cgroup, of session `id` ("session-<id>"), or of
+// every session when `id` is empty.
+std::vector<std::string> SessionCgroups(const std::string& id);
+
 std::string AgentBin();
 std::string CtlBin();
 

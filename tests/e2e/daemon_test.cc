@@ -325,17 +325,7 @@ TEST_F(DaemonTest, DeleteRemovesEverything) {
   pb::Session s = Create();
   std::thread sleeper([&] { RunExec(stub_.get(), s.id(), {"sh", "-c", "sleep 30 & sleep 30"}); });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  auto session_cgroups = [&] {
-    std::vector<std::string> found;
-    for (const char* root : {"/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"}) {
-      std::error_code ec;
-      for (auto it = std::filesystem::recursive_directory_iterator(root, ec);
-           !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-        if (it->path().filename() == "session-" + s.id()) found.push_back(it->path());
-      }
-    }
-    return found;
-  };
+  auto session_cgroups = [&] { return SessionCgroups(s.id()); };
   EXPECT_FALSE(session_cgroups().empty()) << "the session has a cgroup while it runs";
   grpc::ClientContext ctx;
   pb::DeleteRequest req;
@@ -786,19 +776,6 @@ TEST_F(DaemonTest, SandboxctlRunExecCpLsAndErrors) {
   EXPECT_THAT(missing.out, HasSubstr("NOT_FOUND"));
   EXPECT_THAT(missing.out, HasSubstr("request id r-"));
   EXPECT_EQ(RunCtl(addr, {"delete", id}).exit_code, 0);
-}
-
-// The cgroup directories of session `id`, in every hierarchy.
-std::vector<std::string> SessionCgroups(const std::string& id) {
-  std::vector<std::string> found;
-  std::error_code ec;
-  for (auto it = std::filesystem::recursive_directory_iterator(
-           "/sys/fs/cgroup", std::filesystem::directory_options::skip_permission_denied, ec);
-       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-    if (it.depth() > 8) it.disable_recursion_pending();
-    if (it->path().filename() == "session-" + id) found.push_back(it->path());
-  }
-  return found;
 }
 
 // An agent killed with a session running leaves the session's cgroup behind (its jail ends with it); the
