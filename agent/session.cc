@@ -693,9 +693,14 @@ std::string Session::AppendImage(const std::string& call_id, const sandbox::Scre
 absl::Status Session::AppendDownload(const std::string& call_id, const std::string& path, uint64_t size) {
   // Events stay in the session's memory until it ends, so a big file is left for the Download RPC.
   constexpr uint64_t kMaxInlineDownloadBytes = 64ull << 20;
+  constexpr uint64_t kMaxInlineSessionBytes = 256ull << 20;
   if (size > kMaxInlineDownloadBytes) {
     return absl::ResourceExhaustedError(absl::StrCat(path, ": ", size, " bytes, over the ", kMaxInlineDownloadBytes >> 20,
                                                      " MiB sent inline; fetch it with Download"));
+  }
+  if (download_bytes_sent_.load() + size > kMaxInlineSessionBytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(path, ": the session's downloads sent inline would pass ",
+                                                     kMaxInlineSessionBytes >> 20, " MiB; fetch it with Download"));
   }
   // Read it all first: what the events carry is one consistent file, whatever the workload does meanwhile.
   std::string data;
@@ -707,6 +712,11 @@ absl::Status Session::AppendDownload(const std::string& call_id, const std::stri
       return absl::ResourceExhaustedError(
           absl::StrCat(path, ": grew past the ", kMaxInlineDownloadBytes >> 20, " MiB sent inline; fetch it with Download"));
     }
+  }
+  if (download_bytes_sent_.fetch_add(data.size()) + data.size() > kMaxInlineSessionBytes) {
+    download_bytes_sent_.fetch_sub(data.size());
+    return absl::ResourceExhaustedError(absl::StrCat(path, ": the session's downloads sent inline would pass ",
+                                                     kMaxInlineSessionBytes >> 20, " MiB; fetch it with Download"));
   }
   const std::string sha256 = Sha256Hex(data);
   for (size_t offset = 0;;) {

@@ -124,10 +124,12 @@ class Session {
                                                            const duvo::sandbox::v1::BrowserAction& action);
   // Appends a screenshot as file events; returns its path.
   std::string AppendImage(const std::string& call_id, const sandbox::Screenshot& shot, std::string_view ext);
-  // A browser download (a workspace path) as file events; fails (appending nothing more) when it cannot be
-  // read or is bigger than kMaxInlineDownloadBytes.
+  // A browser download (a workspace path) as file events; fails (appending nothing) when it cannot be read,
+  // or is bigger than 64 MiB, or would take the session's downloads sent inline past 256 MiB (events stay in
+  // the agent's memory for the session's life; a hostile page can download until its workspace is full).
   absl::Status AppendDownload(const std::string& call_id, const std::string& path, uint64_t size);
   std::atomic<uint64_t> screenshots_{0};
+  std::atomic<uint64_t> download_bytes_sent_{0};  // inline, over the session's life (AppendDownload)
 
   const Options options_;
   const std::chrono::steady_clock::time_point created_;

@@ -186,6 +186,66 @@ TEST_F(BrowserTest, ADownloadArrivesAsFileEventsWithItsSha256) {
   CallResult none = Act(wait);
   ASSERT_TRUE(none.finished.has_error());
   EXPECT_THAT(none.finished.error().message(), HasSubstr("no download finished"));
+
+  // Past 64 MiB a download stays in the workspace only: a page event says so, and no file events come.
+  constexpr size_t kBig = (64 << 20) + 1;
+  make.mutable_evaluate()->set_expression(
+      "(() => { const a = document.createElement('a');"
+      " a.href = URL.createObjectURL(new Blob([new Uint8Array(" + std::to_string(kBig) + ")]));"
+      " a.download = 'big.bin'; document.body.appendChild(a); a.click(); return true; })()");
+  CallResult big_started = Act(make);
+  ASSERT_TRUE(big_started.finished.has_result()) << big_started.finished.DebugString();
+  wait.mutable_wait_for()->set_timeout_ms(60000);
+  CallResult big = Act(wait);
+  ASSERT_TRUE(big.finished.has_result()) << big.finished.DebugString();
+  bool not_sent = false;
+  for (const CallResult* call : {&big_started, &big}) {
+    for (const pb::Event& e : call->events) {
+      EXPECT_FALSE(e.has_file()) << "a file event for " << e.file().path();
+      if (e.has_page() && e.page().type() == "download_not_sent") {
+        not_sent = true;
+        EXPECT_THAT(e.page().text(), HasSubstr("downloads/big.bin"));
+        EXPECT_THAT(e.page().text(), HasSubstr("fetch it with Download"));
+      }
+    }
+  }
+  EXPECT_TRUE(not_sent);
+  stat.mutable_stat()->set_path("downloads/big.bin");
+  st = RunCall(stub_.get(), id_, stat);
+  ASSERT_TRUE(st.finished.has_result()) << st.finished.DebugString();
+  EXPECT_EQ(st.finished.result().info().size(), kBig);
+}
+
+// What a session sends inline is bounded (its events stay in the agent's memory): 256 MiB in all, after which
+// downloads stay in the workspace.
+TEST_F(BrowserTest, DownloadsSentInlineAreBoundedPerSession) {
+  ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
+  size_t sent = 0, not_sent = 0;
+  for (int i = 0; i < 5; ++i) {
+    pb::BrowserAction make;
+    make.mutable_evaluate()->set_expression(
+        "(() => { const a = document.createElement('a');"
+        " a.href = URL.createObjectURL(new Blob([new Uint8Array(" + std::to_string(60 << 20) + ")]));"
+        " a.download = 'part.bin'; document.body.appendChild(a); a.click(); return true; })()");
+    pb::BrowserAction wait;
+    wait.mutable_wait_for()->set_download(true);
+    wait.mutable_wait_for()->set_timeout_ms(60000);
+    CallResult started = Act(make);
+    ASSERT_TRUE(started.finished.has_result()) << started.finished.DebugString();
+    CallResult done = Act(wait);
+    ASSERT_TRUE(done.finished.has_result()) << done.finished.DebugString();
+    for (const CallResult* call : {&started, &done}) {
+      for (const pb::Event& e : call->events) {
+        if (e.has_file() && e.file().last()) ++sent;
+        if (e.has_page() && e.page().type() == "download_not_sent") {
+          ++not_sent;
+          EXPECT_THAT(e.page().text(), HasSubstr("would pass 256 MiB"));
+        }
+      }
+    }
+  }
+  EXPECT_EQ(sent, 4u);  // 4 x 60 MiB fit in 256 MiB; the fifth does not
+  EXPECT_EQ(not_sent, 1u);
 }
 
 TEST_F(BrowserTest, TypeClickEvaluateAndContent) {
