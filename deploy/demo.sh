@@ -9,7 +9,11 @@ ninja -C build -j2 sandbox-agent sandbox-agentd sandbox-init sandboxctl
 
 demo=$(mktemp -d /tmp/sandbox-agent-demo.XXXXXX)
 socket="$demo/agent.sock"
-build/bin/sandbox-agent serve --socket "$socket" --metrics-address off 2>"$demo/agent.log" &
+# A state dir of its own: an agent already installed on this host keeps /var/lib/sandbox-agent (one agent per
+# state dir).
+echo "state_dir: \"$demo/state\"" >"$demo/agent.textproto"
+build/bin/sandbox-agent serve --config "$demo/agent.textproto" --socket "$socket" --metrics-address off \
+  2>"$demo/agent.log" &
 agent=$!
 cleanup() { kill "$agent" 2>/dev/null || true; wait "$agent" 2>/dev/null || true; rm -rf "$demo"; }
 trap cleanup EXIT
