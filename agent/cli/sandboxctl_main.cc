@@ -189,56 +189,71 @@ bool SaveScreenshot(const std::string& image, const std::string& sha256, const s
   return true;
 }
 
-// One browser action: prints its result (evaluate's JSON, content, a screenshot's size) and the page's
-// console messages and errors on stderr; a screenshot's image goes to `out_file`.
-int BrowserCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session_id,
-                const pb::BrowserAction& action, const std::string& out_file) {
+// One desktop or browser tool call over Call. Collects a screenshot's image (the file events under
+// "screenshots/"; a download's file stays in the workspace, for sandboxctl cp) and prints the page's events on
+// stderr. A tool error is printed and makes rc 1; an RPC error is printed and gives its exit code.
+struct ActionOutcome {
+  int rc = 0;
+  bool has_result = false;
+  pb::ToolResult result;
+  std::string image;
+};
+ActionOutcome RunAction(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session_id,
+                        const pb::ToolCall& call) {
+  ActionOutcome out;
   auto ctx = Context(g);
   auto stream = stub.Call(ctx.get());
   pb::CallRequest req;
   req.set_session_id(session_id);
-  *req.mutable_call()->mutable_browser() = action;
+  *req.mutable_call() = call;
   stream->Write(req);
   stream->WritesDone();
   pb::Event event;
-  std::string image;
-  int rc = 0;
   while (stream->Read(&event)) {
     if (event.has_file()) {
-      // A screenshot's image; a download's file stays in the workspace (sandboxctl cp fetches it).
-      if (event.file().path().rfind("screenshots/", 0) == 0) image += event.file().data();
-      continue;
-    }
-    if (event.has_page()) {
+      if (event.file().path().rfind("screenshots/", 0) == 0) out.image += event.file().data();
+    } else if (event.has_page()) {
       fprintf(stderr, "page %s%s%s: %s\n", event.page().type().c_str(), event.page().level().empty() ? "" : " ",
               event.page().level().c_str(), event.page().text().c_str());
-      continue;
-    }
-    if (!event.has_tool_call_finished()) continue;
-    const pb::ToolCallFinished& f = event.tool_call_finished();
-    if (f.has_error()) {
-      fprintf(stderr, "sandboxctl: %s: %s\n", CodeName(static_cast<grpc::StatusCode>(f.error().code())),
-              f.error().message().c_str());
-      rc = 1;
-      continue;
-    }
-    const pb::BrowserResult& b = f.result().browser();
-    for (const std::string& path : b.downloads()) fprintf(stderr, "downloaded %s\n", path.c_str());
-    if (action.has_screenshot()) {
-      if (!SaveScreenshot(image, b.sha256(), out_file)) {
-        rc = 1;
-        continue;
+    } else if (event.has_tool_call_finished()) {
+      const pb::ToolCallFinished& f = event.tool_call_finished();
+      if (f.has_error()) {
+        fprintf(stderr, "sandboxctl: %s: %s\n", CodeName(static_cast<grpc::StatusCode>(f.error().code())),
+                f.error().message().c_str());
+        out.rc = 1;
+      } else {
+        out.has_result = true;
+        out.result = f.result();
       }
-      Print(g, b, out_file + ": " + std::to_string(b.image_width()) + "x" + std::to_string(b.image_height()));
-    } else if (action.has_evaluate()) {
-      Print(g, b, b.json());
-    } else if (action.has_content()) {
-      Print(g, b, b.content());
     }
   }
   grpc::Status status = stream->Finish();
-  if (!status.ok()) return RpcError(status, *ctx);
-  return rc;
+  if (!status.ok()) {
+    out.rc = RpcError(status, *ctx);
+    out.has_result = false;
+  }
+  return out;
+}
+
+// One browser action: prints its result (evaluate's JSON, content, a screenshot's size), the page's console
+// messages and errors and the downloads on stderr; a screenshot's image goes to `out_file`.
+int BrowserCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session_id,
+                const pb::BrowserAction& action, const std::string& out_file) {
+  pb::ToolCall call;
+  *call.mutable_browser() = action;
+  const ActionOutcome done = RunAction(stub, g, session_id, call);
+  if (!done.has_result) return done.rc;
+  const pb::BrowserResult& b = done.result.browser();
+  for (const std::string& path : b.downloads()) fprintf(stderr, "downloaded %s\n", path.c_str());
+  if (action.has_screenshot()) {
+    if (!SaveScreenshot(done.image, b.sha256(), out_file)) return 1;
+    Print(g, b, out_file + ": " + std::to_string(b.image_width()) + "x" + std::to_string(b.image_height()));
+  } else if (action.has_evaluate()) {
+    Print(g, b, b.json());
+  } else if (action.has_content()) {
+    Print(g, b, b.content());
+  }
+  return done.rc;
 }
 
 // Serves the session's live view on a local TCP address for a VNC viewer: each connection is relayed over
@@ -308,47 +323,21 @@ int ServeVnc(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& ses
 // One desktop action: prints its result; a screenshot's image goes to `out_file`.
 int DesktopCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session_id,
                 const pb::DesktopAction& action, const std::string& out_file) {
-  auto ctx = Context(g);
-  auto stream = stub.Call(ctx.get());
-  pb::CallRequest req;
-  req.set_session_id(session_id);
-  *req.mutable_call()->mutable_desktop() = action;
-  stream->Write(req);
-  stream->WritesDone();
-  pb::Event event;
-  std::string image;
-  int rc = 0;
-  while (stream->Read(&event)) {
-    if (event.has_file()) {
-      // A screenshot's image; a download's file stays in the workspace (sandboxctl cp fetches it).
-      if (event.file().path().rfind("screenshots/", 0) == 0) image += event.file().data();
-      continue;
-    }
-    if (!event.has_tool_call_finished()) continue;
-    const pb::ToolCallFinished& f = event.tool_call_finished();
-    if (f.has_error()) {
-      fprintf(stderr, "sandboxctl: %s: %s\n", CodeName(static_cast<grpc::StatusCode>(f.error().code())),
-              f.error().message().c_str());
-      rc = 1;
-      continue;
-    }
-    const pb::DesktopResult& d = f.result().desktop();
-    if (action.has_screenshot()) {
-      if (!SaveScreenshot(image, d.sha256(), out_file)) {
-        rc = 1;
-        continue;
-      }
-      char text[256];
-      snprintf(text, sizeof(text), "%s: %ux%u (display %ux%u, scale %.4f)", out_file.c_str(), d.image_width(),
-               d.image_height(), d.display_width(), d.display_height(), d.scale());
-      Print(g, d, text);
-    } else if (action.has_cursor_position()) {
-      Print(g, d, std::to_string(d.x()) + " " + std::to_string(d.y()));
-    }
+  pb::ToolCall call;
+  *call.mutable_desktop() = action;
+  const ActionOutcome done = RunAction(stub, g, session_id, call);
+  if (!done.has_result) return done.rc;
+  const pb::DesktopResult& d = done.result.desktop();
+  if (action.has_screenshot()) {
+    if (!SaveScreenshot(done.image, d.sha256(), out_file)) return 1;
+    char text[256];
+    snprintf(text, sizeof(text), "%s: %ux%u (display %ux%u, scale %.4f)", out_file.c_str(), d.image_width(),
+             d.image_height(), d.display_width(), d.display_height(), d.scale());
+    Print(g, d, text);
+  } else if (action.has_cursor_position()) {
+    Print(g, d, std::to_string(d.x()) + " " + std::to_string(d.y()));
   }
-  grpc::Status status = stream->Finish();
-  if (!status.ok()) return RpcError(status, *ctx);
-  return rc;
+  return done.rc;
 }
 
 // Puts the local terminal in raw mode for -t and restores it on destruction.

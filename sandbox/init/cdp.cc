@@ -19,10 +19,6 @@
 
 #include "sandbox/init/driver_util.h"
 
-#ifndef CLOSE_RANGE_CLOEXEC
-#define CLOSE_RANGE_CLOEXEC (1U << 2)
-#endif
-
 namespace sbx::init {
 namespace {
 
@@ -48,6 +44,9 @@ constexpr uint32_t kMinWidth = 64, kMaxWidth = 7680, kMinHeight = 64, kMaxHeight
 
 
 using internal::DescribeStatus;
+using internal::KillAndReap;
+using internal::SpawnInSession;
+using internal::WaitExit;
 using internal::ErrnoMessage;
 using internal::NowMs;
 using internal::SleepMs;
@@ -226,146 +225,12 @@ bool ImageSize(const std::string& img, uint32_t* w, uint32_t* h) {
   return false;
 }
 
-// The last lines of Chromium's output (a memfd) for an error message: whitespace collapsed, without its D-Bus
-// complaints (a jail has no bus; they are harmless and would crowd out what matters), at most ~600 bytes.
-std::string OutputTail(int fd) {
-  if (fd < 0) return "";
-  struct stat st;
-  if (fstat(fd, &st) < 0 || st.st_size <= 0) return "";
-  std::string buf(8192, '\0');
-  const off_t from = std::max<off_t>(0, st.st_size - static_cast<off_t>(buf.size()));
-  const ssize_t n = pread(fd, buf.data(), buf.size(), from);
-  if (n <= 0) return "";
-  buf.resize(static_cast<size_t>(n));
-  std::vector<std::string> lines;
-  size_t pos = from > 0 ? buf.find('\n') + 1 : 0;  // skip a partial first line
-  while (pos < buf.size()) {
-    size_t end = buf.find('\n', pos);
-    if (end == std::string::npos) end = buf.size();
-    std::string line = buf.substr(pos, end - pos);
-    pos = end + 1;
-    if (line.find("dbus") != std::string::npos || line.find("DBus") != std::string::npos) continue;
-    std::string clean;
-    bool space = false;
-    for (char ch : line) {
-      const unsigned char c = static_cast<unsigned char>(ch);
-      if (c == '\t' || c == '\r' || c == ' ') {
-        space = !clean.empty();
-        continue;
-      }
-      if (c < 0x20) continue;
-      if (space) clean.push_back(' ');
-      space = false;
-      clean.push_back(ch);
-    }
-    if (!clean.empty()) lines.push_back(std::move(clean));
-  }
-  std::string out;
-  for (auto it = lines.rbegin(); it != lines.rend(); ++it) {
-    if (!out.empty() && out.size() + it->size() > 600) break;
-    out = out.empty() ? *it : *it + " | " + out;
-  }
-  return out.size() > 600 ? "..." + out.substr(out.size() - 600) : out;
+// Chromium's D-Bus complaints (a jail has no bus): harmless, and they would crowd out what matters.
+bool IsDbusNoise(std::string_view line) {
+  return line.find("dbus") != std::string_view::npos || line.find("DBus") != std::string_view::npos;
 }
 
-// Waits up to `ms` for `pid` (our child) to exit; true with *status if it did (or someone else reaped it).
-bool WaitExit(pid_t pid, int ms, int* status) {
-  const int64_t deadline = NowMs() + ms;
-  for (;;) {
-    const pid_t r = waitpid(pid, status, WNOHANG);
-    if (r == pid) return true;
-    if (r < 0 && errno != EINTR) return true;
-    if (NowMs() >= deadline) return false;
-    SleepMs(5);
-  }
-}
-
-// SIGTERM to the child's process group, SIGKILL after the grace period, then reaps it.
-void KillAndReap(pid_t pid) {
-  int status = 0;
-  kill(-pid, SIGTERM);
-  kill(pid, SIGTERM);
-  if (WaitExit(pid, kTermGraceMs, &status)) {
-    kill(-pid, SIGKILL);  // renderers and helpers left in its group
-    return;
-  }
-  kill(-pid, SIGKILL);
-  kill(pid, SIGKILL);
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-}
-
-// Starts Chromium: a new session, signals unblocked and at their defaults, stdin /dev/null, stdout and stderr
-// `log_fd`, fd 3 `cmd_fd` (it reads commands), fd 4 `resp_fd` (it writes responses and events), every other
-// descriptor close-on-exec. Between fork and exec: raw syscalls only. Returns the pid, or -1 with *error.
-pid_t SpawnChromium(const std::vector<std::string>& argv, const std::vector<std::string>& env, int log_fd, int cmd_fd,
-                    int resp_fd, std::string* error) {
-  std::vector<char*> args;
-  for (const std::string& s : argv) args.push_back(const_cast<char*>(s.c_str()));
-  args.push_back(nullptr);
-  std::vector<char*> envp;
-  for (const std::string& s : env) envp.push_back(const_cast<char*>(s.c_str()));
-  envp.push_back(nullptr);
-  int errpipe[2];
-  if (pipe2(errpipe, O_CLOEXEC) < 0) {
-    *error = ErrnoMessage("pipe2", errno);
-    return -1;
-  }
-  const int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (null_fd < 0) {
-    *error = ErrnoMessage("open /dev/null", errno);
-    close(errpipe[0]);
-    close(errpipe[1]);
-    return -1;
-  }
-  const pid_t pid = fork();
-  if (pid == 0) {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);  // fails harmlessly for some
-    setsid();
-    // Out of the way of 0..4 first, so no dup2 below clobbers a source.
-    const int in = fcntl(null_fd, F_DUPFD_CLOEXEC, 10);
-    const int out = log_fd >= 0 ? fcntl(log_fd, F_DUPFD_CLOEXEC, 10) : in;
-    const int cmd = fcntl(cmd_fd, F_DUPFD_CLOEXEC, 10);
-    const int resp = fcntl(resp_fd, F_DUPFD_CLOEXEC, 10);
-    int err = 0;
-    if (in < 0 || out < 0 || cmd < 0 || resp < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0 ||
-        dup2(cmd, 3) < 0 || dup2(resp, 4) < 0) {
-      err = errno;
-    } else {
-      syscall(SYS_close_range, 5U, ~0U, CLOSE_RANGE_CLOEXEC);  // best effort (Linux >= 5.11)
-      execve(args[0], args.data(), envp.data());
-      err = errno;
-    }
-    (void)!write(errpipe[1], &err, sizeof(err));
-    _exit(127);
-  }
-  const int fork_errno = errno;
-  close(errpipe[1]);
-  close(null_fd);
-  if (pid < 0) {
-    close(errpipe[0]);
-    *error = ErrnoMessage("fork", fork_errno);
-    return -1;
-  }
-  int err = 0;
-  ssize_t n;
-  do {
-    n = read(errpipe[0], &err, sizeof(err));
-  } while (n < 0 && errno == EINTR);
-  close(errpipe[0]);
-  if (n == sizeof(err)) {
-    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    *error = ErrnoMessage("exec " + argv[0], err);
-    return -1;
-  }
-  return pid;
-}
+std::string ChromiumOutputTail(int fd) { return internal::OutputTail(fd, IsDbusNoise); }
 
 bool CheckSize(uint32_t w, uint32_t h, std::string* error) {
   if (w < kMinWidth || w > kMaxWidth || h < kMinHeight || h > kMaxHeight) {
@@ -463,7 +328,7 @@ std::unique_ptr<Browser> Browser::Start(const BrowserConfig& config, std::string
   b->log_fd_ = static_cast<int>(syscall(SYS_memfd_create, "chromium", 1U /* MFD_CLOEXEC */));
   auto fail = [&](const std::string& message) -> std::unique_ptr<Browser> {
     *error = message;
-    const std::string tail = OutputTail(b->log_fd_);
+    const std::string tail = ChromiumOutputTail(b->log_fd_);
     if (!tail.empty() && error->find("chromium said") == std::string::npos) *error += " (chromium said: " + tail + ")";
     return nullptr;  // ~Browser kills and reaps what was started
   };
@@ -522,7 +387,8 @@ std::unique_ptr<Browser> Browser::Start(const BrowserConfig& config, std::string
   argv.push_back("about:blank");
 
   std::string spawn_error;
-  b->pid_ = SpawnChromium(argv, config.env, b->log_fd_, cmd[0], resp[1], &spawn_error);
+  // Chromium reads commands on fd 3 and writes responses and events on fd 4.
+  b->pid_ = SpawnInSession(argv, config.env, b->log_fd_, {{cmd[0], 3}, {resp[1], 4}}, &spawn_error);
   close(cmd[0]);
   close(resp[1]);
   if (b->pid_ < 0) return fail("starting chromium: " + spawn_error);
@@ -585,7 +451,7 @@ void Browser::Terminate() {
     if (WaitExit(pid_, closing ? kCloseGraceMs : 0, &status)) {
       kill(-pid_, SIGKILL);  // helpers left in its group
     } else {
-      KillAndReap(pid_);
+      KillAndReap(pid_, kTermGraceMs);
     }
     pid_ = -1;
   }
@@ -633,7 +499,7 @@ std::string Browser::GoneMessage() const {
     }
   }
   std::string message = "the browser is gone (" + why + ")";
-  const std::string tail = OutputTail(log_fd_);
+  const std::string tail = ChromiumOutputTail(log_fd_);
   if (!tail.empty()) message += " (chromium said: " + tail + ")";
   return message;
 }

@@ -28,10 +28,6 @@
 #include "sandbox/init/driver_util.h"
 #include "sandbox/init/keysyms.h"
 
-#ifndef CLOSE_RANGE_CLOEXEC
-#define CLOSE_RANGE_CLOEXEC (1U << 2)
-#endif
-
 namespace sbx::init {
 namespace {
 
@@ -57,7 +53,11 @@ using XPtr = std::unique_ptr<T, FreeDeleter>;
 
 using internal::DescribeStatus;
 using internal::ErrnoMessage;
+using internal::KillAndReap;
 using internal::NowMs;
+using internal::OutputTail;
+using internal::SpawnInSession;
+using internal::WaitExit;
 using internal::SleepMs;
 
 std::string Hex(uint32_t v) {
@@ -78,81 +78,6 @@ std::string ToLower(std::string_view s) {
 
 // ---- Processes ----
 
-// Moves `fd` to `target` in a child (between fork and exec: raw syscalls only), leaving it open across exec.
-void MoveFdInChild(int fd, int target) {
-  if (fd == target) {
-    fcntl(fd, F_SETFD, 0);
-  } else {
-    dup2(fd, target);
-  }
-}
-
-// Starts `argv` with `env` in a new session: stdin /dev/null, stdout and stderr `out_fd`, `keep_fd` left open
-// (every other descriptor is close-on-exec), signals unblocked and at their defaults (sandbox-init blocks all
-// and ignores SIGPIPE). Returns the pid, or -1 with *error.
-pid_t Spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env, int out_fd, int keep_fd,
-            std::string* error) {
-  std::vector<char*> args;
-  for (const std::string& s : argv) args.push_back(const_cast<char*>(s.c_str()));
-  args.push_back(nullptr);
-  std::vector<char*> envp;
-  for (const std::string& s : env) envp.push_back(const_cast<char*>(s.c_str()));
-  envp.push_back(nullptr);
-  int errpipe[2];
-  if (pipe2(errpipe, O_CLOEXEC) < 0) {
-    *error = ErrnoMessage("pipe2", errno);
-    return -1;
-  }
-  const int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);  // fails harmlessly for some
-    setsid();
-    if (null_fd >= 0) {
-      MoveFdInChild(null_fd, 0);
-    } else {
-      close(0);
-    }
-    const int out = out_fd >= 0 ? out_fd : null_fd;
-    if (out >= 0) {
-      MoveFdInChild(out, 1);
-      MoveFdInChild(out, 2);
-    }
-    syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);  // best effort (Linux >= 5.11)
-    if (keep_fd >= 0) fcntl(keep_fd, F_SETFD, 0);
-    execve(args[0], args.data(), envp.data());
-    const int err = errno;
-    (void)!write(errpipe[1], &err, sizeof(err));
-    _exit(127);
-  }
-  const int fork_errno = errno;
-  close(errpipe[1]);
-  if (null_fd >= 0) close(null_fd);
-  if (pid < 0) {
-    close(errpipe[0]);
-    *error = ErrnoMessage("fork", fork_errno);
-    return -1;
-  }
-  int err = 0;
-  ssize_t n;
-  do {
-    n = read(errpipe[0], &err, sizeof(err));
-  } while (n < 0 && errno == EINTR);
-  close(errpipe[0]);
-  if (n == sizeof(err)) {
-    while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    *error = ErrnoMessage("exec " + argv[0], err);
-    return -1;
-  }
-  return pid;
-}
-
 // Whether an X server answers on display `n`'s socket (the file, or the abstract one of this network
 // namespace). NOTE: Xvfb takes no lock file with -displayfd and replaces another server's socket file, so
 // Start checks this first.
@@ -170,60 +95,6 @@ bool DisplayAnswers(int n) {
     if (answers) return true;
   }
   return false;
-}
-
-// Waits up to `ms` for `pid` (our child) to exit; true with *status if it did.
-bool WaitExit(pid_t pid, int ms, int* status) {
-  const int64_t deadline = NowMs() + ms;
-  for (;;) {
-    const pid_t r = waitpid(pid, status, WNOHANG);
-    if (r == pid) return true;
-    if (r < 0 && errno != EINTR) return true;  // not ours any more (reaped elsewhere)
-    if (NowMs() >= deadline) return false;
-    SleepMs(2);
-  }
-}
-
-// SIGTERM to the child's session (process group), SIGKILL after the grace period, then reaps it.
-// Returns its wait status (0 if someone else reaped it).
-int KillAndReap(pid_t pid) {
-  int status = 0;
-  kill(-pid, SIGTERM);
-  kill(pid, SIGTERM);
-  if (WaitExit(pid, kTermGraceMs, &status)) {
-    kill(-pid, SIGKILL);  // what it left in its group (xkbcomp)
-    return status;
-  }
-  kill(-pid, SIGKILL);
-  kill(pid, SIGKILL);
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return status;
-}
-
-// The last lines of a process's output (a memfd), whitespace collapsed, for an error message.
-std::string OutputTail(int fd) {
-  if (fd < 0) return "";
-  struct stat st;
-  if (fstat(fd, &st) < 0 || st.st_size <= 0) return "";
-  char buf[600];
-  const off_t from = std::max<off_t>(0, st.st_size - static_cast<off_t>(sizeof(buf)));
-  const ssize_t n = pread(fd, buf, sizeof(buf), from);
-  if (n <= 0) return "";
-  std::string out;
-  bool space = false;
-  for (ssize_t i = 0; i < n; ++i) {
-    const unsigned char c = static_cast<unsigned char>(buf[i]);
-    if (c == '\n' || c == '\t' || c == '\r' || c == ' ') {
-      space = !out.empty();
-      continue;
-    }
-    if (c < 0x20) continue;
-    if (space) out.push_back(' ');
-    space = false;
-    out.push_back(static_cast<char>(c));
-  }
-  return out;
 }
 
 // ---- Pixels ----
@@ -763,7 +634,7 @@ std::unique_ptr<Desktop> Desktop::Start(const DesktopConfig& config, std::string
                                          "-nolisten",      "tcp",    "-nolisten", "local",   "-noreset",
                                          "-displayfd",     std::to_string(ready[1])};
   std::string spawn_error;
-  d->xvfb_pid_ = Spawn(argv, config.env, d->log_fd_, ready[1], &spawn_error);
+  d->xvfb_pid_ = SpawnInSession(argv, config.env, d->log_fd_, {{ready[1], ready[1]}}, &spawn_error);
   close(ready[1]);
   if (d->xvfb_pid_ < 0) {
     close(ready[0]);
@@ -867,7 +738,7 @@ std::unique_ptr<Desktop> Desktop::Start(const DesktopConfig& config, std::string
       if (e.rfind("DISPLAY=", 0) != 0) env.push_back(e);
     }
     env.push_back("DISPLAY=" + display);
-    d->wm_pid_ = Spawn({config.wm_path}, env, d->log_fd_, -1, &spawn_error);
+    d->wm_pid_ = SpawnInSession({config.wm_path}, env, d->log_fd_, {}, &spawn_error);
     if (d->wm_pid_ < 0) return fail("starting the window manager: " + spawn_error);
     for (;;) {
       XPtr<xcb_get_window_attributes_reply_t> attrs;
@@ -896,8 +767,8 @@ Desktop::~Desktop() { Terminate(); }
 
 void Desktop::Terminate() {
   x_.reset();  // disconnects
-  if (wm_pid_ > 0) KillAndReap(wm_pid_);
-  if (xvfb_pid_ > 0) KillAndReap(xvfb_pid_);
+  if (wm_pid_ > 0) KillAndReap(wm_pid_, kTermGraceMs);
+  if (xvfb_pid_ > 0) KillAndReap(xvfb_pid_, kTermGraceMs);
   wm_pid_ = xvfb_pid_ = -1;
   if (log_fd_ >= 0) close(log_fd_);
   log_fd_ = -1;

@@ -1,5 +1,6 @@
-// Small helpers sandbox-init's drivers (desktop.cc, cdp.cc) share: a monotonic clock in milliseconds, a sleep
-// that survives signals, and wording for errno values and wait statuses.
+// Helpers sandbox-init's drivers (desktop.cc, cdp.cc) share: a monotonic clock in milliseconds, a sleep that
+// survives signals, wording for errno values and wait statuses (inline), and the child processes they start
+// (Xvfb, a window manager, Chromium): spawning, reaping, and the tail of their output (driver_util.cc).
 #ifndef SBX_SANDBOX_INIT_DRIVER_UTIL_H_
 #define SBX_SANDBOX_INIT_DRIVER_UTIL_H_
 
@@ -10,6 +11,9 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 namespace sbx::init::internal {
 
@@ -33,6 +37,25 @@ inline std::string DescribeStatus(int status) {
   if (WIFSIGNALED(status)) return std::string("was killed by signal ") + strsignal(WTERMSIG(status));
   return "stopped";
 }
+
+// Starts `argv` (argv[0] a path) with `env` in a new session: signals unblocked and at their defaults
+// (sandbox-init blocks all and ignores SIGPIPE), stdin /dev/null, stdout and stderr `out_fd` (/dev/null when
+// -1), and each {source, target} of `fds` open as descriptor `target` (>= 3); every other descriptor is
+// close-on-exec. Between fork and exec: raw syscalls only. Returns the pid, or -1 with *error (a failed exec
+// is reported, and its child reaped).
+pid_t SpawnInSession(const std::vector<std::string>& argv, const std::vector<std::string>& env, int out_fd,
+                     const std::vector<std::pair<int, int>>& fds, std::string* error);
+
+// Waits up to `ms` for `pid` (our child) to exit; true with *status if it did (or someone else reaped it).
+bool WaitExit(pid_t pid, int ms, int* status);
+
+// SIGTERM to the child's session (process group), SIGKILL after `grace_ms`, then reaps it; what it left in
+// its group is SIGKILLed too. Returns its wait status (0 if someone else reaped it).
+int KillAndReap(pid_t pid, int grace_ms);
+
+// The last lines of a process's output (a memfd) for an error message: whitespace collapsed, lines joined
+// with " | ", at most ~600 bytes, without the lines `skip` says are noise (when given).
+std::string OutputTail(int fd, bool (*skip)(std::string_view line) = nullptr);
 
 }  // namespace sbx::init::internal
 

@@ -1,6 +1,5 @@
 // Browser sessions end to end: the real daemon starts Debian's Chromium in a jail; tool calls drive it over
 // the DevTools protocol through sandbox-init.
-#include <png.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "sandbox/init/sha256.h"
+#include "tests/common/png_image.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace sbx::testing {
@@ -90,19 +90,10 @@ TEST_F(BrowserTest, NavigateScreenshotAndThePagesConsole) {
   const pb::BrowserResult& b = r.finished.result().browser();
   EXPECT_EQ(Sha256Hex(png), b.sha256());
   EXPECT_EQ(b.image_width(), 1280u);
-  png_image image;
-  memset(&image, 0, sizeof(image));
-  image.version = PNG_IMAGE_VERSION;
-  ASSERT_TRUE(png_image_begin_read_from_memory(&image, png.data(), png.size()));
-  image.format = PNG_FORMAT_RGB;
-  std::vector<uint8_t> rgb(PNG_IMAGE_SIZE(image));
-  ASSERT_TRUE(png_image_finish_read(&image, nullptr, rgb.data(), 0, nullptr));
+  Image image;
+  ASSERT_TRUE(DecodePng(png, &image));
   // The page's background, below the form.
-  const size_t at = (static_cast<size_t>(400) * image.width + 600) * 3;
-  EXPECT_EQ(rgb[at], 0x00);
-  EXPECT_EQ(rgb[at + 1], 0xff);
-  EXPECT_EQ(rgb[at + 2], 0x00);
-  png_image_free(&image);
+  EXPECT_EQ(image.Pixel(600, 400), 0x00ff00u) << std::hex << image.Pixel(600, 400);
   // The console message arrived as a page event, with the call that was running when it was reported.
   bool console = false;
   for (const CallResult* call : {&nav, &r}) {

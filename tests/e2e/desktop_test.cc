@@ -3,7 +3,6 @@
 // it receives.
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <png.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -23,6 +22,7 @@
 #include <gtest/gtest.h>
 
 #include "sandbox/init/sha256.h"
+#include "tests/common/png_image.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace sbx::testing {
@@ -32,29 +32,6 @@ namespace pb = ::duvo::sandbox::v1;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using Clock = std::chrono::steady_clock;
-
-struct Image {
-  uint32_t width = 0, height = 0;
-  std::vector<uint8_t> rgb;  // 3 bytes per pixel
-  uint32_t Pixel(uint32_t x, uint32_t y) const {
-    const uint8_t* p = &rgb[(static_cast<size_t>(y) * width + x) * 3];
-    return static_cast<uint32_t>(p[0]) << 16 | static_cast<uint32_t>(p[1]) << 8 | p[2];
-  }
-};
-
-bool DecodePng(const std::string& png, Image* out) {
-  png_image image;
-  memset(&image, 0, sizeof(image));
-  image.version = PNG_IMAGE_VERSION;
-  if (!png_image_begin_read_from_memory(&image, png.data(), png.size())) return false;
-  image.format = PNG_FORMAT_RGB;
-  out->width = image.width;
-  out->height = image.height;
-  out->rgb.resize(PNG_IMAGE_SIZE(image));
-  const bool ok = png_image_finish_read(&image, nullptr, out->rgb.data(), 0, nullptr) != 0;
-  png_image_free(&image);
-  return ok;
-}
 
 // A daemon whose desktop policy also binds xprobe's directory read-only at /probe.
 Daemon::Options DesktopDaemon(const std::string& policy_dir) {

@@ -4,7 +4,6 @@
 #include "sandbox/init/desktop.h"
 
 #include <fcntl.h>
-#include <png.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -20,8 +19,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tests/common/png_image.h"
+
 namespace sbx::init {
 namespace {
+
+using ::sbx::testing::DecodePng;
+using ::sbx::testing::Image;
 
 using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
@@ -30,29 +34,6 @@ constexpr char kXvfb[] = "/usr/bin/Xvfb";
 
 long long MsSince(Clock::time_point start) {
   return static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count());
-}
-
-struct Image {
-  uint32_t width = 0, height = 0;
-  std::vector<uint8_t> rgb;
-  uint32_t Pixel(uint32_t x, uint32_t y) const {
-    const uint8_t* p = &rgb[(static_cast<size_t>(y) * width + x) * 3];
-    return static_cast<uint32_t>(p[0]) << 16 | static_cast<uint32_t>(p[1]) << 8 | p[2];
-  }
-};
-
-bool DecodePng(const std::string& png, Image* out) {
-  png_image image;
-  memset(&image, 0, sizeof(image));
-  image.version = PNG_IMAGE_VERSION;
-  if (!png_image_begin_read_from_memory(&image, png.data(), png.size())) return false;
-  image.format = PNG_FORMAT_RGB;
-  out->width = image.width;
-  out->height = image.height;
-  out->rgb.resize(PNG_IMAGE_SIZE(image));
-  const bool ok = png_image_finish_read(&image, nullptr, out->rgb.data(), 0, nullptr) != 0;
-  png_image_free(&image);
-  return ok;
 }
 
 // A display number no X server on this host uses (no lock file, no socket).
