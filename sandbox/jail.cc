@@ -50,8 +50,6 @@ absl::Status WriteProcFile(pid_t pid, const char* file, std::string_view content
 
 int PidfdSendSignal(int pidfd, int sig) { return static_cast<int>(syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0)); }
 
-// clone3 with a pidfd (and CLONE_PARENT_SETTID into *tid); falls back to clone(2) on kernels without clone3.
-// Returns 0 in the child.
 // clone3's arguments for a jail child: a pidfd, its pid in *tid, and (v2) born in the session cgroup with no
 // migration afterwards.
 clone_args JailCloneArgs(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd) {
@@ -67,11 +65,16 @@ clone_args JailCloneArgs(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd) 
   return args;
 }
 
+// clone3 with a pidfd (and CLONE_PARENT_SETTID into *tid); falls back to clone(2) on kernels (or seccomp
+// profiles) without clone3. Returns 0 in the child.
+// NOTE: clone(2) returns the pidfd through its parent_tid argument, so it cannot take CLONE_PARENT_SETTID
+// too (EINVAL): there *tid is stored after clone returns, and a reader of it must wait for it to be set.
 pid_t CloneWithPidfd(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd) {
   clone_args args = JailCloneArgs(flags, pidfd, tid, cgroup_fd);
   long pid = syscall(SYS_clone3, &args, sizeof(args));
   if (pid < 0 && errno == ENOSYS && cgroup_fd < 0) {
-    pid = syscall(SYS_clone, flags | CLONE_PIDFD | CLONE_PARENT_SETTID | SIGCHLD, nullptr, pidfd, tid, nullptr);
+    pid = syscall(SYS_clone, flags | CLONE_PIDFD | SIGCHLD, nullptr, pidfd, nullptr, nullptr);
+    if (pid > 0) __atomic_store_n(tid, static_cast<pid_t>(pid), __ATOMIC_RELEASE);
   }
   return static_cast<pid_t>(pid);
 }
@@ -313,7 +316,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   // a helper thread writes them when the child says it is ready, then releases it. It also enforces the
   // setup timeout, killing a child that has not exec'd in time.
   int pidfd = -1;
-  pid_t child_pid = 0;  // CLONE_PARENT_SETTID: written by the kernel before the child runs
+  pid_t child_pid = 0;  // CLONE_PARENT_SETTID: written by the kernel before the child runs (see CloneWithPidfd)
   const IdRange& lease = ids;
   absl::Status map_status;
   std::jthread mapper([&, sync_write = std::move(sync_write)]() mutable {
@@ -330,8 +333,13 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
     if (ready > 0 && (fds[0].revents & POLLIN) != 0) {
       char byte;
       if (read(ready_read.get(), &byte, 1) == 1) {
-        const pid_t pid = __atomic_load_n(&child_pid, __ATOMIC_ACQUIRE);
-        if (lease.rootless()) map_status = WriteProcFile(pid, "setgroups", "deny");
+        pid_t pid = __atomic_load_n(&child_pid, __ATOMIC_ACQUIRE);
+        while (pid == 0 && remaining_ms() > 0) {  // the clone(2) fallback stores it after clone returns
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          pid = __atomic_load_n(&child_pid, __ATOMIC_ACQUIRE);
+        }
+        if (pid == 0) map_status = absl::DeadlineExceededError("the jail child's pid never arrived");
+        if (map_status.ok() && lease.rootless()) map_status = WriteProcFile(pid, "setgroups", "deny");
         if (map_status.ok()) map_status = WriteProcFile(pid, "uid_map", lease.UidMap(spec.uid));
         if (map_status.ok()) map_status = WriteProcFile(pid, "gid_map", lease.GidMap(spec.gid));
         const char go = map_status.ok() ? 1 : 0;
@@ -362,6 +370,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   ready_write.Reset();
   sync_read.Reset();
   report_write.Reset();
+  bool err_readable = true;
   if (pid > 0) {
     // EOF on the error pipe means execve(sandbox-init) succeeded. (After a CLONE_VFORK clone the child has
     // already exec'd or exited; elsewhere this waits for it, bounded by the helper's timeout.)
@@ -370,6 +379,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
     do {
       ready = poll(&pfd, 1, kSetupTimeoutMs + 1000);
     } while (ready < 0 && errno == EINTR);
+    err_readable = ready > 0;
   }
   const uint64_t one = 1;
   if (write(clone_done.get(), &one, sizeof(one)) != sizeof(one)) {
@@ -380,6 +390,10 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   jail->ids_.emplace(std::move(ids));
 
   // From here on a failure returns, and ~Jail kills and reaps the child and removes the cgroup.
+  if (!err_readable) {
+    // Something else still holds the error pipe's write end (a child stuck in the kernel): do not block on it.
+    return map_status.ok() ? absl::DeadlineExceededError("jail setup did not finish within 30 s") : map_status;
+  }
   internal::ChildError error{};
   ssize_t n;
   do {

@@ -437,6 +437,22 @@ TEST_F(JailTest, RootlessRunsACommandAndSaysWhatItCannotEnforce) {
   EXPECT_EQ(run.outcome["status"], "completed");
 }
 
+// --- Older kernels and container profiles ----------------------------------------------------------------
+
+// Where clone3 is refused with ENOSYS (seccomp profiles of older container runtimes, kernels before 5.3), the
+// jail is cloned with clone(2) and is the same jail.
+TEST_F(JailTest, WithoutClone3TheClone2FallbackBuildsTheSameJail) {
+  AgentInvocation inv;
+  inv.prefix = {SBX_NO_CLONE3_BIN};
+  inv.command = {"/probe", "status"};
+  AgentRun run = RunAgent(inv);
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.outcome["status"], "completed") << run.outcome.dump();
+  EXPECT_EQ(Field(run.out, "uid"), "1000");
+  EXPECT_EQ(StatusLine(run.out, "CapEff"), "0000000000000000");
+  EXPECT_EQ(StatusLine(run.out, "NoNewPrivs"), "1");
+}
+
 // --- Bad input -------------------------------------------------------------------------------------------
 
 struct BadInputCase {
