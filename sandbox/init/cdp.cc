@@ -85,6 +85,45 @@ double Num(const json& j, const char* key, double fallback = 0) {
   return f != nullptr && f->is_number() ? f->get<double>() : fallback;
 }
 
+// `text` with every \uXXXX escape of a lone UTF-16 surrogate (one not in a high-low pair) made \ufffd.
+std::string ReplaceLoneSurrogates(std::string_view text) {
+  const auto unit = [&](size_t i) -> int {  // the code unit of a \uXXXX escape at i, or -1
+    if (i + 6 > text.size() || text[i] != '\\' || text[i + 1] != 'u') return -1;
+    int v = 0;
+    for (size_t k = i + 2; k < i + 6; ++k) {
+      const char c = text[k];
+      const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      if (d < 0) return -1;
+      v = v * 16 + d;
+    }
+    return v;
+  };
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    if (text[i] != '\\' || i + 1 >= text.size()) {
+      out.push_back(text[i++]);
+      continue;
+    }
+    const int u = unit(i);
+    if (u < 0) {  // another escape: copied whole, so an escaped backslash is never mistaken for one
+      out.append(text.substr(i, 2));
+      i += 2;
+      continue;
+    }
+    const bool high = u >= 0xd800 && u <= 0xdbff, low = u >= 0xdc00 && u <= 0xdfff;
+    const int next = high ? unit(i + 6) : -1;
+    if (high && next >= 0xdc00 && next <= 0xdfff) {
+      out.append(text.substr(i, 12));
+      i += 12;
+    } else {
+      out.append(high || low ? "\\ufffd" : text.substr(i, 6));
+      i += 6;
+    }
+  }
+  return out;
+}
+
 std::string Cut(std::string s, size_t max) {
   if (s.size() <= max) return s;
   size_t n = max;
@@ -481,11 +520,20 @@ void Browser::MarkGone(const std::string& why, bool exiting) {
     if (info.si_pid == pid_) break;
     SleepMs(5);
   }
+  // A browser given up on while it runs is of no more use: it and what it started stop now (the reaper
+  // reaps them), and the reason stays what made us give up.
+  if (!exiting && pid_ > 0 && !exit_status_) {
+    killed_ = true;
+    kill(-pid_, SIGKILL);
+    kill(pid_, SIGKILL);
+  }
 }
 
 std::string Browser::GoneMessage() const {
   std::string why = gone_why_;
-  if (exit_status_) {
+  if (killed_) {
+    // We killed it: how it ended says nothing.
+  } else if (exit_status_) {
     why = "chromium " + DescribeStatus(*exit_status_);
   } else if (pid_ > 0) {
     // Describe, without reaping, how it ended, if it did (the reaper still gets it).
@@ -534,7 +582,9 @@ bool Browser::Send(const json& message, int64_t deadline_ms, std::string* error)
       pollfd p[2] = {{to_chromium_, POLLOUT, 0}, {from_chromium_, POLLIN, 0}};
       const int64_t left = deadline_ms - NowMs();
       if (left <= 0) {
-        *error = "timed out sending to the browser";
+        // Half a message would corrupt the framing of every later one.
+        if (off > 0) MarkGone("timed out in the middle of a message to chromium");
+        *error = off > 0 ? GoneMessage() : "timed out sending to the browser";
         return false;
       }
       if (poll(p, 2, static_cast<int>(left)) > 0 && (p[1].revents & (POLLIN | POLLHUP))) {
@@ -575,13 +625,31 @@ bool Browser::Pump(int64_t deadline_ms, std::string* error) {
                true);
       break;
     }
+    if (skipping_) {
+      // The rest of an oversized message: dropped up to its end.
+      const size_t nul = in_.find('\0');
+      if (nul == std::string::npos) {
+        in_.clear();
+        scanned_ = 0;
+        continue;
+      }
+      in_.erase(0, nul + 1);
+      scanned_ = 0;
+      skipping_ = false;
+    }
     // Every complete message.
     size_t start = 0;
     for (;;) {
       const size_t nul = in_.find('\0', std::max(start, scanned_));
       if (nul == std::string::npos) break;
-      const json message = json::parse(in_.begin() + static_cast<std::ptrdiff_t>(start),
-                                       in_.begin() + static_cast<std::ptrdiff_t>(nul), nullptr, false);
+      std::string_view text(in_.data() + start, nul - start);
+      json message = json::parse(text.begin(), text.end(), nullptr, false);
+      if (message.is_discarded()) {
+        // Chromium escapes a lone UTF-16 surrogate (a page's string) as \ud800, which JSON parsers refuse.
+        const std::string fixed = ReplaceLoneSurrogates(text);
+        message = json::parse(fixed, nullptr, false);
+        if (message.is_discarded()) FailWaitingCallIfItsAnswer(text, "chromium sent an answer that is not JSON");
+      }
       start = nul + 1;
       scanned_ = start;
       if (message.is_discarded()) continue;
@@ -594,10 +662,14 @@ bool Browser::Pump(int64_t deadline_ms, std::string* error) {
     in_.erase(0, start);
     scanned_ = in_.size();  // what is left holds no NUL
     if (in_.size() > kMaxMessageBytes) {
-      MarkGone("a CDP message is larger than " + std::to_string(kMaxMessageBytes >> 20) + " MiB");
+      // Too big to hold: the call waiting for it (it is almost surely its answer) fails at once, and the
+      // rest of the message is skipped; the browser stays usable.
       in_.clear();
       scanned_ = 0;
-      break;
+      skipping_ = true;
+      FailWaitingCall("chromium's answer is over " + std::to_string(kMaxMessageBytes >> 20) +
+                      " MiB (a screenshot that big: scale it down with a width, or take a JPEG)");
+      continue;
     }
     if (gone_ || static_cast<size_t>(got) < kReadChunk) break;
   }
@@ -606,6 +678,20 @@ bool Browser::Pump(int64_t deadline_ms, std::string* error) {
     return false;
   }
   return true;
+}
+
+void Browser::FailWaitingCall(const std::string& message) {
+  if (waiting_id_ == 0 || response_) return;
+  response_ = json{{"id", waiting_id_}, {"error", {{"message", message}}}};
+}
+
+void Browser::FailWaitingCallIfItsAnswer(std::string_view text, const std::string& message) {
+  // A response begins {"id":N (Chromium writes the id first).
+  const std::string prefix = "{\"id\":" + std::to_string(waiting_id_);
+  if (waiting_id_ != 0 && text.substr(0, prefix.size()) == prefix && text.size() > prefix.size() &&
+      (text[prefix.size()] == ',' || text[prefix.size()] == '}')) {
+    FailWaitingCall(message);
+  }
 }
 
 void Browser::PushEvent(json event) {

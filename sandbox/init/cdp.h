@@ -17,6 +17,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace sbx::init {
@@ -136,6 +137,10 @@ class Browser {
   bool Pump(int64_t deadline_ms, std::string* error);
   void Handle(const nlohmann::json& message);
   void PushEvent(nlohmann::json event);
+  // The call waiting for its answer (if any) fails with `message` (an answer that cannot be read).
+  void FailWaitingCall(const std::string& message);
+  // The same, if `text` (a message that could not be parsed) is that call's answer.
+  void FailWaitingCallIfItsAnswer(std::string_view text, const std::string& message);
   // `exiting`: the pipe broke, so the process is exiting; wait a moment for that, to say how it ended.
   void MarkGone(const std::string& why, bool exiting = false);
   std::string GoneMessage() const;
@@ -150,6 +155,7 @@ class Browser {
   std::string session_id_;
   std::string target_id_;
   bool gone_ = false, crashed_ = false;
+  bool killed_ = false;  // MarkGone killed it (it still ran)
   std::string gone_why_;
   std::optional<int> exit_status_;
 
@@ -160,6 +166,7 @@ class Browser {
   bool terminated_answered_ = false;
   std::string in_;
   size_t scanned_ = 0;  // in_[0, scanned_) holds no NUL
+  bool skipping_ = false;  // dropping the rest of an oversized message, up to its NUL
 
   std::set<std::string> loaded_;  // loader ids whose document fired "load", since the navigation began
   std::set<std::string> in_flight_;  // request ids

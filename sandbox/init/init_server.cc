@@ -57,6 +57,7 @@ constexpr size_t kMaxListEntries = 10'000;
 constexpr int kMaxRemoveDepth = 256;
 // After a timeout kill: output still buffered in a pipe is read, up to this much per stream.
 constexpr int kDrainReadsAfterTimeout = 8;
+constexpr uint32_t kMaxBrowserCallMs = 120000;  // one browser call at most (it holds the event loop)
 
 // epoll data: the source kind in the top byte, the command's serial (never reused) below it.
 enum class Src : uint64_t { kControl = 1, kSignals, kStdout, kStderr, kStdin, kTimer };
@@ -629,6 +630,9 @@ class Server {
   void DesktopStartOp(const pb::DesktopStart& q, pb::Response* r);
   void DesktopInputOp(const pb::DesktopInput& q, pb::Response* r);
   void DesktopFetchOp(const pb::DesktopFetch& q, pb::Response* r);
+  // Keeps a screenshot (desktop or browser) for DesktopFetch and answers with its info and first chunk.
+  void StoreScreenshot(std::string image, uint32_t width, uint32_t height, uint32_t display_width,
+                       uint32_t display_height, pb::Response* r);
   void BrowserStartOp(const pb::BrowserStart& q, pb::Response* r);
   void BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r);
   bool DesktopReady(pb::Response* r);
@@ -981,7 +985,10 @@ void Server::KillAll(int sig) {
 // ---- Desktop ----
 
 void Server::DesktopStartOp(const pb::DesktopStart& q, pb::Response* r) {
-  if (desktop_) return SetError(r, pb::CODE_FAILED_PRECONDITION, "the desktop is already started");
+  if (desktop_ && desktop_->alive()) {
+    return SetError(r, pb::CODE_FAILED_PRECONDITION, "the desktop is already started");
+  }
+  desktop_.reset();  // a display that is gone can be started again
   init::DesktopConfig config;
   config.width = q.width() == 0 ? 1280 : q.width();
   config.height = q.height() == 0 ? 800 : q.height();
@@ -1048,18 +1055,8 @@ void Server::DesktopInputOp(const pb::DesktopInput& q, pb::Response* r) {
     case pb::DesktopInput::KIND_SCREENSHOT: {
       init::DesktopImage image;
       if (!d.Screenshot(q.target_width(), &image, &error)) break;
-      last_png_ = std::move(image.png);
-      ++last_image_id_;
-      pb::ScreenshotInfo* info = r->mutable_screenshot_info();
-      info->set_image_id(last_image_id_);
-      info->set_width(image.width);
-      info->set_height(image.height);
-      info->set_display_width(image.display_width);
-      info->set_display_height(image.display_height);
-      info->set_size(last_png_.size());
-      info->set_sha256(Sha256Hex(last_png_));
-      info->set_data(last_png_.substr(0, std::min<size_t>(last_png_.size(), kMaxChunkBytes)));
-      return;
+      return StoreScreenshot(std::move(image.png), image.width, image.height, image.display_width,
+                             image.display_height, r);
     }
     default:
       return SetError(r, pb::CODE_INVALID_ARGUMENT, "desktop: an input of an unknown kind");
@@ -1069,6 +1066,21 @@ void Server::DesktopInputOp(const pb::DesktopInput& q, pb::Response* r) {
     return SetError(r, d.alive() ? pb::CODE_INVALID_ARGUMENT : pb::CODE_UNAVAILABLE, error);
   }
   r->mutable_ok();
+}
+
+void Server::StoreScreenshot(std::string image, uint32_t width, uint32_t height, uint32_t display_width,
+                             uint32_t display_height, pb::Response* r) {
+  last_png_ = std::move(image);
+  ++last_image_id_;
+  pb::ScreenshotInfo* info = r->mutable_screenshot_info();
+  info->set_image_id(last_image_id_);
+  info->set_width(width);
+  info->set_height(height);
+  info->set_display_width(display_width);
+  info->set_display_height(display_height);
+  info->set_size(last_png_.size());
+  info->set_sha256(Sha256Hex(last_png_));
+  info->set_data(last_png_.substr(0, std::min<size_t>(last_png_.size(), kMaxChunkBytes)));
 }
 
 void Server::DesktopFetchOp(const pb::DesktopFetch& q, pb::Response* r) {
@@ -1083,7 +1095,10 @@ void Server::DesktopFetchOp(const pb::DesktopFetch& q, pb::Response* r) {
 // ---- Browser ----
 
 void Server::BrowserStartOp(const pb::BrowserStart& q, pb::Response* r) {
-  if (browser_) return SetError(r, pb::CODE_FAILED_PRECONDITION, "the browser is already started");
+  if (browser_ && browser_->alive()) {
+    return SetError(r, pb::CODE_FAILED_PRECONDITION, "the browser is already started");
+  }
+  browser_.reset();  // a browser that is gone can be started again
   init::BrowserConfig config;
   config.profile_dir = "/tmp/.browser-profile";
   config.width = q.width() == 0 ? 1280 : q.width();
@@ -1110,7 +1125,8 @@ void Server::BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r) {
   std::string error;
   bool ok = false;
   pb::BrowserOutput* out = nullptr;
-  const int timeout = q.timeout_ms() == 0 ? 30000 : static_cast<int>(std::min<uint32_t>(q.timeout_ms(), 600000));
+  // NOTE: a browser call holds this loop (exec output, reaping, other requests wait), so it is capped.
+  const int timeout = q.timeout_ms() == 0 ? 30000 : static_cast<int>(std::min<uint32_t>(q.timeout_ms(), kMaxBrowserCallMs));
   switch (q.kind()) {
     case pb::BrowserRequest::KIND_NAVIGATE:
       ok = b.Navigate(q.text(), q.text2().empty() ? "load" : q.text2(), timeout, &error);
@@ -1122,18 +1138,7 @@ void Server::BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r) {
                         static_cast<uint32_t>(std::max(0, q.b())), &image, &w, &h, &error)) {
         break;
       }
-      last_png_ = std::move(image);
-      ++last_image_id_;
-      pb::ScreenshotInfo* info = r->mutable_screenshot_info();
-      info->set_image_id(last_image_id_);
-      info->set_width(w);
-      info->set_height(h);
-      info->set_display_width(w);
-      info->set_display_height(h);
-      info->set_size(last_png_.size());
-      info->set_sha256(Sha256Hex(last_png_));
-      info->set_data(last_png_.substr(0, std::min<size_t>(last_png_.size(), kMaxChunkBytes)));
-      return;
+      return StoreScreenshot(std::move(image), w, h, w, h, r);
     }
     case pb::BrowserRequest::KIND_CLICK:
       ok = q.has_point() ? b.ClickAt(q.x(), q.y(), &error) : b.Click(q.text(), &error);
@@ -1174,11 +1179,19 @@ void Server::BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r) {
   }
   if (!ok) return SetError(r, b.alive() ? pb::CODE_INVALID_ARGUMENT : pb::CODE_UNAVAILABLE, error);
   if (out == nullptr) out = r->mutable_browser_output();
+  // The answer is one frame: past a budget, what the page reported is left out and counted (downloads are
+  // always kept: the agent streams their files from these reports).
+  const size_t budget = kMaxFrameBytes - (64 << 10) - out->data().size();
+  size_t used = 0, left_out = 0;
   for (nlohmann::json& event : b.TakeEvents()) {
     const auto str = [&event](const char* key) {
       auto it = event.find(key);
       return it != event.end() && it->is_string() ? it->get<std::string>() : std::string();
     };
+    if (used > budget && str("type") != "download") {
+      ++left_out;
+      continue;
+    }
     pb::PageReport* report = out->add_events();
     report->set_type(str("type"));
     report->set_level(str("level"));
@@ -1196,6 +1209,13 @@ void Server::BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r) {
       }
     }
     report->set_json(event.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    used += report->ByteSizeLong();
+  }
+  if (left_out > 0) {
+    pb::PageReport* report = out->add_events();
+    report->set_type("dropped");
+    report->set_text(std::to_string(left_out) + " page events left out (over one answer's size)");
+    report->set_json("{\"type\":\"dropped\",\"count\":" + std::to_string(left_out) + "}");
   }
 }
 
@@ -1250,6 +1270,9 @@ void Server::StartExec(uint64_t call_id, const pb::ExecStart& q) {
   if (pipe2(fds, O_CLOEXEC) < 0) return fail_errno("pipe2", errno);
   UniqueFd errpipe_read(fds[0]), errpipe_write(fds[1]);
   UniqueFd out_read, out_write, err_read, err_write, in_read, in_write, master, terminal;
+  if (q.pty() && q.socket_stdio()) {
+    return fail(pb::CODE_INVALID_ARGUMENT, "exec: socket_stdio is not for a pty command");
+  }
   if (q.pty()) {
     master.Reset(posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
     if (!master) return fail_errno("opening a pseudo-terminal", errno);

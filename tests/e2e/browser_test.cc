@@ -239,6 +239,23 @@ TEST_F(BrowserTest, DownloadsSentInlineAreBoundedPerSession) {
   EXPECT_EQ(not_sent, 1u);
 }
 
+// A page that reports more than one answer can carry: the call still succeeds, what did not fit is counted.
+TEST_F(BrowserTest, APageThatFloodsTheConsoleDoesNotCostTheCallItsAnswer) {
+  ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
+  CallResult r = Evaluate("(() => { for (let i = 0; i < 400; ++i) console.log('z'.repeat(8000)); return 7; })()");
+  ASSERT_TRUE(r.finished.has_result()) << r.finished.DebugString();
+  EXPECT_EQ(r.finished.result().browser().json(), "7");
+  bool dropped = false;
+  size_t consoles = 0;
+  for (const pb::Event& e : r.events) {
+    if (e.has_page() && e.page().type() == "dropped") dropped = true;
+    if (e.has_page() && e.page().type() == "console") ++consoles;
+  }
+  EXPECT_TRUE(dropped);
+  EXPECT_GT(consoles, 0u);
+  EXPECT_LT(consoles, 400u);
+}
+
 TEST_F(BrowserTest, TypeClickEvaluateAndContent) {
   ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
   pb::BrowserAction type;

@@ -340,6 +340,16 @@ TEST_F(CdpDriverTest, EvaluatesAndReadsContent) {
   EXPECT_EQ(out, "null");
   EXPECT_FALSE(browser_->Evaluate("'x'.repeat(5000)", 5000, 1000, &out, &error));
   EXPECT_THAT(error, HasSubstr("over the limit"));
+  // A lone UTF-16 surrogate, which Chromium escapes as JSON parsers refuse: the answer arrives at once.
+  auto lone = Clock::now();
+  ASSERT_TRUE(browser_->Evaluate("'a\\ud800b'", 5000, 1000, &out, &error)) << error;
+  EXPECT_EQ(nlohmann::json::parse(out), "a\ufffdb");
+  EXPECT_LT(MsSince(lone), 4000) << "the answer was dropped and the call waited for its timeout";
+  // An answer too big to hold fails its call at once, and the browser stays usable.
+  EXPECT_FALSE(browser_->Evaluate("'y'.repeat(70 * 1024 * 1024)", 30000, 1000, &out, &error));
+  EXPECT_THAT(error, HasSubstr("over 64 MiB"));
+  ASSERT_TRUE(browser_->Evaluate("3*3", 30000, 1000, &out, &error)) << error;
+  EXPECT_EQ(out, "9");
 
   EXPECT_FALSE(browser_->Evaluate("throw new Error('bad thing')", 5000, 1000, &out, &error));
   EXPECT_THAT(error, HasSubstr("bad thing"));
@@ -568,12 +578,12 @@ TEST_F(CdpDriverTest, HostileOutputIsContained) {
   EXPECT_THAT(error, HasSubstr("nested deeper than"));
   EXPECT_LT(MsSince(start), 4000);
 
-  // A message without end, over the size cap.
+  // A message without end, over the size cap: the call waiting fails at once, naming the cap.
   WriteFile(dir_ + "/big", std::string((64 << 20) + 100, 'a'));
   c.chromium_path = FakeChromium(dir_, "big.sh", dir_ + "/big");
   start = Clock::now();
   EXPECT_EQ(Browser::Start(c, &error), nullptr);
-  EXPECT_THAT(error, HasSubstr("larger than 64 MiB"));
+  EXPECT_THAT(error, HasSubstr("over 64 MiB"));
   EXPECT_LT(MsSince(start), 4000);
 
   // An answer split across writes, with the framing in the middle of the stream, is read whole: a fake

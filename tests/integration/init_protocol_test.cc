@@ -353,6 +353,14 @@ TEST_F(InitProtocolTest, CommandNotFoundAndNotExecutable) {
   ASSERT_TRUE(cwd->end.has_value());
   EXPECT_TRUE(StatusIs(*cwd->end, absl::StatusCode::kNotFound, "/no/such/dir"));
   EXPECT_TRUE(StatusIs(client_->StartExec(Command({}), nullptr, nullptr), absl::StatusCode::kInvalidArgument));
+  // A socket for stdio is not for a pty command: refused, not silently ignored.
+  ExecSpec pty_socket = Command({"true"});
+  pty_socket.pty = true;
+  pty_socket.stdin_open = true;
+  pty_socket.socket_stdio = true;
+  auto both = RunToEnd(pty_socket);
+  ASSERT_TRUE(both->end.has_value());
+  EXPECT_TRUE(StatusIs(*both->end, absl::StatusCode::kInvalidArgument, "socket_stdio is not for a pty"));
 }
 
 TEST_F(InitProtocolTest, ManyCommandsRunConcurrently) {
