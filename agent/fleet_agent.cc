@@ -25,8 +25,15 @@ constexpr char kLeaseKind[] = "lease";
 constexpr char kOutcomeKind[] = "outcome";
 // Lease ids remembered for duplicate detection beyond those in the outbox.
 constexpr size_t kKnownLeases = 100000;
-// Events a report carries for the control plane to fill its gaps; output beyond it travels as dropped_bytes.
+// A lease's ttl from the control plane: 0 is 30 s; at most a day (a larger value would overflow the clock).
+milliseconds LeaseTtl(uint64_t ttl_ms) {
+  return milliseconds(ttl_ms == 0 ? 30000 : std::min<uint64_t>(ttl_ms, 24 * 3600 * 1000));
+}
+
+// Events a report carries for the control plane to fill its gaps; output and file data beyond it travel as
+// dropped_bytes.
 constexpr size_t kReportEventBytes = 2 << 20;
+constexpr size_t kReportMaxBytes = 3 << 20;    // all its events (an outbox record holds at most 4 MiB)
 // After the session ended, how long the stream may take to have its last events acknowledged.
 constexpr milliseconds kFinalAckWait{2000};
 
@@ -104,8 +111,12 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
   // A lease served from the warm pool may have two records (a crash between journaling the pooled session and
   // acking the first record): the newest one is reported.
   std::map<std::string, uint64_t> newest;
+  // A lease whose outcome is journaled already (a crash between journaling it and acking the lease record)
+  // is reported with that outcome only.
+  std::set<std::string> journaled;
   for (const OutboxRecord& rec : a.outbox_->Pending()) {
     if (rec.kind == kLeaseKind) newest[rec.key] = std::max(newest[rec.key], rec.id);
+    if (rec.kind == kOutcomeKind) journaled.insert(rec.key);
   }
   for (const OutboxRecord& rec : a.outbox_->Pending()) {
     if (rec.kind != kLeaseKind) continue;
@@ -114,7 +125,7 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
       Log(LogLevel::kError, "outbox: an unreadable lease record; reporting it lost", {{"lease_id", rec.key}});
     }
     // NOTE: the lost session's cgroup is gone already: the agent's cgroup ledger removed it at start.
-    if (newest[rec.key] != rec.id) {
+    if (newest[rec.key] != rec.id || journaled.count(rec.key) > 0) {
       RETURN_IF_ERROR(a.outbox_->Ack(rec.id));
       continue;
     }
@@ -130,10 +141,9 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
     ++lost;
   }
   for (const OutboxRecord& rec : a.outbox_->Pending()) {
-    if (rec.kind != kOutcomeKind) continue;
+    if (rec.kind != kOutcomeKind || !a.held_.emplace(rec.key, "").second) continue;  // one slot per lease
     a.known_.insert(rec.key);
     a.known_order_.push_back(rec.key);
-    a.held_[rec.key] = "";
     a.options_.sessions->Reserve();
     ++undelivered;
   }
@@ -154,6 +164,8 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
 }
 
 FleetAgent::~FleetAgent() {
+  // The metrics server may outlive this agent: its gauges must not call into it any more.
+  if (options_.metrics != nullptr) options_.metrics->SetFleetGauges(nullptr, nullptr);
   if (!drained_) Drain(milliseconds(0), milliseconds(0));
 }
 
@@ -321,8 +333,12 @@ void FleetAgent::Accept(const pb::LeaseGrant& grant, bool over_capacity) {
   if (std::find(kinds.begin(), kinds.end(), kind) == kinds.end()) {
     return Reject(id, absl::StrCat("kind: ", pb::SessionKind_Name(kind), " sessions are not available on this agent"));
   }
+  // The free capacity this grant answered was counted before the long poll: local sessions may have taken it.
+  if (!options_.sessions->TryReserve()) {
+    return Reject(id, "capacity: the agent's slots filled up while the grant was on its way");
+  }
   lease->session_id = NewSessionId();
-  lease->set_expires(Clock::now() + milliseconds(grant.ttl_ms() > 0 ? grant.ttl_ms() : 30000));
+  lease->set_expires(Clock::now() + LeaseTtl(grant.ttl_ms()));
 
   pb::LeaseRecord record;
   *record.mutable_grant() = grant;
@@ -333,11 +349,11 @@ void FleetAgent::Accept(const pb::LeaseGrant& grant, bool over_capacity) {
     // Without the journal entry a crash could lose this lease's outcome: do not run it.
     Log(LogLevel::kError, "outbox: cannot journal a lease; not running it",
         {{"lease_id", id}, {"error", record_id.status().ToString()}});
+    options_.sessions->Unreserve();
     return;
   }
   lease->record_id = *record_id;
   lease->record = std::move(record);
-  options_.sessions->Reserve();
   {
     std::lock_guard lock(mu_);
     held_[id] = lease->session_id;
@@ -401,6 +417,8 @@ void FleetAgent::RunLease(Lease* lease) {
   }
   lease->session = *session;
   lease->has_session = true;
+  // A session that came up after the drain canceled the others (it was still starting then) ends too.
+  if (canceling_) lease->session->End(pb::Outcome::CANCELED, "drained", "the agent drained before the session finished");
   if (req.calls_size() > 0) lease->driver = std::jthread([this, lease] { DriveStartCalls(lease); });  // joined by this pump
 
   FleetSettings fleet = settings();
@@ -410,7 +428,8 @@ void FleetAgent::RunLease(Lease* lease) {
     if (StreamOnce(lease, &retry_after)) break;
     // The stream broke. Once the session has ended, its remaining events travel with the outcome report.
     if (lease->session->events().closed()) break;
-    const milliseconds delay = backoff.Next(retry_after);
+    // Draining: the session is about to end (or be canceled), so look again soon rather than after a backoff.
+    const milliseconds delay = draining_ ? std::min(backoff.Next(retry_after), milliseconds(200)) : backoff.Next(retry_after);
     std::unique_lock lock(mu_);
     cv_.wait_for(lock, delay, [&] { return lease->session->events().closed(); });
   }
@@ -514,10 +533,12 @@ bool FleetAgent::StreamOnce(Lease* lease, std::optional<milliseconds>* retry_aft
     pb::ControlMessage msg;
     while (stream->Read(&msg)) {
       if (msg.has_ack_seq()) {
+        // An ack past what was sent is a confused control plane: it acks what exists.
+        const uint64_t acked = std::min<uint64_t>(msg.ack_seq(), session.events().last_seq());
         uint64_t seen = lease->acked_seq.load();
-        while (msg.ack_seq() > seen && !lease->acked_seq.compare_exchange_weak(seen, msg.ack_seq())) {
+        while (acked > seen && !lease->acked_seq.compare_exchange_weak(seen, acked)) {
         }
-        session.events().MarkDelivered(msg.ack_seq());
+        session.events().MarkDelivered(acked);
       } else if (msg.has_command()) {
         HandleCommand(lease, msg.command(), [&](const pb::AgentMessage& m) { send(m); });
       }
@@ -664,15 +685,28 @@ void FleetAgent::JournalOutcome(Lease* lease, const pb::Outcome& outcome) {
     report->set_last_seq(log.last_seq());
     std::vector<EventLog::EventPtr> tail;
     log.Read(lease->acked_seq, SIZE_MAX, Clock::now(), [] { return true; }, &tail);
+    // The report must fit in one outbox record: past the budget, output and file data are dropped (the
+    // events stay, marked), and past the record's limit the rest of the tail is left out (last_seq says how
+    // far it went).
     size_t bytes = 0;
     for (const EventLog::EventPtr& e : tail) {
-      pb::Event* copy = report->add_events();
-      *copy = *e;
-      bytes += copy->ByteSizeLong();
-      if (bytes > kReportEventBytes && copy->has_output() && !copy->output().data().empty()) {
-        copy->mutable_output()->set_dropped_bytes(copy->output().data().size());
-        copy->mutable_output()->clear_data();
+      pb::Event copy = *e;
+      if (bytes + copy.ByteSizeLong() > kReportEventBytes) {
+        if (copy.has_output() && !copy.output().data().empty()) {
+          copy.mutable_output()->set_dropped_bytes(copy.output().data().size());
+          copy.mutable_output()->clear_data();
+        } else if (copy.has_file() && !copy.file().data().empty()) {
+          copy.mutable_file()->set_dropped_bytes(copy.file().data().size());
+          copy.mutable_file()->clear_data();
+        }
       }
+      bytes += copy.ByteSizeLong();
+      if (bytes > kReportMaxBytes) {
+        Log(LogLevel::kWarn, "fleet: an outcome report left out the end of its event tail",
+            {{"lease_id", lease->lease_id}, {"first_left_out_seq", absl::StrCat(copy.seq())}});
+        break;
+      }
+      *report->add_events() = std::move(copy);
     }
   }
   absl::StatusOr<uint64_t> appended = outbox_->Append(kOutcomeKind, lease->lease_id, out.SerializeAsString());
@@ -747,7 +781,7 @@ void FleetAgent::HeartbeatLoop(std::stop_token stop) {
     }
     for (const auto& renewal : response.renewed()) {
       auto it = by_id.find(renewal.lease_id());
-      if (it != by_id.end()) it->second->set_expires(sent + milliseconds(renewal.ttl_ms()));
+      if (it != by_id.end()) it->second->set_expires(sent + LeaseTtl(renewal.ttl_ms()));
     }
     for (const auto& revoked : response.revoked()) {
       auto it = by_id.find(revoked.lease_id());
@@ -865,10 +899,15 @@ size_t FleetAgent::Drain(milliseconds grace, milliseconds flush) {
     std::lock_guard lock(mu_);
     for (const auto& [id, lease] : leases_) all.push_back(lease);
   }
+  canceling_ = true;
   for (const auto& lease : all) {
     if (!lease->finished && lease->has_session) {
       lease->session->End(pb::Outcome::CANCELED, "drained", "the agent drained before the session finished");
     }
+  }
+  {
+    std::lock_guard lock(mu_);
+    cv_.notify_all();  // pumps waiting to reconnect a stream see their session ended
   }
   // Wait for every pump to journal its outcome (a canceled jail ends within moments).
   for (const auto& lease : all) {

@@ -109,6 +109,7 @@ class FleetAgent {
   std::map<std::string, std::string> held_;  // GUARDED_BY(mu_)
   uint64_t journaled_ = 0;                   // GUARDED_BY(mu_): outcomes journaled, to wake the reporter
   std::atomic<bool> draining_{false};
+  std::atomic<bool> canceling_{false};  // the drain's grace is over: sessions still starting are canceled too
   std::atomic<bool> drained_{false};
   std::mutex lease_ctx_mu_;
   grpc::ClientContext* lease_ctx_ = nullptr;  // GUARDED_BY(lease_ctx_mu_): the long poll in flight

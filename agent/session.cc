@@ -159,6 +159,7 @@ void Session::TakeFromPool(std::map<std::string, std::string> labels) {
     Log(LogLevel::kWarn, "bringing a pooled browser out of the CPU background failed",
         {{"session_id", options_.id}, {"error", s.ToString()}});
   }
+  Touch();  // its idle time starts now, not when the pool started it
   std::lock_guard lock(mu_);
   labels_ = std::move(labels);
 }

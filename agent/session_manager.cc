@@ -132,20 +132,14 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
   const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
   std::string request_bytes;
   request.SerializeToString(&request_bytes);
-  std::optional<sandbox::Policy> ceiling;
-  std::chrono::milliseconds default_ttl, default_idle_timeout;
   std::shared_ptr<Session> evicted;  // a pooled browser that gave its slot to this session
   {
     std::lock_guard lock(mu_);
-    auto policy_it = policies_.find(kind);
-    if (policy_it == policies_.end()) {
+    if (policies_.count(kind) == 0) {
       return absl::UnimplementedError(absl::StrCat(
           "kind: ", pb::SessionKind_IsValid(kind) ? pb::SessionKind_Name(kind) : absl::StrCat(static_cast<int>(kind)),
           " sessions are not available on this agent"));
     }
-    ceiling = policy_it->second;
-    default_ttl = default_ttl_;
-    default_idle_timeout = default_idle_timeout_;
     if (!request.idempotency_key().empty()) {
       auto it = idempotency_.find(request.idempotency_key());
       if (it != idempotency_.end()) {
@@ -159,9 +153,10 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
                                                 request.idempotency_key(), "' was deleted"));
       }
     }
-    // A warm browser, for a request that keeps the host's policy and the defaults.
+    // A warm browser, for a request that keeps the host's policy and the defaults (and is valid: display
+    // options are for desktops, and StartSession refuses them).
     if (kind == pb::BROWSER && request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 &&
-        request.idle_timeout_ms() == 0) {
+        request.idle_timeout_ms() == 0 && !request.has_desktop()) {
       while (!warm_.empty()) {
         std::shared_ptr<Session> pooled = std::move(warm_.front().first);
         warm_.pop_front();
@@ -270,6 +265,7 @@ void SessionManager::CancelAll(const std::string& reason) {
     held_ids_.clear();
     for (auto& [session, at] : warm_) all[session->id()] = std::move(session);
     warm_.clear();
+    warm_browsers_ = 0;  // shutting down: the pool does not refill
   }
   for (auto& [id, s] : all) s->End(pb::Outcome::CANCELED, "canceled", reason);
   all.clear();  // joins each session's watcher after its jail is killed
@@ -313,6 +309,13 @@ void SessionManager::Reserve() {
   ++reserved_;
 }
 
+bool SessionManager::TryReserve() {
+  std::lock_guard lock(mu_);
+  if (UsedLocked() - warm_.size() >= max_sessions_) return false;
+  ++reserved_;
+  return true;
+}
+
 void SessionManager::Unreserve() {
   std::lock_guard lock(mu_);
   if (reserved_ > 0) --reserved_;
@@ -328,13 +331,21 @@ std::vector<pb::SessionKind> SessionManager::kinds() const {
 void SessionManager::Reload(uint32_t max_sessions, std::chrono::milliseconds default_ttl,
                             std::chrono::milliseconds default_idle_timeout, std::map<int, sandbox::Policy> policies,
                             uint32_t warm_browsers) {
-  std::lock_guard lock(mu_);
-  warm_browsers_ = warm_browsers;
-  warm_cv_.notify_all();
-  max_sessions_ = max_sessions;
-  default_ttl_ = default_ttl;
-  default_idle_timeout_ = default_idle_timeout;
-  policies_ = std::move(policies);
+  std::deque<std::pair<std::shared_ptr<Session>, std::chrono::steady_clock::time_point>> retired;
+  {
+    std::lock_guard lock(mu_);
+    warm_browsers_ = warm_browsers;
+    // Pooled browsers were started under the old policies: fresh ones replace them (and one being started
+    // now is dropped when it is ready).
+    retired.swap(warm_);
+    ++pool_generation_;
+    warm_cv_.notify_all();
+    max_sessions_ = max_sessions;
+    default_ttl_ = default_ttl;
+    default_idle_timeout_ = default_idle_timeout;
+    policies_ = std::move(policies);
+  }
+  retired.clear();  // ends them (outside the lock)
 }
 
 void SessionManager::KeepWarm(std::stop_token stop) {
@@ -345,6 +356,7 @@ void SessionManager::KeepWarm(std::stop_token stop) {
   while (!stop.stop_requested()) {
     std::vector<std::shared_ptr<Session>> retired;
     bool start = false;
+    uint64_t generation = 0;
     {
       std::unique_lock lock(mu_);
       const auto now = Clock::now();
@@ -360,6 +372,7 @@ void SessionManager::KeepWarm(std::stop_token stop) {
       start = warm_.size() + warming_ < warm_browsers_ && UsedLocked() < max_sessions_;
       if (start) {
         ++warming_;
+        generation = pool_generation_;
       } else if (retired.empty()) {
         warm_cv_.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });
         continue;
@@ -368,13 +381,18 @@ void SessionManager::KeepWarm(std::stop_token stop) {
     retired.clear();  // ends them (outside the lock)
     if (!start) continue;
     absl::StatusOr<std::shared_ptr<Session>> session = StartSession(request, NewSessionId(), /*pooled=*/true);
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
     --warming_;
-    if (session.ok()) {
+    if (session.ok() && generation != pool_generation_) {
+      // Started under policies a SIGHUP replaced meanwhile: it ends (outside the lock), a fresh one follows.
+      std::shared_ptr<Session> stale = std::move(*session);
+      lock.unlock();
+      stale.reset();
+    } else if (session.ok()) {
       warm_.emplace_back(std::move(*session), Clock::now());
     } else {
       // NOTE: the next round tries again; a browser that cannot start keeps failing Creates the same way.
-      warm_cv_.wait_for(mu_, stop, std::chrono::seconds(1), [] { return false; });
+      warm_cv_.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });
     }
   }
 }

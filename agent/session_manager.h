@@ -64,6 +64,8 @@ class SessionManager {
                                                          bool from_reservation = false);
   // Holds one slot of capacity (fleet mode: from a lease's acceptance until its outcome is acknowledged).
   void Reserve();
+  // Reserve, if a slot is free now (a pooled browser's slot counts as free); false when none is.
+  bool TryReserve();
   void Unreserve();
   absl::StatusOr<std::shared_ptr<Session>> Find(const std::string& id) const;
   std::vector<duvo::sandbox::v1::Session> List(const std::map<std::string, std::string>& selector) const;
@@ -83,7 +85,7 @@ class SessionManager {
   std::vector<duvo::sandbox::v1::SessionKind> kinds() const;
   // SIGHUP: new capacity, defaults and per-kind policies for sessions created from now on; running sessions
   // keep theirs.
-  // The warm pool grows or shrinks to `warm_browsers` (the oldest pooled browsers go first).
+  // The warm pool is rebuilt with `warm_browsers` browsers under the new policies (the pooled ones end).
   void Reload(uint32_t max_sessions, std::chrono::milliseconds default_ttl,
               std::chrono::milliseconds default_idle_timeout, std::map<int, sandbox::Policy> policies,
               uint32_t warm_browsers);
@@ -117,6 +119,7 @@ class SessionManager {
   std::set<std::string> held_ids_;                 // GUARDED_BY(mu_): count until deleted, even ended
   std::deque<std::pair<std::shared_ptr<Session>, std::chrono::steady_clock::time_point>> warm_;  // GUARDED_BY(mu_)
   uint32_t warming_ = 0;                           // GUARDED_BY(mu_): pool sessions being started
+  uint64_t pool_generation_ = 0;                   // GUARDED_BY(mu_): bumped by Reload
   std::condition_variable_any warm_cv_;
   size_t UsedLocked() const;
   std::map<std::string, std::chrono::steady_clock::time_point> ended_at_;  // GUARDED_BY(mu_)

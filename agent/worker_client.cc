@@ -110,7 +110,8 @@ std::optional<std::chrono::milliseconds> RetryDelay(const grpc::Status& status, 
       for (const google::protobuf::Any& any : details.details()) {
         google::rpc::RetryInfo info;
         if (any.UnpackTo(&info)) {
-          const int64_t ms = info.retry_delay().seconds() * 1000 + info.retry_delay().nanos() / 1000000;
+          const int64_t ms = std::clamp<int64_t>(info.retry_delay().seconds(), 0, 86400) * 1000 +
+                             info.retry_delay().nanos() / 1000000;
           return std::chrono::milliseconds(std::max<int64_t>(ms, 0));
         }
       }

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -446,6 +447,33 @@ TEST(BrowserPoolTest, APooledBrowserGivesItsSlotToASessionThatNeedsIt) {
   EXPECT_EQ(stub->Create(&ctx2, req, &refused).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
 
+// A taken browser's idle time starts when it is taken, not when the pool started it.
+TEST(BrowserPoolTest, ATakenBrowsersIdleTimeStartsWhenItIsTaken) {
+  if (access("/usr/lib/chromium/chromium", X_OK) != 0) {
+    GTEST_SKIP() << "this machine lacks /usr/lib/chromium/chromium (deploy/install-deps.sh installs chromium)";
+  }
+  Daemon::Options o;
+  o.config_lines = {"warm_browsers: 1", "default_idle_timeout_ms: 3000"};
+  Daemon daemon(o);
+  ASSERT_TRUE(daemon.ok()) << daemon.Log();
+  auto stub = daemon.NewStub();
+  std::this_thread::sleep_for(std::chrono::seconds(5));  // the pooled browser is older than the idle timeout
+  const int64_t before = NowUnixMs();
+  grpc::ClientContext ctx;
+  pb::CreateRequest req;
+  req.set_kind(pb::BROWSER);
+  pb::Session session;
+  ASSERT_TRUE(stub->Create(&ctx, req, &session).ok()) << daemon.Log();
+  ASSERT_LT(session.created_unix_ms(), before - 3000) << "not a browser from the pool";
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  grpc::ClientContext gctx;
+  pb::GetRequest get;
+  get.set_session_id(session.id());
+  pb::Session now;
+  ASSERT_TRUE(stub->Get(&gctx, get, &now).ok());
+  EXPECT_EQ(now.state(), pb::RUNNING) << now.DebugString();
+}
+
 // SIGHUP resizes the pool: it fills when warm_browsers grows and empties when it shrinks.
 TEST(BrowserPoolTest, SighupResizesThePool) {
   if (access("/usr/lib/chromium/chromium", X_OK) != 0) {
@@ -478,8 +506,18 @@ TEST(BrowserPoolTest, SighupResizesThePool) {
   reload_with("warm_browsers: 2");
   ASSERT_TRUE(wait_for_pool(2)) << daemon.Log();
   for (const std::string& dir : SessionCpuDirs(daemon.pid())) EXPECT_TRUE(CpuBackground(dir)) << dir;
+  // A reload rebuilds the pool under the new policies: the pooled browsers are fresh ones.
+  const std::vector<std::string> before = SessionCpuDirs(daemon.pid());
   reload_with("warm_browsers: 1");
-  EXPECT_TRUE(wait_for_pool(1)) << daemon.Log();
+  std::vector<std::string> after;
+  for (int i = 0; i < 150; ++i) {
+    after = SessionCpuDirs(daemon.pid());
+    const bool fresh = after.size() == 1 && std::find(before.begin(), before.end(), after[0]) == before.end();
+    if (fresh) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(after.size(), 1u) << daemon.Log();
+  EXPECT_EQ(std::find(before.begin(), before.end(), after[0]), before.end()) << after[0] << " was kept\n" << daemon.Log();
   reload_with("warm_browsers: 0");
   EXPECT_TRUE(wait_for_pool(0)) << daemon.Log();
   EXPECT_TRUE(daemon.Alive());

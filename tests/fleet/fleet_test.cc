@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -22,7 +23,10 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "agent/outbox.h"
+#include "duvo/sandbox/v1/agent_state.pb.h"
 #include "tests/fleet/agent_process.h"
 #include "tests/fleet/double/control_plane_double.h"
 
@@ -239,6 +243,66 @@ TEST(FleetTest, ABrowserLeaseIsServedFromTheWarmPoolAndACrashLeavesNothingBehind
   for (const std::string& recorded_id : recorded) EXPECT_EQ(Leftovers(recorded_id), "") << recorded_id << agent.Log();
   std::this_thread::sleep_for(seconds(1));
   EXPECT_EQ(cp->Lease(id)->outcome_reports, 1);
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+// The agent died after journaling a session's outcome and before acking the lease's record: the restarted
+// agent reports that outcome once, not also an agent_restart, and holds one slot for it, not two.
+TEST(FleetTest, AJournaledOutcomeIsReportedOnceAfterACrashBeforeItsLeaseWasAcked) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp, "agent-1", 1));
+  ASSERT_EQ(mkdir(agent.state_dir().c_str(), 0700), 0);
+  {
+    absl::StatusOr<std::unique_ptr<agent::Outbox>> outbox = agent::Outbox::Open(agent.state_dir() + "/outbox");
+    ASSERT_TRUE(outbox.ok()) << outbox.status();
+    pb::LeaseRecord lease;
+    lease.mutable_grant()->set_lease_id("lease-journaled");
+    lease.set_session_id("s-journaled");
+    ASSERT_TRUE((*outbox)->Append("lease", "lease-journaled", lease.SerializeAsString()).ok());
+    pb::OutcomeRecord outcome;
+    outcome.mutable_report()->set_agent_id("agent-1");
+    outcome.mutable_report()->set_lease_id("lease-journaled");
+    outcome.mutable_report()->set_session_id("s-journaled");
+    outcome.mutable_report()->mutable_outcome()->set_status(pb::Outcome::COMPLETED);
+    outcome.mutable_report()->mutable_outcome()->set_reason("exited");
+    ASSERT_TRUE((*outbox)->Append("outcome", "lease-journaled", outcome.SerializeAsString()).ok());
+  }
+  ASSERT_TRUE(agent.Start()) << agent.Log();
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20))) << agent.Log();
+  std::this_thread::sleep_for(seconds(1));
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease("lease-journaled");
+  ASSERT_TRUE(l && l->outcome);
+  EXPECT_EQ(l->outcome_reports, 1);
+  EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::COMPLETED);
+  // Its slot is free again once the report is acknowledged: a capacity-1 agent takes new work.
+  const std::string next = cp->Enqueue(ExecRequest({"/bin/true"}));
+  ASSERT_TRUE(cp->WaitForOutcomes(2, seconds(20))) << agent.Log();
+  EXPECT_EQ(cp->Lease(next)->outcome->outcome().status(), pb::Outcome::COMPLETED);
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+// Free capacity is advertised before a long poll; a local session that takes the slot meanwhile makes the
+// grant that answers it a rejection, never a session past max_sessions.
+TEST(FleetTest, AGrantForASlotALocalSessionTookMeanwhileIsRejected) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp, "agent-1", 1));
+  ASSERT_TRUE(agent.Start());
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Agents()["agent-1"].lease_calls > 0; }, seconds(10)));
+  // The agent is in its long poll, having asked for one lease: a local Create takes the slot.
+  auto stub = duvo::sandbox::v1::Sandboxes::NewStub(
+      grpc::CreateChannel("unix:" + agent.dir() + "/agent.sock", grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  pb::CreateRequest create;
+  pb::Session local;
+  ASSERT_TRUE(stub->Create(&ctx, create, &local).ok()) << agent.Log();
+  const std::string id = cp->Enqueue(ExecRequest({"/bin/true"}));
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20))) << agent.Log();
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  ASSERT_TRUE(l && l->outcome);
+  EXPECT_EQ(l->outcome->outcome().reason(), "rejected") << l->outcome->DebugString();
+  EXPECT_THAT(l->outcome->outcome().message(), HasSubstr("capacity"));
   EXPECT_EQ(agent.Terminate(seconds(30)), 0);
 }
 
