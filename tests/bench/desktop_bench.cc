@@ -32,10 +32,21 @@ using Clock = std::chrono::steady_clock;
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
 
-// Starts a host Xvfb on `display` and waits for its socket; returns its pid.
+// A display number no X server on this host uses (no lock file, no socket): never another server's.
+int FreeDisplay() {
+  for (int d = 90; d < 900; ++d) {
+    struct stat st;
+    if (stat(("/tmp/.X" + std::to_string(d) + "-lock").c_str(), &st) == 0) continue;
+    if (stat(("/tmp/.X11-unix/X" + std::to_string(d)).c_str(), &st) == 0) continue;
+    return d;
+  }
+  fprintf(stderr, "no free X display number between :90 and :899\n");
+  exit(1);
+}
+
+// Starts a host Xvfb on `display` (a free one) and waits for its socket; returns its pid.
 pid_t HostXvfb(int display) {
   const std::string socket = "/tmp/.X11-unix/X" + std::to_string(display);
-  unlink(socket.c_str());
   const pid_t pid = sbx::bench::Spawn({"/usr/bin/Xvfb", ":" + std::to_string(display), "-screen", "0", "1280x800x24",
                                        "-nolisten", "tcp", "-noreset"},
                                       /*quiet_stderr=*/true);
@@ -105,8 +116,10 @@ int main(int argc, char** argv) {
     (void)stub->Delete(&dctx, del, &dresp);
 
     const auto a0 = Clock::now();
-    const pid_t xvfb = HostXvfb(97);
-    sbx::bench::RunQuiet({"/usr/bin/xwd", "-root", "-silent", "-display", ":97"}, /*quiet_stderr=*/true);
+    const int display = FreeDisplay();
+    const pid_t xvfb = HostXvfb(display);
+    sbx::bench::RunQuiet({"/usr/bin/xwd", "-root", "-silent", "-display", ":" + std::to_string(display)},
+                         /*quiet_stderr=*/true);
     anchor_create_ms.push_back(Ms(Clock::now() - a0));
     StopXvfb(xvfb);
   }
@@ -118,13 +131,15 @@ int main(int argc, char** argv) {
   pb::Session session;
   if (!stub->Create(&ctx, req, &session).ok()) return 1;
   std::vector<double> shot_ms, move_ms, anchor_shot_ms, anchor_move_ms;
-  const pid_t xvfb = HostXvfb(98);
+  const int display = FreeDisplay();
+  const std::string display_name = ":" + std::to_string(display);
+  const pid_t xvfb = HostXvfb(display);
   for (int i = 0; i < shots; ++i) {
     const auto t0 = Clock::now();
     if (!Call(stub.get(), session.id(), screenshot)) return 1;
     shot_ms.push_back(Ms(Clock::now() - t0));
     const auto a0 = Clock::now();
-    sbx::bench::RunQuiet({"/usr/bin/xwd", "-root", "-silent", "-display", ":98"}, /*quiet_stderr=*/true);
+    sbx::bench::RunQuiet({"/usr/bin/xwd", "-root", "-silent", "-display", display_name}, /*quiet_stderr=*/true);
     anchor_shot_ms.push_back(Ms(Clock::now() - a0));
   }
   const auto fps_start = Clock::now();
@@ -138,7 +153,7 @@ int main(int argc, char** argv) {
     if (!Call(stub.get(), session.id(), move)) return 1;
     move_ms.push_back(Ms(Clock::now() - t0));
     const auto a0 = Clock::now();
-    setenv("DISPLAY", ":98", 1);
+    setenv("DISPLAY", display_name.c_str(), 1);
     sbx::bench::RunQuiet({"/usr/bin/xdotool", "mousemove", std::to_string(i % 1280), std::to_string(i % 800)}, /*quiet_stderr=*/true);
     anchor_move_ms.push_back(Ms(Clock::now() - a0));
   }

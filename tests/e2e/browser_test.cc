@@ -584,6 +584,7 @@ TEST_F(BrowserTest, SandboxctlBrowserCommands) {
   EXPECT_EQ(RunCtl(*daemon_, {"browser", id_, "eval", "document.getElementById(\"out\").textContent"}, &rc),
             "\"typed by ctl\"\n");
   EXPECT_THAT(RunCtl(*daemon_, {"browser", id_, "content", "--text"}, &rc), HasSubstr("typed by ctl"));
+  EXPECT_EQ(rc, 0);
   const std::string file = "/tmp/sbx-browser-shot-" + std::to_string(getpid()) + ".png";
   EXPECT_THAT(RunCtl(*daemon_, {"browser", id_, "screenshot", "-o", file}, &rc), HasSubstr("1280x800"));
   EXPECT_EQ(rc, 0);

@@ -324,7 +324,7 @@ TEST_F(EgressTest, ABrowserSessionBrowsesThroughTheProxyOnly) {
   pb::Event e;
   int denied = 0;
   while (reader->Read(&e)) denied += e.has_audit() && e.audit().destination() == dest ? 1 : 0;
-  EXPECT_GE(denied, 1);
+  EXPECT_GE(denied, 1);  // Chromium may ask again for the same page (a retry, its favicon): at least once
 }
 
 TEST(EgressPolicyTest, ABadRuleFailsTheDaemonAtStartNamingIt) {

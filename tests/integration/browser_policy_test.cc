@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include <gmock/gmock.h>
@@ -57,8 +58,14 @@ TEST_F(BrowserPolicyTest, HeadlessChromiumRendersAPageInAJail) {
 }
 
 TEST_F(BrowserPolicyTest, TheBrowserSeesTheJailsFilesNotTheHosts) {
-  // /etc/shadow is not in the jail; /etc/passwd is the jail's own.
+  std::ifstream host_shadow("/etc/shadow");
+  std::stringstream host_text;
+  host_text << host_shadow.rdbuf();
+  ASSERT_NE(host_text.str().find("root:"), std::string::npos) << "the host's /etc/shadow has no root entry";
+  // /etc/shadow is not in the jail (Chromium ran, and dumps nothing for a missing file); /etc/passwd, which it
+  // does dump, is the jail's own.
   AgentRun shadow = RunAgent(Chromium(dir_, "file:///etc/shadow"));
+  EXPECT_EQ(shadow.exit_code, 0) << shadow.err;
   EXPECT_THAT(shadow.out, Not(HasSubstr("root:")));
   AgentRun passwd = RunAgent(Chromium(dir_, "file:///etc/passwd"));
   EXPECT_THAT(passwd.out, HasSubstr("sandbox:x:1000:1000"));

@@ -186,11 +186,9 @@ class CdpDriverTest : public ::testing::Test {
   }
   void StartBrowser() {
     std::string error;
-    const auto start = Clock::now();
     browser_ = Browser::Start(Config(), &error);
     ASSERT_NE(browser_, nullptr) << error;
     EXPECT_GT(browser_->pid(), 0);
-    EXPECT_LT(MsSince(start), 15000);
   }
 
   std::string dir_;
