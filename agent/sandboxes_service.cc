@@ -436,7 +436,10 @@ grpc::Status SandboxesService::Vnc(grpc::ServerContext* ctx, grpc::ServerReaderW
     std::deque<std::string> out;  // GUARDED_BY(mu)
     size_t out_bytes = 0;         // GUARDED_BY(mu)
     bool ended = false;           // GUARDED_BY(mu)
+    bool overflow = false;        // GUARDED_BY(mu): the viewer read too slowly
   };
+  // What x11vnc may have sent that the viewer has not taken yet, before the viewer is cut off.
+  constexpr size_t kMaxVncBacklogBytes = 64 << 20;
   auto relay = std::make_shared<Relay>();
   sandbox::ExecSpec spec;
   spec.argv = {"x11vnc", "-inetd", "-display", ":1", "-nopw", "-shared", "-quiet", "-noxdamage", "-nowf", "-o",
@@ -446,8 +449,12 @@ grpc::Status SandboxesService::Vnc(grpc::ServerContext* ctx, grpc::ServerReaderW
   auto on_output = [relay](sandbox::OutputStream stream_kind, std::string data, uint64_t) {
     if (stream_kind != sandbox::OutputStream::kStdout) return;  // x11vnc's own messages
     std::lock_guard lock(relay->mu);
-    relay->out_bytes += data.size();
-    relay->out.push_back(std::move(data));
+    if (relay->out_bytes + data.size() > kMaxVncBacklogBytes) {
+      relay->overflow = relay->ended = true;
+    } else {
+      relay->out_bytes += data.size();
+      relay->out.push_back(std::move(data));
+    }
     relay->cv.notify_all();
   };
   auto on_end = [relay](absl::StatusOr<sandbox::ExecEnd>) {
@@ -497,6 +504,15 @@ grpc::Status SandboxesService::Vnc(grpc::ServerContext* ctx, grpc::ServerReaderW
   ctx->TryCancel();  // ends the reader's Read
   reader.join();
   Log(LogLevel::kInfo, "vnc viewer detached", {{"session_id", session->id()}, {"request_id", rid}});
+  bool overflow;
+  {
+    std::lock_guard lock(relay->mu);
+    overflow = relay->overflow;
+  }
+  if (overflow) {
+    return Finish("Vnc", absl::ResourceExhaustedError(absl::StrCat("vnc: the viewer fell ", kMaxVncBacklogBytes >> 20,
+                                                                   " MiB behind the display")), rid);
+  }
   return Finish("Vnc", absl::OkStatus(), rid);
 }
 

@@ -85,12 +85,23 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
     eo.resolver_threads = 1;
     Session* raw = session.get();
     eo.audit = [raw](const EgressAudit& a) {
+      // Events stay in memory for the session's life, and a workload can be denied in a loop: past a
+      // number of audits, one more says so and the rest are only counted (egress metrics, the proxy's log).
+      constexpr uint64_t kMaxAudits = 1000;
+      const uint64_t n = raw->audits_.fetch_add(1) + 1;
+      if (n > kMaxAudits + 1) return;
       pb::Event event;
       pb::Audit* audit = event.mutable_audit();
       audit->set_call_id(a.call_id);
-      audit->set_action(a.action);
-      audit->set_detail(a.detail);
-      audit->set_destination(a.destination);
+      if (n == kMaxAudits + 1) {
+        audit->set_action("audit_limit");
+        audit->set_detail(absl::StrCat("this session reached ", kMaxAudits,
+                                       " audit events; later denials are not reported as events"));
+      } else {
+        audit->set_action(a.action);
+        audit->set_detail(a.detail);
+        audit->set_destination(a.destination);
+      }
       raw->events_.Append(std::move(event));
     };
     eo.current_call_id = [raw] {

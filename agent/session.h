@@ -129,7 +129,8 @@ class Session {
   // the agent's memory for the session's life; a hostile page can download until its workspace is full).
   absl::Status AppendDownload(const std::string& call_id, const std::string& path, uint64_t size);
   std::atomic<uint64_t> screenshots_{0};
-  std::atomic<uint64_t> download_bytes_sent_{0};  // inline, over the session's life (AppendDownload)
+  std::atomic<uint64_t> download_bytes_sent_{0};
+  std::atomic<uint64_t> audits_{0};  // egress audits so far (events past a limit are not appended)  // inline, over the session's life (AppendDownload)
 
   const Options options_;
   const std::chrono::steady_clock::time_point created_;

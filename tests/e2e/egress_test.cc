@@ -211,6 +211,28 @@ TEST_F(EgressTest, DeniedHostGets403AndOneAuditEventNamingItAndTheCall) {
   EXPECT_EQ(audits[0].call_id(), CallIdOf(r));
 }
 
+// A workload denied in a loop cannot grow the agent without bound: past 1000 audit events, one more says so.
+TEST_F(EgressTest, AuditEventsAreBoundedPerSession) {
+  const std::string script =
+      "import socket, sys\n"
+      "for i in range(1100):\n"
+      "    s = socket.create_connection(('127.0.0.1', 3128))\n"
+      "    s.sendall(('CONNECT 127.0.0.3:%s HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' % sys.argv[1]).encode())\n"
+      "    s.recv(1024)\n"
+      "    s.close()\n"
+      "print('done')\n";
+  CallResult r = RunExec(stub_.get(), id_, {"python3", "-c", script, std::to_string(denied_->port())});
+  ASSERT_EQ(r.out, "done\n") << r.err;
+  size_t denied = 0, limit = 0;
+  for (const pb::Audit& a : Audits()) {
+    denied += a.action() == "egress_denied" ? 1 : 0;
+    limit += a.action() == "audit_limit" ? 1 : 0;
+  }
+  EXPECT_EQ(denied, 1000u);
+  EXPECT_EQ(limit, 1u);
+  EXPECT_TRUE(denied_->requests().empty());
+}
+
 TEST_F(EgressTest, ANameResolvingToLoopbackIsRefusedThoughARuleNamesTheName) {
   CallResult r = Fetch("http://localhost:" + std::to_string(allowed_->port()) + "/");
   EXPECT_EQ(r.out, "HTTP 403\n") << r.err;
