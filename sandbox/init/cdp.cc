@@ -39,7 +39,6 @@ constexpr int kInputTimeoutMs = 10000;     // input events, focus, element looku
 constexpr int kTerminateWaitMs = 1000;     // a terminated script's evaluate response (a pending
                                            // promise never answers)
 constexpr double kMaxFullPageHeight = 16384;
-constexpr uint32_t kMinWidth = 64, kMaxWidth = 7680, kMinHeight = 64, kMaxHeight = 4320;
 
 
 
@@ -272,13 +271,7 @@ bool IsDbusNoise(std::string_view line) {
 std::string ChromiumOutputTail(int fd) { return internal::OutputTail(fd, IsDbusNoise); }
 
 bool CheckSize(uint32_t w, uint32_t h, std::string* error) {
-  if (w < kMinWidth || w > kMaxWidth || h < kMinHeight || h > kMaxHeight) {
-    *error = "the viewport " + std::to_string(w) + "x" + std::to_string(h) + " is outside " +
-             std::to_string(kMinWidth) + "x" + std::to_string(kMinHeight) + ".." + std::to_string(kMaxWidth) + "x" +
-             std::to_string(kMaxHeight);
-    return false;
-  }
-  return true;
+  return internal::CheckScreenSize("viewport", w, h, error);
 }
 
 struct KeyInfo {
@@ -364,7 +357,7 @@ std::unique_ptr<Browser> Browser::Start(const BrowserConfig& config, std::string
   }
   std::unique_ptr<Browser> b(new Browser());
   // Chromium's output goes to a memfd: nothing has to drain it, and its tail explains a failure.
-  b->log_fd_ = static_cast<int>(syscall(SYS_memfd_create, "chromium", 1U /* MFD_CLOEXEC */));
+  b->log_fd_ = internal::OutputMemfd("chromium");
   auto fail = [&](const std::string& message) -> std::unique_ptr<Browser> {
     *error = message;
     const std::string tail = ChromiumOutputTail(b->log_fd_);
@@ -929,7 +922,7 @@ bool Browser::Screenshot(bool full_page, const std::string& format, int quality,
     if (full_page) {
       const json* size = Field(result, "cssContentSize");
       if (size == nullptr) size = Field(result, "contentSize");
-      w = size ? std::min(Num(*size, "width"), static_cast<double>(kMaxWidth)) : 0;
+      w = size ? std::min(Num(*size, "width"), static_cast<double>(internal::kMaxScreenWidth)) : 0;
       h = size ? std::min(Num(*size, "height"), kMaxFullPageHeight) : 0;
       params["captureBeyondViewport"] = true;
     } else {

@@ -36,7 +36,6 @@ constexpr int kReplyTimeoutMs = 10000;  // any one reply of the X server
 constexpr int kTermGraceMs = 1000;      // between SIGTERM and SIGKILL
 constexpr int kRebindQuietMs = 100;     // a spare keycode is rebound only this long after its last use
 constexpr size_t kStripBytes = 16 << 20;  // the most pixel data one GetImage request asks for
-constexpr uint32_t kMinWidth = 64, kMaxWidth = 7680, kMinHeight = 64, kMaxHeight = 4320;
 
 // Keysyms (keysymdef.h).
 constexpr uint32_t kXkReturn = 0xff0d, kXkTab = 0xff09;
@@ -592,11 +591,7 @@ class XConnection {
 // ---- Desktop ----
 
 std::unique_ptr<Desktop> Desktop::Start(const DesktopConfig& config, std::string* error) {
-  if (config.width < kMinWidth || config.width > kMaxWidth || config.height < kMinHeight ||
-      config.height > kMaxHeight) {
-    *error = "the display size " + std::to_string(config.width) + "x" + std::to_string(config.height) +
-             " is outside " + std::to_string(kMinWidth) + "x" + std::to_string(kMinHeight) + ".." +
-             std::to_string(kMaxWidth) + "x" + std::to_string(kMaxHeight);
+  if (!internal::CheckScreenSize("display size", config.width, config.height, error)) {
     return nullptr;
   }
   if (config.display < 0 || config.display > 65535) {
@@ -617,7 +612,7 @@ std::unique_ptr<Desktop> Desktop::Start(const DesktopConfig& config, std::string
   d->height_ = config.height;
   // Xvfb's (and the window manager's) output goes to a memfd: nothing has to drain it, and its tail explains
   // a failure. Without memfd_create it goes to /dev/null.
-  d->log_fd_ = static_cast<int>(syscall(SYS_memfd_create, "Xvfb", 1U /* MFD_CLOEXEC */));
+  d->log_fd_ = internal::OutputMemfd("Xvfb");
   const std::string display = d->display_name();
   auto fail = [&](const std::string& message) -> std::unique_ptr<Desktop> {
     *error = message;

@@ -96,6 +96,21 @@ pid_t SpawnInSession(const std::vector<std::string>& argv, const std::vector<std
   return pid;
 }
 
+bool CheckScreenSize(const char* what, uint32_t width, uint32_t height, std::string* error) {
+  if (width >= kMinScreenWidth && width <= kMaxScreenWidth && height >= kMinScreenHeight &&
+      height <= kMaxScreenHeight) {
+    return true;
+  }
+  *error = std::string("the ") + what + " " + std::to_string(width) + "x" + std::to_string(height) +
+           " is outside " + std::to_string(kMinScreenWidth) + "x" + std::to_string(kMinScreenHeight) + ".." +
+           std::to_string(kMaxScreenWidth) + "x" + std::to_string(kMaxScreenHeight);
+  return false;
+}
+
+int OutputMemfd(const char* name) {
+  return static_cast<int>(syscall(SYS_memfd_create, name, 1U /* MFD_CLOEXEC */));
+}
+
 bool WaitExit(pid_t pid, int ms, int* status) {
   const int64_t deadline = NowMs() + ms;
   for (;;) {

@@ -38,6 +38,15 @@ inline std::string DescribeStatus(int status) {
   return "stopped";
 }
 
+// The screen sizes the drivers accept (a display, a browser viewport): 64x64 up to 8K UHD's 7680x4320.
+inline constexpr uint32_t kMinScreenWidth = 64, kMaxScreenWidth = 7680, kMinScreenHeight = 64, kMaxScreenHeight = 4320;
+
+// False, with *error "the <what> WxH is outside 64x64..7680x4320", when the size is outside those bounds.
+bool CheckScreenSize(const char* what, uint32_t width, uint32_t height, std::string* error);
+
+// A close-on-exec memfd named `name` for a child's output (its tail explains a failure); -1 without memfd.
+int OutputMemfd(const char* name);
+
 // Starts `argv` (argv[0] a path) with `env` in a new session: signals unblocked and at their defaults
 // (sandbox-init blocks all and ignores SIGPIPE), stdin /dev/null, stdout and stderr `out_fd` (/dev/null when
 // -1), and each {source, target} of `fds` open as descriptor `target` (>= 3); every other descriptor is
