@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -11,6 +10,8 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+
+#include "tests/common/spawn.h"
 
 namespace sbx::testing {
 
@@ -37,20 +38,8 @@ Daemon::Daemon(Options options) {
   }
   std::vector<std::string> args = {AgentBin(), "serve", "--config", config};
   args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
-  pid_ = fork();
-  if (pid_ == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // a test that dies takes its daemon with it
-    int log = open((dir_ + "/agent.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(log, 2);
-    int null = open("/dev/null", O_RDWR);
-    dup2(null, 0);
-    dup2(null, 1);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
+  pid_ = SpawnLogged(args, dir_ + "/agent.log", /*append=*/false);
+  if (pid_ < 0) return;
   for (int i = 0; i < 500; ++i) {
     struct stat st;
     if (stat(socket_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {

@@ -6,7 +6,6 @@
 #include <sys/socket.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,6 +17,8 @@
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
+
+#include "tests/common/spawn.h"
 
 namespace sbx::testing {
 
@@ -62,20 +63,8 @@ bool AgentProcess::Start() {
   WriteConfig();
   const std::string socket = dir_ + "/agent.sock";
   std::vector<std::string> args = {AgentBin(), "serve", "--config", dir_ + "/agent.textproto"};
-  pid_ = fork();
-  if (pid_ == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // a test that dies takes its agent with it
-    int log = open((dir_ + "/agent.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    dup2(log, 2);
-    int null = open("/dev/null", O_RDWR);
-    dup2(null, 0);
-    dup2(null, 1);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
+  pid_ = SpawnLogged(args, dir_ + "/agent.log", /*append=*/true);  // a restart appends to the log
+  if (pid_ < 0) return false;
   for (int i = 0; i < 1000; ++i) {
     struct stat st;
     if (stat(socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {

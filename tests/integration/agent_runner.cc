@@ -53,17 +53,19 @@ pid_t StartAgent(const AgentInvocation& inv, int* out_fd, std::string* outcome_p
   std::vector<std::string> env = inv.env;
   std::vector<char*> argv = CStrings(args);
   std::vector<char*> envp = CStrings(env);
+  // stderr apart from stdout: a file per run. Opened before fork: the child makes raw syscalls only.
+  const std::string err_path = *outcome_path + ".stderr";
+  const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (err < 0) abort();
   pid_t pid = fork();
   if (pid == 0) {
     dup2(in[0], 0);
     dup2(out[1], 1);
-    // stderr goes to the same pipe, tagged by the reader? Keep them apart: stderr to a file per run.
-    std::string err_path = *outcome_path + ".stderr";
-    int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(err, 2);
     execvpe(argv[0], argv.data(), envp.data());
     _exit(127);
   }
+  close(err);
   close(in[0]);
   close(out[1]);
   if (!inv.stdin_data.empty()) {

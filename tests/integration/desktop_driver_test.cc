@@ -69,11 +69,12 @@ class XProbe {
   bool Start(const std::string& display) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0) return false;
+    const std::string display_env = "DISPLAY=" + display;  // built before fork: raw syscalls in the child
+    char* const env[] = {const_cast<char*>(display_env.c_str()), nullptr};
     pid_ = fork();
     if (pid_ == 0) {
       dup2(fds[1], 1);
-      setenv("DISPLAY", display.c_str(), 1);
-      execl(SBX_XPROBE_BIN, "xprobe", "--motion", static_cast<char*>(nullptr));
+      execle(SBX_XPROBE_BIN, "xprobe", "--motion", static_cast<char*>(nullptr), env);
       _exit(127);
     }
     close(fds[1]);
