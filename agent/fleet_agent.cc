@@ -832,7 +832,12 @@ void FleetAgent::ReportLoop(std::stop_token stop) {
       }
       pb::ReportOutcomeResponse response;
       const grpc::Status status = stub_->ReportOutcome(&ctx, out.report(), &response);
-      if (!status.ok()) {
+      // A report the control plane says it will never take (malformed, or of a lease it does not know) is
+      // dropped: retrying it would hold back every outcome after it, and their slots.
+      const bool refused = status.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+                           status.error_code() == grpc::StatusCode::NOT_FOUND ||
+                           status.error_code() == grpc::StatusCode::OUT_OF_RANGE;
+      if (!status.ok() && !refused) {
         const milliseconds delay = backoff.Next(RetryDelay(status, ctx));
         Count("report_error");
         Log(backoff.attempt() <= 1 ? LogLevel::kWarn : LogLevel::kDebug, "fleet: ReportOutcome failed; retrying",
@@ -841,7 +846,13 @@ void FleetAgent::ReportLoop(std::stop_token stop) {
         break;
       }
       backoff.Reset();
-      Count("reported");
+      if (refused) {
+        Count("report_refused");
+        Log(LogLevel::kError, "fleet: the control plane refused an outcome report for good; dropping it",
+            {{"lease_id", rec.key}, {"error", GrpcError(status)}});
+      } else {
+        Count("reported");
+      }
       if (absl::Status s = outbox_->Ack(rec.id); !s.ok()) {
         Log(LogLevel::kError, "outbox: cannot ack a delivered outcome", {{"lease_id", rec.key}, {"error", s.ToString()}});
       }

@@ -306,6 +306,29 @@ TEST(FleetTest, AGrantForASlotALocalSessionTookMeanwhileIsRejected) {
   EXPECT_EQ(agent.Terminate(seconds(30)), 0);
 }
 
+// A report the control plane refuses for good (INVALID_ARGUMENT) is dropped, not retried (forever, ahead of
+// the outcomes after it), and the outcome after it is delivered. (The double keeps counting the refused lease
+// as outstanding, hence two slots.)
+TEST(FleetTest, AnOutcomeReportRefusedForGoodDoesNotHoldBackTheOthers) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp, "agent-1", 2));
+  ASSERT_TRUE(agent.Start());
+  cp->FailNext(ControlPlaneDouble::Method::kReportOutcome, grpc::StatusCode::INVALID_ARGUMENT, 1);
+  const std::string refused = cp->Enqueue(ExecRequest({"/bin/true"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return agent.Log().find("refused an outcome report for good") != std::string::npos; },
+                          seconds(20)))
+      << agent.Log();
+  const std::string next = cp->Enqueue(ExecRequest({"/bin/true"}));
+  ASSERT_TRUE(cp->WaitFor([&] {
+    const std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(next);
+    return l && l->outcome.has_value();
+  }, seconds(20))) << agent.Log();
+  EXPECT_EQ(cp->Lease(next)->outcome->outcome().status(), pb::Outcome::COMPLETED);
+  EXPECT_FALSE(cp->Lease(refused)->outcome.has_value());
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
 TEST(FleetTest, RevokedLeaseIsCanceledWithinASecond) {
   auto cp = StartDouble();
   ASSERT_NE(cp, nullptr);
