@@ -729,6 +729,7 @@ void Browser::Handle(const json& message) {
         event["bytes"] = static_cast<int64_t>(Num(params, "receivedBytes"));
         event["text"] = state + " " + Str(event, "path");
         downloads_.erase(it);
+        ++downloads_finished_;
         PushEvent(std::move(event));
       }
     } else if (method == "Target.detachedFromTarget" && Str(params, "sessionId") == session_id_ &&
@@ -863,6 +864,7 @@ bool Browser::Navigate(const std::string& url, const std::string& wait, int time
         }
         if (!Pump(deadline, error)) return false;
       }
+      ++downloads_waited_;  // this navigation waited for it: a later wait_for is for another
       return true;
     }
   }
@@ -1158,8 +1160,10 @@ bool Browser::WaitForDownload(int timeout_ms, std::string* error) {
   }
   const int64_t deadline = NowMs() + timeout_ms;
   for (;;) {
-    for (const json& event : events_) {
-      if (Str(event, "type") == "download") return true;
+    // One finished download per wait, whenever it finished (the call before may already have reported it).
+    if (downloads_finished_ > downloads_waited_) {
+      ++downloads_waited_;
+      return true;
     }
     if (NowMs() >= deadline) {
       *error = "wait_for: no download finished within " + std::to_string(timeout_ms) + " ms (" +

@@ -112,8 +112,8 @@ class Browser {
   // Waits until an element matches `selector` (if not empty) and the page's text contains `text` (if not
   // empty), polling every 100 ms, up to timeout_ms.
   bool WaitFor(const std::string& selector, const std::string& text, int timeout_ms, std::string* error);
-  // Waits until a download finished (completed or canceled) since the events were last taken: returns at once
-  // when one already did. Fails when downloads are off (no download_dir).
+  // Waits until a download finished (completed or canceled) that no earlier WaitForDownload counted: returns at
+  // once when one already did (even if an earlier call reported it). Fails when downloads are off.
   bool WaitForDownload(int timeout_ms, std::string* error);
   // The viewport in CSS pixels (device scale factor 1), same bounds as BrowserConfig.
   bool SetViewport(uint32_t width, uint32_t height, std::string* error);
@@ -175,6 +175,7 @@ class Browser {
   std::string download_dir_;
   std::map<std::string, nlohmann::json> downloads_;  // by GUID: begun, not finished (at most 1000)
   uint64_t downloads_begun_ = 0;
+  uint64_t downloads_finished_ = 0, downloads_waited_ = 0;  // completed or canceled; counted by WaitForDownload
   std::string last_download_guid_;
 
   std::deque<nlohmann::json> events_;

@@ -474,6 +474,17 @@ TEST_F(CdpDriverTest, DownloadsBecomeFiles) {
   EXPECT_NE(name[0], '.') << name;
   EXPECT_EQ(stat(evil.c_str(), &st), 0) << evil;
 
+  // A wait counts a download another call already reported (it finished before the wait began), once.
+  ASSERT_TRUE(browser_->Navigate(server_.Url("/"), "load", 10000, &error)) << error;
+  ASSERT_TRUE(browser_->Click("#dl", &error)) << error;
+  bool reported = false;
+  for (const auto start = Clock::now(); !reported && MsSince(start) < 10000; usleep(20000)) {
+    for (const nlohmann::json& e : browser_->TakeEvents()) reported = reported || e["type"] == "download";
+  }
+  ASSERT_TRUE(reported);
+  EXPECT_TRUE(browser_->WaitForDownload(300, &error)) << error;
+  EXPECT_FALSE(browser_->WaitForDownload(300, &error));
+
   // Downloads off: waiting for one fails at once.
   BrowserConfig off = Config();
   off.profile_dir = dir_ + "/profile-off";
