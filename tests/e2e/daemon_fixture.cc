@@ -17,7 +17,10 @@ namespace sbx::testing {
 
 namespace pb = ::duvo::sandbox::v1;
 
+// A binary that links agent_runner.cc too (tests/adversarial) takes AgentBin() from there.
+#ifndef SBX_AGENT_BIN_FROM_AGENT_RUNNER
 std::string AgentBin() { return SBX_AGENT_BIN; }
+#endif
 std::string CtlBin() { return SBX_CTL_BIN; }
 
 Daemon::Daemon(Options options) {
