@@ -59,6 +59,11 @@ void Metrics::SetActiveSessions(std::function<size_t()> fn) {
   active_ = std::move(fn);
 }
 
+void Metrics::SetWarmBrowsers(std::function<size_t()> fn) {
+  std::lock_guard lock(mu_);
+  warm_browsers_ = std::move(fn);
+}
+
 void Metrics::FleetEvent(std::string_view event) {
   std::lock_guard lock(mu_);
   ++fleet_events_[std::string(event)];
@@ -76,6 +81,9 @@ std::string Metrics::Render() const {
   absl::StrAppend(&out, "# HELP sandbox_agent_sessions_active Sessions whose jail is running.\n",
                   "# TYPE sandbox_agent_sessions_active gauge\n", "sandbox_agent_sessions_active ",
                   active_ ? active_() : 0, "\n");
+  absl::StrAppend(&out, "# HELP sandbox_agent_warm_browsers Browser sessions started and waiting in the warm pool.\n",
+                  "# TYPE sandbox_agent_warm_browsers gauge\n", "sandbox_agent_warm_browsers ",
+                  warm_browsers_ ? warm_browsers_() : 0, "\n");
   absl::StrAppend(&out, "# HELP sandbox_agent_session_start_seconds Create to jail running.\n",
                   "# TYPE sandbox_agent_session_start_seconds histogram\n");
   for (size_t i = 0; i < bucket_bounds_.size(); ++i) {

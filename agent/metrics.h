@@ -27,6 +27,8 @@ class Metrics {
   void Outcome(std::string_view status, std::string_view reason);
   void BytesStreamed(uint64_t bytes);
   void SetActiveSessions(std::function<size_t()> fn);
+  // Browser sessions started and waiting in the warm pool (AgentConfig.warm_browsers).
+  void SetWarmBrowsers(std::function<size_t()> fn);
   // Fleet mode: a counted event (leased, rejected, duplicate, revoked, expired, reported, and
   // "<method>_error" for failed control-plane calls), and the gauges of leases held (until their outcome is
   // acknowledged) and outcomes waiting in the outbox.
@@ -39,6 +41,7 @@ class Metrics {
  private:
   mutable std::mutex mu_;
   std::function<size_t()> active_;                                     // GUARDED_BY(mu_)
+  std::function<size_t()> warm_browsers_;                              // GUARDED_BY(mu_)
   std::vector<double> bucket_bounds_;                                  // seconds
   std::vector<uint64_t> bucket_counts_;                                // GUARDED_BY(mu_)
   double latency_sum_ = 0;                                             // GUARDED_BY(mu_)

@@ -206,6 +206,7 @@ int ServeCommand(const ServeFlags& flags) {
   mo.metrics = &metrics;
   auto sessions = std::make_unique<SessionManager>(std::move(mo));
   metrics.SetActiveSessions([raw = sessions.get()] { return raw->active(); });
+  metrics.SetWarmBrowsers([raw = sessions.get()] { return raw->warm_count(); });
 
   SandboxesService::Options so;
   so.sessions = sessions.get();
@@ -293,6 +294,9 @@ int ServeCommand(const ServeFlags& flags) {
   Log(LogLevel::kInfo, "server shut down");
   server->Wait();
   if (health_server) health_server->Shutdown(std::chrono::system_clock::now());
+  // The gauges must not call into the session manager once it is gone.
+  metrics.SetActiveSessions(nullptr);
+  metrics.SetWarmBrowsers(nullptr);
   sessions.reset();
   unlink(config->unix_socket.c_str());
   Log(LogLevel::kInfo, "stopped");

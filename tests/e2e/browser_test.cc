@@ -383,7 +383,7 @@ TEST(BrowserPoolTest, CreateTakesAWarmBrowserThatIsNeverReused) {
     call.mutable_browser()->mutable_evaluate()->set_expression(expression);
     return RunCall(stub.get(), id, call).finished.result().browser().json();
   };
-  std::this_thread::sleep_for(std::chrono::seconds(4));  // the pool fills
+  ASSERT_TRUE(daemon.WaitForMetric("sandbox_agent_warm_browsers", 1, std::chrono::seconds(60))) << daemon.Log();
   const int64_t before_first = NowUnixMs();
   const pb::Session first = create(false);
   // It was started before this Create: it came from the pool, and it has the request's labels.
@@ -391,7 +391,7 @@ TEST(BrowserPoolTest, CreateTakesAWarmBrowserThatIsNeverReused) {
   EXPECT_EQ(first.labels().at("who"), "test");
   // Leave a mark in its browser.
   EXPECT_EQ(evaluate(first.id(), "(() => { window.name = 'used once'; return window.name })()"), "\"used once\"");
-  std::this_thread::sleep_for(std::chrono::seconds(4));  // the pool refills
+  ASSERT_TRUE(daemon.WaitForMetric("sandbox_agent_warm_browsers", 1, std::chrono::seconds(60))) << daemon.Log();
   // The pooled browser waits in the CPU background; the taken one left it.
   const std::vector<std::string> pool_dirs = SessionCpuDirs(daemon.pid());
   if (!pool_dirs.empty()) {
@@ -428,7 +428,7 @@ TEST(BrowserPoolTest, APooledBrowserGivesItsSlotToASessionThatNeedsIt) {
   Daemon daemon(o);
   ASSERT_TRUE(daemon.ok()) << daemon.Log();
   auto stub = daemon.NewStub();
-  std::this_thread::sleep_for(std::chrono::seconds(4));  // the pool fills the only slot
+  ASSERT_TRUE(daemon.WaitForMetric("sandbox_agent_warm_browsers", 1, std::chrono::seconds(60))) << daemon.Log();
   ASSERT_EQ(SessionCpuDirs(daemon.pid()).size(), 1u) << "the pooled browser's cgroup";
   grpc::ClientContext ctx;
   pb::CreateRequest req;
@@ -457,7 +457,9 @@ TEST(BrowserPoolTest, ATakenBrowsersIdleTimeStartsWhenItIsTaken) {
   Daemon daemon(o);
   ASSERT_TRUE(daemon.ok()) << daemon.Log();
   auto stub = daemon.NewStub();
-  std::this_thread::sleep_for(std::chrono::seconds(5));  // the pooled browser is older than the idle timeout
+  // A pool that is warm (a cold browser on a fresh machine takes seconds), then older than the idle timeout.
+  ASSERT_TRUE(daemon.WaitForMetric("sandbox_agent_warm_browsers", 1, std::chrono::seconds(60))) << daemon.Log();
+  std::this_thread::sleep_for(std::chrono::milliseconds(3500));
   const int64_t before = NowUnixMs();
   grpc::ClientContext ctx;
   pb::CreateRequest req;

@@ -1,7 +1,10 @@
 #include "tests/e2e/daemon_fixture.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -62,6 +65,48 @@ bool Daemon::Alive() const {
   int status;
   if (waitpid(pid_, &status, WNOHANG) == 0) return true;
   pid_ = -1;  // reaped (or gone): Stop() has nothing to wait for
+  return false;
+}
+
+std::string Daemon::Metrics() const {
+  const std::string log = Log();
+  const std::string key = "\"metrics\":\"127.0.0.1:";
+  const size_t at = log.find(key);
+  if (at == std::string::npos) return "";
+  const int port = std::atoi(log.c_str() + at + key.size());
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "";
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string text;
+  const char request[] = "GET /metrics HTTP/1.0\r\n\r\n";
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      write(fd, request, sizeof(request) - 1) == static_cast<ssize_t>(sizeof(request) - 1)) {
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) text.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return text;
+}
+
+double Daemon::Metric(const std::string& name) const {
+  std::istringstream in(Metrics());
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(name + " ", 0) == 0) return std::atof(line.c_str() + name.size() + 1);
+  }
+  return -1;
+}
+
+bool Daemon::WaitForMetric(const std::string& name, double value, std::chrono::milliseconds timeout) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (Metric(name) == value) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   return false;
 }
 

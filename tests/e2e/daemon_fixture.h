@@ -36,6 +36,13 @@ class Daemon {
   // Sends SIGTERM and waits; returns the exit status.
   int Stop();
   bool Alive() const;
+  // The daemon's /metrics text (Prometheus), fetched from the address its "serving" log line names; empty
+  // when it cannot be had.
+  std::string Metrics() const;
+  // The value of an unlabelled gauge or counter in Metrics(), or -1 when absent.
+  double Metric(const std::string& name) const;
+  // Waits up to `timeout` for Metric(name) == value.
+  bool WaitForMetric(const std::string& name, double value, std::chrono::milliseconds timeout) const;
 
   std::unique_ptr<duvo::sandbox::v1::Sandboxes::StubInterface> NewStub() const;
 

@@ -615,6 +615,7 @@ TEST_F(DaemonTest, HealthServiceAndMetrics) {
   pclose(p);
   EXPECT_THAT(text, HasSubstr("200 OK"));
   EXPECT_THAT(text, HasSubstr("sandbox_agent_sessions_active 1"));
+  EXPECT_THAT(text, HasSubstr("sandbox_agent_warm_browsers 0"));
   EXPECT_THAT(text, HasSubstr("sandbox_agent_tool_calls_total{tool=\"exec\",result=\"OK\"} 1"));
   EXPECT_THAT(text, HasSubstr("sandbox_agent_tool_calls_total{tool=\"exec\",result=\"NOT_FOUND\"} 1"));
   EXPECT_THAT(text, HasSubstr("sandbox_agent_session_start_seconds_count 1"));
