@@ -618,52 +618,7 @@ bool Browser::Pump(int64_t deadline_ms, std::string* error) {
                true);
       break;
     }
-    if (skipping_) {
-      // The rest of an oversized message: dropped up to its end.
-      const size_t nul = in_.find('\0');
-      if (nul == std::string::npos) {
-        in_.clear();
-        scanned_ = 0;
-        continue;
-      }
-      in_.erase(0, nul + 1);
-      scanned_ = 0;
-      skipping_ = false;
-    }
-    // Every complete message.
-    size_t start = 0;
-    for (;;) {
-      const size_t nul = in_.find('\0', std::max(start, scanned_));
-      if (nul == std::string::npos) break;
-      std::string_view text(in_.data() + start, nul - start);
-      json message = json::parse(text.begin(), text.end(), nullptr, false);
-      if (message.is_discarded()) {
-        // Chromium escapes a lone UTF-16 surrogate (a page's string) as \ud800, which JSON parsers refuse.
-        const std::string fixed = ReplaceLoneSurrogates(text);
-        message = json::parse(fixed, nullptr, false);
-        if (message.is_discarded()) FailWaitingCallIfItsAnswer(text, "chromium sent an answer that is not JSON");
-      }
-      start = nul + 1;
-      scanned_ = start;
-      if (message.is_discarded()) continue;
-      if (TooDeep(message, kMaxDepth)) {
-        MarkGone("chromium sent a message nested deeper than " + std::to_string(kMaxDepth) + " levels");
-        break;
-      }
-      Handle(message);
-    }
-    in_.erase(0, start);
-    scanned_ = in_.size();  // what is left holds no NUL
-    if (in_.size() > kMaxMessageBytes) {
-      // Too big to hold: the call waiting for it (it is almost surely its answer) fails at once, and the
-      // rest of the message is skipped; the browser stays usable.
-      in_.clear();
-      scanned_ = 0;
-      skipping_ = true;
-      FailWaitingCall("chromium's answer is over " + std::to_string(kMaxMessageBytes >> 20) +
-                      " MiB (a screenshot that big: scale it down with a width, or take a JPEG)");
-      continue;
-    }
+    if (ConsumeInput()) continue;
     if (gone_ || static_cast<size_t>(got) < kReadChunk) break;
   }
   if (gone_) {
@@ -671,6 +626,72 @@ bool Browser::Pump(int64_t deadline_ms, std::string* error) {
     return false;
   }
   return true;
+}
+
+bool Browser::ConsumeInput() {
+  if (skipping_) {
+    // The rest of an oversized message: dropped up to its end.
+    const size_t nul = in_.find('\0');
+    if (nul == std::string::npos) {
+      in_.clear();
+      scanned_ = 0;
+      return true;
+    }
+    in_.erase(0, nul + 1);
+    scanned_ = 0;
+    skipping_ = false;
+  }
+  // Every complete message.
+  size_t start = 0;
+  for (;;) {
+    const size_t nul = in_.find('\0', std::max(start, scanned_));
+    if (nul == std::string::npos) break;
+    std::string_view text(in_.data() + start, nul - start);
+    json message = json::parse(text.begin(), text.end(), nullptr, false);
+    if (message.is_discarded()) {
+      // Chromium escapes a lone UTF-16 surrogate (a page's string) as \ud800, which JSON parsers refuse.
+      const std::string fixed = ReplaceLoneSurrogates(text);
+      message = json::parse(fixed, nullptr, false);
+      if (message.is_discarded()) FailWaitingCallIfItsAnswer(text, "chromium sent an answer that is not JSON");
+    }
+    start = nul + 1;
+    scanned_ = start;
+    if (message.is_discarded()) continue;
+    if (TooDeep(message, kMaxDepth)) {
+      MarkGone("chromium sent a message nested deeper than " + std::to_string(kMaxDepth) + " levels");
+      break;
+    }
+    Handle(message);
+  }
+  in_.erase(0, start);
+  scanned_ = in_.size();  // what is left holds no NUL
+  if (in_.size() > kMaxMessageBytes) {
+    // Too big to hold: the call waiting for it (it is almost surely its answer) fails at once, and the
+    // rest of the message is skipped; the browser stays usable.
+    in_.clear();
+    scanned_ = 0;
+    skipping_ = true;
+    FailWaitingCall("chromium's answer is over " + std::to_string(kMaxMessageBytes >> 20) +
+                    " MiB (a screenshot that big: scale it down with a width, or take a JPEG)");
+    return true;
+  }
+  return false;
+}
+
+std::vector<json> Browser::HandleBytesForTesting(std::string_view bytes, size_t chunk, const std::string& download_dir) {
+  Browser b;
+  b.download_dir_ = download_dir;
+  b.session_id_ = "S";
+  b.target_id_ = "T";
+  b.waiting_id_ = 1;
+  if (chunk == 0) chunk = bytes.size() + 1;
+  for (size_t i = 0; i < bytes.size() && !b.gone_; i += chunk) {
+    b.in_.append(bytes.substr(i, chunk));
+    b.ConsumeInput();
+  }
+  std::vector<json> events = b.TakeEvents();
+  if (b.response_) events.push_back({{"type", "response"}, {"message", *b.response_}});
+  return events;
 }
 
 void Browser::FailWaitingCall(const std::string& message) {

@@ -128,6 +128,13 @@ class Browser {
   //   {"type":"dropped","count":N}   (events dropped because the queue was full)
   std::vector<nlohmann::json> TakeEvents();
 
+  // Fuzzing (tests/fuzz/cdp_fuzz.cc): what a Browser with no Chromium does with `bytes` as if read from
+  // Chromium's pipe in pieces of `chunk` bytes (0: all at once), waiting for call 1 on page session "S" of
+  // target "T". Downloads settle in `download_dir`. Returns the events queued, then {"type":"response",...}
+  // when call 1 got an answer.
+  static std::vector<nlohmann::json> HandleBytesForTesting(std::string_view bytes, size_t chunk,
+                                                           const std::string& download_dir);
+
  private:
   Browser() = default;
   bool Check(std::string* error) const;  // false with "the browser is gone ..." / "the page crashed"
@@ -135,6 +142,9 @@ class Browser {
   // Reads what is there (waiting until deadline_ms for something) and handles every complete message. False
   // only when the browser is gone.
   bool Pump(int64_t deadline_ms, std::string* error);
+  // Handles every complete message in in_ (what Pump read) and drops what is consumed. True when Pump should
+  // read again at once (skipping the rest of an oversized message).
+  bool ConsumeInput();
   void Handle(const nlohmann::json& message);
   void PushEvent(nlohmann::json event);
   // The call waiting for its answer (if any) fails with `message` (an answer that cannot be read).
