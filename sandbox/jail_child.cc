@@ -98,6 +98,21 @@ int RestrictMount(const char* path, bool readonly, bool device = false) {
   return 0;
 }
 
+// A read-only overlayfs over a host directory (see MountOp::overlay_*): the jail's view of it has inodes
+// of its own. Two lower layers, since an overlay without an upper layer needs two; the second is empty.
+int MountOverlay(const MountOp& op, bool is_dir) {
+  if (mkdir(op.overlay_empty, 0555) < 0 && errno != EEXIST) return errno;
+  constexpr unsigned long kFlags = MS_RDONLY | MS_NOSUID | MS_NODEV;
+  if (is_dir) {
+    if (mount("overlay", op.dst, "overlay", kFlags, op.overlay_dir_options) < 0) return errno;
+    return 0;
+  }
+  if (int err = MkdirAll(op.overlay_stage, 0755); err != 0) return err;
+  if (mount("overlay", op.overlay_stage, "overlay", kFlags, op.overlay_parent_options) < 0) return errno;
+  if (mount(op.overlay_stage_file, op.dst, nullptr, MS_BIND, nullptr) < 0) return errno;
+  return RestrictMount(op.dst, true);
+}
+
 int DoMountOp(const MountOp& op) {
   switch (op.kind) {
     case MountOp::Kind::kTmpfs: {
@@ -113,6 +128,12 @@ int DoMountOp(const MountOp& op) {
       }
       int err = S_ISDIR(st.st_mode) ? MkdirAll(op.dst, 0755) : Touch(op.dst);
       if (err != 0) return err;
+      if (op.overlay_empty != nullptr && S_ISDIR(st.st_mode)) return MountOverlay(op, true);
+      // A file only when src itself is one: a symlink's target would be resolved inside the stage.
+      struct stat lst;
+      if (op.overlay_empty != nullptr && lstat(op.src, &lst) == 0 && S_ISREG(lst.st_mode)) {
+        return MountOverlay(op, false);
+      }
       if (mount(op.src, op.dst, nullptr, MS_BIND | MS_REC, nullptr) < 0) return errno;
       return RestrictMount(op.dst, op.readonly, op.device);
     }

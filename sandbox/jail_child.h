@@ -34,6 +34,17 @@ struct MountOp {
   bool readonly = true;
   bool optional = false;
   bool device = false;  // kBind of a device node: nodev would make it unusable
+  // kBind read-only of a host directory or file, through a read-only overlayfs instead of a plain bind, so
+  // that the jail sees overlay inodes of its own: inotify marks live on inodes, and a plain bind shares the
+  // host's, so the host's activity would reach the jail's watches. nullptr: a plain bind.
+  //  - src a directory: overlay at dst with `overlay_dir_options` ("lowerdir=SRC:EMPTY,...").
+  //  - src a file: overlay of its parent directory (`overlay_parent_options`) at `overlay_stage` on the
+  //    base tmpfs, then `overlay_stage_file` bound at dst; the stage is dropped with the old root.
+  const char* overlay_empty = nullptr;  // the empty second lower layer, created on demand
+  const char* overlay_dir_options = nullptr;
+  const char* overlay_parent_options = nullptr;
+  const char* overlay_stage = nullptr;
+  const char* overlay_stage_file = nullptr;
 };
 
 struct ChildRlimit {

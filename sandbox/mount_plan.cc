@@ -12,6 +12,13 @@ namespace {
 constexpr char kOldRoot[] = "/oldroot";
 constexpr char kNewRoot[] = "/newroot";
 constexpr uint64_t kDevShmBytes = 64ull << 20;
+// On the base tmpfs (the child's root while it builds /newroot), dropped with it at the final pivot.
+constexpr char kOverlayEmpty[] = "/.sbx-empty";
+constexpr char kOverlayStage[] = "/.sbx-stage/";
+// Overlay options for a read-only view of host directories from inside the jail's user namespace:
+// userxattr (trusted.* xattrs are out of reach there), and no redirects or metacopy, which only matter
+// with an upper layer and are refused with userxattr.
+constexpr char kOverlayFlags[] = ",userxattr,redirect_dir=nofollow,metacopy=off";
 
 std::string Octal(uint32_t mode) {
   char buf[16];
@@ -19,7 +26,24 @@ std::string Octal(uint32_t mode) {
   return buf;
 }
 
+// Mount options separate with ',' and lowerdir layers with ':', and overlayfs unescapes '\\': a host path
+// with any of these stays a plain bind rather than risk a misparsed layer list.
+bool OverlaySafe(const std::string& path) { return path.find_first_of(",:\\") == std::string::npos; }
+
 }  // namespace
+
+void MountPlan::SetReadOnlyOverlay(internal::MountOp& op, const std::string& host_src) {
+  const std::string src = host_src == "/" ? std::string(kOldRoot) : absl::StrCat(kOldRoot, host_src);
+  if (!OverlaySafe(src)) return;
+  const size_t slash = src.rfind('/');
+  const std::string parent = slash == 0 ? std::string("/") : src.substr(0, slash);
+  const std::string stage = absl::StrCat(kOverlayStage, overlay_count_++);
+  op.overlay_empty = kOverlayEmpty;
+  op.overlay_dir_options = Keep(absl::StrCat("lowerdir=", src, ":", kOverlayEmpty, kOverlayFlags));
+  op.overlay_parent_options = Keep(absl::StrCat("lowerdir=", parent, ":", kOverlayEmpty, kOverlayFlags));
+  op.overlay_stage = Keep(stage);
+  op.overlay_stage_file = Keep(absl::StrCat(stage, src.substr(slash)));
+}
 
 const char* MountPlan::Keep(std::string s) {
   strings_.push_back(std::move(s));
@@ -55,6 +79,10 @@ absl::StatusOr<MountPlan> MountPlan::Build(const Policy& policy, std::string_vie
       op.dst = plan.Keep(absl::StrCat(kNewRoot, b->dst));
       op.readonly = !b->writable;
       op.optional = b->optional;
+      // Read-only binds go through an overlay so that the jail's inotify watches see none of the host's
+      // activity on them. Read-write binds stay plain binds: a read-only overlay cannot carry writes, and
+      // a directory shared read-write with the host shares its activity by design.
+      if (op.readonly) plan.SetReadOnlyOverlay(op, b->src);
       plan.Add(op, absl::StrCat("bind ", b->src, " -> ", b->dst, b->writable ? " (read-write)" : " (read-only)"));
     } else if (const auto* t = std::get_if<TmpfsMount>(&spec)) {
       internal::MountOp op;
@@ -146,6 +174,7 @@ absl::StatusOr<MountPlan> MountPlan::Build(const Policy& policy, std::string_vie
     op.src = plan.Keep(absl::StrCat(kOldRoot, ToAbsl(init_host_path)));
     op.dst = plan.Keep(absl::StrCat(kNewRoot, kInitPathInJail));
     op.readonly = true;
+    plan.SetReadOnlyOverlay(op, std::string(init_host_path));
     plan.Add(op, absl::StrCat("bind sandbox-init ", ToAbsl(init_host_path)));
   }
 

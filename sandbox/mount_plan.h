@@ -36,12 +36,16 @@ class MountPlan {
  private:
   MountPlan() = default;
   const char* Keep(std::string s);
+  // Makes the read-only bind `op` of `host_src` an overlay (see MountOp::overlay_*), unless the path
+  // cannot be written in overlay options.
+  void SetReadOnlyOverlay(internal::MountOp& op, const std::string& host_src);
   void Add(internal::MountOp op, std::string description);
 
   std::deque<std::string> strings_;  // stable addresses for the const char* in ops_
   std::vector<internal::MountOp> ops_;
   std::vector<std::string> descriptions_;
   std::string newroot_options_;
+  size_t overlay_count_ = 0;
 };
 
 }  // namespace sbx::sandbox

@@ -29,6 +29,10 @@ constexpr uint32_t kMaxId = 65535;
 constexpr size_t kMaxHostnameLength = 64;
 constexpr int kMaxErrno = 4095;
 constexpr uint32_t kMaxArgIndex = 5;
+// A rule's conditions: at most one per argument, except NE, which may repeat up to kMaxNeValuesPerArg times
+// on one argument (each NE value costs up to ~128 BPF comparisons, see seccomp_program.cc).
+constexpr size_t kMaxNeValuesPerArg = 8;
+constexpr size_t kMaxArgConditions = 16;
 
 // The accepted range of one limit; `range` is the human form used in messages.
 struct LimitBound {
@@ -318,17 +322,30 @@ absl::Status ValidateSeccomp(const SeccompPolicy& seccomp) {
                         " under default_action ", ActionName(seccomp.default_action),
                         " is a contradiction (the rule would have no effect)");
     }
-    if (rule.args.size() > kMaxArgIndex + 1) {
-      return FieldError(path + ".args", rule.args.size(), " conditions (at most one per argument, 6 in all)");
+    if (rule.args.size() > kMaxArgConditions) {
+      return FieldError(path + ".args", rule.args.size(), " conditions (at most ", kMaxArgConditions, ")");
     }
     for (size_t j = 0; j < rule.args.size(); ++j) {
       const std::string arg_path = absl::StrCat(path, ".args[", j, "]");
       RETURN_IF_ERROR(ValidateArgCondition(rule.args[j], arg_path));
+      // One argument may have several conditions only when all are NE: "the argument is none of these
+      // values" (e.g. personality's allow-list). Other combinations are either empty or one condition.
+      size_t same_arg = 0;
       for (size_t k = 0; k < j; ++k) {
-        if (rule.args[k].index == rule.args[j].index) {
+        if (rule.args[k].index != rule.args[j].index) continue;
+        ++same_arg;
+        if (rule.args[k].op != SyscallArgCondition::Op::kNe || rule.args[j].op != SyscallArgCondition::Op::kNe) {
           return FieldError(arg_path + ".index", "argument ", rule.args[j].index,
-                            " already has a condition (args[", k, "])");
+                            " already has a condition (args[", k,
+                            "]); only NE conditions may repeat an argument");
         }
+        if (rule.args[k].value == rule.args[j].value) {
+          return FieldError(arg_path + ".value", Hex(rule.args[j].value), " repeats args[", k, "]");
+        }
+      }
+      if (same_arg + 1 > kMaxNeValuesPerArg) {
+        return FieldError(arg_path, "more than ", kMaxNeValuesPerArg, " NE conditions on argument ",
+                          rule.args[j].index);
       }
     }
     auto [it, inserted] = first_rule.emplace(rule.syscall, i);

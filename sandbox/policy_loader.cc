@@ -174,10 +174,13 @@ absl::Status ConvertSeccomp(const pb::Seccomp& in, SeccompPolicy& out) {
       const std::string arg_path = absl::StrCat(path, ".args[", j, "]");
       SyscallArgCondition arg;
       RETURN_IF_ERROR(ConvertArg(rule.args(j), arg_path, arg));
+      // Several conditions on one argument only as a list of NE values ("none of"); the builder checks the
+      // counts again for rules built in code.
       for (int k = 0; k < j; ++k) {
-        if (base.args[k].index == arg.index) {
+        if (base.args[k].index != arg.index) continue;
+        if (base.args[k].op != SyscallArgCondition::Op::kNe || arg.op != SyscallArgCondition::Op::kNe) {
           return FieldError(arg_path + ".index", "argument ", arg.index, " already has a condition (args[", k,
-                            "])");
+                            "]); only NE conditions may repeat an argument");
         }
       }
       base.args.push_back(arg);

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 
@@ -20,6 +21,9 @@ struct SeccompCtxDeleter {
 };
 using SeccompCtx = std::unique_ptr<void, SeccompCtxDeleter>;
 
+// Keeps one rule's BPF well under BPF_MAXINSNS (4096).
+constexpr size_t kMaxAlternativesPerRule = 512;
+
 uint32_t ToScmpAction(SeccompAction action, int errno_value) {
   switch (action) {
     case SeccompAction::kAllow:
@@ -34,37 +38,90 @@ uint32_t ToScmpAction(SeccompAction action, int errno_value) {
   return SCMP_ACT_KILL_PROCESS;
 }
 
-// Expands conditions into alternatives: each kAnyBitsSet condition becomes one masked-equal comparison per
-// set bit, and the rule is added once per combination (libseccomp ORs rules of one syscall).
-void Expand(const std::vector<SyscallArgCondition>& conds, size_t i, std::vector<scmp_arg_cmp>& current,
+// The comparisons, one of which holds exactly when the argument is none of `values` (the NE conditions of
+// one argument, ANDed). libseccomp allows one comparison per argument in a rule, so the complement is
+// written as a union: LT the smallest value, GT the largest, and each gap between two values as aligned
+// power-of-two blocks (MASKED_EQ with the block's high bits), at most ~128 per gap.
+std::vector<scmp_arg_cmp> NoneOf(uint32_t index, std::vector<uint64_t> values) {
+  std::sort(values.begin(), values.end());
+  values.erase(std::unique(values.begin(), values.end()), values.end());
+  std::vector<scmp_arg_cmp> out;
+  if (values.front() > 0) out.push_back(SCMP_CMP(index, SCMP_CMP_LT, values.front()));
+  for (size_t i = 0; i + 1 < values.size(); ++i) {
+    // The gap [lo, hi], both inside (values[i], values[i+1]), so hi < UINT64_MAX and lo > 0.
+    uint64_t lo = values[i] + 1;
+    const uint64_t hi = values[i + 1] - 1;
+    while (lo <= hi && lo != 0) {
+      // The largest block that starts at lo (aligned) and ends at or before hi.
+      uint64_t size = lo & (~lo + 1);  // lowest set bit of lo: the alignment of lo
+      while (size > hi - lo + 1) size >>= 1;
+      out.push_back(SCMP_CMP(index, SCMP_CMP_MASKED_EQ, ~(size - 1), lo));
+      lo += size;
+      if (lo == 0) break;  // wrapped: only when hi was UINT64_MAX, which a gap never reaches
+    }
+  }
+  if (values.back() < UINT64_MAX) out.push_back(SCMP_CMP(index, SCMP_CMP_GT, values.back()));
+  return out;
+}
+
+// The comparisons, one of which must hold, for one group of conditions (one argument's NE list, or one
+// other condition): a kAnyBitsSet condition becomes one masked-equal comparison per set bit.
+std::vector<scmp_arg_cmp> Alternatives(const std::vector<SyscallArgCondition>& group) {
+  const SyscallArgCondition& c = group.front();
+  if (c.op == SyscallArgCondition::Op::kNe && group.size() > 1) {
+    std::vector<uint64_t> values;
+    for (const SyscallArgCondition& ne : group) values.push_back(ne.value);
+    return NoneOf(c.index, std::move(values));
+  }
+  switch (c.op) {
+    case SyscallArgCondition::Op::kEq:
+      return {SCMP_CMP(c.index, SCMP_CMP_EQ, c.value)};
+    case SyscallArgCondition::Op::kNe:
+      return {SCMP_CMP(c.index, SCMP_CMP_NE, c.value)};
+    case SyscallArgCondition::Op::kMaskedEq:
+      return {SCMP_CMP(c.index, SCMP_CMP_MASKED_EQ, c.mask, c.value)};
+    case SyscallArgCondition::Op::kAnyBitsSet: {
+      std::vector<scmp_arg_cmp> out;
+      for (int bit = 0; bit < 64; ++bit) {
+        const uint64_t b = uint64_t{1} << bit;
+        if (c.value & b) out.push_back(SCMP_CMP(c.index, SCMP_CMP_MASKED_EQ, b, b));
+      }
+      return out;
+    }
+  }
+  return {};
+}
+
+// Expands the rule's conditions into alternatives, each with at most one comparison per argument, and the
+// rule is added once per alternative (libseccomp ORs rules of one syscall): the product of the groups'
+// alternatives.
+void Expand(const std::vector<std::vector<scmp_arg_cmp>>& groups, size_t i, std::vector<scmp_arg_cmp>& current,
             std::vector<std::vector<scmp_arg_cmp>>& out) {
-  if (i == conds.size()) {
+  if (i == groups.size()) {
     out.push_back(current);
     return;
   }
-  const SyscallArgCondition& c = conds[i];
-  auto with = [&](scmp_arg_cmp cmp) {
+  for (const scmp_arg_cmp& cmp : groups[i]) {
     current.push_back(cmp);
-    Expand(conds, i + 1, current, out);
+    Expand(groups, i + 1, current, out);
     current.pop_back();
-  };
-  switch (c.op) {
-    case SyscallArgCondition::Op::kEq:
-      with(SCMP_CMP(c.index, SCMP_CMP_EQ, c.value));
-      break;
-    case SyscallArgCondition::Op::kNe:
-      with(SCMP_CMP(c.index, SCMP_CMP_NE, c.value));
-      break;
-    case SyscallArgCondition::Op::kMaskedEq:
-      with(SCMP_CMP(c.index, SCMP_CMP_MASKED_EQ, c.mask, c.value));
-      break;
-    case SyscallArgCondition::Op::kAnyBitsSet:
-      for (int bit = 0; bit < 64; ++bit) {
-        const uint64_t b = uint64_t{1} << bit;
-        if (c.value & b) with(SCMP_CMP(c.index, SCMP_CMP_MASKED_EQ, b, b));
-      }
-      break;
   }
+}
+
+// The rule's conditions grouped by argument, in the order the arguments first appear.
+std::vector<std::vector<scmp_arg_cmp>> Groups(const std::vector<SyscallArgCondition>& conds) {
+  std::vector<std::vector<SyscallArgCondition>> by_arg;
+  for (const SyscallArgCondition& c : conds) {
+    auto it = std::find_if(by_arg.begin(), by_arg.end(), [&](const auto& g) { return g[0].index == c.index; });
+    if (it == by_arg.end()) {
+      by_arg.push_back({c});
+    } else {
+      it->push_back(c);
+    }
+  }
+  std::vector<std::vector<scmp_arg_cmp>> groups;
+  for (const auto& g : by_arg) groups.push_back(Alternatives(g));
+  return groups;
 }
 
 }  // namespace
@@ -94,9 +151,17 @@ absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": the action equals the default action, so the rule would do nothing"));
     }
+    const std::vector<std::vector<scmp_arg_cmp>> groups = Groups(rule.args);
+    size_t product = 1;
+    for (const auto& g : groups) product *= g.size();  // at most 128 * 8 per group, 6 groups: no overflow
+    if (product > kMaxAlternativesPerRule) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": the conditions expand to ", product,
+                                                     " seccomp comparisons (at most ",
+                                                     kMaxAlternativesPerRule, ")"));
+    }
     std::vector<std::vector<scmp_arg_cmp>> alternatives;
     std::vector<scmp_arg_cmp> current;
-    Expand(rule.args, 0, current, alternatives);
+    Expand(groups, 0, current, alternatives);
     for (const auto& cmps : alternatives) {
       int rc = seccomp_rule_add_array(ctx.get(), action, nr, cmps.size(), cmps.data());
       if (rc < 0) return Annotate(ErrnoToStatus(-rc, "seccomp_rule_add"), where);

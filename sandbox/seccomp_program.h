@@ -18,7 +18,8 @@ struct SeccompProgram {
   std::vector<sock_filter> instructions;
 };
 
-// Resolves syscall names, expands kAnyBitsSet conditions into one rule per bit, and exports BPF.
+// Resolves syscall names, expands kAnyBitsSet conditions into one rule per bit and an argument's NE list into
+// the ranges around its values, and exports BPF.
 // InvalidArgument names the rule ("seccomp.rules[4]: unknown syscall 'mountt'").
 absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy);
 

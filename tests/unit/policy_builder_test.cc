@@ -384,6 +384,30 @@ TEST(PolicyBuilderTest, SeccompArgConditionsMustBeAbleToMatch) {
                        "seccomp.rules[0].args[1].index: argument 1 already has a condition (args[0])"));
 }
 
+TEST(PolicyBuilderTest, SeccompNeConditionsMayRepeatAnArgument) {
+  SeccompPolicy seccomp;
+  seccomp.rules.push_back(Rule("personality", SeccompAction::kErrno));
+  seccomp.rules[0].args.push_back(Arg(0, SyscallArgCondition::Op::kNe, 0));
+  seccomp.rules[0].args.push_back(Arg(1, SyscallArgCondition::Op::kEq, 5));
+  seccomp.rules[0].args.push_back(Arg(0, SyscallArgCondition::Op::kNe, 8));
+  EXPECT_TRUE(IsOk(BuildSeccomp(seccomp)));
+
+  seccomp.rules[0].args.push_back(Arg(0, SyscallArgCondition::Op::kNe, 8));
+  EXPECT_TRUE(StatusIs(BuildSeccomp(seccomp), StatusCode::kInvalidArgument,
+                       "seccomp.rules[0].args[3].value: 0x8 repeats args[2]"));
+  seccomp.rules[0].args[3] = Arg(1, SyscallArgCondition::Op::kNe, 8);
+  EXPECT_TRUE(StatusIs(BuildSeccomp(seccomp), StatusCode::kInvalidArgument,
+                       "seccomp.rules[0].args[3].index: argument 1 already has a condition (args[1]); only NE "
+                       "conditions may repeat an argument"));
+
+  seccomp.rules[0].args.clear();
+  for (uint64_t v = 0; v < 9; ++v) seccomp.rules[0].args.push_back(Arg(2, SyscallArgCondition::Op::kNe, v));
+  EXPECT_TRUE(StatusIs(BuildSeccomp(seccomp), StatusCode::kInvalidArgument,
+                       "seccomp.rules[0].args[8]: more than 8 NE conditions on argument 2"));
+  seccomp.rules[0].args.pop_back();
+  EXPECT_TRUE(IsOk(BuildSeccomp(seccomp)));
+}
+
 TEST(PolicyBuilderTest, SeccompErrnoIsOneTo4095) {
   SeccompPolicy seccomp;
   seccomp.rules.push_back(Rule("ptrace", SeccompAction::kErrno, 0));

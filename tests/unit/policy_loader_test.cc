@@ -1,11 +1,18 @@
 #include "sandbox/policy_loader.h"
 
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <random>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <string>
@@ -19,6 +26,7 @@
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "sandbox/policy.h"
+#include "sandbox/seccomp_program.h"
 #include "tests/unit/status_matchers.h"
 
 namespace sbx::sandbox {
@@ -246,6 +254,9 @@ TEST(DefaultFilePolicyTest, DeniesDangerousSyscallsWithEperm) {
                               "clock_settime",
                               "clock_adjtime",
                               "adjtimex",
+                              "modify_ldt",
+                              "fanotify_init",
+                              "memfd_secret",
                               "acct",
                               "quotactl",
                               "lookup_dcookie",
@@ -266,8 +277,27 @@ TEST(DefaultFilePolicyTest, DeniesDangerousSyscallsWithEperm) {
     EXPECT_EQ(rule->errno_value, 1);  // EPERM
     EXPECT_TRUE(rule->args.empty());
   }
-  EXPECT_EQ(FindRule(policy, "personality"), nullptr);
   EXPECT_EQ(FindRule(policy, "execve"), nullptr);
+}
+
+// Docker's default profile allows personality() only with these values; the default policies refuse the
+// rest (one rule: "argument 0 is none of them").
+TEST(DefaultFilePolicyTest, PersonalityOnlyWithDockersValues) {
+  for (auto load : {DefaultFilePolicy, DefaultBrowserPolicy, DefaultDesktopPolicy}) {
+    ASSERT_OK_AND_ASSIGN(Policy policy, load());
+    SCOPED_TRACE(policy.name());
+    const SeccompRule* rule = FindRule(policy, "personality");
+    ASSERT_NE(rule, nullptr);
+    EXPECT_EQ(rule->action, SeccompAction::kErrno);
+    EXPECT_EQ(rule->errno_value, 1);
+    std::set<uint64_t> allowed;
+    for (const SyscallArgCondition& arg : rule->args) {
+      EXPECT_EQ(arg.index, 0u);
+      EXPECT_EQ(arg.op, SyscallArgCondition::Op::kNe);
+      allowed.insert(arg.value);
+    }
+    EXPECT_EQ(allowed, (std::set<uint64_t>{0x0, 0x8, 0x20000, 0x20008, 0xffffffff}));
+  }
 }
 
 TEST(DefaultFilePolicyTest, RefusesClone3AndNamespaceClones) {
@@ -306,7 +336,99 @@ TEST(DefaultFilePolicyTest, RefusesTerminalInjectionIoctls) {
   EXPECT_EQ(requests, (std::set<uint64_t>{TIOCSTI, TIOCLINUX}));
 }
 
+// Runs a classic-BPF seccomp program on one call, as the kernel would (the instructions libseccomp emits).
+uint32_t RunSeccomp(const SeccompProgram& program, int nr, uint64_t arg0) {
+  seccomp_data data{};
+  data.nr = nr;
+  data.arch = AUDIT_ARCH_X86_64;
+  data.args[0] = arg0;
+  uint32_t a = 0, x = 0, mem[BPF_MEMWORDS] = {};
+  auto load = [&](uint32_t offset) {
+    uint32_t v = 0;
+    if (offset + sizeof(v) > sizeof(data)) ADD_FAILURE() << "load past seccomp_data at " << offset;
+    else memcpy(&v, reinterpret_cast<const char*>(&data) + offset, sizeof(v));
+    return v;
+  };
+  for (size_t pc = 0; pc < program.instructions.size(); ++pc) {
+    const sock_filter& in = program.instructions[pc];
+    switch (in.code) {
+      case BPF_LD | BPF_W | BPF_ABS: a = load(in.k); break;
+      case BPF_LD | BPF_MEM: a = mem[in.k]; break;
+      case BPF_LDX | BPF_MEM: x = mem[in.k]; break;
+      case BPF_ST: mem[in.k] = a; break;
+      case BPF_STX: mem[in.k] = x; break;
+      case BPF_ALU | BPF_AND | BPF_K: a &= in.k; break;
+      case BPF_ALU | BPF_OR | BPF_K: a |= in.k; break;
+      case BPF_MISC | BPF_TAX: x = a; break;
+      case BPF_MISC | BPF_TXA: a = x; break;
+      case BPF_JMP | BPF_JA: pc += in.k; break;
+      case BPF_JMP | BPF_JEQ | BPF_K: pc += (a == in.k) ? in.jt : in.jf; break;
+      case BPF_JMP | BPF_JGT | BPF_K: pc += (a > in.k) ? in.jt : in.jf; break;
+      case BPF_JMP | BPF_JGE | BPF_K: pc += (a >= in.k) ? in.jt : in.jf; break;
+      case BPF_JMP | BPF_JSET | BPF_K: pc += (a & in.k) ? in.jt : in.jf; break;
+      case BPF_RET | BPF_K: return in.k;
+      default:
+        ADD_FAILURE() << "unexpected BPF instruction " << in.code << " at " << pc;
+        return 0;
+    }
+  }
+  ADD_FAILURE() << "the program fell off its end";
+  return 0;
+}
+
+// The NE list of personality compiles to "none of these values", exactly: every value around and between
+// the allowed ones, the 32-bit edges, the high half and random values.
+TEST(DefaultPoliciesSeccompTest, PersonalityFilterAllowsExactlyDockersValues) {
+  const std::set<uint64_t> allowed = {0x0, 0x8, 0x20000, 0x20008, 0xffffffff};
+  std::vector<uint64_t> probes = {0x40000, 0x400000, 0x6, 0x1ffff, 0x7fffffff, 0x80000000, 0xfffffffe,
+                                  0x100000000, 0x100000008, 0x1ffffffff, UINT64_MAX, UINT64_MAX - 1};
+  for (uint64_t v : allowed) {
+    for (uint64_t d = 0; d < 20; ++d) {
+      probes.push_back(v + d);
+      probes.push_back(v - d);
+    }
+    for (int bit = 0; bit < 64; ++bit) probes.push_back(v ^ (uint64_t{1} << bit));
+  }
+  std::mt19937_64 rng(42);
+  for (int i = 0; i < 2000; ++i) {
+    probes.push_back(rng());
+    probes.push_back(rng() & 0xffffffff);
+    probes.push_back(rng() & 0x3ffff);
+  }
+  for (auto load : {DefaultFilePolicy, DefaultBrowserPolicy, DefaultDesktopPolicy}) {
+    ASSERT_OK_AND_ASSIGN(Policy policy, load());
+    SCOPED_TRACE(policy.name());
+    ASSERT_OK_AND_ASSIGN(SeccompProgram program, CompileSeccomp(policy.seccomp()));
+    EXPECT_LT(program.instructions.size(), 1024u);
+    for (uint64_t v : probes) {
+      const uint32_t want = allowed.count(v) ? SECCOMP_RET_ALLOW : (SECCOMP_RET_ERRNO | 1);
+      ASSERT_EQ(RunSeccomp(program, SYS_personality, v), want) << std::hex << "personality(0x" << v << ")";
+    }
+    EXPECT_EQ(RunSeccomp(program, SYS_getpid, 0x40000), SECCOMP_RET_ALLOW);
+    for (int nr : {SYS_modify_ldt, SYS_fanotify_init, 447 /* memfd_secret */}) {
+      EXPECT_EQ(RunSeccomp(program, nr, 0), SECCOMP_RET_ERRNO | 1) << nr;
+    }
+  }
+}
+
 // --- Parsing ---
+
+TEST(ParsePolicyTextTest, SeveralNeConditionsOnOneArgumentAreANoneOfList) {
+  ASSERT_OK_AND_ASSIGN(Policy policy,
+                       ParsePolicyText("seccomp { rules { syscalls: \"personality\" action: ERRNO "
+                                       "args { index: 0 op: NE value: 0 } args { index: 0 op: NE value: 8 } } }",
+                                       "ne.textproto"));
+  const SeccompRule* rule = FindRule(policy, "personality");
+  ASSERT_NE(rule, nullptr);
+  EXPECT_EQ(rule->args.size(), 2u);
+
+  EXPECT_TRUE(StatusIs(ParsePolicyText("seccomp { rules { syscalls: \"personality\" action: ERRNO "
+                                       "args { index: 0 op: NE value: 0 } args { index: 0 op: EQ value: 8 } } }",
+                                       "mixed.textproto"),
+                       StatusCode::kInvalidArgument,
+                       "seccomp.rules[0].args[1].index: argument 0 already has a condition (args[0]); only NE "
+                       "conditions may repeat an argument"));
+}
 
 TEST(ParsePolicyTextTest, MalformedTextNamesOriginLineAndColumn) {
   EXPECT_TRUE(StatusIs(ParsePolicyText("name: \"x\"\nlimits {\n  pids_max: \"many\"\n}\n", "bad.textproto"),
