@@ -16,6 +16,7 @@
 #include "agent/outcome_json.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/jail.h"
+#include "sandbox/oom_score.h"
 #include "sandbox/policy_builder.h"
 #include "sandbox/policy_loader.h"
 #include "sandbox/status.h"
@@ -126,6 +127,11 @@ int RunCommand(const RunFlags& flags) {
   }
   absl::StatusOr<sandbox::Policy> policy = EffectivePolicy(flags);
   if (!policy.ok()) return SetupError(flags, policy.status());
+  // The OOM killer should pick the jail (set to 1000 by Jail::Start), never the agent that reports on it.
+  // Without CAP_SYS_RESOURCE that cannot be done: one line says so, and the run goes on.
+  if (absl::Status s = sandbox::ProtectAgentFromOomKiller(); !s.ok()) {
+    fprintf(stderr, "sandbox-agent: warning: %.*s\n", static_cast<int>(s.message().size()), s.message().data());
+  }
   absl::StatusOr<std::string> init = LocateInit(flags.init_path);
   if (!init.ok()) return SetupError(flags, init.status());
 

@@ -27,6 +27,7 @@
 #include "duvo/sandbox/v1/session.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "sandbox/cgroup.h"
+#include "sandbox/oom_score.h"
 #include "sandbox/policy_loader.h"
 #include "sandbox/status.h"
 #include "sandbox/unique_fd.h"
@@ -155,6 +156,9 @@ int ServeCommand(const ServeFlags& flags) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
   InitLogging();
+  // When the host runs out of memory the kernel should kill a jail (each is set to 1000), not the agent that
+  // holds every session. Without CAP_SYS_RESOURCE this cannot be done: one line says so, and serving goes on.
+  if (absl::Status s = sandbox::ProtectAgentFromOomKiller(); !s.ok()) Log(LogLevel::kWarn, std::string(s.message()));
 
   absl::StatusOr<AgentConfig> config = LoadAgentConfig(flags.config_path);
   if (!config.ok()) return Fail(config.status());

@@ -26,6 +26,8 @@
 #include "sandbox/init/init_report.h"
 #include "sandbox/jail_child.h"
 #include "sandbox/mount_plan.h"
+#include "sandbox/oom_score.h"
+#include "sandbox/outcome.h"
 #include "sandbox/seccomp_program.h"
 #include "sandbox/status.h"
 
@@ -342,6 +344,13 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
         if (map_status.ok() && lease.rootless()) map_status = WriteProcFile(pid, "setgroups", "deny");
         if (map_status.ok()) map_status = WriteProcFile(pid, "uid_map", lease.UidMap(spec.uid));
         if (map_status.ok()) map_status = WriteProcFile(pid, "gid_map", lease.GidMap(spec.gid));
+        // The OOM killer's first choice, set from outside before init runs: init and the workload inherit it,
+        // and without CAP_SYS_RESOURCE (never theirs) they cannot lower it below what a privileged writer set.
+        // NOTE: with CLONE_VM | CLONE_VFORK the child still shares the agent's memory, but the kernel keeps a
+        // vfork child's oom_score_adj its own: the agent's stays as it was.
+        if (map_status.ok()) {
+          map_status = WriteProcFile(pid, "oom_score_adj", std::to_string(kJailOomScoreAdj));
+        }
         const char go = map_status.ok() ? 1 : 0;
         if (write(sync_write.get(), &go, 1) != 1 && map_status.ok()) {
           map_status = ErrnoToStatus(errno, "releasing the jail child");
@@ -539,89 +548,45 @@ RunResult Jail::Wait(int cancel_fd) {
   }
   const Clock::time_point ended = Clock::now();
 
-  RunResult result;
-  result.warnings = warnings_;
-  result.usage.wall_ms = std::chrono::duration_cast<std::chrono::milliseconds>(ended - started_).count();
-  result.usage.cpu_user_ms = rusage_user_us_ / 1000;
-  result.usage.cpu_sys_ms = rusage_sys_us_ / 1000;
-  result.usage.max_memory_bytes = rusage_maxrss_bytes_;
+  std::vector<std::string> warnings = warnings_;
+  Usage usage;
+  usage.wall_ms = std::chrono::duration_cast<std::chrono::milliseconds>(ended - started_).count();
+  usage.cpu_user_ms = rusage_user_us_ / 1000;
+  usage.cpu_sys_ms = rusage_sys_us_ / 1000;
+  usage.max_memory_bytes = rusage_maxrss_bytes_;
   CgroupUsage cg;
   if (cgroup_) {
-    absl::StatusOr<CgroupUsage> usage = cgroup_->ReadUsage();
-    if (usage.ok()) {
-      cg = *usage;
-      result.usage.cpu_user_ms = cg.cpu_user_us / 1000;
-      result.usage.cpu_sys_ms = cg.cpu_sys_us / 1000;
-      if (cg.memory_peak_bytes > 0) result.usage.max_memory_bytes = cg.memory_peak_bytes;
+    absl::StatusOr<CgroupUsage> read_usage = cgroup_->ReadUsage();
+    if (read_usage.ok()) {
+      cg = *read_usage;
+      usage.cpu_user_ms = cg.cpu_user_us / 1000;
+      usage.cpu_sys_ms = cg.cpu_sys_us / 1000;
+      if (cg.memory_peak_bytes > 0) usage.max_memory_bytes = cg.memory_peak_bytes;
     } else {
-      result.warnings.push_back(absl::StrCat("usage: ", usage.status().message()));
+      warnings.push_back(absl::StrCat("usage: ", read_usage.status().message()));
     }
   }
 
-  // What init said about the workload; absent when init itself was killed.
-  InitReport report{};
-  bool have_report = false;
+  // What init said about the workload; absent when init itself was killed. Only evidence: DecideOutcome
+  // weighs it against the kernel's facts.
+  std::optional<InitReport> report;
   if (report_fd_) {
+    InitReport r{};
     fcntl(report_fd_.get(), F_SETFL, O_NONBLOCK);
-    have_report = read(report_fd_.get(), &report, sizeof(report)) == sizeof(report) &&
-                  report.magic == kInitReportMagic;
+    if (read(report_fd_.get(), &r, sizeof(r)) == sizeof(r)) report = r;
   }
-  if (have_report) {
-    switch (report.kind) {
-      case InitReport::kExited:
-        result.exit_code = report.value;
-        break;
-      case InitReport::kSignaled:
-        result.signal = report.value;
-        break;
-      case InitReport::kExecFailed:
-        result.exec_errno = report.value;
-        break;
-      default:
-        have_report = false;
-    }
-  }
-  if (!have_report) {
-    if (wait_status_code_ == CLD_EXITED) {
-      result.exit_code = wait_status_;
-    } else {
-      result.signal = wait_status_;
-    }
-  }
-
-  const bool killed = result.signal == SIGKILL;
-  if (timed_out) {
-    result.status = RunStatus::kFailed;
-    result.reason = RunReason::kTimeLimit;
-    result.message = absl::StrCat("wall time limit of ", limits_.wall_time_limit_ms, " ms reached");
-  } else if (pids_killed) {
-    result.status = RunStatus::kFailed;
-    result.reason = RunReason::kPidsLimit;
-    result.message = absl::StrCat("the pids limit of ", limits_.pids_max, " refused a fork");
-  } else if (cg.oom_kills > 0 && (killed || result.exit_code < 0)) {
-    result.status = RunStatus::kFailed;
-    result.reason = RunReason::kMemoryLimit;
-    result.message = absl::StrCat("the memory limit of ", limits_.memory_max_bytes, " bytes was reached (",
-                                  cg.oom_kills, " OOM kills)");
-  } else if (result.exec_errno != 0) {
-    result.status = RunStatus::kFailed;
-    result.reason = RunReason::kSetupError;
-    result.message = absl::StrCat("cannot execute ", "the command: ", strerror(result.exec_errno));
-  } else if (result.signal == SIGSYS) {
-    result.status = RunStatus::kFailed;
-    result.reason = RunReason::kSeccompViolation;
-    result.message = "killed by the seccomp policy (SIGSYS)";
-  } else if (result.signal > 0) {
-    result.status = RunStatus::kCompleted;
-    result.reason = RunReason::kSignaled;
-  } else {
-    result.status = RunStatus::kCompleted;
-    result.reason = RunReason::kExited;
-  }
-  if (canceled && !timed_out) {
-    result.status = RunStatus::kCanceled;
-    result.reason = RunReason::kCanceled;
-  }
+  KernelFacts kernel;
+  kernel.init_wait_code = wait_status_code_;
+  kernel.init_wait_status = wait_status_;
+  kernel.oom_kills = cg.oom_kills;
+  // The counter, read now (a fork refused just before the end counts too), or at least the hit Wait saw.
+  kernel.pids_max_events = std::max<uint64_t>(cg.pids_max_events, pids_killed ? 1 : 0);
+  kernel.timed_out = timed_out;
+  kernel.canceled = canceled;
+  RunResult result = DecideOutcome(kernel, report, limits_);
+  result.usage = usage;
+  warnings.insert(warnings.end(), result.warnings.begin(), result.warnings.end());
+  result.warnings = std::move(warnings);
   if (cgroup_) (void)cgroup_->Remove();
   return result;
 }

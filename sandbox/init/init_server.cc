@@ -34,6 +34,7 @@
 #include "sandbox/init/desktop.h"
 #include "sandbox/init/frame.h"
 #include "sandbox/init/init_protocol.pb.h"
+#include "sandbox/init/landlock.h"
 #include "sandbox/init/sha256.h"
 #include "sandbox/unique_fd.h"
 
@@ -65,7 +66,7 @@ constexpr uint64_t kSerialMask = (uint64_t{1} << 56) - 1;
 uint64_t Tag(Src src, uint64_t serial) { return static_cast<uint64_t>(src) << 56 | serial; }
 
 // What a command's child reports over its CLOEXEC pipe when a step before (or the) execve fails.
-enum ChildStep : int32_t { kStepSetsid = 1, kStepTerminal, kStepStdio, kStepCwd, kStepExec };
+enum ChildStep : int32_t { kStepSetsid = 1, kStepTerminal, kStepStdio, kStepCwd, kStepExec, kStepLandlock };
 struct ChildFailure {
   int32_t step;
   int32_t err;
@@ -563,6 +564,7 @@ struct ChildArgs {
   const char* cwd = nullptr;
   char** argv = nullptr;
   char** envp = nullptr;
+  int landlock_ruleset = -1;  // the workload's Landlock ruleset; -1: the kernel has none
 };
 
 [[noreturn]] void ChildFail(int errpipe, int32_t step) {
@@ -591,6 +593,16 @@ struct ChildArgs {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
+  // Last before execve: the command and all it starts go into a Landlock domain of their own, from which
+  // init, Chromium, Xvfb and other calls' commands (same uid, all of them) cannot be inspected: no
+  // /proc/<pid>/mem, /proc/<pid>/fd/* (Chromium's CDP pipe), /proc/<pid>/environ. See landlock.h.
+  if (a.landlock_ruleset >= 0) {
+    const int err = init::EnterWorkloadDomain(a.landlock_ruleset);
+    if (err != 0) {
+      errno = err;
+      ChildFail(a.errpipe, kStepLandlock);
+    }
+  }
   // execvpe searches the PATH of `environ`, not of envp: make them the same.
   environ = a.envp;
   execvpe(a.argv[0], a.argv, a.envp);
@@ -659,6 +671,9 @@ class Server {
   Watch control_;
   UniqueFd epoll_;
   Watch signals_;
+  // The Landlock ruleset every command enters before its execve (invalid: the kernel lacks Landlock, and
+  // Setup said so on stderr). Drivers' processes (Xvfb, Chromium) are started without it, on purpose.
+  UniqueFd landlock_ruleset_;
   FrameReader reader_;
   std::deque<std::string> out_;  // encoded frames to the agent
   size_t out_sent_ = 0;          // bytes of out_.front() already sent
@@ -695,6 +710,20 @@ bool Server::Setup() {
   // Not dumpable: the workload (same uid) can then neither ptrace-attach, read or write init's memory
   // through /proc/1/mem, nor take the control socket with pidfd_getfd.
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  // The commands' Landlock domain (landlock.h). Without Landlock in the kernel the commands still run, and
+  // this line in the agent's log says they are not kept out of Chromium and the other commands.
+  const int ruleset = init::CreateWorkloadRuleset();
+  if (ruleset >= 0) {
+    landlock_ruleset_.Reset(ruleset);
+  } else if (init::LandlockMissing(-ruleset)) {
+    fprintf(stderr,
+            "sandbox-init: --serve: warning: this kernel lacks Landlock (%s): commands are NOT separated from "
+            "sandbox-init, the browser or each other (only init's non-dumpable state protects init)\n",
+            strerror(-ruleset));
+  } else {
+    errno = -ruleset;
+    return SetupFailed("landlock_create_ruleset");
+  }
 
   sigset_t all;
   sigfillset(&all);
@@ -938,9 +967,14 @@ void Server::OnSignals() {
   signalfd_siginfo info;
   while (read(signals_.fd.get(), &info, sizeof(info)) == sizeof(info)) {
     if (info.ssi_signo == SIGCHLD) continue;  // reaped below
-    // NOTE: a sender inside the jail has a pid here; one outside it (the agent) shows as 0. Only the agent
-    // may end the jail this way: the workload (same uid) could otherwise signal PID 1.
-    if (info.ssi_pid != 0) continue;
+    // NOTE: only the agent may end the jail this way; the workload runs as init's uid and may signal PID 1
+    // too. Trusted: kill(2) or pidfd_send_signal from outside the pid namespace, which the kernel marks
+    // SI_USER with no sender pid visible here (0). Everything else is ignored:
+    //  - kill(2) from inside the jail: SI_USER, but the sender's pid is set;
+    //  - rt_sigqueueinfo/pidfd_send_signal with a siginfo of the workload's making: it may put 0 in si_pid,
+    //    but the kernel refuses si_code >= 0 (SI_USER is 0) for a signal to another process;
+    //  - F_SETOWN 1 + F_SETSIG + O_ASYNC: the kernel sends the signal itself, with si_code POLL_* and no pid.
+    if (info.ssi_code != SI_USER || info.ssi_pid != 0) continue;
     if (!terminating_) {
       terminating_ = true;
       KillAll(static_cast<int>(info.ssi_signo));
@@ -1325,6 +1359,7 @@ void Server::StartExec(uint64_t call_id, const pb::ExecStart& q) {
   args.cwd = q.cwd().c_str();
   args.argv = argv.data();
   args.envp = q.env_size() > 0 ? env.data() : environ;
+  args.landlock_ruleset = landlock_ruleset_.get();
 
   const pid_t pid = fork();
   if (pid < 0) return fail_errno("fork", errno);
@@ -1357,6 +1392,8 @@ void Server::StartExec(uint64_t call_id, const pb::ExecStart& q) {
         return fail_errno("setsid", failure.err);
       case kStepTerminal:
         return fail_errno("making the pty the controlling terminal", failure.err);
+      case kStepLandlock:
+        return fail_errno("entering the command's Landlock domain", failure.err);
       default:
         return fail_errno("setting up stdio", failure.err);
     }

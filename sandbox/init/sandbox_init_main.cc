@@ -10,6 +10,12 @@
 //
 // When it exits, the kernel kills whatever is left in the pid namespace.
 //
+// NOTE: init runs as the workload's uid, so everything the workload could do to a process of its own it
+// could do to init, unless init keeps it out: init is not dumpable (no /proc/1/mem, /proc/1/fd/3 or ptrace
+// for a same-uid process without CAP_SYS_PTRACE), and the workload runs in a Landlock domain
+// (landlock.h), from which no process outside it can be inspected at all. Whatever init reports, the agent
+// still checks it against the kernel (sandbox/outcome.h).
+//
 // It is linked statically: it starts in well under a millisecond and needs nothing from the jail's /lib.
 // NOTE: it uses fork + execvpe directly rather than Boost.Process: as PID 1 it must reap every process of
 // the namespace with waitpid(-1), which a process library's own child tracking would race with.
@@ -17,6 +23,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,16 +33,27 @@
 
 #include "sandbox/init/init_report.h"
 #include "sandbox/init/init_server.h"
+#include "sandbox/init/landlock.h"
 
 namespace {
+
+// Set when the workload runs without its Landlock domain (the kernel lacks Landlock); goes into the report.
+uint32_t g_report_flags = 0;
 
 void WriteReport(uint32_t kind, int32_t value) {
   sbx::sandbox::InitReport report;
   report.kind = kind;
   report.value = value;
+  report.flags = g_report_flags;
   ssize_t unused = write(sbx::sandbox::kInitReportFd, &report, sizeof(report));
   (void)unused;
 }
+
+// What the command's child reports over its CLOEXEC pipe when it fails before (or at) execve.
+struct ChildFailure {
+  int32_t landlock = 0;  // 1: entering the Landlock domain failed; 0: execve failed
+  int32_t err = 0;
+};
 
 bool IsForwarded(int sig) {
   switch (sig) {
@@ -63,6 +81,14 @@ int main(int argc, char** argv) {
     mallopt(M_TRIM_THRESHOLD, 16 << 20);
     return sbx::sandbox::ServeInitProtocol(sbx::sandbox::kInitReportFd);
   }
+  // Before anything else: a dumpable init could be opened through /proc/1/mem (read-write), /proc/1/fd/3
+  // (the report channel) or /proc/1/environ by the workload, which runs as the same uid, and be made to
+  // report anything (issue 11 item 1). Not dumpable, ptrace_may_access asks for CAP_SYS_PTRACE, which no
+  // process in the jail has. (The serving init does the same in init_server.cc.)
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+    perror("sandbox-init: prctl(PR_SET_DUMPABLE)");
+    return 125;
+  }
   int first = 1;
   if (first < argc && strcmp(argv[first], "--") == 0) ++first;
   if (first >= argc) {
@@ -71,6 +97,22 @@ int main(int argc, char** argv) {
   }
   // The report channel must not leak into the workload.
   if (fcntl(sbx::sandbox::kInitReportFd, F_SETFD, FD_CLOEXEC) < 0 && errno != EBADF) return 125;
+
+  // The workload's Landlock domain (landlock.h), made before the fork so the child only has to enter it.
+  // A kernel without Landlock runs the workload anyway, and says so on stderr and in the report; any other
+  // failure refuses to run it.
+  const int ruleset = sbx::init::CreateWorkloadRuleset();
+  if (ruleset < 0) {
+    if (!sbx::init::LandlockMissing(-ruleset)) {
+      fprintf(stderr, "sandbox-init: landlock_create_ruleset: %s\n", strerror(-ruleset));
+      return 125;
+    }
+    fprintf(stderr,
+            "sandbox-init: warning: this kernel lacks Landlock (%s): the workload is NOT separated from "
+            "sandbox-init (only init's non-dumpable state protects it)\n",
+            strerror(-ruleset));
+    g_report_flags |= sbx::sandbox::InitReport::kNotSeparated;
+  }
 
   sigset_t all, old;
   sigfillset(&all);
@@ -90,24 +132,36 @@ int main(int argc, char** argv) {
     close(exec_pipe[0]);
     setpgid(0, 0);
     sigprocmask(SIG_SETMASK, &old, nullptr);
-    execvpe(argv[first], argv + first, environ);
-    const int err = errno;
-    ssize_t unused = write(exec_pipe[1], &err, sizeof(err));
+    ChildFailure failure;
+    if (ruleset >= 0) {
+      failure.err = sbx::init::EnterWorkloadDomain(ruleset);
+      failure.landlock = failure.err != 0 ? 1 : 0;
+    }
+    if (failure.err == 0) {
+      execvpe(argv[first], argv + first, environ);
+      failure.err = errno;
+    }
+    ssize_t unused = write(exec_pipe[1], &failure, sizeof(failure));
     (void)unused;
     _exit(127);
   }
+  if (ruleset >= 0) close(ruleset);
   close(exec_pipe[1]);
-  int exec_errno = 0;
+  ChildFailure failure;
   ssize_t n;
   do {
-    n = read(exec_pipe[0], &exec_errno, sizeof(exec_errno));
+    n = read(exec_pipe[0], &failure, sizeof(failure));
   } while (n < 0 && errno == EINTR);
   close(exec_pipe[0]);
-  if (n == sizeof(exec_errno)) {
+  if (n == sizeof(failure)) {
     waitpid(child, nullptr, 0);
-    fprintf(stderr, "sandbox-init: cannot execute %s: %s\n", argv[first], strerror(exec_errno));
-    WriteReport(sbx::sandbox::InitReport::kExecFailed, exec_errno);
-    return exec_errno == ENOENT ? 127 : 126;
+    if (failure.landlock != 0) {
+      fprintf(stderr, "sandbox-init: cannot put %s in its Landlock domain: %s\n", argv[first], strerror(failure.err));
+    } else {
+      fprintf(stderr, "sandbox-init: cannot execute %s: %s\n", argv[first], strerror(failure.err));
+    }
+    WriteReport(sbx::sandbox::InitReport::kExecFailed, failure.err);
+    return failure.err == ENOENT ? 127 : 126;
   }
 
   for (;;) {
@@ -116,6 +170,10 @@ int main(int argc, char** argv) {
     if (sig < 0) continue;
     if (IsForwarded(sig)) {
       // To the workload's process group, as a terminal would.
+      // NOTE: the sender is not checked here, unlike in the serving init: a signal the workload sends to
+      // init only comes back to the workload's own process group, which the workload (same uid, same pid
+      // namespace) could have signaled itself; and the outcome is read from waitpid and the kernel, never
+      // from a signal's fields. So forwarding a forged one gives the workload nothing it did not have.
       if (kill(-child, sig) < 0) kill(child, sig);
       continue;
     }
