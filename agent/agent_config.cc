@@ -139,6 +139,14 @@ absl::StatusOr<AgentConfig> LoadAgentConfig(std::string_view path) {
     }
     c.warm_browsers = proto.warm_browsers();
   }
+  for (int i = 0; i < proto.egress_deny_cidrs_size(); ++i) {
+    absl::StatusOr<IpNetwork> network = ParseIpNetwork(proto.egress_deny_cidrs(i));
+    if (!network.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file, ": egress_deny_cidrs[", i, "]: ", network.status().message()));
+    }
+    c.egress_deny.push_back(*network);
+  }
   if (proto.has_fleet()) RETURN_IF_ERROR(LoadFleet(proto.fleet(), file, &c.fleet));
   return c;
 }

@@ -7,8 +7,10 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "agent/egress_proxy.h"
 
 namespace sbx::agent {
 
@@ -41,6 +43,7 @@ struct AgentConfig {
   std::string init_path;                           // empty: located beside the binary
   std::string health_address;                      // empty: health only on the unix socket
   uint32_t warm_browsers = 0;                      // browser sessions kept started
+  std::vector<IpNetwork> egress_deny;              // egress_deny_cidrs: the egress proxy's off-limits networks
   FleetSettings fleet;
 };
 

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -370,11 +371,67 @@ absl::StatusOr<std::vector<EgressRule>> ParseEgressRules(const std::vector<std::
   return rules;
 }
 
-EgressPolicy::EgressPolicy(std::vector<EgressRule> allow) : allow_(std::move(allow)) {}
+absl::StatusOr<IpNetwork> ParseIpNetwork(std::string_view text) {
+  absl::StatusOr<EgressRule> rule = ParseEgressRule(text);
+  if (!rule.ok() || rule->kind != EgressRule::Kind::kNetwork || rule->port) {
+    return absl::InvalidArgumentError(absl::StrCat("\"", Printable(text),
+                                                   "\" is not an IP network (\"10.0.0.0/8\", \"fd00::/8\", "
+                                                   "\"192.0.2.1\"; no port)"));
+  }
+  return rule->network;
+}
+
+absl::StatusOr<std::vector<IpNetwork>> ReadHostNetworks() {
+  std::vector<IpNetwork> out = {MakeNetwork(*ParseIp("127.0.0.0"), 8), MakeNetwork(*ParseIp("::1"), 128),
+                                MakeNetwork(*ParseIp("0.0.0.0"), 32), MakeNetwork(*ParseIp("::"), 128)};
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return ErrnoToStatus(errno, "getifaddrs");
+  for (const ifaddrs* ifa = list; ifa != nullptr; ifa = ifa->ifa_next) {
+    if (ifa->ifa_addr == nullptr) continue;
+    const int family = ifa->ifa_addr->sa_family;
+    if (family != AF_INET && family != AF_INET6) continue;
+    sockaddr_storage ss{};
+    std::memcpy(&ss, ifa->ifa_addr, family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
+    const std::optional<Ip> ip = IpFromSockaddr(ss);
+    if (!ip) continue;
+    out.push_back(MakeNetwork(*ip, MaxPrefix(ip->family)));
+    if (ip->family != AF_INET || ifa->ifa_netmask == nullptr) continue;
+    // The subnet's network and broadcast addresses reach the host too (as far as TCP gets to them at all).
+    uint32_t mask = 0, addr = 0;
+    std::memcpy(&mask, &reinterpret_cast<const sockaddr_in*>(ifa->ifa_netmask)->sin_addr, 4);
+    std::memcpy(&addr, ip->data(), 4);
+    mask = ntohl(mask);
+    addr = ntohl(addr);
+    if (mask == 0xffffffffu || mask == 0xfffffffeu) continue;  // /32 and /31 have neither
+    for (const uint32_t edge : {addr & mask, addr | ~mask}) {
+      Ip e;
+      e.family = AF_INET;
+      const uint32_t be = htonl(edge);
+      std::memcpy(e.bytes.data(), &be, 4);
+      out.push_back(MakeNetwork(e, 32));
+    }
+  }
+  freeifaddrs(list);
+  return out;
+}
+
+EgressPolicy::EgressPolicy(std::vector<EgressRule> allow, std::vector<IpNetwork> deny)
+    : allow_(std::move(allow)), deny_(std::move(deny)) {}
 
 namespace {
 bool PortMatches(const EgressRule& r, uint16_t port) { return !r.port || *r.port == port; }
 }  // namespace
+
+bool EgressPolicy::NamedInside(int family, const uint8_t* bytes, uint16_t port,
+                               const std::vector<IpNetwork>& ranges) const {
+  for (const EgressRule& r : allow_) {
+    if (r.kind != EgressRule::Kind::kNetwork || !PortMatches(r, port) || !r.network.Contains(family, bytes)) continue;
+    for (const IpNetwork& range : ranges) {
+      if (range.Contains(family, bytes) && range.Covers(r.network)) return true;
+    }
+  }
+  return false;
+}
 
 bool EgressPolicy::NameAllowed(std::string_view host, bool host_is_address, uint16_t port) const {
   for (const EgressRule& r : allow_) {
@@ -407,7 +464,8 @@ EgressPolicy::Verdict EgressPolicy::MayResolve(std::string_view host, uint16_t p
 }
 
 EgressPolicy::Verdict EgressPolicy::Check(std::string_view host, bool host_is_address, uint16_t port,
-                                          const std::vector<sockaddr_storage>& addresses) const {
+                                          const std::vector<sockaddr_storage>& addresses,
+                                          const std::vector<IpNetwork>& host_networks) const {
   const std::string dest = HostPort(host, port);
   if (addresses.empty()) return {false, absl::StrCat(ToAbsl(host), " has no address")};
   const bool name_ok = NameAllowed(host, host_is_address, port);
@@ -441,6 +499,24 @@ EgressPolicy::Verdict EgressPolicy::Check(std::string_view host, bool host_is_ad
     if (!named) {
       return {false, absl::StrCat(subject, ", ", special->what, " (", special->network.ToString(),
                                   "), which only a CIDR rule inside that range can allow")};
+    }
+  }
+  // Steps 4 and 5, after the special ranges so their (more specific) reasons come first.
+  for (const sockaddr_storage& ss : addresses) {
+    const Ip ip = *IpFromSockaddr(ss);
+    const std::string subject =
+        host_is_address ? IpToString(ip) : absl::StrCat(ToAbsl(host), " resolves to ", IpToString(ip));
+    const bool own = std::any_of(host_networks.begin(), host_networks.end(),
+                                 [&](const IpNetwork& n) { return n.Contains(ip.family, ip.data()); });
+    if (own && !NamedInside(ip.family, ip.data(), port, host_networks)) {
+      return {false, absl::StrCat(subject, ", the host's own address, which only a CIDR rule naming that address"
+                                           " can allow (e.g. \"", IpToString(ip), "\")")};
+    }
+    for (const IpNetwork& d : deny_) {
+      if (d.Contains(ip.family, ip.data()) && !NamedInside(ip.family, ip.data(), port, deny_)) {
+        return {false, absl::StrCat(subject, ", in egress_deny_cidrs (", d.ToString(),
+                                    "), which only a CIDR rule inside that network can allow")};
+      }
     }
   }
   return {true, ""};
@@ -540,7 +616,7 @@ class EgressProxy::Impl {
  public:
   Impl(UniqueFd listen, UniqueFd epoll, UniqueFd wake, EgressProxyOptions options)
       : options_(std::move(options)),
-        policy_(options_.allow),
+        policy_(options_.allow, options_.deny),
         listen_(std::move(listen)),
         epoll_(std::move(epoll)),
         wake_(std::move(wake)),
@@ -904,8 +980,26 @@ class EgressProxy::Impl {
     }
   }
 
+  // The host's own networks, re-read when older than kHostAddressesMaxAge (interfaces and addresses come and
+  // go; a netlink dump per decision is cheap, this bounds it under a flood of requests).
+  const absl::StatusOr<std::vector<IpNetwork>>& HostNetworks() {
+    const Clock::time_point now = Clock::now();
+    if (!host_networks_read_ || now - *host_networks_read_ >= kHostAddressesMaxAge || !host_networks_.ok()) {
+      host_networks_ = ReadHostNetworks();
+      host_networks_read_ = now;
+    }
+    return host_networks_;
+  }
+
   void Decide(Conn& c, const std::vector<sockaddr_storage>& resolved) {
-    const EgressPolicy::Verdict verdict = policy_.Check(c.req.host, c.req.address.has_value(), c.req.port, resolved);
+    const absl::StatusOr<std::vector<IpNetwork>>& host = HostNetworks();
+    if (!host.ok()) {
+      // Fail closed: without the host's addresses no destination can be shown not to be the host.
+      return Respond(c, 502, Action::kFailed,
+                     absl::StrCat("cannot read the host's own addresses (", host.status().message(), ")"));
+    }
+    const EgressPolicy::Verdict verdict =
+        policy_.Check(c.req.host, c.req.address.has_value(), c.req.port, resolved, *host);
     if (!verdict.allowed) return Respond(c, 403, Action::kDenied, verdict.reason);
     c.addresses.clear();
     for (const sockaddr_storage& ss : resolved) {
@@ -1178,6 +1272,8 @@ class EgressProxy::Impl {
   Clock::time_point accept_resume_;
   bool overload_audited_ = false;
   std::vector<char> scratch_;
+  absl::StatusOr<std::vector<IpNetwork>> host_networks_ = std::vector<IpNetwork>{};
+  std::optional<Clock::time_point> host_networks_read_;  // nullopt: never read
 
   std::mutex resolve_mu_;
   std::condition_variable_any resolve_cv_;

@@ -34,7 +34,17 @@
 //      192.0.0/24, benchmarking 198.18/15, multicast 224/4 ff00::/8, reserved 240/4 (and broadcast), site-local
 //      fec0::/10, discard 100::/64, IPv4-compatible ::/96, and the NAT64 (64:ff9b::/96) and 6to4 (2002::/16)
 //      forms of the IPv4 ranges. A domain rule never allows a name that resolves into them (DNS rebinding).
-//   4. One failing address denies the destination (no partial answers). The proxy connects only to the
+//   4. Every A that is the host's own address must be named by a CIDR rule that contains A, matches the port
+//      and lies wholly inside one of the host's own networks: 127.0.0.0/8, ::1, 0.0.0.0 and :: (all reach
+//      the host), and each address of a local interface (a /32 or /128, so only a rule naming exactly that
+//      address allows it) with, for IPv4, its subnet's network and broadcast addresses. The proxy reads them
+//      with getifaddrs in its own network namespace (the host's) at most kHostAddressesMaxAge before each
+//      decision, since addresses change. So neither "*:PORT", nor a domain resolving to the host, nor a wide
+//      CIDR rule ("0.0.0.0/0", "10.0.0.0/8") reaches a service the host binds to 0.0.0.0 (the agent's own
+//      health and metrics ports among them). If the addresses cannot be read, everything is refused.
+//   5. Likewise every A inside an operator's deny network (AgentConfig.egress_deny_cidrs, EgressPolicy's
+//      `deny`) must be named by a CIDR rule that contains A, matches the port and lies wholly inside it.
+//   6. One failing address denies the destination (no partial answers). The proxy connects only to the
 //      addresses it checked, in the resolver's order, and never resolves again.
 //
 // Protocol:
@@ -60,7 +70,8 @@
 //
 // Answers and audit events (EgressAudit.action; destination "host:port" when known; call_id from
 // current_call_id() at the time of the event):
-//   403 egress_denied          a rule decision said no (detail: why)
+//   403 egress_denied          a rule decision said no (detail: why; "..., the host's own address ..." for
+//                              step 4, "..., in egress_deny_cidrs ..." for step 5)
 //   403 egress_nested_connect  a CONNECT inside a tunnel (or the tunnel is closed, see above)
 //   400 egress_bad_request     malformed request, or a target that is not an absolute http:// URI (or
 //                              authority for CONNECT), or a malformed chunked body (then just closed);
@@ -134,11 +145,24 @@ absl::StatusOr<EgressRule> ParseEgressRule(std::string_view text);
 // Parses each of `texts`; the first error is returned.
 absl::StatusOr<std::vector<EgressRule>> ParseEgressRules(const std::vector<std::string>& texts);
 
-// The rule decision (steps 1-4 of the file comment), separate from the proxy so it can be tested and reused.
+// Parses an IPv4 or IPv6 network ("10.0.0.0/8", "fd00::/8"; an address alone is a /32 or /128) without a
+// port, e.g. an AgentConfig.egress_deny_cidrs entry. InvalidArgument names the text and the problem.
+absl::StatusOr<IpNetwork> ParseIpNetwork(std::string_view text);
+
+// The host's own networks in the calling thread's network namespace (step 4 of the file comment):
+// 127.0.0.0/8, ::1/128, 0.0.0.0/32, ::/128, every local interface address as a /32 or /128, and for each
+// IPv4 interface address with a prefix shorter than /31 its subnet's network and broadcast addresses.
+absl::StatusOr<std::vector<IpNetwork>> ReadHostNetworks();
+
+// How old the proxy's copy of ReadHostNetworks may be when it decides.
+inline constexpr std::chrono::milliseconds kHostAddressesMaxAge{250};
+
+// The rule decision (steps 1-6 of the file comment), separate from the proxy so it can be tested and reused.
 // Immutable and thread-safe.
 class EgressPolicy {
  public:
-  explicit EgressPolicy(std::vector<EgressRule> allow);
+  // `deny`: networks refused unless a CIDR rule inside them names the address (step 5).
+  explicit EgressPolicy(std::vector<EgressRule> allow, std::vector<IpNetwork> deny = {});
 
   // Outcome of a check: allowed, or denied with a one-line reason naming the host, port or address.
   struct Verdict {
@@ -149,14 +173,20 @@ class EgressPolicy {
   // Step 1: whether `host` (normalized: lowercase, no trailing dot; not an IP literal) may be resolved for
   // `port`.
   Verdict MayResolve(std::string_view host, uint16_t port) const;
-  // Steps 2-4 for `host` (a normalized name, or an IP literal's text when `host_is_address`) and the
-  // addresses it resolved to (ports ignored). An empty `addresses` is denied.
+  // Steps 2-6 for `host` (a normalized name, or an IP literal's text when `host_is_address`) and the
+  // addresses it resolved to (ports ignored). `host_networks` are the host's own (ReadHostNetworks; the
+  // proxy passes them, a pure test may pass any). An empty `addresses` is denied.
   Verdict Check(std::string_view host, bool host_is_address, uint16_t port,
-                const std::vector<sockaddr_storage>& addresses) const;
+                const std::vector<sockaddr_storage>& addresses,
+                const std::vector<IpNetwork>& host_networks = {}) const;
 
  private:
   bool NameAllowed(std::string_view host, bool host_is_address, uint16_t port) const;
+  // Whether a CIDR rule matching `port` contains the address and lies wholly inside one of `ranges` that
+  // contains it.
+  bool NamedInside(int family, const uint8_t* bytes, uint16_t port, const std::vector<IpNetwork>& ranges) const;
   std::vector<EgressRule> allow_;
+  std::vector<IpNetwork> deny_;
 };
 
 // One refused or failed request, for the session's audit events (session.proto Audit).
@@ -170,6 +200,8 @@ struct EgressAudit {
 
 struct EgressProxyOptions {
   std::vector<EgressRule> allow;
+  // The operator's off-limits networks (AgentConfig.egress_deny_cidrs; step 5).
+  std::vector<IpNetwork> deny;
   // Resolves a host name (never an IP literal) to addresses; ports in the result are ignored. Runs on the
   // resolver threads, up to `resolver_threads` calls at once. Default: getaddrinfo (AF_UNSPEC) in the
   // namespace of the thread that called Start. An error or an empty result answers 502.

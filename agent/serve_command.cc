@@ -201,6 +201,7 @@ int ServeCommand(const ServeFlags& flags) {
   mo.ledger = ledger->get();
   mo.max_sessions = config->max_sessions;
   mo.warm_browsers = config->warm_browsers;
+  mo.egress_deny = config->egress_deny;
   mo.default_ttl = config->default_ttl;
   mo.default_idle_timeout = config->default_idle_timeout;
   mo.init_path = *init;

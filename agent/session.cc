@@ -82,6 +82,7 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
     ASSIGN_OR_RETURN(UniqueFd listen_fd, session->jail_->ListenInNetns(policy.spec().egress_proxy_port));
     EgressProxyOptions eo;
     eo.allow = std::move(rules);
+    eo.deny = session->options_.egress_deny;
     eo.resolver_threads = 1;
     Session* raw = session.get();
     eo.audit = [raw](const EgressAudit& a) {

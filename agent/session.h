@@ -55,6 +55,7 @@ class Session {
     // A warm-pool session: its cgroup stays in the CPU background (only CPU nothing else wants) until
     // TakeFromPool, so keeping the pool full never slows live sessions down.
     bool pooled = false;
+    std::vector<IpNetwork> egress_deny;  // network mode EGRESS: AgentConfig.egress_deny_cidrs
     // Set by Start for a desktop session: the display's size.
     uint32_t display_width = 0, display_height = 0;
   };

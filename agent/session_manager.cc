@@ -110,6 +110,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   so.max_output_bytes = policy.limits().output_max_bytes;
   so.pooled = pooled;
   so.ledger = options_.ledger;
+  so.egress_deny = options_.egress_deny;
   if (kind == pb::DESKTOP) {
     const pb::DesktopOptions& d = request.desktop();
     if ((d.width() != 0 && (d.width() < 64 || d.width() > 7680)) ||

@@ -46,6 +46,8 @@ class SessionManager {
     // Browser sessions kept started for Create to take (AgentConfig.warm_browsers); they count against
     // max_sessions.
     uint32_t warm_browsers = 0;
+    // The egress proxy's off-limits networks (AgentConfig.egress_deny_cidrs), for every session.
+    std::vector<IpNetwork> egress_deny;
   };
 
   explicit SessionManager(Options options);

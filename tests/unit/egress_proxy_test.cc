@@ -12,11 +12,13 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -503,6 +505,101 @@ TEST(EgressPolicyTest, ACidrRuleInsideTheRangeNamesASpecialAddress) {
   EXPECT_FALSE(wide.Check("x.test", false, 443, Addrs({"fd00::1"})).allowed);
 }
 
+// The host's own networks as ReadHostNetworks gives them, for a host whose public address is 203.0.113.5/24.
+std::vector<IpNetwork> HostNetworks() {
+  std::vector<IpNetwork> out;
+  for (const char* n : {"127.0.0.0/8", "::1", "0.0.0.0", "::", "127.0.0.1", "203.0.113.5", "203.0.113.0",
+                        "203.0.113.255", "10.9.8.7", "fe80::1"}) {
+    absl::StatusOr<IpNetwork> net = ParseIpNetwork(n);
+    EXPECT_TRUE(IsOk(net)) << n;
+    if (net.ok()) out.push_back(*net);
+  }
+  return out;
+}
+
+TEST(EgressPolicyTest, TheHostsOwnAddressesNeedACidrRuleNamingThatAddress) {
+  const std::vector<IpNetwork> host = HostNetworks();
+  struct Case {
+    std::vector<std::string> rules;
+    const char* host;
+    bool is_address;
+    const char* ip;
+  };
+  // Each of these rules covers the address; none names it, so each is refused as the host's own.
+  const Case refused[] = {
+      {{"*:8080"}, "203.0.113.5", true, "203.0.113.5"},
+      {{"own.test"}, "own.test", false, "203.0.113.5"},
+      {{"*"}, "own.test", false, "::ffff:203.0.113.5"},  // IPv4-mapped is the IPv4 address
+      {{"0.0.0.0/0"}, "203.0.113.5", true, "203.0.113.5"},
+      {{"203.0.113.0/24"}, "203.0.113.5", true, "203.0.113.5"},
+      {{"203.0.113.0/24"}, "203.0.113.255", true, "203.0.113.255"},  // the subnet's broadcast address
+      {{"203.0.113.0/24"}, "203.0.113.0", true, "203.0.113.0"},      // and its network address
+      {{"10.0.0.0/8"}, "10.9.8.7", true, "10.9.8.7"},  // a private range rule is not the host's address
+      {{"fe80::/10"}, "fe80::1", true, "fe80::1"},
+      {{"127.0.0.1/32"}, "0.0.0.0", true, "0.0.0.0"},
+  };
+  for (const Case& c : refused) {
+    SCOPED_TRACE(absl::StrCat(c.rules[0], " ", c.host, " ", c.ip));
+    const EgressPolicy p = Policy(c.rules);
+    const EgressPolicy::Verdict v = p.Check(c.host, c.is_address, 8080, Addrs({c.ip}), host);
+    EXPECT_FALSE(v.allowed);
+    if (std::string_view(c.ip) != "0.0.0.0") {  // 0.0.0.0 is refused as "this network" first
+      EXPECT_NE(v.reason.find("the host's own address"), std::string::npos) << v.reason;
+    }
+    // Without the host's networks the same check passes (or fails only for a special range): the host
+    // check is what refuses it.
+    if (std::string_view(c.ip).find("203.0.113") != std::string_view::npos) {
+      EXPECT_TRUE(p.Check(c.host, c.is_address, 8080, Addrs({c.ip})).allowed);
+    }
+  }
+  // A CIDR rule naming exactly the address (and the port) allows it; loopback rules keep working.
+  EXPECT_TRUE(Policy({"203.0.113.5:8080"}).Check("own.test", false, 8080, Addrs({"203.0.113.5"}), host).allowed);
+  EXPECT_FALSE(Policy({"203.0.113.5:8080"}).Check("own.test", false, 8081, Addrs({"203.0.113.5"}), host).allowed);
+  EXPECT_TRUE(Policy({"10.9.8.7"}).Check("10.9.8.7", true, 1, Addrs({"10.9.8.7"}), host).allowed);
+  EXPECT_TRUE(Policy({"127.0.0.3/32"}).Check("127.0.0.3", true, 1, Addrs({"127.0.0.3"}), host).allowed);
+  EXPECT_TRUE(Policy({"127.0.0.0/8"}).Check("127.0.0.1", true, 1, Addrs({"127.0.0.1"}), host).allowed);
+  // An address next to the host's is not the host's.
+  EXPECT_TRUE(Policy({"*"}).Check("x.test", false, 1, Addrs({"203.0.113.6"}), host).allowed);
+}
+
+TEST(EgressPolicyTest, DenyNetworksNeedACidrRuleInsideThem) {
+  absl::StatusOr<std::vector<EgressRule>> rules =
+      ParseEgressRules({"*", "93.184.216.34:443", "93.184.0.0/16:80", "0.0.0.0/0:22"});
+  ASSERT_TRUE(IsOk(rules));
+  const EgressPolicy p(*rules, {*ParseIpNetwork("93.184.0.0/16"), *ParseIpNetwork("2001:db8::/32")});
+  const EgressPolicy::Verdict v = p.Check("example.com", false, 8080, Addrs({"93.184.216.34"}));
+  EXPECT_FALSE(v.allowed);
+  EXPECT_NE(v.reason.find("example.com resolves to 93.184.216.34, in egress_deny_cidrs (93.184.0.0/16)"),
+            std::string::npos)
+      << v.reason;
+  EXPECT_FALSE(p.Check("2001:db8::1", true, 443, Addrs({"2001:db8::1"})).allowed);
+  EXPECT_FALSE(p.Check("x", false, 22, Addrs({"93.184.1.1"})).allowed);  // 0.0.0.0/0 is not inside it
+  EXPECT_TRUE(p.Check("x", false, 443, Addrs({"93.184.216.34"})).allowed);
+  EXPECT_TRUE(p.Check("x", false, 80, Addrs({"93.184.1.1"})).allowed);
+  EXPECT_TRUE(p.Check("x", false, 8080, Addrs({"93.185.1.1"})).allowed);
+}
+
+TEST(EgressPolicyTest, ParseIpNetwork) {
+  ASSERT_OK_AND_ASSIGN(IpNetwork v4, ParseIpNetwork("10.0.0.0/8"));
+  EXPECT_EQ(v4.ToString(), "10.0.0.0/8");
+  ASSERT_OK_AND_ASSIGN(IpNetwork one, ParseIpNetwork("192.0.2.1"));
+  EXPECT_EQ(one.ToString(), "192.0.2.1/32");
+  ASSERT_OK_AND_ASSIGN(IpNetwork v6, ParseIpNetwork("fd00::/8"));
+  EXPECT_EQ(v6.ToString(), "fd00::/8");
+  for (const char* bad : {"10.0.0.0/8:443", "example.com", "*", "10.0.0.1/8", ""}) {
+    EXPECT_TRUE(StatusIs(ParseIpNetwork(bad), absl::StatusCode::kInvalidArgument, "is not an IP network")) << bad;
+  }
+}
+
+TEST(EgressPolicyTest, ReadHostNetworksHasLoopbackAndTheUnspecifiedAddresses) {
+  ASSERT_OK_AND_ASSIGN(std::vector<IpNetwork> nets, ReadHostNetworks());
+  std::vector<std::string> text;
+  for (const IpNetwork& n : nets) text.push_back(n.ToString());
+  for (const char* want : {"127.0.0.0/8", "::1/128", "0.0.0.0/32", "::/128"}) {
+    EXPECT_NE(std::find(text.begin(), text.end(), want), text.end()) << want;
+  }
+}
+
 TEST(EgressPolicyTest, EveryResolvedAddressMustPass) {
   // DNS rebinding with a mixed answer: one bad address denies the name.
   const EgressPolicy p = Policy({"example.com"});
@@ -557,6 +654,7 @@ class EgressProxyTest : public ::testing::Test {
           {"private.test", {"10.1.2.3"}},
           {"metadata.test", {"169.254.169.254"}},
           {"mixed.test", {"198.51.100.2", "127.0.0.1"}},
+          {"own.test", {"203.0.113.1"}},  // HostAddressTest's interface address
       };
       auto it = kNames.find(host);
       if (it == kNames.end()) return absl::NotFoundError(absl::StrCat(host, ": no such name"));
@@ -1116,6 +1214,100 @@ TEST_F(EgressProxyTest, DestroyingTheProxyClosesEveryConnectionWithoutHanging) {
   writer.join();
   // The listening socket is closed too.
   EXPECT_FALSE(Client().valid());
+}
+
+TEST_F(EgressProxyTest, DenyNetworksAreRefusedAndAudited) {
+  TestServer echo("127.0.0.2", EchoHandler(nullptr));
+  StartProxy({"allowed.test"}, [](EgressProxyOptions& o) { o.deny = {*ParseIpNetwork("198.51.100.0/24")}; });
+  std::string head;
+  UniqueFd fd = Tunnel(absl::StrCat("allowed.test:", echo.port()), &head);
+  EXPECT_TRUE(StartsWith(head, "HTTP/1.1 403")) << head;
+  const std::vector<EgressAudit> audits = Audits();
+  ASSERT_EQ(audits.size(), 1u);
+  EXPECT_NE(audits[0].detail.find("in egress_deny_cidrs (198.51.100.0/24)"), std::string::npos) << audits[0].detail;
+  EXPECT_EQ(echo.accepted(), 0);
+}
+
+// The host's own addresses, for real: in a network namespace of its own (made by this test's thread, so the
+// proxy's threads, which it starts, live there too) with 203.0.113.1/24 and 10.250.0.1/24 on a veth
+// interface and servers listening on them, as a host with a public and a private address would have.
+class EgressProxyHostAddressTest : public EgressProxyTest {
+ protected:
+  // Runs `body` on a thread in a new network namespace holding the veth pair; the namespace (and the pair)
+  // go away with the thread and the sockets it made.
+  void InNetns(const std::function<void()>& body) {
+    const char* ip = nullptr;
+    for (const char* p : {"/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"}) {
+      if (access(p, X_OK) == 0) ip = p;
+    }
+    if (ip == nullptr) GTEST_SKIP() << "iproute2's ip is not installed";
+    std::string skip;
+    std::thread t([&] {
+      if (unshare(CLONE_NEWNET) != 0) {
+        skip = absl::StrCat("cannot unshare(CLONE_NEWNET): ", std::strerror(errno), " (needs root)");
+        return;
+      }
+      const std::string script = absl::StrCat(
+          ip, " link set lo up && ", ip, " link add sbxeo0 type veth peer name sbxeo1 && ", ip,
+          " addr add 203.0.113.1/24 dev sbxeo0 && ", ip, " addr add 10.250.0.1/24 dev sbxeo0 && ", ip,
+          " link set sbxeo0 up && ", ip, " link set sbxeo1 up");
+      ASSERT_EQ(std::system(script.c_str()), 0) << script;  // fork()ed from this thread: same namespace
+      body();
+      proxy_.reset();
+    });
+    t.join();
+    if (!skip.empty()) GTEST_SKIP() << skip;
+  }
+};
+
+TEST_F(EgressProxyHostAddressTest, TheHostsOwnAddressesAreRefusedUnlessACidrRuleNamesThem) {
+  InNetns([&] {
+    TestServer pub("203.0.113.1", EchoHandler(nullptr));
+    TestServer priv("10.250.0.1", EchoHandler(nullptr));
+    ASSERT_TRUE(pub.ok() && priv.ok());
+    const std::string pub_dest = absl::StrCat("203.0.113.1:", pub.port());
+    const std::string priv_dest = absl::StrCat("10.250.0.1:", priv.port());
+    struct Case {
+      std::vector<std::string> rules;
+      std::string authority;
+    };
+    const Case refused[] = {
+        {{absl::StrCat("*:", pub.port())}, pub_dest},                   // a port rule
+        {{"own.test"}, absl::StrCat("own.test:", pub.port())},         // a domain resolving to the host
+        {{"0.0.0.0/0"}, pub_dest},                                      // a wide CIDR rule
+        {{"203.0.113.0/24"}, pub_dest},                                 // the host's subnet
+        {{"10.0.0.0/8"}, priv_dest},                                    // a private range rule
+        {{absl::StrCat("*:", pub.port())}, absl::StrCat("[::ffff:203.0.113.1]:", pub.port())},
+        {{"203.0.113.0/24"}, absl::StrCat("203.0.113.255:", pub.port())},  // the subnet's broadcast
+    };
+    for (const Case& c : refused) {
+      SCOPED_TRACE(absl::StrCat(c.rules[0], " -> ", c.authority));
+      StartProxy(c.rules);  // joins the previous proxy first
+      {
+        std::lock_guard lock(mu_);
+        audits_.clear();
+      }
+      std::string head;
+      UniqueFd fd = Tunnel(c.authority, &head);
+      EXPECT_TRUE(StartsWith(head, "HTTP/1.1 403")) << head;
+      const std::vector<EgressAudit> audits = Audits();
+      EXPECT_EQ(audits.size(), 1u);
+      if (audits.empty()) continue;
+      EXPECT_EQ(audits[0].action, "egress_denied");
+      EXPECT_NE(audits[0].detail.find("the host's own address"), std::string::npos) << audits[0].detail;
+    }
+    EXPECT_EQ(pub.accepted() + priv.accepted(), 0);
+
+    // A CIDR rule naming the address lets it through, by name and by address.
+    StartProxy({"203.0.113.1/32", "10.250.0.1"});
+    std::string head;
+    UniqueFd by_name = Tunnel(absl::StrCat("own.test:", pub.port()), &head);
+    ASSERT_EQ(head, kEstablished);
+    ExpectEcho(by_name.get(), "named");
+    UniqueFd priv_fd = Tunnel(priv_dest, &head);
+    ASSERT_EQ(head, kEstablished);
+    ExpectEcho(priv_fd.get(), "private");
+  });
 }
 
 TEST(EgressProxyStartTest, RefusesASocketThatIsNotListening) {
