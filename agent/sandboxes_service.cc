@@ -67,6 +67,7 @@ const std::string& CallIdOf(const pb::Event& e) {
     case pb::Event::kAudit: return e.audit().call_id();
     case pb::Event::kHumanRequest: return e.human_request().call_id();
     case pb::Event::kPage: return e.page().call_id();
+    case pb::Event::kDropped: return e.dropped().call_id();
     default: return kNone;
   }
 }
@@ -220,7 +221,9 @@ grpc::Status SandboxesService::Call(grpc::ServerContext* ctx,
       const pb::Event& e = *ptr;
       after = e.seq();
       const bool mine = CallIdOf(e) == call_id;
-      if (!mine && !e.has_outcome()) continue;
+      // A run of events the log gave up (its budget) may hold this call's: the stream says so.
+      const bool dropped_run = e.has_dropped() && e.dropped().first_seq() != 0;
+      if (!mine && !e.has_outcome() && !dropped_run) continue;
       if (e.has_output() && options_.metrics) options_.metrics->BytesStreamed(e.output().data().size());
       if (!stream->Write(e)) {
         finished = true;
