@@ -9,6 +9,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "agent/jail_text.h"
 #include "agent/log.h"
 #include "duvo/sandbox/v1/agent_state.pb.h"
 #include "sandbox/status.h"
@@ -592,7 +593,7 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
     pb::AgentMessage m;
     m.mutable_command_error()->set_command_id(id);
     m.mutable_command_error()->set_code(static_cast<int>(code));
-    m.mutable_command_error()->set_message(std::move(message));
+    m.mutable_command_error()->set_message(ToValidUtf8(message));  // it may quote jail-made text
     send(m);
   };
   if (id.empty() || id.size() > 256) {

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "agent/jail_text.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 
@@ -26,7 +27,8 @@ std::string FieldOf(std::string_view message) {
 
 grpc::Status ToGrpcStatus(const absl::Status& status, std::string_view request_id) {
   if (status.ok()) return grpc::Status::OK;
-  std::string message(status.message());
+  // A message may quote jail-made text (a file name): the details' proto string must be UTF-8.
+  std::string message = ToValidUtf8(std::string_view(status.message().data(), status.message().size()));
   if (message.size() > kMaxErrorMessageBytes) {
     message.resize(kMaxErrorMessageBytes - 3);
     message += "...";

@@ -67,6 +67,7 @@ const std::string& CallIdOf(const pb::Event& e) {
     case pb::Event::kAudit: return e.audit().call_id();
     case pb::Event::kHumanRequest: return e.human_request().call_id();
     case pb::Event::kPage: return e.page().call_id();
+    case pb::Event::kDropped: return e.dropped().call_id();
     default: return kNone;
   }
 }
@@ -220,13 +221,17 @@ grpc::Status SandboxesService::Call(grpc::ServerContext* ctx,
       const pb::Event& e = *ptr;
       after = e.seq();
       const bool mine = CallIdOf(e) == call_id;
-      if (!mine && !e.has_outcome()) continue;
+      // A run of events the log gave up (its budget) may hold this call's: the stream says so.
+      const bool dropped_run = e.has_dropped() && e.dropped().first_seq() != 0;
+      if (!mine && !e.has_outcome() && !dropped_run) continue;
       if (e.has_output() && options_.metrics) options_.metrics->BytesStreamed(e.output().data().size());
       if (!stream->Write(e)) {
         finished = true;
         break;
       }
-      if (e.has_output()) session->events().MarkDelivered(e.seq());
+      // This call's own stream carried it: its file payload is released, its output may go first under the
+      // log's byte budget. (Not a watermark: other calls' events before it were not carried here.)
+      session->events().MarkSent(e.seq());
       if (e.has_tool_call_finished() && mine) {
         finished = true;
         if (e.tool_call_finished().has_error()) {
@@ -371,6 +376,14 @@ grpc::Status SandboxesService::Events(grpc::ServerContext* ctx, const pb::Events
   if (!found.ok()) return Finish("Events", found.status(), rid);
   std::shared_ptr<Session> session = *found;
   uint64_t after = request->after_seq();
+  if (request->ack_seq() > session->events().last_seq()) {
+    return Finish("Events",
+                  absl::OutOfRangeError(absl::StrCat("ack_seq: ", request->ack_seq(), " is past the newest event (",
+                                                     session->events().last_seq(), ")")),
+                  rid);
+  }
+  // The client holds everything up to ack_seq: their payloads may go (agent/event_log.h).
+  if (request->ack_seq() > 0) session->events().MarkDelivered(request->ack_seq());
   if (after > session->events().last_seq()) {
     return Finish("Events",
                   absl::OutOfRangeError(absl::StrCat("after_seq: ", after, " is past the newest event (",

@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "agent/cgroup_ledger.h"
+#include "agent/jail_text.h"
 #include "agent/log.h"
 #include "sandbox/init/sha256.h"
 #include "sandbox/status.h"
@@ -19,8 +20,6 @@ namespace pb = ::duvo::sandbox::v1;
 using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kMaxReadFileBytes = 1 << 20;
-// Output a session's event log keeps once clients have it (or its call ended): enough for a reconnect.
-constexpr uint64_t kRetainedOutputBytes = 64ull << 20;
 
 int64_t UnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -130,7 +129,7 @@ Session::Session(Options options, std::unique_ptr<sandbox::Jail> jail, std::uniq
       created_(Clock::now()),
       created_unix_ms_(UnixMs()),
       expires_(created_ + options_.ttl),
-      events_(options_.id, kRetainedOutputBytes),
+      events_(options_.id, options_.event_log),
       jail_(std::move(jail)),
       init_(std::move(init)),
       labels_(options_.labels) {
@@ -256,6 +255,7 @@ void Session::WatchJail() {
       if (result.exit_code >= 0) outcome.set_exit_code(result.exit_code);
       if (result.signal > 0) outcome.set_signal(result.signal);
     }
+    SanitizeUtf8(&outcome);  // its message may quote what init or the jail said
     outcome_ = outcome;
   }
   if (options_.metrics != nullptr) {
@@ -332,13 +332,9 @@ absl::StatusOr<uint64_t> Session::StartCall(const std::string& call_id, const pb
           RequestKill(call_id);
           return;
         }
-        pb::Event event;
-        pb::Output* out = event.mutable_output();
-        out->set_call_id(call_id);
-        out->set_stream(stream == sandbox::OutputStream::kStdout ? pb::STDOUT : pb::STDERR);
-        out->set_data(std::move(data));
-        out->set_offset(offset);
-        events_.Append(std::move(event));
+        // Coalesced into chunks by the log (EventLog::AppendOutput): one write is not one event.
+        events_.AppendOutput(call_id, stream == sandbox::OutputStream::kStdout ? pb::STDOUT : pb::STDERR, offset,
+                             data);
       };
       auto on_end = [this, call_id, over_limit](absl::StatusOr<sandbox::ExecEnd> end) {
         absl::StatusOr<pb::ToolResult> result;
@@ -581,7 +577,7 @@ absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, c
       const uint32_t target = action.screenshot().target_width();
       if (target > 7680) return absl::InvalidArgumentError("desktop.screenshot.target_width: at most 7680");
       ASSIGN_OR_RETURN(sandbox::Screenshot shot, init_->TakeScreenshot(target));
-      const std::string path = AppendImage(call_id, shot, "png");
+      ASSIGN_OR_RETURN(const std::string path, AppendImage(call_id, shot, "png"));
       pb::DesktopResult* d = result.mutable_desktop();
       d->set_image_path(path);
       d->set_sha256(shot.sha256);
@@ -681,74 +677,41 @@ absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, c
   return result;
 }
 
-std::string Session::AppendImage(const std::string& call_id, const sandbox::Screenshot& shot, std::string_view ext) {
+absl::StatusOr<std::string> Session::AppendImage(const std::string& call_id, const sandbox::Screenshot& shot,
+                                                 std::string_view ext) {
   const std::string path = absl::StrCat("screenshots/", screenshots_.fetch_add(1) + 1, ".", ToAbsl(ext));
-  for (size_t offset = 0;;) {
-    const size_t n = std::min<size_t>(shot.png.size() - offset, sandbox::InitClient::kMaxChunkBytes);
-    pb::Event event;
-    pb::FileChunk* chunk = event.mutable_file();
-    chunk->set_path(path);
-    chunk->set_call_id(call_id);
-    chunk->set_offset(offset);
-    chunk->set_data(shot.png.substr(offset, n));
-    offset += n;
-    const bool last = offset >= shot.png.size();
-    if (last) {
-      chunk->set_last(true);
-      chunk->set_sha256(shot.sha256);
-    }
-    events_.Append(std::move(event));
-    if (last) break;
-  }
+  RETURN_IF_ERROR(events_.AppendFile(call_id, path, shot.png, shot.sha256, sandbox::InitClient::kMaxChunkBytes));
   return path;
 }
 
 absl::Status Session::AppendDownload(const std::string& call_id, const std::string& path, uint64_t size) {
-  // Events stay in the session's memory until it ends, so a big file is left for the Download RPC.
-  constexpr uint64_t kMaxInlineDownloadBytes = 64ull << 20;
-  constexpr uint64_t kMaxInlineSessionBytes = 256ull << 20;
-  if (size > kMaxInlineDownloadBytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(path, ": ", size, " bytes, over the ", kMaxInlineDownloadBytes >> 20,
-                                                     " MiB sent inline; fetch it with Download"));
-  }
-  if (download_bytes_sent_.load() + size > kMaxInlineSessionBytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(path, ": the session's downloads sent inline would pass ",
-                                                     kMaxInlineSessionBytes >> 20, " MiB; fetch it with Download"));
-  }
+  // The policy's file budget (limits.file_events_max_bytes) is enforced by the event log; a file that cannot
+  // fit it whatever is acknowledged is not even read. A big file stays in the workspace for Download.
+  const uint64_t budget = options_.event_log.max_file_bytes;
+  // Going over is recorded (a `dropped` event) and the download is reported not sent (RunBrowser).
+  const auto refuse = [&](uint64_t n) {
+    const absl::Status s = absl::ResourceExhaustedError(absl::StrCat(
+        path, ": ", n, " bytes, over limits.file_events_max_bytes (", budget, "); fetch it with Download"));
+    pb::Event event;
+    pb::Dropped* d = event.mutable_dropped();
+    d->set_budget("limits.file_events_max_bytes");
+    d->set_bytes(n);
+    d->set_call_id(call_id);
+    d->set_path(path);
+    d->set_detail(std::string(s.message()));
+    events_.Append(std::move(event));
+    return s;
+  };
+  if (size > budget) return refuse(size);
   // Read it all first: what the events carry is one consistent file, whatever the workload does meanwhile.
   std::string data;
   for (;;) {
     ASSIGN_OR_RETURN(std::string part, init_->ReadFile(path, data.size(), sandbox::InitClient::kMaxChunkBytes));
     if (part.empty()) break;
     data += part;
-    if (data.size() > kMaxInlineDownloadBytes) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat(path, ": grew past the ", kMaxInlineDownloadBytes >> 20, " MiB sent inline; fetch it with Download"));
-    }
+    if (data.size() > budget) return refuse(data.size());
   }
-  if (download_bytes_sent_.fetch_add(data.size()) + data.size() > kMaxInlineSessionBytes) {
-    download_bytes_sent_.fetch_sub(data.size());
-    return absl::ResourceExhaustedError(absl::StrCat(path, ": the session's downloads sent inline would pass ",
-                                                     kMaxInlineSessionBytes >> 20, " MiB; fetch it with Download"));
-  }
-  const std::string sha256 = Sha256Hex(data);
-  for (size_t offset = 0;;) {
-    const size_t n = std::min<size_t>(data.size() - offset, sandbox::InitClient::kMaxChunkBytes);
-    pb::Event event;
-    pb::FileChunk* chunk = event.mutable_file();
-    chunk->set_path(path);
-    chunk->set_call_id(call_id);
-    chunk->set_offset(offset);
-    chunk->set_data(data.substr(offset, n));
-    offset += n;
-    const bool last = offset >= data.size();
-    if (last) {
-      chunk->set_last(true);
-      chunk->set_sha256(sha256);
-    }
-    events_.Append(std::move(event));
-    if (last) return absl::OkStatus();
-  }
+  return events_.AppendFile(call_id, path, data, Sha256Hex(data), sandbox::InitClient::kMaxChunkBytes);
 }
 
 absl::StatusOr<pb::ToolResult> Session::RunBrowser(const std::string& call_id, const pb::BrowserAction& action) {
@@ -772,7 +735,8 @@ absl::StatusOr<pb::ToolResult> Session::RunBrowser(const std::string& call_id, c
       }
       ASSIGN_OR_RETURN(sandbox::Screenshot shot, init_->BrowserScreenshot(sc.full_page(), format,
                                                                           static_cast<int>(sc.quality()), sc.width()));
-      br->set_image_path(AppendImage(call_id, shot, format == "png" ? "png" : "jpg"));
+      ASSIGN_OR_RETURN(const std::string path, AppendImage(call_id, shot, format == "png" ? "png" : "jpg"));
+      br->set_image_path(path);
       br->set_sha256(shot.sha256);
       br->set_image_bytes(shot.png.size());
       br->set_image_width(shot.width);

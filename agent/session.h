@@ -51,6 +51,7 @@ class Session {
     CgroupLedger* ledger = nullptr;    // not owned; may be null: forgets the session once its cgroup is gone
     sandbox::JailLauncher* launcher = nullptr;  // not owned; clones the jail from a long-lived thread
     uint64_t max_output_bytes = 64ull << 20;     // one command's output budget (policy output_max_bytes)
+    EventLog::Limits event_log;                  // the event log's budgets (policy limits.event_log_*, file_events_*)
     duvo::sandbox::v1::DesktopOptions desktop;   // kind DESKTOP: the display to start
     // A warm-pool session: its cgroup stays in the CPU background (only CPU nothing else wants) until
     // TakeFromPool, so keeping the pool full never slows live sessions down.
@@ -123,15 +124,16 @@ class Session {
   // A browser action, carried out by sandbox-init over CDP; the page's reports become PageEvents.
   absl::StatusOr<duvo::sandbox::v1::ToolResult> RunBrowser(const std::string& call_id,
                                                            const duvo::sandbox::v1::BrowserAction& action);
-  // Appends a screenshot as file events; returns its path.
-  std::string AppendImage(const std::string& call_id, const sandbox::Screenshot& shot, std::string_view ext);
-  // A browser download (a workspace path) as file events; fails (appending nothing) when it cannot be read,
-  // or is bigger than 64 MiB, or would take the session's downloads sent inline past 256 MiB (events stay in
-  // the agent's memory for the session's life; a hostile page can download until its workspace is full).
+  // Appends a screenshot as file events; returns its path. ResourceExhausted (and a `dropped` event) when
+  // it would pass the policy's limits.file_events_max_bytes.
+  absl::StatusOr<std::string> AppendImage(const std::string& call_id, const sandbox::Screenshot& shot,
+                                          std::string_view ext);
+  // A browser download (a workspace path) as file events; fails (appending nothing, or only a `dropped`
+  // event) when it cannot be read or would pass limits.file_events_max_bytes (the file payloads the log
+  // holds until clients acknowledge them; a hostile page can download until its workspace is full).
   absl::Status AppendDownload(const std::string& call_id, const std::string& path, uint64_t size);
   std::atomic<uint64_t> screenshots_{0};
-  std::atomic<uint64_t> download_bytes_sent_{0};
-  std::atomic<uint64_t> audits_{0};  // egress audits so far (events past a limit are not appended)  // inline, over the session's life (AppendDownload)
+  std::atomic<uint64_t> audits_{0};  // egress audits so far (events past a limit are not appended)
 
   const Options options_;
   const std::chrono::steady_clock::time_point created_;

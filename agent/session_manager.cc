@@ -36,6 +36,11 @@ absl::StatusOr<sandbox::PolicyNarrowing> NarrowingFromRequest(const pb::SandboxP
   if (l.has_open_files_max()) n.open_files_max = l.open_files_max();
   if (l.has_file_size_max_bytes()) n.file_size_max_bytes = l.file_size_max_bytes();
   if (l.has_output_max_bytes()) n.output_max_bytes = l.output_max_bytes();
+  if (l.has_event_log_max_events()) n.event_log_max_events = l.event_log_max_events();
+  if (l.has_event_log_max_bytes()) n.event_log_max_bytes = l.event_log_max_bytes();
+  if (l.has_file_events_max_bytes()) n.file_events_max_bytes = l.file_events_max_bytes();
+  if (l.has_display_max_width()) n.display_max_width = l.display_max_width();
+  if (l.has_display_max_height()) n.display_max_height = l.display_max_height();
   if (l.has_kill_on_pids_limit()) {
     return absl::PermissionDeniedError("policy.limits.kill_on_pids_limit: set by the host's policy");
   }
@@ -108,6 +113,9 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   so.metrics = options_.metrics;
   so.launcher = &launcher_;
   so.max_output_bytes = policy.limits().output_max_bytes;
+  so.event_log.max_events = policy.limits().event_log_max_events;
+  so.event_log.max_bytes = policy.limits().event_log_max_bytes;
+  so.event_log.max_file_bytes = policy.limits().file_events_max_bytes;
   so.pooled = pooled;
   so.ledger = options_.ledger;
   so.egress_deny = options_.egress_deny;
@@ -117,6 +125,16 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
         (d.height() != 0 && (d.height() < 64 || d.height() > 4320))) {
       return absl::InvalidArgumentError(absl::StrCat("desktop: ", d.width(), "x", d.height(),
                                                      " is not a display size (64..7680 x 64..4320)"));
+    }
+    // The policy's display cap: a screenshot's size follows the display's (a 7680x4320 noise PNG is ~100 MB).
+    const uint32_t width = d.width() == 0 ? 1280 : d.width(), height = d.height() == 0 ? 800 : d.height();
+    if (width > policy.limits().display_max_width) {
+      return absl::PermissionDeniedError(absl::StrCat("desktop.width: ", width, " exceeds the policy's limits.display_max_width ",
+                                                      policy.limits().display_max_width));
+    }
+    if (height > policy.limits().display_max_height) {
+      return absl::PermissionDeniedError(absl::StrCat("desktop.height: ", height, " exceeds the policy's limits.display_max_height ",
+                                                      policy.limits().display_max_height));
     }
     so.desktop = d;
   } else if (request.has_desktop()) {

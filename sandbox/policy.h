@@ -76,6 +76,13 @@ struct Limits {
   uint64_t open_files_max = 1024;
   uint64_t file_size_max_bytes = 1ull << 30;
   uint64_t output_max_bytes = 64ull << 20;
+  // Per-session budgets of the agent's memory for what comes out of the jail (the event log, file payloads)
+  // and the largest desktop display (a screenshot's size follows it).
+  uint64_t event_log_max_events = 100000;
+  uint64_t event_log_max_bytes = 256ull << 20;
+  uint64_t file_events_max_bytes = 128ull << 20;
+  uint32_t display_max_width = 3840;
+  uint32_t display_max_height = 2160;
   // When the pids controller refuses a fork, end the run as failed/pids_limit instead of letting the
   // workload see EAGAIN and go on.
   bool kill_on_pids_limit = true;

@@ -50,6 +50,11 @@ constexpr LimitBound kWallTimeBound{"limits.wall_time_limit_ms", 1, uint64_t{7} 
 constexpr LimitBound kOpenFilesBound{"limits.open_files_max", 3, 1048576, "between 3 and 1048576"};
 constexpr LimitBound kFileSizeBound{"limits.file_size_max_bytes", 1, kTiB, "between 1 byte and 1 TiB"};
 constexpr LimitBound kOutputBound{"limits.output_max_bytes", 1, kTiB, "between 1 byte and 1 TiB"};
+constexpr LimitBound kEventLogEventsBound{"limits.event_log_max_events", 16, 16777216, "between 16 and 16777216"};
+constexpr LimitBound kEventLogBytesBound{"limits.event_log_max_bytes", kMiB, 64 * kGiB, "between 1 MiB and 64 GiB"};
+constexpr LimitBound kFileEventsBound{"limits.file_events_max_bytes", 1, 64 * kGiB, "between 1 byte and 64 GiB"};
+constexpr LimitBound kDisplayWidthBound{"limits.display_max_width", 64, 7680, "between 64 and 7680 pixels"};
+constexpr LimitBound kDisplayHeightBound{"limits.display_max_height", 64, 4320, "between 64 and 4320 pixels"};
 
 // "<field>: <message...>" as InvalidArgument.
 template <typename... Args>
@@ -192,6 +197,11 @@ absl::Status ValidateLimits(const Limits& limits) {
   RETURN_IF_ERROR(CheckLimit(kOpenFilesBound, limits.open_files_max));
   RETURN_IF_ERROR(CheckLimit(kFileSizeBound, limits.file_size_max_bytes));
   RETURN_IF_ERROR(CheckLimit(kOutputBound, limits.output_max_bytes));
+  RETURN_IF_ERROR(CheckLimit(kEventLogEventsBound, limits.event_log_max_events));
+  RETURN_IF_ERROR(CheckLimit(kEventLogBytesBound, limits.event_log_max_bytes));
+  RETURN_IF_ERROR(CheckLimit(kFileEventsBound, limits.file_events_max_bytes));
+  RETURN_IF_ERROR(CheckLimit(kDisplayWidthBound, limits.display_max_width));
+  RETURN_IF_ERROR(CheckLimit(kDisplayHeightBound, limits.display_max_height));
   return absl::OkStatus();
 }
 
@@ -561,6 +571,11 @@ absl::StatusOr<Policy> NarrowPolicy(const Policy& ceiling, const PolicyNarrowing
   RETURN_IF_ERROR(NarrowLimit(kOpenFilesBound, narrowing.open_files_max, limits.open_files_max));
   RETURN_IF_ERROR(NarrowLimit(kFileSizeBound, narrowing.file_size_max_bytes, limits.file_size_max_bytes));
   RETURN_IF_ERROR(NarrowLimit(kOutputBound, narrowing.output_max_bytes, limits.output_max_bytes));
+  RETURN_IF_ERROR(NarrowLimit(kEventLogEventsBound, narrowing.event_log_max_events, limits.event_log_max_events));
+  RETURN_IF_ERROR(NarrowLimit(kEventLogBytesBound, narrowing.event_log_max_bytes, limits.event_log_max_bytes));
+  RETURN_IF_ERROR(NarrowLimit(kFileEventsBound, narrowing.file_events_max_bytes, limits.file_events_max_bytes));
+  RETURN_IF_ERROR(NarrowLimit(kDisplayWidthBound, narrowing.display_max_width, limits.display_max_width));
+  RETURN_IF_ERROR(NarrowLimit(kDisplayHeightBound, narrowing.display_max_height, limits.display_max_height));
   return PolicyBuilder(ceiling).SetLimits(limits).TryBuild();
 }
 

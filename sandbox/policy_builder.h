@@ -62,6 +62,11 @@ struct PolicyNarrowing {
   std::optional<uint64_t> open_files_max;
   std::optional<uint64_t> file_size_max_bytes;
   std::optional<uint64_t> output_max_bytes;
+  std::optional<uint64_t> event_log_max_events;
+  std::optional<uint64_t> event_log_max_bytes;
+  std::optional<uint64_t> file_events_max_bytes;
+  std::optional<uint32_t> display_max_width;
+  std::optional<uint32_t> display_max_height;
 };
 
 // Applies `narrowing` to `ceiling`. A value above the ceiling is refused with PermissionDenied naming the

@@ -240,6 +240,11 @@ Limits ConvertLimits(const pb::Limits& in) {
   if (in.has_open_files_max()) out.open_files_max = in.open_files_max();
   if (in.has_file_size_max_bytes()) out.file_size_max_bytes = in.file_size_max_bytes();
   if (in.has_output_max_bytes()) out.output_max_bytes = in.output_max_bytes();
+  if (in.has_event_log_max_events()) out.event_log_max_events = in.event_log_max_events();
+  if (in.has_event_log_max_bytes()) out.event_log_max_bytes = in.event_log_max_bytes();
+  if (in.has_file_events_max_bytes()) out.file_events_max_bytes = in.file_events_max_bytes();
+  if (in.has_display_max_width()) out.display_max_width = in.display_max_width();
+  if (in.has_display_max_height()) out.display_max_height = in.display_max_height();
   if (in.has_kill_on_pids_limit()) out.kill_on_pids_limit = in.kill_on_pids_limit();
   return out;
 }

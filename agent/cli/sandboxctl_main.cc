@@ -19,6 +19,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -94,9 +95,97 @@ const char* CodeName(grpc::StatusCode code) {
   }
 }
 
+// The length of the UTF-8 sequence at s[i] when it is a valid one of 2 to 4 bytes, else 0.
+size_t Utf8SequenceAt(std::string_view s, size_t i) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = b(i);
+  size_t n;
+  unsigned char lo = 0x80, hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) {
+    n = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (i + 1 >= s.size() || b(i + 1) < lo || b(i + 1) > hi) return 0;
+  for (size_t k = 2; k < n; ++k) {
+    if (i + k >= s.size() || b(i + k) < 0x80 || b(i + k) > 0xBF) return 0;
+  }
+  return n;
+}
+
+// Text made inside a jail (file names, a page's console messages, errors quoting them) as it may reach the
+// operator's terminal: control characters become visible escapes, so a name or a console message cannot
+// move the cursor, clear the screen, retitle the window or ring the bell. C0 (but newline and tab when
+// `keep_lines`), DEL and C1 (U+0080..U+009F, whose CSI starts escapes on 8-bit terminals) become \xNN or
+// \u00NN; a byte that is not UTF-8 becomes \xNN. The exec's own stdout/stderr streams are not passed here:
+// they are the workload's terminal output, asked for.
+std::string ForTerminal(std::string_view s, bool keep_lines = false) {
+  std::string out;
+  out.reserve(s.size());
+  char esc[8];
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      if ((c < 0x20 || c == 0x7F) && !(keep_lines && (c == '\n' || c == '\t'))) {
+        snprintf(esc, sizeof(esc), "\\x%02x", c);
+        out += esc;
+      } else {
+        out += static_cast<char>(c);
+      }
+      ++i;
+      continue;
+    }
+    const size_t n = Utf8SequenceAt(s, i);
+    if (n == 0) {
+      snprintf(esc, sizeof(esc), "\\x%02x", c);
+      out += esc;
+      ++i;
+    } else if (n == 2 && c == 0xC2 && static_cast<unsigned char>(s[i + 1]) <= 0x9F) {
+      snprintf(esc, sizeof(esc), "\\u%04x", static_cast<unsigned char>(s[i + 1]));
+      out += esc;
+      i += 2;
+    } else {
+      out.append(s.substr(i, n));
+      i += n;
+    }
+  }
+  return out;
+}
+
+// JSON output: the serializer escapes C0 inside strings but not DEL or C1; those become \u00NN (valid JSON
+// inside a string, the only place they can be).
+std::string ForTerminalJson(std::string_view json) {
+  std::string out;
+  out.reserve(json.size());
+  char esc[8];
+  for (size_t i = 0; i < json.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(json[i]);
+    if (c < 0x20 || c == 0x7F) {
+      snprintf(esc, sizeof(esc), "\\u%04x", c);
+      out += esc;
+    } else if (c == 0xC2 && i + 1 < json.size() && static_cast<unsigned char>(json[i + 1]) >= 0x80 &&
+               static_cast<unsigned char>(json[i + 1]) <= 0x9F) {
+      snprintf(esc, sizeof(esc), "\\u%04x", static_cast<unsigned char>(json[i + 1]));
+      out += esc;
+      ++i;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
 int RpcError(const grpc::Status& status, const grpc::ClientContext& ctx) {
   fprintf(stderr, "sandboxctl: %s: %s (request id %s)\n", CodeName(status.error_code()),
-          status.error_message().c_str(), RequestIdOf(ctx).c_str());
+          ForTerminal(status.error_message()).c_str(), ForTerminal(RequestIdOf(ctx)).c_str());
   return 1;
 }
 
@@ -106,8 +195,9 @@ void Print(const Globals& g, const google::protobuf::Message& m, const std::stri
     google::protobuf::util::JsonPrintOptions o;
     o.preserve_proto_field_names = true;
     (void)google::protobuf::util::MessageToJsonString(m, &json, o);
-    printf("%s\n", json.c_str());
+    printf("%s\n", ForTerminalJson(json).c_str());
   } else {
+    // NOTE: callers escape jail-made parts of `text` (ForTerminal); what is left is the agent's own words.
     printf("%s\n", text.c_str());
   }
 }
@@ -213,13 +303,14 @@ ActionOutcome RunAction(pb::Sandboxes::Stub& stub, const Globals& g, const std::
     if (event.has_file()) {
       if (event.file().path().rfind("screenshots/", 0) == 0) out.image += event.file().data();
     } else if (event.has_page()) {
-      fprintf(stderr, "page %s%s%s: %s\n", event.page().type().c_str(), event.page().level().empty() ? "" : " ",
-              event.page().level().c_str(), event.page().text().c_str());
+      fprintf(stderr, "page %s%s%s: %s\n", ForTerminal(event.page().type()).c_str(),
+              event.page().level().empty() ? "" : " ", ForTerminal(event.page().level()).c_str(),
+              ForTerminal(event.page().text(), /*keep_lines=*/true).c_str());
     } else if (event.has_tool_call_finished()) {
       const pb::ToolCallFinished& f = event.tool_call_finished();
       if (f.has_error()) {
         fprintf(stderr, "sandboxctl: %s: %s\n", CodeName(static_cast<grpc::StatusCode>(f.error().code())),
-                f.error().message().c_str());
+                ForTerminal(f.error().message()).c_str());
         out.rc = 1;
       } else {
         out.has_result = true;
@@ -244,14 +335,14 @@ int BrowserCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& 
   const ActionOutcome done = RunAction(stub, g, session_id, call);
   if (!done.has_result) return done.rc;
   const pb::BrowserResult& b = done.result.browser();
-  for (const std::string& path : b.downloads()) fprintf(stderr, "downloaded %s\n", path.c_str());
+  for (const std::string& path : b.downloads()) fprintf(stderr, "downloaded %s\n", ForTerminal(path).c_str());
   if (action.has_screenshot()) {
     if (!SaveScreenshot(done.image, b.sha256(), out_file)) return 1;
     Print(g, b, out_file + ": " + std::to_string(b.image_width()) + "x" + std::to_string(b.image_height()));
   } else if (action.has_evaluate()) {
-    Print(g, b, b.json());
+    Print(g, b, ForTerminal(b.json(), /*keep_lines=*/true));
   } else if (action.has_content()) {
-    Print(g, b, b.content());
+    Print(g, b, ForTerminal(b.content(), /*keep_lines=*/true));
   }
   return done.rc;
 }
@@ -419,7 +510,7 @@ int Exec(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session
       if (f.has_error()) {
         raw.reset();
         fprintf(stderr, "sandboxctl: %s: %s\n", CodeName(static_cast<grpc::StatusCode>(f.error().code())),
-                f.error().message().c_str());
+                ForTerminal(f.error().message()).c_str());
         exit_status = f.error().code() == grpc::NOT_FOUND ? 127 : f.error().code() == grpc::PERMISSION_DENIED ? 126 : 125;
       } else {
         const pb::ExecResult& r = f.result().exec();
@@ -429,8 +520,8 @@ int Exec(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session
     } else if (event.has_outcome()) {
       raw.reset();
       fprintf(stderr, "sandboxctl: the session ended: %s/%s %s\n",
-              pb::Outcome::Status_Name(event.outcome().status()).c_str(), event.outcome().reason().c_str(),
-              event.outcome().message().c_str());
+              pb::Outcome::Status_Name(event.outcome().status()).c_str(), ForTerminal(event.outcome().reason()).c_str(),
+              ForTerminal(event.outcome().message()).c_str());
     }
   }
   (void)finished;
@@ -752,18 +843,24 @@ int main(int argc, char** argv) {
       const auto& f = event.tool_call_finished();
       if (f.has_error()) {
         fprintf(stderr, "sandboxctl: %s: %s\n", CodeName(static_cast<grpc::StatusCode>(f.error().code())),
-                f.error().message().c_str());
+                ForTerminal(f.error().message()).c_str());
         rc = 1;
         continue;
       }
       std::string text;
       for (const pb::FileInfo& e : f.result().listing().entries()) {
-        char line[512];
-        snprintf(line, sizeof(line), "%c%04o %12llu %s%s%s\n",
+        // Names are the workload's: shown with their raw bytes (name_bytes, when not UTF-8) and every
+        // control character escaped.
+        const std::string& name = e.name_bytes().empty() ? e.name() : e.name_bytes();
+        const std::string& target = e.symlink_target_bytes().empty() ? e.symlink_target() : e.symlink_target_bytes();
+        char line[64];
+        snprintf(line, sizeof(line), "%c%04o %12llu ",
                  e.type() == pb::FileInfo::DIRECTORY ? 'd' : e.type() == pb::FileInfo::SYMLINK ? 'l' : '-',
-                 e.mode() & 07777, static_cast<unsigned long long>(e.size()), e.name().c_str(),
-                 e.type() == pb::FileInfo::SYMLINK ? " -> " : "", e.symlink_target().c_str());
+                 e.mode() & 07777, static_cast<unsigned long long>(e.size()));
         text += line;
+        text += ForTerminal(name);
+        if (e.type() == pb::FileInfo::SYMLINK) text += " -> " + ForTerminal(target);
+        text += "\n";
       }
       if (!text.empty()) text.pop_back();
       Print(g, f.result().listing(), text);
@@ -785,7 +882,7 @@ int main(int argc, char** argv) {
       google::protobuf::util::JsonPrintOptions o;
       o.preserve_proto_field_names = true;
       (void)google::protobuf::util::MessageToJsonString(event, &json, o);
-      printf("%s\n", json.c_str());
+      printf("%s\n", ForTerminalJson(json).c_str());
       fflush(stdout);
     }
     grpc::Status status = reader->Finish();

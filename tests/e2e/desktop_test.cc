@@ -454,5 +454,58 @@ TEST_F(DesktopTest, VncLiveViewSpeaksRfbOnlyWhenTheSessionAllowsIt) {
   waitpid(pid, &status, 0);
 }
 
+
+// Issue 11 item 8: a display's size decides a screenshot's, so the policy caps it (limits.display_max_width
+// and display_max_height, 3840x2160 by default); a bigger one is refused at Create, naming the field.
+TEST_F(DesktopTest, ADisplayAboveThePolicysCapIsRefusedAtCreate) {
+  grpc::ClientContext ctx;
+  pb::CreateRequest req;
+  req.set_kind(pb::DESKTOP);
+  req.mutable_desktop()->set_width(7680);
+  req.mutable_desktop()->set_height(4320);
+  pb::Session session;
+  grpc::Status status = stub_->Create(&ctx, req, &session);
+  EXPECT_EQ(status.error_code(), grpc::PERMISSION_DENIED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("limits.display_max_width"));
+}
+
+// Issue 11 item 8: screenshots (like downloads) are file events under one per-session budget,
+// limits.file_events_max_bytes; one that would pass it is not sent, its call fails RESOURCE_EXHAUSTED
+// naming the field, and a `dropped` event records it.
+TEST_F(DesktopTest, AScreenshotOverTheFileEventBudgetIsRefusedAndRecorded) {
+  // The sizes of a small and a full screenshot of this display, from a session with the default budget.
+  const std::string probe = Create();
+  Image image;
+  const uint64_t small = Screenshot(probe, 64, &image).image_bytes();
+  const uint64_t full = Screenshot(probe, 0, &image).image_bytes();
+  ASSERT_LT(small * 2, full) << "the test needs a full screenshot well above a 64-pixel-wide one";
+
+  grpc::ClientContext ctx;
+  pb::CreateRequest req;
+  req.set_kind(pb::DESKTOP);
+  req.mutable_policy()->mutable_limits()->set_file_events_max_bytes((small + full) / 2);
+  pb::Session session;
+  ASSERT_TRUE(stub_->Create(&ctx, req, &session).ok());
+  Screenshot(session.id(), 64, &image);  // fits
+
+  pb::DesktopAction a;
+  a.mutable_screenshot();
+  CallResult r = Action(session.id(), a);
+  ASSERT_TRUE(r.has_finished);
+  ASSERT_TRUE(r.finished.has_error()) << r.finished.DebugString();
+  EXPECT_EQ(r.finished.error().code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(r.finished.error().message(), HasSubstr("limits.file_events_max_bytes"));
+  bool recorded = false;
+  for (const pb::Event& e : r.events) {
+    EXPECT_FALSE(e.has_file()) << "nothing of the refused image is sent";
+    if (e.has_dropped()) {
+      recorded = true;
+      EXPECT_EQ(e.dropped().budget(), "limits.file_events_max_bytes");
+      EXPECT_EQ(e.dropped().bytes(), full);
+    }
+  }
+  EXPECT_TRUE(recorded) << "going over the budget is an event";
+}
+
 }  // namespace
 }  // namespace sbx::testing

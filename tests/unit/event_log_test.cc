@@ -26,7 +26,7 @@ pb::Event Finished(const std::string& call) {
 
 std::vector<EventLog::EventPtr> ReadAll(EventLog& log, uint64_t after) {
   std::vector<EventLog::EventPtr> out;
-  log.Read(after, 1000, Clock::now(), [] { return false; }, &out);
+  log.Read(after, 1000000, Clock::now(), [] { return false; }, &out);
   return out;
 }
 
@@ -69,46 +69,236 @@ TEST(EventLogTest, TimeoutAndStop) {
             EventLog::ReadResult::kStopped);
 }
 
-TEST(EventLogTest, OutputOfFinishedCallsIsDroppedOldestFirstPastTheBudget) {
-  EventLog log("s", /*max_output_bytes=*/1000);
-  log.Append(Output("a", 600));  // seq 1
-  log.Append(Finished("a"));     // seq 2
-  log.Append(Output("b", 600));  // seq 3: over budget, a's chunk goes
+// A log with small budgets: max_bytes counts kEventOverheadBytes per event besides its size.
+EventLog::Limits Small(uint64_t max_events, uint64_t max_bytes, uint64_t max_file_bytes = 1 << 20) {
+  EventLog::Limits l;
+  l.max_events = max_events;
+  l.max_bytes = max_bytes;
+  l.max_file_bytes = max_file_bytes;
+  return l;
+}
+
+pb::Event Started(const std::string& call) {
+  pb::Event e;
+  e.mutable_tool_call_started()->set_call_id(call);
+  return e;
+}
+
+pb::Event Page(const std::string& text) {
+  pb::Event e;
+  e.mutable_page()->set_type("console");
+  e.mutable_page()->set_text(text);
+  return e;
+}
+
+// Every seq from 1 to last is either held or covered by exactly one dropped marker, in order.
+void ExpectNoSilentGaps(const std::vector<EventLog::EventPtr>& events, uint64_t last) {
+  uint64_t next = 1;
+  for (const EventLog::EventPtr& e : events) {
+    if (e->has_dropped() && e->dropped().first_seq() != 0) {
+      EXPECT_LE(e->dropped().first_seq(), next);
+      EXPECT_EQ(e->dropped().last_seq(), e->seq());
+      EXPECT_GE(e->seq(), next);
+    } else {
+      EXPECT_EQ(e->seq(), next) << "a gap without a dropped marker";
+    }
+    next = e->seq() + 1;
+  }
+  EXPECT_EQ(next, last + 1);
+}
+
+TEST(EventLogTest, OutputOfFinishedCallsLosesItsPayloadFirstPastTheByteBudget) {
+  EventLog log("s", Small(1000, 5000));
+  log.Append(Output("a", 3000));  // seq 1
+  log.Append(Finished("a"));      // seq 2
+  log.Append(Output("b", 3000));  // seq 3: over budget, a's chunk goes
   auto events = ReadAll(log, 0);
   ASSERT_EQ(events.size(), 3u);
   EXPECT_TRUE(events[0]->output().data().empty());
-  EXPECT_EQ(events[0]->output().dropped_bytes(), 600u);
-  EXPECT_EQ(events[2]->output().data().size(), 600u);
+  EXPECT_EQ(events[0]->output().dropped_bytes(), 3000u);
+  EXPECT_EQ(events[2]->output().data().size(), 3000u);
+  EXPECT_LE(log.usage().bytes, 5000u);
 }
 
-TEST(EventLogTest, ARunningCallsOutputIsNeverDropped) {
-  EventLog log("s", /*max_output_bytes=*/1000);
-  log.Append(Output("a", 600));
-  log.Append(Output("a", 600));  // over budget, but a is still running
-  auto events = ReadAll(log, 0);
-  EXPECT_EQ(events[0]->output().data().size(), 600u);
-  EXPECT_EQ(events[1]->output().data().size(), 600u);
-}
-
-TEST(EventLogTest, DeliveredOutputOfARunningCallIsDroppedPastTheBudget) {
-  EventLog log("s", /*max_output_bytes=*/1000);
-  log.Append(Output("a", 600));  // seq 1
-  log.Append(Output("a", 600));  // seq 2: over budget, nothing delivered yet: kept
-  EXPECT_EQ(ReadAll(log, 0)[0]->output().data().size(), 600u);
+TEST(EventLogTest, AcknowledgedOutputOfARunningCallGoesBeforeTheRest) {
+  EventLog log("s", Small(1000, 8000));
+  log.Append(Output("a", 3000));  // seq 1
+  log.Append(Output("a", 3000));  // seq 2: under budget, kept
+  EXPECT_EQ(ReadAll(log, 0)[0]->output().data().size(), 3000u);
   log.MarkDelivered(1);
+  log.Append(Output("a", 3000));  // seq 3: over; seq 1 was acknowledged, so its payload goes
   auto events = ReadAll(log, 0);
-  EXPECT_TRUE(events[0]->output().data().empty());
-  EXPECT_EQ(events[0]->output().dropped_bytes(), 600u);
-  EXPECT_EQ(events[1]->output().data().size(), 600u) << "not delivered yet";
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0]->output().dropped_bytes(), 3000u);
+  EXPECT_EQ(events[1]->output().data().size(), 3000u) << "not acknowledged yet";
+  EXPECT_EQ(events[2]->output().data().size(), 3000u);
 }
 
 TEST(EventLogTest, ReadersKeepTheirCopyWhenDataIsDropped) {
-  EventLog log("s", 1000);
-  log.Append(Output("a", 600));
+  EventLog log("s", Small(1000, 5000));
+  log.Append(Output("a", 3000));
   auto held = ReadAll(log, 0);
   log.Append(Finished("a"));
-  log.Append(Output("b", 600));
-  EXPECT_EQ(held[0]->output().data().size(), 600u);
+  log.Append(Output("b", 3000));
+  EXPECT_EQ(held[0]->output().data().size(), 3000u);
+  EXPECT_TRUE(ReadAll(log, 0)[0]->output().data().empty());
+}
+
+TEST(EventLogTest, SmallWritesAreCoalescedIntoChunksWithExactOffsets) {
+  EventLog log("s");
+  log.Append(Started("c"));
+  constexpr int kWrites = 2000;
+  std::string written;
+  for (int i = 0; i < kWrites; ++i) {
+    const std::string byte(1, static_cast<char>('a' + i % 26));
+    log.AppendOutput("c", pb::STDOUT, i, byte);
+    written += byte;
+  }
+  auto events = ReadAll(log, 1);
+  EXPECT_LT(events.size(), static_cast<size_t>(kWrites / 10)) << "one write is not one event";
+  std::string read;
+  for (const auto& e : events) {
+    ASSERT_TRUE(e->has_output());
+    EXPECT_EQ(e->output().offset(), read.size());
+    read += e->output().data();
+  }
+  EXPECT_EQ(read, written);
+}
+
+TEST(EventLogTest, ChunksCloseAtTheirSizeAndWhenTheStreamChanges) {
+  EventLog log("s");
+  const std::string big(EventLog::kOutputChunkBytes - 10, 'x');
+  log.AppendOutput("c", pb::STDOUT, 0, big);
+  log.AppendOutput("c", pb::STDOUT, big.size(), std::string(20, 'y'));  // would pass the chunk's size
+  log.AppendOutput("c", pb::STDERR, 0, "e");                             // another stream
+  log.AppendOutput("c", pb::STDOUT, big.size() + 20, "z");               // back: a new chunk, in order
+  auto events = ReadAll(log, 0);
+  ASSERT_EQ(events.size(), 4u);
+  EXPECT_EQ(events[1]->output().offset(), big.size());
+  EXPECT_EQ(events[2]->output().stream(), pb::STDERR);
+  EXPECT_EQ(events[3]->output().offset(), big.size() + 20);
+}
+
+TEST(EventLogTest, AFollowingReaderGetsAnOpenChunkOnlyOnceItClosed) {
+  EventLog log("s");
+  log.AppendOutput("c", pb::STDOUT, 0, "a");
+  std::thread writer([&] { log.AppendOutput("c", pb::STDOUT, 1, "b"); });
+  const auto start = Clock::now();
+  std::vector<EventLog::EventPtr> out;
+  ASSERT_EQ(log.Read(0, 10, Clock::now() + std::chrono::seconds(5), [] { return false; }, &out),
+            EventLog::ReadResult::kEvents);
+  writer.join();
+  EXPECT_GE(Clock::now() - start, EventLog::kOutputHold - std::chrono::milliseconds(1));
+  ASSERT_EQ(out.size(), 1u);
+  // Once handed out, a chunk never changes: the next write opens another.
+  const std::string seen = out[0]->output().data();
+  log.AppendOutput("c", pb::STDOUT, seen.size(), "c");
+  EXPECT_EQ(out[0]->output().data(), seen);
+  EXPECT_EQ(log.last_seq(), 2u);
+}
+
+TEST(EventLogTest, TheEventBudgetReplacesOldEventsWithOneDroppedMarker) {
+  EventLog log("s", Small(16, 64 << 20));
+  for (int i = 0; i < 100; ++i) log.Append(Page("hello"));
+  EXPECT_LE(log.usage().events, 16u);
+  auto events = ReadAll(log, 0);
+  ASSERT_FALSE(events.empty());
+  ASSERT_TRUE(events[0]->has_dropped());
+  const pb::Dropped& d = events[0]->dropped();
+  EXPECT_EQ(d.budget(), "limits.event_log_max_events");
+  EXPECT_EQ(d.first_seq(), 1u);
+  EXPECT_EQ(d.events(), d.last_seq());
+  ExpectNoSilentGaps(events, 100);
+  // A client resuming inside the dropped run gets the marker, then the rest.
+  auto resumed = ReadAll(log, 3);
+  ASSERT_FALSE(resumed.empty());
+  EXPECT_TRUE(resumed[0]->has_dropped());
+  EXPECT_EQ(resumed.back()->seq(), 100u);
+}
+
+TEST(EventLogTest, UnacknowledgedOutputOfARunningCallGoesLastAndIsRecorded) {
+  EventLog log("s", Small(16, 64 << 20));
+  log.Append(Started("run"));
+  log.Append(Page("a"));  // session-wide: goes before the running call's output
+  for (int i = 0; i < 10; ++i) log.Append(Output("run", 1));
+  auto events = ReadAll(log, 0);
+  ASSERT_EQ(events.size(), 12u) << "within the budget nothing goes";
+  for (int i = 0; i < 10; ++i) log.Append(Output("run", 1));
+  events = ReadAll(log, 0);
+  EXPECT_LE(events.size(), 16u);
+  ExpectNoSilentGaps(events, 22);
+  ASSERT_TRUE(events[0]->has_dropped());
+  EXPECT_EQ(events.back()->seq(), 22u) << "the newest output is held";
+}
+
+TEST(EventLogTest, ThePayloadBudgetCountsMetadataToo) {
+  EventLog log("s", Small(1 << 20, 1 << 20));
+  for (int i = 0; i < 100000; ++i) log.Append(Page("x"));
+  EXPECT_LE(log.usage().bytes, 1u << 20);
+  EXPECT_LE(log.usage().events, (1u << 20) / EventLog::kEventOverheadBytes);
+  ExpectNoSilentGaps(ReadAll(log, 0), 100000);
+}
+
+TEST(EventLogTest, FilePayloadsAreReleasedOnceAcknowledged) {
+  EventLog log("s");
+  log.Append(Started("c"));
+  ASSERT_TRUE(log.AppendFile("c", "screenshots/1.png", std::string(10000, 'p'), "abc", 4096).ok());
+  EXPECT_EQ(log.usage().file_bytes, 10000u);
+  log.MarkSent(2);  // the call's own stream carried the first chunk
+  auto events = ReadAll(log, 1);
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_TRUE(events[0]->file().data().empty());
+  EXPECT_EQ(events[0]->file().dropped_bytes(), 4096u);
+  EXPECT_EQ(events[0]->file().path(), "screenshots/1.png");
+  EXPECT_EQ(log.usage().file_bytes, 10000u - 4096u);
+  log.MarkDelivered(4);  // an ack_seq
+  events = ReadAll(log, 1);
+  EXPECT_EQ(events[2]->file().dropped_bytes(), 10000u - 2 * 4096u);
+  EXPECT_EQ(events[2]->file().sha256(), "abc");
+  EXPECT_TRUE(events[2]->file().last());
+  EXPECT_EQ(log.usage().file_bytes, 0u);
+}
+
+TEST(EventLogTest, AFileOverTheFileBudgetIsNotSentAndIsRecorded) {
+  EventLog log("s", Small(1000, 64 << 20, 15000));
+  log.Append(Started("c"));
+  ASSERT_TRUE(log.AppendFile("c", "screenshots/1.png", std::string(10000, 'p'), "", 65536).ok());
+  const uint64_t before = log.last_seq();
+  absl::Status s = log.AppendFile("c", "screenshots/2.png", std::string(10000, 'q'), "", 65536);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("limits.file_events_max_bytes"), absl::string_view::npos) << s;
+  auto events = ReadAll(log, before);
+  ASSERT_EQ(events.size(), 1u);
+  ASSERT_TRUE(events[0]->has_dropped());
+  EXPECT_EQ(events[0]->dropped().budget(), "limits.file_events_max_bytes");
+  EXPECT_EQ(events[0]->dropped().path(), "screenshots/2.png");
+  EXPECT_EQ(events[0]->dropped().bytes(), 10000u);
+  log.MarkDelivered(before);  // the first was acknowledged: room again
+  EXPECT_TRUE(log.AppendFile("c", "screenshots/3.png", std::string(10000, 'r'), "", 65536).ok());
+}
+
+TEST(EventLogTest, JailTextThatIsNotUtf8IsReplacedAndItsBytesKept) {
+  EventLog log("s");
+  const std::string bad = "bad\xff\xfename";
+  pb::Event listing;
+  listing.mutable_tool_call_finished()->set_call_id("c");
+  pb::FileInfo* entry = listing.mutable_tool_call_finished()->mutable_result()->mutable_listing()->add_entries();
+  entry->set_name(bad);
+  entry->set_symlink_target("ok");
+  log.Append(std::move(listing));
+  log.Append(Page("console \xc0\x80 overlong"));
+  auto events = ReadAll(log, 0);
+  ASSERT_EQ(events.size(), 2u);
+  const pb::FileInfo& got = events[0]->tool_call_finished().result().listing().entries(0);
+  EXPECT_EQ(got.name(), "bad\xEF\xBF\xBD\xEF\xBF\xBDname");
+  EXPECT_EQ(got.name_bytes(), bad) << "the raw name is recoverable";
+  EXPECT_EQ(got.symlink_target(), "ok");
+  EXPECT_TRUE(got.symlink_target_bytes().empty());
+  for (const auto& e : events) {
+    // What a client does: parse the event. Before the fix this failed on the string field.
+    pb::Event parsed;
+    EXPECT_TRUE(parsed.ParseFromString(e->SerializeAsString())) << e->DebugString();
+  }
 }
 
 }  // namespace
