@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/jail_text.h"
+#include "agent/file_transfer.h"
 #include "agent/log.h"
 #include "duvo/sandbox/v1/agent_state.pb.h"
 #include "sandbox/status.h"
@@ -75,7 +76,7 @@ struct FleetAgent::Lease {
   std::mutex cmd_mu;
   std::set<std::string> commands_seen;  // GUARDED_BY(cmd_mu)
   struct Upload {
-    std::string path;
+    std::unique_ptr<FileTransfer> transfer;  // until the upload ends (removes its file unless it succeeded)
     uint64_t next_offset = 0;
     bool done = false;
   };
@@ -610,26 +611,26 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
       return fail(absl::StatusCode::kInvalidArgument,
                   absl::StrCat("upload: chunk at offset ", chunk.offset(), ", expected ", up.next_offset));
     }
-    if (up.path.empty()) up.path = chunk.path();
-    sandbox::InitClient* init = session.init();
-    absl::Status s = init == nullptr ? absl::FailedPreconditionError("the session has ended")
-                                     : init->WriteFile(up.path, chunk.data(), chunk.offset(), chunk.offset() == 0,
-                                                       chunk.mode() == 0 ? 0644 : chunk.mode());
+    // The same FileTransfer as local mode's Upload: a bad sha256, a failed write or an abort leaves no file.
+    absl::Status s;
+    if (!up.transfer) {
+      absl::StatusOr<std::unique_ptr<FileTransfer>> begun = session.BeginUpload(chunk.path(), chunk.mode());
+      if (begun.ok()) {
+        up.transfer = std::move(*begun);
+      } else {
+        s = begun.status();
+      }
+    }
+    if (s.ok()) s = up.transfer->Write(chunk.offset(), chunk.data());
+    if (s.ok()) {
+      up.next_offset = up.transfer->size();
+      if (!chunk.last()) return;
+      s = up.transfer->Finish(chunk.sha256()).status();
+    }
+    up.transfer.reset();  // removes the file unless Finish succeeded
     pb::Event done;
     pb::ToolCallFinished* f = done.mutable_tool_call_finished();
     f->set_call_id(id);
-    if (s.ok()) {
-      up.next_offset += chunk.data().size();
-      if (!chunk.last()) return;
-      up.done = true;
-      absl::StatusOr<std::string> sum = init->Sha256(up.path);
-      if (!sum.ok()) {
-        s = sum.status();
-      } else if (!chunk.sha256().empty() && *sum != chunk.sha256()) {
-        s = absl::DataLossError(absl::StrCat("upload ", up.path, ": sha256 is ", *sum, ", the sender said ",
-                                             chunk.sha256()));
-      }
-    }
     up.done = true;
     if (s.ok()) {
       f->mutable_result()->set_done(true);

@@ -273,53 +273,27 @@ grpc::Status SandboxesService::Upload(grpc::ServerContext* ctx, grpc::ServerRead
   absl::StatusOr<std::shared_ptr<Session>> found = options_.sessions->Find(chunk.session_id());
   if (!found.ok()) return Finish("Upload", found.status(), rid);
   std::shared_ptr<Session> session = *found;
-  if (session->ended() || session->init() == nullptr) {
-    return Finish("Upload", absl::FailedPreconditionError(absl::StrCat("session ", session->id(), " has ended")), rid);
-  }
-  const std::string path = chunk.path();
-  if (path.empty()) return Finish("Upload", absl::InvalidArgumentError("path: empty"), rid);
-  const uint32_t mode = chunk.mode() != 0 ? chunk.mode() : 0644;
-  Sha256 hash;
-  uint64_t offset = 0;
-  bool last = false;
-  std::string declared;
+  // NOTE: the transfer removes its file unless it finishes with a matching sha256 (agent/file_transfer.h).
+  absl::StatusOr<std::unique_ptr<FileTransfer>> transfer = session->BeginUpload(chunk.path(), chunk.mode());
+  if (!transfer.ok()) return Finish("Upload", transfer.status(), rid);
+  FileTransfer& t = **transfer;
   for (;;) {
     session->Touch();
-    const std::string& data = chunk.data();
-    // init takes at most kMaxChunkBytes per frame.
-    for (size_t done = 0; done < data.size() || (offset == 0 && done == 0);) {
-      const size_t n = std::min<size_t>(data.size() - done, sandbox::InitClient::kMaxChunkBytes);
-      s = session->init()->WriteFile(path, std::string_view(data).substr(done, n), offset, offset == 0, mode);
-      if (!s.ok()) return Finish("Upload", s, rid);
-      offset += n;
-      done += n;
-      if (n == 0) break;
+    s = t.Write(t.size(), chunk.data());
+    if (!s.ok()) return Finish("Upload", s, rid);
+    if (chunk.last()) break;
+    if (!reader->Read(&chunk)) {
+      t.Abort();
+      return Finish("Upload",
+                    absl::InvalidArgumentError(
+                        "upload: the stream ended without a last chunk; the partial file was removed"),
+                    rid);
     }
-    hash.Update(data);
-    if (chunk.last()) {
-      last = true;
-      declared = chunk.sha256();
-      break;
-    }
-    if (!reader->Read(&chunk)) break;
   }
-  if (!last) {
-    (void)session->init()->Remove(path, false);
-    return Finish("Upload", absl::InvalidArgumentError("upload: the stream ended without a last chunk; the partial file was removed"), rid);
-  }
-  const std::string received = Sha256::Hex(hash.Final());
-  absl::StatusOr<std::string> stored = session->init()->Sha256(path);
+  absl::StatusOr<FileTransfer::Result> stored = t.Finish(chunk.sha256());
   if (!stored.ok()) return Finish("Upload", stored.status(), rid);
-  if ((!declared.empty() && declared != received) || *stored != received) {
-    (void)session->init()->Remove(path, false);
-    return Finish("Upload",
-                  absl::DataLossError(absl::StrCat("sha256: the client declared ", declared.empty() ? "-" : declared,
-                                                   ", the agent received ", received, ", the jail stored ",
-                                                   *stored, "; the file was removed")),
-                  rid);
-  }
-  response->set_size(offset);
-  response->set_sha256(received);
+  response->set_size(stored->size);
+  response->set_sha256(stored->sha256);
   if (options_.metrics) options_.metrics->ToolCall("upload", "OK");
   return Finish("Upload", absl::OkStatus(), rid);
 }

@@ -20,6 +20,21 @@ namespace pb = ::duvo::sandbox::v1;
 using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kMaxReadFileBytes = 1 << 20;
+// Driver calls' deadlines when the action names none (sandbox-init's defaults agree).
+constexpr uint32_t kDefaultBrowserCallMs = 30'000;
+constexpr uint32_t kBrowserScreenshotCallMs = 60'000;  // a full-page capture may take Chromium that long
+constexpr uint32_t kDefaultDesktopCallMs = 30'000;
+// Past an action's own timeout: its cleanup in sandbox-init (terminating a runaway script) and its answer.
+constexpr uint32_t kDriverCleanupMs = 2'000;
+
+// A driver call's deadline: `wanted`, capped by the session's remaining wall time (at least 1 ms) and by the
+// init protocol's cap.
+uint32_t DriverCallTimeoutMs(uint32_t wanted, std::chrono::steady_clock::time_point expires) {
+  const int64_t remaining = std::chrono::duration_cast<std::chrono::milliseconds>(expires - Clock::now()).count();
+  const int64_t capped = std::min<int64_t>({int64_t{wanted}, std::max<int64_t>(1, remaining),
+                                            int64_t{sandbox::InitClient::kMaxCallTimeoutMs}});
+  return static_cast<uint32_t>(capped);
+}
 
 int64_t UnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -500,6 +515,15 @@ absl::StatusOr<std::pair<std::string, uint64_t>> Session::StartCallOnce(const st
   return std::make_pair(new_call_id, seq);
 }
 
+absl::StatusOr<std::unique_ptr<FileTransfer>> Session::BeginUpload(const std::string& path, uint32_t mode) {
+  if (ended_ || init_ == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat("session ", options_.id, " has ended"));
+  }
+  if (path.empty()) return absl::InvalidArgumentError("upload: path: empty");
+  Touch();
+  return std::make_unique<FileTransfer>(init_.get(), path, mode);
+}
+
 void Session::RequestKill(const std::string& call_id) {
   {
     std::lock_guard lock(kill_mu_);
@@ -576,7 +600,8 @@ absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, c
     case pb::DesktopAction::kScreenshot: {
       const uint32_t target = action.screenshot().target_width();
       if (target > 7680) return absl::InvalidArgumentError("desktop.screenshot.target_width: at most 7680");
-      ASSIGN_OR_RETURN(sandbox::Screenshot shot, init_->TakeScreenshot(target));
+      ASSIGN_OR_RETURN(sandbox::Screenshot shot,
+                       init_->TakeScreenshot(target, DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
       ASSIGN_OR_RETURN(const std::string path, AppendImage(call_id, shot, "png"));
       pb::DesktopResult* d = result.mutable_desktop();
       d->set_image_path(path);
@@ -590,7 +615,7 @@ absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, c
       return result;
     }
     case pb::DesktopAction::kCursorPosition: {
-      ASSIGN_OR_RETURN(auto pos, init_->PointerPosition());
+      ASSIGN_OR_RETURN(auto pos, init_->PointerPosition(DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
       const uint32_t sw = space.width() == 0 ? dw : space.width();
       const uint32_t sh = space.height() == 0 ? dh : space.height();
       pb::DesktopResult* d = result.mutable_desktop();
@@ -672,7 +697,7 @@ absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, c
           "desktop: no action given (screenshot, mouse_move, click, left_click_drag, scroll, key, type, "
           "cursor_position, wait)");
   }
-  RETURN_IF_ERROR(init_->DesktopInput(in));
+  RETURN_IF_ERROR(init_->DesktopInput(in, DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
   result.set_done(true);
   return result;
 }
@@ -733,8 +758,9 @@ absl::StatusOr<pb::ToolResult> Session::RunBrowser(const std::string& call_id, c
       if (sc.width() != 0 && (sc.width() < 16 || sc.width() > 7680)) {
         return absl::InvalidArgumentError("browser.screenshot.width: 16..7680 pixels, or 0 for no scaling");
       }
-      ASSIGN_OR_RETURN(sandbox::Screenshot shot, init_->BrowserScreenshot(sc.full_page(), format,
-                                                                          static_cast<int>(sc.quality()), sc.width()));
+      ASSIGN_OR_RETURN(sandbox::Screenshot shot,
+                       init_->BrowserScreenshot(sc.full_page(), format, static_cast<int>(sc.quality()), sc.width(),
+                                                DriverCallTimeoutMs(kBrowserScreenshotCallMs, expires_)));
       ASSIGN_OR_RETURN(const std::string path, AppendImage(call_id, shot, format == "png" ? "png" : "jpg"));
       br->set_image_path(path);
       br->set_sha256(shot.sha256);
@@ -802,6 +828,12 @@ absl::StatusOr<pb::ToolResult> Session::RunBrowser(const std::string& call_id, c
           "browser: no action given (navigate, screenshot, click, type, press, evaluate, content, wait_for, "
           "set_viewport)");
   }
+  // The call's deadline, which sandbox-init and the client share: the action's own timeout (or the default
+  // for the kind), never past the session's wall time. A 60 s wait_for then runs its 60 s.
+  // The deadline leaves the action's own timeout room to fire first (with its own message) and clean up.
+  q.call_timeout_ms = DriverCallTimeoutMs(
+      (q.timeout_ms != 0 ? q.timeout_ms : kDefaultBrowserCallMs) + kDriverCleanupMs, expires_);
+  q.timeout_ms = q.timeout_ms != 0 ? std::min(q.timeout_ms, q.call_timeout_ms) : 0;
   ASSIGN_OR_RETURN(sandbox::InitClient::BrowserOutput out, init_->BrowserRequest(q));
   for (const sandbox::InitClient::PageReport& report : out.events) {
     pb::Event event;

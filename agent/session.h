@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "agent/egress_proxy.h"
 #include "agent/event_log.h"
+#include "agent/file_transfer.h"
 #include "agent/metrics.h"
 #include "duvo/sandbox/v1/session.pb.h"
 #include "sandbox/cgroup.h"
@@ -103,6 +104,11 @@ class Session {
   // `exit_code`, when set, goes into the outcome too (a fleet session that completed its calls).
   void End(duvo::sandbox::v1::Outcome::Status status, const std::string& reason, const std::string& message,
            std::optional<int> exit_code = std::nullopt);
+
+  // Starts an upload into the jail: the one implementation both front ends use (agent/file_transfer.h: sha256
+  // checked at the end, the file removed on a mismatch or an abort). The transfer must be dropped before the
+  // session. FailedPrecondition once the session has ended; InvalidArgument for an empty path.
+  absl::StatusOr<std::unique_ptr<FileTransfer>> BeginUpload(const std::string& path, uint32_t mode);
 
   // The InitClient for Upload/Download (nullptr after the end).
   sandbox::InitClient* init() { return init_.get(); }

@@ -38,6 +38,7 @@ absl::Status StatusFromProto(const pb::Error& error) {
   absl::StatusCode code;
   switch (error.code()) {
     case pb::CODE_INVALID_ARGUMENT:
+    case pb::CODE_DEADLINE_EXCEEDED:
     case pb::CODE_NOT_FOUND:
     case pb::CODE_ALREADY_EXISTS:
     case pb::CODE_PERMISSION_DENIED:
@@ -112,6 +113,11 @@ const char* KindName(pb::Response::KindCase kind) {
   return "nothing";
 }
 
+// A driver call always carries its timeout to sandbox-init: the caller's, or the default.
+uint32_t DriverTimeout(uint32_t call_timeout_ms) {
+  return call_timeout_ms != 0 ? call_timeout_ms : static_cast<uint32_t>(InitClient::kCallTimeoutMs);
+}
+
 }  // namespace
 
 // Everything the client shares between the callers' threads and its reader thread.
@@ -135,7 +141,10 @@ struct InitClient::State {
   // the connection is (or now becomes) broken.
   absl::Status Send(const pb::Request& request, std::string_view what);
   // Registers a blocking call, sends it and waits for its answer (an `expected` one or an error).
-  absl::StatusOr<pb::Response> Call(pb::Request request, pb::Response::KindCase expected, std::string_view what);
+  // call_timeout_ms: 0 = kCallTimeoutMs, not sent; else sent as the request's timeout_ms (capped at
+  // kMaxCallTimeoutMs) and waited for plus kAnswerMarginMs.
+  absl::StatusOr<pb::Response> Call(pb::Request request, pb::Response::KindCase expected, std::string_view what,
+                                    uint32_t call_timeout_ms = 0);
   // Marks the connection broken (the first cause sticks) and shuts the socket down, which wakes the reader.
   void Break(absl::Status cause);
   absl::Status Unavailable() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
@@ -221,7 +230,13 @@ absl::Status InitClient::State::Send(const pb::Request& request, std::string_vie
 }
 
 absl::StatusOr<pb::Response> InitClient::State::Call(pb::Request request, pb::Response::KindCase expected,
-                                                     std::string_view what) {
+                                                     std::string_view what, uint32_t call_timeout_ms) {
+  int64_t wait_ms = kCallTimeoutMs;
+  if (call_timeout_ms > 0) {
+    call_timeout_ms = std::min(call_timeout_ms, kMaxCallTimeoutMs);
+    request.set_timeout_ms(call_timeout_ms);
+    wait_ms = int64_t{call_timeout_ms} + kAnswerMarginMs;
+  }
   auto call = std::make_shared<State::PendingCall>();
   call->expected = expected;
   uint64_t id;
@@ -238,7 +253,7 @@ absl::StatusOr<pb::Response> InitClient::State::Call(pb::Request request, pb::Re
     return sent;
   }
   std::unique_lock<std::mutex> lock(mu);
-  cv.wait_for(lock, std::chrono::milliseconds(kCallTimeoutMs), [&] { return call->done || !healthy; });
+  cv.wait_for(lock, std::chrono::milliseconds(wait_ms), [&] { return call->done || !healthy; });
   if (call->done) {
     if (call->response.kind_case() == pb::Response::kError) return StatusFromProto(call->response.error());
     return std::move(call->response);
@@ -246,7 +261,7 @@ absl::StatusOr<pb::Response> InitClient::State::Call(pb::Request request, pb::Re
   calls.erase(id);
   if (!healthy) return Unavailable();
   return absl::DeadlineExceededError(
-      absl::StrCat(ToAbsl(what), ": sandbox-init did not answer within ", kCallTimeoutMs / 1000, " s"));
+      absl::StrCat(ToAbsl(what), ": sandbox-init did not answer within ", wait_ms, " ms"));
 }
 
 void InitClient::State::ReaderLoop(std::stop_token stop) {
@@ -558,7 +573,7 @@ absl::StatusOr<DesktopInfo> InitClient::DesktopStart(uint32_t width, uint32_t he
   return info;
 }
 
-absl::Status InitClient::DesktopInput(const DesktopInputSpec& input) {
+absl::Status InitClient::DesktopInput(const DesktopInputSpec& input, uint32_t call_timeout_ms) {
   pb::Request request;
   pb::DesktopInput* d = request.mutable_desktop_input();
   d->set_kind(static_cast<pb::DesktopInput::Kind>(static_cast<int>(input.kind)));
@@ -572,29 +587,31 @@ absl::Status InitClient::DesktopInput(const DesktopInputSpec& input) {
   d->set_direction(input.direction);
   d->set_amount(input.amount);
   d->set_text(input.text);
-  return state_->Call(std::move(request), pb::Response::kOk, "desktop_input").status();
+  return state_->Call(std::move(request), pb::Response::kOk, "desktop_input", DriverTimeout(call_timeout_ms))
+      .status();
 }
 
-absl::StatusOr<std::pair<int, int>> InitClient::PointerPosition() {
+absl::StatusOr<std::pair<int, int>> InitClient::PointerPosition(uint32_t call_timeout_ms) {
   pb::Request request;
   request.mutable_desktop_input()->set_kind(pb::DesktopInput::KIND_CURSOR);
-  ASSIGN_OR_RETURN(pb::Response answer,
-                   state_->Call(std::move(request), pb::Response::kPointerPosition, "cursor_position"));
+  ASSIGN_OR_RETURN(pb::Response answer, state_->Call(std::move(request), pb::Response::kPointerPosition,
+                                                     "cursor_position", DriverTimeout(call_timeout_ms)));
   return std::make_pair(answer.pointer_position().x(), answer.pointer_position().y());
 }
 
-absl::StatusOr<Screenshot> InitClient::TakeScreenshot(uint32_t target_width) {
+absl::StatusOr<Screenshot> InitClient::TakeScreenshot(uint32_t target_width, uint32_t call_timeout_ms) {
   pb::Request request;
   request.mutable_desktop_input()->set_kind(pb::DesktopInput::KIND_SCREENSHOT);
   request.mutable_desktop_input()->set_target_width(target_width);
-  return FetchScreenshot(std::move(request));
+  return FetchScreenshot(std::move(request), call_timeout_ms);
 }
 
-absl::StatusOr<Screenshot> InitClient::FetchScreenshot(pb::Request request) {
+absl::StatusOr<Screenshot> InitClient::FetchScreenshot(pb::Request request, uint32_t call_timeout_ms) {
   // A PNG of an 8K display is at most ~100 MiB raw; refuse anything larger than that from init.
   constexpr uint64_t kMaxImageBytes = 128ull << 20;
   ASSIGN_OR_RETURN(pb::Response answer,
-                   state_->Call(std::move(request), pb::Response::kScreenshotInfo, "screenshot"));
+                   state_->Call(std::move(request), pb::Response::kScreenshotInfo, "screenshot",
+                                DriverTimeout(call_timeout_ms)));
   pb::ScreenshotInfo* info = answer.mutable_screenshot_info();
   if (info->size() > kMaxImageBytes || info->data().size() > info->size()) {
     return absl::InternalError(absl::StrCat("screenshot: sandbox-init announced ", info->size(), " bytes"));
@@ -646,7 +663,9 @@ absl::StatusOr<InitClient::BrowserOutput> InitClient::BrowserRequest(const Brows
   b->set_y(spec.y);
   b->set_has_point(spec.has_point);
   b->set_timeout_ms(spec.timeout_ms);
-  ASSIGN_OR_RETURN(pb::Response answer, state_->Call(std::move(request), pb::Response::kBrowserOutput, "browser"));
+  const uint32_t call_timeout_ms = spec.call_timeout_ms != 0 ? spec.call_timeout_ms : spec.timeout_ms;
+  ASSIGN_OR_RETURN(pb::Response answer, state_->Call(std::move(request), pb::Response::kBrowserOutput, "browser",
+                                                     DriverTimeout(call_timeout_ms)));
   BrowserOutput out;
   out.data = std::move(*answer.mutable_browser_output()->mutable_data());
   out.truncated = answer.browser_output().truncated();
@@ -657,7 +676,7 @@ absl::StatusOr<InitClient::BrowserOutput> InitClient::BrowserRequest(const Brows
 }
 
 absl::StatusOr<Screenshot> InitClient::BrowserScreenshot(bool full_page, std::string_view format, int quality,
-                                                         uint32_t scale_width) {
+                                                         uint32_t scale_width, uint32_t call_timeout_ms) {
   pb::Request request;
   pb::BrowserRequest* b = request.mutable_browser_request();
   b->set_kind(pb::BrowserRequest::KIND_SCREENSHOT);
@@ -665,7 +684,7 @@ absl::StatusOr<Screenshot> InitClient::BrowserScreenshot(bool full_page, std::st
   b->set_text2(std::string(format));
   b->set_a(quality);
   b->set_b(static_cast<int32_t>(std::min<uint32_t>(scale_width, 1u << 30)));
-  return FetchScreenshot(std::move(request));
+  return FetchScreenshot(std::move(request), call_timeout_ms);
 }
 
 }  // namespace sbx::sandbox

@@ -85,8 +85,15 @@ class InitClient {
   static constexpr uint32_t kMaxFrameBytes = sandbox::kMaxFrameBytes;
   // Largest data chunk in one frame (output, file data).
   static constexpr uint32_t kMaxChunkBytes = sandbox::kMaxChunkBytes;
-  // How long a blocking call waits for sandbox-init's answer (and a frame for the socket to take it).
+  // How long a blocking call waits for sandbox-init's answer (and a frame for the socket to take it), unless
+  // the call carries its own timeout (driver calls: see below).
   static constexpr int kCallTimeoutMs = 30'000;
+  // Driver calls (browser and desktop) carry their own timeout to sandbox-init in the request envelope
+  // (init_protocol.proto, Request.timeout_ms), which enforces it; the client waits that long plus
+  // kAnswerMarginMs (cleanup inside init, e.g. terminating a runaway script, and the trip back), so a call
+  // never outlives its caller nor the other way round. At most kMaxCallTimeoutMs (sandbox-init's own cap).
+  static constexpr uint32_t kMaxCallTimeoutMs = 600'000;
+  static constexpr uint32_t kAnswerMarginMs = 5'000;
 
   // Takes the control socket (a connected stream socket: shutdown(2) is what wakes the reader); starts the
   // reader thread (owned, joined in the destructor). An invalid fd makes a client that is born unhealthy.
@@ -133,10 +140,11 @@ class InitClient {
   // Desktop: starts Xvfb (and the window manager) inside the jail. The display's own errors are
   // Unavailable ("the display is gone") once Xvfb has exited.
   absl::StatusOr<DesktopInfo> DesktopStart(uint32_t width, uint32_t height, bool window_manager);
-  absl::Status DesktopInput(const DesktopInputSpec& input);
-  absl::StatusOr<std::pair<int, int>> PointerPosition();
+  // call_timeout_ms: the whole call's deadline (see kMaxCallTimeoutMs); 0 = kCallTimeoutMs.
+  absl::Status DesktopInput(const DesktopInputSpec& input, uint32_t call_timeout_ms = 0);
+  absl::StatusOr<std::pair<int, int>> PointerPosition(uint32_t call_timeout_ms = 0);
   // A PNG of the display, scaled down to target_width (0: native); fetched in chunks, sha256 checked.
-  absl::StatusOr<Screenshot> TakeScreenshot(uint32_t target_width);
+  absl::StatusOr<Screenshot> TakeScreenshot(uint32_t target_width, uint32_t call_timeout_ms = 0);
 
   // Browser sessions: starts headless Chromium inside the jail (proxy: --proxy-server, or empty).
   absl::Status BrowserStart(uint32_t width, uint32_t height, std::string_view proxy);
@@ -149,7 +157,10 @@ class InitClient {
     int a = 0, b = 0;
     double x = 0, y = 0;
     bool has_point = false;
-    uint32_t timeout_ms = 0;
+    uint32_t timeout_ms = 0;  // navigate, evaluate, wait_for: the action's own timeout (0: init's default)
+    // The whole call's deadline, carried to sandbox-init (which caps timeout_ms by it); 0 = timeout_ms when
+    // set, else kCallTimeoutMs. At most kMaxCallTimeoutMs.
+    uint32_t call_timeout_ms = 0;
   };
   struct PageReport {
     std::string type, level, text, json;  // console, page_error, log, crash, download...
@@ -165,7 +176,7 @@ class InitClient {
   // A screenshot of the page (PNG or JPEG), fetched in chunks, sha256 checked.
   // scale_width: scaled down to this width in pixels (0: none).
   absl::StatusOr<Screenshot> BrowserScreenshot(bool full_page, std::string_view format, int quality,
-                                               uint32_t scale_width = 0);
+                                               uint32_t scale_width = 0, uint32_t call_timeout_ms = 0);
 
   // False once the connection failed (init died, or sent a malformed, oversized or truncated frame); every
   // pending and later call then fails with Unavailable naming the cause.
@@ -174,7 +185,7 @@ class InitClient {
  private:
   struct State;
   // Sends a screenshot request and fetches the whole image it answers with.
-  absl::StatusOr<Screenshot> FetchScreenshot(init::Request request);
+  absl::StatusOr<Screenshot> FetchScreenshot(init::Request request, uint32_t call_timeout_ms);
   std::unique_ptr<State> state_;
 };
 

@@ -597,12 +597,16 @@ bool Browser::Pump(int64_t deadline_ms, std::string* error) {
     *error = GoneMessage();
     return false;
   }
-  pollfd p{from_chromium_, POLLIN, 0};
+  pollfd p[2] = {{from_chromium_, POLLIN, 0}, {cancel_fd_, POLLIN, 0}};
   const int64_t left = std::max<int64_t>(0, deadline_ms - NowMs());
-  const int n = poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1 << 30)));
+  const int n = poll(p, cancel_fd_ >= 0 ? 2 : 1, static_cast<int>(std::min<int64_t>(left, 1 << 30)));
   if (n < 0 && errno != EINTR) {
     MarkGone(ErrnoMessage("poll", errno));
     *error = GoneMessage();
+    return false;
+  }
+  if (n > 0 && cancel_fd_ >= 0 && (p[1].revents & POLLIN)) {
+    *error = "canceled: sandbox-init is ending";
     return false;
   }
   if (n <= 0) return true;
@@ -806,7 +810,9 @@ void Browser::Handle(const json& message) {
 bool Browser::Call(const std::string& method, const json& params, json* result, std::string* error, int timeout_ms,
                    bool browser_level) {
   if (gone_ || (!browser_level && crashed_)) return Check(error);
-  const int64_t deadline = NowMs() + std::max(timeout_ms, 1);
+  const int64_t start = NowMs();
+  int64_t deadline = start + std::max(timeout_ms, 1);
+  if (call_deadline_ms_ > 0) deadline = std::min(deadline, std::max(call_deadline_ms_, NowMs() + 1));
   const int64_t id = next_id_++;
   json message = {{"id", id}, {"method", method}, {"params", params.is_null() ? json::object() : params}};
   if (!browser_level) message["sessionId"] = session_id_;
@@ -816,7 +822,7 @@ bool Browser::Call(const std::string& method, const json& params, json* result, 
   while (!response_) {
     if (NowMs() >= deadline) {
       waiting_id_ = 0;
-      *error = method + ": no answer within " + std::to_string(timeout_ms) + " ms";
+      *error = method + ": no answer within " + std::to_string(deadline - start) + " ms";
       return false;
     }
     if (!Pump(deadline, error)) return false;
@@ -1002,6 +1008,9 @@ bool Browser::EvaluateValue(const std::string& expression, int timeout_ms, json*
     // evaluate's own answer, so the page is free again when we return.
     terminated_id_ = next_id_ - 1;
     terminated_answered_ = false;
+    // The cleanup is short and must happen even at the call's deadline (the script would run on).
+    const int64_t call_deadline = call_deadline_ms_;
+    call_deadline_ms_ = 0;
     json ignored;
     std::string te;
     Call("Runtime.terminateExecution", json::object(), &ignored, &te, kTerminateWaitMs);
@@ -1009,6 +1018,7 @@ bool Browser::EvaluateValue(const std::string& expression, int timeout_ms, json*
     while (!terminated_answered_ && NowMs() < deadline && Pump(deadline, &te)) {
     }
     terminated_id_ = 0;
+    call_deadline_ms_ = call_deadline;
     if (!Check(error)) return false;
     *error = "evaluate: timed out after " + std::to_string(timeout_ms) + " ms (the script was terminated)";
     return false;

@@ -46,7 +46,9 @@ struct BrowserConfig {
 // reaps pid(). Apart from Start's failure path and the destructor, nothing here reaps it (a closed pipe is
 // described with waitid(WNOWAIT), which leaves the child to the reaper).
 // NOTE: writing to a dead Chromium's pipe raises SIGPIPE; the process must ignore it (sandbox-init does).
-// Not thread-safe; every call blocks until Chromium answered or its timeout passed.
+// Not thread-safe: one thread at a time (sandbox-init runs the calls on a worker thread and hands the object
+// over explicitly, see DriverLane in init_server.cc); every call blocks until Chromium answered or its timeout
+// passed.
 class Browser {
  public:
   // Spawns Chromium (flags in cdp.cc), attaches to its first page target, enables the Page, Runtime, Network
@@ -62,6 +64,14 @@ class Browser {
   // fails naming how it ended.
   void ChildExited(pid_t pid, int status);
   bool alive() const { return !gone_; }
+
+  // The running call's deadline on internal::NowMs's clock (0: none): every CDP command of the call waits at
+  // most until then, whatever its own timeout (the short cleanup after a timed-out script excepted). The
+  // owner sets it around each call.
+  void set_call_deadline_ms(int64_t deadline_ms) { call_deadline_ms_ = deadline_ms; }
+  // An fd (an eventfd; not owned, -1: none) that, once readable, ends every wait at once with "canceled"
+  // (sandbox-init is ending). It must stay open as long as this object.
+  void set_cancel_fd(int fd) { cancel_fd_ = fd; }
 
   // Every call below returns false and sets *error when it fails. Chromium gone (exited, closed its pipe or
   // broke the framing): "the browser is gone (...)"; the page crashed: "the page crashed" (until a Navigate
@@ -159,6 +169,8 @@ class Browser {
   bool DispatchClick(double x, double y, std::string* error);
   void Terminate();
 
+  int64_t call_deadline_ms_ = 0;
+  int cancel_fd_ = -1;
   pid_t pid_ = -1;
   int to_chromium_ = -1, from_chromium_ = -1;  // our ends of its fd 3 and fd 4
   int log_fd_ = -1;                            // Chromium's stdout/stderr (a memfd), for error messages

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -23,15 +24,23 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <stop_token>
 #include <string>
 #include <string_view>
+#include <system_error>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "sandbox/init/cdp.h"
 #include "sandbox/init/desktop.h"
+#include "sandbox/init/driver_util.h"
 #include "sandbox/init/frame.h"
 #include "sandbox/init/init_protocol.pb.h"
 #include "sandbox/init/landlock.h"
@@ -58,10 +67,15 @@ constexpr size_t kMaxListEntries = 10'000;
 constexpr int kMaxRemoveDepth = 256;
 // After a timeout kill: output still buffered in a pipe is read, up to this much per stream.
 constexpr int kDrainReadsAfterTimeout = 8;
-constexpr uint32_t kMaxBrowserCallMs = 120000;  // one browser call at most (it holds the event loop)
+constexpr uint32_t kMaxBrowserCallMs = 120000;  // a browser action's own timeout at most (the API's bound)
+// A driver call's deadline (Request.timeout_ms): this when the agent sends none, and this much at most.
+constexpr uint32_t kDefaultDriverCallMs = 30000;
+constexpr uint32_t kMaxDriverCallMs = 600000;
+// Driver calls waiting for their driver (the running one included); more are refused.
+constexpr size_t kMaxQueuedDriverCalls = 16;
 
 // epoll data: the source kind in the top byte, the command's serial (never reused) below it.
-enum class Src : uint64_t { kControl = 1, kSignals, kStdout, kStderr, kStdin, kTimer };
+enum class Src : uint64_t { kControl = 1, kSignals, kStdout, kStderr, kStdin, kTimer, kDriver };
 constexpr uint64_t kSerialMask = (uint64_t{1} << 56) - 1;
 uint64_t Tag(Src src, uint64_t serial) { return static_cast<uint64_t>(src) << 56 | serial; }
 
@@ -614,11 +628,163 @@ void SetNonblocking(int fd) {
   if (flags >= 0) fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
+// ---- Driver calls off the loop ----------------------------------------------------------------------
+
+// What a driver call produced: its answer, and a screenshot for the loop to keep for DesktopFetch.
+struct DriverResult {
+  pb::Response response;
+  bool has_image = false;
+  std::string image;
+  uint32_t width = 0, height = 0, display_width = 0, display_height = 0;
+};
+
+// One driver's (the browser's or the desktop's) calls, carried out one at a time, in order, on a worker thread
+// of its own, so that a call that waits (a wait_for of a minute, a page that does not load) does not hold the
+// loop: exec output, file tools, signals and reaping go on meanwhile.
+//
+// NOTE: the thread rules.
+// - The worker runs only the jobs posted to it: each touches its driver and what it captured, nothing else.
+//   It never reaps (PID 1 reaps with waitpid(-1) on the loop), never sends a frame, never touches the
+//   Server. It is started after Setup blocked every signal, so it inherits that mask: signals stay the
+//   signalfd's.
+// - While the lane has calls outstanding (posted, not yet finished on the loop: !idle()), the driver object
+//   belongs to the worker: the loop neither calls, starts, replaces nor destroys it. The only thing the loop
+//   reads then is the driver's child pids, which nothing but the loop (ChildExited) and the driver's
+//   Start/destructor write. A driver child the loop reaps meanwhile is kept in pending_exits and handed to
+//   the driver (ChildExited) once the lane is idle again.
+// - A finished call's result goes back through done_ (under mu_) and the done eventfd the loop watches; the
+//   loop sends the answer and keeps the screenshot, so frames and the last screenshot stay the loop's alone.
+// - At most kMaxQueuedDriverCalls calls are outstanding per driver; the loop refuses more. A call whose
+//   deadline passed while it waited behind another is answered DEADLINE_EXCEEDED without running.
+// - Stop (the end of serving) makes the cancel eventfd readable, which ends the browser's waits at once,
+//   drops the calls still queued, and joins the worker; the drivers are destroyed after that, on the loop.
+class DriverLane {
+ public:
+  using Job = std::function<void(int64_t deadline_ms, DriverResult* result)>;
+
+  explicit DriverLane(const char* what) : what_(what) {}
+  ~DriverLane() { Stop(); }
+  DriverLane(const DriverLane&) = delete;
+  DriverLane& operator=(const DriverLane&) = delete;
+
+  // Creates the eventfds and starts the worker, once. False (with *error) when the kernel refuses.
+  bool Start(std::string* error) {
+    if (worker_.joinable()) return true;
+    done_fd_.Reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    cancel_fd_.Reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!done_fd_ || !cancel_fd_) {
+      *error = std::string(what_) + ": eventfd: " + strerror(errno);
+      return false;
+    }
+    try {
+      worker_ = std::jthread([this](std::stop_token stop) { Work(stop); });
+    } catch (const std::system_error& e) {
+      *error = std::string(what_) + ": cannot start its worker thread: " + e.what();
+      return false;
+    }
+    return true;
+  }
+  bool started() const { return worker_.joinable(); }
+  int done_fd() const { return done_fd_.get(); }
+  int cancel_fd() const { return cancel_fd_.get(); }
+  const char* what() const { return what_; }
+
+  // Loop only.
+  bool idle() const { return outstanding_ == 0; }
+  size_t outstanding() const { return outstanding_; }
+  void Post(uint64_t call_id, int64_t deadline_ms, Job job) {
+    ++outstanding_;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(Queued{call_id, deadline_ms, std::move(job)});
+    }
+    cv_.notify_one();
+  }
+  // The calls finished since the last time (after the done eventfd became readable).
+  std::vector<DriverResult> TakeDone() {
+    uint64_t count = 0;
+    ssize_t unused = read(done_fd_.get(), &count, sizeof(count));
+    (void)unused;
+    std::vector<DriverResult> done;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done.swap(done_);
+    }
+    outstanding_ -= std::min(outstanding_, done.size());
+    return done;
+  }
+  // Ends the worker: the running call is canceled (the browser's waits end at once), queued ones dropped.
+  void Stop() {
+    if (!worker_.joinable()) return;
+    const uint64_t one = 1;
+    ssize_t unused = write(cancel_fd_.get(), &one, sizeof(one));
+    (void)unused;
+    worker_.request_stop();
+    cv_.notify_all();
+    worker_.join();
+  }
+
+  std::vector<std::pair<pid_t, int>> pending_exits;  // loop only: driver children reaped while not idle
+
+ private:
+  struct Queued {
+    uint64_t call_id = 0;
+    int64_t deadline_ms = 0;
+    Job job;
+  };
+
+  void Work(std::stop_token stop) {
+    for (;;) {
+      Queued next;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, stop, [this] { return !queue_.empty(); });
+        if (stop.stop_requested()) return;
+        next = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      DriverResult result;
+      result.response.set_call_id(next.call_id);
+      if (init::internal::NowMs() >= next.deadline_ms) {
+        SetError(&result.response, pb::CODE_DEADLINE_EXCEEDED,
+                 std::string(what_) + ": the call's deadline passed while it waited for the " + what_ +
+                     "'s previous call");
+      } else {
+        next.job(next.deadline_ms, &result);
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        done_.push_back(std::move(result));
+      }
+      const uint64_t one = 1;
+      ssize_t unused = write(done_fd_.get(), &one, sizeof(one));
+      (void)unused;
+    }
+  }
+
+  const char* const what_;
+  UniqueFd done_fd_;    // eventfd: one count per finished call
+  UniqueFd cancel_fd_;  // eventfd: readable once Stop began
+  size_t outstanding_ = 0;  // loop only
+  std::mutex mu_;
+  std::condition_variable_any cv_;
+  std::deque<Queued> queue_;        // guarded by mu_
+  std::vector<DriverResult> done_;  // guarded by mu_
+  std::jthread worker_;  // NOTE: last member: joined (by Stop) before the rest goes
+};
+
 // ---- The server ---------------------------------------------------------------------------------------
 
 class Server {
  public:
   explicit Server(int control_fd) { control_.fd.Reset(control_fd); }
+  // The workers first (their running calls canceled), then the drivers they used.
+  ~Server() {
+    browser_lane_.Stop();
+    desktop_lane_.Stop();
+    browser_.reset();
+    desktop_.reset();
+  }
   int Run();
 
  private:
@@ -640,14 +806,22 @@ class Server {
 
   // Desktop sessions.
   void DesktopStartOp(const pb::DesktopStart& q, pb::Response* r);
-  void DesktopInputOp(const pb::DesktopInput& q, pb::Response* r);
   void DesktopFetchOp(const pb::DesktopFetch& q, pb::Response* r);
   // Keeps a screenshot (desktop or browser) for DesktopFetch and answers with its info and first chunk.
   void StoreScreenshot(std::string image, uint32_t width, uint32_t height, uint32_t display_width,
                        uint32_t display_height, pb::Response* r);
   void BrowserStartOp(const pb::BrowserStart& q, pb::Response* r);
-  void BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r);
-  bool DesktopReady(pb::Response* r);
+
+  // Driver calls (DriverLane): posted to the driver's worker, answered when they come back.
+  void PostDriverCall(DriverLane& lane, const pb::Request& q, DriverLane::Job job);
+  void PostBrowserCall(const pb::Request& q);
+  void PostDesktopCall(const pb::Request& q);
+  // Starts a lane's worker (once) and watches its done eventfd. False with the error in `r`.
+  bool StartLane(DriverLane& lane, uint64_t tag, pb::Response* r);
+  void OnDriverDone(uint64_t which);
+  // A reaped driver child: handed to its driver now, or once its lane is idle.
+  void DriverChildExited(pid_t pid, int status);
+  void DeliverPendingExits(DriverLane& lane);
 
   // Signals and children.
   void OnSignals();
@@ -690,7 +864,12 @@ class Server {
   std::unique_ptr<init::Browser> browser_;
   std::string last_png_;          // the last screenshot, for DesktopFetch
   uint64_t last_image_id_ = 0;
+  // NOTE: after the drivers: joined (and their calls canceled) before the drivers are destroyed.
+  DriverLane browser_lane_{"browser"};
+  DriverLane desktop_lane_{"desktop"};
 };
+
+constexpr uint64_t kBrowserLane = 0, kDesktopLane = 1;
 
 bool SetupFailed(const char* what) {
   fprintf(stderr, "sandbox-init: --serve: %s: %s\n", what, strerror(errno));
@@ -768,6 +947,9 @@ void Server::Dispatch(const epoll_event& event) {
       break;
     case Src::kSignals:
       OnSignals();
+      break;
+    case Src::kDriver:
+      OnDriverDone(event.data.u64 & kSerialMask);
       break;
     default:
       OnExecEvent(src, event.data.u64 & kSerialMask, event.events);
@@ -896,8 +1078,7 @@ void Server::Handle(const pb::Request& q) {
       DesktopStartOp(q.desktop_start(), &r);
       break;
     case pb::Request::kDesktopInput:
-      DesktopInputOp(q.desktop_input(), &r);
-      break;
+      return PostDesktopCall(q);  // answered when the desktop's worker is done
     case pb::Request::kDesktopFetch:
       DesktopFetchOp(q.desktop_fetch(), &r);
       break;
@@ -905,8 +1086,7 @@ void Server::Handle(const pb::Request& q) {
       BrowserStartOp(q.browser_start(), &r);
       break;
     case pb::Request::kBrowserRequest:
-      BrowserRequestOp(q.browser_request(), &r);
-      break;
+      return PostBrowserCall(q);  // answered when the browser's worker is done
     case pb::Request::KIND_NOT_SET:
       SetError(&r, pb::CODE_INVALID_ARGUMENT, "a request without a kind (is the agent newer than sandbox-init?)");
       break;
@@ -999,8 +1179,7 @@ void Server::ReapChildren() {
     int status = 0;
     const pid_t pid = waitpid(-1, &status, WNOHANG);
     if (pid <= 0) break;
-    if (desktop_ && (pid == desktop_->xvfb_pid() || pid == desktop_->wm_pid())) desktop_->ChildExited(pid);
-    if (browser_ && pid == browser_->pid()) browser_->ChildExited(pid, status);
+    DriverChildExited(pid, status);
     const auto it = pids_.find(pid);
     if (it == pids_.end()) continue;  // an orphan re-parented to PID 1
     Exec* e = FindExec(it->second);
@@ -1019,10 +1198,15 @@ void Server::KillAll(int sig) {
 // ---- Desktop ----
 
 void Server::DesktopStartOp(const pb::DesktopStart& q, pb::Response* r) {
+  // NOTE: the driver belongs to the worker while calls are outstanding (DriverLane).
+  if (!desktop_lane_.idle()) {
+    return SetError(r, pb::CODE_FAILED_PRECONDITION, "desktop: a call is still running on the display");
+  }
   if (desktop_ && desktop_->alive()) {
     return SetError(r, pb::CODE_FAILED_PRECONDITION, "the desktop is already started");
   }
   desktop_.reset();  // a display that is gone can be started again
+  if (!StartLane(desktop_lane_, kDesktopLane, r)) return;
   init::DesktopConfig config;
   config.width = q.width() == 0 ? 1280 : q.width();
   config.height = q.height() == 0 ? 800 : q.height();
@@ -1037,21 +1221,20 @@ void Server::DesktopStartOp(const pb::DesktopStart& q, pb::Response* r) {
   info->set_display(desktop_->display_name());
 }
 
-bool Server::DesktopReady(pb::Response* r) {
-  if (!desktop_) {
-    SetError(r, pb::CODE_FAILED_PRECONDITION, "not a desktop session (no display was started)");
-    return false;
-  }
-  if (!desktop_->alive()) {
+// NOTE: runs on the desktop's worker (DriverLane), like RunDesktopInput.
+bool DesktopReady(init::Desktop& d, pb::Response* r) {
+  if (!d.alive()) {
     SetError(r, pb::CODE_UNAVAILABLE, "the display is gone: Xvfb is no longer running");
     return false;
   }
   return true;
 }
 
-void Server::DesktopInputOp(const pb::DesktopInput& q, pb::Response* r) {
-  if (!DesktopReady(r)) return;
-  init::Desktop& d = *desktop_;
+// One desktop call, on the desktop's worker (DriverLane): touches `d` and `out` only; a screenshot is left in
+// `out` for the loop to keep.
+void RunDesktopInput(init::Desktop& d, const pb::DesktopInput& q, DriverResult* out) {
+  pb::Response* r = &out->response;
+  if (!DesktopReady(d, r)) return;
   std::string error;
   bool ok = false;
   const std::optional<init::Point> at =
@@ -1089,8 +1272,13 @@ void Server::DesktopInputOp(const pb::DesktopInput& q, pb::Response* r) {
     case pb::DesktopInput::KIND_SCREENSHOT: {
       init::DesktopImage image;
       if (!d.Screenshot(q.target_width(), &image, &error)) break;
-      return StoreScreenshot(std::move(image.png), image.width, image.height, image.display_width,
-                             image.display_height, r);
+      out->has_image = true;
+      out->image = std::move(image.png);
+      out->width = image.width;
+      out->height = image.height;
+      out->display_width = image.display_width;
+      out->display_height = image.display_height;
+      return;
     }
     default:
       return SetError(r, pb::CODE_INVALID_ARGUMENT, "desktop: an input of an unknown kind");
@@ -1129,10 +1317,15 @@ void Server::DesktopFetchOp(const pb::DesktopFetch& q, pb::Response* r) {
 // ---- Browser ----
 
 void Server::BrowserStartOp(const pb::BrowserStart& q, pb::Response* r) {
+  // NOTE: the driver belongs to the worker while calls are outstanding (DriverLane).
+  if (!browser_lane_.idle()) {
+    return SetError(r, pb::CODE_FAILED_PRECONDITION, "browser: a call is still running in the browser");
+  }
   if (browser_ && browser_->alive()) {
     return SetError(r, pb::CODE_FAILED_PRECONDITION, "the browser is already started");
   }
   browser_.reset();  // a browser that is gone can be started again
+  if (!StartLane(browser_lane_, kBrowserLane, r)) return;
   init::BrowserConfig config;
   config.profile_dir = "/tmp/.browser-profile";
   config.width = q.width() == 0 ? 1280 : q.width();
@@ -1150,17 +1343,25 @@ void Server::BrowserStartOp(const pb::BrowserStart& q, pb::Response* r) {
   std::string error;
   browser_ = init::Browser::Start(config, &error);
   if (!browser_) return SetError(r, pb::CODE_FAILED_PRECONDITION, "browser: " + error);
+  browser_->set_cancel_fd(browser_lane_.cancel_fd());
   r->mutable_ok();
 }
 
-void Server::BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r) {
-  if (!browser_) return SetError(r, pb::CODE_FAILED_PRECONDITION, "not a browser session (no browser was started)");
-  init::Browser& b = *browser_;
+// One browser call, on the browser's worker (DriverLane): touches `b` and `result` only. The action's timeout
+// and every CDP wait of the call end by `deadline_ms` (the request's timeout_ms, counted from its arrival).
+void RunBrowserRequest(init::Browser& b, const pb::BrowserRequest& q, int64_t deadline_ms, DriverResult* result) {
+  pb::Response* r = &result->response;
   std::string error;
   bool ok = false;
   pb::BrowserOutput* out = nullptr;
-  // NOTE: a browser call holds this loop (exec output, reaping, other requests wait), so it is capped.
-  const int timeout = q.timeout_ms() == 0 ? 30000 : static_cast<int>(std::min<uint32_t>(q.timeout_ms(), kMaxBrowserCallMs));
+  const int64_t left = std::max<int64_t>(1, deadline_ms - init::internal::NowMs());
+  const int timeout = static_cast<int>(
+      std::min<int64_t>(q.timeout_ms() == 0 ? 30000 : std::min<uint32_t>(q.timeout_ms(), kMaxBrowserCallMs), left));
+  b.set_call_deadline_ms(deadline_ms);
+  struct ClearDeadline {
+    init::Browser& b;
+    ~ClearDeadline() { b.set_call_deadline_ms(0); }
+  } clear_deadline{b};
   switch (q.kind()) {
     case pb::BrowserRequest::KIND_NAVIGATE:
       ok = b.Navigate(q.text(), q.text2().empty() ? "load" : q.text2(), timeout, &error);
@@ -1172,7 +1373,11 @@ void Server::BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r) {
                         static_cast<uint32_t>(std::max(0, q.b())), &image, &w, &h, &error)) {
         break;
       }
-      return StoreScreenshot(std::move(image), w, h, w, h, r);
+      result->has_image = true;
+      result->image = std::move(image);
+      result->width = result->display_width = w;
+      result->height = result->display_height = h;
+      return;
     }
     case pb::BrowserRequest::KIND_CLICK:
       ok = q.has_point() ? b.ClickAt(q.x(), q.y(), &error) : b.Click(q.text(), &error);
@@ -1251,6 +1456,99 @@ void Server::BrowserRequestOp(const pb::BrowserRequest& q, pb::Response* r) {
     report->set_text(std::to_string(left_out) + " page events left out (over one answer's size)");
     report->set_json("{\"type\":\"dropped\",\"count\":" + std::to_string(left_out) + "}");
   }
+}
+
+// ---- Driver calls ----
+
+bool Server::StartLane(DriverLane& lane, uint64_t tag, pb::Response* r) {
+  if (lane.started()) return true;
+  std::string error;
+  if (!lane.Start(&error)) {
+    SetError(r, pb::CODE_INTERNAL, error);
+    return false;
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = Tag(Src::kDriver, tag);
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, lane.done_fd(), &ev) < 0) {
+    SetErrnoError(r, lane.what(), "epoll_ctl", errno);
+    lane.Stop();
+    return false;
+  }
+  return true;
+}
+
+void Server::PostDriverCall(DriverLane& lane, const pb::Request& q, DriverLane::Job job) {
+  if (lane.outstanding() >= kMaxQueuedDriverCalls) {
+    pb::Response r;
+    r.set_call_id(q.call_id());
+    SetError(&r, pb::CODE_RESOURCE_EXHAUSTED,
+             std::string(lane.what()) + ": " + std::to_string(kMaxQueuedDriverCalls) + " calls already wait for the " +
+                 lane.what() + " (one runs at a time)");
+    return Send(r);
+  }
+  // The deadline counts from now, when the call arrived, including any wait behind an earlier call.
+  const uint32_t timeout_ms = q.timeout_ms() == 0 ? kDefaultDriverCallMs : std::min(q.timeout_ms(), kMaxDriverCallMs);
+  lane.Post(q.call_id(), init::internal::NowMs() + timeout_ms, std::move(job));
+}
+
+void Server::PostBrowserCall(const pb::Request& q) {
+  if (!browser_) {
+    pb::Response r;
+    r.set_call_id(q.call_id());
+    SetError(&r, pb::CODE_FAILED_PRECONDITION, "not a browser session (no browser was started)");
+    return Send(r);
+  }
+  init::Browser* b = browser_.get();  // NOTE: not replaced or destroyed while the lane is not idle
+  PostDriverCall(browser_lane_, q, [b, request = q.browser_request()](int64_t deadline_ms, DriverResult* result) {
+    RunBrowserRequest(*b, request, deadline_ms, result);
+  });
+}
+
+void Server::PostDesktopCall(const pb::Request& q) {
+  if (!desktop_) {
+    pb::Response r;
+    r.set_call_id(q.call_id());
+    SetError(&r, pb::CODE_FAILED_PRECONDITION, "not a desktop session (no display was started)");
+    return Send(r);
+  }
+  init::Desktop* d = desktop_.get();  // NOTE: not replaced or destroyed while the lane is not idle
+  PostDriverCall(desktop_lane_, q, [d, request = q.desktop_input()](int64_t, DriverResult* result) {
+    RunDesktopInput(*d, request, result);
+  });
+}
+
+void Server::OnDriverDone(uint64_t which) {
+  DriverLane& lane = which == kBrowserLane ? browser_lane_ : desktop_lane_;
+  for (DriverResult& done : lane.TakeDone()) {
+    if (done.has_image) {
+      StoreScreenshot(std::move(done.image), done.width, done.height, done.display_width, done.display_height,
+                      &done.response);
+    }
+    Send(done.response);
+  }
+  if (lane.idle()) DeliverPendingExits(lane);
+}
+
+void Server::DriverChildExited(pid_t pid, int status) {
+  // NOTE: reading the pids while a worker runs a call is safe: only this thread writes them (ChildExited),
+  // besides the drivers' Start and destructor, which run here with the lane idle.
+  if (desktop_ && (pid == desktop_->xvfb_pid() || pid == desktop_->wm_pid())) {
+    desktop_lane_.pending_exits.emplace_back(pid, status);
+    if (desktop_lane_.idle()) DeliverPendingExits(desktop_lane_);
+  }
+  if (browser_ && pid == browser_->pid()) {
+    browser_lane_.pending_exits.emplace_back(pid, status);
+    if (browser_lane_.idle()) DeliverPendingExits(browser_lane_);
+  }
+}
+
+void Server::DeliverPendingExits(DriverLane& lane) {
+  for (const auto& [pid, status] : lane.pending_exits) {
+    if (&lane == &desktop_lane_ && desktop_) desktop_->ChildExited(pid);
+    if (&lane == &browser_lane_ && browser_) browser_->ChildExited(pid, status);
+  }
+  lane.pending_exits.clear();
 }
 
 // ---- Commands ----

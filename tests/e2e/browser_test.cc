@@ -287,6 +287,37 @@ TEST_F(BrowserTest, ThrowingAndRunawayScriptsFailTheCallNotTheSession) {
   EXPECT_EQ(Evaluate("6 * 7").finished.result().browser().json(), "42");
 }
 
+// A browser call longer than the agent's default 30 s answer wait runs to its own deadline (init and the agent
+// agree on it through the request), and while it waits, sandbox-init keeps serving the session's other calls.
+TEST_F(BrowserTest, ALongWaitForRunsToItsOwnDeadlineWhileExecKeepsWorking) {
+  ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
+  constexpr uint32_t kWaitMs = 40000;  // past InitClient's 30 s default
+  pb::BrowserAction wait;
+  wait.mutable_wait_for()->set_selector("#never-there");
+  wait.mutable_wait_for()->set_timeout_ms(kWaitMs);
+  const auto start = std::chrono::steady_clock::now();
+  CallResult waited;
+  std::thread waiter([&] { waited = Act(wait); });
+  // Nothing observable says the wait reached sandbox-init, so give it a moment; an exec sent after that must
+  // still complete promptly (before the fix, init's loop was held for the whole wait).
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const auto exec_start = std::chrono::steady_clock::now();
+  CallResult echo = RunExec(stub_.get(), id_, {"echo", "hi"});
+  const auto exec_took = std::chrono::steady_clock::now() - exec_start;
+  EXPECT_TRUE(echo.has_finished);
+  EXPECT_EQ(echo.out, "hi\n");
+  EXPECT_LT(exec_took, std::chrono::seconds(5)) << "exec waited behind the browser call";
+  waiter.join();
+  const auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_TRUE(waited.finished.has_error()) << waited.finished.DebugString();
+  EXPECT_NE(waited.finished.error().code(), grpc::DEADLINE_EXCEEDED) << waited.finished.error().message();
+  EXPECT_THAT(waited.finished.error().message(), HasSubstr("did not appear within 40000 ms"));
+  EXPECT_GE(took, std::chrono::milliseconds(kWaitMs - 1000));
+  EXPECT_LT(took, std::chrono::milliseconds(kWaitMs + 10000));
+  // The session is still usable afterwards.
+  EXPECT_EQ(Evaluate("6 * 7").finished.result().browser().json(), "42");
+}
+
 TEST_F(BrowserTest, ChromiumKilledFromInsideFailsTheNextCallAndEndsTheSession) {
   ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
   CallResult kill = RunExec(stub_.get(), id_, {"/bin/sh", "-c", "pkill -KILL -x chromium; sleep 0.5"});

@@ -599,6 +599,59 @@ TEST(FleetTest, CommandsOverAttachRunOnceAndUploadsArriveIntact) {
   EXPECT_EQ(agent.Terminate(seconds(30)), 0);
 }
 
+// Uploads over Attach go through the same FileTransfer as local mode: a sha256 that does not match what the
+// jail stored fails the upload with DATA_LOSS and leaves no file behind.
+TEST(FleetTest, AnUploadWithAWrongSha256FailsAndLeavesNoFile) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  pb::SandboxRequest request;
+  request.set_kind(pb::FILE);
+  const std::string id = cp->Enqueue(request);
+  ASSERT_TRUE(cp->WaitFor([&] { auto l = cp->Lease(id); return l && !l->events.empty(); }, seconds(20)));
+
+  pb::SessionCommand part1;
+  part1.set_command_id("up-bad");
+  part1.mutable_upload()->set_path("/workspace/bad.txt");
+  part1.mutable_upload()->set_data("hello, ");
+  pb::SessionCommand part2 = part1;
+  part2.mutable_upload()->set_offset(7);
+  part2.mutable_upload()->set_data("fleet\n");
+  part2.mutable_upload()->set_last(true);
+  part2.mutable_upload()->set_sha256(std::string(64, '0'));
+  cp->SendCommand(id, part1);
+  cp->SendCommand(id, part2);
+  const auto upload_end = [&]() -> std::optional<pb::ToolCallFinished> {
+    const std::optional<ControlPlaneDouble::LeaseView> lease = cp->Lease(id);
+    for (const pb::Event& e : lease->events) {
+      if (e.has_tool_call_finished() && e.tool_call_finished().call_id() == "up-bad") return e.tool_call_finished();
+    }
+    return std::nullopt;
+  };
+  ASSERT_TRUE(cp->WaitFor([&] { return upload_end().has_value(); }, seconds(20))) << agent.Log();
+  const pb::ToolCallFinished end = *upload_end();
+  ASSERT_TRUE(end.has_error()) << end.DebugString();
+  EXPECT_EQ(end.error().code(), static_cast<int>(grpc::DATA_LOSS));
+  EXPECT_THAT(end.error().message(), HasSubstr("sha256"));
+
+  pb::SessionCommand check;
+  check.set_command_id("cmd-check");
+  pb::Exec* exec = check.mutable_call()->mutable_exec();
+  exec->add_argv("/bin/sh");
+  exec->add_argv("-c");
+  exec->add_argv("if test -e /workspace/bad.txt; then echo present; else echo absent; fi");
+  cp->SendCommand(id, check);
+  ASSERT_TRUE(cp->WaitFor([&] { return Stdout(*cp->Lease(id)).find("sent") != std::string::npos; }, seconds(20)));
+  EXPECT_EQ(Stdout(*cp->Lease(id)), "absent\n");
+  pb::SessionCommand cancel;
+  cancel.set_command_id("cmd-cancel");
+  cancel.mutable_cancel()->set_reason("done with it");
+  cp->SendCommand(id, cancel);
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20)));
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
 TEST(FleetTest, OutcomeSurvivesAControlPlaneOutageAndAnAgentRestart) {
   auto cp = StartDouble();
   ASSERT_NE(cp, nullptr);
