@@ -128,10 +128,12 @@ int RunCommand(const RunFlags& flags) {
   absl::StatusOr<sandbox::Policy> policy = EffectivePolicy(flags);
   if (!policy.ok()) return SetupError(flags, policy.status());
   // The OOM killer should pick the jail (set to 1000 by Jail::Start), never the agent that reports on it.
-  // Without CAP_SYS_RESOURCE that cannot be done: one line says so, and the run goes on.
-  if (absl::Status s = sandbox::ProtectAgentFromOomKiller(); !s.ok()) {
-    fprintf(stderr, "sandbox-agent: warning: %.*s\n", static_cast<int>(s.message().size()), s.message().data());
-  }
+  // Without CAP_SYS_RESOURCE (most containers, some hosts' root) that cannot be done: the outcome's warnings
+  // say so and the run goes on. NOTE: not on stderr, which is the workload's and, on a setup error, carries
+  // exactly one line naming the problem; a one-shot agent that could not lower itself would print it on
+  // every run.
+  std::vector<std::string> warnings;
+  if (absl::Status s = sandbox::ProtectAgentFromOomKiller(); !s.ok()) warnings.emplace_back(s.message());
   absl::StatusOr<std::string> init = LocateInit(flags.init_path);
   if (!init.ok()) return SetupError(flags, init.status());
 
@@ -140,6 +142,7 @@ int RunCommand(const RunFlags& flags) {
   options.init_path = *init;
   options.host_environ = environ;
   options.name = absl::StrCat("run-", getpid());
+  options.warnings = std::move(warnings);
   absl::StatusOr<sandbox::CgroupLayout> layout = sandbox::PrepareCgroupLayout();
   if (layout.ok()) {
     options.cgroups = &*layout;
