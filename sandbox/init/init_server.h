@@ -10,6 +10,10 @@
 //   workload's uid (the kernel confines them); ".." components are refused, /proc magic links are never
 //   traversed, and write/remove never follow a final symlink.
 // - PID 1 duties: reaps every orphan.
+// - browser and desktop calls: each driver's calls run one at a time on a worker thread of its own (DriverLane
+//   in init_server.cc, which states the thread rules: the worker never reaps, never sends frames, and owns
+//   its driver while calls are outstanding), so the loop keeps serving while a call waits. Each call has a
+//   deadline (Request.timeout_ms) counted from its arrival; at most 16 wait per driver, more are refused.
 //
 // NOTE: a command ends (ExecEnd) once it was reaped AND its output reached EOF, so all output precedes the
 // end; a background process that keeps the command's stdout open keeps the command running until it exits

@@ -300,6 +300,27 @@ TEST_F(DaemonTest, UploadWithAWrongSha256IsRefusedAndRemoved) {
   EXPECT_EQ(RunCall(stub_.get(), s.id(), call).finished.error().code(), grpc::NOT_FOUND);
 }
 
+// The same FileTransfer ends every upload: one whose stream ends before its last chunk leaves no partial file.
+// (A guard for the shared implementation: local mode removed such files before it too.)
+TEST_F(DaemonTest, AnUploadThatEndsBeforeItsLastChunkLeavesNoFile) {
+  pb::Session s = Create();
+  grpc::ClientContext ctx;
+  pb::UploadResponse resp;
+  auto writer = stub_->Upload(&ctx, &resp);
+  pb::UploadChunk c;
+  c.set_session_id(s.id());
+  c.set_path("partial.bin");
+  c.set_data(std::string(300 << 10, 'x'));  // more than one init frame
+  ASSERT_TRUE(writer->Write(c));
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  EXPECT_EQ(status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("without a last chunk"));
+  pb::ToolCall call;
+  call.mutable_stat()->set_path("partial.bin");
+  EXPECT_EQ(RunCall(stub_.get(), s.id(), call).finished.error().code(), grpc::NOT_FOUND);
+}
+
 // --- Lifecycle --------------------------------------------------------------------------------------------
 
 TEST_F(DaemonTest, CancelEndsTheSessionAsCanceled) {
