@@ -107,8 +107,13 @@ int MountOverlay(const MountOp& op, bool is_dir) {
     if (mount("overlay", op.dst, "overlay", kFlags, op.overlay_dir_options) < 0) return errno;
     return 0;
   }
-  if (int err = MkdirAll(op.overlay_stage, 0755); err != 0) return err;
-  if (mount("overlay", op.overlay_stage, "overlay", kFlags, op.overlay_parent_options) < 0) return errno;
+  // Files of one directory share a stage: an earlier file may have mounted it already (the file is then
+  // visible in it; the stage is an empty directory until its overlay is mounted).
+  struct stat st;
+  if (stat(op.overlay_stage_file, &st) < 0) {
+    if (int err = MkdirAll(op.overlay_stage, 0755); err != 0) return err;
+    if (mount("overlay", op.overlay_stage, "overlay", kFlags, op.overlay_parent_options) < 0) return errno;
+  }
   if (mount(op.overlay_stage_file, op.dst, nullptr, MS_BIND, nullptr) < 0) return errno;
   return RestrictMount(op.dst, true);
 }

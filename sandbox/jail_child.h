@@ -39,7 +39,8 @@ struct MountOp {
   // host's, so the host's activity would reach the jail's watches. nullptr: a plain bind.
   //  - src a directory: overlay at dst with `overlay_dir_options` ("lowerdir=SRC:EMPTY,...").
   //  - src a file: overlay of its parent directory (`overlay_parent_options`) at `overlay_stage` on the
-  //    base tmpfs, then `overlay_stage_file` bound at dst; the stage is dropped with the old root.
+  //    base tmpfs (shared by the files of one directory), then `overlay_stage_file` bound at dst; the
+  //    stage is dropped with the old root.
   const char* overlay_empty = nullptr;  // the empty second lower layer, created on demand
   const char* overlay_dir_options = nullptr;
   const char* overlay_parent_options = nullptr;

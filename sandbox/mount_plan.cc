@@ -37,7 +37,10 @@ void MountPlan::SetReadOnlyOverlay(internal::MountOp& op, const std::string& hos
   if (!OverlaySafe(src)) return;
   const size_t slash = src.rfind('/');
   const std::string parent = slash == 0 ? std::string("/") : src.substr(0, slash);
-  const std::string stage = absl::StrCat(kOverlayStage, overlay_count_++);
+  // Files of one host directory share its stage (fewer overlays to mount and to tear down).
+  auto [it, added] = overlay_stages_.emplace(parent, "");
+  if (added) it->second = absl::StrCat(kOverlayStage, overlay_stages_.size() - 1);
+  const std::string& stage = it->second;
   op.overlay_empty = kOverlayEmpty;
   op.overlay_dir_options = Keep(absl::StrCat("lowerdir=", src, ":", kOverlayEmpty, kOverlayFlags));
   op.overlay_parent_options = Keep(absl::StrCat("lowerdir=", parent, ":", kOverlayEmpty, kOverlayFlags));

@@ -4,6 +4,7 @@
 #define SBX_SANDBOX_MOUNT_PLAN_H_
 
 #include <deque>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -45,7 +46,7 @@ class MountPlan {
   std::vector<internal::MountOp> ops_;
   std::vector<std::string> descriptions_;
   std::string newroot_options_;
-  size_t overlay_count_ = 0;
+  std::map<std::string, std::string> overlay_stages_;  // host parent directory -> its stage
 };
 
 }  // namespace sbx::sandbox
