@@ -394,9 +394,16 @@ def check_kubernetes(fleet_canon):
         problem(where, f"state_dir {state_dir} is not a hostPath mount: the outbox must survive pod restarts")
     elif found[1]["hostPath"].get("type") != "DirectoryOrCreate":
         problem(where, f"the hostPath for {state_dir} should have type DirectoryOrCreate")
+    # The uid-range lease locks (sandbox/id_range.h) must be the host's, shared by every agent on the node.
+    ids_dir = "/run/sandbox-agent/ids"
+    found = volume_for(ids_dir + "/x")
+    if not found or found[0].get("mountPath") != ids_dir or (found[1].get("hostPath") or {}).get("path") != ids_dir:
+        problem(where, f"{ids_dir} is not a hostPath mount of the host's {ids_dir}: two agents on a node could "
+                       "lease the same host uid range")
     for name, vol in volumes.items():
-        if "hostPath" in vol and vol["hostPath"].get("path") != state_dir:
-            problem(where, f"volume {name} mounts host path {vol['hostPath'].get('path')}: only state_dir should be")
+        if "hostPath" in vol and vol["hostPath"].get("path") not in (state_dir, ids_dir):
+            problem(where, f"volume {name} mounts host path {vol['hostPath'].get('path')}: only state_dir and "
+                           f"{ids_dir} should be")
     socket = get(config, "unix_socket", default="/run/sandbox-agent/agent.sock")
     if sc.get("readOnlyRootFilesystem"):
         found = volume_for(socket)
@@ -436,6 +443,9 @@ def check_systemd(drain_ms):
         problem(where, "ExecReload should send SIGHUP to the agent")
     if one("StateDirectory") != "sandbox-agent":
         problem(where, "StateDirectory should be sandbox-agent (/var/lib/sandbox-agent, the config's state_dir)")
+    if one("RuntimeDirectory") == "sandbox-agent" and one("RuntimeDirectoryPreserve") not in ("yes", "true"):
+        problem(where, "RuntimeDirectoryPreserve should be yes: /run/sandbox-agent/ids holds uid-range lease locks "
+                       "other agents on the host may hold")
     for forbidden in ("ProtectKernelTunables", "ProtectKernelLogs", "ProtectControlGroups", "RestrictNamespaces",
                       "SystemCallFilter", "MemoryDenyWriteExecute", "ProtectHostname", "ProcSubset",
                       "ProtectProc", "PrivateUsers", "DynamicUser", "User"):
