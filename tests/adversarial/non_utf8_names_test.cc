@@ -71,7 +71,7 @@ class NamesTest : public ::testing::Test {
 
 TEST_F(NamesTest, ANameThatIsNotUtf8IsListedResumedPastAndRecoverable) {
   const std::string id = Create();
-  CallResult made = RunExec(stub_.get(), id, {"/probe/hostile_names"});
+  CallResult made = RunExec(stub_.get(), id, {"/probe/hostile_names", "utf8"});
   ASSERT_TRUE(made.has_finished && made.finished.has_result()) << made.status.error_message() << made.err;
 
   pb::ToolCall call;

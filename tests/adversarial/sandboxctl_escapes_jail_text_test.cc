@@ -78,7 +78,7 @@ void ExpectNoRawControls(const std::string& out) {
 
 TEST_F(EscapesTest, SandboxctlEscapesJailMadeNames) {
   const std::string id = Create();
-  CallResult made = RunExec(stub_.get(), id, {"/probe/hostile_names"});
+  CallResult made = RunExec(stub_.get(), id, {"/probe/hostile_names", "escapes"});
   ASSERT_TRUE(made.has_finished && made.finished.has_result()) << made.status.error_message() << made.err;
 
   int rc = -1;
