@@ -21,6 +21,10 @@ packages=(
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   # tests
   libgtest-dev libgmock-dev
+  # tests/fuzz (libFuzzer targets, build-fuzz): clang, and libclang-rt-14-dev, which ships libFuzzer
+  # (libclang_rt.fuzzer-x86_64.a) and clang's ASan/UBSan runtimes. tests/sanitize uses gcc's (libasan8 and
+  # libubsan1 come with build-essential's gcc-12).
+  clang libclang-rt-14-dev
   # tests and benchmarks run these: setpriv (util-linux), bubblewrap as the benchmark anchor, procps, iproute2
   util-linux bubblewrap procps iproute2 python3
   # desktop sessions: the virtual display (xvfb brings xkbcomp and the XKB data), a window manager, the core
