@@ -45,6 +45,9 @@ class BrowserTest : public ::testing::Test {
     grpc::ClientContext ctx;
     pb::CreateRequest req;
     req.set_kind(pb::BROWSER);
+    if (file_events_max_bytes_ != 0) {
+      req.mutable_policy()->mutable_limits()->set_file_events_max_bytes(file_events_max_bytes_);
+    }
     pb::Session session;
     grpc::Status status = stub_->Create(&ctx, req, &session);
     ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << daemon_->Log();
@@ -72,6 +75,8 @@ class BrowserTest : public ::testing::Test {
     return Act(a);
   }
 
+  // limits.file_events_max_bytes the session narrows to (0: the policy's).
+  uint64_t file_events_max_bytes_ = 0;
   std::unique_ptr<Daemon> daemon_;
   std::unique_ptr<pb::Sandboxes::StubInterface> stub_;
   std::string id_;
@@ -179,65 +184,74 @@ TEST_F(BrowserTest, ADownloadArrivesAsFileEventsWithItsSha256) {
   ASSERT_TRUE(none.finished.has_error());
   EXPECT_THAT(none.finished.error().message(), HasSubstr("no download finished"));
 
-  // Past 64 MiB a download stays in the workspace only: a page event says so, and no file events come.
+}
+
+// A session whose file payloads are budgeted at 64 MiB held at once (limits.file_events_max_bytes).
+class BrowserBudgetTest : public BrowserTest {
+ protected:
+  BrowserBudgetTest() { file_events_max_bytes_ = 64 << 20; }
+  // Starts a download of `bytes` zero bytes named `name` and waits for it; returns both calls.
+  std::pair<CallResult, CallResult> Download(size_t bytes, const std::string& name) {
+    pb::BrowserAction make;
+    make.mutable_evaluate()->set_expression(
+        "(() => { const a = document.createElement('a');"
+        " a.href = URL.createObjectURL(new Blob([new Uint8Array(" + std::to_string(bytes) + ")]));"
+        " a.download = '" + name + "'; document.body.appendChild(a); a.click(); return true; })()");
+    pb::BrowserAction wait;
+    wait.mutable_wait_for()->set_download(true);
+    wait.mutable_wait_for()->set_timeout_ms(60000);
+    CallResult started = Act(make);
+    EXPECT_TRUE(started.finished.has_result()) << started.finished.DebugString();
+    CallResult done = Act(wait);
+    EXPECT_TRUE(done.finished.has_result()) << done.finished.DebugString();
+    return {std::move(started), std::move(done)};
+  }
+};
+
+// A download larger than the budget stays in the workspace only: a page event and a dropped event say so,
+// and no file events come.
+TEST_F(BrowserBudgetTest, ADownloadOverTheFileEventBudgetStaysInTheWorkspace) {
+  ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
   constexpr size_t kBig = (64 << 20) + 1;
-  make.mutable_evaluate()->set_expression(
-      "(() => { const a = document.createElement('a');"
-      " a.href = URL.createObjectURL(new Blob([new Uint8Array(" + std::to_string(kBig) + ")]));"
-      " a.download = 'big.bin'; document.body.appendChild(a); a.click(); return true; })()");
-  CallResult big_started = Act(make);
-  ASSERT_TRUE(big_started.finished.has_result()) << big_started.finished.DebugString();
-  wait.mutable_wait_for()->set_timeout_ms(60000);
-  CallResult big = Act(wait);
-  ASSERT_TRUE(big.finished.has_result()) << big.finished.DebugString();
-  bool not_sent = false;
-  for (const CallResult* call : {&big_started, &big}) {
+  auto [started, done] = Download(kBig, "big.bin");
+  bool not_sent = false, dropped = false;
+  for (const CallResult* call : {&started, &done}) {
     for (const pb::Event& e : call->events) {
       EXPECT_FALSE(e.has_file()) << "a file event for " << e.file().path();
       if (e.has_page() && e.page().type() == "download_not_sent") {
         not_sent = true;
         EXPECT_THAT(e.page().text(), HasSubstr("downloads/big.bin"));
-        EXPECT_THAT(e.page().text(), HasSubstr("fetch it with Download"));
+        EXPECT_THAT(e.page().text(), HasSubstr("limits.file_events_max_bytes"));
       }
+      if (e.has_dropped() && e.dropped().budget() == "limits.file_events_max_bytes") dropped = true;
     }
   }
   EXPECT_TRUE(not_sent);
+  EXPECT_TRUE(dropped);
+  pb::ToolCall stat;
   stat.mutable_stat()->set_path("downloads/big.bin");
-  st = RunCall(stub_.get(), id_, stat);
+  CallResult st = RunCall(stub_.get(), id_, stat);
   ASSERT_TRUE(st.finished.has_result()) << st.finished.DebugString();
   EXPECT_EQ(st.finished.result().info().size(), kBig);
 }
 
-// What a session sends inline is bounded (its events stay in the agent's memory): 256 MiB in all, after which
-// downloads stay in the workspace.
-TEST_F(BrowserTest, DownloadsSentInlineAreBoundedPerSession) {
+// The budget bounds what the agent holds at once: a download the caller's Call stream carried is
+// acknowledged and released, so the next one fits again. Three 60 MiB downloads under a 64 MiB budget are
+// all sent.
+TEST_F(BrowserBudgetTest, AcknowledgedDownloadsFreeTheBudgetForTheNextOne) {
   ASSERT_TRUE(Navigate("file:///workspace/page.html").finished.has_result());
   size_t sent = 0, not_sent = 0;
-  for (int i = 0; i < 5; ++i) {
-    pb::BrowserAction make;
-    make.mutable_evaluate()->set_expression(
-        "(() => { const a = document.createElement('a');"
-        " a.href = URL.createObjectURL(new Blob([new Uint8Array(" + std::to_string(60 << 20) + ")]));"
-        " a.download = 'part.bin'; document.body.appendChild(a); a.click(); return true; })()");
-    pb::BrowserAction wait;
-    wait.mutable_wait_for()->set_download(true);
-    wait.mutable_wait_for()->set_timeout_ms(60000);
-    CallResult started = Act(make);
-    ASSERT_TRUE(started.finished.has_result()) << started.finished.DebugString();
-    CallResult done = Act(wait);
-    ASSERT_TRUE(done.finished.has_result()) << done.finished.DebugString();
+  for (int i = 0; i < 3; ++i) {
+    auto [started, done] = Download(60 << 20, "part.bin");
     for (const CallResult* call : {&started, &done}) {
       for (const pb::Event& e : call->events) {
         if (e.has_file() && e.file().last()) ++sent;
-        if (e.has_page() && e.page().type() == "download_not_sent") {
-          ++not_sent;
-          EXPECT_THAT(e.page().text(), HasSubstr("would pass 256 MiB"));
-        }
+        if (e.has_page() && e.page().type() == "download_not_sent") ++not_sent;
       }
     }
   }
-  EXPECT_EQ(sent, 4u);  // 4 x 60 MiB fit in 256 MiB; the fifth does not
-  EXPECT_EQ(not_sent, 1u);
+  EXPECT_EQ(sent, 3u);
+  EXPECT_EQ(not_sent, 0u);
 }
 
 // A page that reports more than one answer can carry: the call still succeeds, what did not fit is counted.

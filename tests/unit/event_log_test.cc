@@ -194,7 +194,9 @@ TEST(EventLogTest, AFollowingReaderGetsAnOpenChunkOnlyOnceItClosed) {
   const std::string seen = out[0]->output().data();
   log.AppendOutput("c", pb::STDOUT, seen.size(), "c");
   EXPECT_EQ(out[0]->output().data(), seen);
-  EXPECT_EQ(log.last_seq(), 2u);
+  // NOTE: not a fixed seq: on a loaded machine the writer's "b" may come after the hold closed "a" and open a
+  // chunk of its own, which "c" may then join.
+  EXPECT_GT(log.last_seq(), out[0]->seq());
 }
 
 TEST(EventLogTest, TheEventBudgetReplacesOldEventsWithOneDroppedMarker) {
