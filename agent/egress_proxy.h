@@ -1,7 +1,8 @@
 // EgressProxy: the governed-egress HTTP proxy behind network mode `egress` (DESIGN.md, "Network"). A jail
 // reaches the outside only through it: HTTP CONNECT tunnels and plain (absolute-form) HTTP requests, to the
 // destinations its allow rules name. The proxy resolves names itself, checks every resolved address (no DNS
-// rebinding into loopback, private or link-local ranges unless a CIDR rule names them), refuses a CONNECT
+// rebinding into loopback, private or link-local ranges unless a CIDR rule names them; never the host's own
+// addresses or the operator's deny networks unless a CIDR rule names them), refuses a CONNECT
 // relayed inside a tunnel, and reports each refusal as an audit event naming the tool call to blame.
 //
 // Wiring (the caller's job): create a TCP listening socket *inside* the jail's network namespace

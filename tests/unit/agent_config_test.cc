@@ -1,0 +1,43 @@
+// AgentConfig.egress_deny_cidrs: parsed into networks for the egress proxy; a bad entry names its index.
+#include "agent/agent_config.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+
+#include "tests/unit/status_matchers.h"
+
+namespace sbx::agent {
+namespace {
+
+using ::sbx::testing::StatusIs;
+
+std::string WriteConfig(const std::string& text) {
+  const std::string path = "/tmp/sbx-agent-config-test-" + std::to_string(getpid()) + ".textproto";
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST(AgentConfigTest, EgressDenyCidrsAreParsed) {
+  const std::string path = WriteConfig("egress_deny_cidrs: \"10.0.0.0/8\"\negress_deny_cidrs: \"fd00::/8\"\n"
+                                       "egress_deny_cidrs: \"192.0.2.1\"\n");
+  absl::StatusOr<AgentConfig> c = LoadAgentConfig(path);
+  unlink(path.c_str());
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->egress_deny.size(), 3u);
+  EXPECT_EQ(c->egress_deny[0].ToString(), "10.0.0.0/8");
+  EXPECT_EQ(c->egress_deny[1].ToString(), "fd00::/8");
+  EXPECT_EQ(c->egress_deny[2].ToString(), "192.0.2.1/32");
+}
+
+TEST(AgentConfigTest, ABadEgressDenyCidrIsRefusedNamingIt) {
+  const std::string path = WriteConfig("egress_deny_cidrs: \"10.0.0.0/8\"\negress_deny_cidrs: \"10.0.0.0/8:443\"\n");
+  absl::StatusOr<AgentConfig> c = LoadAgentConfig(path);
+  unlink(path.c_str());
+  EXPECT_TRUE(StatusIs(c, absl::StatusCode::kInvalidArgument, "egress_deny_cidrs[1]")) << c.status();
+}
+
+}  // namespace
+}  // namespace sbx::agent
