@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -39,12 +38,20 @@ absl::StatusOr<std::unique_ptr<CgroupLedger>> CgroupLedger::Open(const std::stri
   const std::string lock_path = absl::StrCat(dir, "/", kLockName);
   UniqueFd lock(open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!lock) return ErrnoToStatus(errno, "open " + lock_path);
-  if (flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
-    if (errno == EWOULDBLOCK) {
+  // NOTE: a POSIX record lock, not flock(2). A flock belongs to the open file description, which every jail
+  // child shares between its clone and its execve (a copy of the agent's fd table); an agent SIGKILLed while
+  // a jail was being set up then kept "holding" the lock through that child for a few milliseconds, and a
+  // restart right away (systemd's Restart=, a test) was refused. A record lock belongs to the process: it is
+  // not inherited, and it ends the moment the agent does.
+  struct flock whole {};
+  whole.l_type = F_WRLCK;
+  whole.l_whence = SEEK_SET;
+  if (fcntl(lock.get(), F_SETLK, &whole) != 0) {
+    if (errno == EAGAIN || errno == EACCES) {
       return absl::FailedPreconditionError(
           absl::StrCat(lock_path, " is held by another agent: each agent needs a state_dir of its own"));
     }
-    return ErrnoToStatus(errno, "flock " + lock_path);
+    return ErrnoToStatus(errno, "lock " + lock_path);
   }
   std::unique_ptr<CgroupLedger> ledger(new CgroupLedger(dir, std::move(lock)));
 

@@ -36,7 +36,7 @@ class CgroupLedger {
   CgroupLedger(std::string dir, UniqueFd lock) : dir_(std::move(dir)), lock_(std::move(lock)) {}
 
   const std::string dir_;
-  UniqueFd lock_;  // flock(LOCK_EX) for the agent's life
+  UniqueFd lock_;  // holds a POSIX write lock on the whole file; it ends with the agent process
 };
 
 }  // namespace sbx::agent

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <chrono>
+#include <thread>
 #include <utility>
 
 #include "sandbox/status.h"
@@ -281,6 +283,14 @@ absl::StatusOr<std::unique_ptr<Outbox>> Outbox::Open(std::string_view dir_view, 
   const std::string lock_path = dir + "/" + kLockName;
   UniqueFd lock_fd(::openat(dir_fd.get(), kLockName, O_RDWR | O_CREAT | O_CLOEXEC, 0600));
   if (!lock_fd) return ErrnoToStatus(errno, "open " + lock_path);
+  // NOTE: a previous agent SIGKILLed while a jail was being set up still "holds" the flock for a few
+  // milliseconds through that jail child (it has a copy of the agent's fd table until its execve), so a
+  // restart right away waits a little before calling the lock another agent's.
+  const auto lock_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK &&
+         std::chrono::steady_clock::now() < lock_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   if (::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK) {
       return absl::FailedPreconditionError(
