@@ -15,6 +15,15 @@ int64_t UnixMs() {
       .count();
 }
 
+
+uint64_t PayloadOf(const pb::Event& e) {
+  if (e.has_output()) return e.output().data().size();
+  if (e.has_file()) return e.file().data().size();
+  return 0;
+}
+
+}  // namespace
+
 const std::string& CallIdOf(const pb::Event& e) {
   static const std::string kNone;
   switch (e.kind_case()) {
@@ -29,14 +38,6 @@ const std::string& CallIdOf(const pb::Event& e) {
     default: return kNone;
   }
 }
-
-uint64_t PayloadOf(const pb::Event& e) {
-  if (e.has_output()) return e.output().data().size();
-  if (e.has_file()) return e.file().data().size();
-  return 0;
-}
-
-}  // namespace
 
 EventLog::EventLog(std::string session_id, Limits limits)
     : session_id_(std::move(session_id)), limits_(limits) {}

@@ -43,6 +43,9 @@ struct EventLogLimits {
   uint64_t max_file_bytes = 128ull << 20;
 };
 
+// The call id an event belongs to, or "" for session-wide events.
+const std::string& CallIdOf(const duvo::sandbox::v1::Event& e);
+
 class EventLog {
  public:
   using EventPtr = std::shared_ptr<const duvo::sandbox::v1::Event>;

@@ -56,21 +56,6 @@ const char* ToolName(const pb::ToolCall& call) {
   return "none";
 }
 
-// The call id an event belongs to, or "" for session-wide events.
-const std::string& CallIdOf(const pb::Event& e) {
-  static const std::string kNone;
-  switch (e.kind_case()) {
-    case pb::Event::kToolCallStarted: return e.tool_call_started().call_id();
-    case pb::Event::kOutput: return e.output().call_id();
-    case pb::Event::kToolCallFinished: return e.tool_call_finished().call_id();
-    case pb::Event::kFile: return e.file().call_id();
-    case pb::Event::kAudit: return e.audit().call_id();
-    case pb::Event::kHumanRequest: return e.human_request().call_id();
-    case pb::Event::kPage: return e.page().call_id();
-    case pb::Event::kDropped: return e.dropped().call_id();
-    default: return kNone;
-  }
-}
 
 std::string ReadToken(const std::string& path) {
   std::string token;

@@ -4,10 +4,13 @@
 
 #include <unistd.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+
+#include <gtest/gtest.h>
 
 #include "tests/e2e/daemon_fixture.h"
 
@@ -41,6 +44,52 @@ inline Daemon::Options AdvDaemonOptions(const std::string& kind, const std::stri
   for (std::string& line : extra_config) o.config_lines.push_back(std::move(line));
   return o;
 }
+
+// A real daemon whose file policy also binds the probes' directory at /adv, for tests that run a probe in a
+// file session and look at the agent from outside.
+class AdvFileDaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "the daemon builds jails as root (CI runs as root); uid " << geteuid();
+    policy_dir_ = std::filesystem::temp_directory_path() /
+                  ("sbx-adv-" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+                   "-" + std::to_string(getpid()));
+    daemon_ = std::make_unique<Daemon>(AdvDaemonOptions("file", policy_dir_));
+    ASSERT_TRUE(daemon_->ok()) << daemon_->Log();
+    stub_ = daemon_->NewStub();
+  }
+  void TearDown() override {
+    daemon_.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(policy_dir_, ec);
+  }
+
+  // A file session that narrows the policy's limits to `limits`.
+  std::string Create(const duvo::sandbox::v1::Limits& limits = {}) {
+    grpc::ClientContext ctx;
+    duvo::sandbox::v1::CreateRequest req;
+    req.set_kind(duvo::sandbox::v1::FILE);
+    *req.mutable_policy()->mutable_limits() = limits;
+    duvo::sandbox::v1::Session session;
+    grpc::Status status = stub_->Create(&ctx, req, &session);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return session.id();
+  }
+
+  // The daemon's resident memory, from /proc/<pid>/status.
+  uint64_t RssBytes() const {
+    std::ifstream in("/proc/" + std::to_string(daemon_->pid()) + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    }
+    return 0;
+  }
+
+  std::string policy_dir_;
+  std::unique_ptr<Daemon> daemon_;
+  std::unique_ptr<duvo::sandbox::v1::Sandboxes::StubInterface> stub_;
+};
 
 }  // namespace sbx::testing
 
