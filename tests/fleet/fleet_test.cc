@@ -652,6 +652,61 @@ TEST(FleetTest, AnUploadWithAWrongSha256FailsAndLeavesNoFile) {
   EXPECT_EQ(agent.Terminate(seconds(30)), 0);
 }
 
+// Names from inside a jail that are not UTF-8 reach the control plane as valid UTF-8 with their raw bytes
+// kept (issue 11 item 9, the fleet path): the listing's events pass the gRPC stream, and the events after it
+// keep flowing, in order, to the outcome.
+TEST(FleetTest, ANameThatIsNotUtf8ReachesTheControlPlaneAndEventsGoOn) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  pb::SandboxRequest request;
+  request.set_kind(pb::FILE);
+  const std::string id = cp->Enqueue(request);
+  ASSERT_TRUE(cp->WaitFor([&] { auto l = cp->Lease(id); return l && !l->events.empty(); }, seconds(20)));
+
+  pb::SessionCommand make;
+  make.set_command_id("cmd-make");
+  pb::Exec* exec = make.mutable_call()->mutable_exec();
+  exec->add_argv("/bin/sh");
+  exec->add_argv("-c");
+  exec->add_argv("touch \"/workspace/bad$(printf '\\377\\376')name\"; echo made");
+  cp->SendCommand(id, make);
+  ASSERT_TRUE(cp->WaitFor([&] { return Stdout(*cp->Lease(id)).find("made") != std::string::npos; }, seconds(20)))
+      << agent.Log();
+  pb::SessionCommand list;
+  list.set_command_id("cmd-list");
+  list.mutable_call()->mutable_list_files()->set_path("/workspace");
+  cp->SendCommand(id, list);
+  pb::SessionCommand after;
+  after.set_command_id("cmd-after");
+  after.mutable_call()->mutable_exec()->add_argv("/bin/echo");
+  after.mutable_call()->mutable_exec()->add_argv("after");
+  cp->SendCommand(id, after);
+  ASSERT_TRUE(cp->WaitFor([&] { return Stdout(*cp->Lease(id)).find("after") != std::string::npos; }, seconds(20)))
+      << agent.Log();
+  pb::SessionCommand cancel;
+  cancel.set_command_id("cmd-cancel");
+  cancel.mutable_cancel()->set_reason("done with it");
+  cp->SendCommand(id, cancel);
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20)));
+  const std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  ExpectGapFree(*l);
+  bool listed = false;
+  for (const pb::Event& e : l->events) {
+    if (!e.has_tool_call_finished() || e.tool_call_finished().call_id() != "cmd-list") continue;
+    ASSERT_TRUE(e.tool_call_finished().has_result()) << e.DebugString();
+    for (const pb::FileInfo& f : e.tool_call_finished().result().listing().entries()) {
+      if (f.name_bytes() != "bad\xff\xfename") continue;
+      listed = true;
+      EXPECT_EQ(f.name(), "bad\uFFFD\uFFFDname");
+    }
+  }
+  EXPECT_TRUE(listed) << "the listing did not carry the raw name";
+  EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::CANCELED);
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
 TEST(FleetTest, OutcomeSurvivesAControlPlaneOutageAndAnAgentRestart) {
   auto cp = StartDouble();
   ASSERT_NE(cp, nullptr);
