@@ -384,6 +384,9 @@ TEST(FleetTest, SigtermDrainsTwentyRunningSessionsReportsThemAndExitsZero) {
   ASSERT_EQ(kill(agent.pid(), SIGTERM), 0);
   ASSERT_TRUE(cp->WaitFor([&] { return agent.Log().find("fleet: draining") != std::string::npos; }, seconds(10)))
       << agent.Log();
+  // The agent canceled its long poll before it said so; wait until the double has seen the cancellation too,
+  // so that the work below could only be leased by a new Lease call.
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Agents()["agent-1"].lease_calls_open == 0; }, seconds(10)));
   const std::string late = cp->Enqueue(ExecRequest({"/bin/true"}));
   EXPECT_EQ(agent.Terminate(seconds(40)), 0) << agent.Log();
   EXPECT_LT(Clock::now() - start, seconds(20 + 10));

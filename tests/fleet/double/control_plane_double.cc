@@ -406,6 +406,12 @@ grpc::Status ControlPlaneDouble::DoLease(grpc::ServerContext* ctx, const v1::Lea
   const absl::Time deadline =
       absl::Now() + absl::FromChrono(std::min(std::chrono::milliseconds(request.wait_ms()), kMaxLongPoll));
   absl::MutexLock lock(&mu_);
+  ++agents_[request.agent_id()].lease_calls_open;
+  // Every return below is under mu_.
+  absl::Cleanup closed = [&] {
+    --agents_[request.agent_id()].lease_calls_open;
+    BumpLocked();
+  };
   {
     AgentView& agent = agents_[request.agent_id()];
     ++agent.lease_calls;
@@ -423,8 +429,10 @@ grpc::Status ControlPlaneDouble::DoLease(grpc::ServerContext* ctx, const v1::Lea
   }
   std::vector<size_t> picked;
   while (true) {
+    // A poller that is gone gets nothing: what it would be granted could never reach it.
+    if (stopping_ || ctx->IsCancelled()) break;
     picked = GrantableLocked(request);
-    if (!picked.empty() || stopping_ || ctx->IsCancelled()) break;
+    if (!picked.empty()) break;
     const absl::Time now = absl::Now();
     if (now >= deadline) break;
     cv_.WaitWithDeadline(&mu_, std::min(deadline, now + kPollSlice));

@@ -107,6 +107,8 @@ class ControlPlaneDouble {
     int outstanding = 0;
     std::map<std::string, std::string> labels;  // from its latest Lease call
     int lease_calls = 0;
+    // Lease calls of its being served right now (a long poll waiting for work counts until it returns).
+    int lease_calls_open = 0;
   };
 
   using EventHook = std::function<void(const std::string& lease_id, const duvo::sandbox::v1::Event& event)>;
