@@ -65,6 +65,8 @@ absl::Status LoadFleet(const duvo::sandbox::v1::FleetConfig& f, const std::strin
       {"drain_grace_ms", f.has_drain_grace_ms(), f.drain_grace_ms(), 0, 86400000, &out->drain_grace},
       {"backoff_initial_ms", f.has_backoff_initial_ms(), f.backoff_initial_ms(), 1, 600000, &out->backoff_initial},
       {"backoff_max_ms", f.has_backoff_max_ms(), f.backoff_max_ms(), 1, 3600000, &out->backoff_max},
+      {"stream_op_timeout_ms", f.has_stream_op_timeout_ms(), f.stream_op_timeout_ms(), 100, 600000,
+       &out->stream_op_timeout},
   };
   for (const Millis& m : fields) {
     if (!m.has) continue;

@@ -6,9 +6,15 @@
 #include <utility>
 #include <vector>
 
+#include <malloc.h>
+
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/rpc_method.h>
+#include <grpcpp/support/byte_buffer.h>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/wire_format_lite.h"
 #include "agent/jail_text.h"
 #include "agent/file_transfer.h"
 #include "agent/log.h"
@@ -47,6 +53,182 @@ std::string GrpcError(const grpc::Status& s) {
   return absl::StrCat(s.error_code(), " ", s.error_message());
 }
 
+// The largest UploadPart.data one upload command may carry (worker.proto). The reader thread writes each
+// chunk into the jail before it reads the next message, so a chunk is what the agent holds of an upload at a
+// time (twice, briefly: gRPC's buffer and the parsed message), and gRPC's flow control holds the sender back
+// meanwhile.
+constexpr size_t kMaxUploadPartBytes = 4 << 20;
+
+// Attach, spoken with the control plane's messages as raw bytes: the generated stub parses each
+// ControlMessage inside gRPC, and one that does not parse (a proto3 string that is not UTF-8) fails the whole
+// stream, so that a control plane resending its commands after every reconnect would never get past it. Read
+// as bytes, such a command is answered by its id (ParseControl) and the stream goes on.
+using AttachStream = grpc::ClientReaderWriter<pb::AgentMessage, grpc::ByteBuffer>;
+std::unique_ptr<AttachStream> OpenAttach(grpc::ChannelInterface* channel, grpc::ClientContext* ctx) {
+  static const grpc::internal::RpcMethod kAttach("/duvo.sandbox.v1.WorkerGateway/Attach",
+                                                 grpc::internal::RpcMethod::BIDI_STREAMING);
+  // NOTE: the factory the generated stub uses, with ByteBuffer for the messages read.
+  return std::unique_ptr<AttachStream>(
+      grpc::internal::ClientReaderWriterFactory<pb::AgentMessage, grpc::ByteBuffer>::Create(channel, kAttach, ctx));
+}
+
+// The last length-delimited field `number` of a serialized message, if any (nullopt also when it is
+// malformed).
+std::optional<std::string> LengthDelimitedField(std::string_view bytes, int number) {
+  using google::protobuf::internal::WireFormatLite;
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(bytes.data()),
+                                            static_cast<int>(bytes.size()));
+  std::optional<std::string> found;
+  for (uint32_t tag = in.ReadTag(); tag != 0; tag = in.ReadTag()) {
+    if (WireFormatLite::GetTagFieldNumber(tag) == number &&
+        WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+      uint32_t size = 0;
+      std::string value;
+      if (!in.ReadVarint32(&size) || !in.ReadString(&value, static_cast<int>(size))) return std::nullopt;
+      found = std::move(value);
+    } else if (!WireFormatLite::SkipField(&in, tag)) {
+      return std::nullopt;
+    }
+  }
+  return found;
+}
+
+// The path ("call.exec.argv") of the first string field of a serialized `type` that is not UTF-8, or "".
+std::string NonUtf8Field(const google::protobuf::Descriptor* type, std::string_view bytes, const std::string& prefix,
+                         int depth = 0) {
+  using google::protobuf::FieldDescriptor;
+  using google::protobuf::internal::WireFormatLite;
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(bytes.data()),
+                                            static_cast<int>(bytes.size()));
+  for (uint32_t tag = in.ReadTag(); tag != 0; tag = in.ReadTag()) {
+    const FieldDescriptor* f = type->FindFieldByNumber(WireFormatLite::GetTagFieldNumber(tag));
+    const bool nested = f != nullptr && WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED &&
+                        (f->type() == FieldDescriptor::TYPE_STRING || f->type() == FieldDescriptor::TYPE_MESSAGE);
+    if (!nested) {
+      if (!WireFormatLite::SkipField(&in, tag)) return "";
+      continue;
+    }
+    uint32_t size = 0;
+    std::string value;
+    if (!in.ReadVarint32(&size) || !in.ReadString(&value, static_cast<int>(size))) return "";
+    const std::string path = prefix.empty() ? f->name() : absl::StrCat(prefix, ".", f->name());
+    if (f->type() == FieldDescriptor::TYPE_STRING) {
+      if (!IsValidUtf8(value)) return path;
+    } else if (depth < 16) {
+      std::string inner = NonUtf8Field(f->message_type(), value, path, depth + 1);
+      if (!inner.empty()) return inner;
+    }
+  }
+  return "";
+}
+
+// One message read from Attach. A command that does not parse is `refused`: its id (as far as it can be
+// read) and why, naming the field; the stream goes on without it.
+struct ControlRead {
+  pb::ControlMessage message;
+  bool refused = false;
+  std::string refused_id, error;
+};
+
+ControlRead ParseControl(grpc::ByteBuffer* buffer) {
+  ControlRead r;
+  grpc::ByteBuffer attempt(*buffer);  // shares the slices; Deserialize consumes what it is given
+  if (grpc::SerializationTraits<pb::ControlMessage>::Deserialize(&attempt, &r.message).ok()) {
+    buffer->Clear();
+    return r;
+  }
+  r.message.Clear();
+  r.refused = true;
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (buffer->Dump(&slices).ok()) {
+    for (const grpc::Slice& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  buffer->Clear();
+  std::optional<std::string> command = LengthDelimitedField(bytes, pb::ControlMessage::kCommandFieldNumber);
+  if (!command) {
+    r.error = "a message from the control plane does not parse as a duvo.sandbox.v1.ControlMessage";
+    return r;
+  }
+  r.refused_id = LengthDelimitedField(*command, pb::SessionCommand::kCommandIdFieldNumber).value_or("");
+  const std::string field = NonUtf8Field(pb::SessionCommand::descriptor(), *command, "");
+  r.error = field.empty()
+                ? "command: does not parse as a duvo.sandbox.v1.SessionCommand; it was not run"
+                : absl::StrCat(field, ": not valid UTF-8 (a proto3 string must be); the command was not run");
+  return r;
+}
+
+// Cancels a stream whose operation overran its deadline. The synchronous API has no deadline per operation
+// (the context's covers the whole stream, which lives as long as its session): a control plane that stops
+// reading blocks a Write for good behind flow control, one that never answers blocks a Read. TryCancel
+// makes the blocked operation, and every later one, return at once.
+class StreamWatchdog {
+ public:
+  StreamWatchdog(grpc::ClientContext* ctx, milliseconds timeout)
+      : ctx_(ctx), timeout_(timeout), thread_([this](std::stop_token stop) { Run(stop); }) {}
+  ~StreamWatchdog() {
+    thread_.request_stop();
+    cv_.notify_all();
+  }
+
+  // While alive, `what` must end within the timeout.
+  class Op {
+   public:
+    Op(StreamWatchdog* w, const char* what) : w_(w) {
+      std::lock_guard lock(w_->mu_);
+      id_ = ++w_->next_id_;
+      w_->armed_[id_] = {Clock::now() + w_->timeout_, what};
+      w_->cv_.notify_all();
+    }
+    ~Op() {
+      std::lock_guard lock(w_->mu_);
+      w_->armed_.erase(id_);
+    }
+    Op(const Op&) = delete;
+    Op& operator=(const Op&) = delete;
+
+   private:
+    StreamWatchdog* w_;
+    uint64_t id_ = 0;
+  };
+
+  // The operation that overran, or nullptr.
+  const char* fired() {
+    std::lock_guard lock(mu_);
+    return fired_;
+  }
+
+ private:
+  void Run(std::stop_token stop) {
+    std::unique_lock lock(mu_);
+    while (!stop.stop_requested()) {
+      if (armed_.empty()) {
+        cv_.wait(lock, stop, [&] { return !armed_.empty(); });
+        continue;
+      }
+      auto first = std::min_element(armed_.begin(), armed_.end(),
+                                    [](const auto& a, const auto& b) { return a.second.first < b.second.first; });
+      const Clock::time_point deadline = first->second.first;
+      if (Clock::now() >= deadline) {
+        if (fired_ == nullptr) fired_ = first->second.second;
+        armed_.clear();
+        ctx_->TryCancel();
+        continue;
+      }
+      cv_.wait_until(lock, stop, deadline, [] { return false; });
+    }
+  }
+
+  grpc::ClientContext* const ctx_;
+  const milliseconds timeout_;
+  std::mutex mu_;
+  std::condition_variable_any cv_;
+  uint64_t next_id_ = 0;                                                      // GUARDED_BY(mu_)
+  std::map<uint64_t, std::pair<Clock::time_point, const char*>> armed_;     // GUARDED_BY(mu_)
+  const char* fired_ = nullptr;                                              // GUARDED_BY(mu_)
+  std::jthread thread_;  // last
+};
+
 pb::Outcome Failed(const std::string& reason, const std::string& message) {
   pb::Outcome o;
   o.set_status(pb::Outcome::FAILED);
@@ -82,7 +264,26 @@ struct FleetAgent::Lease {
   };
   std::map<std::string, Upload> uploads;  // GUARDED_BY(cmd_mu)
 
+  // The Attach stream: the streamer (re)connects it while the session runs; the pump stops it once the
+  // outcome is journaled, canceling the stream in flight.
+  std::mutex stream_mu;
+  bool stream_stop = false;                   // GUARDED_BY(stream_mu)
+  grpc::ClientContext* stream_ctx = nullptr;  // GUARDED_BY(stream_mu): the stream in flight
+  std::atomic<bool> stream_ended{false};      // the streamer is done
+  std::atomic<bool> pump_done{false};         // the pump returned (or is about to): joining it is immediate
+
+  void StopStream() {
+    std::lock_guard lock(stream_mu);
+    stream_stop = true;
+    if (stream_ctx != nullptr) stream_ctx->TryCancel();
+  }
+  bool stream_stopped() {
+    std::lock_guard lock(stream_mu);
+    return stream_stop;
+  }
+
   std::jthread driver;
+  std::jthread streamer;
   std::jthread pump;  // last
 
   Clock::time_point expires() const { return Clock::time_point(Clock::duration(expires_ns.load())); }
@@ -101,6 +302,7 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
         {{"journal", a.outbox_->journal_path()}, {"bytes", absl::StrCat(a.outbox_->dropped_tail_bytes())}});
   }
   ASSIGN_OR_RETURN(a.channel_, MakeWorkerChannel(a.options_.fleet));
+  ASSIGN_OR_RETURN(a.stream_channel_, MakeWorkerChannel(a.options_.fleet, WorkerChannelUse::kStreams));
   a.stub_ = pb::WorkerGateway::NewStub(a.channel_);
   a.token_ = std::make_unique<TokenFile>(a.options_.fleet.token_file);
   if (!a.options_.fleet.tls) {
@@ -415,6 +617,8 @@ void FleetAgent::RunLease(Lease* lease) {
       held_[lease->lease_id] = "";
     }
     JournalOutcome(lease, Failed(rejected ? "rejected" : "setup_error", std::string(session.status().message())));
+    lease->stream_ended = true;
+    lease->pump_done = true;
     return;
   }
   lease->session = *session;
@@ -423,26 +627,45 @@ void FleetAgent::RunLease(Lease* lease) {
   if (canceling_) lease->session->End(pb::Outcome::CANCELED, "drained", "the agent drained before the session finished");
   if (req.calls_size() > 0) lease->driver = std::jthread([this, lease] { DriveStartCalls(lease); });  // joined by this pump
 
-  FleetSettings fleet = settings();
-  Backoff backoff(fleet.backoff_initial, fleet.backoff_max);
-  for (;;) {
-    std::optional<milliseconds> retry_after;
-    if (StreamOnce(lease, &retry_after)) break;
-    // The stream broke. Once the session has ended, its remaining events travel with the outcome report.
-    if (lease->session->events().closed()) break;
-    // Draining: the session is about to end (or be canceled), so look again soon rather than after a backoff.
-    const milliseconds delay = draining_ ? std::min(backoff.Next(retry_after), milliseconds(200)) : backoff.Next(retry_after);
-    std::unique_lock lock(mu_);
-    cv_.wait_for(lock, delay, [&] { return lease->session->events().closed(); });
-  }
-  if (lease->driver.joinable()) lease->driver.join();
+  // The stream on a thread of its own: the outcome below is journaled when the session ends, whatever the
+  // stream is doing then (stuck, reconnecting, or gone).
+  lease->streamer = std::jthread([this, lease] {
+    const FleetSettings fleet = settings();
+    Backoff backoff(fleet.backoff_initial, fleet.backoff_max);
+    while (!lease->stream_stopped()) {
+      std::optional<milliseconds> retry_after;
+      if (StreamOnce(lease, &retry_after)) break;
+      // The stream broke. Once the session has ended, its remaining events travel with the outcome report.
+      if (lease->session->events().closed()) break;
+      // Draining: the session is about to end (or be canceled), so look again soon rather than after a backoff.
+      const milliseconds delay =
+          draining_ ? std::min(backoff.Next(retry_after), milliseconds(200)) : backoff.Next(retry_after);
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, delay, [&] { return lease->session->events().closed() || lease->stream_stopped(); });
+    }
+    lease->stream_ended = true;
+  });
   // Wait for the outcome (it is the last event; the log closes right after).
   std::vector<EventLog::EventPtr> ignored;
   while (!lease->session->events().closed()) {
     lease->session->events().Read(UINT64_MAX - 1, 1, Clock::now() + milliseconds(200), [] { return false; },
                                   &ignored);
   }
+  if (lease->driver.joinable()) lease->driver.join();  // it returns once the log is closed
+  // A healthy stream delivers the last events within moments, and the report then carries none; past that
+  // (or at once when the stream is gone) the report carries what the control plane has not acknowledged.
+  const Clock::time_point ack_until = Clock::now() + (draining_ ? milliseconds(200) : kFinalAckWait);
+  while (lease->acked_seq < lease->session->events().last_seq() && !lease->stream_ended && Clock::now() < ack_until) {
+    std::this_thread::sleep_for(milliseconds(5));
+  }
   JournalOutcome(lease, lease->session->Describe().outcome());
+  lease->StopStream();
+  {
+    std::lock_guard lock(mu_);
+    cv_.notify_all();  // a streamer waiting to reconnect
+  }
+  if (lease->streamer.joinable()) lease->streamer.join();
+  lease->pump_done = true;
 }
 
 void FleetAgent::DriveStartCalls(Lease* lease) {
@@ -494,47 +717,99 @@ void FleetAgent::DriveStartCalls(Lease* lease) {
 
 bool FleetAgent::StreamOnce(Lease* lease, std::optional<milliseconds>* retry_after) {
   Session& session = *lease->session;
+  const FleetSettings fleet = settings();
   grpc::ClientContext ctx;
   if (absl::Status s = PrepareContext(*token_, &ctx, std::nullopt); !s.ok()) {
     Log(LogLevel::kError, "fleet: cannot attach", {{"lease_id", lease->lease_id}, {"error", s.ToString()}});
     return false;
   }
-  std::unique_ptr<grpc::ClientReaderWriter<pb::AgentMessage, pb::ControlMessage>> stream = stub_->Attach(&ctx);
+  {
+    std::lock_guard lock(lease->stream_mu);
+    if (lease->stream_stop) return false;
+    lease->stream_ctx = &ctx;  // the pump cancels it once the outcome is journaled
+  }
+  const auto unregister = [lease] {
+    std::lock_guard lock(lease->stream_mu);
+    lease->stream_ctx = nullptr;
+  };
+  // Every operation on the stream has a deadline (fleet.stream_op_timeout_ms); the watchdog outlives the
+  // stream's last operation (declared before it, destroyed after).
+  StreamWatchdog watchdog(&ctx, fleet.stream_op_timeout);
+  std::unique_ptr<AttachStream> stream = OpenAttach(stream_channel_.get(), &ctx);
   std::mutex write_mu;
   std::atomic<bool> write_failed{false};
   const auto send = [&](const pb::AgentMessage& m) {
     std::lock_guard lock(write_mu);
     if (write_failed) return false;
+    StreamWatchdog::Op op(&watchdog, "write");
     if (!stream->Write(m)) write_failed = true;
     return !write_failed;
+  };
+  const auto finish = [&] {
+    StreamWatchdog::Op op(&watchdog, "finish");
+    return stream->Finish();
   };
   {
     pb::AgentMessage hello;
     pb::AttachHello* h = hello.mutable_hello();
-    h->set_agent_id(settings().agent_id);
+    h->set_agent_id(fleet.agent_id);
     h->set_lease_id(lease->lease_id);
     h->set_session_id(lease->session_id);
     h->set_last_seq(session.events().last_seq());
     send(hello);
   }
-  pb::ControlMessage first;
-  if (write_failed || !stream->Read(&first) || !first.has_resume()) {
+  ControlRead first;
+  bool resumed = false;
+  if (!write_failed) {
+    grpc::ByteBuffer raw;
+    StreamWatchdog::Op op(&watchdog, "read the resume point");
+    if (stream->Read(&raw)) {
+      first = ParseControl(&raw);
+      resumed = !first.refused && first.message.has_resume();
+    }
+  }
+  if (!resumed) {
     ctx.TryCancel();
-    const grpc::Status status = stream->Finish();
+    const grpc::Status status = finish();
+    unregister();
     *retry_after = RetryDelay(status, ctx);
-    Log(LogLevel::kDebug, "fleet: attach failed", {{"lease_id", lease->lease_id}, {"error", GrpcError(status)}});
+    if (const char* what = watchdog.fired()) {
+      Count("attach_timeout");
+      Log(LogLevel::kWarn, "fleet: attach stream timed out; reconnecting",
+          {{"lease_id", lease->lease_id}, {"operation", what},
+           {"timeout_ms", absl::StrCat(fleet.stream_op_timeout.count())}});
+    } else {
+      Log(LogLevel::kDebug, "fleet: attach failed", {{"lease_id", lease->lease_id}, {"error", GrpcError(status)}});
+    }
     return false;
   }
-  uint64_t next = first.resume().after_seq();
+  uint64_t next = first.message.resume().after_seq();
   if (next > session.events().last_seq()) next = session.events().last_seq();  // a confused control plane
   if (next > lease->acked_seq) lease->acked_seq = next;
   session.events().MarkDelivered(lease->acked_seq);
 
   std::atomic<bool> reader_done{false};
+  std::atomic<int64_t> last_read_ns{Clock::now().time_since_epoch().count()};
   std::jthread reader([&] {
-    pb::ControlMessage msg;
-    while (stream->Read(&msg)) {
-      if (msg.has_ack_seq()) {
+    // Not under the watchdog: a control plane with nothing to say sends nothing. The writer below expects
+    // acknowledgements while events are unacknowledged, and the stream's end cancels this read.
+    grpc::ByteBuffer raw;
+    while (stream->Read(&raw)) {
+      last_read_ns = Clock::now().time_since_epoch().count();
+      const ControlRead read = ParseControl(&raw);
+      const pb::ControlMessage& msg = read.message;
+      if (read.refused) {
+        Count("command_refused");
+        Log(LogLevel::kWarn, "fleet: a command from the control plane does not parse; refused",
+            {{"lease_id", lease->lease_id}, {"command_id", ToValidUtf8(read.refused_id)}, {"error", read.error}});
+        if (!read.refused_id.empty()) {
+          pb::AgentMessage m;
+          m.mutable_command_error()->set_command_id(ToValidUtf8(read.refused_id));
+          m.mutable_command_error()->set_code(static_cast<int>(absl::StatusCode::kInvalidArgument));
+          m.mutable_command_error()->set_message(read.error);
+          send(m);
+        }
+      } else if (msg.has_ack_seq()) {
         // An ack past what was sent is a confused control plane: it acks what exists.
         const uint64_t acked = std::min<uint64_t>(msg.ack_seq(), session.events().last_seq());
         uint64_t seen = lease->acked_seq.load();
@@ -549,8 +824,10 @@ bool FleetAgent::StreamOnce(Lease* lease, std::optional<milliseconds>* retry_aft
   });
 
   bool complete = false;
+  bool stalled = false;
+  std::optional<Clock::time_point> unacked_since;  // events were sent and not yet acknowledged
   std::optional<Clock::time_point> closed_at;
-  while (!reader_done && !write_failed) {
+  while (!reader_done && !write_failed && !lease->stream_stopped()) {
     std::vector<EventLog::EventPtr> events;
     const EventLog::ReadResult r = session.events().Read(next, 64, Clock::now() + milliseconds(100),
                                                          [&] { return reader_done.load(); }, &events);
@@ -560,24 +837,46 @@ bool FleetAgent::StreamOnce(Lease* lease, std::optional<milliseconds>* retry_aft
       if (!send(m)) break;
       next = e->seq();
     }
+    // A control plane that takes events must acknowledge them: with some unacknowledged and nothing read for
+    // the timeout, the stream is stalled.
+    const Clock::time_point now = Clock::now();
+    if (lease->acked_seq >= next) {
+      unacked_since.reset();
+    } else if (!unacked_since) {
+      unacked_since = now;
+    } else {
+      const Clock::time_point last_read{Clock::duration(last_read_ns.load())};
+      if (now - std::max(*unacked_since, last_read) > fleet.stream_op_timeout) {
+        stalled = true;
+        break;
+      }
+    }
     if (r == EventLog::ReadResult::kClosed && next >= session.events().last_seq()) {
       if (lease->acked_seq >= next) {
         complete = true;
         break;
       }
-      if (!closed_at) closed_at = Clock::now();
-      if (Clock::now() - *closed_at > kFinalAckWait) break;  // the report carries the rest
+      if (!closed_at) closed_at = now;
+      if (now - *closed_at > kFinalAckWait) break;  // the report carries the rest
       std::this_thread::sleep_for(milliseconds(5));
     }
   }
   if (complete) {
     std::lock_guard lock(write_mu);
+    StreamWatchdog::Op op(&watchdog, "half-close");
     stream->WritesDone();
   }
   ctx.TryCancel();
   reader.join();
-  const grpc::Status status = stream->Finish();
-  if (!complete && !session.events().closed()) {
+  const grpc::Status status = finish();
+  unregister();
+  if (stalled || watchdog.fired() != nullptr) {
+    Count("attach_timeout");
+    Log(LogLevel::kWarn, "fleet: attach stream timed out; reconnecting",
+        {{"lease_id", lease->lease_id},
+         {"operation", stalled ? "acknowledge events" : watchdog.fired()},
+         {"timeout_ms", absl::StrCat(fleet.stream_op_timeout.count())}});
+  } else if (!complete && !session.events().closed() && !lease->stream_stopped()) {
     *retry_after = RetryDelay(status, ctx);
     Count("attach_error");
     Log(LogLevel::kInfo, "fleet: attach stream ended; reconnecting",
@@ -603,6 +902,19 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
   if (command.has_upload()) {
     const pb::UploadPart& chunk = command.upload();
     std::lock_guard lock(lease->cmd_mu);
+    if (chunk.data().size() > kMaxUploadPartBytes) {
+      // The upload this chunk belongs to cannot go on (its bytes would have a hole): it ends, leaving no file.
+      auto it = lease->uploads.find(id);
+      if (it != lease->uploads.end()) {
+        it->second.transfer.reset();
+        it->second.done = true;
+      }
+      fail(absl::StatusCode::kInvalidArgument,
+           absl::StrCat("upload.data: ", chunk.data().size(), " bytes in one chunk, over the limit of ",
+                        kMaxUploadPartBytes, " bytes (4 MiB); send smaller chunks"));
+      malloc_trim(0);  // what the chunk took goes back to the system (see below)
+      return;
+    }
     Lease::Upload& up = lease->uploads[id];
     if (up.done || chunk.offset() + chunk.data().size() <= up.next_offset) {
       if (!chunk.data().empty() || up.done) return;  // a resend of a chunk already written
@@ -639,6 +951,9 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
       f->mutable_error()->set_message(std::string(s.message()));
     }
     session.events().Append(std::move(done));
+    // The chunks passed through gRPC's buffers and this thread's malloc arena; glibc keeps freed memory in
+    // an arena for reuse, which left an agent hundreds of MiB larger after one big upload. Give it back.
+    malloc_trim(0);
     return;
   }
   {
@@ -743,7 +1058,8 @@ void FleetAgent::HeartbeatLoop(std::stop_token stop) {
     {
       std::lock_guard lock(mu_);
       for (auto it = leases_.begin(); it != leases_.end();) {
-        if (it->second->finished) {
+        // Only a pump that returned is joined here: this loop never waits for a session's stream.
+        if (it->second->pump_done) {
           done.push_back(it->second);
           it = leases_.erase(it);
         } else {
@@ -758,7 +1074,7 @@ void FleetAgent::HeartbeatLoop(std::stop_token stop) {
     request.set_agent_id(fleet.agent_id);
     std::map<std::string, std::shared_ptr<Lease>> by_id;
     for (const auto& lease : live) {
-      if (lease->has_session && lease->session->ended()) continue;
+      if (lease->finished || (lease->has_session && lease->session->ended())) continue;
       if (now >= lease->expires()) {
         Count("expired");
         Log(LogLevel::kWarn, "fleet: lease lapsed; canceling its session", {{"lease_id", lease->lease_id}});
@@ -922,7 +1238,18 @@ size_t FleetAgent::Drain(milliseconds grace, milliseconds flush) {
     std::lock_guard lock(mu_);
     cv_.notify_all();  // pumps waiting to reconnect a stream see their session ended
   }
-  // Wait for every pump to journal its outcome (a canceled jail ends within moments).
+  // Every pump journals its outcome when its session ends (a canceled jail ends within moments), whatever
+  // its stream does; the flush budget bounds the wait.
+  const Clock::time_point flush_until = Clock::now() + flush;
+  {
+    std::unique_lock lock(mu_);
+    cv_.wait_until(lock, flush_until, [&] { return running() == 0; });
+    if (const size_t n = running(); n > 0) {
+      Log(LogLevel::kWarn, "fleet: sessions still ending after the drain's flush time", {{"count", absl::StrCat(n)}});
+    }
+  }
+  // Their streams end now (a stream the control plane stopped reading would otherwise wait for its deadline).
+  for (const auto& lease : all) lease->StopStream();
   for (const auto& lease : all) {
     if (lease->pump.joinable()) lease->pump.join();
   }
@@ -932,7 +1259,6 @@ size_t FleetAgent::Drain(milliseconds grace, milliseconds flush) {
   }
   all.clear();
   // Deliver what the outbox holds.
-  const Clock::time_point flush_until = Clock::now() + flush;
   for (;;) {
     const size_t undelivered = undelivered_outcomes();
     if (undelivered == 0 || Clock::now() >= flush_until) {

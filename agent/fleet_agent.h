@@ -94,6 +94,7 @@ class FleetAgent {
   const Options options_;
   std::unique_ptr<Outbox> outbox_;
   std::shared_ptr<grpc::Channel> channel_;
+  std::shared_ptr<grpc::Channel> stream_channel_;  // Attach streams only (worker_client.h)
   std::unique_ptr<duvo::sandbox::v1::WorkerGateway::Stub> stub_;
   std::unique_ptr<TokenFile> token_;
 

@@ -290,6 +290,13 @@ absl::StatusOr<uint64_t> Session::StartCall(const std::string& call_id, const pb
   if (call.tool_case() == pb::ToolCall::TOOL_NOT_SET) {
     return absl::InvalidArgumentError("call: no tool given (exec, write_file, read_file, ...)");
   }
+  // The documented cap (session.proto), in every front end: the local API, fleet commands and sandboxctl all
+  // come through here. A larger file goes through Upload, which streams it.
+  if (call.has_write_file() && call.write_file().data().size() > kMaxWriteFileBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("write_file.data: ", call.write_file().data().size(),
+                                                   " bytes, over the limit of ", kMaxWriteFileBytes,
+                                                   " bytes (1 MiB); larger files go through Upload"));
+  }
   {
     std::lock_guard lock(mu_);
     if (running_execs_.count(call_id) != 0) {

@@ -38,6 +38,9 @@ std::string SessionCgroupName(const std::string& session_id);
 
 class Session {
  public:
+  // WriteFile.data's cap (session.proto): a larger write_file call is refused, naming the field and the limit.
+  static constexpr uint64_t kMaxWriteFileBytes = 1 << 20;
+
   struct Options {
     std::string id;
     duvo::sandbox::v1::SessionKind kind = duvo::sandbox::v1::FILE;

@@ -93,9 +93,14 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   ASSIGN_OR_RETURN(sandbox::PolicyNarrowing narrowing, NarrowingFromRequest(request.policy()));
   const std::chrono::milliseconds ttl =
       request.ttl_ms() > 0 ? std::chrono::milliseconds(request.ttl_ms()) : default_ttl;
-  // The jail's own wall-clock timer enforces the ttl.
-  if (!narrowing.wall_time_limit_ms || *narrowing.wall_time_limit_ms > static_cast<uint64_t>(ttl.count())) {
-    narrowing.wall_time_limit_ms = std::min<uint64_t>(ttl.count(), ceiling->limits().wall_time_limit_ms);
+  // The jail's own wall-clock timer enforces the ttl: the session's wall time is the shorter of the two. A
+  // requested wall_time_limit_ms above the host's ceiling is left as asked, so that NarrowPolicy refuses it
+  // naming the field (README: a wider value is PERMISSION_DENIED), rather than clamped to the ceiling.
+  const uint64_t ceiling_wall = ceiling->limits().wall_time_limit_ms;
+  if (!narrowing.wall_time_limit_ms) {
+    narrowing.wall_time_limit_ms = std::min<uint64_t>(ttl.count(), ceiling_wall);
+  } else if (*narrowing.wall_time_limit_ms <= ceiling_wall) {
+    narrowing.wall_time_limit_ms = std::min<uint64_t>(*narrowing.wall_time_limit_ms, ttl.count());
   }
   ASSIGN_OR_RETURN(sandbox::Policy policy, sandbox::NarrowPolicy(*ceiling, narrowing));
 

@@ -65,8 +65,15 @@ absl::StatusOr<std::string> TokenFile::Get() {
   return token_;
 }
 
-absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeWorkerChannel(const FleetSettings& fleet) {
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeWorkerChannel(const FleetSettings& fleet, WorkerChannelUse use) {
   grpc::ChannelArguments args;
+  if (use == WorkerChannelUse::kStreams) {
+    args.SetString("sbx.channel", "streams");  // channel arguments that differ: a subchannel of its own
+    // Read-ahead per stream stays at 1 MiB (plus the message being read) instead of growing with the
+    // bandwidth-delay estimate: the agent's memory per upload is bounded by its chunk size.
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1 << 20);
+  }
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
   // Notice a dead control plane on an idle connection (long polls, attach streams) within ~30 s.

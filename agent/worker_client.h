@@ -42,7 +42,12 @@ class TokenFile {
 
 // A channel to fleet.control_plane. TLS when fleet.tls is set (ca_file or the system roots; cert_file and
 // key_file for mTLS; server_name overrides the name checked). Errors name the file that could not be read.
-absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeWorkerChannel(const FleetSettings& fleet);
+// kStreams: a channel of its own (its own connection) for the sessions' Attach streams, so that a control
+// plane that stops reading a stream never holds back Lease, Heartbeat or ReportOutcome; without BDP probing,
+// so that what gRPC reads ahead of the agent on a stream stays small (upload chunks are taken one at a time).
+enum class WorkerChannelUse { kCalls, kStreams };
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeWorkerChannel(const FleetSettings& fleet,
+                                                                 WorkerChannelUse use = WorkerChannelUse::kCalls);
 
 // Adds "authorization: Bearer <token>" when there is a token, and a deadline.
 absl::Status PrepareContext(TokenFile& token, grpc::ClientContext* context,

@@ -536,6 +536,52 @@ TEST_F(DaemonTest, BadInputGetsTheRightCodeAndTheDaemonKeepsServing) {
   EXPECT_EQ(RunExec(stub_.get(), s.id(), {"echo", "still serving"}).out, "still serving\n");
 }
 
+// The documented limits hold at their edge (issue 17 item 6): write_file.data is at most 1 MiB (exactly 1 MiB
+// is written, one byte more is INVALID_ARGUMENT naming the field and the limit), and a wall-time limit above
+// the host's ceiling is PERMISSION_DENIED naming the field, also when it is above the session's ttl (it was
+// clamped to the ceiling there).
+TEST_F(DaemonTest, DocumentedLimitsAreEnforcedAtTheirEdge) {
+  pb::Session s = Create();
+  pb::ToolCall call;
+  call.mutable_write_file()->set_path("edge.bin");
+  call.mutable_write_file()->set_data(std::string(1 << 20, 'x'));
+  CallResult at_limit = RunCall(stub_.get(), s.id(), call);
+  ASSERT_TRUE(at_limit.status.ok()) << at_limit.status.error_message();
+  EXPECT_TRUE(at_limit.finished.has_result()) << at_limit.finished.DebugString();
+  EXPECT_EQ(RunExec(stub_.get(), s.id(), {"stat", "-c", "%s", "edge.bin"}).out, "1048576\n");
+  call.mutable_write_file()->set_path("over.bin");
+  call.mutable_write_file()->mutable_data()->push_back('x');
+  CallResult over = RunCall(stub_.get(), s.id(), call);
+  EXPECT_EQ(over.status.error_code(), grpc::INVALID_ARGUMENT) << over.status.error_message();
+  EXPECT_THAT(over.status.error_message(), HasSubstr("write_file.data"));
+  EXPECT_THAT(over.status.error_message(), HasSubstr("1048576"));
+  EXPECT_EQ(RunExec(stub_.get(), s.id(), {"sh", "-c", "test -e over.bin && echo present || echo absent"}).out,
+            "absent\n");
+
+  // The host's ceiling, as the default ttl (an hour) shows it: a session's wall time is min(ttl, ceiling).
+  const int64_t ceiling_ms = (s.expires_unix_ms() - s.created_unix_ms() + 500) / 1000 * 1000;
+  ASSERT_GT(ceiling_ms, 1000);
+  ASSERT_LT(ceiling_ms, 3600 * 1000) << "the test needs a ceiling below the default ttl";
+  const auto create = [&](uint64_t wall_ms, uint64_t ttl_ms, pb::Session* out) {
+    pb::CreateRequest req;
+    req.mutable_policy()->mutable_limits()->set_wall_time_limit_ms(wall_ms);
+    req.set_ttl_ms(ttl_ms);
+    grpc::ClientContext ctx;
+    return stub_->Create(&ctx, req, out);
+  };
+  pb::Session edge;
+  grpc::Status at_ceiling = create(ceiling_ms, ceiling_ms, &edge);
+  ASSERT_TRUE(at_ceiling.ok()) << at_ceiling.error_message();
+  EXPECT_NEAR(edge.expires_unix_ms() - edge.created_unix_ms(), ceiling_ms, 1000);
+  for (uint64_t ttl_ms : {uint64_t(ceiling_ms), uint64_t{0}}) {
+    pb::Session refused;
+    grpc::Status status = create(ttl_ms == 0 ? 2 * 3600 * 1000 : ceiling_ms + 1, ttl_ms, &refused);
+    EXPECT_EQ(status.error_code(), grpc::PERMISSION_DENIED) << "ttl " << ttl_ms << ": " << status.error_message();
+    EXPECT_THAT(status.error_message(), HasSubstr("wall_time_limit_ms")) << ttl_ms;
+    EXPECT_THAT(status.error_message(), HasSubstr(std::to_string(ceiling_ms))) << ttl_ms;
+  }
+}
+
 TEST_F(DaemonTest, IdempotentCreateAndCall) {
   pb::CreateRequest req;
   req.set_idempotency_key("create-1");

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <map>
 #include <memory>
@@ -647,6 +648,228 @@ TEST(FleetTest, AnUploadWithAWrongSha256FailsAndLeavesNoFile) {
   cp->SendCommand(id, check);
   ASSERT_TRUE(cp->WaitFor([&] { return Stdout(*cp->Lease(id)).find("sent") != std::string::npos; }, seconds(20)));
   EXPECT_EQ(Stdout(*cp->Lease(id)), "absent\n");
+  pb::SessionCommand cancel;
+  cancel.set_command_id("cmd-cancel");
+  cancel.mutable_cancel()->set_reason("done with it");
+  cp->SendCommand(id, cancel);
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20)));
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+// --- Issue 17: a hostile or broken control plane -----------------------------------------------------------
+
+// A field of /proc/<pid>/status in bytes (VmRSS, VmHWM), or -1.
+int64_t ProcStatusBytes(pid_t pid, const std::string& field) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
+  }
+  return -1;
+}
+
+int Heartbeats(const ControlPlaneDouble& cp) {
+  std::map<ControlPlaneDouble::Method, int> calls = cp.Calls();
+  return calls[ControlPlaneDouble::Method::kHeartbeat];
+}
+
+const pb::CommandError* CommandErrorOf(const ControlPlaneDouble::LeaseView& lease, const std::string& id) {
+  for (const pb::CommandError& e : lease.command_errors) {
+    if (e.command_id() == id) return &e;
+  }
+  return nullptr;
+}
+
+// Item 2: a control plane that accepts Attach and never sends the resume point. The session still ends with
+// its real exit code, journaled and reported (its events travel with the report); heartbeats go on while the
+// stream hangs; the agent drains and exits 0.
+TEST(FleetTest, AnAttachThatNeverResumesLosesNoOutcomeAndHeartbeatsGoOn) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  cp->SetAttachFault(ControlPlaneDouble::AttachFault::kNoResume);
+  AgentProcess agent(AgentFor(*cp));
+  agent.options().fleet_lines.push_back("stream_op_timeout_ms: 1000");
+  ASSERT_TRUE(agent.Start());
+  const std::string id = cp->Enqueue(ExecRequest({"/bin/sh", "-c", "echo before; sleep 3; exit 7"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Lease(id)->attaches >= 1; }, seconds(20))) << agent.Log();
+  // The session runs on (3 s) with its stream hung: its lease is renewed all along.
+  const int beats = Heartbeats(*cp);
+  ASSERT_TRUE(cp->WaitFor([&] { return Heartbeats(*cp) >= beats + 4; }, seconds(3))) << agent.Log();
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20))) << agent.Log();
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  ASSERT_TRUE(l && l->outcome);
+  EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::COMPLETED) << l->outcome->DebugString();
+  EXPECT_EQ(l->outcome->outcome().exit_code(), 7);
+  ExpectGapFree(*l);
+  EXPECT_EQ(Stdout(*l), "before\n");
+  milliseconds took{0};
+  EXPECT_EQ(agent.Terminate(seconds(30), &took), 0) << agent.Log();
+  EXPECT_LT(took, seconds(5));
+}
+
+// Item 2: a control plane that stops reading the stream while a session writes 48 MB of output. That
+// session's outcome (exit code 3) is journaled and reported when it ends; heartbeats go on for the other
+// lease; SIGTERM drains within the grace period plus a small margin, exits 0, and reports the session it had
+// to cancel.
+TEST(FleetTest, AStreamThatStopsReadingLosesNoOutcomeAndDrainStaysWithinItsGrace) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  cp->SetAttachFault(ControlPlaneDouble::AttachFault::kStopReading);
+  AgentProcess agent(AgentFor(*cp));
+  agent.options().fleet_lines.push_back("drain_grace_ms: 1000");
+  agent.options().fleet_lines.push_back("stream_op_timeout_ms: 1000");
+  ASSERT_TRUE(agent.Start());
+  const std::string noisy =
+      cp->Enqueue(ExecRequest({"/bin/sh", "-c", "head -c 48000000 /dev/zero | tr '\\0' x; exit 3"}));
+  const std::string sleeper = cp->Enqueue(ExecRequest({"/bin/sleep", "60"}));
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20))) << agent.Log();
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(noisy);
+  ASSERT_TRUE(l && l->outcome) << agent.Log();
+  EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::COMPLETED) << l->outcome->DebugString();
+  EXPECT_EQ(l->outcome->outcome().exit_code(), 3);
+  EXPECT_EQ(l->gaps, 0);
+  // The other session still runs, its stream stalled too: its lease is renewed.
+  const int beats = Heartbeats(*cp);
+  ASSERT_TRUE(cp->WaitFor([&] { return Heartbeats(*cp) >= beats + 4; }, seconds(3))) << agent.Log();
+  EXPECT_FALSE(cp->Lease(sleeper)->outcome.has_value());
+  milliseconds took{0};
+  EXPECT_EQ(agent.Terminate(seconds(30), &took), 0) << agent.Log();
+  EXPECT_LT(took, milliseconds(1000 + 4000)) << "drain_grace_ms 1000 plus a small margin";
+  l = cp->Lease(sleeper);
+  ASSERT_TRUE(l && l->outcome) << agent.Log();
+  EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::CANCELED);
+  EXPECT_EQ(l->outcome->outcome().reason(), "drained");
+}
+
+// Item 8: a command that gRPC cannot parse (a proto3 string that is not UTF-8) is rejected by its id, naming
+// the field, and the stream goes on: the next command runs and the stream never reconnects. Item 6's fleet
+// entry point: a write_file over 1 MiB is refused by its id, naming the field and the limit.
+TEST(FleetTest, APoisonCommandIsRejectedByItsIdAndTheStreamGoesOn) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  pb::SandboxRequest request;
+  request.set_kind(pb::FILE);
+  const std::string id = cp->Enqueue(request);
+  ASSERT_TRUE(cp->WaitFor([&] { auto l = cp->Lease(id); return l && !l->events.empty(); }, seconds(20)));
+
+  pb::SessionCommand bad;
+  bad.set_command_id("cmd-poison");
+  bad.mutable_call()->mutable_exec()->add_argv("/bin/echo");
+  bad.mutable_call()->mutable_exec()->add_argv("PLACEHOLDER");
+  std::string raw = bad.SerializeAsString();
+  const size_t at = raw.find("PLACEHOLDER");
+  ASSERT_NE(at, std::string::npos);
+  raw.replace(at, 11, "\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\xf7\xf6\xf5");  // same length: not UTF-8
+  cp->SendRawCommand(id, raw);
+  pb::SessionCommand big;
+  big.set_command_id("cmd-big-write");
+  big.mutable_call()->mutable_write_file()->set_path("/workspace/big.bin");
+  big.mutable_call()->mutable_write_file()->set_data(std::string((1 << 20) + 1, 'x'));
+  cp->SendCommand(id, big);
+  pb::SessionCommand after;
+  after.set_command_id("cmd-after");
+  after.mutable_call()->mutable_exec()->add_argv("/bin/echo");
+  after.mutable_call()->mutable_exec()->add_argv("after");
+  cp->SendCommand(id, after);
+  ASSERT_TRUE(cp->WaitFor([&] { return Stdout(*cp->Lease(id)).find("after") != std::string::npos; }, seconds(10)))
+      << "attaches: " << cp->Lease(id)->attaches << "\n" << agent.Log();
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  const pb::CommandError* poison = CommandErrorOf(*l, "cmd-poison");
+  ASSERT_NE(poison, nullptr);
+  EXPECT_EQ(poison->code(), static_cast<int>(grpc::INVALID_ARGUMENT));
+  EXPECT_THAT(poison->message(), HasSubstr("call.exec.argv"));
+  EXPECT_THAT(poison->message(), HasSubstr("UTF-8"));
+  const pb::CommandError* too_big = CommandErrorOf(*l, "cmd-big-write");
+  ASSERT_NE(too_big, nullptr);
+  EXPECT_EQ(too_big->code(), static_cast<int>(grpc::INVALID_ARGUMENT));
+  EXPECT_THAT(too_big->message(), HasSubstr("write_file.data"));
+  EXPECT_THAT(too_big->message(), HasSubstr("1048576"));
+  EXPECT_EQ(l->attaches, 1) << "the stream reconnected";
+  EXPECT_EQ(Stdout(*l), "after\n");
+  pb::SessionCommand cancel;
+  cancel.set_command_id("cmd-cancel");
+  cancel.mutable_cancel()->set_reason("done with it");
+  cp->SendCommand(id, cancel);
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20)));
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+// Item 5: a 256 MiB upload in 4 MiB chunks (the documented largest) streams into the jail with the agent's
+// memory bounded: its peak RSS stays under 64 MiB above what it was before, and once the upload is done it
+// gives most of that back (under 32 MiB above; before the fix it was 98 MiB above at the peak and after). A
+// chunk over 4 MiB is refused by its command id, naming the limit, and the stream goes on.
+TEST(FleetTest, ALargeUploadKeepsTheAgentsMemoryBoundedAndAnOversizedChunkIsRefused) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  pb::SandboxRequest request;
+  request.set_kind(pb::FILE);
+  const std::string id = cp->Enqueue(request);
+  ASSERT_TRUE(cp->WaitFor([&] { auto l = cp->Lease(id); return l && !l->events.empty(); }, seconds(20)));
+  const int64_t baseline = ProcStatusBytes(agent.pid(), "VmRSS");
+  ASSERT_GT(baseline, 0);
+
+  constexpr size_t kChunk = 4 << 20, kTotal = 256 << 20;
+  std::string data(kChunk, '\0');
+  for (size_t i = 0; i < kChunk; ++i) data[i] = static_cast<char>(i * 131 + (i >> 12));
+  for (size_t offset = 0; offset < kTotal; offset += kChunk) {
+    pb::SessionCommand part;
+    part.set_command_id("up-large");
+    part.mutable_upload()->set_path("/workspace/large.bin");
+    part.mutable_upload()->set_offset(offset);
+    part.mutable_upload()->set_data(data);
+    part.mutable_upload()->set_last(offset + kChunk == kTotal);
+    cp->SendCommand(id, std::move(part));
+  }
+  const auto finished = [&](const std::string& call_id) -> std::optional<pb::ToolCallFinished> {
+    const std::optional<ControlPlaneDouble::LeaseView> lease = cp->Lease(id);
+    for (const pb::Event& e : lease->events) {
+      if (e.has_tool_call_finished() && e.tool_call_finished().call_id() == call_id) return e.tool_call_finished();
+    }
+    return std::nullopt;
+  };
+  int64_t peak = 0;
+  ASSERT_TRUE(cp->WaitFor([&] {
+    peak = std::max(peak, ProcStatusBytes(agent.pid(), "VmRSS"));
+    return finished("up-large").has_value();
+  }, seconds(60))) << agent.Log();
+  ASSERT_TRUE(finished("up-large")->has_result()) << finished("up-large")->DebugString();
+  peak = std::max(peak, ProcStatusBytes(agent.pid(), "VmHWM"));
+  EXPECT_LT(peak - baseline, int64_t{64} << 20) << "peak " << (peak >> 20) << " MiB, baseline " << (baseline >> 20);
+  // The memory goes back once the upload is done.
+  int64_t after = 0;
+  EXPECT_TRUE(cp->WaitFor([&] {
+    after = ProcStatusBytes(agent.pid(), "VmRSS");
+    return after - baseline < (int64_t{32} << 20);
+  }, seconds(5))) << "after " << (after >> 20) << " MiB, baseline " << (baseline >> 20);
+  std::cout << "agent RSS: baseline " << (baseline >> 20) << " MiB, peak " << (peak >> 20) << " MiB, after "
+            << (after >> 20) << " MiB\n";
+
+  pb::SessionCommand oversized;
+  oversized.set_command_id("up-oversized");
+  oversized.mutable_upload()->set_path("/workspace/oversized.bin");
+  oversized.mutable_upload()->set_data(std::string(kChunk + 1, 'x'));
+  oversized.mutable_upload()->set_last(true);
+  cp->SendCommand(id, oversized);
+  pb::SessionCommand check;
+  check.set_command_id("cmd-check");
+  check.mutable_call()->mutable_exec()->add_argv("/bin/sh");
+  check.mutable_call()->mutable_exec()->add_argv("-c");
+  check.mutable_call()->mutable_exec()->add_argv(
+      "stat -c %s /workspace/large.bin; test -e /workspace/oversized.bin && echo present || echo absent");
+  cp->SendCommand(id, check);
+  ASSERT_TRUE(cp->WaitFor([&] { return Stdout(*cp->Lease(id)).find("sent") != std::string::npos; }, seconds(20)))
+      << agent.Log();
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  EXPECT_EQ(Stdout(*l), "268435456\nabsent\n");
+  const pb::CommandError* refused = CommandErrorOf(*l, "up-oversized");
+  ASSERT_NE(refused, nullptr) << "the oversized chunk was not refused by its id";
+  EXPECT_EQ(refused->code(), static_cast<int>(grpc::INVALID_ARGUMENT));
+  EXPECT_THAT(refused->message(), HasSubstr("4194304"));
+  EXPECT_EQ(l->attaches, 1) << "the stream reconnected";
   pb::SessionCommand cancel;
   cancel.set_command_id("cmd-cancel");
   cancel.mutable_cancel()->set_reason("done with it");

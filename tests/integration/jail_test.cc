@@ -531,6 +531,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadInputCase{"AbsurdMemory", {"--memory-limit", "99999999999999999"}, {"/bin/true"}, "", "memory_max_bytes"},
         BadInputCase{"WiderThanPolicy", {"--pids-limit", "100000"}, {"/bin/true"}, "", "pids_max"},
         BadInputCase{"NegativeTime", {"--time-limit", "-1"}, {"/bin/true"}, "", "--time-limit"},
+        // Above the policy's ceiling (10 minutes): refused naming the field, never clamped (issue 17 item 6).
+        BadInputCase{"TimeAboveCeiling", {"--time-limit", "600.001"}, {"/bin/true"}, "", "wall_time_limit_ms"},
         BadInputCase{"NotANumber", {"--memory-limit", "lots"}, {"/bin/true"}, "", "--memory-limit"},
         BadInputCase{"MissingPolicyFile", {"--policy", "/no/such/policy.textproto"}, {"/bin/true"}, "",
                      "/no/such/policy.textproto"},

@@ -242,6 +242,20 @@ void ControlPlaneDouble::SendCommand(const std::string& lease_id, v1::SessionCom
   BumpLocked();
 }
 
+void ControlPlaneDouble::SetAttachFault(AttachFault fault) {
+  absl::MutexLock lock(&mu_);
+  attach_fault_ = fault;
+  BumpLocked();
+}
+
+void ControlPlaneDouble::SendRawCommand(const std::string& lease_id, const std::string& command_bytes) {
+  // The bytes ride as the unknown fields of an empty SessionCommand: they serialize back exactly as given,
+  // with no UTF-8 check on the way.
+  v1::SessionCommand command;
+  if (!command.GetReflection()->MutableUnknownFields(&command)->ParseFromString(command_bytes)) return;
+  SendCommand(lease_id, std::move(command));
+}
+
 // --- Observations ------------------------------------------------------------------------------------------
 
 ControlPlaneDouble::LeaseView ControlPlaneDouble::ViewLocked(const LeaseState& lease) const {
@@ -523,6 +537,7 @@ grpc::Status ControlPlaneDouble::DoAttach(
   } state;
   LeaseState* lease = nullptr;
   uint64_t resume = 0;
+  AttachFault fault = AttachFault::kNone;
   {
     absl::MutexLock lock(&mu_);
     auto it = leases_.find(lease_id);
@@ -535,6 +550,7 @@ grpc::Status ControlPlaneDouble::DoAttach(
     if (!message.hello().session_id().empty()) lease->session_id = message.hello().session_id();
     resume = lease->contiguous;
     attach_contexts_.insert(ctx);
+    fault = attach_fault_;
     BumpLocked();
   }
   absl::Cleanup unregister = [this, ctx] {
@@ -542,6 +558,17 @@ grpc::Status ControlPlaneDouble::DoAttach(
     attach_contexts_.erase(ctx);
     BumpLocked();
   };
+  if (fault != AttachFault::kNone) {
+    if (fault == AttachFault::kStopReading) {
+      v1::ControlMessage first;
+      first.mutable_resume()->set_after_seq(resume);
+      if (!stream->Write(first)) return grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke");
+    }
+    // A stalled control plane: no reads, no writes, until the agent gives up on the stream.
+    absl::MutexLock lock(&mu_);
+    while (!stopping_ && !ctx->IsCancelled()) cv_.WaitWithDeadline(&mu_, absl::Now() + kPollSlice);
+    return grpc::Status(grpc::StatusCode::CANCELLED, "stream canceled");
+  }
 
   v1::ControlMessage first;
   first.mutable_resume()->set_after_seq(resume);

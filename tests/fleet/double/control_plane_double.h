@@ -153,6 +153,17 @@ class ControlPlaneDouble {
   // on each new Attach of that lease (the agent dedupes by command_id). No-op for an unknown id.
   void SendCommand(const std::string& lease_id, duvo::sandbox::v1::SessionCommand command);
 
+  // Hostile streams (issue 17), for Attach streams opened after the call (open ones keep their behaviour).
+  // kNoResume: the hello is read, then nothing: no resume point, no reads. kStopReading: the resume point is
+  // sent, then the double neither reads the stream (the agent's writes back up behind flow control) nor
+  // writes to it. Either lasts until the agent cancels the stream or the server stops. kNone: as documented
+  // above.
+  enum class AttachFault { kNone, kNoResume, kStopReading };
+  void SetAttachFault(AttachFault fault);
+  // Like SendCommand, but the SessionCommand is given as its serialized bytes and sent as they are, e.g. with
+  // a string field that is not UTF-8 (which the agent's gRPC cannot parse). No-op for an unknown id.
+  void SendRawCommand(const std::string& lease_id, const std::string& command_bytes);
+
   // --- Observations (snapshots).
   std::optional<LeaseView> Lease(const std::string& lease_id) const;
   std::vector<LeaseView> Leases() const;  // in lease id order of creation
@@ -237,6 +248,7 @@ class ControlPlaneDouble {
   size_t outcomes_ ABSL_GUARDED_BY(mu_) = 0;  // leases with an outcome
   std::set<grpc::ServerContext*> attach_contexts_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const EventHook> hook_ ABSL_GUARDED_BY(mu_);
+  AttachFault attach_fault_ ABSL_GUARDED_BY(mu_) = AttachFault::kNone;
 };
 
 }  // namespace sbx::testing
