@@ -16,7 +16,10 @@
 // agent's capacity.
 //
 // Threads: the lease loop, the heartbeat loop, the outcome reporter, and per lease a pump (session start,
-// Attach stream, outcome), the stream's reader, and a driver while the request's start calls run.
+// outcome), a streamer (the Attach stream, reconnected with backoff), the stream's reader and watchdog, and a
+// driver while the request's start calls run. The pump journals the outcome when the session ends, whatever
+// the stream does; every stream operation has a deadline (fleet.stream_op_timeout_ms); heartbeats and
+// reports use a channel of their own and never wait for a stream.
 #ifndef SBX_AGENT_FLEET_AGENT_H_
 #define SBX_AGENT_FLEET_AGENT_H_
 
@@ -56,8 +59,9 @@ class FleetAgent {
   ~FleetAgent();  // Drain(0) if not drained
 
   // SIGTERM: stops leasing, gives running sessions `grace` to finish, cancels the rest, and waits (at most
-  // `flush`) until every outcome is reported. Outcomes not delivered by then stay in the outbox for the next
-  // start. Returns how many outcomes are still undelivered.
+  // `flush`, for the canceled sessions' outcomes to be journaled and then for every outcome to be reported;
+  // streams are canceled). Outcomes not delivered by then stay in the outbox for the next start. Returns how
+  // many outcomes are still undelivered.
   size_t Drain(std::chrono::milliseconds grace, std::chrono::milliseconds flush = std::chrono::seconds(10));
 
   // SIGHUP: labels, lease wait, heartbeat interval, backoff, max request size and the token file take effect
