@@ -39,5 +39,19 @@ TEST(AgentConfigTest, ABadEgressDenyCidrIsRefusedNamingIt) {
   EXPECT_TRUE(StatusIs(c, absl::StatusCode::kInvalidArgument, "egress_deny_cidrs[1]")) << c.status();
 }
 
+// fleet.stream_op_timeout_ms (issue 17 item 2): 20 s by default, 100 ms..10 min, refused outside naming it.
+TEST(AgentConfigTest, FleetStreamOpTimeoutHasADefaultAndARange) {
+  EXPECT_EQ(DefaultAgentConfig().fleet.stream_op_timeout, std::chrono::milliseconds(20000));
+  std::string path = WriteConfig("fleet { control_plane: \"127.0.0.1:1\" stream_op_timeout_ms: 100 }\n");
+  absl::StatusOr<AgentConfig> c = LoadAgentConfig(path);
+  unlink(path.c_str());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->fleet.stream_op_timeout, std::chrono::milliseconds(100));
+  path = WriteConfig("fleet { control_plane: \"127.0.0.1:1\" stream_op_timeout_ms: 99 }\n");
+  c = LoadAgentConfig(path);
+  unlink(path.c_str());
+  EXPECT_TRUE(StatusIs(c, absl::StatusCode::kInvalidArgument, "fleet.stream_op_timeout_ms")) << c.status();
+}
+
 }  // namespace
 }  // namespace sbx::agent
