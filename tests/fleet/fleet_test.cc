@@ -796,6 +796,26 @@ TEST(FleetTest, APoisonCommandIsRejectedByItsIdAndTheStreamGoesOn) {
   EXPECT_EQ(agent.Terminate(seconds(30)), 0);
 }
 
+// Item 6's fleet entry point: a lease whose policy asks for a wall time above the host's ceiling (10 min)
+// and above its ttl is rejected naming the field; it used to be clamped to the ceiling and run.
+TEST(FleetTest, ALeaseAskingForAWallTimeAboveTheCeilingIsRejectedNamingTheField) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  pb::SandboxRequest request = ExecRequest({"/bin/true"});
+  request.set_ttl_ms(600000);
+  request.mutable_policy()->mutable_limits()->set_wall_time_limit_ms(600001);
+  const std::string id = cp->Enqueue(request);
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20))) << agent.Log();
+  const std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::FAILED) << l->outcome->DebugString();
+  EXPECT_EQ(l->outcome->outcome().reason(), "rejected");
+  EXPECT_THAT(l->outcome->outcome().message(), HasSubstr("wall_time_limit_ms"));
+  EXPECT_THAT(l->outcome->outcome().message(), HasSubstr("600000"));
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
 // Item 5: a 256 MiB upload in 4 MiB chunks (the documented largest) streams into the jail with the agent's
 // memory bounded: its peak RSS stays under 64 MiB above what it was before, and once the upload is done it
 // gives back what the transfer took (under 48 MiB above; before the fix it was 98 MiB above at the peak and
