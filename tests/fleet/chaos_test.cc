@@ -1,0 +1,112 @@
+// Fleet mode under chaos (issue 17): two real agents lease 1,000 leases of mixed workloads from the
+// control-plane double while a random agent is SIGKILLed every 1-3 s and restarted on its state dir, and the
+// control plane is cut off twice (3 s, 5 s). See tests/fleet/chaos.h for the run and what each check means.
+//
+// For a developer, the environment overrides the run: SBX_CHAOS_LEASES, SBX_CHAOS_KILL_MIN_MS,
+// SBX_CHAOS_KILL_MAX_MS (0 = no kills), SBX_CHAOS_SEED, SBX_CHAOS_SETTLE_MS.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "tests/fleet/chaos.h"
+
+namespace sbx::testing {
+namespace {
+
+namespace pb = ::duvo::sandbox::v1;
+using std::chrono::milliseconds;
+
+int64_t EnvInt(const char* name, int64_t fallback) {
+  const char* value = getenv(name);
+  if (value == nullptr || *value == '\0') return fallback;
+  char* end = nullptr;
+  const long long parsed = strtoll(value, &end, 10);
+  if (*end != '\0' || parsed < 0) {
+    ADD_FAILURE() << name << "=\"" << value << "\" is not a non-negative integer; using " << fallback;
+    return fallback;
+  }
+  return parsed;
+}
+
+// At most the first 25 entries of a check, and how many there were.
+std::string Describe(const std::vector<std::string>& items) {
+  std::string out = absl::StrCat(items.size(), " violations:\n");
+  for (size_t i = 0; i < items.size() && i < 25; ++i) absl::StrAppend(&out, "  ", items[i], "\n");
+  if (items.size() > 25) absl::StrAppend(&out, "  ...\n");
+  return out;
+}
+
+double Percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+}
+
+TEST(FleetChaosTest, AgentsKilledAndTheControlPlaneCutOffEveryLeaseHasOneOutcomeRunsOnceAndLeavesNothing) {
+  ChaosOptions options;
+  options.agents = 2;
+  options.capacity = 8;
+  options.leases = static_cast<int>(EnvInt("SBX_CHAOS_LEASES", 1000));
+  options.kill_min = milliseconds(EnvInt("SBX_CHAOS_KILL_MIN_MS", 1000));
+  options.kill_max = milliseconds(EnvInt("SBX_CHAOS_KILL_MAX_MS", 3000));
+  options.seed = static_cast<uint64_t>(EnvInt("SBX_CHAOS_SEED", 17));
+  options.settle = milliseconds(EnvInt("SBX_CHAOS_SETTLE_MS", 120000));
+  const auto wall = std::chrono::steady_clock::now();
+  absl::StatusOr<ChaosResult> run = RunChaos(options);
+  ASSERT_TRUE(run.ok()) << run.status();
+  const ChaosResult& result = *run;
+  const double wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall).count();
+
+  // What happened, for the log (and for the lead comparing runs).
+  std::map<std::string, int> outcomes;
+  for (const ControlPlaneDouble::LeaseView& l : result.leases) {
+    if (!l.outcome) continue;
+    const pb::Outcome& o = l.outcome->outcome();
+    ++outcomes[absl::StrCat(pb::Outcome::Status_Name(o.status()), o.reason().empty() ? "" : "/", o.reason())];
+  }
+  int incomplete = 0;
+  const std::vector<double> restart_ms = RestartToReportedMs(result, &incomplete);
+  printf("chaos: %d leases, %zu kills, %d outages, %zu re-grants; %s in %.1f s (test %.1f s)\n", options.leases,
+         result.restarts.size(), result.outages, result.regranted.size(),
+         result.settled ? "settled" : "NOT settled", result.seconds(), wall_s);
+  for (const auto& [what, n] : outcomes) printf("chaos:   %-28s %d\n", what.c_str(), n);
+  printf("chaos: restart -> every held lease reported: p50 %.0f ms, p99 %.0f ms (%zu restarts; %d never got there)\n",
+         Percentile(restart_ms, 0.5), Percentile(restart_ms, 0.99), restart_ms.size(), incomplete);
+
+  // The chaos happened (a run without it proves nothing).
+  if (options.kill_max.count() > 0) {
+    EXPECT_GE(result.restarts.size(), 3u) << "too few kills for a chaos run";
+    EXPECT_FALSE(result.regranted.empty()) << "no completed lease was granted again after a restart";
+  }
+  EXPECT_EQ(result.outages, 2);
+  for (const ChaosRestart& r : result.restarts) EXPECT_FALSE(r.start_failed) << r.agent_id << " failed to restart";
+
+  const std::map<std::string, std::vector<std::string>> v = CheckChaos(result);
+  EXPECT_TRUE(result.settled) << "not every lease had an outcome within the settle deadline";
+  EXPECT_TRUE(v.at("lost").empty()) << "lost leases (granted, never reported): " << Describe(v.at("lost"));
+  EXPECT_TRUE(v.at("one_outcome").empty()) << "exactly one outcome per lease: " << Describe(v.at("one_outcome"));
+  EXPECT_TRUE(v.at("run_twice").empty()) << "no lease runs twice: " << Describe(v.at("run_twice"));
+  EXPECT_TRUE(v.at("restart_and_completed").empty())
+      << "agent_restart and completed for one lease: " << Describe(v.at("restart_and_completed"));
+  EXPECT_TRUE(v.at("exit_code").empty()) << "right exit codes and outputs: " << Describe(v.at("exit_code"));
+  EXPECT_TRUE(v.at("unexpected").empty()) << "only COMPLETED or agent_restart: " << Describe(v.at("unexpected"));
+  EXPECT_TRUE(v.at("events").empty()) << "gap-free events: " << Describe(v.at("events"));
+  EXPECT_TRUE(v.at("unknown").empty()) << "outcomes for leases never granted: " << Describe(v.at("unknown"));
+  EXPECT_TRUE(v.at("leftovers").empty()) << "nothing left behind: " << Describe(v.at("leftovers"));
+  if (HasFailure()) {
+    for (const auto& [agent, log] : result.agent_logs) {
+      // The end of each agent's log (every lifetime appends to it).
+      const size_t keep = 6000;
+      printf("--- %s log (last %zu bytes) ---\n%s\n", agent.c_str(), std::min(keep, log.size()),
+             log.substr(log.size() > keep ? log.size() - keep : 0).c_str());
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sbx::testing
