@@ -76,7 +76,7 @@ std::string ReadAll(const std::string& path) {
 int Chaos(int sessions, int rounds, int capacity, int kill_every_ms) {
   using sbx::testing::ChaosOptions;
   using sbx::testing::ChaosResult;
-  std::vector<double> calm_rate, chaos_rate, restart_ms;
+  std::vector<double> calm_rate, chaos_rate, calm_completed, chaos_completed, restart_ms;
   int incomplete = 0, restarts = 0, lost = 0, killed_sessions = 0, other = 0;
   for (int round = 0; round < rounds; ++round) {
     // Alternate which goes first, so that both see the same machine on average.
@@ -90,6 +90,7 @@ int Chaos(int sessions, int rounds, int capacity, int kill_every_ms) {
       o.kill_min = o.kill_max = std::chrono::milliseconds(kills ? kill_every_ms : 0);
       o.outages = {};
       o.regrants_per_restart = 0;
+      o.kill_after_grant_every = 0;  // every 2 s, whatever the agent is doing
       o.settle = std::chrono::milliseconds(60000);
       o.seed = static_cast<uint64_t>(round + 1);
       o.verbose = false;
@@ -100,6 +101,7 @@ int Chaos(int sessions, int rounds, int capacity, int kill_every_ms) {
       }
       const std::map<std::string, std::vector<std::string>> v = sbx::testing::CheckChaos(*run);
       lost += static_cast<int>(v.at("lost").size());
+      int completed = 0;
       for (const auto& l : run->leases) {
         if (!l.outcome) continue;
         const pb::Outcome& outcome = l.outcome->outcome();
@@ -107,8 +109,11 @@ int Chaos(int sessions, int rounds, int capacity, int kill_every_ms) {
           ++killed_sessions;
         } else if (outcome.status() != pb::Outcome::COMPLETED || outcome.exit_code() != 0) {
           ++other;
+        } else {
+          ++completed;
         }
       }
+      (kills ? chaos_completed : calm_completed).push_back(completed / run->seconds());
       // Over the leases that got an outcome (a lost one would stall the run until the deadline).
       const double rate = static_cast<double>(sessions - static_cast<int>(v.at("lost").size())) / run->seconds();
       (kills ? chaos_rate : calm_rate).push_back(rate);
@@ -125,10 +130,14 @@ int Chaos(int sessions, int rounds, int capacity, int kill_every_ms) {
   printf("fleet_bench --chaos: two agents (capacity %d each), control-plane double on loopback; %u cores\n",
          capacity, std::thread::hardware_concurrency());
   printf("sustained /bin/true sessions, %d per run, median of %d runs each:\n", sessions, rounds);
-  printf("  an agent SIGKILLed every %d ms  %7.1f sessions/s  (%d sessions ended agent_restart, %d lost, "
-         "%d other)\n", kill_every_ms, sbx::bench::Median(chaos_rate), killed_sessions, lost, other);
-  printf("  anchor: no kills               %7.1f sessions/s\n", sbx::bench::Median(calm_rate));
-  printf("  ratio                          %.2f\n", sbx::bench::Median(chaos_rate) / sbx::bench::Median(calm_rate));
+  printf("  an agent SIGKILLed every %5d ms  %7.1f sessions/s, %7.1f completed/s  (%d sessions ended "
+         "agent_restart, %d lost, %d other)\n", kill_every_ms, sbx::bench::Median(chaos_rate),
+         sbx::bench::Median(chaos_completed), killed_sessions, lost, other);
+  printf("  anchor: no kills                  %7.1f sessions/s, %7.1f completed/s\n", sbx::bench::Median(calm_rate),
+         sbx::bench::Median(calm_completed));
+  printf("  ratio                             %7.2f             %7.2f\n",
+         sbx::bench::Median(chaos_rate) / sbx::bench::Median(calm_rate),
+         sbx::bench::Median(chaos_completed) / sbx::bench::Median(calm_completed));
   printf("restart -> every held lease reported (heartbeat or outcome), %zu of %d restarts:\n", restart_ms.size(),
          restarts);
   printf("  p50 %7.1f ms   p99 %7.1f ms   (%d restarts killed again, or a lease never named, before that)\n",

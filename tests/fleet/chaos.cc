@@ -375,6 +375,7 @@ absl::StatusOr<ChaosResult> RunChaos(const ChaosOptions& options) {
       return;
     }
     std::mt19937_64 krng(options.seed * 7919 + 1);
+    int kills = 0;
     // Kills are spaced from kill to kill (a restart's own time is inside the interval).
     ChaosClock::time_point last_kill = ChaosClock::now();
     while (true) {
@@ -384,12 +385,23 @@ absl::StatusOr<ChaosResult> RunChaos(const ChaosOptions& options) {
       const auto wait = std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(
                                                       last_kill + interval - ChaosClock::now()));
       if (!shared->Sleep(wait) || cp->queued() == 0) return;
-      last_kill = ChaosClock::now();
       const size_t a = krng() % agents.size();
       AgentProcess& agent = *agents[a];
       const std::string agent_id = agent.options().agent_id;
       ChaosRestart r;
       r.agent_id = agent_id;
+      ++kills;
+      if (options.kill_after_grant_every > 0 && kills % options.kill_after_grant_every == 0) {
+        // Right after the double granted this agent a lease (its outstanding count rose): the grant is in
+        // flight or being journaled.
+        int low = INT32_MAX;
+        r.after_grant = cp->WaitFor([&] {
+          const int outstanding = cp->Agents()[agent_id].outstanding;
+          low = std::min(low, outstanding);
+          return outstanding > low;
+        }, milliseconds(1000));
+      }
+      last_kill = ChaosClock::now();
       {
         std::lock_guard lock(shared->mu);
         auto cur = shared->current_restart.find(agent_id);
@@ -441,7 +453,7 @@ absl::StatusOr<ChaosResult> RunChaos(const ChaosOptions& options) {
         }
       }
       for (const std::string& id : again) cp->GrantAgainTo(id, agent_id);
-      Progress(options, absl::StrCat("killed ", agent_id, " holding ", r.held.size(), ", restarted in ",
+      Progress(options, absl::StrCat("killed ", agent_id, r.after_grant ? " just after a grant" : "", " holding ", r.held.size(), ", restarted in ",
                                      std::chrono::duration_cast<milliseconds>(ChaosClock::now() - r.restarted).count(),
                                      " ms; ", reported(), " outcomes so far"));
     }

@@ -40,6 +40,9 @@ struct ChaosOptions {
   // Control-plane outages, in order; the i-th starts once (i+1)/(n+1) of the leases have an outcome.
   std::vector<std::chrono::milliseconds> outages = {std::chrono::milliseconds(3000),
                                                     std::chrono::milliseconds(5000)};
+  // Every n-th kill waits (up to 1 s) for the double to grant that agent a lease and kills it right then (0 =
+  // none): a grant the agent may not have journaled yet (issue 17 item 4).
+  int kill_after_grant_every = 3;
   // After each restart, up to this many leases that agent had completed and reported before it was killed
   // are granted to it again (GrantAgainTo): a lease id it has seen must not run again.
   int regrants_per_restart = 1;
@@ -72,6 +75,7 @@ struct ChaosRestart {
   // the restart and before this agent's next kill.
   std::map<std::string, ChaosClock::time_point> reported;
   bool start_failed = false;
+  bool after_grant = false;  // killed right after a grant (ChaosOptions::kill_after_grant_every)
 };
 
 struct ChaosResult {

@@ -4,6 +4,9 @@
 //
 // For a developer, the environment overrides the run: SBX_CHAOS_LEASES, SBX_CHAOS_KILL_MIN_MS,
 // SBX_CHAOS_KILL_MAX_MS (0 = no kills), SBX_CHAOS_SEED, SBX_CHAOS_SETTLE_MS.
+#include <sys/types.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -71,8 +74,11 @@ TEST(FleetChaosTest, AgentsKilledAndTheControlPlaneCutOffEveryLeaseHasOneOutcome
   }
   int incomplete = 0;
   const std::vector<double> restart_ms = RestartToReportedMs(result, &incomplete);
-  printf("chaos: %d leases, %zu kills, %d outages, %zu re-grants; %s in %.1f s (test %.1f s)\n", options.leases,
-         result.restarts.size(), result.outages, result.regranted.size(),
+  const auto after_grant = std::count_if(result.restarts.begin(), result.restarts.end(),
+                                         [](const ChaosRestart& r) { return r.after_grant; });
+  printf("chaos: %d leases, %zu kills (%zd right after a grant), %d outages, %zu re-grants; %s in %.1f s "
+         "(test %.1f s)\n", options.leases, result.restarts.size(), static_cast<ssize_t>(after_grant),
+         result.outages, result.regranted.size(),
          result.settled ? "settled" : "NOT settled", result.seconds(), wall_s);
   for (const auto& [what, n] : outcomes) printf("chaos:   %-28s %d\n", what.c_str(), n);
   printf("chaos: restart -> every held lease reported: p50 %.0f ms, p99 %.0f ms (%zu restarts; %d never got there)\n",
