@@ -14,9 +14,15 @@
 #include <string>
 #include <vector>
 
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
 #include <gtest/gtest.h>
 
+#include <mutex>
+
 #include "absl/strings/str_cat.h"
+#include "duvo/sandbox/v1/worker.grpc.pb.h"
+#include "tests/fleet/agent_process.h"
 #include "tests/fleet/chaos.h"
 
 namespace sbx::testing {
@@ -48,6 +54,67 @@ std::string Describe(const std::vector<std::string>& items) {
 double Percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+}
+
+// What the chaos run relies on in the double: a re-grant with GrantAgainTo reaches only the agent it names,
+// and OnRequest sees every heartbeat and every outcome report, repeats included.
+TEST(FleetChaosTest, TheDoublesGrantAgainToReachesOnlyItsAgentAndOnRequestSeesEveryReport) {
+  absl::StatusOr<std::unique_ptr<ControlPlaneDouble>> cp = ControlPlaneDouble::Start({});
+  ASSERT_TRUE(cp.ok()) << cp.status();
+  std::mutex mu;
+  std::vector<std::string> seen;
+  (*cp)->OnRequest([&](ControlPlaneDouble::Method m, const google::protobuf::Message& message) {
+    std::lock_guard lock(mu);
+    if (m == ControlPlaneDouble::Method::kHeartbeat) {
+      const auto& hb = static_cast<const pb::HeartbeatRequest&>(message);
+      seen.push_back(absl::StrCat("heartbeat ", hb.agent_id(), " ", hb.lease_ids_size()));
+    } else {
+      const auto& r = static_cast<const pb::ReportOutcomeRequest&>(message);
+      seen.push_back(absl::StrCat("outcome ", r.lease_id(), " ", r.outcome().exit_code()));
+    }
+  });
+  auto stub = pb::WorkerGateway::NewStub(grpc::CreateChannel((*cp)->target(), grpc::InsecureChannelCredentials()));
+  auto lease = [&](const std::string& agent) {
+    pb::LeaseRequest request;
+    request.set_agent_id(agent);
+    pb::KindCapacity* c = request.add_capacity();
+    c->set_kind(pb::FILE);
+    c->set_free(4);
+    request.set_wait_ms(100);
+    pb::LeaseResponse response;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(stub->Lease(&ctx, request, &response).ok());
+    std::vector<std::string> ids;
+    for (const pb::LeaseGrant& g : response.leases()) ids.push_back(g.lease_id());
+    return ids;
+  };
+  const std::string id = (*cp)->Enqueue(ExecRequest({"/bin/true"}));
+  ASSERT_EQ(lease("a"), std::vector<std::string>{id});
+  for (int exit_code : {3, 4}) {  // a repeat that disagrees: the double records the first, the hook sees both
+    pb::ReportOutcomeRequest report;
+    report.set_agent_id("a");
+    report.set_lease_id(id);
+    report.mutable_outcome()->set_status(pb::Outcome::COMPLETED);
+    report.mutable_outcome()->set_exit_code(exit_code);
+    pb::ReportOutcomeResponse response;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->ReportOutcome(&ctx, report, &response).ok());
+  }
+  pb::HeartbeatRequest hb;
+  hb.set_agent_id("a");
+  hb.add_lease_ids(id);
+  pb::HeartbeatResponse hb_response;
+  grpc::ClientContext hb_ctx;
+  ASSERT_TRUE(stub->Heartbeat(&hb_ctx, hb, &hb_response).ok());
+
+  (*cp)->GrantAgainTo(id, "a");
+  EXPECT_TRUE(lease("b").empty()) << "a grant for agent a went to b";
+  EXPECT_EQ((*cp)->queued(), 1);
+  EXPECT_EQ(lease("a"), std::vector<std::string>{id});
+  EXPECT_EQ((*cp)->Lease(id)->grants, 2);
+  EXPECT_EQ((*cp)->Lease(id)->outcome->outcome().exit_code(), 3);
+  std::lock_guard lock(mu);
+  EXPECT_EQ(seen, (std::vector<std::string>{"outcome " + id + " 3", "outcome " + id + " 4", "heartbeat a 1"}));
 }
 
 TEST(FleetChaosTest, AgentsKilledAndTheControlPlaneCutOffEveryLeaseHasOneOutcomeRunsOnceAndLeavesNothing) {
