@@ -216,6 +216,9 @@ ChaosWorkload MakeWorkload(int index, ChaosOptions::Mix mix, std::mt19937_64& rn
   return w;
 }
 
+// How long the killer goes on without a new outcome while work is queued.
+constexpr milliseconds kStall{20000};
+
 void Progress(const ChaosOptions& options, const std::string& line) {
   if (options.verbose) fprintf(stderr, "chaos: %s\n", line.c_str());
 }
@@ -376,6 +379,8 @@ absl::StatusOr<ChaosResult> RunChaos(const ChaosOptions& options) {
     }
     std::mt19937_64 krng(options.seed * 7919 + 1);
     int kills = 0;
+    size_t progress_seen = reported();
+    ChaosClock::time_point progress_at = ChaosClock::now();
     // Kills are spaced from kill to kill (a restart's own time is inside the interval).
     ChaosClock::time_point last_kill = ChaosClock::now();
     while (true) {
@@ -385,6 +390,16 @@ absl::StatusOr<ChaosResult> RunChaos(const ChaosOptions& options) {
       const auto wait = std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(
                                                       last_kill + interval - ChaosClock::now()));
       if (!shared->Sleep(wait) || cp->queued() == 0) return;
+      // Work that stays queued while no outcome arrives (e.g. every slot of an agent pinned by leases it lost)
+      // ends the kills too: the settle deadline decides what is missing.
+      if (reported() != progress_seen) {
+        progress_seen = reported();
+        progress_at = ChaosClock::now();
+      } else if (ChaosClock::now() - progress_at > kStall) {
+        Progress(options, absl::StrCat("no outcome for ", kStall.count(), " ms with ", cp->queued(),
+                                       " grants queued; no more kills"));
+        return;
+      }
       const size_t a = krng() % agents.size();
       AgentProcess& agent = *agents[a];
       const std::string agent_id = agent.options().agent_id;
@@ -407,6 +422,14 @@ absl::StatusOr<ChaosResult> RunChaos(const ChaosOptions& options) {
         auto cur = shared->current_restart.find(agent_id);
         if (cur != shared->current_restart.end()) shared->restarts[cur->second].next_kill = ChaosClock::now();
         shared->current_restart.erase(agent_id);
+      }
+      if (result.seen_running_cgroups == 0 || result.seen_running_jail_processes == 0) {
+        // The leftover scan must be able to see sessions: count what it finds while they run.
+        const HostState now = Snapshot();
+        for (const std::string& c : now.cgroups) result.seen_running_cgroups += before.cgroups.count(c) == 0;
+        for (const std::string& p : now.jail_processes) {
+          result.seen_running_jail_processes += before.jail_processes.count(p) == 0;
+        }
       }
       agent.Kill9();
       r.killed = ChaosClock::now();

@@ -35,7 +35,8 @@ struct ChaosOptions {
   // tool calls. kTrue: /bin/true only, without evidence (for throughput).
   enum class Mix { kMixed, kTrue } mix = Mix::kMixed;
   // A random agent is killed every [kill_min, kill_max] (uniform, kill to kill: the restart is inside the
-  // interval when it is shorter) while work is still queued; kill_max 0 = never.
+  // interval when it is shorter) while work is still queued and outcomes still arrive (none for 20 s ends
+  // the kills); kill_max 0 = never.
   std::chrono::milliseconds kill_min{1000}, kill_max{3000};
   // Control-plane outages, in order; the i-th starts once (i+1)/(n+1) of the leases have an outcome.
   std::vector<std::chrono::milliseconds> outages = {std::chrono::milliseconds(3000),
@@ -47,7 +48,7 @@ struct ChaosOptions {
   // are granted to it again (GrantAgainTo): a lease id it has seen must not run again.
   int regrants_per_restart = 1;
   // After the last kill and outage: how long every lease may take to get an outcome.
-  std::chrono::milliseconds settle{120000};
+  std::chrono::milliseconds settle{90000};
   uint64_t seed = 1;
   bool verbose = true;  // progress lines on stderr
 };
@@ -95,6 +96,8 @@ struct ChaosResult {
   // What the run left on the host after the agents stopped (jail-uid processes, session cgroups, mounts,
   // processes in a session's cgroup), one per line; empty when nothing.
   std::string leftovers;
+  // What the same scan found while sessions ran (at a kill): it can see them.
+  int seen_running_cgroups = 0, seen_running_jail_processes = 0;
   std::map<std::string, std::string> agent_logs;  // agent id -> its log (every lifetime)
 };
 
