@@ -109,6 +109,7 @@ int Chaos(int sessions, int rounds, int capacity, int kill_every_ms) {
           ++killed_sessions;
         } else if (outcome.status() != pb::Outcome::COMPLETED || outcome.exit_code() != 0) {
           ++other;
+          fprintf(stderr, "  %s: %s\n", l.lease_id.c_str(), outcome.ShortDebugString().c_str());
         } else {
           ++completed;
         }
