@@ -2,6 +2,7 @@
 // (`sandbox-agent run`) as the anchor, side by side in one run.
 //
 //   fleet_bench [--latency-runs N] [--sessions N] [--capacity N]
+//   fleet_bench --chaos [--sessions N] [--rounds N] [--capacity N] [--kill-every-ms N]
 //
 // Lease-to-running: the request is enqueued at the control-plane double (in this process, on loopback) while
 // the agent's long poll waits; the workload (the static probe, `probe now`) prints CLOCK_REALTIME as its first
@@ -11,6 +12,14 @@
 // Sustained: N sessions of /bin/true (end_after_calls) enqueued at once; sessions per second from the first
 // enqueue to the last outcome. Anchor: `sandbox-agent run -- /bin/true`, 2 in parallel (the machine has 2
 // cores), runs per second.
+//
+// --chaos (issue 17): two agents (capacity 8 each by default) lease N /bin/true sessions while one of them,
+// at random, is SIGKILLed every 2 s and restarted on its state dir; anchor: the same run without kills. The
+// two alternate, `rounds` times each, in one run: sessions per second (enqueue of the first to the last
+// outcome; a session killed with its agent counts once it is reported agent_restart), medians and their
+// ratio. And the time from each restart (the new process spawned) until the control plane has seen a
+// heartbeat or an outcome naming every lease the killed agent held (p50, p99); a restart whose leases were
+// not all named before that agent's next kill is counted apart, as is every lease that never got an outcome.
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -23,6 +32,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -30,6 +40,7 @@
 
 #include "tests/bench/bench_util.h"
 #include "tests/fleet/agent_process.h"
+#include "tests/fleet/chaos.h"
 #include "tests/fleet/double/control_plane_double.h"
 
 extern char** environ;
@@ -62,15 +73,98 @@ std::string ReadAll(const std::string& path) {
   return ss.str();
 }
 
+int Chaos(int sessions, int rounds, int capacity, int kill_every_ms) {
+  using sbx::testing::ChaosOptions;
+  using sbx::testing::ChaosResult;
+  std::vector<double> calm_rate, chaos_rate, calm_completed, chaos_completed, restart_ms;
+  int incomplete = 0, restarts = 0, lost = 0, killed_sessions = 0, other = 0;
+  for (int round = 0; round < rounds; ++round) {
+    // Alternate which goes first, so that both see the same machine on average.
+    for (int k = 0; k < 2; ++k) {
+      const bool kills = (k + round) % 2 == 1;
+      ChaosOptions o;
+      o.agents = 2;
+      o.capacity = static_cast<uint32_t>(capacity);
+      o.leases = sessions;
+      o.mix = ChaosOptions::Mix::kTrue;
+      o.kill_min = o.kill_max = std::chrono::milliseconds(kills ? kill_every_ms : 0);
+      o.outages = {};
+      o.regrants_per_restart = 0;
+      o.kill_after_grant_every = 0;  // every 2 s, whatever the agent is doing
+      o.settle = std::chrono::milliseconds(60000);
+      o.seed = static_cast<uint64_t>(round + 1);
+      o.verbose = false;
+      absl::StatusOr<ChaosResult> run = sbx::testing::RunChaos(o);
+      if (!run.ok()) {
+        fprintf(stderr, "chaos run: %s\n", std::string(run.status().message()).c_str());
+        return 1;
+      }
+      const std::map<std::string, std::vector<std::string>> v = sbx::testing::CheckChaos(*run);
+      lost += static_cast<int>(v.at("lost").size());
+      int completed = 0;
+      for (const auto& l : run->leases) {
+        if (!l.outcome) continue;
+        const pb::Outcome& outcome = l.outcome->outcome();
+        if (outcome.status() == pb::Outcome::FAILED && outcome.reason() == "agent_restart") {
+          ++killed_sessions;
+        } else if (outcome.status() != pb::Outcome::COMPLETED || outcome.exit_code() != 0) {
+          ++other;
+          fprintf(stderr, "  %s: %s\n", l.lease_id.c_str(), outcome.ShortDebugString().c_str());
+        } else {
+          ++completed;
+        }
+      }
+      (kills ? chaos_completed : calm_completed).push_back(completed / run->seconds());
+      // Over the leases that got an outcome (a lost one would stall the run until the deadline).
+      const double rate = static_cast<double>(sessions - static_cast<int>(v.at("lost").size())) / run->seconds();
+      (kills ? chaos_rate : calm_rate).push_back(rate);
+      if (kills) {
+        int not_there = 0;
+        for (double ms : sbx::testing::RestartToReportedMs(*run, &not_there)) restart_ms.push_back(ms);
+        incomplete += not_there;
+        restarts += static_cast<int>(run->restarts.size());
+      }
+      fprintf(stderr, "round %d %s: %.1f sessions/s, %zu kills, %zu lost\n", round + 1,
+              kills ? "with kills" : "no kills  ", rate, run->restarts.size(), v.at("lost").size());
+    }
+  }
+  printf("fleet_bench --chaos: two agents (capacity %d each), control-plane double on loopback; %u cores\n",
+         capacity, std::thread::hardware_concurrency());
+  printf("sustained /bin/true sessions, %d per run, median of %d runs each:\n", sessions, rounds);
+  printf("  an agent SIGKILLed every %5d ms  %7.1f sessions/s, %7.1f completed/s  (%d sessions ended "
+         "agent_restart, %d lost, %d other)\n", kill_every_ms, sbx::bench::Median(chaos_rate),
+         sbx::bench::Median(chaos_completed), killed_sessions, lost, other);
+  printf("  anchor: no kills                  %7.1f sessions/s, %7.1f completed/s\n", sbx::bench::Median(calm_rate),
+         sbx::bench::Median(calm_completed));
+  printf("  ratio                             %7.2f             %7.2f\n",
+         sbx::bench::Median(chaos_rate) / sbx::bench::Median(calm_rate),
+         sbx::bench::Median(chaos_completed) / sbx::bench::Median(calm_completed));
+  printf("restart -> every held lease reported (heartbeat or outcome), %zu of %d restarts:\n", restart_ms.size(),
+         restarts);
+  printf("  p50 %7.1f ms   p99 %7.1f ms   (%d restarts killed again, or a lease never named, before that)\n",
+         sbx::bench::Percentile(restart_ms, 0.5), sbx::bench::Percentile(restart_ms, 0.99), incomplete);
+  return lost == 0 && other == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  int latency_runs = 100, sessions = 500, capacity = 16;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  int latency_runs = 100, sessions = 500, capacity = 16, rounds = 3, kill_every_ms = 2000;
+  bool chaos = false, sessions_set = false, capacity_set = false;
+  for (int i = 1; i < argc; ++i) {
+    if (strcmp(argv[i], "--chaos") == 0) {
+      chaos = true;
+      continue;
+    }
+    if (i + 1 >= argc) break;
     if (strcmp(argv[i], "--latency-runs") == 0) latency_runs = atoi(argv[i + 1]);
-    if (strcmp(argv[i], "--sessions") == 0) sessions = atoi(argv[i + 1]);
-    if (strcmp(argv[i], "--capacity") == 0) capacity = atoi(argv[i + 1]);
+    if (strcmp(argv[i], "--sessions") == 0) sessions = atoi(argv[i + 1]), sessions_set = true;
+    if (strcmp(argv[i], "--capacity") == 0) capacity = atoi(argv[i + 1]), capacity_set = true;
+    if (strcmp(argv[i], "--rounds") == 0) rounds = atoi(argv[i + 1]);
+    if (strcmp(argv[i], "--kill-every-ms") == 0) kill_every_ms = atoi(argv[i + 1]);
+    ++i;
   }
+  if (chaos) return Chaos(sessions_set ? sessions : 400, rounds, capacity_set ? capacity : 8, kill_every_ms);
   const std::string probe = sbx::testing::ProbeBin();
   const std::string probe_dir = probe.substr(0, probe.rfind('/'));
 

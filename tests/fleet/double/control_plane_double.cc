@@ -212,6 +212,13 @@ void ControlPlaneDouble::GrantAgain(const std::string& lease_id) {
   BumpLocked();
 }
 
+void ControlPlaneDouble::GrantAgainTo(const std::string& lease_id, const std::string& agent_id) {
+  absl::MutexLock lock(&mu_);
+  if (leases_.count(lease_id) == 0) return;
+  queue_.push_back(Grant{lease_id, agent_id});
+  BumpLocked();
+}
+
 void ControlPlaneDouble::FailNext(Method m, grpc::StatusCode code, int count,
                                   std::chrono::milliseconds retry_after) {
   absl::MutexLock lock(&mu_);
@@ -348,6 +355,20 @@ void ControlPlaneDouble::OnEvent(EventHook hook) {
   hook_ = hook ? std::make_shared<const EventHook>(std::move(hook)) : nullptr;
 }
 
+void ControlPlaneDouble::OnRequest(RequestHook hook) {
+  absl::MutexLock lock(&mu_);
+  request_hook_ = hook ? std::make_shared<const RequestHook>(std::move(hook)) : nullptr;
+}
+
+void ControlPlaneDouble::CallRequestHook(Method m, const google::protobuf::Message& request) {
+  std::shared_ptr<const RequestHook> hook;
+  {
+    absl::MutexLock lock(&mu_);
+    hook = request_hook_;
+  }
+  if (hook != nullptr) (*hook)(m, request);
+}
+
 // --- RPCs --------------------------------------------------------------------------------------------------
 
 grpc::Status ControlPlaneDouble::Admit(grpc::ServerContext* ctx, Method m) {
@@ -400,6 +421,7 @@ std::vector<size_t> ControlPlaneDouble::GrantableLocked(const v1::LeaseRequest& 
   }
   std::vector<size_t> picked;
   for (size_t i = 0; i < queue_.size() && total > 0; ++i) {
+    if (!queue_[i].only_agent.empty() && queue_[i].only_agent != request.agent_id()) continue;
     const LeaseState& lease = *leases_.at(queue_[i].lease_id);
     if (lease.kind.has_value()) {
       auto kind = per_kind.find(*lease.kind);
@@ -477,6 +499,7 @@ grpc::Status ControlPlaneDouble::DoLease(grpc::ServerContext* ctx, const v1::Lea
 grpc::Status ControlPlaneDouble::DoHeartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest& request,
                                              v1::HeartbeatResponse* response) {
   if (grpc::Status status = Admit(ctx, Method::kHeartbeat); !status.ok()) return status;
+  CallRequestHook(Method::kHeartbeat, request);
   absl::MutexLock lock(&mu_);
   for (const std::string& id : request.lease_ids()) {
     auto it = leases_.find(id);
@@ -638,6 +661,7 @@ grpc::Status ControlPlaneDouble::DoAttach(
 grpc::Status ControlPlaneDouble::DoReportOutcome(grpc::ServerContext* ctx,
                                                  const v1::ReportOutcomeRequest& request) {
   if (grpc::Status status = Admit(ctx, Method::kReportOutcome); !status.ok()) return status;
+  CallRequestHook(Method::kReportOutcome, request);
   std::vector<v1::Event> fresh;
   {
     absl::MutexLock lock(&mu_);

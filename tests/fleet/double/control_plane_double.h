@@ -138,6 +138,9 @@ class ControlPlaneDouble {
   std::string EnqueueRaw(std::string request_bytes, uint64_t ttl_ms = 0);
   // Queues the same lease id and request again (a duplicate grant). No-op for an unknown id.
   void GrantAgain(const std::string& lease_id);
+  // Like GrantAgain, but only the agent `agent_id` may take this grant: a control plane that sends a lease
+  // again to the agent it gave it to (e.g. after that agent restarted). No-op for an unknown id.
+  void GrantAgainTo(const std::string& lease_id, const std::string& agent_id);
 
   // --- Faults.
   // Answers the next `count` calls of `m` (after auth) with `code`; when retry_after > 0 the status carries
@@ -181,6 +184,12 @@ class ControlPlaneDouble {
   // benchmarks. Replaces the previous hook; {} clears it. The hook must not call Stop() or Restart() (they
   // wait for the gRPC thread it runs on).
   void OnEvent(EventHook hook);
+  // Called (on gRPC threads, possibly concurrently, without the double's lock) with every Heartbeat and
+  // ReportOutcome request that passed auth and faults, repeats included, before the double acts on it: for
+  // observers that need every report (conflicting outcomes, when a lease was last named). Replaces the
+  // previous hook; {} clears it. Same restrictions as OnEvent's hook.
+  using RequestHook = std::function<void(Method m, const google::protobuf::Message& request)>;
+  void OnRequest(RequestHook hook);
 
  private:
   class Service;
@@ -192,6 +201,7 @@ class ControlPlaneDouble {
   };
   struct Grant {
     std::string lease_id;
+    std::string only_agent = {};  // GrantAgainTo: only this agent may take it ("" = any)
   };
 
   explicit ControlPlaneDouble(DoubleOptions options);
@@ -222,6 +232,7 @@ class ControlPlaneDouble {
     cv_.SignalAll();
   }
   void CallHook(const std::string& lease_id, const std::vector<duvo::sandbox::v1::Event>& events);
+  void CallRequestHook(Method m, const google::protobuf::Message& request);
 
   const DoubleOptions options_;
   std::string host_;  // the host part of options_.address
@@ -249,6 +260,7 @@ class ControlPlaneDouble {
   std::set<grpc::ServerContext*> attach_contexts_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<const EventHook> hook_ ABSL_GUARDED_BY(mu_);
   AttachFault attach_fault_ ABSL_GUARDED_BY(mu_) = AttachFault::kNone;
+  std::shared_ptr<const RequestHook> request_hook_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace sbx::testing
