@@ -39,6 +39,10 @@ packages=(
   # tests/deploy (deploy_validate): yamllint for the Kubernetes manifests, python3-yaml for their structural
   # checks, systemd for systemd-analyze (fresh Debian container images do not have it)
   yamllint python3-yaml systemd
+  # tests/container (the image under a real engine): Debian's engine (dockerd, containerd, runc and its own
+  # docker client), debootstrap for the imported base image, curl (HTTP/2) for the gRPC health probe and
+  # nsenter (util-linux, above) to probe from the container's network namespace
+  docker.io debootstrap curl
 )
 
 missing=()

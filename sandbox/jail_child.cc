@@ -100,11 +100,25 @@ int RestrictMount(const char* path, bool readonly, bool device = false) {
 
 // A read-only overlayfs over a host directory (see MountOp::overlay_*): the jail's view of it has inodes
 // of its own. Two lower layers, since an overlay without an upper layer needs two; the second is empty.
+//
+// The kernel refuses (EINVAL, "overlayfs: failed to clone lowerpath") an overlay whose lower directory has
+// mounts below it that are locked in the jail's user namespace, since the overlay would show what they
+// cover. In a container that is /etc: the runtime bind-mounts /etc/hosts, /etc/resolv.conf and
+// /etc/hostname. Then the source is bound read-only as it is (recursively, so the locked mounts stay
+// over what they cover), and the jail's inotify watches on it see the host's activity on it: for the
+// few read-only /etc files of the policies, what changes there is the host's business only.
+int BindReadOnlyInstead(const MountOp& op) {
+  if (mount(op.src, op.dst, nullptr, MS_BIND | MS_REC, nullptr) < 0) return errno;
+  return RestrictMount(op.dst, true);
+}
+
 int MountOverlay(const MountOp& op, bool is_dir) {
   if (mkdir(op.overlay_empty, 0555) < 0 && errno != EEXIST) return errno;
   constexpr unsigned long kFlags = MS_RDONLY | MS_NOSUID | MS_NODEV;
   if (is_dir) {
-    if (mount("overlay", op.dst, "overlay", kFlags, op.overlay_dir_options) < 0) return errno;
+    if (mount("overlay", op.dst, "overlay", kFlags, op.overlay_dir_options) < 0) {
+      return errno == EINVAL ? BindReadOnlyInstead(op) : errno;
+    }
     return 0;
   }
   // Files of one directory share a stage: an earlier file may have mounted it already (the file is then
@@ -112,7 +126,9 @@ int MountOverlay(const MountOp& op, bool is_dir) {
   struct stat st;
   if (stat(op.overlay_stage_file, &st) < 0) {
     if (int err = MkdirAll(op.overlay_stage, 0755); err != 0) return err;
-    if (mount("overlay", op.overlay_stage, "overlay", kFlags, op.overlay_parent_options) < 0) return errno;
+    if (mount("overlay", op.overlay_stage, "overlay", kFlags, op.overlay_parent_options) < 0) {
+      return errno == EINVAL ? BindReadOnlyInstead(op) : errno;
+    }
   }
   if (mount(op.overlay_stage_file, op.dst, nullptr, MS_BIND, nullptr) < 0) return errno;
   return RestrictMount(op.dst, true);

@@ -219,10 +219,29 @@ def check_kubernetes(fleet_canon):
     if ru.get("maxSurge", 0) not in (0, "0", "0%"):
         problem(where, "updateStrategy.rollingUpdate.maxSurge must be 0: two agents must not share a node")
 
-    # Security context.
+    # Security context: not privileged, but exactly the grants the agent uses (the comment at the top of
+    # the DaemonSet says why; tests/container/run.sh runs the image with them).
     sc = c.get("securityContext") or {}
-    if sc.get("privileged") and sc.get("allowPrivilegeEscalation") is False:
-        problem(where, "privileged with allowPrivilegeEscalation: false is rejected by the API")
+    pod_sc0 = pod.get("securityContext") or {}
+    if sc.get("privileged"):
+        problem(where, "the container is privileged: list the capabilities the agent uses instead")
+    caps = sc.get("capabilities") or {}
+    if caps.get("drop") != ["ALL"]:
+        problem(where, "securityContext.capabilities.drop should be [ALL], with the agent's own list under add")
+    added = caps.get("add") or []
+    for cap in ("SYS_ADMIN", "SETUID", "SETGID"):
+        if cap not in added:
+            problem(where, f"securityContext.capabilities.add lacks {cap}, which every jail needs")
+    if "SYS_RESOURCE" in added:
+        problem(where, "SYS_RESOURCE is added: runtimes without it in their bounding set refuse the pod, and the "
+                       "agent does without it")
+    if "SYS_ADMIN" in added and sc.get("allowPrivilegeEscalation") is False:
+        problem(where, "allowPrivilegeEscalation: false with SYS_ADMIN is rejected by the API")
+    if sc.get("procMount") != "Unmasked":
+        problem(where, "procMount is not Unmasked: every jail's /proc mount would fail")
+    for field in ("seccompProfile", "appArmorProfile"):
+        if ((sc.get(field) or pod_sc0.get(field) or {}).get("type")) != "Unconfined":
+            problem(where, f"{field} is not Unconfined: the runtime's default refuses the jails' mounts")
     pod_sc = pod.get("securityContext") or {}
     if pod_sc.get("runAsNonRoot") or sc.get("runAsNonRoot"):
         problem(where, "runAsNonRoot is set, but the agent must run as root")
@@ -400,10 +419,16 @@ def check_kubernetes(fleet_canon):
     if not found or found[0].get("mountPath") != ids_dir or (found[1].get("hostPath") or {}).get("path") != ids_dir:
         problem(where, f"{ids_dir} is not a hostPath mount of the host's {ids_dir}: two agents on a node could "
                        "lease the same host uid range")
+    # The host's cgroupfs, read-write: runc mounts the container's own read-only.
+    found = volume_for("/sys/fs/cgroup/x")
+    if (not found or found[0].get("mountPath") != "/sys/fs/cgroup" or found[0].get("readOnly")
+            or (found[1].get("hostPath") or {}).get("path") != "/sys/fs/cgroup"):
+        problem(where, "the host's /sys/fs/cgroup is not mounted read-write at /sys/fs/cgroup: the agent cannot "
+                       "create the session cgroups")
     for name, vol in volumes.items():
-        if "hostPath" in vol and vol["hostPath"].get("path") not in (state_dir, ids_dir):
-            problem(where, f"volume {name} mounts host path {vol['hostPath'].get('path')}: only state_dir and "
-                           f"{ids_dir} should be")
+        if "hostPath" in vol and vol["hostPath"].get("path") not in (state_dir, ids_dir, "/sys/fs/cgroup"):
+            problem(where, f"volume {name} mounts host path {vol['hostPath'].get('path')}: only state_dir, "
+                           f"{ids_dir} and /sys/fs/cgroup should be")
     socket = get(config, "unix_socket", default="/run/sandbox-agent/agent.sock")
     if sc.get("readOnlyRootFilesystem"):
         found = volume_for(socket)
@@ -502,6 +527,20 @@ def check_dockerfile():
         lines.append(pending + raw)
         pending = ""
 
+    # The engine's built-in frontend: a `# syntax=` line pulls a frontend image from a registry (an
+    # air-gapped build machine has none), and the built-in frontend of older engines has no heredocs.
+    if re.match(r"\s*#\s*syntax\s*=", text):
+        problem(where, "has a '# syntax=' line: the build would pull a frontend image from a registry")
+    if re.search(r"^\s*RUN\b.*<<", text, re.MULTILINE):
+        problem(where, "a RUN heredoc: put the script in a file under deploy/ (the built-in frontend may lack them)")
+    global_args = {}
+    for line in lines:
+        if re.match(r"\s*FROM\b", line, re.IGNORECASE):
+            break
+        m = re.fullmatch(r"\s*ARG\s+(\w+)(?:=(\S*))?\s*", line)
+        if m:
+            global_args[m.group(1)] = m.group(2) or ""
+
     patterns = dockerignore_patterns()
     stages = []
     has_stopsignal = False
@@ -518,7 +557,9 @@ def check_dockerfile():
                 problem(where, f"cannot read {line.strip()!r}")
                 continue
             base, name = m.group(1), m.group(2)
-            if base not in stages and not base.startswith("debian:12"):
+            # A global ARG in the base (FROM binaries-${BINARIES}) is checked with its default value.
+            base = re.sub(r"\$\{?(\w+)\}?", lambda v: global_args.get(v.group(1), v.group(0)), base)
+            if base not in stages and base != "scratch" and not base.startswith("debian:12"):
                 problem(where, f"stage base {base} is neither an earlier stage nor debian:12 / debian:12-slim")
             if name:
                 if name in stages:
@@ -541,6 +582,12 @@ def check_dockerfile():
                 continue
             for src in sources:
                 full = os.path.join(ROOT, src)
+                if src.startswith("build/"):
+                    # Prepared by whoever builds with it (BINARIES=prebuilt: tests/container/run.sh); the
+                    # context must carry it, though build/ is otherwise left out.
+                    if ignored(src, patterns):
+                        problem(where, f"{instr} source {src} is excluded by .dockerignore")
+                    continue
                 if not os.path.exists(full):
                     problem(where, f"{instr} source {src} does not exist in the build context (the repo root)")
                 elif ignored(src, patterns):

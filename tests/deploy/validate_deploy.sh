@@ -6,10 +6,11 @@
 #      Dockerfile agree with them and with each other (check_deploy.py: probes on the health port, grace
 #      period > drain grace, token and TLS files mounted from Secrets, no host namespaces, COPY sources, ...);
 #   3. systemd-analyze verify on the unit, and its `systemd-analyze security` exposure score (printed);
-#   4. the Dockerfile's runtime-package script on the built binaries, when they are given;
+#   4. the Dockerfile's runtime-package script (deploy/runtime-packages.sh) on the built binaries, when given;
 #   5. kubectl kustomize deploy/k8s, when kubectl is installed;
 #   6. docker: a lint of the Dockerfile (docker build --check) when a Docker daemon answers, and the whole
-#      image build when SBX_DEPLOY_DOCKER_BUILD=1. Skipped, saying so, when there is no daemon.
+#      image build when SBX_DEPLOY_DOCKER_BUILD=1. Skipped, saying so, when there is no daemon. (The image
+#      is built and run under a real engine by tests/container/run.sh.)
 # Usage: validate_deploy.sh [--bin-dir DIR]   (DIR: where sandbox-agent, sandbox-agentd, sandbox-init and
 #                                              sandboxctl were built, e.g. build/bin)
 # Exits non-zero on any problem, each reported as "<file>: <what is wrong>".
@@ -91,7 +92,7 @@ if command -v systemd-analyze >/dev/null; then
   fi
 fi
 
-step "Dockerfile: the runtime-package script on the built binaries"
+step "deploy/runtime-packages.sh (the Dockerfile's runtime package list) on the built binaries"
 if [ -n "$bin_dir" ] && [ -x "$bin_dir/sandbox-agentd" ]; then
   staging="$tmp/staging"
   mkdir -p "$staging/usr/local/bin" "$staging/usr/local/libexec/sandbox-agent"
@@ -99,13 +100,10 @@ if [ -n "$bin_dir" ] && [ -x "$bin_dir/sandbox-agentd" ]; then
   for b in sandbox-agentd sandbox-init; do
     [ -e "$bin_dir/$b" ] && ln -s "$bin_dir/$b" "$staging/usr/local/libexec/sandbox-agent/$b"
   done
-  awk "/^RUN <<'EOF'\$/ { f = 1; next } f && /^EOF\$/ { f = 0 } f" "$root/deploy/Dockerfile" > "$tmp/runtime-packages.sh"
-  if [ ! -s "$tmp/runtime-packages.sh" ]; then
-    fail "deploy/Dockerfile: no RUN <<'EOF' runtime-package script found"
-  elif ! STAGING="$staging" RUNTIME_PACKAGES="$tmp/runtime-packages" sh -eu "$tmp/runtime-packages.sh"; then
-    fail "deploy/Dockerfile: the runtime-package script failed on the binaries in $bin_dir"
+  if ! STAGING="$staging" RUNTIME_PACKAGES="$tmp/runtime-packages" sh -eu "$root/deploy/runtime-packages.sh"; then
+    fail "deploy/runtime-packages.sh failed on the binaries in $bin_dir"
   elif ! grep -qx 'libc6' "$tmp/runtime-packages"; then
-    fail "deploy/Dockerfile: the runtime-package script did not find libc6 among the binaries' libraries"
+    fail "deploy/runtime-packages.sh did not find libc6 among the binaries' libraries"
   fi
 else
   echo "skipped: no --bin-dir with the built binaries"

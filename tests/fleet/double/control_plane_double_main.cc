@@ -5,7 +5,9 @@
 //
 // With --enqueue N it queues N file sessions that exec ARGV (end_after_calls), prints each outcome as one
 // JSON line on stdout as it arrives, and exits 0 once N arrived. With N = 0 it serves until SIGINT or
-// SIGTERM.
+// SIGTERM. With --keep-serving it goes on serving after the N outcomes until SIGINT or SIGTERM, then prints
+// one summary line per lease (its grants and how many times its outcome was reported) and exits 0 if all N
+// outcomes arrived (tests/container/run.sh checks that a restarted agent reports each lease once).
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
@@ -57,6 +59,7 @@ int main(int argc, char** argv) {
   std::string token_file, tls_cert, tls_key, client_ca;
   uint64_t lease_ttl_ms = 30000;
   int enqueue = 0;
+  bool keep_serving = false;
   std::vector<std::string> command;
   app.add_option("--listen", listen, "host:port to serve on (port 0 picks one)")->capture_default_str();
   app.add_option("--token-file", token_file, "require this bearer token (the file's first line)");
@@ -66,6 +69,7 @@ int main(int argc, char** argv) {
   app.add_option("--lease-ttl-ms", lease_ttl_ms, "the ttl of grants")->capture_default_str();
   app.add_option("--enqueue", enqueue, "queue N sessions running ARGV, exit once N outcomes arrived")
       ->check(CLI::NonNegativeNumber);
+  app.add_flag("--keep-serving", keep_serving, "with --enqueue: serve on after N outcomes; print a summary at exit");
   app.add_option("argv", command, "the command the enqueued sessions exec (after --)");
   CLI11_PARSE(app, argc, argv);
 
@@ -141,11 +145,20 @@ int main(int argc, char** argv) {
         if (!lease.outcome.has_value() || !printed.insert(lease.lease_id).second) continue;
         std::cout << OutcomeLine(lease) << std::endl;
       }
-      if (printed.size() >= static_cast<size_t>(enqueue)) return 0;
+      if (printed.size() >= static_cast<size_t>(enqueue) && !keep_serving) return 0;
     }
     const int sig = sigtimedwait(&signals, nullptr, &slice);
     if (sig == SIGINT || sig == SIGTERM) {
       std::cerr << "control-plane-double: stopping\n";
+      if (keep_serving) {
+        for (const auto& lease : (*cp)->Leases()) {
+          nlohmann::json line = {{"summary", lease.lease_id},
+                                 {"grants", lease.grants},
+                                 {"outcome_reports", lease.outcome_reports}};
+          std::cout << line.dump() << std::endl;
+        }
+        return printed.size() >= static_cast<size_t>(enqueue) ? 0 : 1;
+      }
       return enqueue > 0 ? 1 : 0;
     }
   }
