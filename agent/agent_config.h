@@ -28,6 +28,7 @@ struct FleetSettings {
   std::chrono::milliseconds backoff_initial{200};
   std::chrono::milliseconds backoff_max{30000};
   uint64_t max_request_bytes = 1 << 20;
+  bool outbox_salvage = true;  // outbox_damage: SALVAGE (default) or REFUSE
 };
 
 struct AgentConfig {

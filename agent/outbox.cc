@@ -588,6 +588,22 @@ size_t Outbox::pending_count() const {
   return pending_.size();
 }
 
+std::vector<OutboxRecord> Outbox::Pending(std::string_view kind) const {
+  std::lock_guard lock(mu_);
+  std::vector<OutboxRecord> out;
+  for (const auto& [id, entry] : pending_) {
+    if (entry.record.kind == kind) out.push_back(entry.record);
+  }
+  return out;
+}
+
+size_t Outbox::pending_count(std::string_view kind) const {
+  std::lock_guard lock(mu_);
+  size_t n = 0;
+  for (const auto& [id, entry] : pending_) n += entry.record.kind == kind ? 1 : 0;
+  return n;
+}
+
 absl::Status Outbox::Compact() {
   std::lock_guard lock(mu_);
   return CompactLocked();

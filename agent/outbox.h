@@ -131,6 +131,9 @@ class Outbox {
   // The pending (appended, not acked) records, oldest first. A copy.
   std::vector<OutboxRecord> Pending() const;
   size_t pending_count() const;
+  // The same, of one kind only (no copy of the others).
+  std::vector<OutboxRecord> Pending(std::string_view kind) const;
+  size_t pending_count(std::string_view kind) const;
 
   // Rewrites the journal with only the pending records and the id counter: writes journal.tmp, fsyncs it,
   // renames it over the journal and fsyncs the directory. Ack calls it automatically; callable any time.
