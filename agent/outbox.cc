@@ -279,8 +279,12 @@ absl::StatusOr<Replay> ReplayJournal(std::string_view data, const std::string& p
                                           : "not an outbox journal (bad magic at offset 0)";
     // Salvage: whatever valid records the file holds, wherever they start.
     size_t next = data.size() < kMagic.size() ? std::string_view::npos : NextValidFrame(data, kMagic.size());
-    if (next == std::string_view::npos) next = data.size();
     RETURN_IF_ERROR(damaged(0, data.size() < kMagic.size() ? data.size() : kMagic.size(), what));
+    // Not one valid record in it (an empty file too): whatever it held is gone, names and all.
+    if (next == std::string_view::npos) {
+      next = data.size();
+      replay.damage->unreadable = true;
+    }
     if (next > kMagic.size()) RETURN_IF_ERROR(damaged(kMagic.size(), next, what));
     at = next;
   }
@@ -467,6 +471,7 @@ absl::StatusOr<std::unique_ptr<Outbox>> Outbox::Open(std::string_view dir_view, 
     }
     not_a_file.emplace();
     not_a_file->what = what;
+    not_a_file->unreadable = true;  // whatever the journal held is gone
     not_a_file->set_aside = dir + "/" + set_aside_name;
     ASSIGN_OR_RETURN(fd, ReplaceJournal(dir_fd.get(), dir, kMagic));
     RETURN_IF_ERROR(Fsync(dir_fd.get(), dir));

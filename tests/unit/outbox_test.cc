@@ -399,8 +399,9 @@ std::vector<Corruption> Corruptions(const ThreeLeases& j) {
     t.push_back({"cut in payload " + std::to_string(i), cut(after_key), ids, j.records[i]});
   }
   // The file is no journal at all.
-  t.push_back({"empty", cut(0), {}, std::nullopt, true, 0});
-  t.push_back({"cut in the magic", cut(4), {}, std::nullopt, true, 0});
+  // Not one record left to read: the damage may have hidden anything.
+  t.push_back({"empty", cut(0), {}, std::nullopt, true, 0, {}, true});
+  t.push_back({"cut in the magic", cut(4), {}, std::nullopt, true, 0, {}, true});
   t.push_back({"flipped magic", flip(0), {1, 2, 3}, std::nullopt, true, 0});
   t.push_back({"garbage", [](const std::string&, const ThreeLeases&) {
                  std::mt19937 rng(7);
@@ -492,6 +493,7 @@ TEST_F(OutboxTest, AJournalThatIsADirectoryIsRefusedOrSetAside) {
   ASSERT_TRUE(outbox->damage().has_value());
   EXPECT_EQ(outbox->damage()->offset, 0u);
   EXPECT_TRUE(outbox->damage()->lost.empty());
+  EXPECT_TRUE(outbox->damage()->unreadable);
   EXPECT_TRUE(fs::is_directory(outbox->damage()->set_aside)) << outbox->damage()->set_aside;
   EXPECT_TRUE(fs::is_regular_file(journal_));
   EXPECT_EQ(outbox->pending_count(), 0u);
