@@ -44,10 +44,8 @@ void WriteFile(const std::string& path, const uint8_t* data, size_t size) {
   close(fd);
 }
 
-}  // namespace
-
-// Checks what an opened outbox replayed, appends one record and reopens (strictly: a salvaged journal is clean).
-void CheckOpened(const std::string& dir, Outbox& outbox) {
+// Checks what an opened outbox replayed and appends one record (the caller reopens it).
+void CheckOpened(Outbox& outbox) {
   uint64_t last = 0;
   for (const sbx::agent::OutboxRecord& r : outbox.Pending()) {
     Check(r.id > last);
@@ -64,7 +62,6 @@ void CheckOpened(const std::string& dir, Outbox& outbox) {
   }
   absl::StatusOr<uint64_t> id = outbox.Append("fuzz", "k", "p");
   Check(id.ok() && *id > last);
-  (void)dir;
 }
 
 void RemoveAll(const std::string& dir) {
@@ -92,7 +89,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (outbox.ok()) {
       const size_t pending = (*outbox)->pending_count();
       strict_pending = pending;
-      CheckOpened(dir, **outbox);
+      CheckOpened(**outbox);
       outbox->reset();
       absl::StatusOr<std::unique_ptr<Outbox>> again = Outbox::Open(dir);
       Check(again.ok() && (*again)->pending_count() == pending + 1);
@@ -112,7 +109,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const size_t pending = (*outbox)->pending_count();
     // A journal a refusing Open took is not damaged: salvage keeps exactly the same.
     Check(!strict_pending || (*strict_pending == pending && !(*outbox)->damage().has_value()));
-    CheckOpened(dir, **outbox);
+    CheckOpened(**outbox);
     outbox->reset();
     absl::StatusOr<std::unique_ptr<Outbox>> again = Outbox::Open(dir);
     Check(again.ok() && !(*again)->damage().has_value() && (*again)->pending_count() == pending + 1);
