@@ -85,6 +85,7 @@ absl::Status LoadFleet(const duvo::sandbox::v1::FleetConfig& f, const std::strin
     }
     out->max_request_bytes = f.max_request_bytes();
   }
+  out->outbox_salvage = f.outbox_damage() != duvo::sandbox::v1::FleetConfig::REFUSE;
   return absl::OkStatus();
 }
 

@@ -29,6 +29,7 @@ struct FleetSettings {
   std::chrono::milliseconds backoff_max{30000};
   uint64_t max_request_bytes = 1 << 20;
   std::chrono::milliseconds stream_op_timeout{20000};  // one Attach stream operation, at most
+  bool outbox_salvage = true;  // outbox_damage: SALVAGE (default) or REFUSE
 };
 
 struct AgentConfig {

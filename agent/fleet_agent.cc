@@ -12,6 +12,7 @@
 #include <grpcpp/impl/rpc_method.h>
 #include <grpcpp/support/byte_buffer.h>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
@@ -31,6 +32,18 @@ namespace {
 
 constexpr char kLeaseKind[] = "lease";
 constexpr char kOutcomeKind[] = "outcome";
+constexpr char kFinishedKind[] = "finished";
+// Finished leases remembered in the outbox (FinishedLeaseRecord): the newest this many, for this long.
+constexpr size_t kFinishedLeases = 20000;
+constexpr int64_t kFinishedMaxAgeMs = 24 * 3600 * 1000;
+// A LeaseResponse with more grants than the free capacity asked for plus this is refused whole.
+constexpr uint64_t kLeaseSurplus = 16;
+// Refused lease ids kept to send (and remembered so as not to reconcile them); sent at most this many a
+// heartbeat.
+constexpr size_t kRefusedLeases = 100000;
+constexpr size_t kRefusedPerHeartbeat = 10000;
+// Held leases considered per heartbeat answer (the rest come again in the next).
+constexpr int kReconcilePerHeartbeat = 1024;
 // Lease ids remembered for duplicate detection beyond those in the outbox.
 constexpr size_t kKnownLeases = 100000;
 // A lease's ttl from the control plane: 0 is 30 s; at most a day (a larger value would overflow the clock).
@@ -239,6 +252,18 @@ pb::Outcome Failed(const std::string& reason, const std::string& message) {
 
 }  // namespace
 
+pb::ReportOutcomeRequest LostReport(const std::string& agent_id, const std::string& lease_id,
+                                   const std::string& session_id, const std::string& reason, const std::string& message) {
+  pb::ReportOutcomeRequest report;
+  report.set_agent_id(agent_id);
+  report.set_lease_id(lease_id);
+  report.set_session_id(session_id);
+  *report.mutable_outcome() = Failed(reason, message);
+  return report;
+}
+
+constexpr char kDamagedMessage[] = "the lease's records were lost with a damaged outbox journal";
+
 void FleetAgent::Count(std::string_view event) {
   if (options_.metrics != nullptr) options_.metrics->FleetEvent(event);
 }
@@ -296,10 +321,37 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
   if (options.sessions == nullptr) return absl::InvalidArgumentError("FleetAgent needs a SessionManager");
   std::unique_ptr<FleetAgent> agent(new FleetAgent(std::move(options)));
   FleetAgent& a = *agent;
-  ASSIGN_OR_RETURN(a.outbox_, Outbox::Open(a.options_.outbox_dir));
+  OutboxOptions outbox_options;
+  outbox_options.on_damage = a.options_.fleet.outbox_salvage ? OutboxDamagePolicy::kSalvage : OutboxDamagePolicy::kRefuse;
+  ASSIGN_OR_RETURN(a.outbox_, Outbox::Open(a.options_.outbox_dir, outbox_options));
+  // A torn last record (a crash mid-write): a lease record's grant never started a session. Reported below.
+  std::optional<std::string> torn_lease;
   if (a.outbox_->dropped_tail_bytes() > 0) {
+    const std::optional<OutboxLostRecord>& torn = a.outbox_->torn_record();
     Log(LogLevel::kWarn, "outbox: dropped a torn tail",
-        {{"journal", a.outbox_->journal_path()}, {"bytes", absl::StrCat(a.outbox_->dropped_tail_bytes())}});
+        {{"journal", a.outbox_->journal_path()},
+         {"bytes", absl::StrCat(a.outbox_->dropped_tail_bytes())},
+         {"record", torn ? torn->kind : "unreadable"},
+         {"lease_id", torn ? ToValidUtf8(torn->key) : ""}});
+    if (torn && torn->kind == kLeaseKind) torn_lease = torn->key;
+  }
+  if (const std::optional<OutboxDamage>& damage = a.outbox_->damage(); damage) {
+    // One line for the operator: what, where, and which leases it hid. A lost "finished" record's outcome was
+    // delivered already.
+    std::string lost;
+    for (const OutboxLostRecord& r : damage->lost) {
+      if (r.kind != kLeaseKind && r.kind != kOutcomeKind) continue;
+      if (a.damage_hid_.insert(r.key).second) absl::StrAppend(&lost, lost.empty() ? "" : ",", ToValidUtf8(r.key));
+    }
+    a.damage_unreadable_ = damage->unreadable;
+    Log(LogLevel::kError, "outbox: damaged journal salvaged",
+        {{"journal", a.outbox_->journal_path()},
+         {"offset", absl::StrCat(damage->offset)},
+         {"damaged_bytes", absl::StrCat(damage->bytes)},
+         {"problem", damage->what},
+         {"lost_lease_ids", lost},
+         {"more_may_be_lost", damage->unreadable ? "yes: reported outbox_damaged when the control plane names them" : "no"},
+         {"set_aside", damage->set_aside}});
   }
   ASSIGN_OR_RETURN(a.channel_, MakeWorkerChannel(a.options_.fleet));
   ASSIGN_OR_RETURN(a.stream_channel_, MakeWorkerChannel(a.options_.fleet, WorkerChannelUse::kStreams));
@@ -318,15 +370,54 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
   // A lease whose outcome is journaled already (a crash between journaling it and acking the lease record)
   // is reported with that outcome only.
   std::set<std::string> journaled;
+  std::set<std::string> keys;  // of every pending record
   for (const OutboxRecord& rec : a.outbox_->Pending()) {
+    keys.insert(rec.key);
     if (rec.kind == kLeaseKind) newest[rec.key] = std::max(newest[rec.key], rec.id);
     if (rec.kind == kOutcomeKind) journaled.insert(rec.key);
+  }
+  // Finished leases, newest record per lease; an unreadable one still says the lease finished.
+  for (const OutboxRecord& rec : a.outbox_->Pending(kFinishedKind)) {
+    pb::FinishedLeaseRecord f;
+    if (!f.ParseFromString(rec.payload)) {
+      Log(LogLevel::kError, "outbox: an unreadable finished-lease record; a re-grant is answered outbox_damaged",
+          {{"lease_id", ToValidUtf8(rec.key)}});
+      *f.mutable_report() = LostReport(a.options_.fleet.agent_id, rec.key, "", "outbox_damaged", kDamagedMessage);
+      f.set_finished_unix_ms(UnixMs());
+    }
+    if (auto old = a.finished_.find(rec.key); old != a.finished_.end()) {
+      a.finished_order_.erase(old->second.record_id);
+      RETURN_IF_ERROR(a.outbox_->Ack(old->second.record_id));
+    }
+    a.finished_[rec.key] = Finished{rec.id, f.finished_unix_ms(), std::move(*f.mutable_report())};
+    a.finished_order_[rec.id] = rec.key;
+  }
+  for (uint64_t id : a.AgeOutFinishedLocked()) RETURN_IF_ERROR(a.outbox_->Ack(id));
+  // An outcome record that does not parse is still the lease's end: reported failed, outbox_damaged.
+  for (const OutboxRecord& rec : a.outbox_->Pending(kOutcomeKind)) {
+    pb::OutcomeRecord out;
+    if (out.ParseFromString(rec.payload)) continue;
+    Log(LogLevel::kError, "outbox: an unreadable outcome record; reporting the lease failed, outbox_damaged",
+        {{"lease_id", ToValidUtf8(rec.key)}});
+    *out.mutable_report() = LostReport(a.options_.fleet.agent_id, rec.key, "", "outbox_damaged", kDamagedMessage);
+    RETURN_IF_ERROR(a.outbox_->Append(kOutcomeKind, rec.key, out.SerializeAsString()).status());
+    RETURN_IF_ERROR(a.outbox_->Ack(rec.id));
+  }
+  if (torn_lease && keys.count(*torn_lease) == 0 && a.finished_.count(*torn_lease) == 0) {
+    pb::OutcomeRecord out;
+    *out.mutable_report() =
+        LostReport(a.options_.fleet.agent_id, *torn_lease, "", "agent_restart",
+                   "the agent restarted while it journaled the lease, before its session started");
+    RETURN_IF_ERROR(a.outbox_->Append(kOutcomeKind, *torn_lease, out.SerializeAsString()).status());
+    ++lost;
   }
   for (const OutboxRecord& rec : a.outbox_->Pending()) {
     if (rec.kind != kLeaseKind) continue;
     pb::LeaseRecord lr;
-    if (!lr.ParseFromString(rec.payload)) {
-      Log(LogLevel::kError, "outbox: an unreadable lease record; reporting it lost", {{"lease_id", rec.key}});
+    const bool readable = lr.ParseFromString(rec.payload);
+    if (!readable) {
+      Log(LogLevel::kError, "outbox: an unreadable lease record; reporting it failed, outbox_damaged",
+          {{"lease_id", ToValidUtf8(rec.key)}});
     }
     // NOTE: the lost session's cgroup is gone already: the agent's cgroup ledger removed it at start.
     if (newest[rec.key] != rec.id || journaled.count(rec.key) > 0) {
@@ -339,7 +430,8 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
     report->set_lease_id(rec.key);
     report->set_session_id(lr.session_id());
     *report->mutable_outcome() =
-        Failed("agent_restart", "the agent restarted while the session ran; its jail ended with the agent");
+        readable ? Failed("agent_restart", "the agent restarted while the session ran; its jail ended with the agent")
+                 : Failed("outbox_damaged", kDamagedMessage);
     RETURN_IF_ERROR(a.outbox_->Append(kOutcomeKind, rec.key, out.SerializeAsString()).status());
     RETURN_IF_ERROR(a.outbox_->Ack(rec.id));
     ++lost;
@@ -370,6 +462,8 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
 FleetAgent::~FleetAgent() {
   // The metrics server may outlive this agent: its gauges must not call into it any more.
   if (options_.metrics != nullptr) options_.metrics->SetFleetGauges(nullptr, nullptr);
+  // Start() failed before the outbox opened (locked, damaged and refused): nothing started, nothing to drain.
+  if (outbox_ == nullptr) return;
   if (!drained_) Drain(milliseconds(0), milliseconds(0));
 }
 
@@ -384,11 +478,7 @@ bool FleetAgent::SleepFor(milliseconds d, const std::stop_token& stop) {
   return !stop.stop_requested();
 }
 
-size_t FleetAgent::undelivered_outcomes() const {
-  size_t n = 0;
-  for (const OutboxRecord& rec : outbox_->Pending()) n += rec.kind == kOutcomeKind ? 1 : 0;
-  return n;
-}
+size_t FleetAgent::undelivered_outcomes() const { return outbox_->pending_count(kOutcomeKind); }
 
 size_t FleetAgent::leases_held() const {
   std::lock_guard lock(mu_);
@@ -448,17 +538,33 @@ void FleetAgent::LeaseLoop(std::stop_token stop) {
       if (draining_) break;
       lease_ctx_ = &ctx;
     }
+    {
+      std::lock_guard lock(mu_);
+      lease_call_open_ = ++lease_calls_started_;
+    }
+    // Once this call returned and its grants were handled, a held lease it could have carried is reconciled.
+    absl::Cleanup call_done = [this] {
+      std::lock_guard lock(mu_);
+      lease_calls_done_ = std::max(lease_calls_done_, lease_call_open_);
+      lease_call_open_ = 0;
+    };
     pb::LeaseResponse response;
     const grpc::Status status = stub_->Lease(&ctx, request, &response);
     {
       std::lock_guard lock(lease_ctx_mu_);
       lease_ctx_ = nullptr;
     }
+    // A storm (far more grants than asked for) is refused whole, whatever else happens.
+    const bool storm = static_cast<uint64_t>(response.leases_size()) > uint64_t{free} + kLeaseSurplus;
+    if (storm) RefuseWhole(response, free);
     if (draining_ || stop.stop_requested()) {
       // A lease granted as the drain began must still be answered: each is rejected and reported.
-      for (const pb::LeaseGrant& grant : response.leases()) Reject(grant.lease_id(), "the agent is draining");
+      if (!storm) {
+        for (const pb::LeaseGrant& grant : response.leases()) Reject(grant.lease_id(), "the agent is draining");
+      }
       break;
     }
+    if (storm) continue;
     if (!status.ok()) {
       const milliseconds delay = backoff.Next(RetryDelay(status, ctx));
       Count("lease_error");
@@ -479,21 +585,53 @@ void FleetAgent::LeaseLoop(std::stop_token stop) {
 void FleetAgent::Reject(const std::string& lease_id, const std::string& message) {
   Count("rejected");
   Log(LogLevel::kWarn, "fleet: lease rejected", {{"lease_id", lease_id}, {"reason", message}});
+  JournalReport(LostReport(settings().agent_id, lease_id, "", "rejected", message));
+}
+
+bool FleetAgent::JournalReport(const pb::ReportOutcomeRequest& report) {
   pb::OutcomeRecord out;
-  pb::ReportOutcomeRequest* report = out.mutable_report();
-  report->set_agent_id(settings().agent_id);
-  report->set_lease_id(lease_id);
-  *report->mutable_outcome() = Failed("rejected", message);
-  absl::Status s = outbox_->Append(kOutcomeKind, lease_id, out.SerializeAsString()).status();
+  *out.mutable_report() = report;
+  absl::Status s = outbox_->Append(kOutcomeKind, report.lease_id(), out.SerializeAsString()).status();
   if (!s.ok()) {
-    Log(LogLevel::kError, "outbox: cannot journal a rejection", {{"lease_id", lease_id}, {"error", s.ToString()}});
-    return;
+    Log(LogLevel::kError, "outbox: cannot journal a report",
+        {{"lease_id", report.lease_id()}, {"reason", report.outcome().reason()}, {"error", s.ToString()}});
+    return false;
   }
   options_.sessions->Reserve();
   std::lock_guard lock(mu_);
-  held_[lease_id] = "";
+  held_[report.lease_id()] = "";
   ++journaled_;
   cv_.notify_all();
+  return true;
+}
+
+void FleetAgent::RefuseWhole(const pb::LeaseResponse& response, uint32_t free) {
+  Count("refused_storm");
+  size_t refused = 0;
+  {
+    std::lock_guard lock(mu_);
+    for (const pb::LeaseGrant& grant : response.leases()) {
+      const std::string& id = grant.lease_id();
+      // A grant of a lease this agent holds or finished is a duplicate, not a fresh lease to refuse.
+      if (id.empty() || id.size() > 256 || known_.count(id) > 0 || finished_.count(id) > 0) continue;
+      if (refusing_.size() < kRefusedLeases) refusing_.push_back(id);
+      if (refused_.insert(id).second) {
+        refused_order_.push_back(id);
+        if (refused_order_.size() > kRefusedLeases) {
+          refused_.erase(refused_order_.front());
+          refused_order_.pop_front();
+        }
+      }
+      ++refused;
+    }
+  }
+  Log(LogLevel::kError,
+      "fleet: a Lease response granted far more leases than the free capacity asked for; refused it whole (none "
+      "runs; the ids go back in the next heartbeat's refused_lease_ids)",
+      {{"grants", absl::StrCat(response.leases_size())},
+       {"free", absl::StrCat(free)},
+       {"bound", absl::StrCat(uint64_t{free} + kLeaseSurplus)},
+       {"refused", absl::StrCat(refused)}});
 }
 
 void FleetAgent::Accept(const pb::LeaseGrant& grant, bool over_capacity) {
@@ -503,8 +641,23 @@ void FleetAgent::Accept(const pb::LeaseGrant& grant, bool over_capacity) {
         {{"lease_id_bytes", absl::StrCat(id.size())}});
     return;
   }
+  std::optional<pb::ReportOutcomeRequest> recorded;
   {
     std::lock_guard lock(mu_);
+    auto f = finished_.find(id);
+    if (f != finished_.end() && held_.count(id) == 0 && leases_.count(id) == 0) recorded = f->second.report;
+  }
+  if (recorded) {
+    // Finished here before (also before a restart): the control plane hears its outcome again; it runs once.
+    Count("duplicate");
+    Log(LogLevel::kWarn, "fleet: a finished lease was granted again; reporting its recorded outcome, not running it",
+        {{"lease_id", id}, {"status", pb::Outcome::Status_Name(recorded->outcome().status())}});
+    JournalReport(*recorded);
+    return;
+  }
+  {
+    std::lock_guard lock(mu_);
+    refused_.erase(id);  // granted again after a refusal: it never ran, so it may run now
     if (known_.count(id) > 0) {
       Count("duplicate");
       Log(LogLevel::kWarn, "fleet: duplicate lease ignored (it runs once)", {{"lease_id", id}});
@@ -1051,9 +1204,11 @@ void FleetAgent::JournalOutcome(Lease* lease, const pb::Outcome& outcome) {
 // Heartbeats and reports.
 
 void FleetAgent::HeartbeatLoop(std::stop_token stop) {
-  for (;;) {
+  // The first heartbeat goes out at once: its answer reconciles what a previous agent left behind.
+  for (bool first = true;; first = false) {
     const FleetSettings fleet = settings();
-    if (!SleepFor(fleet.heartbeat_interval, stop)) return;
+    if (!first && !SleepFor(fleet.heartbeat_interval, stop)) return;
+    if (stop.stop_requested()) return;
     std::vector<std::shared_ptr<Lease>> live, done;
     {
       std::lock_guard lock(mu_);
@@ -1086,7 +1241,13 @@ void FleetAgent::HeartbeatLoop(std::stop_token stop) {
       request.add_lease_ids(lease->lease_id);
       by_id[lease->lease_id] = lease;
     }
-    if (request.lease_ids_size() == 0) continue;
+    // Every heartbeat goes out, also with no lease held: its answer names leases the agent may not know.
+    size_t refusing = 0;
+    {
+      std::lock_guard lock(mu_);
+      refusing = std::min(refusing_.size(), kRefusedPerHeartbeat);
+      for (size_t i = 0; i < refusing; ++i) request.add_refused_lease_ids(refusing_[i]);
+    }
     grpc::ClientContext ctx;
     if (!PrepareContext(*token_, &ctx, std::max(fleet.heartbeat_interval * 2, milliseconds(1000))).ok()) continue;
     pb::HeartbeatResponse response;
@@ -1097,6 +1258,11 @@ void FleetAgent::HeartbeatLoop(std::stop_token stop) {
       Log(LogLevel::kDebug, "fleet: Heartbeat failed", {{"error", GrpcError(status)}});
       continue;
     }
+    if (refusing > 0) {
+      std::lock_guard lock(mu_);
+      refusing_.erase(refusing_.begin(), refusing_.begin() + static_cast<ptrdiff_t>(refusing));
+    }
+    Reconcile(response);
     for (const auto& renewal : response.renewed()) {
       auto it = by_id.find(renewal.lease_id());
       if (it != by_id.end()) it->second->set_expires(sent + LeaseTtl(renewal.ttl_ms()));
@@ -1116,6 +1282,102 @@ void FleetAgent::HeartbeatLoop(std::stop_token stop) {
   }
 }
 
+void FleetAgent::Reconcile(const pb::HeartbeatResponse& response) {
+  std::vector<pb::ReportOutcomeRequest> reports;
+  const std::string agent_id = settings().agent_id;
+  {
+    std::lock_guard lock(mu_);
+    std::set<std::string> named;
+    int considered = 0;
+    for (const std::string& id : response.held_lease_ids()) {
+      if (id.empty() || id.size() > 256 || ++considered > kReconcilePerHeartbeat) continue;
+      named.insert(id);
+      if (leases_.count(id) > 0 || held_.count(id) > 0 || finished_.count(id) > 0 || refused_.count(id) > 0) {
+        suspects_.erase(id);
+        continue;
+      }
+      // Named by the first answer after a salvage that may have hidden more than it could name.
+      if (!reconciled_once_ && damage_unreadable_) damage_hid_.insert(id);
+      // The Lease call in flight now may be carrying its grant: wait until it returned and its grants were
+      // handled.
+      auto [it, fresh] = suspects_.emplace(id, lease_call_open_);
+      if (it->second != 0 && lease_calls_done_ < it->second) continue;
+      suspects_.erase(it);
+      // Held from here, so that a grant of it now is a duplicate rather than a run after its failed report.
+      held_[id] = "";
+      if (known_.insert(id).second) known_order_.push_back(id);
+      const bool damaged = damage_hid_.count(id) > 0;
+      reports.push_back(LostReport(
+          agent_id, id, "", damaged ? "outbox_damaged" : "agent_restart",
+          damaged ? kDamagedMessage
+                  : "the control plane names this lease as held by this agent, which never journaled it: its grant "
+                    "was lost on the wire or with an agent restart"));
+    }
+    reconciled_once_ = true;
+    for (auto it = suspects_.begin(); it != suspects_.end();) {
+      it = named.count(it->first) > 0 ? std::next(it) : suspects_.erase(it);
+    }
+  }
+  for (const pb::ReportOutcomeRequest& report : reports) {
+    Count("reconciled");
+    Log(LogLevel::kWarn, "fleet: the control plane names a lease this agent does not know; reporting it failed",
+        {{"lease_id", report.lease_id()}, {"reason", report.outcome().reason()}});
+    if (!JournalReport(report)) {
+      std::lock_guard lock(mu_);
+      held_.erase(report.lease_id());  // named again by the next answer
+    }
+  }
+}
+
+std::vector<uint64_t> FleetAgent::AgeOutFinishedLocked() {
+  std::vector<uint64_t> drop;
+  const int64_t now = UnixMs();
+  while (!finished_order_.empty()) {
+    const auto oldest = finished_order_.begin();
+    auto f = finished_.find(oldest->second);
+    const bool too_many = finished_order_.size() > kFinishedLeases;
+    const bool too_old = f != finished_.end() && now - f->second.unix_ms > kFinishedMaxAgeMs;
+    if (!too_many && !too_old) break;
+    drop.push_back(oldest->first);
+    if (f != finished_.end() && f->second.record_id == oldest->first) finished_.erase(f);
+    finished_order_.erase(oldest);
+  }
+  return drop;
+}
+
+void FleetAgent::RecordFinished(const OutboxRecord& rec, const pb::ReportOutcomeRequest& report) {
+  pb::FinishedLeaseRecord finished;
+  *finished.mutable_report() = report;
+  finished.mutable_report()->clear_events();  // the control plane has them; the record stays small
+  finished.set_finished_unix_ms(UnixMs());
+  absl::StatusOr<uint64_t> id = outbox_->Append(kFinishedKind, rec.key, finished.SerializeAsString());
+  if (!id.ok()) {
+    Log(LogLevel::kError, "outbox: cannot record a finished lease (a re-grant after a restart would run it again)",
+        {{"lease_id", rec.key}, {"error", id.status().ToString()}});
+  }
+  if (absl::Status s = outbox_->Ack(rec.id); !s.ok()) {
+    Log(LogLevel::kError, "outbox: cannot ack a delivered outcome", {{"lease_id", rec.key}, {"error", s.ToString()}});
+  }
+  if (!id.ok()) return;
+  std::vector<uint64_t> drop;
+  {
+    std::lock_guard lock(mu_);
+    if (auto old = finished_.find(rec.key); old != finished_.end()) {
+      drop.push_back(old->second.record_id);
+      finished_order_.erase(old->second.record_id);
+    }
+    finished_[rec.key] = Finished{*id, finished.finished_unix_ms(), std::move(*finished.mutable_report())};
+    finished_order_[*id] = rec.key;
+    std::vector<uint64_t> aged = AgeOutFinishedLocked();
+    drop.insert(drop.end(), aged.begin(), aged.end());
+  }
+  for (uint64_t old : drop) {
+    if (absl::Status s = outbox_->Ack(old); !s.ok()) {
+      Log(LogLevel::kError, "outbox: cannot ack an old finished-lease record", {{"error", s.ToString()}});
+    }
+  }
+}
+
 void FleetAgent::ReportLoop(std::stop_token stop) {
   FleetSettings fleet = settings();
   Backoff backoff(fleet.backoff_initial, fleet.backoff_max);
@@ -1125,10 +1387,7 @@ void FleetAgent::ReportLoop(std::stop_token stop) {
       std::lock_guard lock(mu_);
       seen = journaled_;
     }
-    std::vector<OutboxRecord> pending;
-    for (OutboxRecord& rec : outbox_->Pending()) {
-      if (rec.kind == kOutcomeKind) pending.push_back(std::move(rec));
-    }
+    std::vector<OutboxRecord> pending = outbox_->Pending(kOutcomeKind);
     if (pending.empty()) {
       std::unique_lock lock(mu_);
       cv_.wait_for(lock, stop, milliseconds(1000), [&] { return journaled_ != seen; });
@@ -1171,9 +1430,7 @@ void FleetAgent::ReportLoop(std::stop_token stop) {
       } else {
         Count("reported");
       }
-      if (absl::Status s = outbox_->Ack(rec.id); !s.ok()) {
-        Log(LogLevel::kError, "outbox: cannot ack a delivered outcome", {{"lease_id", rec.key}, {"error", s.ToString()}});
-      }
+      RecordFinished(rec, out.report());  // acks the outcome record
       std::string session_id;
       bool held = false;
       {

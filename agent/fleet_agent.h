@@ -9,7 +9,18 @@
 // outcome record is acknowledged when the control plane took the report. At start-up, a lease record still
 // pending is a session that died with the previous agent: it is reported failed, reason agent_restart, and
 // its leftover cgroup is removed. A lease id seen before (running, journaled, or done in this process) is not
-// run again.
+// run again; a finished lease (its outcome acknowledged) is recorded in the outbox ("finished" record, kept 24 h
+// and at most the newest 20,000), so that a re-grant, also after a restart, is answered with its outcome.
+//
+// A damaged outbox (agent/outbox.h) is salvaged unless fleet.outbox_damage is REFUSE: readable records are
+// recovered, and the leases the damage hid are reported failed, reason outbox_damaged, once the control plane
+// names them. Reconcile: every heartbeat answer lists the leases the control plane believes this agent holds;
+// one the agent neither runs nor has an outcome for is reported failed (agent_restart, or outbox_damaged), once
+// the Lease call that may still carry its grant has returned.
+//
+// Lease storms: a LeaseResponse with more grants than the free capacity asked for plus kLeaseSurplus is
+// refused whole: nothing of it is journaled or run, and its lease ids go back in the next heartbeats'
+// refused_lease_ids (worker.proto).
 //
 // Capacity: a lease holds one slot of the SessionManager's capacity from the moment it is accepted until the
 // control plane acknowledged its outcome, so the control plane never sees more outstanding leases than the
@@ -33,6 +44,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "agent/agent_config.h"
@@ -90,6 +102,18 @@ class FleetAgent {
   // Journals the outcome (and acks the lease record), then wakes the reporter.
   void JournalOutcome(Lease* lease, const duvo::sandbox::v1::Outcome& outcome);
   void Reject(const std::string& lease_id, const std::string& message);
+  // Journals `report` as the lease's outcome to deliver, holding a reserved slot until it is acknowledged
+  // (rejections, re-reports of finished leases, reconciled leases). False when the journal refused it.
+  bool JournalReport(const duvo::sandbox::v1::ReportOutcomeRequest& report);
+  // The control plane acknowledged the outcome record `rec` (of `report`): records the lease as finished, then
+  // acks the outcome record, and ages out old finished records.
+  void RecordFinished(const OutboxRecord& rec, const duvo::sandbox::v1::ReportOutcomeRequest& report);
+  // Drops finished leases past their age or count from finished_; returns their record ids to ack.
+  std::vector<uint64_t> AgeOutFinishedLocked();
+  // Refuses a whole LeaseResponse (a storm): its ids go in the next heartbeats' refused_lease_ids.
+  void RefuseWhole(const duvo::sandbox::v1::LeaseResponse& response, uint32_t free);
+  // Reports held leases the agent does not know (HeartbeatResponse.held_lease_ids).
+  void Reconcile(const duvo::sandbox::v1::HeartbeatResponse& response);
   FleetSettings settings() const;
   void Count(std::string_view event);
   // Sleeps up to `d`, returning early (false) when `stop` is requested.
@@ -113,6 +137,32 @@ class FleetAgent {
   // lease without a session (rejected, or lost with a previous agent), which holds a reservation.
   std::map<std::string, std::string> held_;  // GUARDED_BY(mu_)
   uint64_t journaled_ = 0;                   // GUARDED_BY(mu_): outcomes journaled, to wake the reporter
+  // Finished leases (their outcome acknowledged), from the outbox's "finished" records, by lease id; and by
+  // record id, oldest first, for aging out.
+  struct Finished {
+    uint64_t record_id = 0;
+    int64_t unix_ms = 0;
+    duvo::sandbox::v1::ReportOutcomeRequest report;
+  };
+  std::map<std::string, Finished> finished_;       // GUARDED_BY(mu_)
+  std::map<uint64_t, std::string> finished_order_;  // GUARDED_BY(mu_)
+  // Lease calls, numbered from 1: the one in flight (0: none; set until its grants were all accepted) and how
+  // many have returned with their grants handled. A held lease the agent does not know waits for the call in
+  // flight when it was named (suspects_) before it is reported.
+  uint64_t lease_call_open_ = 0;   // GUARDED_BY(mu_)
+  uint64_t lease_calls_done_ = 0;  // GUARDED_BY(mu_)
+  uint64_t lease_calls_started_ = 0;  // GUARDED_BY(mu_)
+  std::map<std::string, uint64_t> suspects_;  // GUARDED_BY(mu_)
+  // Refused grants: to send in heartbeats (until one is answered OK), and remembered (bounded) so that the
+  // control plane naming them as held is not reconciled.
+  std::deque<std::string> refusing_;      // GUARDED_BY(mu_)
+  std::set<std::string> refused_;         // GUARDED_BY(mu_)
+  std::deque<std::string> refused_order_;  // GUARDED_BY(mu_)
+  // Salvaged damage: the lease ids it hid where readable, and whether it may have hidden others (then the
+  // leases the first heartbeat answer names that the agent does not know are taken to be hidden by it).
+  std::set<std::string> damage_hid_;  // GUARDED_BY(mu_)
+  bool damage_unreadable_ = false;    // GUARDED_BY(mu_)
+  bool reconciled_once_ = false;      // GUARDED_BY(mu_)
   std::atomic<bool> draining_{false};
   std::atomic<bool> canceling_{false};  // the drain's grace is over: sessions still starting are canceled too
   std::atomic<bool> drained_{false};

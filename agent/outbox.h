@@ -23,10 +23,22 @@
 // record can be torn by a crash. A record with a valid header whose body runs past EOF is a torn tail. At any
 // other bad record (short header, bad header or body CRC), the rest of the file is searched for a valid
 // record: if there is none, the bad bytes are a torn tail; if there is one, the journal is corrupt before its
-// tail and Open fails with DataLoss naming the file and the offset of the bad record (leaving the file as it
-// is). A torn tail is truncated away and counted in dropped_tail_bytes().
+// tail (damage). A torn tail is truncated away and counted in dropped_tail_bytes(); the kind and key of the
+// record it cut short, when they were written, are in torn_record().
 // NOTE: a corrupted *last* record cannot be told from a torn write, so it is dropped like one. The id of a
 // record torn away (its Append never returned) may be assigned again.
+//
+// Damage (a bad record before the tail, a record that does not decode, no magic, an empty file, a journal that
+// is not a regular file): with OutboxOptions::on_damage kRefuse, Open fails with DataLoss naming the file and
+// the offset of the first bad record, leaving the file as it is. With kSalvage, Open keeps every valid record
+// (replay resynchronises at the next valid record after each damaged span), copies the damaged file to
+// journal.damaged-<unix_ms> (a directory is renamed there), writes a fresh journal of what it kept, and says
+// what it lost in damage(): the first offset, and the kind, key and id of each damaged record whose header
+// framing still gave them.
+// NOTE: resynchronising searches a damaged span byte by byte for a valid record, and a payload holds bytes a
+// jail chose (its output): a span whose header lost its length can expose a frame forged inside a payload.
+// Replay first tries the damaged header's own length (a bit flipped elsewhere in the header, or in the body,
+// keeps the span's extent), so only a header whose length bytes are damaged is searched.
 #ifndef SBX_AGENT_OUTBOX_H_
 #define SBX_AGENT_OUTBOX_H_
 
@@ -35,6 +47,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -53,10 +66,32 @@ struct OutboxRecord {
   std::string payload;  // opaque bytes (a serialized proto)
 };
 
+// What Open does with a damaged journal (see the file comment).
+enum class OutboxDamagePolicy { kRefuse, kSalvage };
+
 // Tuning for Outbox::Open.
 struct OutboxOptions {
   // Ack compacts the journal once the bytes of acked records (and of the acks) exceed this.
   uint64_t compact_after_bytes = 4 << 20;
+  OutboxDamagePolicy on_damage = OutboxDamagePolicy::kRefuse;
+};
+
+// A record Open could not replay whose kind and key could still be read (id 0 when not readable).
+struct OutboxLostRecord {
+  uint64_t id = 0;
+  std::string kind;
+  std::string key;
+  bool operator==(const OutboxLostRecord&) const = default;
+};
+
+// What a salvaging Open found damaged and left out.
+struct OutboxDamage {
+  std::string what;             // the first problem, e.g. "corrupt record at offset 40"
+  uint64_t offset = 0;          // of the first damaged byte
+  uint64_t bytes = 0;           // damaged bytes left out, over every damaged span
+  std::string set_aside;        // where the damaged journal went ("" when nothing was kept, e.g. empty)
+  std::vector<OutboxLostRecord> lost;  // damaged records with a readable kind and key, in journal order
+  bool unreadable = false;      // some damaged span may have held records whose keys could not be read
 };
 
 // The durable outbox. Thread-safe. Owns its journal, lock and directory fds; the directory and its files are
@@ -74,9 +109,10 @@ class Outbox {
 
   // Opens the outbox in `dir` (creating `dir`, whose parent must exist, and the journal if missing), takes its
   // lock and replays the journal: records appended and not acked are pending again, and ids continue after
-  // the highest one ever assigned. Errors: FailedPrecondition naming the lock file when another process (or
-  // another Outbox in this one) holds it; DataLoss naming the journal and offset when it is corrupt before
-  // its tail. A torn tail is truncated away (see dropped_tail_bytes()).
+  // the highest one ever assigned. Errors: FailedPrecondition naming the lock file (and the holder's pid,
+  // which the owner writes into it) when another process (or another Outbox in this one) holds it; DataLoss
+  // naming the journal and offset when it is damaged and options.on_damage is kRefuse. A torn tail is
+  // truncated away (see dropped_tail_bytes()); damage is salvaged under kSalvage (see damage()).
   static absl::StatusOr<std::unique_ptr<Outbox>> Open(std::string_view dir, Options options = {});
 
   Outbox(const Outbox&) = delete;
@@ -95,6 +131,9 @@ class Outbox {
   // The pending (appended, not acked) records, oldest first. A copy.
   std::vector<OutboxRecord> Pending() const;
   size_t pending_count() const;
+  // The same, of one kind only (no copy of the others).
+  std::vector<OutboxRecord> Pending(std::string_view kind) const;
+  size_t pending_count(std::string_view kind) const;
 
   // Rewrites the journal with only the pending records and the id counter: writes journal.tmp, fsyncs it,
   // renames it over the journal and fsyncs the directory. Ack calls it automatically; callable any time.
@@ -102,6 +141,10 @@ class Outbox {
 
   // Bytes of torn tail Open truncated away (0 when the journal was clean), for the caller to log.
   uint64_t dropped_tail_bytes() const { return dropped_tail_bytes_; }
+  // The kind and key of the record the torn tail cut short, when its header and those were written.
+  const std::optional<OutboxLostRecord>& torn_record() const { return torn_record_; }
+  // What a salvaging Open left out; nullopt when the journal was not damaged.
+  const std::optional<OutboxDamage>& damage() const { return damage_; }
   // The journal's path, for logs.
   const std::string& journal_path() const { return journal_path_; }
 
@@ -124,6 +167,8 @@ class Outbox {
   const UniqueFd dir_fd_;
   const UniqueFd lock_fd_;  // holds the flock for the Outbox's life
   uint64_t dropped_tail_bytes_ = 0;  // set by Open only
+  std::optional<OutboxLostRecord> torn_record_;  // set by Open only
+  std::optional<OutboxDamage> damage_;           // set by Open only
 
   mutable std::mutex mu_;
   UniqueFd fd_;                       // GUARDED_BY(mu_): the journal, read-write

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <functional>
 #include <sstream>
 #include <map>
 #include <memory>
@@ -28,6 +30,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "agent/outbox.h"
 #include "duvo/sandbox/v1/agent_state.pb.h"
+#include "tests/common/spawn.h"
 #include "tests/fleet/agent_process.h"
 #include "tests/fleet/double/control_plane_double.h"
 
@@ -1169,6 +1172,270 @@ TEST(FleetTest, MutualTlsToTheControlPlane) {
   EXPECT_EQ(anonymous.Terminate(seconds(30)), 0);
   std::error_code ec;
   std::filesystem::remove_all(d, ec);
+}
+
+// --- Issue 17: leases across restarts, a damaged outbox, reconcile, lease storms. ---------------------------
+
+// Waits until the capacity-1 agent polls for work again after `lease_calls` polls: its one slot is free, so
+// the outcome it held was acknowledged (and what follows the acknowledgement in the journal is durable).
+bool WaitForSlotFreed(const ControlPlaneDouble& cp, const std::string& agent_id, int lease_calls) {
+  return cp.WaitFor([&] {
+    const auto agents = cp.Agents();
+    auto it = agents.find(agent_id);
+    return it != agents.end() && it->second.lease_calls > lease_calls && it->second.lease_calls_open > 0;
+  }, seconds(20));
+}
+
+uint64_t FileSize(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
+
+// Issue 17 item 1: the agent keeps a durable record of finished leases, so a re-grant after a restart is
+// answered with the recorded outcome, not run again.
+TEST(FleetTest, AFinishedLeaseGrantedAgainAfterARestartIsAnsweredWithItsOutcomeNotRun) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp, "agent-1", 1));
+  ASSERT_TRUE(agent.Start());
+  const std::string id = cp->Enqueue(ExecRequest({"/bin/sh", "-c", "echo ran; exit 3"}));
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20))) << agent.Log();
+  ASSERT_TRUE(WaitForSlotFreed(*cp, "agent-1", cp->Agents()["agent-1"].lease_calls)) << agent.Log();
+  const ControlPlaneDouble::LeaseView first = *cp->Lease(id);
+  ASSERT_EQ(first.outcome->outcome().status(), pb::Outcome::COMPLETED);
+  ASSERT_EQ(first.outcome->outcome().exit_code(), 3);
+  ASSERT_EQ(first.attaches, 1);
+
+  agent.Kill9();
+  ASSERT_TRUE(agent.Start()) << agent.Log();
+  cp->GrantAgain(id);
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Lease(id)->outcome_reports == 2; }, seconds(20))) << agent.Log();
+  std::this_thread::sleep_for(seconds(1));  // a run would attach and stream by now
+  const ControlPlaneDouble::LeaseView again = *cp->Lease(id);
+  EXPECT_EQ(again.grants, 2);
+  EXPECT_EQ(again.attaches, 1) << "the re-granted lease ran again\n" << agent.Log();
+  EXPECT_EQ(again.events.size(), first.events.size());
+  EXPECT_EQ(Stdout(again), "ran\n");
+  EXPECT_EQ(again.outcome_reports, 2);
+  ASSERT_TRUE(again.last_report.has_value());
+  EXPECT_EQ(again.last_report->session_id(), first.outcome->session_id());
+  EXPECT_EQ(again.last_report->outcome().status(), pb::Outcome::COMPLETED);
+  EXPECT_EQ(again.last_report->outcome().exit_code(), 3) << again.last_report->DebugString();
+  // Its slot is free again: the capacity-1 agent runs new work.
+  const std::string next = cp->Enqueue(ExecRequest({"/bin/true"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Lease(next)->outcome.has_value(); }, seconds(20))) << agent.Log();
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+// Issue 17 item 4: a grant the agent never saw (its Lease response lost on the wire) is named by the
+// heartbeat's held_lease_ids and reported failed, agent_restart, exactly once, long before its expiry.
+TEST(FleetTest, AGrantLostOnTheWireIsReportedFailedAgentRestartOnce) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp, "agent-1", 2));
+  ASSERT_TRUE(agent.Start());
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Agents()["agent-1"].lease_calls_open > 0; }, seconds(10)));
+  cp->LoseNextLeaseResponses(1);
+  const std::string lost = cp->Enqueue(ExecRequest({"/bin/sh", "-c", "echo must not run"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Lease(lost)->outcome.has_value(); }, seconds(15))) << agent.Log();
+  std::this_thread::sleep_for(seconds(1));
+  const ControlPlaneDouble::LeaseView l = *cp->Lease(lost);
+  EXPECT_EQ(l.grants, 1);
+  EXPECT_FALSE(l.expired) << "reconciled, not expired";
+  EXPECT_EQ(l.outcome_reports, 1);
+  EXPECT_EQ(l.attaches, 0);
+  EXPECT_EQ(l.outcome->outcome().status(), pb::Outcome::FAILED);
+  EXPECT_EQ(l.outcome->outcome().reason(), "agent_restart") << l.outcome->DebugString();
+  EXPECT_EQ(cp->Agents()["agent-1"].outstanding, 0);
+  const std::string next = cp->Enqueue(ExecRequest({"/bin/true"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Lease(next)->outcome.has_value(); }, seconds(20))) << agent.Log();
+  EXPECT_EQ(cp->Lease(next)->outcome->outcome().status(), pb::Outcome::COMPLETED);
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+// Issue 17 item 7: 10,000 grants for capacity 4 are refused as a whole (one refusal in a heartbeat), not
+// journaled and rejected one by one; the agent stays up and serves.
+TEST(FleetTest, ALeaseStormIsRefusedWholeWithOneReportAndTheJournalDoesNotGrow) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp, "agent-1", 4));
+  ASSERT_TRUE(agent.Start());
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Agents()["agent-1"].lease_calls_open > 0; }, seconds(10)));
+  const std::string journal = agent.state_dir() + "/outbox/journal";
+  const uint64_t before = FileSize(journal);
+  const auto start = Clock::now();
+  const std::vector<std::string> storm = cp->GrantStorm(10000, ExecRequest({"/bin/true"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Agents()["agent-1"].refused_ids >= 10000; }, seconds(20)))
+      << agent.Log().substr(0, 4000);
+  EXPECT_LT(Clock::now() - start, seconds(10));
+  EXPECT_TRUE(agent.Alive());
+  EXPECT_LT(FileSize(journal), before + 4096) << "the journal grew with the storm";
+  int ran = 0, reported = 0, refused = 0;
+  for (const ControlPlaneDouble::LeaseView& l : cp->Leases()) {
+    ran += l.attaches;
+    reported += l.outcome_reports;
+    refused += l.refused ? 1 : 0;
+  }
+  EXPECT_EQ(ran, 0);
+  EXPECT_EQ(reported, 0);
+  EXPECT_EQ(refused, 10000);
+  EXPECT_EQ(cp->Agents()["agent-1"].outstanding, 0);
+  const std::string next = cp->Enqueue(ExecRequest({"/bin/sh", "-c", "echo still serving"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Lease(next)->outcome.has_value(); }, seconds(20))) << agent.Log();
+  EXPECT_EQ(Stdout(*cp->Lease(next)), "still serving\n");
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
+// Issue 17 item 3: a damaged outbox never crashes the agent. Salvaged (the default), the agent starts, says in
+// one log line what was damaged, reports the outcomes that still read, and reports the lease the damage hid
+// failed, outbox_damaged, once the control plane names it.
+TEST(FleetTest, ADamagedOutboxIsSalvagedAndTheLeaseItHidIsReportedOutboxDamaged) {
+  struct Damage {
+    std::string name;
+    std::function<void(const std::string& journal)> apply;
+    bool names_lease;      // the lease id can still be read from the damaged record
+    bool keeps_outcome;    // the outcome journaled after the damage is still there
+  };
+  const auto flip_first_record = [](const std::string& journal) {
+    std::fstream f(journal, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(8 + 13 + 40);  // in the first record's body, past its kind and key
+    char c = 0;
+    f.read(&c, 1);
+    c ^= 0x10;
+    f.seekp(8 + 13 + 40);
+    f.write(&c, 1);
+  };
+  const std::vector<Damage> damages = {
+      {"flipped byte in the first record", flip_first_record, true, true},
+      {"garbage", [](const std::string& j) { std::ofstream(j, std::ios::trunc) << std::string(3000, 'G'); }, false, false},
+      {"empty", [](const std::string& j) { std::ofstream(j, std::ios::trunc); }, false, false},
+      {"a directory", [](const std::string& j) {
+         std::filesystem::remove(j);
+         std::filesystem::create_directories(j + "/x");
+       }, false, false},
+  };
+  for (const Damage& damage : damages) {
+    SCOPED_TRACE(damage.name);
+    auto cp = StartDouble();
+    ASSERT_NE(cp, nullptr);
+    AgentProcess agent(AgentFor(*cp, "agent-1", 2));
+    ASSERT_TRUE(agent.Start());
+    const std::string hidden = cp->Enqueue(ExecRequest({"/bin/sleep", "60"}));
+    ASSERT_TRUE(cp->WaitFor([&] { return HasStarted(*cp, hidden); }, seconds(20))) << agent.Log();
+    agent.Kill9();
+    const std::string outbox_dir = agent.state_dir() + "/outbox";
+    {
+      // An outcome journaled after the lease record (as if a second lease had ended before the crash).
+      absl::StatusOr<std::unique_ptr<agent::Outbox>> outbox = agent::Outbox::Open(outbox_dir);
+      ASSERT_TRUE(outbox.ok()) << outbox.status();
+      pb::OutcomeRecord outcome;
+      outcome.mutable_report()->set_agent_id("agent-1");
+      outcome.mutable_report()->set_lease_id("lease-readable");
+      outcome.mutable_report()->mutable_outcome()->set_status(pb::Outcome::COMPLETED);
+      ASSERT_TRUE((*outbox)->Append("outcome", "lease-readable", outcome.SerializeAsString()).ok());
+    }
+    damage.apply(outbox_dir + "/journal");
+    ASSERT_TRUE(agent.Start()) << agent.Log();
+    ASSERT_TRUE(cp->WaitFor([&] { return cp->Lease(hidden)->outcome.has_value(); }, seconds(15))) << agent.Log();
+    const ControlPlaneDouble::LeaseView l = *cp->Lease(hidden);
+    EXPECT_EQ(l.outcome->outcome().status(), pb::Outcome::FAILED);
+    EXPECT_EQ(l.outcome->outcome().reason(), "outbox_damaged") << l.outcome->DebugString();
+    if (damage.keeps_outcome) {
+      ASSERT_TRUE(cp->WaitFor([&] {
+        const auto r = cp->Lease("lease-readable");
+        return r && r->outcome.has_value();
+      }, seconds(10))) << agent.Log();
+      EXPECT_EQ(cp->Lease("lease-readable")->outcome->outcome().status(), pb::Outcome::COMPLETED);
+    }
+    // One line says what was damaged: the file, the offset, and the lease ids lost where readable.
+    const std::string log = agent.Log();
+    size_t lines = 0;
+    std::string line;
+    std::istringstream in(log);
+    while (std::getline(in, line)) {
+      if (line.find("outbox: damaged") == std::string::npos) continue;
+      ++lines;
+      EXPECT_THAT(line, HasSubstr(outbox_dir + "/journal"));
+      EXPECT_THAT(line, HasSubstr("offset"));
+      if (damage.names_lease) {
+        EXPECT_THAT(line, HasSubstr(hidden));
+      }
+    }
+    EXPECT_EQ(lines, 1u) << log;
+    EXPECT_EQ(Leftovers(l.session_id), "");
+    EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+  }
+}
+
+// Runs `sandbox-agent serve` with agent's config file rewritten by `edit`; returns its exit status (128+N for
+// a signal) and fills `log`.
+int RunAgentToExit(AgentProcess& agent, const std::function<std::string(std::string)>& edit, std::string* log) {
+  agent.WriteConfig();
+  std::ifstream in(agent.dir() + "/agent.textproto");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string config = agent.dir() + "/other.textproto";
+  std::ofstream(config, std::ios::trunc) << edit(ss.str());
+  const std::string log_path = agent.dir() + "/other.log";
+  const pid_t pid = SpawnLogged({AgentBin(), "serve", "--config", config}, log_path, false);
+  if (pid < 0) return -1;
+  int status = 0;
+  const auto deadline = Clock::now() + seconds(20);
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (Clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  std::ifstream l(log_path);
+  std::stringstream ls;
+  ls << l.rdbuf();
+  *log = ls.str();
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+std::string ReplaceAll(std::string s, const std::string& from, const std::string& to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) s.replace(at, from.size(), to);
+  return s;
+}
+
+// Issue 17 item 3: configured to refuse, the agent exits non-zero on a damaged outbox, naming the file and the
+// offset, and leaves it as it is; an agent whose outbox another process holds locked exits non-zero naming
+// the lock file and the holder's pid. Neither crashes.
+TEST(FleetTest, ADamagedOutboxIsRefusedWhenConfiguredAndALockedOneNamesItsHolder) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp, "agent-1", 2));
+  agent.options().fleet_lines.push_back("outbox_damage: REFUSE");
+  ASSERT_TRUE(agent.Start());
+  agent.Kill9();
+  const auto other = [&](std::string c) { return ReplaceAll(c, agent.dir() + "/agent.sock", agent.dir() + "/other.sock"); };
+  std::string log;
+  int status;
+  {
+    // Another process (this test) holds the outbox's lock.
+    absl::StatusOr<std::unique_ptr<agent::Outbox>> held = agent::Outbox::Open(agent.state_dir() + "/outbox");
+    ASSERT_TRUE(held.ok()) << held.status();
+    status = RunAgentToExit(agent, other, &log);
+  }
+  EXPECT_GT(status, 0);
+  EXPECT_LT(status, 128) << "a crash\n" << log;
+  EXPECT_THAT(log, HasSubstr(agent.state_dir() + "/outbox/lock"));
+  EXPECT_THAT(log, HasSubstr("pid " + std::to_string(getpid())));
+
+  const std::string journal = agent.state_dir() + "/outbox/journal";
+  std::ofstream(journal, std::ios::trunc) << "garbage, not a journal";
+  status = RunAgentToExit(agent, other, &log);
+  EXPECT_GT(status, 0);
+  EXPECT_LT(status, 128) << "a crash\n" << log;
+  EXPECT_THAT(log, HasSubstr(journal));
+  EXPECT_THAT(log, HasSubstr("offset 0"));
+  std::ifstream in(journal);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EXPECT_EQ(ss.str(), "garbage, not a journal") << "a refused journal is left as it is";
 }
 
 }  // namespace

@@ -32,6 +32,21 @@ TEST(AgentConfigTest, EgressDenyCidrsAreParsed) {
   EXPECT_EQ(c->egress_deny[2].ToString(), "192.0.2.1/32");
 }
 
+// fleet.outbox_damage: SALVAGE unless set to REFUSE (issue 17).
+TEST(AgentConfigTest, OutboxDamageDefaultsToSalvageAndTakesRefuse) {
+  absl::StatusOr<AgentConfig> c = LoadAgentConfig(WriteConfig("fleet { control_plane: \"127.0.0.1:1\" }\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->fleet.outbox_salvage);
+  c = LoadAgentConfig(WriteConfig("fleet { control_plane: \"127.0.0.1:1\" outbox_damage: REFUSE }\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->fleet.outbox_salvage);
+  const std::string path = WriteConfig("fleet { control_plane: \"127.0.0.1:1\" outbox_damage: SALVAGE }\n");
+  c = LoadAgentConfig(path);
+  unlink(path.c_str());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->fleet.outbox_salvage);
+}
+
 TEST(AgentConfigTest, ABadEgressDenyCidrIsRefusedNamingIt) {
   const std::string path = WriteConfig("egress_deny_cidrs: \"10.0.0.0/8\"\negress_deny_cidrs: \"10.0.0.0/8:443\"\n");
   absl::StatusOr<AgentConfig> c = LoadAgentConfig(path);

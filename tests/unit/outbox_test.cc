@@ -11,6 +11,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <optional>
 #include <map>
 #include <random>
 #include <set>
@@ -39,6 +41,8 @@ void WriteFile(const fs::path& path, const std::string& data) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << data;
 }
+
+#define EXPECT_THAT_LOST(got, want) EXPECT_EQ(Describe(got), Describe(want))
 
 std::vector<uint64_t> Ids(const std::vector<OutboxRecord>& records) {
   std::vector<uint64_t> ids;
@@ -319,6 +323,211 @@ TEST_F(OutboxTest, ConcurrentAppendsFromFourThreadsAreAllThere) {
     keys.insert(r.key);
   }
   EXPECT_EQ(keys.size(), all.size());
+}
+
+// --- Damage: the table of corruptions. -------------------------------------------------------------------
+
+// Three appends, as the fleet agent journals them: a lease, an outcome, a lease. Returns the offsets of the
+// records and the end.
+struct ThreeLeases {
+  std::vector<uint64_t> off;
+  std::vector<OutboxLostRecord> records;  // {id, kind, key} of each
+};
+ThreeLeases WriteThreeLeases(const fs::path& dir, const fs::path& journal) {
+  ThreeLeases j;
+  j.records = {{1, "lease", "lease-a"}, {2, "outcome", "lease-b"}, {3, "lease", "lease-c"}};
+  auto outbox = Outbox::Open(dir.string());
+  EXPECT_TRUE(IsOk(outbox));
+  for (const OutboxLostRecord& r : j.records) {
+    j.off.push_back(fs::file_size(journal));
+    EXPECT_TRUE(IsOk((*outbox)->Append(r.kind, r.key, std::string(100, 'p'))));
+  }
+  j.off.push_back(fs::file_size(journal));
+  return j;
+}
+
+std::string Describe(const std::vector<OutboxLostRecord>& lost) {
+  std::string out;
+  for (const auto& r : lost) out += "{" + std::to_string(r.id) + " " + r.kind + " " + r.key + "} ";
+  return out;
+}
+
+// One corruption and the exact result: the ids recovered, and either a torn tail (with the record it named)
+// or damage at `offset` (with the records it names lost).
+struct Corruption {
+  using Mutate = std::function<std::string(const std::string&, const ThreeLeases&)>;
+  Corruption(std::string name, Mutate mutate, std::vector<uint64_t> recovered,
+             std::optional<OutboxLostRecord> torn = std::nullopt, bool damaged = false, uint64_t offset = 0,
+             std::vector<OutboxLostRecord> lost = {}, bool unreadable = false)
+      : name(std::move(name)), mutate(std::move(mutate)), recovered(std::move(recovered)), torn(std::move(torn)),
+        damaged(damaged), offset(offset), lost(std::move(lost)), unreadable(unreadable) {}
+  std::string name;
+  Mutate mutate;
+  std::vector<uint64_t> recovered;
+  std::optional<OutboxLostRecord> torn;
+  bool damaged;
+  uint64_t offset;
+  std::vector<OutboxLostRecord> lost;
+  bool unreadable;
+};
+
+std::vector<Corruption> Corruptions(const ThreeLeases& j) {
+  const auto cut = [](uint64_t at) {
+    return [at](const std::string& d, const ThreeLeases&) { return d.substr(0, at); };
+  };
+  const auto flip = [](uint64_t at) {
+    return [at](const std::string& d, const ThreeLeases&) {
+      std::string out = d;
+      out[at] ^= 0x10;
+      return out;
+    };
+  };
+  std::vector<Corruption> t;
+  // Truncations at every record boundary: a clean journal of the records before it.
+  for (size_t i = 0; i < j.off.size(); ++i) {
+    std::vector<uint64_t> ids;
+    for (uint64_t id = 1; id <= i; ++id) ids.push_back(id);
+    t.push_back({"cut at boundary " + std::to_string(i), cut(j.off[i]), ids});
+  }
+  for (size_t i = 0; i < 3; ++i) {
+    std::vector<uint64_t> ids;
+    for (uint64_t id = 1; id <= i; ++id) ids.push_back(id);
+    // Torn in the header: nothing of the record can be read.
+    t.push_back({"cut in header " + std::to_string(i), cut(j.off[i] + 5), ids});
+    // Torn in the payload, after the key: the torn tail names the lease.
+    const uint64_t after_key = j.off[i] + 13 + 16 + j.records[i].kind.size() + j.records[i].key.size() + 10;
+    t.push_back({"cut in payload " + std::to_string(i), cut(after_key), ids, j.records[i]});
+  }
+  // The file is no journal at all.
+  // Not one record left to read: the damage may have hidden anything.
+  t.push_back({"empty", cut(0), {}, std::nullopt, true, 0, {}, true});
+  t.push_back({"cut in the magic", cut(4), {}, std::nullopt, true, 0, {}, true});
+  t.push_back({"flipped magic", flip(0), {1, 2, 3}, std::nullopt, true, 0});
+  t.push_back({"garbage", [](const std::string&, const ThreeLeases&) {
+                 std::mt19937 rng(7);
+                 std::string g(4000, '\0');
+                 for (char& c : g) c = static_cast<char>(rng());
+                 return g;
+               },
+               {}, std::nullopt, true, 0, {}, true});
+  // Flipped bytes in each record's header (length, type) and body (payload).
+  for (size_t i = 0; i < 2; ++i) {
+    std::vector<uint64_t> others;
+    for (uint64_t id = 1; id <= 3; ++id) {
+      if (id != i + 1) others.push_back(id);
+    }
+    t.push_back({"flipped length of record " + std::to_string(i), flip(j.off[i]), others, std::nullopt, true,
+                 j.off[i], {j.records[i]}});
+    t.push_back({"flipped type of record " + std::to_string(i), flip(j.off[i] + 4), others, std::nullopt, true,
+                 j.off[i], {j.records[i]}});
+    t.push_back({"flipped header crc of record " + std::to_string(i), flip(j.off[i] + 10), others, std::nullopt,
+                 true, j.off[i], {j.records[i]}});
+    t.push_back({"flipped payload of record " + std::to_string(i), flip(j.off[i + 1] - 1), others, std::nullopt,
+                 true, j.off[i], {j.records[i]}});
+  }
+  // In the last record, damage cannot be told from a torn write: it is a torn tail, naming its lease.
+  t.push_back({"flipped length of the last record", flip(j.off[2]), {1, 2}, j.records[2]});
+  t.push_back({"flipped payload of the last record", flip(j.off[3] - 1), {1, 2}, j.records[2]});
+  // Two records in a row damaged: one span, both named.
+  t.push_back({"flipped payloads of records 0 and 1",
+               [&](const std::string& d, const ThreeLeases& jj) {
+                 std::string out = d;
+                 out[jj.off[1] - 1] ^= 0x10;
+                 out[jj.off[2] - 1] ^= 0x10;
+                 return out;
+               },
+               {3}, std::nullopt, true, j.off[0], {j.records[0], j.records[1]}});
+  return t;
+}
+
+TEST_F(OutboxTest, TableOfCorruptionsRefusedOrSalvagedWithTheExactLoss) {
+  const ThreeLeases j = WriteThreeLeases(dir_, journal_);
+  const std::string original = ReadFile(journal_);
+  for (const Corruption& c : Corruptions(j)) {
+    for (OutboxDamagePolicy policy : {OutboxDamagePolicy::kRefuse, OutboxDamagePolicy::kSalvage}) {
+      const bool salvage = policy == OutboxDamagePolicy::kSalvage;
+      SCOPED_TRACE(c.name + (salvage ? " (salvage)" : " (refuse)"));
+      for (const auto& e : fs::directory_iterator(dir_)) {
+        if (e.path().filename().string().rfind("journal.damaged", 0) == 0) fs::remove_all(e.path());
+      }
+      const std::string data = c.mutate(original, j);
+      WriteFile(journal_, data);
+      auto outbox = Outbox::Open(dir_.string(), {.on_damage = policy});
+      if (c.damaged && !salvage) {
+        EXPECT_TRUE(StatusIs(outbox, absl::StatusCode::kDataLoss, journal_.string()));
+        EXPECT_TRUE(StatusIs(outbox, absl::StatusCode::kDataLoss, "offset " + std::to_string(c.offset)));
+        EXPECT_EQ(ReadFile(journal_), data) << "a refused journal is left as it is";
+        continue;
+      }
+      ASSERT_TRUE(IsOk(outbox));
+      EXPECT_EQ(Ids((*outbox)->Pending()), c.recovered);
+      EXPECT_EQ((*outbox)->torn_record(), c.torn);
+      ASSERT_EQ((*outbox)->damage().has_value(), c.damaged);
+      if (c.damaged) {
+        const OutboxDamage& d = *(*outbox)->damage();
+        EXPECT_EQ(d.offset, c.offset) << d.what;
+        EXPECT_THAT_LOST(d.lost, c.lost);
+        EXPECT_EQ(d.unreadable, c.unreadable) << d.what;
+        if (data.empty()) {
+          EXPECT_EQ(d.set_aside, "");
+        } else {
+          ASSERT_NE(d.set_aside, "");
+          EXPECT_EQ(ReadFile(d.set_aside), data) << "the damaged journal is kept beside the new one";
+        }
+      }
+      // What was kept is a clean journal now, which takes appends.
+      ASSERT_TRUE(IsOk((*outbox)->Append("lease", "lease-new", "x")));
+      outbox->reset();
+      ASSERT_OK_AND_ASSIGN(auto again, Outbox::Open(dir_.string()));
+      EXPECT_FALSE(again->damage().has_value());
+      EXPECT_EQ(again->pending_count(), c.recovered.size() + 1);
+    }
+  }
+}
+
+TEST_F(OutboxTest, AJournalThatIsADirectoryIsRefusedOrSetAside) {
+  fs::create_directories(journal_ / "inside");
+  EXPECT_TRUE(StatusIs(Outbox::Open(dir_.string()), absl::StatusCode::kDataLoss, journal_.string()));
+  EXPECT_TRUE(fs::is_directory(journal_));
+  ASSERT_OK_AND_ASSIGN(auto outbox, Outbox::Open(dir_.string(), {.on_damage = OutboxDamagePolicy::kSalvage}));
+  ASSERT_TRUE(outbox->damage().has_value());
+  EXPECT_EQ(outbox->damage()->offset, 0u);
+  EXPECT_TRUE(outbox->damage()->lost.empty());
+  EXPECT_TRUE(outbox->damage()->unreadable);
+  EXPECT_TRUE(fs::is_directory(outbox->damage()->set_aside)) << outbox->damage()->set_aside;
+  EXPECT_TRUE(fs::is_regular_file(journal_));
+  EXPECT_EQ(outbox->pending_count(), 0u);
+  ASSERT_TRUE(IsOk(outbox->Append("lease", "k", "p")));
+}
+
+TEST_F(OutboxTest, AHeldLockIsAnErrorNamingTheLockFileAndTheHoldersPid) {
+  int ready[2], release[2];
+  ASSERT_EQ(::pipe2(ready, O_CLOEXEC), 0);
+  ASSERT_EQ(::pipe2(release, O_CLOEXEC), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::close(release[1]);  // so that the parent's close is an EOF here
+    auto held = Outbox::Open(dir_.string());
+    const char c = held.ok() ? 'y' : 'n';
+    (void)::write(ready[1], &c, 1);
+    char ignored;
+    (void)::read(release[0], &ignored, 1);
+    ::_exit(0);
+  }
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ASSERT_EQ(c, 'y');
+  for (OutboxDamagePolicy policy : {OutboxDamagePolicy::kRefuse, OutboxDamagePolicy::kSalvage}) {
+    auto second = Outbox::Open(dir_.string(), {.on_damage = policy});
+    EXPECT_TRUE(StatusIs(second, absl::StatusCode::kFailedPrecondition, (dir_ / "lock").string()));
+    EXPECT_TRUE(StatusIs(second, absl::StatusCode::kFailedPrecondition, "pid " + std::to_string(pid)));
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "journal.damaged")) << "a held lock is not damage";
+  ::close(release[1]);
+  int wstatus = 0;
+  ASSERT_EQ(::waitpid(pid, &wstatus, 0), pid);
+  EXPECT_TRUE(IsOk(Outbox::Open(dir_.string())));
 }
 
 // What the crashing child reports over its pipe after a call returned OK (16 bytes: atomic on a pipe).

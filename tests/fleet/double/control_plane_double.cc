@@ -55,7 +55,11 @@ struct ControlPlaneDouble::LeaseState {
   std::vector<v1::CommandError> command_errors;
   int outcome_reports = 0;
   std::optional<v1::ReportOutcomeRequest> outcome;
+  std::optional<v1::ReportOutcomeRequest> last_report;
   std::chrono::steady_clock::time_point enqueued, first_granted, outcome_at;
+  std::chrono::steady_clock::time_point expires;  // while outstanding: the grant or last renewal plus the ttl
+  bool refused = false;
+  bool expired = false;
 };
 
 // The generated service; a fresh one per server (Restart builds a new server).
@@ -109,8 +113,13 @@ absl::StatusOr<std::unique_ptr<ControlPlaneDouble>> ControlPlaneDouble::Start(Do
   std::unique_ptr<ControlPlaneDouble> cp(new ControlPlaneDouble(std::move(options)));
   cp->host_ = cp->options_.address.substr(0, colon);
   cp->port_ = port;
-  absl::MutexLock lock(&cp->lifecycle_mu_);
-  if (absl::Status status = cp->StartServer(); !status.ok()) return status;
+  {
+    absl::MutexLock lock(&cp->lifecycle_mu_);
+    if (absl::Status status = cp->StartServer(); !status.ok()) return status;
+  }
+  if (cp->options_.expire_grace_ms > 0) {
+    cp->expirer_ = std::jthread([raw = cp.get()](std::stop_token stop) { raw->ExpireLoop(stop); });
+  }
   return cp;
 }
 
@@ -144,7 +153,48 @@ absl::Status ControlPlaneDouble::StartServer() {
   return absl::OkStatus();
 }
 
-ControlPlaneDouble::~ControlPlaneDouble() { Stop(); }
+ControlPlaneDouble::~ControlPlaneDouble() {
+  expirer_.request_stop();
+  if (expirer_.joinable()) expirer_.join();
+  Stop();
+}
+
+void ControlPlaneDouble::ExpireLoop(std::stop_token stop) {
+  while (!stop.stop_requested()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    absl::MutexLock lock(&mu_);
+    if (stopping_) continue;  // the clock stops while the server is down
+    const auto now = std::chrono::steady_clock::now();
+    const auto grace = std::chrono::milliseconds(options_.expire_grace_ms);
+    for (size_t i = 0, n = lease_order_.size(); i < n; ++i) {  // EndLocked may requeue: appends
+      LeaseState& lease = *leases_.at(lease_order_[i]);
+      if (lease.outstanding_agent.empty() || now < lease.expires + grace) continue;
+      v1::ReportOutcomeRequest expired;
+      expired.set_lease_id(lease.lease_id);
+      expired.mutable_outcome()->set_status(v1::Outcome::FAILED);
+      expired.mutable_outcome()->set_reason("lease_expired");
+      expired.mutable_outcome()->set_message("neither renewed nor reported before its ttl (the double)");
+      lease.outcome = expired;
+      lease.outcome_at = now;
+      ++outcomes_;
+      EndLocked(lease, /*expired=*/true);
+    }
+  }
+}
+
+void ControlPlaneDouble::EndLocked(LeaseState& lease, bool expired) {
+  if (expired) {
+    lease.expired = true;
+  } else {
+    lease.refused = true;
+  }
+  if (!lease.outstanding_agent.empty()) {
+    --agents_[lease.outstanding_agent].outstanding;
+    lease.outstanding_agent.clear();
+  }
+  if (options_.requeue_ended) EnqueueLocked(lease.request, lease.ttl_ms, /*queue=*/true);
+  BumpLocked();
+}
 
 std::string ControlPlaneDouble::target() const { return host_ + ":" + std::to_string(port_); }
 
@@ -170,6 +220,13 @@ absl::Status ControlPlaneDouble::Restart() {
   {
     absl::MutexLock lock(&mu_);
     stopping_ = false;
+    // Agents get their ttl again to reach the control plane that came back.
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& [id, lease] : leases_) {
+      if (!lease->outstanding_agent.empty()) {
+        lease->expires = std::max(lease->expires, now + std::chrono::milliseconds(lease->ttl_ms));
+      }
+    }
   }
   return StartServer();
 }
@@ -189,20 +246,39 @@ std::string ControlPlaneDouble::Enqueue(const v1::SandboxRequest& request, uint6
 }
 
 std::string ControlPlaneDouble::EnqueueRaw(std::string request_bytes, uint64_t ttl_ms) {
+  absl::MutexLock lock(&mu_);
+  return EnqueueLocked(std::move(request_bytes), ttl_ms, /*queue=*/true);
+}
+
+std::string ControlPlaneDouble::EnqueueLocked(std::string request_bytes, uint64_t ttl_ms, bool queue) {
   auto lease = std::make_unique<LeaseState>();
   v1::SandboxRequest parsed;
   if (parsed.ParseFromString(request_bytes)) lease->kind = parsed.kind();
   lease->request = std::move(request_bytes);
   lease->ttl_ms = ttl_ms == 0 ? options_.lease_ttl_ms : ttl_ms;
   lease->enqueued = std::chrono::steady_clock::now();
-  absl::MutexLock lock(&mu_);
   lease->lease_id = "l-" + std::to_string(next_lease_++);
   std::string id = lease->lease_id;
-  queue_.push_back(Grant{id});
+  if (queue) queue_.push_back(Grant{id});
   lease_order_.push_back(id);
   leases_.emplace(id, std::move(lease));
   BumpLocked();
   return id;
+}
+
+std::vector<std::string> ControlPlaneDouble::GrantStorm(int n, const v1::SandboxRequest& request) {
+  const std::string bytes = request.SerializeAsString();
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> ids;
+  for (int i = 0; i < n; ++i) ids.push_back(EnqueueLocked(bytes, 0, /*queue=*/false));
+  storm_.insert(storm_.end(), ids.begin(), ids.end());
+  BumpLocked();
+  return ids;
+}
+
+void ControlPlaneDouble::LoseNextLeaseResponses(int count) {
+  absl::MutexLock lock(&mu_);
+  lose_lease_responses_ = count;
 }
 
 void ControlPlaneDouble::GrantAgain(const std::string& lease_id) {
@@ -275,6 +351,7 @@ ControlPlaneDouble::LeaseView ControlPlaneDouble::ViewLocked(const LeaseState& l
   view.grants = lease.grants;
   view.outcome_reports = lease.outcome_reports;
   view.outcome = lease.outcome;
+  view.last_report = lease.last_report;
   view.events.reserve(lease.events.size());
   for (const auto& [seq, event] : lease.events) view.events.push_back(event);
   view.contiguous_seq = lease.contiguous;
@@ -285,6 +362,8 @@ ControlPlaneDouble::LeaseView ControlPlaneDouble::ViewLocked(const LeaseState& l
   view.enqueued = lease.enqueued;
   view.first_granted = lease.first_granted;
   view.outcome_at = lease.outcome_at;
+  view.refused = lease.refused;
+  view.expired = lease.expired;
   return view;
 }
 
@@ -464,21 +543,29 @@ grpc::Status ControlPlaneDouble::DoLease(grpc::ServerContext* ctx, const v1::Lea
     BumpLocked();
   }
   std::vector<size_t> picked;
+  std::vector<std::string> storm;
   while (true) {
     // A poller that is gone gets nothing: what it would be granted could never reach it.
     if (stopping_ || ctx->IsCancelled()) break;
+    if (!storm_.empty()) {
+      storm.swap(storm_);
+      break;
+    }
     picked = GrantableLocked(request);
     if (!picked.empty()) break;
     const absl::Time now = absl::Now();
     if (now >= deadline) break;
     cv_.WaitWithDeadline(&mu_, std::min(deadline, now + kPollSlice));
   }
-  if (picked.empty()) return grpc::Status::OK;
+  if (picked.empty() && storm.empty()) return grpc::Status::OK;
   const auto now = std::chrono::steady_clock::now();
   AgentView& agent = agents_[request.agent_id()];
-  for (size_t i : picked) {
-    LeaseState& lease = *leases_.at(queue_[i].lease_id);
+  std::vector<std::string> granted = std::move(storm);
+  for (size_t i : picked) granted.push_back(queue_[i].lease_id);
+  for (const std::string& id : granted) {
+    LeaseState& lease = *leases_.at(id);
     ++lease.grants;
+    lease.expires = now + std::chrono::milliseconds(lease.ttl_ms);
     lease.agent_id = request.agent_id();
     if (lease.grants == 1) lease.first_granted = now;
     if (!lease.outcome.has_value() && lease.outstanding_agent.empty()) {
@@ -493,6 +580,11 @@ grpc::Status ControlPlaneDouble::DoLease(grpc::ServerContext* ctx, const v1::Lea
   }
   for (auto it = picked.rbegin(); it != picked.rend(); ++it) queue_.erase(queue_.begin() + *it);
   BumpLocked();
+  if (lose_lease_responses_ > 0) {
+    --lose_lease_responses_;
+    response->Clear();
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "injected: the response was lost on the wire");
+  }
   return grpc::Status::OK;
 }
 
@@ -501,6 +593,16 @@ grpc::Status ControlPlaneDouble::DoHeartbeat(grpc::ServerContext* ctx, const v1:
   if (grpc::Status status = Admit(ctx, Method::kHeartbeat); !status.ok()) return status;
   CallRequestHook(Method::kHeartbeat, request);
   absl::MutexLock lock(&mu_);
+  AgentView& agent = agents_[request.agent_id()];
+  ++agent.heartbeats;
+  agent.refused_ids += request.refused_lease_ids_size();
+  for (const std::string& id : request.refused_lease_ids()) {
+    auto it = leases_.find(id);
+    if (it != leases_.end() && it->second->outstanding_agent == request.agent_id()) {
+      EndLocked(*it->second, /*expired=*/false);
+    }
+  }
+  const auto now = std::chrono::steady_clock::now();
   for (const std::string& id : request.lease_ids()) {
     auto it = leases_.find(id);
     if (it == leases_.end() || it->second->grants == 0) {
@@ -518,8 +620,13 @@ grpc::Status ControlPlaneDouble::DoHeartbeat(grpc::ServerContext* ctx, const v1:
       v1::HeartbeatResponse::Renewal* renewal = response->add_renewed();
       renewal->set_lease_id(id);
       renewal->set_ttl_ms(lease.ttl_ms);
+      if (!lease.outstanding_agent.empty()) it->second->expires = now + std::chrono::milliseconds(lease.ttl_ms);
     }
   }
+  for (const std::string& id : lease_order_) {
+    if (leases_.at(id)->outstanding_agent == request.agent_id()) response->add_held_lease_ids(id);
+  }
+  BumpLocked();
   return grpc::Status::OK;
 }
 
@@ -676,6 +783,7 @@ grpc::Status ControlPlaneDouble::DoReportOutcome(grpc::ServerContext* ctx,
     }
     LeaseState& lease = *it->second;
     ++lease.outcome_reports;
+    lease.last_report = request;
     if (!lease.outcome.has_value()) {
       lease.outcome = request;
       lease.outcome_at = std::chrono::steady_clock::now();

@@ -23,6 +23,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -46,6 +47,11 @@ struct DoubleOptions {
   uint64_t lease_ttl_ms = 30000;
   // The largest message the server accepts.
   size_t max_receive_bytes = 16 << 20;
+  // A granted lease neither renewed nor reported for its ttl plus this long expires (worker.proto, "a lease's
+  // life"): the double records its outcome itself, FAILED, reason "lease_expired". 0: leases never expire.
+  uint64_t expire_grace_ms = 5000;
+  // An expired or refused lease's request is enqueued again as a new lease (a new lease id).
+  bool requeue_ended = false;
 };
 
 // The double. Owns its gRPC server and every thread it starts (the Attach writers, joined before their stream
@@ -58,8 +64,15 @@ struct DoubleOptions {
 //   request whose kind is listed in capacity[] also needs free capacity of that kind (a queued request that
 //   does not fit is skipped and stays queued, later ones may be granted); one whose kind is not listed, or
 //   that does not parse (EnqueueRaw), only needs total capacity, so that the agent can reject it.
-// - Heartbeat: per lease id: Revoke()d -> revoked (its reason); StopRenewing()d -> omitted; never granted ->
-//   revoked, reason "unknown lease"; otherwise renewed with the lease's ttl.
+// - Heartbeat: first, each refused_lease_ids entry granted to this agent and not ended ends, refused (it is no
+//   longer outstanding; requeue_ended enqueues its request again as a new lease); others are ignored. Then per
+//   lease id: Revoke()d -> revoked (its reason); StopRenewing()d -> omitted; never granted -> revoked, reason
+//   "unknown lease"; otherwise renewed with the lease's ttl (from now). held_lease_ids: every lease granted to
+//   this agent and not ended, in lease id order of creation.
+// - Expiry: a granted lease not ended whose ttl plus expire_grace_ms passed since its grant or last renewal
+//   ends, expired: its outcome is recorded as FAILED, reason "lease_expired" (agent_id ""; outcome_reports
+//   stays 0, and the agent's own later report counts as a repeat). The clock stops while the server is
+//   stopped: Restart() gives every such lease its ttl again.
 // - Attach: the first message must be a hello (else INVALID_ARGUMENT; a lease never granted: NOT_FOUND). The
 //   double answers resume{after_seq = highest contiguous seq it holds}, then every command sent for the lease
 //   so far, in order, then later ones as SendCommand() adds them. After each event it sends ack_seq (the
@@ -83,6 +96,7 @@ class ControlPlaneDouble {
     int grants = 0;           // times granted (duplicates from GrantAgain included)
     int outcome_reports = 0;  // ReportOutcome calls for it (all, repeats included)
     std::optional<duvo::sandbox::v1::ReportOutcomeRequest> outcome;  // the first report
+    std::optional<duvo::sandbox::v1::ReportOutcomeRequest> last_report;  // the latest report
     // Deduplicated by seq, in seq order, merged from Attach streams and the first ReportOutcome.
     std::vector<duvo::sandbox::v1::Event> events;
     uint64_t contiguous_seq = 0;  // every seq up to here is held (what resume/ack say)
@@ -95,6 +109,8 @@ class ControlPlaneDouble {
     int commands_sent = 0;  // SessionCommands written on Attach streams (resends included)
     // The clock's epoch until it happened.
     std::chrono::steady_clock::time_point enqueued, first_granted, outcome_at;
+    bool refused = false;  // ended by the agent's refusal (HeartbeatRequest.refused_lease_ids)
+    bool expired = false;  // ended by expiry (its outcome is the double's)
   };
 
   // What the double knows about one agent (by agent_id, from its Lease calls and grants).
@@ -109,6 +125,8 @@ class ControlPlaneDouble {
     int lease_calls = 0;
     // Lease calls of its being served right now (a long poll waiting for work counts until it returns).
     int lease_calls_open = 0;
+    int heartbeats = 0;
+    int refused_ids = 0;  // refused_lease_ids entries received (repeats included)
   };
 
   using EventHook = std::function<void(const std::string& lease_id, const duvo::sandbox::v1::Event& event)>;
@@ -141,6 +159,9 @@ class ControlPlaneDouble {
   // Like GrantAgain, but only the agent `agent_id` may take this grant: a control plane that sends a lease
   // again to the agent it gave it to (e.g. after that agent restarted). No-op for an unknown id.
   void GrantAgainTo(const std::string& lease_id, const std::string& agent_id);
+  // A lease storm: makes `n` new leases of `request` that the next Lease call grants all at once, whatever
+  // capacity it advertises. Returns their ids.
+  std::vector<std::string> GrantStorm(int n, const duvo::sandbox::v1::SandboxRequest& request);
 
   // --- Faults.
   // Answers the next `count` calls of `m` (after auth) with `code`; when retry_after > 0 the status carries
@@ -148,6 +169,9 @@ class ControlPlaneDouble {
   // rounded up. Replaces any faults still pending for `m`.
   void FailNext(Method m, grpc::StatusCode code, int count,
                 std::chrono::milliseconds retry_after = std::chrono::milliseconds(0));
+  // The next `count` Lease calls that grant something record their grants (the leases are granted to the
+  // agent) and then answer UNAVAILABLE instead: the response is lost on the wire.
+  void LoseNextLeaseResponses(int count);
   // The next heartbeat that lists the lease answers it in `revoked` with this reason (and so do later ones).
   void Revoke(const std::string& lease_id, std::string reason);
   // Heartbeats no longer renew the lease (it is neither renewed nor revoked).
@@ -220,6 +244,9 @@ class ControlPlaneDouble {
   // Auth and faults, in that order; OK when the call may proceed. Counts the call.
   grpc::Status Admit(grpc::ServerContext* ctx, Method m);
 
+  // Ends the lease (refused or expired): no longer outstanding, requeued per options.
+  void EndLocked(LeaseState& lease, bool expired) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExpireLoop(std::stop_token stop);
   // Stores an event; true when it is new. Updates contiguous_seq.
   bool StoreEventLocked(LeaseState& lease, const duvo::sandbox::v1::Event& event)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -261,6 +288,10 @@ class ControlPlaneDouble {
   std::shared_ptr<const EventHook> hook_ ABSL_GUARDED_BY(mu_);
   AttachFault attach_fault_ ABSL_GUARDED_BY(mu_) = AttachFault::kNone;
   std::shared_ptr<const RequestHook> request_hook_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> storm_ ABSL_GUARDED_BY(mu_);  // granted whole by the next Lease call
+  int lose_lease_responses_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string EnqueueLocked(std::string request_bytes, uint64_t ttl_ms, bool queue) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::jthread expirer_;  // last: stopped first
 };
 
 }  // namespace sbx::testing

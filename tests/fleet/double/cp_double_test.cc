@@ -402,6 +402,59 @@ TEST_F(CpDoubleTest, HeartbeatRenewsRevokesAndStopsRenewing) {
   EXPECT_EQ(cp_->Calls()[Method::kHeartbeat], 1);
 }
 
+// Issue 17: the heartbeat answer lists the leases held; a refusal ends a lease; an unrenewed lease expires
+// (requeued as a new lease); a Lease response can be lost on the wire after its grants were recorded.
+TEST_F(CpDoubleTest, HeldLeasesRefusalsExpiryAndALostLeaseResponse) {
+  cp_.reset();
+  DoubleOptions options;
+  options.expire_grace_ms = 200;
+  options.requeue_ended = true;
+  StartDouble(options);
+  cp_->Enqueue(FileRequest("a"), 60000);
+  cp_->Enqueue(FileRequest("b"), 60000);
+  cp_->Enqueue(FileRequest("c"), 300);
+  Grant("agent-1", {"l-1", "l-2", "l-3"});
+  const auto heartbeat = [&](const std::string& agent, std::vector<std::string> held,
+                             std::vector<std::string> refused) {
+    v1::HeartbeatRequest request;
+    request.set_agent_id(agent);
+    for (const auto& id : held) request.add_lease_ids(id);
+    for (const auto& id : refused) request.add_refused_lease_ids(id);
+    grpc::ClientContext ctx;
+    v1::HeartbeatResponse response;
+    EXPECT_TRUE(stub_->Heartbeat(&ctx, request, &response).ok());
+    return std::vector<std::string>(response.held_lease_ids().begin(), response.held_lease_ids().end());
+  };
+  // l-2 refused (l-99 is no lease of this agent: ignored); l-3 is held although not listed.
+  EXPECT_EQ(heartbeat("agent-1", {"l-1"}, {"l-2", "l-99"}), (std::vector<std::string>{"l-1", "l-3"}));
+  EXPECT_TRUE(cp_->Lease("l-2")->refused);
+  EXPECT_FALSE(cp_->Lease("l-2")->outcome.has_value());
+  EXPECT_EQ(cp_->queued(), 1) << "the refused request is queued again as a new lease";
+  EXPECT_EQ(cp_->Lease("l-4")->request, cp_->Lease("l-2")->request);
+  // l-3 (ttl 300 ms) is never renewed: it expires 200 ms after its ttl, and its request is queued again.
+  ASSERT_TRUE(cp_->WaitFor([&] { return cp_->Lease("l-3")->expired; }, milliseconds(3000)));
+  const ControlPlaneDouble::LeaseView expired = *cp_->Lease("l-3");
+  ASSERT_TRUE(expired.outcome.has_value());
+  EXPECT_EQ(expired.outcome->outcome().reason(), "lease_expired");
+  EXPECT_EQ(expired.outcome_reports, 0);
+  EXPECT_GE(expired.outcome_at - expired.first_granted, milliseconds(500));
+  EXPECT_EQ(heartbeat("agent-1", {"l-1"}, {}), (std::vector<std::string>{"l-1"}));
+  EXPECT_EQ(cp_->Agents()["agent-1"].outstanding, 1);
+  EXPECT_EQ(cp_->queued(), 2);
+  // A lost response: the grants are recorded (and held by agent-2), the caller sees UNAVAILABLE.
+  cp_->LoseNextLeaseResponses(1);
+  v1::LeaseResponse response;
+  EXPECT_EQ(CallLease(LeaseAsk("agent-2", 1, 0), &response).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(response.leases_size(), 0);
+  EXPECT_EQ(cp_->Lease("l-4")->agent_id, "agent-2");
+  EXPECT_EQ(heartbeat("agent-2", {}, {}), (std::vector<std::string>{"l-4"}));
+  // A storm is granted whole, whatever the capacity.
+  const std::vector<std::string> storm = cp_->GrantStorm(50, FileRequest("s"));
+  ASSERT_TRUE(CallLease(LeaseAsk("agent-3", 1, 0), &response).ok());
+  EXPECT_EQ(response.leases_size(), 50);
+  EXPECT_EQ(response.leases(0).lease_id(), storm[0]);
+}
+
 // --- Attach ------------------------------------------------------------------------------------------------
 
 TEST_F(CpDoubleTest, AttachRequiresAHelloForAGrantedLease) {
