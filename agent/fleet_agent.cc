@@ -440,7 +440,7 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
     if (rec.kind != kOutcomeKind || !a.held_.emplace(rec.key, "").second) continue;  // one slot per lease
     a.known_.insert(rec.key);
     a.known_order_.push_back(rec.key);
-    a.options_.sessions->Reserve();
+    a.report_held_.insert(rec.key);
     ++undelivered;
   }
   if (lost > 0 || undelivered > 0) {
@@ -509,10 +509,10 @@ void FleetAgent::LeaseLoop(std::stop_token stop) {
   Backoff backoff(fleet.backoff_initial, fleet.backoff_max);
   while (!stop.stop_requested() && !draining_) {
     fleet = settings();
-    const uint32_t free = options_.sessions->free_capacity();
+    const uint32_t free = FreeCapacity();
     if (free == 0) {
       std::unique_lock lock(mu_);
-      cv_.wait_for(lock, stop, milliseconds(100), [&] { return options_.sessions->free_capacity() > 0; });
+      cv_.wait_for(lock, stop, milliseconds(100), [&] { return FreeCapacityLocked() > 0; });
       continue;
     }
     pb::LeaseRequest request;
@@ -582,6 +582,16 @@ void FleetAgent::LeaseLoop(std::stop_token stop) {
   }
 }
 
+uint32_t FleetAgent::FreeCapacityLocked() const {
+  const uint32_t free = options_.sessions->free_capacity();
+  return free > report_held_.size() ? free - static_cast<uint32_t>(report_held_.size()) : 0;
+}
+
+uint32_t FleetAgent::FreeCapacity() const {
+  std::lock_guard lock(mu_);
+  return FreeCapacityLocked();
+}
+
 void FleetAgent::Reject(const std::string& lease_id, const std::string& message) {
   Count("rejected");
   Log(LogLevel::kWarn, "fleet: lease rejected", {{"lease_id", lease_id}, {"reason", message}});
@@ -597,9 +607,10 @@ bool FleetAgent::JournalReport(const pb::ReportOutcomeRequest& report) {
         {{"lease_id", report.lease_id()}, {"reason", report.outcome().reason()}, {"error", s.ToString()}});
     return false;
   }
-  options_.sessions->Reserve();
   std::lock_guard lock(mu_);
-  held_[report.lease_id()] = "";
+  if (held_.emplace(report.lease_id(), "").second || held_[report.lease_id()].empty()) {
+    report_held_.insert(report.lease_id());
+  }
   ++journaled_;
   cv_.notify_all();
   return true;
@@ -1437,7 +1448,8 @@ void FleetAgent::ReportLoop(std::stop_token stop) {
         std::lock_guard lock(mu_);
         auto it = held_.find(rec.key);
         if (it != held_.end()) {
-          held = true;
+          // A report-only hold has no slot to give back.
+          held = report_held_.erase(rec.key) == 0;
           session_id = it->second;
           held_.erase(it);
         }

@@ -101,6 +101,9 @@ class FleetAgent {
                      const std::function<void(const duvo::sandbox::v1::AgentMessage&)>& send);
   // Journals the outcome (and acks the lease record), then wakes the reporter.
   void JournalOutcome(Lease* lease, const duvo::sandbox::v1::Outcome& outcome);
+  // The free capacity to advertise: the session manager's, less the report-only holds (report_held_).
+  uint32_t FreeCapacity() const;
+  uint32_t FreeCapacityLocked() const;  // REQUIRES(mu_)
   void Reject(const std::string& lease_id, const std::string& message);
   // Journals `report` as the lease's outcome to deliver, holding a reserved slot until it is acknowledged
   // (rejections, re-reports of finished leases, reconciled leases). False when the journal refused it.
@@ -136,6 +139,12 @@ class FleetAgent {
   // Capacity held by lease id until its outcome is acknowledged: the session id to delete then, or "" for a
   // lease without a session (rejected, or lost with a previous agent), which holds a reservation.
   std::map<std::string, std::string> held_;  // GUARDED_BY(mu_)
+  // The held leases that never had a session nor a reservation: a report of a lease rejected, lost with a
+  // previous agent, named by the control plane and unknown here, or finished before. They hold no session
+  // slot (a grant that arrives while they are pending must not be refused for capacity it was granted
+  // within), but they count against the free capacity the agent advertises, so an agent that cannot report
+  // takes no more work than it can account for.
+  std::set<std::string> report_held_;  // GUARDED_BY(mu_)
   uint64_t journaled_ = 0;                   // GUARDED_BY(mu_): outcomes journaled, to wake the reporter
   // Finished leases (their outcome acknowledged), from the outbox's "finished" records, by lease id; and by
   // record id, oldest first, for aging out.
