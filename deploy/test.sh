@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian 12 machine, as root: install dependencies, build, run ctest; then the
 # unit and integration suites again under ASan+UBSan (tests/sanitize/run.sh, build-asan) and every fuzz target
-# for SBX_FUZZ_SECONDS (default 60) each (tests/fuzz/run.sh, build-fuzz). Each part also runs alone (README).
+# for SBX_FUZZ_SECONDS (default 60) each (tests/fuzz/run.sh, build-fuzz); then the VM suite (tests/vm/run.sh:
+# Debian's stock kernel, cgroup v2 only, systemd). Each part also runs alone (README).
 # Every part runs even when an earlier one failed, so one CI run shows all failures; the exit status is
 # non-zero if any part failed.
 set -uo pipefail
@@ -27,4 +28,5 @@ if [ "$status" -ne 0 ]; then exit 1; fi
 part "ctest" bash -c 'cd build && ctest --output-on-failure -j2 --timeout 600'
 part "sanitizers" bash tests/sanitize/run.sh
 part "fuzzers" bash tests/fuzz/run.sh
+part "vm" bash tests/vm/run.sh
 exit "$status"
