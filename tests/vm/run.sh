@@ -136,7 +136,8 @@ done
 mkdir -p "$stage$src"
 cp -r "$src/policies" "$stage$src/"
 # The suite and its unit.
-install -D -m 0755 tests/vm/guest/suite.sh "$stage/opt/sbx-vm/suite.sh"
+# SBX_VM_GUEST_SCRIPT: another script in its place, to look into something in the guest by hand.
+install -D -m 0755 "${SBX_VM_GUEST_SCRIPT:-tests/vm/guest/suite.sh}" "$stage/opt/sbx-vm/suite.sh"
 install -m 0644 tests/vm/guest/sbx-vm-suite.service "$stage/etc/systemd/system/sbx-vm-suite.service"
 ln -sf /etc/systemd/system/sbx-vm-suite.service "$stage/etc/systemd/system/multi-user.target.wants/sbx-vm-suite.service"
 printf 'SBX_BUILD=%s\nSBX_SRC=%s\n' "$build" "$src" >"$stage/opt/sbx-vm/env"
