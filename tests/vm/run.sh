@@ -168,6 +168,10 @@ guest_s=$((SECONDS - boot_start))
 rm -f "$disk"
 
 sed -i 's/\r$//' "$report" 2>/dev/null || true
+# The whole report follows SBX-VM-REPORT-BEGIN; before it, the progress lines (all there is if the guest hung).
+if grep -q '^SBX-VM-REPORT-BEGIN$' "$report" 2>/dev/null; then
+  sed -i '1,/^SBX-VM-REPORT-BEGIN$/d' "$report"
+fi
 cat "$report" 2>/dev/null || true
 if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
   tail -40 "$console" || true

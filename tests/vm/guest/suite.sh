@@ -1,13 +1,19 @@
 #!/bin/bash
-# tests/vm's guest side (run at boot by sbx-vm-suite.service, output on the second serial port): each step
-# prints SBX-VM-PASS or SBX-VM-FAIL with its time, the last line is SBX-VM-END status=<failed steps>, and the
-# guest powers off. tests/vm/run.sh reads that report.
+# tests/vm's guest side (run at boot by sbx-vm-suite.service): each step prints SBX-VM-PASS or SBX-VM-FAIL
+# with its time, the last line is SBX-VM-END status=<failed steps>, and the guest powers off. The report is
+# written to a file and sent whole over the second serial port at the end (after SBX-VM-REPORT-BEGIN), where
+# tests/vm/run.sh reads it; progress lines go there as they happen.
+# NOTE: a file, not the tty as stdout: once, the tests' output on the serial tty stopped part-way (every
+# later write lost) while the suite ran on; a tty opened afresh at the end works.
 set -uo pipefail
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+report=/var/log/sbx-vm-report.log
+exec >"$report" 2>&1
+progress() { echo "$*"; echo "$*" >/dev/ttyS1 2>/dev/null; }
 # shellcheck source=/dev/null
 . /opt/sbx-vm/env  # SBX_BUILD: the build directory the test binaries were built in (they name binaries by it)
 bin=$SBX_BUILD/bin
-echo "SBX-VM-BOOTED uptime=$(cut -d' ' -f1 /proc/uptime) kernel=$(uname -r)"
+progress "SBX-VM-BOOTED uptime=$(cut -d' ' -f1 /proc/uptime) kernel=$(uname -r)"
 systemd-analyze time 2>/dev/null | head -1
 suite_start=$(date +%s.%N)
 failed=0
@@ -18,15 +24,15 @@ step() {
   local name=$1 t0 rc
   shift
   t0=$(date +%s.%N)
-  echo "SBX-VM-STEP $name"
+  progress "SBX-VM-STEP $name"
   "$@"
   rc=$?
   local secs
   secs=$(since "$t0")
   if [ "$rc" -eq 0 ]; then
-    echo "SBX-VM-PASS $name (${secs} s)"
+    progress "SBX-VM-PASS $name (${secs} s)"
   else
-    echo "SBX-VM-FAIL $name (exit $rc, ${secs} s)"
+    progress "SBX-VM-FAIL $name (exit $rc, ${secs} s)"
     failed=$((failed + 1))
   fi
 }
@@ -94,5 +100,6 @@ leftovers() {
 step "nothing left behind" leftovers
 
 echo "SBX-VM-END status=$failed suite_s=$(since "$suite_start")"
+{ echo SBX-VM-REPORT-BEGIN; cat "$report"; } >/dev/ttyS1
 sync
 systemctl poweroff --no-block
