@@ -83,7 +83,7 @@ step "fleet_test (crash, drain, duplicate)" gtest fleet_test \
 
 bench() {
   local out
-  out=$(gtest start_latency_bench --runs "${SBX_VM_BENCH_RUNS:-30}" 2>&1) || { echo "$out"; return 1; }
+  out=$(gtest start_latency_bench --runs "${SBX_VM_BENCH_RUNS:-15}" 2>&1) || { echo "$out"; return 1; }
   echo "$out"
   echo "$out" | sed -n 's/^  ratio (ours \/ bwrap) \(.*\)$/SBX-VM-RATIO \1/p' | head -1
 }
