@@ -1,14 +1,43 @@
 #!/usr/bin/env bash
 # Installs every build, test and benchmark dependency of sandbox-agent on Debian 12.
 # Idempotent: packages already present are left alone. Run as root.
+#   install-deps.sh            everything (build, tests, benchmarks, runtime)
+#   install-deps.sh --runtime  only what the installed binaries and the tests run on a target host need: the
+#                              binaries are static but for glibc, so this is what sessions and tests execute
+#                              (tests/vm builds its guest root with it)
 set -euo pipefail
+
+mode=all
+case "${1:-}" in
+  "") ;;
+  --runtime) mode=runtime ;;
+  *) echo "install-deps.sh: unknown argument '$1' (expected nothing or --runtime)" >&2; exit 2 ;;
+esac
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps.sh: run as root (it calls apt-get)" >&2
   exit 1
 fi
 
+# What the binaries and the tests run at runtime (also part of the full set).
+runtime_packages=(
+  # the shared libraries the binaries link (everything else is linked statically): gRPC's RE2, the daemon's
+  # logging, libpng for sandboxctl's screenshots, and the C++ runtime
+  libre2-9 libspdlog1.10 libfmt9 libpng16-16 zlib1g libstdc++6
+  # tests and benchmarks run these: setpriv (util-linux), bubblewrap as the benchmark anchor, procps, iproute2
+  util-linux bubblewrap procps iproute2 python3
+  # desktop sessions: the virtual display (xvfb brings xkbcomp and the XKB data), a window manager, the core
+  # fonts twm and xterm draw with, a terminal to run in it, x11vnc for live viewers
+  xvfb twm xfonts-base xterm x11vnc
+  # browser sessions: Debian's Chromium (policies/browser.textproto; the browser policy test runs it)
+  chromium
+  # tests/vm's in-guest checks: strace shows the agent's clone3 flags (CLONE_INTO_CGROUP); dbus lets logind
+  # start a lingering user's systemd manager (rootless mode under a delegated cgroup)
+  strace dbus
+)
+
 packages=(
+  "${runtime_packages[@]}"
   # toolchain
   build-essential cmake ninja-build ccache pkg-config git
   # gRPC + Protocol Buffers (protobuf-compiler-grpc is required by gRPC's CMake config)
@@ -25,17 +54,11 @@ packages=(
   # (libclang_rt.fuzzer-x86_64.a) and clang's ASan/UBSan runtimes. tests/sanitize uses gcc's (libasan8 and
   # libubsan1 come with build-essential's gcc-12).
   clang libclang-rt-14-dev
-  # tests and benchmarks run these: setpriv (util-linux), bubblewrap as the benchmark anchor, procps, iproute2
-  util-linux bubblewrap procps iproute2 python3
-  # desktop sessions: the virtual display (xvfb brings xkbcomp and the XKB data), a window manager, the core
-  # fonts twm and xterm draw with, a terminal to run in it, x11vnc for live viewers; and what sandbox-init's
-  # X driver links statically: xcb with XTEST (+ libXau, libXdmcp), the keysym names (x11proto-dev), libpng
-  xvfb twm xfonts-base xterm x11vnc
+  # what sandbox-init's X driver links statically: xcb with XTEST (+ libXau, libXdmcp), the keysym names
+  # (x11proto-dev), libpng
   libxcb1-dev libxcb-xtest0-dev libxau-dev libxdmcp-dev x11proto-dev libpng-dev zlib1g-dev
   # desktop_bench's anchors on a host Xvfb: xwd (x11-apps) for screenshots, xdotool for input
   x11-apps xdotool
-  # browser sessions: Debian's Chromium (policies/browser.textproto; the browser policy test runs it)
-  chromium
   # tests/deploy (deploy_validate): yamllint for the Kubernetes manifests, python3-yaml for their structural
   # checks, systemd for systemd-analyze (fresh Debian container images do not have it)
   yamllint python3-yaml systemd
@@ -43,7 +66,13 @@ packages=(
   # docker client), debootstrap for the imported base image, curl (HTTP/2) for the gRPC health probe and
   # nsenter (util-linux, above) to probe from the container's network namespace
   docker.io debootstrap curl
+  # tests/vm: the guest (Debian's stock kernel, cgroup v2 only, systemd) under QEMU; its root file system is
+  # made by debootstrap (above) and mke2fs -d (e2fsprogs)
+  qemu-system-x86 e2fsprogs
 )
+if [ "$mode" = runtime ]; then
+  packages=("${runtime_packages[@]}")
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -523,6 +523,13 @@ absl::StatusOr<CgroupLayout> CgroupLayoutFromProc(std::string_view mountinfo, st
       if (m.fstype != "cgroup2") continue;
       if (first == nullptr) first = &m;
       if (std::optional<std::string> rel = RelativeToRoot(*self.v2, m.root)) {
+        // Already in the leaf an agent makes for itself (PrepareV2 moved us, or the caller that started us,
+        // there): our cgroup is the one above it. Otherwise each agent started from there would nest one
+        // level deeper, and a restarted agent would look for a dead one's sessions in the wrong place.
+        static constexpr std::string_view kLeaf = "/agent";
+        if (rel->size() >= kLeaf.size() && std::string_view(*rel).substr(rel->size() - kLeaf.size()) == kLeaf) {
+          rel->resize(rel->size() - kLeaf.size());
+        }
         layout.v2_parent = JoinUnder(m.mount_point, *rel, subdir);
         return layout;
       }

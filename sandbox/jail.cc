@@ -71,12 +71,17 @@ clone_args JailCloneArgs(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd) 
 // profiles) without clone3. Returns 0 in the child.
 // NOTE: clone(2) returns the pidfd through its parent_tid argument, so it cannot take CLONE_PARENT_SETTID
 // too (EINVAL): there *tid is stored after clone returns, and a reader of it must wait for it to be set.
-pid_t CloneWithPidfd(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd) {
+// Nor can it take CLONE_INTO_CGROUP: with a cgroup (v2) the fallback sets *move_into_cgroup before *tid,
+// and the reader of *tid then moves the child into the cgroup before releasing it from its sync pipe.
+pid_t CloneWithPidfd(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* move_into_cgroup) {
   clone_args args = JailCloneArgs(flags, pidfd, tid, cgroup_fd);
   long pid = syscall(SYS_clone3, &args, sizeof(args));
-  if (pid < 0 && errno == ENOSYS && cgroup_fd < 0) {
+  if (pid < 0 && errno == ENOSYS) {
     pid = syscall(SYS_clone, flags | CLONE_PIDFD | SIGCHLD, nullptr, pidfd, nullptr, nullptr);
-    if (pid > 0) __atomic_store_n(tid, static_cast<pid_t>(pid), __ATOMIC_RELEASE);
+    if (pid > 0) {
+      if (cgroup_fd >= 0) __atomic_store_n(move_into_cgroup, 1, __ATOMIC_RELAXED);
+      __atomic_store_n(tid, static_cast<pid_t>(pid), __ATOMIC_RELEASE);
+    }
   }
   return static_cast<pid_t>(pid);
 }
@@ -142,7 +147,8 @@ struct ChildStack {
 
 // Starts the jail child: returns its pid in the parent once it has exec'd sandbox-init or failed (x86-64,
 // CLONE_VFORK), or at once (elsewhere). -1 with errno when clone fails.
-pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, const internal::ChildSpec& child) {
+pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* move_into_cgroup,
+                 const internal::ChildSpec& child) {
 #if defined(__x86_64__)
   static thread_local ChildStack stack;
   char* top = stack.top();
@@ -161,7 +167,7 @@ pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, const in
     if (pid >= 0 || errno != ENOSYS) return static_cast<pid_t>(pid);
   }
 #endif
-  const pid_t pid = CloneWithPidfd(flags, pidfd, tid, cgroup_fd);
+  const pid_t pid = CloneWithPidfd(flags, pidfd, tid, cgroup_fd, move_into_cgroup);
   if (pid == 0) internal::RunJailChild(child);  // never returns
   return pid;
 }
@@ -319,6 +325,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   // setup timeout, killing a child that has not exec'd in time.
   int pidfd = -1;
   pid_t child_pid = 0;  // CLONE_PARENT_SETTID: written by the kernel before the child runs (see CloneWithPidfd)
+  int move_into_cgroup = 0;  // set by the clone(2) fallback on v2, before child_pid (see CloneWithPidfd)
   const IdRange& lease = ids;
   absl::Status map_status;
   std::jthread mapper([&, sync_write = std::move(sync_write)]() mutable {
@@ -341,6 +348,10 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
           pid = __atomic_load_n(&child_pid, __ATOMIC_ACQUIRE);
         }
         if (pid == 0) map_status = absl::DeadlineExceededError("the jail child's pid never arrived");
+        // The clone(2) fallback could not clone it into its cgroup (v2): it joins before it goes on.
+        if (pid != 0 && __atomic_load_n(&move_into_cgroup, __ATOMIC_RELAXED) != 0) {
+          map_status = jail->cgroup_->AddProcess(pid);
+        }
         if (map_status.ok() && lease.rootless()) map_status = WriteProcFile(pid, "setgroups", "deny");
         if (map_status.ok()) map_status = WriteProcFile(pid, "uid_map", lease.UidMap(spec.uid));
         if (map_status.ok()) map_status = WriteProcFile(pid, "gid_map", lease.GidMap(spec.gid));
@@ -369,7 +380,8 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
       if (fd >= 0) PidfdSendSignal(fd, SIGKILL);
     }
   });
-  const pid_t pid = StartChild(flags, &pidfd, &child_pid, jail->cgroup_ ? jail->cgroup_->v2_dir_fd() : -1, child);
+  const pid_t pid = StartChild(flags, &pidfd, &child_pid, jail->cgroup_ ? jail->cgroup_->v2_dir_fd() : -1,
+                               &move_into_cgroup, child);
   const int clone_errno = errno;
   if (pid > 0) {
     jail->pid_ = pid;

@@ -475,6 +475,14 @@ TEST_F(JailTest, WithoutClone3TheClone2FallbackBuildsTheSameJail) {
   EXPECT_EQ(Field(run.out, "uid"), "1000");
   EXPECT_EQ(StatusLine(run.out, "CapEff"), "0000000000000000");
   EXPECT_EQ(StatusLine(run.out, "NoNewPrivs"), "1");
+
+  // And in its cgroup: on v2 clone(2) cannot clone into it (no CLONE_INTO_CGROUP), so the child is moved
+  // there before it goes on; its memory limit holds and the kernel's reason comes back.
+  inv.flags = {"--memory-limit", "64M"};
+  inv.command = {"/probe", "memhog", "1024"};
+  AgentRun hog = RunAgent(inv);
+  EXPECT_EQ(hog.outcome["reason"], "memory_limit") << hog.outcome.dump() << hog.err;
+  EXPECT_GT(hog.outcome["usage"]["max_memory_bytes"].get<uint64_t>(), 32ull << 20) << hog.outcome.dump();
 }
 
 // --- Bad input -------------------------------------------------------------------------------------------

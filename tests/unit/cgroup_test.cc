@@ -178,6 +178,27 @@ TEST(CgroupLayoutFromProcTest, PureV2OnASystemdHost) {
   EXPECT_EQ(layout->v1_pids, "");
 }
 
+// A process already in the leaf "<x>/agent" (an earlier agent moved its caller there, or a restarted agent is
+// its child) uses "<x>/sandbox-agent", beside the leaf: the same parent as the agent before it, so a restarted
+// agent finds the cgroups a dead one left, and repeated runs do not nest one level deeper each time.
+TEST(CgroupLayoutFromProcTest, V2FromTheAgentLeafUsesTheParentBesideIt) {
+  constexpr char kMountinfo[] =
+      R"(26 24 0:24 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate
+)";
+  absl::StatusOr<CgroupLayout> layout =
+      CgroupLayoutFromProc(kMountinfo, "0::/system.slice/ci.service/agent\n", "sandbox-agent");
+  ASSERT_TRUE(layout.ok()) << layout.status();
+  EXPECT_EQ(layout->v2_parent, "/sys/fs/cgroup/system.slice/ci.service/sandbox-agent");
+  // Only the leaf of that name: a cgroup merely containing "agent" in its name is ours as it is.
+  layout = CgroupLayoutFromProc(kMountinfo, "0::/system.slice/agent.service\n", "sandbox-agent");
+  ASSERT_TRUE(layout.ok()) << layout.status();
+  EXPECT_EQ(layout->v2_parent, "/sys/fs/cgroup/system.slice/agent.service/sandbox-agent");
+  // The root cgroup's "agent" child has nothing above it to use.
+  layout = CgroupLayoutFromProc(kMountinfo, "0::/agent\n", "sandbox-agent");
+  ASSERT_TRUE(layout.ok()) << layout.status();
+  EXPECT_EQ(layout->v2_parent, "/sys/fs/cgroup/sandbox-agent");
+}
+
 TEST(CgroupLayoutFromProcTest, V2InAContainerStripsTheMountRoot) {
   constexpr char kMountinfo[] =
       R"(1432 1400 0:310 / / rw,relatime master:512 - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w
@@ -190,11 +211,12 @@ TEST(CgroupLayoutFromProcTest, V2InAContainerStripsTheMountRoot) {
   EXPECT_EQ(layout->version, CgroupVersion::kV2);
   EXPECT_EQ(layout->v2_parent, "/sys/fs/cgroup/sandbox-agent");
 
-  // The agent already moved itself into a leaf below the container's cgroup.
+  // A process in the leaf an agent moved itself (and its caller) into below the container's cgroup: the
+  // sessions' parent is the one beside that leaf, as for the agent before it.
   layout = CgroupLayoutFromProc(kMountinfo, "0::/kubepods/burstable/pod5b3c9a1e/4f5e2d1c/agent\n",
                                 "sandbox-agent");
   ASSERT_TRUE(layout.ok()) << layout.status();
-  EXPECT_EQ(layout->v2_parent, "/sys/fs/cgroup/agent/sandbox-agent");
+  EXPECT_EQ(layout->v2_parent, "/sys/fs/cgroup/sandbox-agent");
 
   // A sibling path that merely shares a prefix is not below the mount root.
   layout =
