@@ -181,9 +181,11 @@ TEST(EventLogTest, ChunksCloseAtTheirSizeAndWhenTheStreamChanges) {
 
 TEST(EventLogTest, AFollowingReaderGetsAnOpenChunkOnlyOnceItClosed) {
   EventLog log("s");
+  // The hold counts from when the chunk opened, so the clock starts before "a" opens it (started after, a
+  // loaded machine's thread start could use up the hold before the reader comes).
+  const auto start = Clock::now();
   log.AppendOutput("c", pb::STDOUT, 0, "a");
   std::thread writer([&] { log.AppendOutput("c", pb::STDOUT, 1, "b"); });
-  const auto start = Clock::now();
   std::vector<EventLog::EventPtr> out;
   ASSERT_EQ(log.Read(0, 10, Clock::now() + std::chrono::seconds(5), [] { return false; }, &out),
             EventLog::ReadResult::kEvents);

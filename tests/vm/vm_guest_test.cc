@@ -275,6 +275,9 @@ TEST_F(AgentUnitTest, AForkBombEndsTheSessionWithThePidsLimitFromPidsEvents) {
 // tried first: it follows every jail child too, and under TCG that was far too slow; a kprobe on
 // cgroup_kill_write was refused by this kernel. cgroup.kill itself is checked on this kernel by cgroup_test's
 // RealCgroupTest, which the suite runs in the guest; here the teardown must leave no process and no cgroup.)
+// Teardown is a cgroup-wide kill: a process the test moves into the session's cgroup from outside the jail
+// (so outside its pid namespace, which ending the jail's init cannot reach) dies of SIGKILL with it. On this
+// kernel (6.1) that kill is cgroup.kill; the freeze-and-kill fallback is for kernels before 5.14.
 TEST_F(AgentUnitTest, JailsAreBornInTheirCgroupAndTornDownWithNothingLeft) {
   const std::string t = "/sys/kernel/tracing";
   if (!fs::exists(t + "/events/cgroup/cgroup_attach_task")) GTEST_SKIP() << "no tracefs at " << t;
@@ -309,8 +312,34 @@ TEST_F(AgentUnitTest, JailsAreBornInTheirCgroupAndTornDownWithNothingLeft) {
   EXPECT_THAT(trace, ::testing::Not(HasSubstr("session-" + s.id())))
       << "a process was migrated into the session's cgroup instead of being cloned into it:\n" << trace;
 
+  // A process of the host's pid namespace, moved into the session's cgroup (after the trace was read).
+  const pid_t outsider = fork();
+  ASSERT_GE(outsider, 0);
+  if (outsider == 0) {
+    execl("/bin/sleep", "sleep", "300", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  {
+    std::ofstream procs(cg + "/cgroup.procs");
+    procs << outsider << "\n";
+    procs.flush();
+    EXPECT_TRUE(procs.good()) << "cannot move pid " << outsider << " into " << cg;
+  }
+
   ASSERT_TRUE(Delete(stub_.get(), s.id()).ok());
   sleeper.join();
+  int wstatus = 0;
+  pid_t reaped = 0;
+  EXPECT_TRUE(WaitFor([&] {
+    reaped = waitpid(outsider, &wstatus, WNOHANG);
+    return reaped == outsider;
+  })) << "pid " << outsider << " in the session's cgroup outlived its teardown";
+  if (reaped != outsider) {
+    kill(outsider, SIGKILL);
+    waitpid(outsider, &wstatus, 0);
+  } else {
+    EXPECT_TRUE(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL) << "wait status " << wstatus;
+  }
   EXPECT_TRUE(WaitFor([&] { return !fs::exists(cg); })) << cg << " is left";
   for (pid_t p : jail) EXPECT_FALSE(fs::exists("/proc/" + std::to_string(p))) << "jail process " << p << " is left";
 }
