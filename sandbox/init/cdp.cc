@@ -1161,9 +1161,13 @@ bool Browser::WaitFor(const std::string& selector, const std::string& text, int 
     json found;
     const int left = static_cast<int>(std::max<int64_t>(1000, deadline - NowMs()));
     if (!EvaluateValue(expression, left, &found, error)) {
-      // A navigation in between destroys the context the evaluate ran in: try again.
+      // A navigation in between destroys the context the evaluate ran in ("Execution context was destroyed",
+      // "Cannot find context with specified id"), or Chromium answers an evaluate that was in flight when the
+      // navigation began with "Inspected target navigated or closed": try again. A target that really closed
+      // fails Check() or runs into the deadline.
       if (!Check(error)) return false;
-      if (error->find("context") == std::string::npos) {
+      if (error->find("context") == std::string::npos &&
+          error->find("Inspected target navigated or closed") == std::string::npos) {
         *error = "wait_for: " + *error;
         return false;
       }
