@@ -218,17 +218,21 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
     bool reserved;
     bool started = false;
     ~Unstart() {
+      if (started) return;  // counted as a session from the moment it was one (below)
       std::lock_guard lock(self->mu_);
       --self->starting_;
-      if (reserved && !started) ++self->reserved_;
+      if (reserved) ++self->reserved_;
     }
   } unstart{this, from_reservation};
 
   ASSIGN_OR_RETURN(std::shared_ptr<Session> session, StartSession(request, session_id));
   pb::Session described = session->Describe();
   std::lock_guard lock(mu_);
+  // In the same critical section that makes it a session: counted in starting_ and in sessions_ at once,
+  // it took two slots for a moment, and a fleet grant's TryReserve then was refused for capacity.
   sessions_[session->id()] = session;
   if (from_reservation) held_ids_.insert(session->id());
+  --starting_;
   unstart.started = true;
   if (!request.idempotency_key().empty()) {
     idempotency_[request.idempotency_key()] = Idempotent{request_bytes, session->id()};
