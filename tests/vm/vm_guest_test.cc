@@ -29,6 +29,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "absl/cleanup/cleanup.h"
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
 #include "tests/e2e/daemon_fixture.h"
 
@@ -319,6 +320,13 @@ TEST_F(AgentUnitTest, JailsAreBornInTheirCgroupAndTornDownWithNothingLeft) {
     execl("/bin/sleep", "sleep", "300", static_cast<char*>(nullptr));
     _exit(127);
   }
+  // Killed and reaped on every way out of the test, an ASSERT's early return included (a no-op once reaped).
+  bool outsider_reaped = false;
+  absl::Cleanup reap_outsider = [&] {
+    if (outsider_reaped) return;
+    kill(outsider, SIGKILL);
+    waitpid(outsider, nullptr, 0);
+  };
   {
     std::ofstream procs(cg + "/cgroup.procs");
     procs << outsider << "\n";
@@ -334,10 +342,8 @@ TEST_F(AgentUnitTest, JailsAreBornInTheirCgroupAndTornDownWithNothingLeft) {
     reaped = waitpid(outsider, &wstatus, WNOHANG);
     return reaped == outsider;
   })) << "pid " << outsider << " in the session's cgroup outlived its teardown";
-  if (reaped != outsider) {
-    kill(outsider, SIGKILL);
-    waitpid(outsider, &wstatus, 0);
-  } else {
+  if (reaped == outsider) {
+    outsider_reaped = true;
     EXPECT_TRUE(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL) << "wait status " << wstatus;
   }
   EXPECT_TRUE(WaitFor([&] { return !fs::exists(cg); })) << cg << " is left";
