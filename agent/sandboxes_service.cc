@@ -51,6 +51,7 @@ const char* ToolName(const pb::ToolCall& call) {
     case pb::ToolCall::kMkdir: return "mkdir";
     case pb::ToolCall::kDesktop: return "desktop";
     case pb::ToolCall::kBrowser: return "browser";
+    case pb::ToolCall::kComputer: return "computer";
     case pb::ToolCall::TOOL_NOT_SET: break;
   }
   return "none";

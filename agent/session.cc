@@ -3,11 +3,14 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <array>
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "agent/cgroup_ledger.h"
+#include "agent/computer_use.h"
 #include "agent/jail_text.h"
 #include "agent/log.h"
 #include "sandbox/init/sha256.h"
@@ -404,6 +407,15 @@ absl::StatusOr<uint64_t> Session::StartCall(const std::string& call_id, const pb
       }
       return seq;
     }
+    case pb::ToolCall::kComputer: {
+      absl::StatusOr<pb::ToolResult> result = RunComputer(call_id, call.computer());
+      FinishCall(call_id, result);
+      if (result.status().code() == absl::StatusCode::kUnavailable && init_->healthy() &&
+          options_.kind == pb::DESKTOP) {
+        End(pb::Outcome::FAILED, "display_lost", std::string(result.status().message()));
+      }
+      return seq;
+    }
     case pb::ToolCall::kBrowser: {
       absl::StatusOr<pb::ToolResult> result = RunBrowser(call_id, call.browser());
       FinishCall(call_id, result);
@@ -593,6 +605,35 @@ absl::StatusOr<std::pair<int, int>> ToDisplay(const pb::CoordinateSpace& space, 
   return std::make_pair(dx, dy);
 }
 
+// Maps the region [x0, x1) x [y0, y1) of the caller's space onto display pixels: the smallest display
+// rectangle that covers it (edges, not pixel centers: x1 == the space's width is the display's right edge).
+absl::StatusOr<std::array<int, 4>> RegionToDisplay(const pb::CoordinateSpace& space, uint32_t dw, uint32_t dh,
+                                                   const pb::DesktopAction::Zoom& z) {
+  if ((space.width() == 0) != (space.height() == 0)) {
+    return absl::InvalidArgumentError("desktop.space: give both width and height, or neither");
+  }
+  const int64_t sw = space.width() == 0 ? dw : space.width();
+  const int64_t sh = space.height() == 0 ? dh : space.height();
+  if (z.x0() < 0 || z.y0() < 0 || z.x1() <= z.x0() || z.y1() <= z.y0() || z.x1() > sw || z.y1() > sh) {
+    return absl::InvalidArgumentError(absl::StrCat("desktop.zoom: the region [", z.x0(), ", ", z.y0(), ", ", z.x1(),
+                                                   ", ", z.y1(), "] is empty or not inside the ", sw, "x", sh,
+                                                   " coordinate space"));
+  }
+  const int x0 = static_cast<int>((int64_t{z.x0()} * dw) / sw);
+  const int y0 = static_cast<int>((int64_t{z.y0()} * dh) / sh);
+  const int x1 = static_cast<int>((int64_t{z.x1()} * dw + sw - 1) / sw);
+  const int y1 = static_cast<int>((int64_t{z.y1()} * dh + sh - 1) / sh);
+  return std::array<int, 4>{x0, y0, std::max(x1, x0 + 1), std::max(y1, y0 + 1)};
+}
+
+// A modifier chord of a click or scroll: at most 256 bytes.
+absl::Status CheckModifiers(const std::string& modifiers, std::string_view field) {
+  if (modifiers.size() > 256) {
+    return absl::InvalidArgumentError(absl::StrCat("desktop.", ToAbsl(field), ".modifiers: at most 256 bytes"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, const pb::DesktopAction& action) {
@@ -632,9 +673,26 @@ absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, c
       d->set_y(static_cast<int>(((2 * int64_t{pos.second} + 1) * sh) / (2 * int64_t{dh})));
       return result;
     }
+    case pb::DesktopAction::kZoom: {
+      ASSIGN_OR_RETURN(const auto region, RegionToDisplay(space, dw, dh, action.zoom()));
+      ASSIGN_OR_RETURN(sandbox::Screenshot shot,
+                       init_->Zoom(region[0], region[1], region[2], region[3],
+                                   DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
+      ASSIGN_OR_RETURN(const std::string path, AppendImage(call_id, shot, "png"));
+      pb::DesktopResult* d = result.mutable_desktop();
+      d->set_image_path(path);
+      d->set_sha256(shot.sha256);
+      d->set_image_bytes(shot.png.size());
+      d->set_image_width(shot.width);
+      d->set_image_height(shot.height);
+      d->set_display_width(shot.display_width);
+      d->set_display_height(shot.display_height);
+      d->set_scale(1.0);  // display pixels
+      return result;
+    }
     case pb::DesktopAction::kWait: {
       const uint32_t ms = action.wait().ms();
-      if (ms > 60000) return absl::InvalidArgumentError("desktop.wait.ms: at most 60000");
+      if (ms > 100000) return absl::InvalidArgumentError("desktop.wait.ms: at most 100000");
       std::this_thread::sleep_for(std::chrono::milliseconds(ms));
       result.set_done(true);
       return result;
@@ -659,7 +717,46 @@ absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, c
         in.x = p.first;
         in.y = p.second;
       }
+      RETURN_IF_ERROR(CheckModifiers(c.modifiers(), "click"));
+      in.modifiers = c.modifiers();
       break;
+    }
+    case pb::DesktopAction::kMouseDown:
+    case pb::DesktopAction::kMouseUp: {
+      const bool down = action.has_mouse_down();
+      const pb::DesktopAction::Button button = down ? action.mouse_down().button() : action.mouse_up().button();
+      const bool has_x = down ? action.mouse_down().has_x() : action.mouse_up().has_x();
+      const bool has_y = down ? action.mouse_down().has_y() : action.mouse_up().has_y();
+      const std::string_view field = down ? "mouse_down" : "mouse_up";
+      in.kind = down ? sandbox::DesktopInputSpec::Kind::kMouseDown : sandbox::DesktopInputSpec::Kind::kMouseUp;
+      in.button = button == pb::DesktopAction::RIGHT ? 3 : button == pb::DesktopAction::MIDDLE ? 2 : 1;
+      if (has_x != has_y) {
+        return absl::InvalidArgumentError(absl::StrCat("desktop.", ToAbsl(field), ": give both x and y, or neither"));
+      }
+      if (has_x) {
+        const int x = down ? action.mouse_down().x() : action.mouse_up().x();
+        const int y = down ? action.mouse_down().y() : action.mouse_up().y();
+        ASSIGN_OR_RETURN(auto p, ToDisplay(space, dw, dh, x, y, field));
+        in.has_point = true;
+        in.x = p.first;
+        in.y = p.second;
+      }
+      break;
+    }
+    case pb::DesktopAction::kHoldKey: {
+      const pb::DesktopAction::HoldKey& h = action.hold_key();
+      in.kind = sandbox::DesktopInputSpec::Kind::kHoldKey;
+      in.text = h.chord();
+      if (in.text.empty() || in.text.size() > 256) {
+        return absl::InvalidArgumentError("desktop.hold_key.chord: 1 to 256 bytes, e.g. \"shift\"");
+      }
+      if (h.duration_ms() > 100000) return absl::InvalidArgumentError("desktop.hold_key.duration_ms: at most 100000");
+      in.duration_ms = h.duration_ms();
+      // The call lasts the hold plus the usual time for the rest.
+      RETURN_IF_ERROR(
+          init_->DesktopInput(in, DriverCallTimeoutMs(kDefaultDesktopCallMs + h.duration_ms(), expires_)));
+      result.set_done(true);
+      return result;
     }
     case pb::DesktopAction::kLeftClickDrag: {
       const pb::DesktopAction::Drag& g = action.left_click_drag();
@@ -685,6 +782,8 @@ absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, c
         in.x = p.first;
         in.y = p.second;
       }
+      RETURN_IF_ERROR(CheckModifiers(sc.modifiers(), "scroll"));
+      in.modifiers = sc.modifiers();
       break;
     }
     case pb::DesktopAction::kKey:
@@ -701,11 +800,65 @@ absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, c
       break;
     case pb::DesktopAction::ACTION_NOT_SET:
       return absl::InvalidArgumentError(
-          "desktop: no action given (screenshot, mouse_move, click, left_click_drag, scroll, key, type, "
-          "cursor_position, wait)");
+          "desktop: no action given (screenshot, mouse_move, click, left_click_drag, mouse_down, mouse_up, scroll, "
+          "key, hold_key, type, cursor_position, wait, zoom)");
   }
   RETURN_IF_ERROR(init_->DesktopInput(in, DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
   result.set_done(true);
+  return result;
+}
+
+absl::StatusOr<pb::ToolResult> Session::RunComputer(const std::string& call_id, const pb::ComputerUse& call) {
+  if (options_.kind != pb::DESKTOP) {
+    return absl::FailedPreconditionError("computer: this is not a desktop session (create it with kind DESKTOP)");
+  }
+  ASSIGN_OR_RETURN(const ComputerPlan plan, PlanComputerUse(call));
+  const uint32_t dw = options_.display_width, dh = options_.display_height;
+  pb::ToolResult result;
+  pb::ComputerResult* out = result.mutable_computer();
+  auto put_image = [out](const sandbox::Screenshot& shot) {
+    out->set_image_base64(absl::Base64Escape(shot.png));
+    out->set_media_type("image/png");
+    out->set_image_width(shot.width);
+    out->set_image_height(shot.height);
+  };
+  for (const pb::DesktopAction& step : plan.steps) {
+    if (step.has_zoom()) {
+      // The image goes into the result, not out as file events.
+      ASSIGN_OR_RETURN(const auto region, RegionToDisplay(step.space(), dw, dh, step.zoom()));
+      ASSIGN_OR_RETURN(sandbox::Screenshot shot,
+                       init_->Zoom(region[0], region[1], region[2], region[3],
+                                   DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
+      put_image(shot);
+      continue;
+    }
+    RETURN_IF_ERROR(RunDesktop(call_id, step).status());
+  }
+  switch (plan.show) {
+    case ComputerPlan::Show::kNothing:
+    case ComputerPlan::Show::kZoom:
+      break;
+    case ComputerPlan::Show::kScreenshot: {
+      // In the declared space's width (scaled down when it is smaller than the display), so the model's
+      // coordinates are the screenshot's.
+      const uint32_t target = call.display_width_px() != 0 && call.display_width_px() < dw ? call.display_width_px() : 0;
+      ASSIGN_OR_RETURN(sandbox::Screenshot shot,
+                       init_->TakeScreenshot(target, DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
+      put_image(shot);
+      break;
+    }
+    case ComputerPlan::Show::kCursorPosition: {
+      pb::DesktopAction where;
+      where.mutable_cursor_position();
+      if (call.display_width_px() != 0) {
+        where.mutable_space()->set_width(call.display_width_px());
+        where.mutable_space()->set_height(call.display_height_px());
+      }
+      ASSIGN_OR_RETURN(const pb::ToolResult pos, RunDesktop(call_id, where));
+      out->set_text(absl::StrCat("X=", pos.desktop().x(), ",Y=", pos.desktop().y()));
+      break;
+    }
+  }
   return result;
 }
 

@@ -587,6 +587,8 @@ absl::Status InitClient::DesktopInput(const DesktopInputSpec& input, uint32_t ca
   d->set_direction(input.direction);
   d->set_amount(input.amount);
   d->set_text(input.text);
+  d->set_modifiers(input.modifiers);
+  d->set_duration_ms(input.duration_ms);
   return state_->Call(std::move(request), pb::Response::kOk, "desktop_input", DriverTimeout(call_timeout_ms))
       .status();
 }
@@ -603,6 +605,17 @@ absl::StatusOr<Screenshot> InitClient::TakeScreenshot(uint32_t target_width, uin
   pb::Request request;
   request.mutable_desktop_input()->set_kind(pb::DesktopInput::KIND_SCREENSHOT);
   request.mutable_desktop_input()->set_target_width(target_width);
+  return FetchScreenshot(std::move(request), call_timeout_ms);
+}
+
+absl::StatusOr<Screenshot> InitClient::Zoom(int x0, int y0, int x1, int y1, uint32_t call_timeout_ms) {
+  pb::Request request;
+  pb::DesktopInput* d = request.mutable_desktop_input();
+  d->set_kind(pb::DesktopInput::KIND_ZOOM);
+  d->set_x(x0);
+  d->set_y(y0);
+  d->set_x2(x1);
+  d->set_y2(y1);
   return FetchScreenshot(std::move(request), call_timeout_ms);
 }
 

@@ -51,7 +51,8 @@ struct DesktopInfo {
 
 // One input action, in display pixels.
 struct DesktopInputSpec {
-  enum class Kind { kMove = 1, kClick = 2, kDrag = 3, kScroll = 4, kKey = 5, kType = 6 };
+  enum class Kind { kMove = 1, kClick = 2, kDrag = 3, kScroll = 4, kKey = 5, kType = 6, kMouseDown = 9,
+                    kMouseUp = 10, kHoldKey = 11 };
   Kind kind = Kind::kMove;
   int x = 0, y = 0, x2 = 0, y2 = 0;
   bool has_point = false;
@@ -60,6 +61,8 @@ struct DesktopInputSpec {
   int direction = 0;  // scroll: 0 up, 1 down, 2 left, 3 right
   int amount = 1;
   std::string text;   // key chord or text
+  std::string modifiers;  // click, scroll: a chord of keys held during the action ("shift", "ctrl+alt")
+  uint32_t duration_ms = 0;  // hold_key
 };
 
 struct Screenshot {
@@ -145,6 +148,8 @@ class InitClient {
   absl::StatusOr<std::pair<int, int>> PointerPosition(uint32_t call_timeout_ms = 0);
   // A PNG of the display, scaled down to target_width (0: native); fetched in chunks, sha256 checked.
   absl::StatusOr<Screenshot> TakeScreenshot(uint32_t target_width, uint32_t call_timeout_ms = 0);
+  // The display pixels of [x0, x1) x [y0, y1) at native resolution (display pixels, not scaled).
+  absl::StatusOr<Screenshot> Zoom(int x0, int y0, int x1, int y1, uint32_t call_timeout_ms = 0);
 
   // Browser sessions: starts headless Chromium inside the jail (proxy: --proxy-server, or empty).
   absl::Status BrowserStart(uint32_t width, uint32_t height, std::string_view proxy);

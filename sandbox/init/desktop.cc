@@ -814,21 +814,21 @@ bool Desktop::Sync(std::string* error) {
   return Fail(e, error);
 }
 
-bool Desktop::Screenshot(uint32_t target_width, DesktopImage* out, std::string* error) {
-  if (!Check(error)) return false;
+bool Desktop::Capture(uint32_t x0, uint32_t y0, uint32_t w, uint32_t h, std::vector<uint8_t>* rgb,
+                      std::string* error) {
   XConnection& x = *x_;
   x.DrainEvents();
-  const uint32_t w = width_, h = height_;
   const PixelFormat& f = x.format_;
   const uint32_t stride = ((w * f.bits_per_pixel + f.scanline_pad - 1) / f.scanline_pad) * f.scanline_pad / 8;
   const uint32_t strip = static_cast<uint32_t>(std::max<size_t>(1, std::min<size_t>(h, kStripBytes / stride)));
-  std::vector<uint8_t> rgb(static_cast<size_t>(w) * h * 3);
+  rgb->assign(static_cast<size_t>(w) * h * 3, 0);
   for (uint32_t y = 0; y < h; y += strip) {
     const uint32_t rows = std::min(strip, h - y);
     XPtr<xcb_get_image_reply_t> image;
     std::string e;
-    if (!x.AwaitTyped(xcb_get_image(x.c_, XCB_IMAGE_FORMAT_Z_PIXMAP, x.root_, 0, static_cast<int16_t>(y),
-                                    static_cast<uint16_t>(w), static_cast<uint16_t>(rows), ~0u)
+    if (!x.AwaitTyped(xcb_get_image(x.c_, XCB_IMAGE_FORMAT_Z_PIXMAP, x.root_, static_cast<int16_t>(x0),
+                                    static_cast<int16_t>(y0 + y), static_cast<uint16_t>(w),
+                                    static_cast<uint16_t>(rows), ~0u)
                           .sequence,
                       &image, "screenshot: GetImage", &e)) {
       return Fail(e, error);
@@ -839,8 +839,16 @@ bool Desktop::Screenshot(uint32_t target_width, DesktopImage* out, std::string* 
                       std::to_string(image->depth) + " for " + std::to_string(rows) + " rows",
                   error);
     }
-    ToRgb(f, xcb_get_image_data(image.get()), stride, w, rows, rgb.data() + static_cast<size_t>(y) * w * 3);
+    ToRgb(f, xcb_get_image_data(image.get()), stride, w, rows, rgb->data() + static_cast<size_t>(y) * w * 3);
   }
+  return true;
+}
+
+bool Desktop::Screenshot(uint32_t target_width, DesktopImage* out, std::string* error) {
+  if (!Check(error)) return false;
+  const uint32_t w = width_, h = height_;
+  std::vector<uint8_t> rgb;
+  if (!Capture(0, 0, w, h, &rgb, error)) return false;
   uint32_t tw = w, th = h;
   if (target_width != 0 && target_width < w) {
     tw = target_width;
@@ -858,13 +866,36 @@ bool Desktop::Screenshot(uint32_t target_width, DesktopImage* out, std::string* 
   return true;
 }
 
+bool Desktop::Zoom(Point from, Point to, DesktopImage* out, std::string* error) {
+  if (!Check(error)) return false;
+  if (from.x < 0 || from.y < 0 || to.x <= from.x || to.y <= from.y || static_cast<uint32_t>(to.x) > width_ ||
+      static_cast<uint32_t>(to.y) > height_) {
+    *error = "zoom: the region (" + std::to_string(from.x) + ", " + std::to_string(from.y) + ") - (" +
+             std::to_string(to.x) + ", " + std::to_string(to.y) + ") is empty or not inside the display (" +
+             std::to_string(width_) + "x" + std::to_string(height_) + ")";
+    return false;
+  }
+  const uint32_t w = static_cast<uint32_t>(to.x - from.x), h = static_cast<uint32_t>(to.y - from.y);
+  std::vector<uint8_t> rgb;
+  if (!Capture(static_cast<uint32_t>(from.x), static_cast<uint32_t>(from.y), w, h, &rgb, error)) return false;
+  DesktopImage image;
+  if (!EncodePng(rgb.data(), w, h, &image.png, error)) return false;
+  image.width = w;
+  image.height = h;
+  image.display_width = width_;
+  image.display_height = height_;
+  *out = std::move(image);
+  return true;
+}
+
 bool Desktop::MouseMove(Point p, std::string* error) {
   if (!Check(error) || !CheckPoint(p, error)) return false;
   x_->FakeMotion(p.x, p.y);
   return Sync(error);
 }
 
-bool Desktop::Click(Button b, int count, std::optional<Point> at, std::string* error) {
+bool Desktop::Click(Button b, int count, std::optional<Point> at, std::string_view modifiers,
+                    std::string* error) {
   if (!Check(error)) return false;
   if (count < 1 || count > 3) {
     *error = "click: the count " + std::to_string(count) + " is outside 1..3";
@@ -877,9 +908,36 @@ bool Desktop::Click(Button b, int count, std::optional<Point> at, std::string* e
   }
   if (at && !CheckPoint(*at, error)) return false;
   if (at) x_->FakeMotion(at->x, at->y);
+  std::vector<uint8_t> held;
+  if (!modifiers.empty()) {
+    if (!PressChord(modifiers, "click: modifiers", &held, error)) {
+      ReleaseKeys(&held);
+      std::string e;
+      Sync(&e);
+      return false;
+    }
+  }
   for (int i = 0; i < count; ++i) {
     x_->FakeButton(true, static_cast<uint8_t>(button));
     x_->FakeButton(false, static_cast<uint8_t>(button));
+  }
+  ReleaseKeys(&held);
+  return Sync(error);
+}
+
+bool Desktop::MouseButton(Button b, bool down, std::optional<Point> at, std::string* error) {
+  if (!Check(error)) return false;
+  const int button = static_cast<int>(b);
+  if (button < 1 || button > 3) {
+    *error = std::string(down ? "mouse down" : "mouse up") + ": unknown button " + std::to_string(button);
+    return false;
+  }
+  if (at && !CheckPoint(*at, error)) return false;
+  if (at) x_->FakeMotion(at->x, at->y);
+  const uint8_t bit = static_cast<uint8_t>(1u << (button - 1));
+  if (down != ((buttons_held_ & bit) != 0)) {
+    x_->FakeButton(down, static_cast<uint8_t>(button));
+    buttons_held_ = static_cast<uint8_t>(down ? (buttons_held_ | bit) : (buttons_held_ & ~bit));
   }
   return Sync(error);
 }
@@ -899,7 +957,8 @@ bool Desktop::Drag(Point from, Point to, std::string* error) {
   return Sync(error);
 }
 
-bool Desktop::Scroll(ScrollDirection d, int amount, std::optional<Point> at, std::string* error) {
+bool Desktop::Scroll(ScrollDirection d, int amount, std::optional<Point> at, std::string_view modifiers,
+                     std::string* error) {
   if (!Check(error)) return false;
   if (amount < 1 || amount > 100) {
     *error = "scroll: the amount " + std::to_string(amount) + " is outside 1..100";
@@ -917,48 +976,102 @@ bool Desktop::Scroll(ScrollDirection d, int amount, std::optional<Point> at, std
   }
   if (at && !CheckPoint(*at, error)) return false;
   if (at) x_->FakeMotion(at->x, at->y);
+  std::vector<uint8_t> held;
+  if (!modifiers.empty()) {
+    if (!PressChord(modifiers, "scroll: modifiers", &held, error)) {
+      ReleaseKeys(&held);
+      std::string e;
+      Sync(&e);
+      return false;
+    }
+  }
   for (int i = 0; i < amount; ++i) {
     x_->FakeButton(true, button);
     x_->FakeButton(false, button);
   }
+  ReleaseKeys(&held);
   return Sync(error);
 }
 
-bool Desktop::Key(std::string_view chord, std::string* error) {
-  if (!Check(error)) return false;
+bool Desktop::PressChord(std::string_view chord, std::string_view what, std::vector<uint8_t>* pressed,
+                         std::string* error) {
+  const std::string prefix = std::string(what) + ": ";
   std::vector<std::string> names;
-  if (!SplitChord(chord, &names, error)) return false;
+  if (!SplitChord(chord, &names, error)) {
+    *error = prefix + error->substr(error->find(": ") + 2);  // SplitChord says "key: ..."
+    return false;
+  }
   std::vector<uint32_t> keysyms;
   for (const std::string& name : names) {
     const std::optional<uint32_t> keysym = ChordKeysym(name);
     if (!keysym) {
-      *error = "key: unknown key name " + Quote(name) + (names.size() > 1 ? " in " + Quote(chord) : "");
+      *error = prefix + "unknown key name " + Quote(name) + (names.size() > 1 ? " in " + Quote(chord) : "");
       return false;
     }
     keysyms.push_back(*keysym);
   }
   XConnection& x = *x_;
   std::string e;
-  if (!x.RefreshKeymap(&e)) return Fail("key: " + e, error);
-  // Press in order (Shift first for a keysym on the shifted level), release in reverse.
-  std::vector<xcb_keycode_t> pressed;
+  if (!x.RefreshKeymap(&e)) return Fail(prefix + e, error);
   const std::optional<XConnection::Stroke> shift = x.Find(kXkShiftL);
   for (uint32_t keysym : keysyms) {
     XConnection::Stroke s;
-    if (!x.Locate(keysym, pressed, &s, &e)) {
-      for (auto it = pressed.rbegin(); it != pressed.rend(); ++it) x.FakeKey(false, *it);
-      Sync(&e);
-      return Fail("key: " + e, error);
-    }
-    if (s.shift && shift && std::find(pressed.begin(), pressed.end(), shift->keycode) == pressed.end()) {
+    if (!x.Locate(keysym, *pressed, &s, &e)) return Fail(prefix + e, error);
+    if (s.shift && shift && std::find(pressed->begin(), pressed->end(), shift->keycode) == pressed->end()) {
       x.FakeKey(true, shift->keycode);
-      pressed.push_back(shift->keycode);
+      pressed->push_back(shift->keycode);
     }
-    if (std::find(pressed.begin(), pressed.end(), s.keycode) != pressed.end()) continue;  // "shift+shift"
+    if (std::find(pressed->begin(), pressed->end(), s.keycode) != pressed->end()) continue;  // "shift+shift"
     x.FakeKey(true, s.keycode);
-    pressed.push_back(s.keycode);
+    pressed->push_back(s.keycode);
   }
-  for (auto it = pressed.rbegin(); it != pressed.rend(); ++it) x.FakeKey(false, *it);
+  return true;
+}
+
+void Desktop::ReleaseKeys(std::vector<uint8_t>* pressed) {
+  if (x_ == nullptr) return;
+  for (auto it = pressed->rbegin(); it != pressed->rend(); ++it) x_->FakeKey(false, *it);
+  pressed->clear();
+}
+
+bool Desktop::Key(std::string_view chord, std::string* error) {
+  if (!Check(error)) return false;
+  // Press in order (Shift first for a keysym on the shifted level), release in reverse.
+  std::vector<uint8_t> pressed;
+  const bool ok = PressChord(chord, "key", &pressed, error);
+  ReleaseKeys(&pressed);
+  std::string e;
+  if (!ok) {
+    Sync(&e);
+    return false;
+  }
+  return Sync(error);
+}
+
+bool Desktop::HoldKey(std::string_view chord, int duration_ms, int cancel_fd, std::string* error) {
+  if (!Check(error)) return false;
+  if (duration_ms < 0 || duration_ms > kMaxHoldMs) {
+    *error = "hold_key: the duration " + std::to_string(duration_ms) + " ms is outside 0.." +
+             std::to_string(kMaxHoldMs);
+    return false;
+  }
+  std::vector<uint8_t> pressed;
+  // NOTE: every way out below releases what was pressed: a key left down would stay down for the session.
+  if (!PressChord(chord, "hold_key", &pressed, error) || !Sync(error)) {
+    ReleaseKeys(&pressed);
+    std::string e;
+    Sync(&e);
+    return false;
+  }
+  const int64_t until = NowMs() + duration_ms;
+  for (;;) {
+    const int64_t left = until - NowMs();
+    if (left <= 0) break;
+    pollfd p{cancel_fd, POLLIN, 0};
+    const int n = poll(&p, cancel_fd >= 0 ? 1 : 0, static_cast<int>(left));
+    if (n > 0) break;  // the server is stopping: release now
+  }
+  ReleaseKeys(&pressed);
   return Sync(error);
 }
 

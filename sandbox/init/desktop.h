@@ -75,13 +75,29 @@ class Desktop {
 
   // target_width 0 or >= width(): native size; else scaled down (area average) keeping the aspect ratio.
   bool Screenshot(uint32_t target_width, DesktopImage* out, std::string* error);
+  // The display pixels of [from.x, to.x) x [from.y, to.y) at native resolution (not scaled); display_width
+  // and display_height of *out are the display's.
+  bool Zoom(Point from, Point to, DesktopImage* out, std::string* error);
   bool MouseMove(Point p, std::string* error);
-  // Presses and releases `b` count (1..3) times, after moving to `at` if given.
-  bool Click(Button b, int count, std::optional<Point> at, std::string* error);
+  // Presses and releases `b` count (1..3) times, after moving to `at` if given. `modifiers` (a chord of keys,
+  // "shift", "ctrl+alt"; empty: none) are pressed before the first press and released after the last
+  // release, also when the click fails.
+  bool Click(Button b, int count, std::optional<Point> at, std::string_view modifiers, std::string* error);
+  // Presses (down) or releases `b`, after moving to `at` if given, and leaves it so: the button stays held
+  // across calls until a release (a drag done in steps). Pressing a held button, or releasing one that is
+  // not held, sends nothing (the X server would drop it anyway) and succeeds.
+  bool MouseButton(Button b, bool down, std::optional<Point> at, std::string* error);
   // Left button: move to `from`, press, move to `to` in a few steps, release.
   bool Drag(Point from, Point to, std::string* error);
-  // `amount` (1..100) clicks of buttons 4/5/6/7, after moving to `at` if given.
-  bool Scroll(ScrollDirection d, int amount, std::optional<Point> at, std::string* error);
+  // `amount` (1..100) clicks of buttons 4/5/6/7, after moving to `at` if given, with `modifiers` held as
+  // in Click.
+  bool Scroll(ScrollDirection d, int amount, std::optional<Point> at, std::string_view modifiers,
+              std::string* error);
+  // Presses the keys of `chord` (as Key does), holds them `duration_ms` (0..kMaxHoldMs), then releases them
+  // in reverse. The wait ends early when `cancel_fd` (>= 0) becomes readable (the server is stopping); the
+  // keys are released on every way out.
+  static constexpr int kMaxHoldMs = 100'000;
+  bool HoldKey(std::string_view chord, int duration_ms, int cancel_fd, std::string* error);
   // An xdotool-style chord: "ctrl+shift+t", "Return", "a", "F5", "super", "KP_Enter", "ctrl+alt+Delete".
   // Modifiers (ctrl/control, shift, alt, super/win/meta/cmd) and common aliases (enter, esc, del, pgup, ...)
   // are case-insensitive; other names are X keysym names (exact, else case-insensitive) or single characters.
@@ -101,6 +117,15 @@ class Desktop {
   bool Sync(std::string* error);  // a round trip: the server processed everything sent before
   bool Fail(const std::string& what, std::string* error);  // sets *error, marking the desktop dead if it is
   void Terminate();
+  // Captures [x, x + w) x [y, y + h) of the root window as packed RGB.
+  bool Capture(uint32_t x, uint32_t y, uint32_t w, uint32_t h, std::vector<uint8_t>* rgb, std::string* error);
+  // Presses the keys of `chord` in order (Shift first for a keysym on the shifted level); *pressed gets the
+  // keycodes pressed, for ReleaseKeys, also when it fails part way. `what` prefixes errors ("key").
+  bool PressChord(std::string_view chord, std::string_view what, std::vector<uint8_t>* pressed,
+                  std::string* error);
+  void ReleaseKeys(std::vector<uint8_t>* pressed);  // in reverse; sends only (a Sync follows)
+
+  uint8_t buttons_held_ = 0;  // bit (b - 1): button b was pressed by MouseButton and not released yet
 
   int display_ = 0;
   uint32_t width_ = 0, height_ = 0;

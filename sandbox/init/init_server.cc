@@ -1231,21 +1231,39 @@ bool DesktopReady(init::Desktop& d, pb::Response* r) {
 }
 
 // One desktop call, on the desktop's worker (DriverLane): touches `d` and `out` only; a screenshot is left in
-// `out` for the loop to keep.
-void RunDesktopInput(init::Desktop& d, const pb::DesktopInput& q, DriverResult* out) {
+// `out` for the loop to keep. `cancel_fd` becomes readable when serving ends (a hold_key stops waiting);
+// `deadline_ms` is the call's own deadline (a hold_key must end within it).
+void RunDesktopInput(init::Desktop& d, const pb::DesktopInput& q, int cancel_fd, int64_t deadline_ms,
+                     DriverResult* out) {
   pb::Response* r = &out->response;
   if (!DesktopReady(d, r)) return;
   std::string error;
   bool ok = false;
   const std::optional<init::Point> at =
       q.has_point() ? std::optional<init::Point>(init::Point{q.x(), q.y()}) : std::nullopt;
+  auto keep_image = [out](init::DesktopImage image) {
+    out->has_image = true;
+    out->image = std::move(image.png);
+    out->width = image.width;
+    out->height = image.height;
+    out->display_width = image.display_width;
+    out->display_height = image.display_height;
+  };
   switch (q.kind()) {
     case pb::DesktopInput::KIND_MOVE:
       ok = d.MouseMove(init::Point{q.x(), q.y()}, &error);
       break;
     case pb::DesktopInput::KIND_CLICK:
       if (q.button() < 1 || q.button() > 3) return SetError(r, pb::CODE_INVALID_ARGUMENT, "click: button must be 1..3");
-      ok = d.Click(static_cast<init::Button>(q.button()), q.count(), at, &error);
+      ok = d.Click(static_cast<init::Button>(q.button()), q.count(), at, q.modifiers(), &error);
+      break;
+    case pb::DesktopInput::KIND_MOUSE_DOWN:
+    case pb::DesktopInput::KIND_MOUSE_UP:
+      if (q.button() < 1 || q.button() > 3) {
+        return SetError(r, pb::CODE_INVALID_ARGUMENT, "mouse down/up: button must be 1..3");
+      }
+      ok = d.MouseButton(static_cast<init::Button>(q.button()), q.kind() == pb::DesktopInput::KIND_MOUSE_DOWN, at,
+                         &error);
       break;
     case pb::DesktopInput::KIND_DRAG:
       ok = d.Drag(init::Point{q.x(), q.y()}, init::Point{q.x2(), q.y2()}, &error);
@@ -1254,11 +1272,29 @@ void RunDesktopInput(init::Desktop& d, const pb::DesktopInput& q, DriverResult* 
       if (q.direction() < 0 || q.direction() > 3) {
         return SetError(r, pb::CODE_INVALID_ARGUMENT, "scroll: direction must be 0..3");
       }
-      ok = d.Scroll(static_cast<init::ScrollDirection>(q.direction()), q.amount(), at, &error);
+      ok = d.Scroll(static_cast<init::ScrollDirection>(q.direction()), q.amount(), at, q.modifiers(), &error);
       break;
     case pb::DesktopInput::KIND_KEY:
       ok = d.Key(q.text(), &error);
       break;
+    case pb::DesktopInput::KIND_HOLD_KEY: {
+      // The keys must be up again before the call's deadline: hold at most what is left of it, less a
+      // margin for pressing, releasing and the round trips.
+      constexpr int64_t kReleaseMarginMs = 1000;
+      const int64_t left = deadline_ms - init::internal::NowMs() - kReleaseMarginMs;
+      if (q.duration_ms() > static_cast<uint32_t>(init::Desktop::kMaxHoldMs)) {
+        return SetError(r, pb::CODE_INVALID_ARGUMENT,
+                        "hold_key: the duration " + std::to_string(q.duration_ms()) + " ms is over " +
+                            std::to_string(init::Desktop::kMaxHoldMs) + " ms");
+      }
+      if (static_cast<int64_t>(q.duration_ms()) > left) {
+        return SetError(r, pb::CODE_INVALID_ARGUMENT,
+                        "hold_key: the duration " + std::to_string(q.duration_ms()) +
+                            " ms does not fit in the call's timeout");
+      }
+      ok = d.HoldKey(q.text(), static_cast<int>(q.duration_ms()), cancel_fd, &error);
+      break;
+    }
     case pb::DesktopInput::KIND_TYPE:
       ok = d.Type(q.text(), &error);
       break;
@@ -1272,12 +1308,13 @@ void RunDesktopInput(init::Desktop& d, const pb::DesktopInput& q, DriverResult* 
     case pb::DesktopInput::KIND_SCREENSHOT: {
       init::DesktopImage image;
       if (!d.Screenshot(q.target_width(), &image, &error)) break;
-      out->has_image = true;
-      out->image = std::move(image.png);
-      out->width = image.width;
-      out->height = image.height;
-      out->display_width = image.display_width;
-      out->display_height = image.display_height;
+      keep_image(std::move(image));
+      return;
+    }
+    case pb::DesktopInput::KIND_ZOOM: {
+      init::DesktopImage image;
+      if (!d.Zoom(init::Point{q.x(), q.y()}, init::Point{q.x2(), q.y2()}, &image, &error)) break;
+      keep_image(std::move(image));
       return;
     }
     default:
@@ -1513,9 +1550,11 @@ void Server::PostDesktopCall(const pb::Request& q) {
     return Send(r);
   }
   init::Desktop* d = desktop_.get();  // NOTE: not replaced or destroyed while the lane is not idle
-  PostDriverCall(desktop_lane_, q, [d, request = q.desktop_input()](int64_t, DriverResult* result) {
-    RunDesktopInput(*d, request, result);
-  });
+  const int cancel_fd = desktop_lane_.cancel_fd();
+  PostDriverCall(desktop_lane_, q,
+                 [d, cancel_fd, request = q.desktop_input()](int64_t deadline_ms, DriverResult* result) {
+                   RunDesktopInput(*d, request, cancel_fd, deadline_ms, result);
+                 });
 }
 
 void Server::OnDriverDone(uint64_t which) {
