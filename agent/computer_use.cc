@@ -203,7 +203,9 @@ absl::StatusOr<ComputerPlan> PlanComputerUse(const pb::ComputerUse& call) {
   }
   for (const auto& [key, value] : input.items()) {
     if (key == "action" || value.is_null()) continue;
-    if (info->params.count(key) == 0) {
+    // computer_20241022's clicks took no modifier keys.
+    const bool click = action.size() > 6 && action.compare(action.size() - 6, 6, "_click") == 0;
+    if (info->params.count(key) == 0 || (version == 0 && click && (key == "text" || key == "key"))) {
       std::string known = info->params.empty() ? "none" : absl::StrJoin(info->params, ", ");
       return Bad(key.substr(0, 64), absl::StrCat("not a parameter of ", action, " (it takes: ", known, ")"));
     }
