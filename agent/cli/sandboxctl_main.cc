@@ -431,6 +431,22 @@ int DesktopCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& 
   return done.rc;
 }
 
+// One computer-use call (Anthropic's tool input JSON as-is): prints the ComputerResult as one line of JSON
+// (proto field names: text, image_base64, media_type, image_width, image_height), whatever --output says.
+int ComputerCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session_id,
+                 const pb::ComputerUse& computer) {
+  pb::ToolCall call;
+  *call.mutable_computer() = computer;
+  const ActionOutcome done = RunAction(stub, g, session_id, call);
+  if (!done.has_result) return done.rc;
+  std::string json;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(done.result.computer(), &json, o);
+  printf("%s\n", ForTerminalJson(json).c_str());
+  return done.rc;
+}
+
 // Puts the local terminal in raw mode for -t and restores it on destruction.
 class RawTerminal {
  public:
@@ -641,6 +657,17 @@ int main(int argc, char** argv) {
   CLI::App* d_key = desktop->add_subcommand("key", "Press a chord: ctrl+shift+t, Return, alt+F4");
   d_key->add_option("chord", text)->required();
   CLI::App* d_cursor = desktop->add_subcommand("cursor", "Print the pointer's position");
+  pb::ComputerUse computer;
+  std::string computer_json, computer_display, computer_version;
+  bool computer_skip_screenshot = false;
+  CLI::App* d_computer =
+      desktop->add_subcommand("computer", "Run Anthropic's computer-use tool input JSON as-is; prints the result JSON");
+  d_computer->add_option("input", computer_json, "The tool_use input, e.g. '{\"action\": \"screenshot\"}'")
+      ->required();
+  d_computer->add_option("--display", computer_display,
+                         "WIDTHxHEIGHT declared to the model (display_width_px x display_height_px)");
+  d_computer->add_option("--tool-version", computer_version, "computer_20241022, computer_20250124, computer_20251124");
+  d_computer->add_flag("--skip-screenshot", computer_skip_screenshot, "No screenshot after input actions");
   std::string vnc_listen = "127.0.0.1:5901";
   CLI::App* d_vnc = desktop->add_subcommand("vnc", "Serve the live view (VNC) on a local TCP port");
   d_vnc->add_option("--listen", vnc_listen, "IPV4:PORT (port 0 picks one)")->capture_default_str();
@@ -733,6 +760,22 @@ int main(int argc, char** argv) {
   }
   if (*desktop) {
     if (*d_vnc) return ServeVnc(stub, g, session_id, vnc_listen);
+    if (*d_computer) {
+      computer.set_input_json(computer_json);
+      computer.set_tool_version(computer_version);
+      computer.set_skip_screenshot(computer_skip_screenshot);
+      if (!computer_display.empty()) {
+        unsigned w = 0, h = 0;
+        char tail = 0;
+        if (sscanf(computer_display.c_str(), "%ux%u%c", &w, &h, &tail) != 2) {
+          fprintf(stderr, "sandboxctl: --display '%s': expected WIDTHxHEIGHT\n", computer_display.c_str());
+          return 2;
+        }
+        computer.set_display_width_px(w);
+        computer.set_display_height_px(h);
+      }
+      return ComputerCall(stub, g, session_id, computer);
+    }
     if (!space.empty()) {
       unsigned w = 0, h = 0;
       char tail = 0;

@@ -83,6 +83,9 @@ class Desktop {
   // "shift", "ctrl+alt"; empty: none) are pressed before the first press and released after the last
   // release, also when the click fails.
   bool Click(Button b, int count, std::optional<Point> at, std::string_view modifiers, std::string* error);
+  bool Click(Button b, int count, std::optional<Point> at, std::string* error) {
+    return Click(b, count, at, {}, error);
+  }
   // Presses (down) or releases `b`, after moving to `at` if given, and leaves it so: the button stays held
   // across calls until a release (a drag done in steps). Pressing a held button, or releasing one that is
   // not held, sends nothing (the X server would drop it anyway) and succeeds.
@@ -93,6 +96,9 @@ class Desktop {
   // in Click.
   bool Scroll(ScrollDirection d, int amount, std::optional<Point> at, std::string_view modifiers,
               std::string* error);
+  bool Scroll(ScrollDirection d, int amount, std::optional<Point> at, std::string* error) {
+    return Scroll(d, amount, at, {}, error);
+  }
   // Presses the keys of `chord` (as Key does), holds them `duration_ms` (0..kMaxHoldMs), then releases them
   // in reverse. The wait ends early when `cancel_fd` (>= 0) becomes readable (the server is stopping); the
   // keys are released on every way out.

@@ -8,7 +8,10 @@
 //   key keysym=0xK text=UTF8 state=0xS       KeyPress (KeyRelease: "keyrelease ..."); the keysym comes from the
 //                                            current keyboard mapping (refreshed on MappingNotify), Shift
 //                                            choosing the second column
-// Usage: xprobe [--log FILE] [--motion]. Connects to $DISPLAY; exits on SIGTERM or when the connection closes.
+// state is the event's modifier and button mask (Shift 0x1, Control 0x4, Mod1 0x8, Button1 0x100, ...): what
+// was held when the event happened. With --time every event line ends in " time=T": the X server's timestamp
+// of the event, in milliseconds.
+// Usage: xprobe [--log FILE] [--motion] [--time]. Connects to $DISPLAY; exits on SIGTERM or when the connection closes.
 #include <xcb/xcb.h>
 
 #include <cstdint>
@@ -65,18 +68,25 @@ uint32_t PixelOf(const xcb_visualtype_t* v, uint32_t rgb) {
          channel(v->blue_mask, rgb & 0xff);
 }
 
+std::string TimeField(bool with_time, xcb_timestamp_t t) {
+  return with_time ? " time=" + std::to_string(t) : std::string();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const char* log_path = nullptr;
   bool motion = false;
+  bool with_time = false;
   for (int i = 1; i < argc; ++i) {
     if (strcmp(argv[i], "--log") == 0 && i + 1 < argc) {
       log_path = argv[++i];
     } else if (strcmp(argv[i], "--motion") == 0) {
       motion = true;
+    } else if (strcmp(argv[i], "--time") == 0) {
+      with_time = true;
     } else {
-      fprintf(stderr, "usage: xprobe [--log FILE] [--motion]\n");
+      fprintf(stderr, "usage: xprobe [--log FILE] [--motion] [--time]\n");
       return 2;
     }
   }
@@ -164,14 +174,15 @@ int main(int argc, char** argv) {
       case XCB_BUTTON_PRESS:
       case XCB_BUTTON_RELEASE: {
         auto* b = reinterpret_cast<xcb_button_press_event_t*>(ev);
-        fprintf(log, "%s button=%u x=%d y=%d state=0x%x\n",
+        fprintf(log, "%s button=%u x=%d y=%d state=0x%x%s\n",
                 (ev->response_type & 0x7f) == XCB_BUTTON_PRESS ? "press" : "release", b->detail, b->root_x,
-                b->root_y, b->state);
+                b->root_y, b->state, TimeField(with_time, b->time).c_str());
         break;
       }
       case XCB_MOTION_NOTIFY: {
         auto* m = reinterpret_cast<xcb_motion_notify_event_t*>(ev);
-        fprintf(log, "motion x=%d y=%d state=0x%x\n", m->root_x, m->root_y, m->state);
+        fprintf(log, "motion x=%d y=%d state=0x%x%s\n", m->root_x, m->root_y, m->state,
+                TimeField(with_time, m->time).c_str());
         break;
       }
       case XCB_KEY_PRESS:
@@ -180,8 +191,9 @@ int main(int argc, char** argv) {
         const xcb_keysym_t keysym = keymap.Lookup(k->detail, k->state);
         std::string text;
         if (const uint32_t cp = sbx::init::KeysymToCodepoint(keysym); cp >= 0x20) sbx::init::AppendUtf8(cp, &text);
-        fprintf(log, "%s keysym=0x%x text=%s state=0x%x\n",
-                (ev->response_type & 0x7f) == XCB_KEY_PRESS ? "key" : "keyrelease", keysym, text.c_str(), k->state);
+        fprintf(log, "%s keysym=0x%x text=%s state=0x%x%s\n",
+                (ev->response_type & 0x7f) == XCB_KEY_PRESS ? "key" : "keyrelease", keysym, text.c_str(), k->state,
+                TimeField(with_time, k->time).c_str());
         break;
       }
       case XCB_MAPPING_NOTIFY: {
