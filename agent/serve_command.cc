@@ -11,6 +11,7 @@
 #include <cstring>
 #include <memory>
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
@@ -236,6 +237,11 @@ int ServeCommand(const ServeFlags& flags) {
   }
 
   grpc::EnableDefaultHealthCheckService(true);
+  // Server reflection (grpc.reflection.v1alpha; Debian's gRPC 1.51 has no v1), so grpcurl-like tools and
+  // dynamic clients can discover the API. NOTE: called explicitly: libgrpc++_reflection is linked from its
+  // static archive, where the plugin's self-registering initializer would be dropped. It serves the API's
+  // schema only (what proto/ publishes); every Sandboxes call still needs the bearer token on TCP.
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort("unix://" + config->unix_socket, grpc::InsecureServerCredentials());
   int tcp_port = 0;

@@ -50,6 +50,9 @@ packages=(
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   # tests
   libgtest-dev libgmock-dev
+  # tests/e2e/reflection_client.py: an independent gRPC client (server reflection, dynamic messages); the
+  # daemon's reflection service itself is libgrpc++-dev's static libgrpc++_reflection
+  python3-grpcio python3-protobuf
   # tests/fuzz (libFuzzer targets, build-fuzz): clang, and libclang-rt-14-dev, which ships libFuzzer
   # (libclang_rt.fuzzer-x86_64.a) and clang's ASan/UBSan runtimes. tests/sanitize uses gcc's (libasan8 and
   # libubsan1 come with build-essential's gcc-12).
