@@ -27,6 +27,8 @@ constexpr uint64_t kMaxReadFileBytes = 1 << 20;
 constexpr uint32_t kDefaultBrowserCallMs = 30'000;
 constexpr uint32_t kBrowserScreenshotCallMs = 60'000;  // a full-page capture may take Chromium that long
 constexpr uint32_t kDefaultDesktopCallMs = 30'000;
+// The largest PNG a computer call's result carries inline (base64: 4/3 of it).
+constexpr size_t kMaxComputerImageBytes = 2'500'000;
 // Past an action's own timeout: its cleanup in sandbox-init (terminating a runaway script) and its answer.
 constexpr uint32_t kDriverCleanupMs = 2'000;
 
@@ -816,11 +818,20 @@ absl::StatusOr<pb::ToolResult> Session::RunComputer(const std::string& call_id, 
   const uint32_t dw = options_.display_width, dh = options_.display_height;
   pb::ToolResult result;
   pb::ComputerResult* out = result.mutable_computer();
-  auto put_image = [out](const sandbox::Screenshot& shot) {
+  // NOTE: the image travels inline (in the result, hence in the event log and one gRPC message), not as file
+  // events under limits.file_events_max_bytes; what the jail draws decides its size, so it is capped here,
+  // under gRPC's default 4 MB receive limit and Anthropic's 5 MB per image once base64'd.
+  auto put_image = [out](const sandbox::Screenshot& shot) -> absl::Status {
+    if (shot.png.size() > kMaxComputerImageBytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "computer: the image is ", shot.png.size(), " bytes of PNG, over the ", kMaxComputerImageBytes,
+          " an inline image may take; declare a smaller display (display_width_px) or zoom into a smaller region"));
+    }
     out->set_image_base64(absl::Base64Escape(shot.png));
     out->set_media_type("image/png");
     out->set_image_width(shot.width);
     out->set_image_height(shot.height);
+    return absl::OkStatus();
   };
   for (const pb::DesktopAction& step : plan.steps) {
     if (step.has_zoom()) {
@@ -829,7 +840,7 @@ absl::StatusOr<pb::ToolResult> Session::RunComputer(const std::string& call_id, 
       ASSIGN_OR_RETURN(sandbox::Screenshot shot,
                        init_->Zoom(region[0], region[1], region[2], region[3],
                                    DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
-      put_image(shot);
+      RETURN_IF_ERROR(put_image(shot));
       continue;
     }
     RETURN_IF_ERROR(RunDesktop(call_id, step).status());
@@ -844,7 +855,7 @@ absl::StatusOr<pb::ToolResult> Session::RunComputer(const std::string& call_id, 
       const uint32_t target = call.display_width_px() != 0 && call.display_width_px() < dw ? call.display_width_px() : 0;
       ASSIGN_OR_RETURN(sandbox::Screenshot shot,
                        init_->TakeScreenshot(target, DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
-      put_image(shot);
+      RETURN_IF_ERROR(put_image(shot));
       break;
     }
     case ComputerPlan::Show::kCursorPosition: {
