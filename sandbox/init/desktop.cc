@@ -934,11 +934,15 @@ bool Desktop::MouseButton(Button b, bool down, std::optional<Point> at, std::str
   }
   if (at && !CheckPoint(*at, error)) return false;
   if (at) x_->FakeMotion(at->x, at->y);
-  const uint8_t bit = static_cast<uint8_t>(1u << (button - 1));
-  if (down != ((buttons_held_ & bit) != 0)) {
-    x_->FakeButton(down, static_cast<uint8_t>(button));
-    buttons_held_ = static_cast<uint8_t>(down ? (buttons_held_ | bit) : (buttons_held_ & ~bit));
+  // The server's word on whether the button is down (a click or drag since, or another client, may have
+  // changed it), read after the move was processed.
+  XPtr<xcb_query_pointer_reply_t> r;
+  std::string e;
+  if (!x_->AwaitTyped(xcb_query_pointer(x_->c_, x_->root_).sequence, &r, "mouse button: QueryPointer", &e)) {
+    return Fail(e, error);
   }
+  const bool held = (r->mask & (XCB_BUTTON_MASK_1 << (button - 1))) != 0;
+  if (down != held) x_->FakeButton(down, static_cast<uint8_t>(button));
   return Sync(error);
 }
 

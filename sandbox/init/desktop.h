@@ -88,7 +88,7 @@ class Desktop {
   }
   // Presses (down) or releases `b`, after moving to `at` if given, and leaves it so: the button stays held
   // across calls until a release (a drag done in steps). Pressing a held button, or releasing one that is
-  // not held, sends nothing (the X server would drop it anyway) and succeeds.
+  // not held (as the X server reports it), sends nothing and succeeds.
   bool MouseButton(Button b, bool down, std::optional<Point> at, std::string* error);
   // Left button: move to `from`, press, move to `to` in a few steps, release.
   bool Drag(Point from, Point to, std::string* error);
@@ -130,8 +130,6 @@ class Desktop {
   bool PressChord(std::string_view chord, std::string_view what, std::vector<uint8_t>* pressed,
                   std::string* error);
   void ReleaseKeys(std::vector<uint8_t>* pressed);  // in reverse; sends only (a Sync follows)
-
-  uint8_t buttons_held_ = 0;  // bit (b - 1): button b was pressed by MouseButton and not released yet
 
   int display_ = 0;
   uint32_t width_ = 0, height_ = 0;

@@ -320,6 +320,21 @@ TEST_F(ComputerToolCallTest, DragsHoldTheButtonThroughoutAndMouseDownUpLeaveItAs
   EXPECT_EQ(releases, 1);
   EXPECT_TRUE(at_400 && at_500) << "the moves between down and up were not with the button held";
   EXPECT_TRUE(after) << "the button stayed held after left_mouse_up";
+
+  // The button's state is the server's: a click after left_mouse_down leaves it up, so the next
+  // left_mouse_down presses it again (and left_mouse_up releases it).
+  Ok(id, R"({"action": "left_mouse_down", "coordinate": [700, 100]})");
+  Ok(id, R"({"action": "left_click", "coordinate": [710, 110]})");
+  Ok(id, R"({"action": "left_mouse_down", "coordinate": [720, 120]})");
+  Ok(id, R"({"action": "left_mouse_up", "coordinate": [730, 130]})");
+  Mark(id, 6, 6);
+  int down_again = 0, up_again = 0;
+  for (const Event& e : EventsSince(id, 4, 4)) {
+    if (e.kind == "press" && e.button == 1 && e.x == 720 && e.y == 120) ++down_again;
+    if (e.kind == "release" && e.button == 1 && e.x == 730 && e.y == 130) ++up_again;
+  }
+  EXPECT_EQ(down_again, 1) << "left_mouse_down after a click did not press";
+  EXPECT_EQ(up_again, 1);
 }
 
 TEST_F(ComputerToolCallTest, KeysTypeAndHoldKeyForItsDuration) {
