@@ -4,6 +4,7 @@
 // seccomp_suppressed event with the count), and a KILL rule's kill names its syscall in the audit and in
 // the outcome, in a daemon session and in a one-shot run.
 #include <errno.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -217,6 +218,7 @@ TEST(SeccompAuditKillTest, OneShotRunKillRuleNamesTheSyscall) {
   const AgentRun run = RunAgent(inv);
   std::filesystem::remove(path);
   EXPECT_THAT(run.out, ::testing::Not(HasSubstr("survived")));
+  EXPECT_EQ(run.exit_code, 128 + SIGSYS) << run.err;
   ASSERT_FALSE(run.outcome.is_null()) << run.err;
   EXPECT_EQ(run.outcome["status"], "failed") << run.outcome.dump();
   EXPECT_EQ(run.outcome["reason"], "seccomp_violation") << run.outcome.dump();

@@ -161,6 +161,7 @@ TEST(DecideOutcomeTest, ASupervisorKillIsASeccompViolationNamingTheSyscall) {
   EXPECT_EQ(r.reason, RunReason::kSeccompViolation);
   EXPECT_EQ(r.signal, SIGKILL);
   EXPECT_EQ(r.message, "killed by the seccomp policy: syscall ptrace");
+  EXPECT_EQ(ExitStatusFor(r), 128 + SIGSYS) << "`run` exits as for the kernel's own seccomp kill";
   // init itself killed for it.
   KernelFacts init_killed = InitKilled(SIGKILL);
   init_killed.seccomp_killed_syscall = "bpf";
