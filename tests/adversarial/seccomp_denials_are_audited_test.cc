@@ -107,6 +107,47 @@ TEST_F(SeccompAuditDaemonTest, EachDenialIsAnAuditNamingTheSyscallAndTheRunningC
   }
 }
 
+// The listener that decides what a denied call does is the agent's alone: no process of the jail (init, the
+// workload) holds it, the agent holds one per session.
+TEST_F(SeccompAuditDaemonTest, NoProcessInTheJailHoldsTheListener) {
+  id_ = Create();
+  ASSERT_FALSE(id_.empty());
+  const auto count_listeners = [](pid_t pid) {
+    int n = 0;
+    std::error_code ec;
+    for (const auto& fd : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+      std::error_code lec;
+      const std::filesystem::path target = std::filesystem::read_symlink(fd.path(), lec);
+      if (!lec && target.string() == "anon_inode:seccomp notify") ++n;
+    }
+    return n;
+  };
+  // A workload that is running while the jail's processes are looked at from the host.
+  grpc::ClientContext ctx;
+  pb::CallRequest req;
+  req.set_session_id(id_);
+  req.mutable_call()->mutable_exec()->add_argv("/bin/sleep");
+  req.mutable_call()->mutable_exec()->add_argv("5");
+  auto stream = stub_->Call(&ctx);
+  ASSERT_TRUE(stream->Write(req));
+  std::vector<pid_t> pids;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (pids.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    pids.clear();
+    for (const std::string& dir : SessionCgroups(id_)) {
+      std::ifstream procs(dir + "/cgroup.procs");
+      pid_t pid;
+      while (procs >> pid) pids.push_back(pid);
+      if (!pids.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GE(pids.size(), 2u) << "init and the sleep";
+  for (pid_t pid : pids) EXPECT_EQ(count_listeners(pid), 0) << "pid " << pid;
+  EXPECT_EQ(count_listeners(daemon_->pid()), 1);
+  ctx.TryCancel();
+}
+
 TEST_F(SeccompAuditDaemonTest, AMillionDenialsFloodNeitherTheLogNorTheAgent) {
   id_ = Create();
   ASSERT_FALSE(id_.empty());
