@@ -275,7 +275,7 @@ SeccompSupervisor::~SeccompSupervisor() {
     // Cannot fail below the eventfd's maximum; the thread then ends at its next wake-up.
   }
   if (thread_.joinable()) thread_.join();
-  // listener_ closes with the members: the kernel answers ENOSYS from here on (see the header's NOTE).
+  // The thread closed the listener on its way out: the kernel answers ENOSYS from here on (the header's NOTE).
 }
 
 std::string SeccompSupervisor::last_killed_syscall() const {
@@ -287,7 +287,10 @@ void SeccompSupervisor::Run(std::stop_token stop) {
   seccomp_notif* req = nullptr;
   seccomp_notif_resp* resp = nullptr;
   // Sized for the running kernel (its structs may be larger than our headers').
-  if (seccomp_notify_alloc(&req, &resp) != 0) return;  // then the listener closes: ENOSYS for every call
+  if (seccomp_notify_alloc(&req, &resp) != 0) {
+    listener_.Reset();  // nothing will answer: the kernel answers ENOSYS from now on, nothing blocks
+    return;
+  }
   seccomp_notif_sizes sizes{};
   if (syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) != 0) sizes.seccomp_notif = sizeof(*req);
   const auto emit_suppressed = [this](uint64_t count) {
@@ -320,6 +323,8 @@ void SeccompSupervisor::Run(std::stop_token stop) {
   }
   if (uint64_t count = limiter_.TakeSuppressed(); count > 0) emit_suppressed(count);
   seccomp_notify_free(req, resp);
+  // However the loop ended (a stop, or poll failing), no call may wait for an answer that never comes.
+  listener_.Reset();
 }
 
 void SeccompSupervisor::Handle(seccomp_notif* req, seccomp_notif_resp* resp) {
