@@ -267,5 +267,79 @@ TEST(SeccompSupervisorTest, AnswersWithTheRulesErrnoAndKillsForAKillRule) {
   }
 }
 
+// Forks a child that loads the test policy's filter with a listener, hands the listener over, makes `n`
+// keyctl calls and exits with the number that failed with `want_errno`. Returns the child's pid and the
+// listener.
+pid_t ForkDenier(int n, int want_errno, UniqueFd* listener) {
+  static absl::StatusOr<SeccompProgram> program = CompileSeccomp(TestPolicy());
+  if (!program.ok()) return -1;
+  static sock_fprog prog{static_cast<unsigned short>(program->instructions.size()), program->instructions.data()};
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) != 0) return -1;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) _exit(255);
+    const long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+    if (fd < 0 || SendFd(sv[1], static_cast<int>(fd)) != 0) _exit(255);
+    close(static_cast<int>(fd));
+    int matched = 0;
+    for (int i = 0; i < n; ++i) {
+      if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, 0) < 0 && errno == want_errno) ++matched;
+    }
+    _exit(matched);
+  }
+  close(sv[1]);
+  listener->Reset(RecvFd(sv[0]));
+  close(sv[0]);
+  return pid;
+}
+
+int ExitCode(pid_t pid) {
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
+// The header's NOTE: with nobody holding the listener, the kernel answers ENOSYS and the call does not run.
+TEST(SeccompSupervisorTest, WithoutASupervisorTheKernelAnswersEnosys) {
+  UniqueFd listener;
+  const pid_t pid = ForkDenier(3, ENOSYS, &listener);
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(listener.valid());
+  listener.Reset();
+  EXPECT_EQ(ExitCode(pid), 3);
+}
+
+// Past the burst, denials are answered (with the rule's errno) but only counted; the count goes out as one
+// kSuppressed record at the latest when the supervisor stops.
+TEST(SeccompSupervisorTest, PastTheBurstDenialsAreCountedAndSummarized) {
+  UniqueFd listener;
+  const pid_t pid = ForkDenier(100, EACCES, &listener);
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(listener.valid());
+  std::mutex mu;
+  std::vector<SeccompAudit> records;
+  absl::StatusOr<SeccompDenyTable> table = SeccompDenyTable::Build(TestPolicy());
+  ASSERT_TRUE(table.ok());
+  SeccompSupervisor::Options options;
+  options.audit_burst = 5;
+  options.audits_per_second = 0.001;  // no refill within the test
+  absl::StatusOr<std::unique_ptr<SeccompSupervisor>> supervisor = SeccompSupervisor::Start(
+      std::move(listener), *table,
+      [&](const SeccompAudit& a) {
+        std::lock_guard lock(mu);
+        records.push_back(a);
+      },
+      options);
+  ASSERT_TRUE(supervisor.ok());
+  EXPECT_EQ(ExitCode(pid), 100) << "every call was answered with the rule's errno";
+  EXPECT_EQ((*supervisor)->denials(), 100u);
+  supervisor->reset();
+  ASSERT_EQ(records.size(), 6u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(records[i].kind, SeccompAudit::Kind::kDenied);
+  EXPECT_EQ(records[5].kind, SeccompAudit::Kind::kSuppressed);
+  EXPECT_EQ(records[5].suppressed, 95u);
+}
+
 }  // namespace
 }  // namespace sbx::sandbox
