@@ -421,6 +421,20 @@ TEST(DefaultPoliciesSeccompTest, PersonalityFilterAllowsExactlyDockersValues) {
 
 // --- Parsing ---
 
+TEST(ParsePolicyTextTest, AuditDenialsDefaultsToTrueAndCanBeTurnedOff) {
+  ASSERT_OK_AND_ASSIGN(Policy on, ParsePolicyText("seccomp { rules { syscalls: \"ptrace\" action: ERRNO } }",
+                                                  "on.textproto"));
+  EXPECT_TRUE(on.seccomp().audit_denials);
+  ASSERT_OK_AND_ASSIGN(Policy off, ParsePolicyText("seccomp { audit_denials: false rules { syscalls: \"ptrace\" "
+                                                   "action: ERRNO } }",
+                                                   "off.textproto"));
+  EXPECT_FALSE(off.seccomp().audit_denials);
+  for (auto load : {DefaultFilePolicy, DefaultBrowserPolicy, DefaultDesktopPolicy}) {
+    ASSERT_OK_AND_ASSIGN(Policy policy, load());
+    EXPECT_TRUE(policy.seccomp().audit_denials) << policy.name();
+  }
+}
+
 TEST(ParsePolicyTextTest, SeveralNeConditionsOnOneArgumentAreANoneOfList) {
   ASSERT_OK_AND_ASSIGN(Policy policy,
                        ParsePolicyText("seccomp { rules { syscalls: \"personality\" action: ERRNO "
