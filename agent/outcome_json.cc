@@ -17,7 +17,16 @@
 
 namespace sbx::agent {
 
-std::string OutcomeToJson(const sandbox::RunResult& result) {
+const char* SeccompAuditAction(sandbox::SeccompAudit::Kind kind) {
+  switch (kind) {
+    case sandbox::SeccompAudit::Kind::kDenied: return "seccomp_denied";
+    case sandbox::SeccompAudit::Kind::kKilled: return "seccomp_killed";
+    case sandbox::SeccompAudit::Kind::kSuppressed: return "seccomp_suppressed";
+  }
+  return "seccomp_denied";
+}
+
+std::string OutcomeToJson(const sandbox::RunResult& result, const std::vector<sandbox::SeccompAudit>& audits) {
   nlohmann::json j;
   j["status"] = std::string(sandbox::RunStatusName(result.status));
   j["reason"] = std::string(sandbox::RunReasonName(result.reason));
@@ -29,6 +38,19 @@ std::string OutcomeToJson(const sandbox::RunResult& result) {
                 {"max_memory_bytes", result.usage.max_memory_bytes}};
   if (!result.message.empty()) j["message"] = result.message;
   if (!result.warnings.empty()) j["warnings"] = result.warnings;
+  for (const sandbox::SeccompAudit& a : audits) {
+    nlohmann::json r = {{"action", SeccompAuditAction(a.kind)}};
+    if (a.kind == sandbox::SeccompAudit::Kind::kSuppressed) {
+      r["suppressed"] = a.suppressed;
+    } else {
+      r["syscall"] = a.syscall;
+      r["args"] = a.args;
+      r["pid"] = a.pid;
+      r["comm"] = a.comm;  // escaped by the supervisor: printable ASCII only
+      if (a.kind == sandbox::SeccompAudit::Kind::kDenied) r["errno"] = a.errno_value;
+    }
+    j["seccomp_audits"].push_back(std::move(r));
+  }
   return j.dump() + "\n";
 }
 
@@ -68,8 +90,9 @@ absl::Status WriteInPlace(const std::string& path, int open_flags, std::string_v
 
 }  // namespace
 
-absl::Status WriteOutcomeJson(const sandbox::RunResult& result, std::string_view path) {
-  const std::string json = OutcomeToJson(result);
+absl::Status WriteOutcomeJson(const sandbox::RunResult& result, std::string_view path,
+                              const std::vector<sandbox::SeccompAudit>& audits) {
+  const std::string json = OutcomeToJson(result, audits);
   // "-" is fd 1 as it is: never reopened by name (with stdout redirected to a file, /dev/stdout resolves to
   // that file, and replacing "it" replaced the /dev/stdout symlink itself).
   if (path == "-") return WriteAll(STDOUT_FILENO, json, "stdout");

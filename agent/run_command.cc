@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -167,17 +169,44 @@ int RunCommand(const RunFlags& flags) {
   UniqueFd signals(signalfd(-1, &forwarded, SFD_CLOEXEC));
   if (!signals) return SetupError(flags, ErrnoToStatus(errno, "signalfd"));
 
+  // Seccomp denials (policy audit_denials): one stderr line each, and the outcome JSON's seccomp_audits. The
+  // supervisor's rate limit bounds them per second; this bounds what the JSON holds over a long run.
+  constexpr size_t kMaxJsonAudits = 1000;
+  std::mutex audits_mu;
+  std::vector<sandbox::SeccompAudit> audits;
+  uint64_t audits_dropped = 0;
+  options.seccomp_audit = [&](const sandbox::SeccompAudit& a) {
+    const std::string line =
+        a.kind == sandbox::SeccompAudit::Kind::kSuppressed
+            ? absl::StrCat(SeccompAuditAction(a.kind), ": ", a.suppressed,
+                           " more denials (rate limit: audits past it are only counted)")
+            : absl::StrCat(SeccompAuditAction(a.kind), ": ", a.syscall, "(", a.args, ") by pid ", a.pid, " \"",
+                           a.comm, "\"",
+                           a.kind == sandbox::SeccompAudit::Kind::kDenied ? absl::StrCat(": errno ", a.errno_value)
+                                                                          : ": killed");
+    fprintf(stderr, "sandbox-agent: %s\n", line.c_str());
+    std::lock_guard lock(audits_mu);
+    if (audits.size() < kMaxJsonAudits) {
+      audits.push_back(a);
+    } else {
+      ++audits_dropped;
+    }
+  };
   absl::StatusOr<std::unique_ptr<sandbox::Jail>> jail = sandbox::Jail::Start(*policy, options);
   if (!jail.ok()) return SetupError(flags, jail.status());
-  const sandbox::RunResult result = (*jail)->Wait(signals.get());
-  jail->reset();
+  sandbox::RunResult result = (*jail)->Wait(signals.get());
+  jail->reset();  // the supervisor has stopped: `audits` is this thread's now
+  if (audits_dropped > 0) {
+    result.warnings.push_back(absl::StrCat("seccomp_audits: ", audits_dropped, " records past the first ",
+                                           kMaxJsonAudits, " are on stderr only"));
+  }
 
   if (result.status == sandbox::RunStatus::kFailed && !result.message.empty()) {
     fprintf(stderr, "sandbox-agent: %s: %s\n", std::string(sandbox::RunReasonName(result.reason)).c_str(),
             result.message.c_str());
   }
   if (!flags.outcome_json.empty()) {
-    if (absl::Status s = WriteOutcomeJson(result, flags.outcome_json); !s.ok()) {
+    if (absl::Status s = WriteOutcomeJson(result, flags.outcome_json, audits); !s.ok()) {
       fprintf(stderr, "sandbox-agent: %.*s\n", static_cast<int>(s.message().size()), s.message().data());
     }
   }

@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
+#include <functional>
+#include <vector>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -13,6 +16,7 @@
 #include "agent/computer_use.h"
 #include "agent/jail_text.h"
 #include "agent/log.h"
+#include "agent/outcome_json.h"
 #include "sandbox/init/sha256.h"
 #include "sandbox/status.h"
 
@@ -62,6 +66,43 @@ pb::FileInfo ToProto(const sandbox::FileInfo& info) {
   return out;
 }
 
+// Carries the jail's seccomp records (on the supervisor's thread) to its session, which exists only once the
+// jail has started: what comes before waits here, a few at most.
+struct SeccompRelay {
+  std::mutex mu;
+  std::function<void(const sandbox::SeccompAudit&)> deliver;  // GUARDED_BY(mu): set once the session exists
+  std::vector<sandbox::SeccompAudit> pending;                 // GUARDED_BY(mu): until then, up to 64
+  // The call the last recorded denial was attributed to: a seccomp_suppressed count follows recorded
+  // denials (it is emitted when the bucket refills, perhaps after the next call started) and counts those.
+  std::string last_denial_call_id;  // used by `deliver` only (under mu)
+};
+
+// A seccomp record as an audit event of the tool call `call_id`.
+pb::Event SeccompAuditEvent(const sandbox::SeccompAudit& a, const std::string& call_id) {
+  pb::Event event;
+  pb::Audit* audit = event.mutable_audit();
+  audit->set_call_id(call_id);
+  audit->set_action(SeccompAuditAction(a.kind));
+  switch (a.kind) {
+    case sandbox::SeccompAudit::Kind::kDenied:
+      audit->set_detail(absl::StrCat("seccomp denied ", a.syscall, ": errno ", a.errno_value, " (",
+                                     strerror(a.errno_value), ")"));
+      break;
+    case sandbox::SeccompAudit::Kind::kKilled:
+      audit->set_detail(absl::StrCat("killed by the seccomp policy: syscall ", a.syscall));
+      break;
+    case sandbox::SeccompAudit::Kind::kSuppressed:
+      audit->set_suppressed(a.suppressed);
+      audit->set_detail(absl::StrCat(a.suppressed, " seccomp denials were answered without an audit event (rate limit)"));
+      return event;
+  }
+  audit->set_syscall(a.syscall);
+  audit->set_pid(a.pid);
+  audit->set_comm(a.comm);
+  audit->set_args(a.args);
+  return event;
+}
+
 }  // namespace
 
 std::string SessionCgroupName(const std::string& session_id) { return absl::StrCat("session-", session_id); }
@@ -76,6 +117,15 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
   jail_options.warnings = options.warnings;
   jail_options.pids_poll_interval = std::chrono::milliseconds(250);
   jail_options.cpu_background = options.pooled;
+  auto seccomp_relay = std::make_shared<SeccompRelay>();
+  jail_options.seccomp_audit = [seccomp_relay](const sandbox::SeccompAudit& a) {
+    std::lock_guard lock(seccomp_relay->mu);
+    if (seccomp_relay->deliver) {
+      seccomp_relay->deliver(a);
+    } else if (seccomp_relay->pending.size() < 64) {
+      seccomp_relay->pending.push_back(a);
+    }
+  };
   if (options.launcher == nullptr) return absl::InternalError("session: no jail launcher");
   ASSIGN_OR_RETURN(std::unique_ptr<sandbox::Jail> jail, options.launcher->Start(policy, jail_options));
   auto init = std::make_unique<sandbox::InitClient>(jail->TakeControlFd());
@@ -94,6 +144,25 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
     if (absl::Status s = init->BrowserStart(1280, 800, proxy); !s.ok()) return Annotate(s, "starting the browser");
   }
   std::shared_ptr<Session> session(new Session(std::move(options), std::move(jail), std::move(init)));
+  {
+    // Attributed to the newest tool call, as egress audits are (the init protocol does not tell which
+    // process an exec is). NOTE: the supervisor stops before the jail goes (~Session resets jail_ first).
+    Session* raw = session.get();
+    std::lock_guard relay_lock(seccomp_relay->mu);
+    seccomp_relay->deliver = [raw, relay = seccomp_relay.get()](const sandbox::SeccompAudit& a) {
+      std::string call_id;
+      if (a.kind == sandbox::SeccompAudit::Kind::kSuppressed && !relay->last_denial_call_id.empty()) {
+        call_id = relay->last_denial_call_id;
+      } else {
+        std::lock_guard session_lock(raw->mu_);
+        call_id = raw->last_call_id_;
+      }
+      if (a.kind != sandbox::SeccompAudit::Kind::kSuppressed) relay->last_denial_call_id = call_id;
+      raw->events_.Append(SeccompAuditEvent(a, call_id));
+    };
+    for (const sandbox::SeccompAudit& a : seccomp_relay->pending) seccomp_relay->deliver(a);
+    seccomp_relay->pending.clear();
+  }
   if (policy.spec().network == sandbox::NetworkMode::kEgress) {
     // The proxy listens on the jail's loopback and connects out from the agent's namespace, to the
     // policy's allowed destinations only (agent/egress_proxy.h).

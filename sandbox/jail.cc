@@ -206,6 +206,31 @@ std::vector<std::string> BuildEnv(const PolicySpec& spec, char** host_environ) {
   return env;
 }
 
+// The one fd the jail child sent over `sock` (SCM_RIGHTS), without waiting.
+absl::StatusOr<UniqueFd> ReceiveFd(int sock) {
+  char byte;
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return ErrnoToStatus(errno, "receiving the seccomp listener from the jail child");
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  if (n != 1 || cmsg == nullptr || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS ||
+      cmsg->cmsg_len != CMSG_LEN(sizeof(int))) {
+    return absl::InternalError("the jail child sent no seccomp listener");
+  }
+  int fd;
+  memcpy(&fd, CMSG_DATA(cmsg), sizeof(fd));
+  return UniqueFd(fd);
+}
+
 std::vector<char*> CStrings(std::vector<std::string>& strings) {
   std::vector<char*> out;
   out.reserve(strings.size() + 1);
@@ -234,6 +259,16 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
 
   ASSIGN_OR_RETURN(SeccompProgram seccomp, CompileSeccomp(spec.seccomp));
   sock_fprog prog{static_cast<unsigned short>(seccomp.instructions.size()), seccomp.instructions.data()};
+  // With user notification the child sends the filter's listener over this socketpair (SCM_RIGHTS).
+  std::optional<SeccompDenyTable> deny_table;
+  UniqueFd notify_read, notify_write;
+  if (seccomp.user_notif) {
+    ASSIGN_OR_RETURN(deny_table, SeccompDenyTable::Build(spec.seccomp));
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) < 0) return ErrnoToStatus(errno, "socketpair");
+    notify_read.Reset(sv[0]);
+    notify_write.Reset(sv[1]);
+  }
   ASSIGN_OR_RETURN(IdRange ids, IdRange::Acquire());
   ASSIGN_OR_RETURN(MountPlan plan, MountPlan::Build(policy, options.init_path, spec.uid, spec.gid));
 
@@ -311,6 +346,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   child.uid = spec.uid;
   child.gid = spec.gid;
   child.seccomp = &prog;
+  child.notify_fd = notify_write.get();
   child.init_path = kInitPathInJail;
   child.argv = argv.data();
   child.envp = envp.data();
@@ -391,6 +427,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   ready_write.Reset();
   sync_read.Reset();
   report_write.Reset();
+  notify_write.Reset();
   bool err_readable = true;
   if (pid > 0) {
     // EOF on the error pipe means execve(sandbox-init) succeeded. (After a CLONE_VFORK clone the child has
@@ -433,6 +470,12 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
     return ErrnoToStatus(error.err, absl::StrCat("jail setup failed while ", what));
   }
   if (n != 0) return absl::InternalError("jail setup: truncated report from the child");
+  if (deny_table) {
+    // The child sent the listener before its exec, which has happened: it is in the socket now.
+    ASSIGN_OR_RETURN(UniqueFd listener, ReceiveFd(notify_read.get()));
+    ASSIGN_OR_RETURN(jail->seccomp_, SeccompSupervisor::Start(std::move(listener), std::move(*deny_table),
+                                                              options.seccomp_audit));
+  }
   if (options.serve) {
     jail->control_fd_ = std::move(report_read);
   } else {
@@ -595,6 +638,11 @@ RunResult Jail::Wait(int cancel_fd) {
   kernel.pids_max_events = std::max<uint64_t>(cg.pids_max_events, pids_killed ? 1 : 0);
   kernel.timed_out = timed_out;
   kernel.canceled = canceled;
+  if (seccomp_) {
+    kernel.seccomp_killed_syscall = seccomp_->last_killed_syscall();
+    // Nothing in the jail is left to ask: the last suppressed count goes out now, before the outcome.
+    seccomp_.reset();
+  }
   RunResult result = DecideOutcome(kernel, report, limits_);
   result.usage = usage;
   warnings.insert(warnings.end(), result.warnings.begin(), result.warnings.end());

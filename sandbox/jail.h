@@ -19,6 +19,7 @@
 #include "sandbox/id_range.h"
 #include "sandbox/policy.h"
 #include "sandbox/result.h"
+#include "sandbox/seccomp_notify.h"
 #include "sandbox/unique_fd.h"
 
 namespace sbx::sandbox {
@@ -41,6 +42,9 @@ struct JailOptions {
   std::chrono::milliseconds pids_poll_interval{20};
   // The session cgroup starts in the CPU background (Cgroup::SetCpuBackground).
   bool cpu_background = false;
+  // Receives the seccomp supervisor's records (policy seccomp.audit_denials), on the supervisor's thread,
+  // from Start until Wait returns (or the Jail is destroyed). May be empty: denials are answered anyway.
+  SeccompAuditSink seccomp_audit;
 };
 
 class Jail {
@@ -69,6 +73,8 @@ class Jail {
   absl::Status SetCpuBackground(bool background) const;
 
   pid_t pid() const { return pid_; }
+  // The seccomp supervisor's counters (0 without one): denials answered, callers killed.
+  uint64_t seccomp_denials() const { return seccomp_ ? seccomp_->denials() : 0; }
 
   // The agent's end of the init-protocol socket (serving jails only; invalid after the first call).
   UniqueFd TakeControlFd() { return std::move(control_fd_); }
@@ -83,6 +89,9 @@ class Jail {
   UniqueFd control_fd_;  // agent end of the init-protocol socket (serving jails)
   std::optional<Cgroup> cgroup_;
   std::optional<IdRange> ids_;
+  // Answers the jail's seccomp denials (policy audit_denials); stopped at the end of Wait, once nothing in
+  // the jail is left to ask.
+  std::unique_ptr<SeccompSupervisor> seccomp_;
   Limits limits_;
   std::chrono::milliseconds pids_poll_interval_{20};
   std::vector<std::string> warnings_;

@@ -245,6 +245,28 @@ int ClearCapabilities() {
   return 0;
 }
 
+// Sends `fd` over the socket `sock` (SCM_RIGHTS), with one byte of data. Stack memory only.
+int SendFd(int sock, int fd) {
+  char byte = 0;
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+  ssize_t n;
+  do {
+    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  return n == 1 ? 0 : (n < 0 ? errno : EPIPE);
+}
+
 }  // namespace
 
 void RunJailChild(const ChildSpec& spec) {
@@ -258,6 +280,11 @@ void RunJailChild(const ChildSpec& spec) {
   if (spec.report_fd >= 0) {
     report_fd = fcntl(spec.report_fd, F_DUPFD_CLOEXEC, 10);
     if (report_fd < 0) Fail(ChildStep::kFds, errno);
+  }
+  int notify_fd = -1;
+  if (spec.notify_fd >= 0) {
+    notify_fd = fcntl(spec.notify_fd, F_DUPFD_CLOEXEC, 10);
+    if (notify_fd < 0) Fail(ChildStep::kFds, errno);
   }
 
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) Fail(ChildStep::kSync, errno);
@@ -347,9 +374,10 @@ void RunJailChild(const ChildSpec& spec) {
   // Every fd but stdio and init's report channel is closed at exec.
   if (syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) < 0) {
     for (int fd = 3; fd < 65536; ++fd) {
-      if (fd != g_err_fd && fd != report_fd) close(fd);
+      if (fd != g_err_fd && fd != report_fd && fd != notify_fd) close(fd);
     }
     if (fcntl(g_err_fd, F_SETFD, FD_CLOEXEC) < 0) Fail(ChildStep::kFds, errno);
+    if (notify_fd >= 0 && fcntl(notify_fd, F_SETFD, FD_CLOEXEC) < 0) Fail(ChildStep::kFds, errno);
   }
   if (report_fd >= 0 && dup2(report_fd, 3) < 0) Fail(ChildStep::kFds, errno);
 
@@ -364,7 +392,19 @@ void RunJailChild(const ChildSpec& spec) {
     sigaction(sig, &sa, nullptr);  // fails harmlessly for the realtime signals glibc reserves
   }
 
-  if (spec.seccomp != nullptr && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, spec.seccomp, 0, 0) < 0) {
+  if (spec.seccomp != nullptr && notify_fd >= 0) {
+    // seccomp(2), not prctl: only it takes flags. The listener (CLOEXEC) goes to the agent and is closed
+    // here before exec. NOTE: from here to execve only the syscalls IsJailChildSyscall names run; their
+    // denials are never notifications (nothing could answer: the agent's thread sleeps in vfork).
+    const long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                                  spec.seccomp);
+    if (listener < 0) Fail(ChildStep::kSeccomp, errno);
+    if (int err = SendFd(notify_fd, static_cast<int>(listener)); err != 0) {
+      Fail(ChildStep::kSeccompListener, err);
+    }
+    close(static_cast<int>(listener));
+    close(notify_fd);
+  } else if (spec.seccomp != nullptr && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, spec.seccomp, 0, 0) < 0) {
     Fail(ChildStep::kSeccomp, errno);
   }
   execve(spec.init_path, spec.argv, spec.envp);
@@ -394,6 +434,7 @@ const char* ChildStepName(int32_t step) {
     case ChildStep::kSetIds: return "switching to the workload's uid/gid";
     case ChildStep::kNoNewPrivs: return "prctl(PR_SET_NO_NEW_PRIVS)";
     case ChildStep::kSeccomp: return "loading the seccomp filter";
+    case ChildStep::kSeccompListener: return "sending the seccomp listener to the agent";
     case ChildStep::kExec: return "executing sandbox-init";
   }
   return "unknown step";

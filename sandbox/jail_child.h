@@ -76,6 +76,7 @@ enum class ChildStep : int32_t {
   kSetIds,
   kNoNewPrivs,
   kSeccomp,
+  kSeccompListener,
   kExec,
 };
 
@@ -109,6 +110,10 @@ struct ChildSpec {
   uid_t uid = 0;
   gid_t gid = 0;
   const sock_fprog* seccomp = nullptr;
+  // >= 0: load `seccomp` with SECCOMP_FILTER_FLAG_NEW_LISTENER and send the listener over this socket
+  // (SCM_RIGHTS) to the agent's supervisor, closing the child's copy before exec: sandbox-init and the
+  // workload never hold it. -1: no user notification (prctl).
+  int notify_fd = -1;
   const char* init_path = nullptr;  // inside the jail
   char* const* argv = nullptr;
   char* const* envp = nullptr;

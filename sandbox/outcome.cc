@@ -105,6 +105,12 @@ RunResult DecideOutcome(const KernelFacts& kernel, const std::optional<InitRepor
     result.status = RunStatus::kFailed;
     result.reason = RunReason::kSeccompViolation;
     result.message = "killed by the seccomp policy (SIGSYS)";
+  } else if (result.signal == SIGKILL && !kernel.seccomp_killed_syscall.empty()) {
+    // With audit_denials a KILL rule is carried out by the agent's supervisor with SIGKILL (the kernel's
+    // own kill would be SIGSYS), which knows the syscall.
+    result.status = RunStatus::kFailed;
+    result.reason = RunReason::kSeccompViolation;
+    result.message = absl::StrCat("killed by the seccomp policy: syscall ", kernel.seccomp_killed_syscall);
   } else if (result.signal > 0) {
     result.status = RunStatus::kCompleted;
     result.reason = RunReason::kSignaled;

@@ -28,6 +28,8 @@ struct KernelFacts {
   uint64_t pids_max_events = 0;  // pids.events max
   bool timed_out = false;    // the agent's wall-clock timer fired
   bool canceled = false;     // a cancel signal arrived (and the timer did not fire first)
+  // The agent's seccomp supervisor killed a caller for a KILL rule: the syscall of the last such kill.
+  std::string seccomp_killed_syscall;
 };
 
 // Decides the run's status, reason, exit code or signal and message. `report` is what init wrote on its

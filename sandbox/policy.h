@@ -66,6 +66,9 @@ struct SeccompPolicy {
   SeccompAction default_action = SeccompAction::kAllow;
   int default_errno = 1;
   std::vector<SeccompRule> rules;
+  // kErrno/kKill decisions go to the agent's supervisor (SECCOMP_RET_USER_NOTIF), which answers them and
+  // records each as an audit (sandbox/seccomp_notify.h). false: plain RET_ERRNO / RET_KILL_PROCESS.
+  bool audit_denials = true;
 };
 
 struct Limits {

@@ -141,6 +141,7 @@ absl::Status ConvertSeccomp(const pb::Seccomp& in, SeccompPolicy& out) {
     RETURN_IF_ERROR(CheckErrno("seccomp.default_errno", in.default_errno()));
     out.default_errno = static_cast<int>(in.default_errno());
   }
+  if (in.has_audit_denials()) out.audit_denials = in.audit_denials();
 
   struct Seen {
     std::string path;

@@ -1,5 +1,7 @@
 #include "sandbox/result.h"
 
+#include <signal.h>
+
 #include <cerrno>
 
 namespace sbx::sandbox {
@@ -30,6 +32,9 @@ std::string_view RunReasonName(RunReason reason) {
 int ExitStatusFor(const RunResult& result) {
   if (result.exec_errno != 0) return result.exec_errno == ENOENT ? 127 : 126;
   if (result.reason == RunReason::kSetupError) return 125;
+  // A seccomp kill exits as SIGSYS would, whether the kernel (RET_KILL_PROCESS) or the agent's supervisor
+  // (SIGKILL, with audit_denials) carried it out: `run`'s exit status means the same either way.
+  if (result.reason == RunReason::kSeccompViolation) return 128 + SIGSYS;
   if (result.signal > 0) return 128 + result.signal;
   if (result.exit_code >= 0) return result.exit_code;
   return 125;

@@ -3,9 +3,11 @@
 #include <seccomp.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <memory>
 #include <string>
 
@@ -124,10 +126,74 @@ std::vector<std::vector<scmp_arg_cmp>> Groups(const std::vector<SyscallArgCondit
   return groups;
 }
 
+bool IsDenial(SeccompAction action) { return action == SeccompAction::kErrno || action == SeccompAction::kKill; }
+
 }  // namespace
 
+bool IsJailChildSyscall(int nr) {
+  return nr == __NR_sendmsg || nr == __NR_close || nr == __NR_execve || nr == __NR_write ||
+         nr == __NR_exit_group;
+}
+
+bool ArgsMatch(const std::vector<SyscallArgCondition>& conds, const uint64_t args[6]) {
+  for (const SyscallArgCondition& c : conds) {
+    if (c.index > 5) return false;
+    const uint64_t a = args[c.index];
+    switch (c.op) {
+      case SyscallArgCondition::Op::kEq:
+        if (a != c.value) return false;
+        break;
+      case SyscallArgCondition::Op::kNe:  // several on one argument: none of them, i.e. each NE holds
+        if (a == c.value) return false;
+        break;
+      case SyscallArgCondition::Op::kMaskedEq:
+        if ((a & c.mask) != c.value) return false;
+        break;
+      case SyscallArgCondition::Op::kAnyBitsSet:
+        if ((a & c.value) == 0) return false;
+        break;
+    }
+  }
+  return true;
+}
+
+absl::StatusOr<SeccompDenyTable> SeccompDenyTable::Build(const SeccompPolicy& policy) {
+  SeccompDenyTable table;
+  table.policy_ = policy;
+  for (size_t i = 0; i < policy.rules.size(); ++i) {
+    const SeccompRule& rule = policy.rules[i];
+    if (!IsDenial(rule.action)) continue;
+    const int nr = seccomp_syscall_resolve_name(rule.syscall.c_str());
+    if (nr == __NR_SCMP_ERROR) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("seccomp.rules[", i, "]: unknown syscall '", rule.syscall, "'"));
+    }
+    table.rules_by_nr_[nr].push_back(static_cast<int>(i));
+  }
+  return table;
+}
+
+SeccompDecision SeccompDenyTable::Decide(int nr, const uint64_t args[6]) const {
+  if (auto it = rules_by_nr_.find(nr); it != rules_by_nr_.end()) {
+    for (int i : it->second) {
+      const SeccompRule& rule = policy_.rules[i];
+      if (ArgsMatch(rule.args, args)) return {rule.action, rule.errno_value, i};
+    }
+  }
+  if (IsDenial(policy_.default_action)) return {policy_.default_action, policy_.default_errno, -1};
+  // The filter notified a call no deny rule matches under an allow default: cannot happen for a table
+  // built from the filter's own policy; refuse it rather than let it run.
+  return {SeccompAction::kErrno, EPERM, -1};
+}
+
 absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy) {
-  const uint32_t default_action = ToScmpAction(policy.default_action, policy.default_errno);
+  const bool notify = policy.audit_denials;
+  // The filter's action for a policy action: a denial goes to the supervisor when audited.
+  const auto filter_action = [notify](SeccompAction action, int errno_value, int nr) {
+    if (notify && IsDenial(action) && !IsJailChildSyscall(nr)) return uint32_t{SCMP_ACT_NOTIFY};
+    return ToScmpAction(action, errno_value);
+  };
+  const uint32_t default_action = filter_action(policy.default_action, policy.default_errno, -1);
   SeccompCtx ctx(seccomp_init(default_action));
   if (!ctx) return absl::InternalError("seccomp_init failed");
   // Only the native ABI is in the filter; anything else (i386, x32) hits the bad-arch action.
@@ -146,7 +212,10 @@ absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy) {
     if (nr == __NR_SCMP_ERROR) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": unknown syscall '", rule.syscall, "'"));
     }
-    const uint32_t action = ToScmpAction(rule.action, rule.errno_value);
+    const uint32_t action = filter_action(rule.action, rule.errno_value, nr);
+    // Two denials with other errnos (or ERRNO under a KILL default) are both "notify": the default covers
+    // the rule in the filter, and the supervisor tells them apart (SeccompDenyTable).
+    if (notify && action == default_action && action == SCMP_ACT_NOTIFY) continue;
     if (action == default_action) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": the action equals the default action, so the rule would do nothing"));
@@ -168,6 +237,21 @@ absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy) {
     }
   }
 
+  // The jail child's own last syscalls get the plain default denial, not a notification (see
+  // IsJailChildSyscall), unless the policy has rules for them (whose denials are plain already).
+  if (notify && default_action == SCMP_ACT_NOTIFY) {
+    for (int nr : {__NR_sendmsg, __NR_close, __NR_execve, __NR_write, __NR_exit_group}) {
+      const bool has_rule = std::any_of(policy.rules.begin(), policy.rules.end(), [nr](const SeccompRule& r) {
+        return seccomp_syscall_resolve_name(r.syscall.c_str()) == nr;
+      });
+      if (has_rule) continue;
+      if (int rc = seccomp_rule_add(ctx.get(), ToScmpAction(policy.default_action, policy.default_errno), nr, 0);
+          rc < 0) {
+        return ErrnoToStatus(-rc, "seccomp_rule_add (the jail child's syscalls)");
+      }
+    }
+  }
+
   // libseccomp 2.5 can only export to an fd.
   UniqueFd mem(memfd_create("sbx-seccomp", MFD_CLOEXEC));
   if (!mem) return ErrnoToStatus(errno, "memfd_create");
@@ -181,6 +265,9 @@ absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy) {
     return absl::InternalError(absl::StrCat("seccomp program has an invalid size: ", st.st_size, " bytes"));
   }
   SeccompProgram program;
+  program.user_notif = notify && (IsDenial(policy.default_action) ||
+                                  std::any_of(policy.rules.begin(), policy.rules.end(),
+                                              [](const SeccompRule& r) { return IsDenial(r.action); }));
   program.instructions.resize(st.st_size / sizeof(sock_filter));
   if (pread(mem.get(), program.instructions.data(), st.st_size, 0) != st.st_size) {
     return ErrnoToStatus(errno, "pread(seccomp memfd)");

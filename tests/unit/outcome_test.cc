@@ -148,3 +148,29 @@ TEST(DecideOutcomeTest, AReportWithoutLandlockSaysTheWorkloadWasNotSeparated) {
 
 }  // namespace
 }  // namespace sbx::sandbox
+
+// audit_denials: the supervisor carries out a KILL rule with SIGKILL and knows the syscall; the outcome names
+// it. A SIGKILL without a supervisor kill stays a plain signal.
+namespace sbx::sandbox {
+namespace {
+TEST(DecideOutcomeTest, ASupervisorKillIsASeccompViolationNamingTheSyscall) {
+  KernelFacts k = InitExited(128 + SIGKILL);
+  k.seccomp_killed_syscall = "ptrace";
+  RunResult r = DecideOutcome(k, Report(InitReport::kSignaled, SIGKILL), Limits{});
+  EXPECT_EQ(r.status, RunStatus::kFailed);
+  EXPECT_EQ(r.reason, RunReason::kSeccompViolation);
+  EXPECT_EQ(r.signal, SIGKILL);
+  EXPECT_EQ(r.message, "killed by the seccomp policy: syscall ptrace");
+  EXPECT_EQ(ExitStatusFor(r), 128 + SIGSYS) << "`run` exits as for the kernel's own seccomp kill";
+  // init itself killed for it.
+  KernelFacts init_killed = InitKilled(SIGKILL);
+  init_killed.seccomp_killed_syscall = "bpf";
+  EXPECT_EQ(DecideOutcome(init_killed, std::nullopt, Limits{}).message, "killed by the seccomp policy: syscall bpf");
+  // A workload that exits on its own after a child of it was killed completed.
+  EXPECT_EQ(DecideOutcome(InitExited(0), Report(InitReport::kExited, 0), Limits{}).reason, RunReason::kExited);
+  KernelFacts exited = InitExited(0);
+  exited.seccomp_killed_syscall = "ptrace";
+  EXPECT_EQ(DecideOutcome(exited, Report(InitReport::kExited, 0), Limits{}).reason, RunReason::kExited);
+}
+}  // namespace
+}  // namespace sbx::sandbox

@@ -398,20 +398,42 @@ TEST(DefaultPoliciesSeccompTest, PersonalityFilterAllowsExactlyDockersValues) {
   for (auto load : {DefaultFilePolicy, DefaultBrowserPolicy, DefaultDesktopPolicy}) {
     ASSERT_OK_AND_ASSIGN(Policy policy, load());
     SCOPED_TRACE(policy.name());
-    ASSERT_OK_AND_ASSIGN(SeccompProgram program, CompileSeccomp(policy.seccomp()));
-    EXPECT_LT(program.instructions.size(), 1024u);
-    for (uint64_t v : probes) {
-      const uint32_t want = allowed.count(v) ? SECCOMP_RET_ALLOW : (SECCOMP_RET_ERRNO | 1);
-      ASSERT_EQ(RunSeccomp(program, SYS_personality, v), want) << std::hex << "personality(0x" << v << ")";
-    }
-    EXPECT_EQ(RunSeccomp(program, SYS_getpid, 0x40000), SECCOMP_RET_ALLOW);
-    for (int nr : {SYS_modify_ldt, SYS_fanotify_init, 447 /* memfd_secret */}) {
-      EXPECT_EQ(RunSeccomp(program, nr, 0), SECCOMP_RET_ERRNO | 1) << nr;
+    // audit_denials (the default): denials go to the supervisor; off: plain EPERM from the kernel.
+    for (const bool audit : {true, false}) {
+      SCOPED_TRACE(audit ? "audit_denials" : "plain");
+      SeccompPolicy seccomp = policy.seccomp();
+      seccomp.audit_denials = audit;
+      ASSERT_OK_AND_ASSIGN(SeccompProgram program, CompileSeccomp(seccomp));
+      EXPECT_EQ(program.user_notif, audit);
+      EXPECT_LT(program.instructions.size(), 1024u);
+      const uint32_t denied = audit ? SECCOMP_RET_USER_NOTIF : (SECCOMP_RET_ERRNO | 1);
+      for (uint64_t v : probes) {
+        const uint32_t want = allowed.count(v) ? SECCOMP_RET_ALLOW : denied;
+        ASSERT_EQ(RunSeccomp(program, SYS_personality, v), want) << std::hex << "personality(0x" << v << ")";
+      }
+      EXPECT_EQ(RunSeccomp(program, SYS_getpid, 0x40000), SECCOMP_RET_ALLOW);
+      for (int nr : {SYS_modify_ldt, SYS_fanotify_init, 447 /* memfd_secret */}) {
+        EXPECT_EQ(RunSeccomp(program, nr, 0), denied) << nr;
+      }
     }
   }
 }
 
 // --- Parsing ---
+
+TEST(ParsePolicyTextTest, AuditDenialsDefaultsToTrueAndCanBeTurnedOff) {
+  ASSERT_OK_AND_ASSIGN(Policy on, ParsePolicyText("seccomp { rules { syscalls: \"ptrace\" action: ERRNO } }",
+                                                  "on.textproto"));
+  EXPECT_TRUE(on.seccomp().audit_denials);
+  ASSERT_OK_AND_ASSIGN(Policy off, ParsePolicyText("seccomp { audit_denials: false rules { syscalls: \"ptrace\" "
+                                                   "action: ERRNO } }",
+                                                   "off.textproto"));
+  EXPECT_FALSE(off.seccomp().audit_denials);
+  for (auto load : {DefaultFilePolicy, DefaultBrowserPolicy, DefaultDesktopPolicy}) {
+    ASSERT_OK_AND_ASSIGN(Policy policy, load());
+    EXPECT_TRUE(policy.seccomp().audit_denials) << policy.name();
+  }
+}
 
 TEST(ParsePolicyTextTest, SeveralNeConditionsOnOneArgumentAreANoneOfList) {
   ASSERT_OK_AND_ASSIGN(Policy policy,
