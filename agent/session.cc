@@ -91,19 +91,47 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
   std::shared_ptr<Session> session(new Session(std::move(options), std::move(jail), std::move(init)));
   if (policy.spec().network == sandbox::NetworkMode::kEgress) {
     // The proxy listens on the jail's loopback and connects out from the agent's namespace, to the
-    // policy's allowed destinations only (agent/egress_proxy.h).
-    ASSIGN_OR_RETURN(std::vector<EgressRule> rules, ParseEgressRules(policy.spec().egress_allow));
-    ASSIGN_OR_RETURN(UniqueFd listen_fd, session->jail_->ListenInNetns(policy.spec().egress_proxy_port));
+    // policy's allowed destinations only (agent/egress_proxy.h): the request's rules when it had its own
+    // (inside the host's, which the proxy checks too), else the host policy's.
     EgressProxyOptions eo;
-    eo.allow = std::move(rules);
+    pb::EffectiveEgress& effective = session->effective_egress_;
+    if (const std::optional<SessionEgress>& req = session->options_.egress; req.has_value()) {
+      ASSIGN_OR_RETURN(eo.allow, ParseEgressRules(req->allow));
+      ASSIGN_OR_RETURN(eo.ask, ParseEgressRules(req->ask));
+      EgressCeiling ceiling;
+      ASSIGN_OR_RETURN(ceiling.allow, ParseEgressRules(req->ceiling_allow));
+      ASSIGN_OR_RETURN(ceiling.ask, ParseEgressRules(req->ceiling_ask));
+      if (req->default_ask == pb::EgressRequest::ASK) {
+        // Default ASK: whatever the host's rules would let through (allowed or asked) is asked about; the
+        // ceiling keeps everything else refused.
+        eo.ask.insert(eo.ask.end(), ceiling.allow.begin(), ceiling.allow.end());
+        eo.ask.insert(eo.ask.end(), ceiling.ask.begin(), ceiling.ask.end());
+      }
+      eo.ceiling = std::move(ceiling);
+      effective.mutable_allow()->Add(req->allow.begin(), req->allow.end());
+      effective.mutable_ask()->Add(req->ask.begin(), req->ask.end());
+      effective.set_default_(req->default_ask);
+      effective.set_source(pb::EffectiveEgress::REQUEST);
+    } else {
+      ASSIGN_OR_RETURN(eo.allow, ParseEgressRules(policy.spec().egress_allow));
+      ASSIGN_OR_RETURN(eo.ask, ParseEgressRules(policy.spec().egress_ask));
+      effective.mutable_allow()->Add(policy.spec().egress_allow.begin(), policy.spec().egress_allow.end());
+      effective.mutable_ask()->Add(policy.spec().egress_ask.begin(), policy.spec().egress_ask.end());
+      effective.set_default_(pb::EgressRequest::DENY);
+      effective.set_source(pb::EffectiveEgress::HOST);
+    }
+    ASSIGN_OR_RETURN(UniqueFd listen_fd, session->jail_->ListenInNetns(policy.spec().egress_proxy_port));
     eo.deny = session->options_.egress_deny;
     eo.resolver_threads = 1;
     Session* raw = session.get();
     eo.audit = [raw](const EgressAudit& a) {
       // Events stay in memory for the session's life, and a workload can be denied in a loop: past a
       // number of audits, one more says so and the rest are only counted (egress metrics, the proxy's log).
+      // egress_allowed has a limit of its own, so a page that loads from many hosts cannot use up the
+      // one that reports denials.
       constexpr uint64_t kMaxAudits = 1000;
-      const uint64_t n = raw->audits_.fetch_add(1) + 1;
+      const bool allowed = a.action == "egress_allowed";
+      const uint64_t n = (allowed ? raw->allowed_audits_ : raw->audits_).fetch_add(1) + 1;
       if (n > kMaxAudits + 1) return;
       pb::Event event;
       pb::Audit* audit = event.mutable_audit();
@@ -111,11 +139,15 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
       if (n == kMaxAudits + 1) {
         audit->set_action("audit_limit");
         audit->set_detail(absl::StrCat("this session reached ", kMaxAudits,
-                                       " audit events; later denials are not reported as events"));
+                                       allowed ? " egress_allowed audit events; later allowed connections"
+                                               : " audit events; later denials",
+                                       " are not reported as events"));
       } else {
         audit->set_action(a.action);
         audit->set_detail(a.detail);
         audit->set_destination(a.destination);
+        audit->set_rule(a.rule);
+        audit->set_request_id(a.request_id);
       }
       raw->events_.Append(std::move(event));
     };
@@ -207,6 +239,7 @@ pb::Session Session::Describe() const {
   out.set_created_unix_ms(created_unix_ms_);
   out.set_expires_unix_ms(created_unix_ms_ + options_.ttl.count());
   out.set_last_seq(events_.last_seq());
+  if (egress_ != nullptr) *out.mutable_egress() = effective_egress_;
   std::lock_guard lock(mu_);
   if (ended_) *out.mutable_outcome() = outcome_;
   return out;

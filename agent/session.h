@@ -33,6 +33,14 @@ namespace sbx::agent {
 
 class CgroupLedger;
 
+// A request's own egress rules (CreateRequest.egress), already checked against the host policy's by the
+// SessionManager. The proxy applies `allow` and `ask`, and the host's rules (`ceiling_*`) over them.
+struct SessionEgress {
+  std::vector<std::string> allow, ask;  // as requested
+  duvo::sandbox::v1::EgressRequest::Default default_ask = duvo::sandbox::v1::EgressRequest::DENY;
+  std::vector<std::string> ceiling_allow, ceiling_ask;  // the host policy's network.allow / network.ask
+};
+
 // The name of a session's jail and cgroup: "session-<id>".
 std::string SessionCgroupName(const std::string& session_id);
 
@@ -61,6 +69,8 @@ class Session {
     // TakeFromPool, so keeping the pool full never slows live sessions down.
     bool pooled = false;
     std::vector<IpNetwork> egress_deny;  // network mode EGRESS: AgentConfig.egress_deny_cidrs
+    // Network mode EGRESS: the request's own rules; unset: the host policy's network.allow / network.ask.
+    std::optional<SessionEgress> egress;
     // Set by Start for a desktop session: the display's size.
     uint32_t display_width = 0, display_height = 0;
   };
@@ -152,6 +162,8 @@ class Session {
   std::unique_ptr<sandbox::Jail> jail_;
   std::unique_ptr<sandbox::InitClient> init_;
   std::unique_ptr<EgressProxy> egress_;  // network mode EGRESS: the jail's proxy
+  duvo::sandbox::v1::EffectiveEgress effective_egress_;  // set by Start, then constant (Describe)
+  std::atomic<uint64_t> allowed_audits_{0};  // egress_allowed audits so far (their own limit)
   std::atomic<bool> ended_{false};
   std::atomic<int64_t> last_used_ns_;
 

@@ -112,6 +112,8 @@ struct PolicySpec {
   NetworkMode network = NetworkMode::kNone;
   // EGRESS: the proxy's allow rules (checked by the agent's egress proxy) and its port in the jail.
   std::vector<std::string> egress_allow;
+  // EGRESS: destinations held until a human approves them (same syntax; an allow rule wins).
+  std::vector<std::string> egress_ask;
   uint16_t egress_proxy_port = 3128;
   // Host variables passed through when set on the host; nothing else is inherited.
   std::vector<std::string> env_passthrough;

@@ -387,14 +387,16 @@ absl::Status ValidateSpec(const PolicySpec& spec) {
     default:
       return FieldError("network.mode", "unknown mode ", static_cast<int>(spec.network));
   }
-  if (spec.network != NetworkMode::kEgress && !spec.egress_allow.empty()) {
-    return FieldError("network.allow", "only for mode EGRESS");
-  }
-  if (spec.egress_allow.size() > 1024) return FieldError("network.allow", "at most 1024 rules");
-  for (size_t i = 0; i < spec.egress_allow.size(); ++i) {
-    const std::string& rule = spec.egress_allow[i];
-    if (rule.empty() || rule.size() > 300 || rule.find_first_of(" \t\r\n") != std::string::npos) {
-      return FieldError(absl::StrCat("network.allow[", i, "]"), "'", rule, "' is not a HOST[:PORT] rule");
+  // The rules' syntax is the egress proxy's to check (the agent parses them at start); here only their shape.
+  for (const auto& [name, rules] : {std::pair<const char*, const std::vector<std::string>*>{"network.allow", &spec.egress_allow},
+                                    {"network.ask", &spec.egress_ask}}) {
+    if (spec.network != NetworkMode::kEgress && !rules->empty()) return FieldError(name, "only for mode EGRESS");
+    if (rules->size() > 1024) return FieldError(name, "at most 1024 rules");
+    for (size_t i = 0; i < rules->size(); ++i) {
+      const std::string& rule = (*rules)[i];
+      if (rule.empty() || rule.size() > 300 || rule.find_first_of(" \t\r\n") != std::string::npos) {
+        return FieldError(absl::StrCat(name, "[", i, "]"), "'", rule, "' is not a HOST[:PORT] rule");
+      }
     }
   }
   if (spec.egress_proxy_port == 0) return FieldError("network.proxy_port", "must be 1..65535");
@@ -502,10 +504,12 @@ PolicyBuilder& PolicyBuilder::SetNetworkNone() {
   return *this;
 }
 
-PolicyBuilder& PolicyBuilder::SetNetworkEgress(std::vector<std::string> allow, uint16_t proxy_port) {
+PolicyBuilder& PolicyBuilder::SetNetworkEgress(std::vector<std::string> allow, uint16_t proxy_port,
+                                               std::vector<std::string> ask) {
   if (!status_.ok()) return *this;
   spec_.network = NetworkMode::kEgress;
   spec_.egress_allow = std::move(allow);
+  spec_.egress_ask = std::move(ask);
   spec_.egress_proxy_port = proxy_port;
   return *this;
 }

@@ -37,7 +37,8 @@ class PolicyBuilder {
   PolicyBuilder& SetLimits(const Limits& limits);
   PolicyBuilder& SetSeccomp(SeccompPolicy seccomp);
   PolicyBuilder& SetNetworkNone();
-  PolicyBuilder& SetNetworkEgress(std::vector<std::string> allow = {}, uint16_t proxy_port = 3128);
+  PolicyBuilder& SetNetworkEgress(std::vector<std::string> allow = {}, uint16_t proxy_port = 3128,
+                                  std::vector<std::string> ask = {});
   PolicyBuilder& SetNetworkHost(UnrestrictedNetworking);
   PolicyBuilder& AddEnvPassthrough(std::string_view name);
   PolicyBuilder& SetEnv(std::string_view name, std::string_view value);  // replaces an earlier value

@@ -339,8 +339,8 @@ absl::StatusOr<Policy> PolicyFromProto(const pb::SandboxPolicy& proto) {
     builder.SetSeccomp(std::move(seccomp));
   }
   if (proto.network().mode() != pb::Network::EGRESS &&
-      (proto.network().allow_size() > 0 || proto.network().has_proxy_port())) {
-    return absl::InvalidArgumentError("network.allow, network.proxy_port: only for mode EGRESS");
+      (proto.network().allow_size() > 0 || proto.network().ask_size() > 0 || proto.network().has_proxy_port())) {
+    return absl::InvalidArgumentError("network.allow, network.ask, network.proxy_port: only for mode EGRESS");
   }
   switch (proto.network().mode()) {
     case pb::Network::MODE_UNSPECIFIED:
@@ -354,7 +354,8 @@ absl::StatusOr<Policy> PolicyFromProto(const pb::SandboxPolicy& proto) {
         return absl::InvalidArgumentError(absl::StrCat("network.proxy_port: ", port, " is not a port"));
       }
       builder.SetNetworkEgress({proto.network().allow().begin(), proto.network().allow().end()},
-                               static_cast<uint16_t>(port));
+                               static_cast<uint16_t>(port),
+                               {proto.network().ask().begin(), proto.network().ask().end()});
       break;
     }
     case pb::Network::HOST:

@@ -221,6 +221,9 @@ struct CreateFlags {
   std::string display;  // desktop: WIDTHxHEIGHT
   bool window_manager = false;
   bool vnc = false;
+  // The session's own egress rules (CreateRequest.egress), inside the host policy's.
+  std::vector<std::string> allow, ask;
+  std::string egress_default;  // "", "deny" or "ask"
 };
 
 bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
@@ -245,6 +248,17 @@ bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
   req->set_idempotency_key(f.idempotency_key);
   if (f.memory_limit) req->mutable_policy()->mutable_limits()->set_memory_max_bytes(f.memory_limit);
   if (f.pids_limit) req->mutable_policy()->mutable_limits()->set_pids_max(f.pids_limit);
+  if (!f.allow.empty() || !f.ask.empty() || !f.egress_default.empty()) {
+    pb::EgressRequest* egress = req->mutable_egress();
+    egress->mutable_allow()->Add(f.allow.begin(), f.allow.end());
+    egress->mutable_ask()->Add(f.ask.begin(), f.ask.end());
+    if (f.egress_default == "ask") {
+      egress->set_default_(pb::EgressRequest::ASK);
+    } else if (!f.egress_default.empty() && f.egress_default != "deny") {
+      fprintf(stderr, "sandboxctl: --egress-default '%s': expected deny or ask\n", f.egress_default.c_str());
+      return false;
+    }
+  }
   if (!f.display.empty() || f.window_manager || f.vnc) {
     if (kind != pb::DESKTOP) {
       fprintf(stderr, "sandboxctl: --display, --window-manager and --vnc are for --kind desktop\n");
@@ -561,6 +575,14 @@ int main(int argc, char** argv) {
     c->add_option("--display", cf.display, "Desktop: WIDTHxHEIGHT (default 1280x800)");
     c->add_flag("--window-manager", cf.window_manager, "Desktop: run a window manager");
     c->add_flag("--vnc", cf.vnc, "Desktop: allow a live view over VNC");
+    c->add_option("--allow", cf.allow, "Egress: a destination rule (HOST[:PORT]) this session may reach; "
+                                       "repeatable. Any egress flag replaces the host policy's rules with the "
+                                       "session's own, which must lie inside them")
+        ->allow_extra_args(false);
+    c->add_option("--ask", cf.ask, "Egress: a destination rule held for a human's approval; repeatable")
+        ->allow_extra_args(false);
+    c->add_option("--egress-default", cf.egress_default,
+                  "Egress: deny (default) or ask: what happens to a destination no rule names");
   };
   CLI::App* create = app.add_subcommand("create", "Create a session; prints its id");
   add_create_flags(create);

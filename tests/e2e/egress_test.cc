@@ -101,7 +101,8 @@ std::string HostIPv4() {
 }
 
 // The built-in file (or another) policy with network EGRESS and the given rules.
-std::string EgressPolicy(const std::vector<std::string>& allow, const char* base = SBX_FILE_POLICY) {
+std::string EgressPolicy(const std::vector<std::string>& allow, const char* base = SBX_FILE_POLICY,
+                         const std::vector<std::string>& ask = {}) {
   std::ifstream in(base);
   std::stringstream ss;
   ss << in.rdbuf();
@@ -111,6 +112,7 @@ std::string EgressPolicy(const std::vector<std::string>& allow, const char* base
   if (at == std::string::npos) return "";
   std::string egress = "network {\n  mode: EGRESS\n";
   for (const std::string& rule : allow) egress += "  allow: \"" + rule + "\"\n";
+  for (const std::string& rule : ask) egress += "  ask: \"" + rule + "\"\n";
   egress += "}";
   return policy.replace(at, none.size(), egress);
 }
@@ -196,7 +198,21 @@ TEST_F(EgressTest, AllowedHostLoadsThroughTheProxy) {
   ASSERT_EQ(allowed_->requests().size(), 1u);
   // The proxy sends origin-form upstream.
   EXPECT_EQ(allowed_->requests()[0].rfind("GET /page?q=1 HTTP/1.1\r\n", 0), 0u) << allowed_->requests()[0];
-  EXPECT_TRUE(Audits().empty());
+  // The one audit event is the decision that let it through, naming the host policy's rule.
+  std::vector<pb::Audit> audits = Audits();
+  ASSERT_EQ(audits.size(), 1u);
+  EXPECT_EQ(audits[0].action(), "egress_allowed");
+  EXPECT_EQ(audits[0].destination(), "127.0.0.2:" + std::to_string(allowed_->port()));
+  EXPECT_EQ(audits[0].rule(), "127.0.0.2/32:" + std::to_string(allowed_->port()));
+  EXPECT_EQ(audits[0].call_id(), CallIdOf(r));
+  // Without an egress section in the request, the session applies the host policy's rules.
+  grpc::ClientContext ctx;
+  pb::GetRequest get;
+  get.set_session_id(id_);
+  pb::Session session;
+  ASSERT_TRUE(stub_->Get(&ctx, get, &session).ok());
+  EXPECT_EQ(session.egress().source(), pb::EffectiveEgress::HOST);
+  EXPECT_THAT(session.egress().allow(), ::testing::Contains("127.0.0.2/32:" + std::to_string(allowed_->port())));
 }
 
 TEST_F(EgressTest, DeniedHostGets403AndOneAuditEventNamingItAndTheCall) {
@@ -209,6 +225,7 @@ TEST_F(EgressTest, DeniedHostGets403AndOneAuditEventNamingItAndTheCall) {
   EXPECT_EQ(audits[0].action(), "egress_denied");
   EXPECT_EQ(audits[0].destination(), dest);
   EXPECT_EQ(audits[0].call_id(), CallIdOf(r));
+  EXPECT_EQ(audits[0].rule(), "default deny");
 }
 
 // A workload denied in a loop cannot grow the agent without bound: past 1000 audit events, one more says so.
@@ -347,6 +364,159 @@ TEST_F(EgressTest, ABrowserSessionBrowsesThroughTheProxyOnly) {
   int denied = 0;
   while (reader->Read(&e)) denied += e.has_audit() && e.audit().destination() == dest ? 1 : 0;
   EXPECT_GE(denied, 1);  // Chromium may ask again for the same page (a retry, its favicon): at least once
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Per-request egress: the host policy's rules are the ceiling (loopback servers on 127.0.0.2 and 127.0.0.3,
+// the host allowing 127.0.0.0/30 on any port and asking about 127.0.0.4/30, where 127.0.0.5 serves).
+
+class EgressRequestTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    a_ = std::make_unique<Upstream>("127.0.0.2", "hello from a");
+    b_ = std::make_unique<Upstream>("127.0.0.3", "hello from b");
+    asked_ = std::make_unique<Upstream>("127.0.0.5", "hello from asked");
+    dir_ = std::filesystem::temp_directory_path() / ("sbx-egress-req-" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir_);
+    const std::string policy = EgressPolicy({"127.0.0.0/30"}, SBX_FILE_POLICY, {"127.0.0.4/30"});
+    ASSERT_FALSE(policy.empty());
+    std::ofstream(dir_ + "/file.textproto") << policy << ApprovalLines();
+    Daemon::Options o;
+    o.config_lines = {"policy_dir: \"" + dir_ + "\""};
+    daemon_ = std::make_unique<Daemon>(o);
+    ASSERT_TRUE(daemon_->ok()) << daemon_->Log();
+    stub_ = daemon_->NewStub();
+  }
+  void TearDown() override {
+    daemon_.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  // Extra host policy text (the approval gates' deadline for the ask tests).
+  virtual std::string ApprovalLines() { return ""; }
+
+  std::string A() const { return "127.0.0.2:" + std::to_string(a_->port()); }
+  std::string B() const { return "127.0.0.3:" + std::to_string(b_->port()); }
+  std::string Asked() const { return "127.0.0.5:" + std::to_string(asked_->port()); }
+
+  grpc::Status Create(const std::vector<std::string>& allow, const std::vector<std::string>& ask, pb::Session* out,
+                      pb::EgressRequest::Default def = pb::EgressRequest::DENY) {
+    grpc::ClientContext ctx;
+    pb::CreateRequest req;
+    req.set_kind(pb::FILE);
+    req.mutable_egress()->mutable_allow()->Add(allow.begin(), allow.end());
+    req.mutable_egress()->mutable_ask()->Add(ask.begin(), ask.end());
+    req.mutable_egress()->set_default_(def);
+    return stub_->Create(&ctx, req, out);
+  }
+  CallResult Fetch(const std::string& id, const std::string& dest) {
+    return RunExec(stub_.get(), id, {"python3", "-c", kFetch, "http://" + dest + "/"});
+  }
+  std::vector<pb::Audit> Audits(const std::string& id) {
+    grpc::ClientContext ctx;
+    pb::EventsRequest req;
+    req.set_session_id(id);
+    auto reader = stub_->Events(&ctx, req);
+    std::vector<pb::Audit> out;
+    pb::Event e;
+    while (reader->Read(&e)) {
+      if (e.has_audit()) out.push_back(e.audit());
+    }
+    return out;
+  }
+  // The one audit event with `action` and `destination`; fails the test unless there is exactly one.
+  pb::Audit OneAudit(const std::string& id, const std::string& action, const std::string& destination) {
+    std::vector<pb::Audit> found;
+    for (const pb::Audit& a : Audits(id)) {
+      if (a.action() == action && a.destination() == destination) found.push_back(a);
+    }
+    EXPECT_EQ(found.size(), 1u) << action << " " << destination;
+    return found.empty() ? pb::Audit() : found[0];
+  }
+
+  std::unique_ptr<Upstream> a_, b_, asked_;
+  std::string dir_;
+  std::unique_ptr<Daemon> daemon_;
+  std::unique_ptr<pb::Sandboxes::StubInterface> stub_;
+};
+
+TEST_F(EgressRequestTest, ARequestAllowListLetsItsDestinationThroughAndNothingElse) {
+  pb::Session s;
+  grpc::Status status = Create({"127.0.0.2/32:" + std::to_string(a_->port())}, {}, &s);
+  ASSERT_TRUE(status.ok()) << status.error_message() << daemon_->Log();
+  CallResult ok = Fetch(s.id(), A());
+  EXPECT_EQ(ok.out, "hello from a\n") << ok.err;
+  // 127.0.0.3 is inside the host's rules, but not the request's.
+  CallResult denied = Fetch(s.id(), B());
+  EXPECT_EQ(denied.out, "HTTP 403\n") << denied.err;
+  EXPECT_TRUE(b_->requests().empty());
+  const pb::Audit allowed = OneAudit(s.id(), "egress_allowed", A());
+  EXPECT_EQ(allowed.rule(), "127.0.0.2/32:" + std::to_string(a_->port()));
+  EXPECT_EQ(allowed.call_id(), ok.finished.call_id());
+  const pb::Audit refused = OneAudit(s.id(), "egress_denied", B());
+  EXPECT_EQ(refused.rule(), "default deny");
+  EXPECT_EQ(refused.call_id(), denied.finished.call_id());
+  // Get shows the rules in force and where they came from.
+  grpc::ClientContext ctx;
+  pb::GetRequest get;
+  get.set_session_id(s.id());
+  pb::Session got;
+  ASSERT_TRUE(stub_->Get(&ctx, get, &got).ok());
+  EXPECT_EQ(got.egress().source(), pb::EffectiveEgress::REQUEST);
+  EXPECT_THAT(got.egress().allow(), ::testing::ElementsAre("127.0.0.2/32:" + std::to_string(a_->port())));
+  EXPECT_EQ(got.egress().default_(), pb::EgressRequest::DENY);
+}
+
+TEST_F(EgressRequestTest, ARuleOutsideTheHostCeilingIsRefusedAtCreateNamingIt) {
+  struct Case {
+    std::vector<std::string> allow, ask;
+    std::string named;
+  } cases[] = {
+      {{"example.com"}, {}, "egress.allow[0]: rule \"example.com\""},
+      {{"127.0.0.2/32", "127.0.0.0/24"}, {}, "egress.allow[1]: rule \"127.0.0.0/24\""},
+      {{"*"}, {}, "rule \"*\""},
+      {{"127.0.0.5/32"}, {}, "egress.allow[0]: rule \"127.0.0.5/32\""},  // the host only asks about it
+      {{}, {"10.0.0.0/8"}, "egress.ask[0]: rule \"10.0.0.0/8\""},
+  };
+  for (const Case& c : cases) {
+    pb::Session s;
+    grpc::Status status = Create(c.allow, c.ask, &s);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << c.named;
+    EXPECT_THAT(status.error_message(), HasSubstr(c.named));
+  }
+  // Asking about what the host asks about is no wider.
+  pb::Session s;
+  grpc::Status status = Create({}, {"127.0.0.5/32"}, &s);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  // A malformed rule is INVALID_ARGUMENT, naming it.
+  status = Create({"10.0.0.1/8"}, {}, &s);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("10.0.0.1/8"));
+  // sandboxctl's flags build the same section.
+  int rc = 0;
+  RunCtl(*daemon_, {"create", "--allow", "example.com"}, &rc);
+  EXPECT_NE(rc, 0);
+  const std::string id = RunCtl(*daemon_, {"create", "--allow", "127.0.0.2/32", "--ask", "127.0.0.5/32",
+                                           "--egress-default", "ask"}, &rc);
+  ASSERT_EQ(rc, 0) << id;
+  const std::string shown = RunCtl(*daemon_, {"-o", "json", "get", id.substr(0, id.find_first_of(" \n"))}, &rc);
+  EXPECT_THAT(shown, HasSubstr("127.0.0.5/32"));
+  EXPECT_THAT(shown, HasSubstr("REQUEST"));
+  EXPECT_THAT(shown, HasSubstr("ASK"));
+}
+
+TEST_F(EgressRequestTest, TwoSessionsWithDifferentListsStayApart) {
+  pb::Session one, two;
+  ASSERT_TRUE(Create({"127.0.0.2/32"}, {}, &one).ok());
+  ASSERT_TRUE(Create({"127.0.0.3/32"}, {}, &two).ok());
+  EXPECT_EQ(Fetch(one.id(), A()).out, "hello from a\n");
+  EXPECT_EQ(Fetch(one.id(), B()).out, "HTTP 403\n");
+  EXPECT_EQ(Fetch(two.id(), B()).out, "hello from b\n");
+  EXPECT_EQ(Fetch(two.id(), A()).out, "HTTP 403\n");
+  EXPECT_EQ(a_->requests().size(), 1u);
+  EXPECT_EQ(b_->requests().size(), 1u);
+  EXPECT_EQ(OneAudit(one.id(), "egress_denied", B()).rule(), "default deny");
+  EXPECT_EQ(OneAudit(two.id(), "egress_denied", A()).rule(), "default deny");
 }
 
 TEST(EgressPolicyTest, ABadRuleFailsTheDaemonAtStartNamingIt) {
