@@ -57,6 +57,9 @@ pb::FileInfo ToProto(const sandbox::FileInfo& info) {
   return out;
 }
 
+// The ToolError / RPC status a gate's decision ends its action with (OK: approved or answered).
+absl::Status DecisionStatus(const pb::HumanDecision& d);
+
 }  // namespace
 
 std::string SessionCgroupName(const std::string& session_id) { return absl::StrCat("session-", session_id); }
@@ -177,6 +180,13 @@ Session::Session(Options options, std::unique_ptr<sandbox::Jail> jail, std::uniq
       created_unix_ms_(UnixMs()),
       expires_(created_ + options_.ttl),
       events_(options_.id, options_.event_log),
+      approvals_(std::make_unique<Approvals>([this] {
+        Approvals::Options o;
+        o.events = &events_;
+        o.timeout = std::chrono::milliseconds(options_.approvals.timeout());
+        return o;
+      }())),
+      gates_(std::make_unique<ApprovalGates>(options_.approvals)),
       jail_(std::move(jail)),
       init_(std::move(init)),
       labels_(options_.labels) {
@@ -187,6 +197,11 @@ Session::~Session() {
   End(pb::Outcome::CANCELED, "canceled", "the session was deleted");
   egress_.reset();  // before the jail: its audit callback writes the event log
   if (watcher_.joinable()) watcher_.join();
+  {
+    std::unique_lock lock(approved_mu_);
+    approved_runner_.request_stop();
+  }
+  if (approved_runner_.joinable()) approved_runner_.join();  // finishes what it had as canceled
   killer_.request_stop();
   if (killer_.joinable()) killer_.join();
   init_.reset();  // after the watcher and the killer: joins the client's reader thread
@@ -224,7 +239,8 @@ void Session::TakeFromPool(std::map<std::string, std::string> labels) {
 
 bool Session::busy() const {
   std::lock_guard lock(mu_);
-  return !running_execs_.empty();
+  // A call waiting for a person is not idle: the request's deadline bounds the wait, the ttl the session.
+  return !running_execs_.empty() || !gated_waiting_.empty();
 }
 
 pb::Session Session::Describe() const {
@@ -242,6 +258,7 @@ pb::Session Session::Describe() const {
   if (egress_ != nullptr) *out.mutable_egress() = effective_egress_;
   std::lock_guard lock(mu_);
   if (ended_) *out.mutable_outcome() = outcome_;
+  for (pb::HumanRequest& r : approvals_->Open()) *out.add_open_requests() = std::move(r);
   return out;
 }
 
@@ -255,6 +272,8 @@ void Session::End(pb::Outcome::Status status, const std::string& reason, const s
     end_message_ = message;
     end_exit_code_ = exit_code;
   }
+  // Open requests end now, before the outcome: their calls finish as canceled and a client sees why.
+  approvals_->CloseAll(absl::StrCat("session ended: ", reason));
   jail_->Kill();
 }
 
@@ -309,6 +328,8 @@ void Session::WatchJail() {
   if (options_.metrics != nullptr) {
     options_.metrics->Outcome(absl::AsciiStrToLower(pb::Outcome::Status_Name(outcome.status())), outcome.reason());
   }
+  // The jail may have ended on its own (ttl, memory): what is still open is canceled before the outcome.
+  approvals_->CloseAll(absl::StrCat("session ended: ", outcome.reason()));
   pb::Event event;
   *event.mutable_outcome() = outcome;
   events_.Append(std::move(event));
@@ -345,6 +366,100 @@ absl::StatusOr<uint64_t> Session::StartCall(const std::string& call_id, const pb
   const uint64_t seq = events_.Append(std::move(started));
   if (seq == 0) return absl::FailedPreconditionError(absl::StrCat("session ", options_.id, " has ended"));
 
+  // A gate (policy approvals): the call waits for a person without holding this thread; its HumanRequest
+  // follows tool_call_started in the log, and the decision runs it or finishes it (OnGateDecided).
+  std::optional<GateAsk> gate = gates_->ForCall(call_id, call, [this](const std::string& origin) {
+    std::lock_guard lock(mu_);
+    return origins_.count(origin) == 0;
+  });
+  if (gate) {
+    {
+      std::lock_guard lock(mu_);
+      gated_waiting_.insert(call_id);
+    }
+    approvals_->Ask(std::move(*gate), [this, call_id, call](const pb::HumanDecision& d) {
+      OnGateDecided(call_id, call, d);
+    });
+    return seq;
+  }
+  return RunCall(call_id, call, seq);
+}
+
+void Session::OnGateDecided(const std::string& call_id, const pb::ToolCall& call, const pb::HumanDecision& d) {
+  {
+    std::lock_guard lock(mu_);
+    gated_waiting_.erase(call_id);
+  }
+  switch (d.decision()) {
+    case pb::HumanDecision::APPROVE:
+    case pb::HumanDecision::ANSWER: {
+      std::lock_guard lock(approved_mu_);
+      if (!approved_runner_.joinable()) {
+        approved_runner_ = std::jthread([this](std::stop_token stop) { RunApproved(stop); });
+      }
+      approved_.emplace_back(call_id, call);
+      approved_cv_.notify_all();
+      return;
+    }
+    default:
+      FinishCall(call_id, DecisionStatus(d));
+      return;
+  }
+}
+
+namespace {
+absl::Status DecisionStatus(const pb::HumanDecision& d) {
+  switch (d.decision()) {
+    case pb::HumanDecision::APPROVE:
+    case pb::HumanDecision::ANSWER:
+      return absl::OkStatus();
+    case pb::HumanDecision::REJECT:
+      return absl::PermissionDeniedError(absl::StrCat("rejected by ", d.by(), ": ", d.note()));
+    case pb::HumanDecision::EXPIRED:
+      return absl::PermissionDeniedError(
+          absl::StrCat("approval expired (human request ", d.request_id(), ": ", d.note(), ")"));
+    default:
+      return absl::CancelledError(absl::StrCat("canceled: ", d.note()));
+  }
+}
+}  // namespace
+
+absl::Status Session::AwaitTransferApproval(std::string_view kind, const std::string& path, std::string_view detail,
+                                            const std::function<bool()>& gone) {
+  std::optional<GateAsk> gate = gates_->ForTransfer(kind, path, detail);
+  if (!gate) return absl::OkStatus();
+  auto decided = std::make_shared<std::promise<pb::HumanDecision>>();
+  std::future<pb::HumanDecision> decision = decided->get_future();
+  const std::string id = approvals_->Ask(std::move(*gate), [decided](const pb::HumanDecision& d) { decided->set_value(d); });
+  while (decision.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
+    if (gone()) approvals_->Cancel(id, "the client went away");  // decides it: the next wait returns
+  }
+  return DecisionStatus(decision.get());
+}
+
+void Session::RunApproved(std::stop_token stop) {
+  std::unique_lock lock(approved_mu_);
+  for (;;) {
+    approved_cv_.wait(lock, stop, [this] { return !approved_.empty(); });
+    if (approved_.empty()) return;  // stopped with nothing left
+    auto [call_id, call] = std::move(approved_.front());
+    approved_.pop_front();
+    lock.unlock();
+    if (stop.stop_requested() || ended_ || events_.closed()) {
+      FinishCall(call_id, absl::CancelledError("canceled: the session ended before the approved call ran"));
+    } else {
+      // NOTE: the call's tool_call_started is in the log already; the seq is only returned, not used.
+      (void)RunCall(call_id, call, 0);
+    }
+    lock.lock();
+  }
+}
+
+absl::StatusOr<uint64_t> Session::RunCall(const std::string& call_id, const pb::ToolCall& call, uint64_t seq) {
+  if (call.has_browser() && call.browser().has_navigate()) {
+    std::lock_guard lock(mu_);
+    origins_.insert(OriginOf(call.browser().navigate().url()));
+  }
   switch (call.tool_case()) {
     case pb::ToolCall::kExec: {
       const pb::Exec& exec = call.exec();

@@ -146,6 +146,12 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
     narrowing.wall_time_limit_ms = std::min<uint64_t>(*narrowing.wall_time_limit_ms, ttl.count());
   }
   ASSIGN_OR_RETURN(sandbox::Policy policy, sandbox::NarrowPolicy(*ceiling, narrowing));
+  if (request.has_approvals()) {
+    // A request adds gates to the host's (policy_builder.h AddApprovals); it cannot take one away.
+    ASSIGN_OR_RETURN(policy, sandbox::PolicyBuilder(policy)
+                                 .AddApprovals(sandbox::ApprovalsFromProto(request.approvals()))
+                                 .TryBuild());
+  }
 
   Session::Options so;
   so.id = session_id;
@@ -170,6 +176,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   if (request.has_egress()) {
     ASSIGN_OR_RETURN(so.egress, EgressFromRequest(policy, request.egress()));
   }
+  so.approvals = policy.spec().approvals;
   if (kind == pb::DESKTOP) {
     const pb::DesktopOptions& d = request.desktop();
     if ((d.width() != 0 && (d.width() < 64 || d.width() > 7680)) ||
@@ -226,7 +233,8 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
     // A warm browser, for a request that keeps the host's policy and the defaults (and is valid: display
     // options are for desktops, and StartSession refuses them).
     if (kind == pb::BROWSER && request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 &&
-        request.idle_timeout_ms() == 0 && !request.has_desktop() && !request.has_egress()) {
+        request.idle_timeout_ms() == 0 && !request.has_desktop() && !request.has_egress() &&
+        !request.has_approvals()) {
       while (!warm_.empty()) {
         std::shared_ptr<Session> pooled = std::move(warm_.front().first);
         warm_.pop_front();

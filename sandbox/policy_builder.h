@@ -44,6 +44,11 @@ class PolicyBuilder {
   PolicyBuilder& SetEnv(std::string_view name, std::string_view value);  // replaces an earlier value
   PolicyBuilder& SetHostname(std::string_view hostname);
   PolicyBuilder& SetWorkdir(std::string_view workdir);
+  // Adds human approval gates (the host policy's, then a request's): kinds, exec rules and secret patterns are
+  // added to those already there, never taking one away. `more` is validated on its own first, so errors name
+  // its own indexes ("approvals.exec[0].argv_regex: ..."). A timeout_ms may shorten the deadline, not lengthen
+  // it past the one already set (PermissionDenied).
+  PolicyBuilder& AddApprovals(const ApprovalSpec& more);
 
   // Validates everything and returns the policy, or the first error (InvalidArgument, naming the field).
   absl::StatusOr<Policy> TryBuild() const;

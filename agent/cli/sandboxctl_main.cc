@@ -553,6 +553,45 @@ int Exec(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session
 
 }  // namespace
 
+// approve / reject / answer: decide a session's human request (Sandboxes.RespondHumanRequest).
+struct DecideArgs {
+  std::string session_id, request_id, note, text, idempotency_key;
+  bool for_session = false;
+};
+
+CLI::App* AddDecideCommand(CLI::App& app, const char* name, const char* help, DecideArgs& a) {
+  CLI::App* c = app.add_subcommand(name, help);
+  c->add_option("session", a.session_id)->required();
+  c->add_option("request", a.request_id, "The request's id (hr-N), from `get` or the session's events")->required();
+  if (std::string_view(name) == "answer") {
+    c->add_option("text", a.text, "The answer")->required();
+  } else {
+    c->add_flag("--for-session", a.for_session, "Decide this action for the rest of the session, unasked");
+  }
+  c->add_option("--note", a.note, "Why (recorded in the decision)");
+  c->add_option("--idempotency-key", a.idempotency_key, "Same key + same answer = the recorded decision again");
+  return c;
+}
+
+int Decide(pb::Sandboxes::Stub& stub, const Globals& g, const DecideArgs& a, pb::HumanDecision::Decision decision) {
+  auto ctx = Context(g);
+  pb::RespondHumanRequestRequest req;
+  req.set_session_id(a.session_id);
+  req.set_request_id(a.request_id);
+  req.set_decision(decision);
+  req.set_scope(a.for_session ? pb::HumanDecision::SESSION : pb::HumanDecision::REQUEST);
+  req.set_note(a.note);
+  req.set_text(a.text);
+  req.set_idempotency_key(a.idempotency_key);
+  pb::HumanDecision decided;
+  grpc::Status status = stub.RespondHumanRequest(ctx.get(), req, &decided);
+  if (!status.ok()) return RpcError(status, *ctx);
+  Print(g, decided,
+        ForTerminal(decided.request_id()) + ": " + pb::HumanDecision::Decision_Name(decided.decision()) +
+            (decided.scope() == pb::HumanDecision::SESSION ? " (for the session)" : ""));
+  return 0;
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"sandboxctl: create sandboxes and run tool calls in them through sandbox-agent"};
   app.require_subcommand(1);
@@ -698,6 +737,11 @@ int main(int argc, char** argv) {
   CLI::App* b_content = browser->add_subcommand("content", "Print the page's HTML (or --text)");
   b_content->add_flag("--text", b_text, "The visible text instead");
 
+  DecideArgs decide;
+  CLI::App* approve = AddDecideCommand(app, "approve", "Approve a human request: approve SESSION REQUEST", decide);
+  CLI::App* reject = AddDecideCommand(app, "reject", "Reject a human request: reject SESSION REQUEST", decide);
+  CLI::App* answer = AddDecideCommand(app, "answer", "Answer a question: answer SESSION REQUEST TEXT", decide);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -801,6 +845,9 @@ int main(int argc, char** argv) {
     if (*d_cursor) action.mutable_cursor_position();
     return DesktopCall(stub, g, session_id, action, shot_file);
   }
+  if (*approve) return Decide(stub, g, decide, pb::HumanDecision::APPROVE);
+  if (*reject) return Decide(stub, g, decide, pb::HumanDecision::REJECT);
+  if (*answer) return Decide(stub, g, decide, pb::HumanDecision::ANSWER);
   if (*get) {
     auto ctx = Context(g);
     pb::GetRequest req;
