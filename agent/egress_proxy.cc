@@ -660,6 +660,7 @@ struct Conn {
   std::string destination;                  // "host:port" once known
   std::string request_line;                 // plain HTTP: the client's request line (Printable), for a question
   std::string rule;                         // the rule that decided, once one did (audits)
+  uint64_t question = 0;                    // kAsking: the question it waits on
   std::vector<sockaddr_storage> addresses;  // checked, port set
   size_t next_address = 0;
   std::string connect_error;
@@ -945,6 +946,7 @@ class EgressProxy::Impl {
 
   void Close(Conn& c) {
     if (c.dead) return;
+    if (c.phase == Phase::kAsking) Withdraw(c);
     c.dead = true;
     timers_.erase({c.deadline, c.id});
     if (c.phase == Phase::kResolving) CancelResolve(c.id);
@@ -1214,6 +1216,7 @@ class EgressProxy::Impl {
     if (auto it = question_by_key_.find(key); it != question_by_key_.end()) {
       questions_[it->second].conns.push_back(c.id);
       c.phase = Phase::kAsking;
+      c.question = it->second;
       return;
     }
     if (questions_.size() >= options_.max_pending_asks) {
@@ -1223,6 +1226,7 @@ class EgressProxy::Impl {
     }
     c.phase = Phase::kAsking;
     const uint64_t qid = next_question_++;
+    c.question = qid;
     Question& q = questions_[qid];
     q.key = key;
     q.destination = c.destination;
@@ -1252,6 +1256,18 @@ class EgressProxy::Impl {
     a.request_id = it->second.request_id;
     a.detail = absl::StrCat("waiting for a human's approval: ", ask.summary);
     Emit(std::move(a));
+  }
+
+  // `c` (held) is going away: when nobody else waits on its question, the question is withdrawn.
+  void Withdraw(const Conn& c) {
+    auto it = questions_.find(c.question);
+    if (it == questions_.end()) return;
+    std::erase(it->second.conns, c.id);
+    if (!it->second.conns.empty()) return;
+    const std::string request_id = std::move(it->second.request_id);
+    question_by_key_.erase(it->second.key);
+    questions_.erase(it);
+    if (options_.ask_cancel && !request_id.empty()) options_.ask_cancel(request_id);
   }
 
   void ProcessAnswers() {

@@ -80,7 +80,8 @@
 // the same question, and its answer applies to all of them: a browser opens several at once, a person
 // should not be asked six times. At most max_pending_asks questions are open; past that a destination to ask
 // about is refused (403 egress_denied). A client that closes (or half-closes: it is taken as gone) while
-// held is dropped; the answer that comes later finds no connection and is ignored. A request's "default ASK"
+// held is dropped; when it was the last one waiting on its question, the question is withdrawn (ask_cancel)
+// and its answer, if it comes, is ignored. A request's "default ASK"
 // is the caller's to express as ask rules (the session adds the host's rules to the ask list), so that
 // nothing outside them is ever asked about.
 //
@@ -286,6 +287,10 @@ struct EgressProxyOptions {
   // `done` exactly once, from any thread (also before it returns, for a decision made earlier), even after
   // the proxy is gone (then it is ignored). Runs on the event loop thread: must not block.
   std::function<std::string(const EgressAsk&, EgressAnswerFn done)> ask_hook;
+  // Optional: called with a question's request id when every connection waiting on it has gone (the client
+  // closed), so the human is not left deciding for nobody (Approvals::Cancel). Runs on the event loop
+  // thread; the question's answer, if it still comes, is ignored.
+  std::function<void(const std::string& request_id)> ask_cancel;
   // Questions open at once at most (see "Ask rules").
   size_t max_pending_asks = 32;
   // The operator's off-limits networks (AgentConfig.egress_deny_cidrs; step 5).

@@ -158,6 +158,44 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
       std::lock_guard lock(raw->mu_);
       return raw->last_call_id_;
     };
+    // The ask gate: a held destination is a HumanRequest of kind EGRESS in the session's approvals. A
+    // session-scoped approval covers its action ("egress:host:port"), so later connections there go through
+    // unasked (Approvals decides them at once). The proxy is destroyed before the approvals (~Session), and
+    // an answer after that goes nowhere (the proxy's inbox is closed).
+    eo.ask_hook = [raw](const EgressAsk& a, EgressAnswerFn done) {
+      GateAsk ask;
+      ask.kind = pb::HumanRequest::EGRESS;
+      ask.call_id = a.call_id;
+      ask.rule = a.rule;
+      ask.action = absl::StrCat("egress:", a.destination);
+      ask.destination = a.destination;
+      // A plain HTTP request line can carry a token in its query: secret_patterns apply.
+      ask.question = raw->gates().Redact(absl::StrCat("Let the sandbox connect to ", a.summary, "?"));
+      return raw->approvals().Ask(std::move(ask), [done = std::move(done)](const pb::HumanDecision& d) {
+        EgressAnswer answer;
+        const std::string note = d.note().empty() ? "" : absl::StrCat(": ", d.note());
+        switch (d.decision()) {
+          case pb::HumanDecision::APPROVE:
+            answer.decision = EgressAnswer::Decision::kApproved;
+            break;
+          case pb::HumanDecision::EXPIRED:
+            answer.decision = EgressAnswer::Decision::kTimedOut;
+            answer.reason = absl::StrCat("no decision on request ", d.request_id(), " before its deadline", note);
+            break;
+          case pb::HumanDecision::CANCELED:
+            answer.reason = absl::StrCat("request ", d.request_id(), " was canceled", note);
+            break;
+          default:  // REJECT (an ANSWER cannot decide a request that asked no question: refused as well)
+            answer.reason = absl::StrCat("rejected by ", d.by().empty() ? "a human" : d.by(), " (request ",
+                                         d.request_id(), ")", note);
+            break;
+        }
+        done(std::move(answer));
+      });
+    };
+    eo.ask_cancel = [raw](const std::string& request_id) {
+      raw->approvals().Cancel(request_id, "the sandbox closed the connection that waited for it");
+    };
     ASSIGN_OR_RETURN(session->egress_, EgressProxy::Start(std::move(listen_fd), std::move(eo)));
   }
 

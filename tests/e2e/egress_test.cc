@@ -519,6 +519,174 @@ TEST_F(EgressRequestTest, TwoSessionsWithDifferentListsStayApart) {
   EXPECT_EQ(OneAudit(two.id(), "egress_denied", A()).rule(), "default deny");
 }
 
+// The ask gate, wired to the session's human approvals (host approvals timeout 30 s, a request may shorten
+// it; query tokens are secrets).
+class EgressApprovalTest : public EgressRequestTest {
+ protected:
+  std::string ApprovalLines() override {
+    return "\napprovals { timeout_ms: 30000 secret_patterns: \"token=[^ &]+\" }\n";
+  }
+
+  // A file session asking about 127.0.0.5/32 (the request's ask list), with `timeout_ms` for its approvals.
+  std::string CreateAsking(uint64_t timeout_ms = 0) {
+    grpc::ClientContext ctx;
+    pb::CreateRequest req;
+    req.set_kind(pb::FILE);
+    req.mutable_egress()->add_ask("127.0.0.5/32");
+    if (timeout_ms != 0) req.mutable_approvals()->set_timeout_ms(timeout_ms);
+    pb::Session s;
+    grpc::Status status = stub_->Create(&ctx, req, &s);
+    EXPECT_TRUE(status.ok()) << status.error_message() << daemon_->Log();
+    return s.id();
+  }
+
+  // Runs, on a thread, a workload that sends a plain GET for `dest` through the proxy, records in ./state
+  // whether anything came back within a second ("silent" or "early"), then prints the whole answer.
+  std::thread StartHeldFetch(const std::string& id, const std::string& dest, CallResult* out) {
+    const std::string script =
+        "import socket, sys\n"
+        "s = socket.create_connection(('127.0.0.1', 3128))\n"
+        "s.sendall(('GET http://%s/held?token=t0ps3cret HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n' % (sys.argv[1], sys.argv[1])).encode())\n"
+        "s.settimeout(1.0)\n"
+        "try:\n"
+        "    early = s.recv(100)\n"
+        "    state = 'early ' + repr(early)\n"
+        "except socket.timeout:\n"
+        "    state = 'silent'\n"
+        "open('state', 'w').write(state)\n"
+        "print(state)\n"
+        "s.settimeout(60)\n"
+        "data = b''\n"
+        "while True:\n"
+        "    d = s.recv(65536)\n"
+        "    if not d: break\n"
+        "    data += d\n"
+        "print(data.decode(errors='replace'))\n";
+    return std::thread([this, id, dest, script, out] {
+      *out = RunExec(stub_.get(), id, {"python3", "-c", script, dest});
+    });
+  }
+
+  // Waits until the held workload has written ./state; returns it.
+  std::string WaitState(const std::string& id) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < end) {
+      CallResult r = RunExec(stub_.get(), id, {"cat", "state"});
+      if (!r.out.empty()) return r.out;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return "";
+  }
+
+  // Waits for the session's oldest open HumanRequest.
+  pb::HumanRequest WaitOpen(const std::string& id) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < end) {
+      grpc::ClientContext ctx;
+      pb::GetRequest get;
+      get.set_session_id(id);
+      pb::Session s;
+      if (stub_->Get(&ctx, get, &s).ok() && s.open_requests_size() > 0) return s.open_requests(0);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ADD_FAILURE() << "no open human request in session " << id;
+    return pb::HumanRequest();
+  }
+
+  grpc::Status Respond(const std::string& id, const std::string& request_id, pb::HumanDecision::Decision d,
+                       pb::HumanDecision::Scope scope = pb::HumanDecision::REQUEST) {
+    grpc::ClientContext ctx;
+    pb::RespondHumanRequestRequest req;
+    req.set_session_id(id);
+    req.set_request_id(request_id);
+    req.set_decision(d);
+    req.set_scope(scope);
+    req.set_note("from the test");
+    pb::HumanDecision out;
+    return stub_->RespondHumanRequest(&ctx, req, &out);
+  }
+
+  size_t HumanRequestEvents(const std::string& id) {
+    grpc::ClientContext ctx;
+    pb::EventsRequest req;
+    req.set_session_id(id);
+    auto reader = stub_->Events(&ctx, req);
+    size_t n = 0;
+    pb::Event e;
+    while (reader->Read(&e)) n += e.has_human_request() ? 1 : 0;
+    return n;
+  }
+};
+
+TEST_F(EgressApprovalTest, AnAskedHostWaitsForApprovalAndASessionScopedOneLetsLaterConnectionsThroughUnasked) {
+  const std::string id = CreateAsking();
+  CallResult held;
+  std::thread fetch = StartHeldFetch(id, Asked(), &held);
+  const pb::HumanRequest hr = WaitOpen(id);
+  EXPECT_EQ(hr.kind(), pb::HumanRequest::EGRESS);
+  EXPECT_EQ(hr.destination(), Asked());
+  EXPECT_EQ(hr.rule(), "127.0.0.5/32");
+  EXPECT_EQ(hr.action(), "egress:" + Asked());
+  EXPECT_THAT(hr.question(), HasSubstr("GET http://" + Asked() + "/held"));
+  EXPECT_THAT(hr.question(), ::testing::Not(HasSubstr("t0ps3cret")));  // secret_patterns apply
+  // Held: the client has had no answer and the server no connection.
+  EXPECT_EQ(WaitState(id), "silent");
+  EXPECT_TRUE(asked_->requests().empty());
+  grpc::Status st = Respond(id, hr.request_id(), pb::HumanDecision::APPROVE, pb::HumanDecision::SESSION);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  fetch.join();
+  EXPECT_THAT(held.out, HasSubstr("silent\nHTTP/1.0 200 OK"));
+  EXPECT_THAT(held.out, HasSubstr("hello from asked"));
+  EXPECT_EQ(hr.call_id(), held.finished.call_id());
+  // Approved for the session: the next connection goes through at once, with no new request.
+  CallResult again = Fetch(id, Asked());
+  EXPECT_EQ(again.out, "hello from asked\n") << again.err;
+  EXPECT_EQ(HumanRequestEvents(id), 1u);
+  EXPECT_EQ(asked_->requests().size(), 2u);
+  const pb::Audit asked = OneAudit(id, "egress_asked", Asked());
+  EXPECT_EQ(asked.rule(), "127.0.0.5/32");
+  EXPECT_EQ(asked.request_id(), hr.request_id());
+  EXPECT_EQ(asked.call_id(), held.finished.call_id());
+  size_t approved = 0;
+  for (const pb::Audit& a : Audits(id)) {
+    if (a.action() != "egress_approved") continue;
+    ++approved;
+    EXPECT_EQ(a.destination(), Asked());
+    EXPECT_EQ(a.rule(), "127.0.0.5/32");
+    EXPECT_EQ(a.request_id(), hr.request_id());  // the later one names the request whose decision covered it
+  }
+  EXPECT_EQ(approved, 2u);
+}
+
+TEST_F(EgressApprovalTest, ARejectedHostGets403) {
+  const std::string id = CreateAsking();
+  CallResult held;
+  std::thread fetch = StartHeldFetch(id, Asked(), &held);
+  const pb::HumanRequest hr = WaitOpen(id);
+  ASSERT_TRUE(Respond(id, hr.request_id(), pb::HumanDecision::REJECT).ok());
+  fetch.join();
+  EXPECT_THAT(held.out, HasSubstr("HTTP/1.1 403 Forbidden"));
+  EXPECT_THAT(held.out, HasSubstr("egress_rejected: rejected by local"));
+  EXPECT_TRUE(asked_->requests().empty());
+  const pb::Audit rejected = OneAudit(id, "egress_rejected", Asked());
+  EXPECT_EQ(rejected.request_id(), hr.request_id());
+  EXPECT_EQ(rejected.rule(), "127.0.0.5/32");
+  EXPECT_EQ(rejected.call_id(), held.finished.call_id());
+}
+
+TEST_F(EgressApprovalTest, NoDecisionByTheDeadlineGets403TimedOut) {
+  const std::string id = CreateAsking(/*timeout_ms=*/1000);
+  CallResult held;
+  std::thread fetch = StartHeldFetch(id, Asked(), &held);
+  fetch.join();
+  EXPECT_THAT(held.out, HasSubstr("HTTP/1.1 403 Forbidden"));
+  EXPECT_THAT(held.out, HasSubstr("egress_timed_out"));
+  EXPECT_TRUE(asked_->requests().empty());
+  const pb::Audit timed_out = OneAudit(id, "egress_timed_out", Asked());
+  EXPECT_FALSE(timed_out.request_id().empty());
+  EXPECT_EQ(timed_out.call_id(), held.finished.call_id());
+}
+
 TEST(EgressPolicyTest, ABadRuleFailsTheDaemonAtStartNamingIt) {
   const std::string dir = std::filesystem::temp_directory_path() / ("sbx-egress-bad-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);

@@ -1554,13 +1554,25 @@ TEST_F(EgressAskTest, RejectedAndTimedOutAnswer403NamingTheReason) {
 
 TEST_F(EgressAskTest, AClientThatLeavesWhileHeldIsDroppedAndItsLaterAnswerIgnored) {
   TestServer echo("127.0.0.2", EchoHandler(nullptr));
-  StartAsking({}, {"example.test"});
+  std::mutex canceled_mu;
+  std::vector<std::string> canceled;
+  StartAsking({}, {"example.test"}, [&](EgressProxyOptions& o) {
+    o.ask_cancel = [&](const std::string& id) {
+      std::lock_guard lock(canceled_mu);
+      canceled.push_back(id);
+    };
+  });
   {
     UniqueFd held = Client();
     ASSERT_TRUE(SendAll(held.get(), absl::StrCat("CONNECT example.test:", echo.port(), " HTTP/1.1\r\n\r\n")));
     ASSERT_TRUE(WaitFor([&] { return asker_.count() == 1; }));
   }
   ASSERT_TRUE(WaitFor([&] { return proxy_->stats().active == 0; }));
+  {
+    // Nobody waits on the question any more: it is withdrawn.
+    std::lock_guard lock(canceled_mu);
+    EXPECT_EQ(canceled, std::vector<std::string>{"hr-1"});
+  }
   asker_.Answer(0, EgressAnswer::Decision::kApproved);
   asker_.Answer(0, EgressAnswer::Decision::kRejected);  // a second answer: ignored too
   // The proxy is fine: a new question for the same destination is asked and answered.
