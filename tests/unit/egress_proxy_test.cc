@@ -1,7 +1,9 @@
 // EgressProxy: rule parsing, the rule decision (names, wildcards, ports, CIDRs, special ranges, rebinding),
 // and the proxy on real loopback sockets: CONNECT tunnels and plain HTTP against in-test servers on
 // 127.0.0.2 / 127.0.0.3, denials with audit events, nested CONNECT, hostile input (garbage, huge and slow
-// headers, too many connections), upstream failures and shutdown with connections open.
+// headers, too many connections), upstream failures and shutdown with connections open; the request
+// ceiling (EgressRule::Covers, the host's rules checked at each decision), the rule each verdict names, and
+// the ask gate with a fake hook (held connections, answers from other threads, clients that leave).
 //
 // The fake resolver gives allowed names TEST-NET addresses (198.51.100.x, public as far as the rules go) and
 // the proxy's connect_address_for_testing seam maps them onto the loopback servers: a domain rule can never
