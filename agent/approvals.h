@@ -22,8 +22,16 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+#include <string_view>
+
 #include "absl/status/statusor.h"
 #include "duvo/sandbox/v1/session.pb.h"
+#include "sandbox/policy.h"
+
+namespace re2 {
+class RE2;
+}
 
 namespace sbx::agent {
 
@@ -49,6 +57,9 @@ class Approvals {
     // appended, e.g. for metrics. The event log is what persists them (fleet: the outbox journals the log).
     std::function<void(const duvo::sandbox::v1::HumanRequest&)> on_request;
     std::function<void(const duvo::sandbox::v1::HumanDecision&)> on_decision;
+    // Requests open at once; an Ask past it is REJECTed at once by "agent", saying so (a workload that makes
+    // the proxy ask in a loop must not grow the agent's memory without bound).
+    size_t max_open = 256;
   };
   using Done = std::function<void(const duvo::sandbox::v1::HumanDecision&)>;
 
@@ -71,6 +82,10 @@ class Approvals {
       duvo::sandbox::v1::HumanDecision::Scope scope, const std::string& note, const std::string& text,
       const std::string& idempotency_key, const std::string& by);
 
+  // Closes one open request as CANCELED with `reason` (the action it gated went away, e.g. a Download's
+  // client disconnected). Does nothing when it is not open.
+  void Cancel(const std::string& request_id, const std::string& reason);
+
   // Closes every open request as CANCELED with `reason`; later Asks are CANCELED at once.
   void CloseAll(const std::string& reason);
 
@@ -81,6 +96,43 @@ class Approvals {
 
  private:
   std::unique_ptr<Impl> impl_;
+};
+
+// A URL's origin as the browser gate compares them: "scheme://host:port" with the scheme and host lower-cased
+// and the scheme's default port filled in (http 80, https 443); userinfo, path, query and fragment dropped.
+// A URL without "//" after its scheme (about:, data:, javascript:) is "<scheme>:".
+std::string OriginOf(std::string_view url);
+
+// A session's approval policy (sandbox::ApprovalSpec), compiled once: which tool calls and transfers ask,
+// and what the question shows (arguments with secret_patterns matches replaced by "[redacted]"; never a
+// file's contents).
+class ApprovalGates {
+ public:
+  // Questions longer than this are cut (after redaction, so a cut never reveals part of a secret).
+  static constexpr size_t kMaxQuestionBytes = 2048;
+
+  // `spec` was validated by sandbox::PolicyBuilder; a pattern that does not compile is ignored.
+  explicit ApprovalGates(const sandbox::ApprovalSpec& spec);
+  ~ApprovalGates();
+
+  const sandbox::ApprovalSpec& spec() const { return spec_; }
+  // `text` with every secret_patterns match replaced by "[redacted]".
+  std::string Redact(std::string_view text) const;
+  // Whether `text` matches a secret_patterns entry.
+  bool IsSecret(std::string_view text) const;
+
+  // The gate tool call `call` hits, or nullopt. `is_new_origin` says whether a browser navigate's origin
+  // (OriginOf) is one the session has not navigated to.
+  std::optional<GateAsk> ForCall(const std::string& call_id, const duvo::sandbox::v1::ToolCall& call,
+                                 const std::function<bool(const std::string&)>& is_new_origin) const;
+  // The gate a file transfer hits ("download" or "upload" of `path`), or nullopt.
+  std::optional<GateAsk> ForTransfer(std::string_view kind, const std::string& path, std::string_view detail) const;
+
+ private:
+  GateAsk ToolGate(const std::string& call_id, std::string_view kind, std::string_view question) const;
+  const sandbox::ApprovalSpec spec_;
+  std::vector<std::unique_ptr<re2::RE2>> exec_rules_;  // parallel to spec_.exec_regex
+  std::vector<std::unique_ptr<re2::RE2>> secrets_;
 };
 
 }  // namespace sbx::agent

@@ -415,16 +415,54 @@ absl::StatusOr<std::vector<IpNetwork>> ReadHostNetworks() {
   return out;
 }
 
-EgressPolicy::EgressPolicy(std::vector<EgressRule> allow, std::vector<IpNetwork> deny)
-    : allow_(std::move(allow)), deny_(std::move(deny)) {}
+EgressPolicy::EgressPolicy(std::vector<EgressRule> allow, std::vector<IpNetwork> deny, std::vector<EgressRule> ask)
+    : allow_(std::move(allow)), deny_(std::move(deny)), ask_(std::move(ask)) {
+  all_ = allow_;
+  all_.insert(all_.end(), ask_.begin(), ask_.end());
+}
 
 namespace {
 bool PortMatches(const EgressRule& r, uint16_t port) { return !r.port || *r.port == port; }
-}  // namespace
 
-bool EgressPolicy::NamedInside(int family, const uint8_t* bytes, uint16_t port,
-                               const std::vector<IpNetwork>& ranges) const {
-  for (const EgressRule& r : allow_) {
+// The first name rule (exact, *.suffix or *) in `rules` matching host:port, or nullptr.
+const EgressRule* NameRule(const std::vector<EgressRule>& rules, std::string_view host, bool host_is_address,
+                           uint16_t port) {
+  for (const EgressRule& r : rules) {
+    if (!PortMatches(r, port)) continue;
+    switch (r.kind) {
+      case EgressRule::Kind::kAnyHost:
+        return &r;
+      case EgressRule::Kind::kDomain:
+        if (!host_is_address && host == r.domain) return &r;
+        break;
+      case EgressRule::Kind::kSubdomains:
+        if (!host_is_address && host.size() > r.domain.size() + 1 && host.ends_with(r.domain) &&
+            host[host.size() - r.domain.size() - 1] == '.') {
+          return &r;
+        }
+        break;
+      case EgressRule::Kind::kNetwork:
+        break;
+    }
+  }
+  return nullptr;
+}
+
+// The first CIDR rule in `rules` matching `port` and containing the address, or nullptr.
+const EgressRule* NetworkRule(const std::vector<EgressRule>& rules, const Ip& ip, uint16_t port) {
+  for (const EgressRule& r : rules) {
+    if (r.kind == EgressRule::Kind::kNetwork && PortMatches(r, port) && r.network.Contains(ip.family, ip.data())) {
+      return &r;
+    }
+  }
+  return nullptr;
+}
+
+// Whether a CIDR rule in `rules` matching `port` contains the address and lies wholly inside one of `ranges`
+// that contains it.
+bool NamedInside(const std::vector<EgressRule>& rules, int family, const uint8_t* bytes, uint16_t port,
+                 const std::vector<IpNetwork>& ranges) {
+  for (const EgressRule& r : rules) {
     if (r.kind != EgressRule::Kind::kNetwork || !PortMatches(r, port) || !r.network.Contains(family, bytes)) continue;
     for (const IpNetwork& range : ranges) {
       if (range.Contains(family, bytes) && range.Covers(r.network)) return true;
@@ -432,62 +470,92 @@ bool EgressPolicy::NamedInside(int family, const uint8_t* bytes, uint16_t port,
   }
   return false;
 }
+}  // namespace
 
-bool EgressPolicy::NameAllowed(std::string_view host, bool host_is_address, uint16_t port) const {
-  for (const EgressRule& r : allow_) {
-    if (!PortMatches(r, port)) continue;
-    switch (r.kind) {
-      case EgressRule::Kind::kAnyHost:
-        return true;
-      case EgressRule::Kind::kDomain:
-        if (!host_is_address && host == r.domain) return true;
-        break;
-      case EgressRule::Kind::kSubdomains:
-        if (!host_is_address && host.size() > r.domain.size() + 1 && host.ends_with(r.domain) &&
-            host[host.size() - r.domain.size() - 1] == '.') {
-          return true;
-        }
-        break;
-      case EgressRule::Kind::kNetwork:
-        break;
+bool EgressRule::Covers(const EgressRule& other) const {
+  if (port && other.port != port) return false;  // a port rule covers only rules with that same port
+  switch (kind) {
+    case Kind::kAnyHost:
+      return other.kind != Kind::kNetwork;
+    case Kind::kDomain:
+      return other.kind == Kind::kDomain && other.domain == domain;
+    case Kind::kSubdomains: {
+      if (other.kind != Kind::kDomain && other.kind != Kind::kSubdomains) return false;
+      const std::string& d = other.domain;
+      if (other.kind == Kind::kSubdomains && d == domain) return true;  // *.x under *.x
+      return d.size() > domain.size() + 1 && d.ends_with(domain) && d[d.size() - domain.size() - 1] == '.';
     }
+    case Kind::kNetwork:
+      return other.kind == Kind::kNetwork && network.Covers(other.network);
   }
   return false;
 }
 
 EgressPolicy::Verdict EgressPolicy::MayResolve(std::string_view host, uint16_t port) const {
-  if (NameAllowed(host, false, port)) return {true, ""};
-  for (const EgressRule& r : allow_) {
-    if (r.kind == EgressRule::Kind::kNetwork && PortMatches(r, port)) return {true, ""};
+  if (NameRule(all_, host, false, port) != nullptr) return {true, false, "", ""};
+  for (const EgressRule& r : all_) {
+    if (r.kind == EgressRule::Kind::kNetwork && PortMatches(r, port)) return {true, false, "", ""};
   }
-  return {false, absl::StrCat("no allow rule matches ", HostPort(host, port))};
+  return {false, false, absl::StrCat("no allow rule matches ", HostPort(host, port)), "default deny"};
 }
 
 EgressPolicy::Verdict EgressPolicy::Check(std::string_view host, bool host_is_address, uint16_t port,
                                           const std::vector<sockaddr_storage>& addresses,
                                           const std::vector<IpNetwork>& host_networks) const {
-  const std::string dest = HostPort(host, port);
-  if (addresses.empty()) return {false, absl::StrCat(ToAbsl(host), " has no address")};
-  const bool name_ok = NameAllowed(host, host_is_address, port);
-  for (const sockaddr_storage& ss : addresses) {
-    const std::optional<Ip> ip = IpFromSockaddr(ss);
-    if (!ip) return {false, absl::StrCat(ToAbsl(host), " resolves to an address that is not IPv4 or IPv6")};
-    const std::string subject =
-        host_is_address ? IpToString(*ip) : absl::StrCat(ToAbsl(host), " resolves to ", IpToString(*ip));
-    bool covered = name_ok;
-    for (const EgressRule& r : allow_) {
-      if (r.kind == EgressRule::Kind::kNetwork && PortMatches(r, port) && r.network.Contains(ip->family, ip->data())) {
-        covered = true;
+  Verdict v = CheckWith(allow_, host, host_is_address, port, addresses, host_networks);
+  if (v.allowed || ask_.empty()) return v;
+  Verdict with_ask = CheckWith(all_, host, host_is_address, port, addresses, host_networks);
+  if (!with_ask.allowed) {
+    // Refused with the ask rules too: say why in their terms (a special range is the reason, not a missing
+    // allow rule), unless no rule matched at all.
+    return with_ask.rule == "default deny" ? v : with_ask;
+  }
+  // Allowed only with an ask rule: name the ask rule that matched (the name, else the first address that an
+  // allow rule does not already cover).
+  with_ask.allowed = false;
+  with_ask.ask = true;
+  with_ask.reason = absl::StrCat(HostPort(host, port), " needs a human's approval");
+  if (const EgressRule* r = NameRule(ask_, host, host_is_address, port)) {
+    with_ask.rule = r->text;
+  } else {
+    for (const sockaddr_storage& ss : addresses) {
+      const Ip ip = *IpFromSockaddr(ss);
+      if (NetworkRule(allow_, ip, port) != nullptr) continue;
+      if (const EgressRule* n = NetworkRule(ask_, ip, port)) {
+        with_ask.rule = n->text;
+        break;
       }
     }
-    if (!covered) {
-      if (host_is_address) return {false, absl::StrCat("no allow rule matches ", dest)};
-      return {false, absl::StrCat(subject, ", which no allow rule matches on port ", port)};
+  }
+  return with_ask;
+}
+
+EgressPolicy::Verdict EgressPolicy::CheckWith(const std::vector<EgressRule>& rules, std::string_view host,
+                                              bool host_is_address, uint16_t port,
+                                              const std::vector<sockaddr_storage>& addresses,
+                                              const std::vector<IpNetwork>& host_networks) const {
+  const std::string dest = HostPort(host, port);
+  if (addresses.empty()) return {false, false, absl::StrCat(ToAbsl(host), " has no address"), "default deny"};
+  const EgressRule* name_rule = NameRule(rules, host, host_is_address, port);
+  std::string rule = name_rule != nullptr ? name_rule->text : "";
+  for (const sockaddr_storage& ss : addresses) {
+    const std::optional<Ip> ip = IpFromSockaddr(ss);
+    if (!ip) {
+      return {false, false, absl::StrCat(ToAbsl(host), " resolves to an address that is not IPv4 or IPv6"),
+              "default deny"};
     }
+    const std::string subject =
+        host_is_address ? IpToString(*ip) : absl::StrCat(ToAbsl(host), " resolves to ", IpToString(*ip));
+    const EgressRule* network_rule = NetworkRule(rules, *ip, port);
+    if (name_rule == nullptr && network_rule == nullptr) {
+      if (host_is_address) return {false, false, absl::StrCat("no allow rule matches ", dest), "default deny"};
+      return {false, false, absl::StrCat(subject, ", which no allow rule matches on port ", port), "default deny"};
+    }
+    if (rule.empty()) rule = network_rule->text;
     const SpecialRange* special = FirstSpecialRange(*ip);
     if (special == nullptr) continue;
     bool named = false;
-    for (const EgressRule& r : allow_) {
+    for (const EgressRule& r : rules) {
       if (r.kind != EgressRule::Kind::kNetwork || !PortMatches(r, port) ||
           !r.network.Contains(ip->family, ip->data())) {
         continue;
@@ -497,8 +565,10 @@ EgressPolicy::Verdict EgressPolicy::Check(std::string_view host, bool host_is_ad
       }
     }
     if (!named) {
-      return {false, absl::StrCat(subject, ", ", special->what, " (", special->network.ToString(),
-                                  "), which only a CIDR rule inside that range can allow")};
+      return {false, false,
+              absl::StrCat(subject, ", ", special->what, " (", special->network.ToString(),
+                           "), which only a CIDR rule inside that range can allow"),
+              absl::StrCat("special range ", special->network.ToString())};
     }
   }
   // Steps 4 and 5, after the special ranges so their (more specific) reasons come first.
@@ -508,18 +578,22 @@ EgressPolicy::Verdict EgressPolicy::Check(std::string_view host, bool host_is_ad
         host_is_address ? IpToString(ip) : absl::StrCat(ToAbsl(host), " resolves to ", IpToString(ip));
     const bool own = std::any_of(host_networks.begin(), host_networks.end(),
                                  [&](const IpNetwork& n) { return n.Contains(ip.family, ip.data()); });
-    if (own && !NamedInside(ip.family, ip.data(), port, host_networks)) {
-      return {false, absl::StrCat(subject, ", the host's own address, which only a CIDR rule naming that address"
-                                           " can allow (e.g. \"", IpToString(ip), "\")")};
+    if (own && !NamedInside(rules, ip.family, ip.data(), port, host_networks)) {
+      return {false, false,
+              absl::StrCat(subject, ", the host's own address, which only a CIDR rule naming that address"
+                                    " can allow (e.g. \"", IpToString(ip), "\")"),
+              "host address"};
     }
     for (const IpNetwork& d : deny_) {
-      if (d.Contains(ip.family, ip.data()) && !NamedInside(ip.family, ip.data(), port, deny_)) {
-        return {false, absl::StrCat(subject, ", in egress_deny_cidrs (", d.ToString(),
-                                    "), which only a CIDR rule inside that network can allow")};
+      if (d.Contains(ip.family, ip.data()) && !NamedInside(rules, ip.family, ip.data(), port, deny_)) {
+        return {false, false,
+                absl::StrCat(subject, ", in egress_deny_cidrs (", d.ToString(),
+                             "), which only a CIDR rule inside that network can allow"),
+                absl::StrCat("egress_deny_cidrs ", d.ToString())};
       }
     }
   }
-  return {true, ""};
+  return {true, false, "", rule};
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -564,6 +638,7 @@ class Buffer {
 enum class Phase {
   kHeader,      // reading the request header
   kResolving,   // a resolver thread has the name
+  kAsking,      // held for a human: the ask hook has the question (no timer, no upstream)
   kConnecting,  // non-blocking connect to addresses[next_address]
   kRelay,       // bytes flow both ways
   kFinish,      // writing the proxy's own answer, then draining the client until EOF or the deadline
@@ -583,6 +658,9 @@ struct Conn {
   bool client_eof = false, upstream_eof = false, upstream_shut = false, client_shut = false;
   Request req;
   std::string destination;                  // "host:port" once known
+  std::string request_line;                 // plain HTTP: the client's request line (Printable), for a question
+  std::string rule;                         // the rule that decided, once one did (audits)
+  uint64_t question = 0;                    // kAsking: the question it waits on
   std::vector<sockaddr_storage> addresses;  // checked, port set
   size_t next_address = 0;
   std::string connect_error;
@@ -592,7 +670,7 @@ struct Conn {
   bool dead = false;
 };
 
-enum class Action { kDenied, kNested, kBadRequest, kFailed };
+enum class Action { kDenied, kNested, kBadRequest, kFailed, kRejected, kTimedOut };
 
 const char* ActionName(Action a) {
   switch (a) {
@@ -604,11 +682,47 @@ const char* ActionName(Action a) {
       return "egress_bad_request";
     case Action::kFailed:
       return "egress_failed";
+    case Action::kRejected:
+      return "egress_rejected";
+    case Action::kTimedOut:
+      return "egress_timed_out";
   }
   return "egress_unknown";
 }
 
 bool Transient(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == EINTR; }
+
+// Where the ask hook's answers land, from any thread. Shared with every `done` the hook holds, so an answer
+// that comes after the proxy is gone finds `closed` and goes nowhere (the eventfd is written only while the
+// proxy is alive: `closed` is set under `mu` before the fd is closed).
+struct AskInbox {
+  std::mutex mu;
+  bool closed = false;                                   // GUARDED_BY(mu)
+  int wake_fd = -1;                                      // the loop's eventfd; not owned
+  std::deque<std::pair<uint64_t, EgressAnswer>> answers;  // GUARDED_BY(mu): question id, answer
+
+  void Post(uint64_t question, EgressAnswer answer) {
+    std::lock_guard lock(mu);
+    if (closed) return;
+    answers.emplace_back(question, std::move(answer));
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(wake_fd, &one, sizeof(one));
+  }
+  bool Has(uint64_t question) {
+    std::lock_guard lock(mu);
+    return std::any_of(answers.begin(), answers.end(), [&](const auto& a) { return a.first == question; });
+  }
+};
+
+// One question to the ask hook and the connections waiting on it.
+struct Question {
+  std::string key;          // destination + "\n" + rule
+  std::string destination;
+  std::string rule;
+  std::string call_id;
+  std::string request_id;
+  std::vector<uint64_t> conns;
+};
 
 }  // namespace
 
@@ -616,13 +730,20 @@ class EgressProxy::Impl {
  public:
   Impl(UniqueFd listen, UniqueFd epoll, UniqueFd wake, EgressProxyOptions options)
       : options_(std::move(options)),
-        policy_(options_.allow, options_.deny),
+        policy_(options_.allow, options_.deny, options_.ask),
         listen_(std::move(listen)),
         epoll_(std::move(epoll)),
         wake_(std::move(wake)),
-        scratch_(kRelayBufferBytes) {}
+        scratch_(kRelayBufferBytes) {
+    if (options_.ceiling) ceiling_.emplace(options_.ceiling->allow, options_.deny, options_.ceiling->ask);
+    inbox_->wake_fd = wake_.get();
+  }
 
   ~Impl() {
+    {
+      std::lock_guard lock(inbox_->mu);
+      inbox_->closed = true;  // answers from now on go nowhere (the eventfd closes after this)
+    }
     loop_.request_stop();
     Wake();
     if (loop_.joinable()) loop_.join();
@@ -647,6 +768,9 @@ class EgressProxy::Impl {
     s.failed = failed_.load(std::memory_order_relaxed);
     s.bad_requests = bad_requests_.load(std::memory_order_relaxed);
     s.overloaded = overloaded_.load(std::memory_order_relaxed);
+    s.asked = asked_.load(std::memory_order_relaxed);
+    s.approved = approved_.load(std::memory_order_relaxed);
+    s.rejected = rejected_.load(std::memory_order_relaxed);
     s.bytes_up = bytes_up_.load(std::memory_order_relaxed);
     s.bytes_down = bytes_down_.load(std::memory_order_relaxed);
     s.active = active_.load(std::memory_order_relaxed);
@@ -732,7 +856,8 @@ class EgressProxy::Impl {
     if (tag == kWakeTag) {
       uint64_t count;
       [[maybe_unused]] ssize_t n = ::read(wake_.get(), &count, sizeof(count));
-      return ProcessResolved();
+      ProcessResolved();
+      return ProcessAnswers();
     }
     auto it = conns_.find(tag >> 1);
     if (it == conns_.end() || it->second->dead) return;
@@ -755,6 +880,10 @@ class EgressProxy::Impl {
             DrainClient(c);
           }
           break;
+        case Phase::kAsking:
+          // Only EPOLLRDHUP (or a hang-up) is registered: the client left while held. Its answer, when it
+          // comes, finds no connection.
+          return Close(c);
         default:
           break;
       }
@@ -817,6 +946,7 @@ class EgressProxy::Impl {
 
   void Close(Conn& c) {
     if (c.dead) return;
+    if (c.phase == Phase::kAsking) Withdraw(c);
     c.dead = true;
     timers_.erase({c.deadline, c.id});
     if (c.phase == Phase::kResolving) CancelResolve(c.id);
@@ -839,13 +969,17 @@ class EgressProxy::Impl {
   }
 
   void Audit(const Conn* c, const char* action, std::string destination, std::string detail) {
-    if (!options_.audit) return;
     EgressAudit a;
     a.destination = c ? c->destination : std::move(destination);
     a.action = action;
     a.detail = std::move(detail);
+    if (c) a.rule = c->rule;
     if (options_.current_call_id) a.call_id = options_.current_call_id();
-    options_.audit(a);
+    Emit(std::move(a));
+  }
+
+  void Emit(EgressAudit a) {
+    if (options_.audit) options_.audit(a);
   }
 
   // Ends the request with the proxy's own answer (or, once upstream bytes reached the client, just closes),
@@ -862,10 +996,18 @@ class EgressProxy::Impl {
       case Action::kFailed:
         failed_.fetch_add(1, std::memory_order_relaxed);
         break;
+      case Action::kRejected:
+      case Action::kTimedOut:
+        denied_.fetch_add(1, std::memory_order_relaxed);
+        rejected_.fetch_add(1, std::memory_order_relaxed);
+        break;
     }
+    const bool answered = action == Action::kRejected || action == Action::kTimedOut;
     const std::string body =
-        absl::StrCat("egress proxy: ", c.destination.empty() ? "" : absl::StrCat(c.destination, ": "), detail);
-    Audit(&c, ActionName(action), "", std::move(detail));
+        absl::StrCat("egress proxy: ", c.destination.empty() ? "" : absl::StrCat(c.destination, ": "),
+                     answered ? absl::StrCat(ActionName(action), ": ") : "", detail);
+    // A human's answer is audited once per question (AnswerQuestion), not per connection waiting on it.
+    if (!answered) Audit(&c, ActionName(action), "", std::move(detail));
     if (c.response_started || c.phase == Phase::kFinish) return Close(c);
     if (c.phase == Phase::kResolving) CancelResolve(c.id);
     // In a tunnel the rest of the 200 may still be unsent: the answer follows it.
@@ -898,6 +1040,8 @@ class EgressProxy::Impl {
         return Close(c);
       case Phase::kFinish:
         return Close(c);
+      case Phase::kAsking:
+        return;  // no timer is set while held: the hook's deadline bounds it
     }
   }
 
@@ -928,6 +1072,7 @@ class EgressProxy::Impl {
       return Respond(c, e->status, Action::kBadRequest, std::move(e->detail));
     }
     c.destination = HostPort(c.req.host, c.req.port);
+    if (!c.req.connect) c.request_line = Printable(std::string_view(c.head).substr(0, c.head.find("\r\n")), 300);
     const std::string leftover = c.head.substr(end + 4);
     std::string().swap(c.head);
     if (c.req.connect) {
@@ -949,8 +1094,18 @@ class EgressProxy::Impl {
     c.phase = Phase::kResolving;
     SetDeadline(c, Clock::now() + options_.connect_timeout);
     if (c.req.address) return Decide(c, {SockaddrFromIp(*c.req.address, c.req.port)});
-    const EgressPolicy::Verdict verdict = policy_.MayResolve(c.req.host, c.req.port);
-    if (!verdict.allowed) return Respond(c, 403, Action::kDenied, verdict.reason);
+    EgressPolicy::Verdict verdict = policy_.MayResolve(c.req.host, c.req.port);
+    if (verdict.allowed && ceiling_) {
+      verdict = ceiling_->MayResolve(c.req.host, c.req.port);
+      if (!verdict.allowed) {
+        verdict.reason = absl::StrCat("outside the host policy's rules: ", verdict.reason);
+        verdict.rule = absl::StrCat("host policy: ", verdict.rule);
+      }
+    }
+    if (!verdict.allowed) {
+      c.rule = verdict.rule;
+      return Respond(c, 403, Action::kDenied, verdict.reason);
+    }
     {
       std::lock_guard lock(resolve_mu_);
       jobs_.emplace_back(c.id, c.req.host);
@@ -998,9 +1153,21 @@ class EgressProxy::Impl {
       return Respond(c, 502, Action::kFailed,
                      absl::StrCat("cannot read the host's own addresses (", host.status().message(), ")"));
     }
-    const EgressPolicy::Verdict verdict =
-        policy_.Check(c.req.host, c.req.address.has_value(), c.req.port, resolved, *host);
-    if (!verdict.allowed) return Respond(c, 403, Action::kDenied, verdict.reason);
+    EgressPolicy::Verdict verdict = policy_.Check(c.req.host, c.req.address.has_value(), c.req.port, resolved, *host);
+    if ((verdict.allowed || verdict.ask) && ceiling_) {
+      // The host's rules over the request's (see "Ceiling"): the lower of the two decisions stands.
+      const EgressPolicy::Verdict host_verdict =
+          ceiling_->Check(c.req.host, c.req.address.has_value(), c.req.port, resolved, *host);
+      if (!host_verdict.allowed && !host_verdict.ask) {
+        verdict = host_verdict;
+        verdict.reason = absl::StrCat("outside the host policy's rules: ", host_verdict.reason);
+        verdict.rule = absl::StrCat("host policy: ", host_verdict.rule);
+      } else if (verdict.allowed && host_verdict.ask) {
+        verdict = host_verdict;
+      }
+    }
+    c.rule = verdict.rule;
+    if (!verdict.allowed && !verdict.ask) return Respond(c, 403, Action::kDenied, verdict.reason);
     c.addresses.clear();
     for (const sockaddr_storage& ss : resolved) {
       const sockaddr_storage a = SockaddrFromIp(*IpFromSockaddr(ss), c.req.port);
@@ -1008,9 +1175,159 @@ class EgressProxy::Impl {
                                     [&](const sockaddr_storage& b) { return std::memcmp(&a, &b, sizeof(a)) == 0; });
       if (!seen) c.addresses.push_back(a);
     }
+    if (verdict.ask) return Hold(c);
+    AuditAllowed(c);
+    StartConnect(c);
+  }
+
+  void StartConnect(Conn& c) {
     c.phase = Phase::kConnecting;
     c.next_address = 0;
     TryConnect(c);
+  }
+
+  // egress_allowed, once per destination and tool call (see the header).
+  void AuditAllowed(const Conn& c) {
+    if (!options_.audit) return;
+    const std::string call_id = options_.current_call_id ? options_.current_call_id() : "";
+    std::string key = absl::StrCat(c.destination, "\n", call_id);
+    if (allowed_audited_.count(key) != 0 || allowed_audited_.size() >= kMaxAllowedAuditKeys) return;
+    allowed_audited_.insert(std::move(key));
+    EgressAudit a;
+    a.destination = c.destination;
+    a.action = "egress_allowed";
+    a.rule = c.rule;
+    a.call_id = call_id;
+    a.detail = absl::StrCat("allowed by \"", c.rule, "\"");
+    Emit(std::move(a));
+  }
+
+  // ---- the ask gate
+
+  // Holds `c` for a human: joins the open question about its destination and rule, or asks a new one.
+  void Hold(Conn& c) {
+    timers_.erase({c.deadline, c.id});  // the hook's deadline bounds the wait, not connect_timeout
+    if (!options_.ask_hook) {
+      return Respond(c, 403, Action::kDenied,
+                     absl::StrCat(c.destination, " needs a human's approval (rule \"", c.rule,
+                                  "\") and this proxy has nobody to ask"));
+    }
+    const std::string key = absl::StrCat(c.destination, "\n", c.rule);
+    if (auto it = question_by_key_.find(key); it != question_by_key_.end()) {
+      questions_[it->second].conns.push_back(c.id);
+      c.phase = Phase::kAsking;
+      c.question = it->second;
+      return;
+    }
+    if (questions_.size() >= options_.max_pending_asks) {
+      return Respond(c, 403, Action::kDenied,
+                     absl::StrCat(options_.max_pending_asks,
+                                  " destinations are already waiting for a human's approval (max_pending_asks)"));
+    }
+    c.phase = Phase::kAsking;
+    const uint64_t qid = next_question_++;
+    c.question = qid;
+    Question& q = questions_[qid];
+    q.key = key;
+    q.destination = c.destination;
+    q.rule = c.rule;
+    q.call_id = options_.current_call_id ? options_.current_call_id() : "";
+    q.conns.push_back(c.id);
+    question_by_key_[key] = qid;
+    EgressAsk ask;
+    ask.destination = c.destination;
+    ask.rule = c.rule;
+    ask.call_id = q.call_id;
+    ask.summary = c.req.connect ? absl::StrCat("CONNECT ", c.destination)
+                                : absl::StrCat(c.destination, ": ", c.request_line);
+    asked_.fetch_add(1, std::memory_order_relaxed);
+    // `q` may not survive the hook (it only posts to the inbox, but keep no reference across a callback).
+    std::string request_id = options_.ask_hook(
+        ask, [inbox = inbox_, qid](EgressAnswer answer) { inbox->Post(qid, std::move(answer)); });
+    auto it = questions_.find(qid);
+    if (it == questions_.end()) return;
+    it->second.request_id = std::move(request_id);
+    if (inbox_->Has(qid)) return;  // decided at once (an earlier session-scoped decision): nobody was asked
+    EgressAudit a;
+    a.destination = it->second.destination;
+    a.action = "egress_asked";
+    a.rule = it->second.rule;
+    a.call_id = it->second.call_id;
+    a.request_id = it->second.request_id;
+    a.detail = absl::StrCat("waiting for a human's approval: ", ask.summary);
+    Emit(std::move(a));
+  }
+
+  // `c` (held) is going away: when nobody else waits on its question, the question is withdrawn.
+  void Withdraw(const Conn& c) {
+    auto it = questions_.find(c.question);
+    if (it == questions_.end()) return;
+    std::erase(it->second.conns, c.id);
+    if (!it->second.conns.empty()) return;
+    const std::string request_id = std::move(it->second.request_id);
+    question_by_key_.erase(it->second.key);
+    questions_.erase(it);
+    if (options_.ask_cancel && !request_id.empty()) options_.ask_cancel(request_id);
+  }
+
+  void ProcessAnswers() {
+    std::deque<std::pair<uint64_t, EgressAnswer>> answers;
+    {
+      std::lock_guard lock(inbox_->mu);
+      answers.swap(inbox_->answers);
+    }
+    for (auto& [qid, answer] : answers) {
+      auto it = questions_.find(qid);
+      if (it == questions_.end()) continue;  // answered twice: the first answer stands
+      Question q = std::move(it->second);
+      questions_.erase(it);
+      question_by_key_.erase(q.key);
+      AnswerQuestion(q, answer);
+    }
+  }
+
+  void AnswerQuestion(const Question& q, const EgressAnswer& answer) {
+    std::vector<Conn*> waiting;
+    for (uint64_t id : q.conns) {
+      auto it = conns_.find(id);
+      if (it != conns_.end() && !it->second->dead && it->second->phase == Phase::kAsking) {
+        waiting.push_back(it->second.get());
+      }
+    }
+    EgressAudit a;
+    a.destination = q.destination;
+    a.rule = q.rule;
+    a.call_id = q.call_id;
+    a.request_id = q.request_id;
+    const std::string connections =
+        absl::StrCat(waiting.size(), waiting.size() == 1 ? " connection" : " connections", " waiting");
+    switch (answer.decision) {
+      case EgressAnswer::Decision::kApproved:
+        a.action = "egress_approved";
+        a.detail = absl::StrCat("approved (", connections, ")");
+        break;
+      case EgressAnswer::Decision::kRejected:
+        a.action = "egress_rejected";
+        a.detail = absl::StrCat(answer.reason.empty() ? "rejected" : answer.reason, " (", connections, ")");
+        break;
+      case EgressAnswer::Decision::kTimedOut:
+        a.action = "egress_timed_out";
+        a.detail = absl::StrCat(answer.reason.empty() ? "no decision in time" : answer.reason, " (", connections, ")");
+        break;
+    }
+    Emit(std::move(a));
+    for (Conn* c : waiting) {
+      if (answer.decision == EgressAnswer::Decision::kApproved) {
+        approved_.fetch_add(1, std::memory_order_relaxed);
+        SetDeadline(*c, Clock::now() + options_.connect_timeout);
+        StartConnect(*c);
+      } else {
+        const bool timed_out = answer.decision == EgressAnswer::Decision::kTimedOut;
+        Respond(*c, 403, timed_out ? Action::kTimedOut : Action::kRejected,
+                answer.reason.empty() ? (timed_out ? "no decision in time" : "rejected") : answer.reason);
+      }
+      if (!c->dead) Pump(*c);
+    }
   }
 
   void TryConnect(Conn& c) {
@@ -1223,6 +1540,9 @@ class EgressProxy::Impl {
         break;
       case Phase::kResolving:
         break;
+      case Phase::kAsking:
+        ce = EPOLLRDHUP;  // only to see the client leave; its bytes wait in the socket until approved
+        break;
       case Phase::kConnecting:
         ue = EPOLLOUT;
         break;
@@ -1273,6 +1593,12 @@ class EgressProxy::Impl {
   bool overload_audited_ = false;
   std::vector<char> scratch_;
   absl::StatusOr<std::vector<IpNetwork>> host_networks_ = std::vector<IpNetwork>{};
+  std::optional<EgressPolicy> ceiling_;  // the host's rules over a request's (options_.ceiling)
+  std::set<std::string> allowed_audited_;  // "destination\ncall id" pairs audited as egress_allowed
+  std::map<uint64_t, Question> questions_;  // open questions to the ask hook, by id
+  std::map<std::string, uint64_t> question_by_key_;
+  uint64_t next_question_ = 1;
+  const std::shared_ptr<AskInbox> inbox_ = std::make_shared<AskInbox>();
   std::optional<Clock::time_point> host_networks_read_;  // nullopt: never read
 
   std::mutex resolve_mu_;
@@ -1281,7 +1607,7 @@ class EgressProxy::Impl {
   std::deque<Resolved> resolved_;                      // GUARDED_BY(resolve_mu_)
 
   std::atomic<uint64_t> allowed_{0}, denied_{0}, failed_{0}, bad_requests_{0}, overloaded_{0}, bytes_up_{0},
-      bytes_down_{0}, active_{0};
+      bytes_down_{0}, active_{0}, asked_{0}, approved_{0}, rejected_{0};
 
   std::vector<std::jthread> resolvers_;
   std::jthread loop_;

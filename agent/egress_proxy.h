@@ -3,7 +3,8 @@
 // destinations its allow rules name. The proxy resolves names itself, checks every resolved address (no DNS
 // rebinding into loopback, private or link-local ranges unless a CIDR rule names them; never the host's own
 // addresses or the operator's deny networks unless a CIDR rule names them), refuses a CONNECT
-// relayed inside a tunnel, and reports each refusal as an audit event naming the tool call to blame.
+// relayed inside a tunnel, holds destinations on its ask list for a human's approval, and reports each
+// decision as an audit event naming the rule that decided and the tool call to blame.
 //
 // Wiring (the caller's job): create a TCP listening socket *inside* the jail's network namespace
 // (127.0.0.1:3128 there, from an agent thread that setns()'d into it) and hand it to Start(). The proxy's
@@ -69,8 +70,40 @@
 //     a Content-Length of digits only and consistent, not both Content-Length and Transfer-Encoding, host names
 //     of [A-Za-z0-9_-] labels, no userinfo, no numeric names that are not canonical IP literals ("127.1").
 //
+// Ask rules (EgressProxyOptions.ask; same syntax): a destination that the allow rules refuse but the allow
+// and ask rules together let through (steps 1-6 with both) is held for a human. The proxy keeps the client
+// connection (nothing forwarded, no upstream connection, no timer: the human's deadline is the hook's) and
+// calls the `ask_hook` with the destination, the ask rule, the call id and a summary ("CONNECT host:port", or
+// "host:port" and the request line for plain HTTP). Its answer, from any thread, resumes the connection:
+// approved: connected to the addresses already checked (never resolved again); rejected or timed out: 403
+// naming the reason. Connections to the same destination (and rule) that arrive while one is held wait on
+// the same question, and its answer applies to all of them: a browser opens several at once, a person
+// should not be asked six times. At most max_pending_asks questions are open; past that a destination to ask
+// about is refused (403 egress_denied). A client that closes (or half-closes: it is taken as gone) while
+// held is dropped; when it was the last one waiting on its question, the question is withdrawn (ask_cancel)
+// and its answer, if it comes, is ignored. A request's "default ASK"
+// is the caller's to express as ask rules (the session adds the host's rules to the ask list), so that
+// nothing outside them is ever asked about.
+//
+// Ceiling (EgressProxyOptions.ceiling): a session whose rules come from its request also has every
+// destination checked against the host policy's rules (steps 1-6 again): the host's refusal refuses it,
+// and a destination the host only asks about is asked about though a request rule allows it. So no request
+// rule reaches what the host's rules do not, whatever the special-range and CIDR subtleties (the syntactic
+// EgressRule::Covers check at Create is for a clear error, this one is the guarantee).
+//
 // Answers and audit events (EgressAudit.action; destination "host:port" when known; call_id from
-// current_call_id() at the time of the event):
+// current_call_id() at the time of the event; rule: the rule that decided, see EgressPolicy::Verdict::rule):
+//   -   egress_allowed         allow rules let it through (audited once per destination and tool call; more
+//                              connections to it during the same call are not: a page loads dozens. At
+//                              most kMaxAllowedAuditKeys such pairs are remembered; past that, allowed
+//                              decisions are only counted in stats)
+//   -   egress_asked           held for a human (request_id: the hook's id); once per question, not per
+//                              connection waiting on it. Not audited when the hook answered at once (a
+//                              session-scoped decision made earlier).
+//   -   egress_approved        the human approved: the connections waiting connect
+//   403 egress_rejected        the human (or the session ending) rejected it; the body names the action and
+//                              the reason ("egress_rejected: ...")
+//   403 egress_timed_out       nobody decided before the hook's deadline ("egress_timed_out: ...")
 //   403 egress_denied          a rule decision said no (detail: why; "..., the host's own address ..." for
 //                              step 4, "..., in egress_deny_cidrs ..." for step 5)
 //   403 egress_nested_connect  a CONNECT inside a tunnel (or the tunnel is closed, see above)
@@ -137,6 +170,13 @@ struct EgressRule {
   IpNetwork network;             // kNetwork
   std::optional<uint16_t> port;  // nullopt: every port
   std::string text;              // as written, for messages
+
+  // True when every destination `other` matches is matched by this rule too, by syntax (a request rule
+  // under a host rule): a name under the same name, "*.suffix" (strictly below) or "*"; "*.sub" under
+  // "*.suffix" (sub equal to or below suffix) or "*"; "*" under "*" only; a network under a network that
+  // contains it (never under "*": a CIDR rule is what opens special ranges). Ports: a rule with a port under
+  // one with the same port or none; a rule without a port only under one without.
+  bool Covers(const EgressRule& other) const;
 };
 
 // Parses one rule (syntax in the file comment; surrounding whitespace ignored). Errors are InvalidArgument
@@ -162,45 +202,97 @@ inline constexpr std::chrono::milliseconds kHostAddressesMaxAge{250};
 // Immutable and thread-safe.
 class EgressPolicy {
  public:
-  // `deny`: networks refused unless a CIDR rule inside them names the address (step 5).
-  explicit EgressPolicy(std::vector<EgressRule> allow, std::vector<IpNetwork> deny = {});
+  // `deny`: networks refused unless a CIDR rule inside them names the address (step 5). `ask`: rules that
+  // make a destination the allow rules refuse one to ask a human about (see "Ask rules").
+  explicit EgressPolicy(std::vector<EgressRule> allow, std::vector<IpNetwork> deny = {},
+                        std::vector<EgressRule> ask = {});
 
-  // Outcome of a check: allowed, or denied with a one-line reason naming the host, port or address.
+  // Outcome of a check: allowed, to ask about, or denied with a one-line reason naming the host, port or
+  // address.
   struct Verdict {
     bool allowed = false;
+    bool ask = false;  // not allowed, but an ask rule lets it through once a human approves
     std::string reason;
+    // The rule that decided, as written: the allow (or, with `ask`, the ask) rule that matched the name, or
+    // else the CIDR rule that matched the first address. Denied: "default deny" when no rule matched, else
+    // what refused it ("special range 10.0.0.0/8", "host address", "egress_deny_cidrs 10.0.0.0/8").
+    std::string rule;
   };
 
   // Step 1: whether `host` (normalized: lowercase, no trailing dot; not an IP literal) may be resolved for
-  // `port`.
+  // `port` (by the allow and ask rules).
   Verdict MayResolve(std::string_view host, uint16_t port) const;
   // Steps 2-6 for `host` (a normalized name, or an IP literal's text when `host_is_address`) and the
   // addresses it resolved to (ports ignored). `host_networks` are the host's own (ReadHostNetworks; the
-  // proxy passes them, a pure test may pass any). An empty `addresses` is denied.
+  // proxy passes them, a pure test may pass any). An empty `addresses` is denied. The ask rules are consulted
+  // only when the allow rules refuse.
   Verdict Check(std::string_view host, bool host_is_address, uint16_t port,
                 const std::vector<sockaddr_storage>& addresses,
                 const std::vector<IpNetwork>& host_networks = {}) const;
 
  private:
-  bool NameAllowed(std::string_view host, bool host_is_address, uint16_t port) const;
-  // Whether a CIDR rule matching `port` contains the address and lies wholly inside one of `ranges` that
-  // contains it.
-  bool NamedInside(int family, const uint8_t* bytes, uint16_t port, const std::vector<IpNetwork>& ranges) const;
+  // Steps 2-6 with `rules` only.
+  Verdict CheckWith(const std::vector<EgressRule>& rules, std::string_view host, bool host_is_address, uint16_t port,
+                    const std::vector<sockaddr_storage>& addresses, const std::vector<IpNetwork>& host_networks) const;
   std::vector<EgressRule> allow_;
   std::vector<IpNetwork> deny_;
+  std::vector<EgressRule> ask_;
+  std::vector<EgressRule> all_;  // allow_ then ask_
 };
 
 // One refused or failed request, for the session's audit events (session.proto Audit).
 struct EgressAudit {
   std::string destination;  // "host:port" ("[v6]:port"), or empty when the request named none
-  std::string action;       // egress_denied, egress_nested_connect, egress_bad_request, egress_failed,
+  std::string action;       // egress_allowed, egress_denied, egress_asked, egress_approved, egress_rejected,
+                            // egress_timed_out, egress_nested_connect, egress_bad_request, egress_failed,
                             // egress_overloaded
   std::string detail;       // why, one line
-  std::string call_id;      // current_call_id() when it happened; may be empty
+  std::string call_id;      // current_call_id() when it happened (for an answer: when it was asked); may be empty
+  std::string rule;         // the rule that decided (Verdict::rule); empty when no rule was involved
+  std::string request_id;   // asked / approved / rejected / timed out: the ask hook's request id
 };
+
+// What the ask hook is asked.
+struct EgressAsk {
+  std::string destination;  // "host:port"
+  std::string rule;         // the ask rule, as written
+  std::string call_id;      // current_call_id() when the connection was held; may be empty
+  std::string summary;      // for a person: "CONNECT host:port", or "host:port: GET http://host/path HTTP/1.1"
+};
+
+// The hook's answer.
+struct EgressAnswer {
+  enum class Decision { kApproved, kRejected, kTimedOut };
+  Decision decision = Decision::kRejected;
+  std::string reason;  // rejected / timed out: why, for the 403 body and the audit detail
+};
+using EgressAnswerFn = std::function<void(EgressAnswer)>;
+
+// The host policy's rules a request's rules must stay inside (see "Ceiling").
+struct EgressCeiling {
+  std::vector<EgressRule> allow;
+  std::vector<EgressRule> ask;
+};
+
+// Distinct (destination, call id) pairs whose egress_allowed audit the proxy remembers (see the audit list).
+inline constexpr size_t kMaxAllowedAuditKeys = 4096;
 
 struct EgressProxyOptions {
   std::vector<EgressRule> allow;
+  // Destinations held for a human (see "Ask rules"); needs `ask_hook`, else they are refused.
+  std::vector<EgressRule> ask;
+  // The host's rules over request rules (see "Ceiling"); unset: `allow` and `ask` are the host's own.
+  std::optional<EgressCeiling> ceiling;
+  // Asks a human about a held destination; returns the request's id (for the audit events) and calls
+  // `done` exactly once, from any thread (also before it returns, for a decision made earlier), even after
+  // the proxy is gone (then it is ignored). Runs on the event loop thread: must not block.
+  std::function<std::string(const EgressAsk&, EgressAnswerFn done)> ask_hook;
+  // Optional: called with a question's request id when every connection waiting on it has gone (the client
+  // closed), so the human is not left deciding for nobody (Approvals::Cancel). Runs on the event loop
+  // thread; the question's answer, if it still comes, is ignored.
+  std::function<void(const std::string& request_id)> ask_cancel;
+  // Questions open at once at most (see "Ask rules").
+  size_t max_pending_asks = 32;
   // The operator's off-limits networks (AgentConfig.egress_deny_cidrs; step 5).
   std::vector<IpNetwork> deny;
   // Resolves a host name (never an IP literal) to addresses; ports in the result are ignored. Runs on the
@@ -250,6 +342,9 @@ class EgressProxy {
     uint64_t failed = 0;        // egress_failed (502/504)
     uint64_t bad_requests = 0;  // egress_bad_request
     uint64_t overloaded = 0;    // connections refused past max_connections
+    uint64_t asked = 0;         // questions put to the ask hook
+    uint64_t approved = 0;      // connections let through by an approval
+    uint64_t rejected = 0;      // connections refused by a rejection or a timeout (also in `denied`)
     uint64_t bytes_up = 0;      // bytes written to upstreams (request headers included)
     uint64_t bytes_down = 0;    // bytes from upstreams written to clients (the proxy's own answers excluded)
     uint64_t active = 0;        // client connections open now

@@ -33,6 +33,7 @@ const std::string& CallIdOf(const pb::Event& e) {
     case pb::Event::kFile: return e.file().call_id();
     case pb::Event::kAudit: return e.audit().call_id();
     case pb::Event::kHumanRequest: return e.human_request().call_id();
+    case pb::Event::kHumanDecision: return e.human_decision().call_id();
     case pb::Event::kPage: return e.page().call_id();
     case pb::Event::kDropped: return e.dropped().call_id();
     default: return kNone;

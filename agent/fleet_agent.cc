@@ -743,6 +743,8 @@ void FleetAgent::RunLease(Lease* lease) {
   create.set_ttl_ms(req.ttl_ms());
   create.set_idle_timeout_ms(req.idle_timeout_ms());
   if (req.has_desktop()) *create.mutable_desktop() = req.desktop();
+  if (req.has_egress()) *create.mutable_egress() = req.egress();
+  if (req.has_approvals()) *create.mutable_approvals() = req.approvals();
   create.mutable_labels()->insert(req.labels().begin(), req.labels().end());
   (*create.mutable_labels())["lease_id"] = lease->lease_id;
   absl::StatusOr<pb::Session> created = options_.sessions->CreateWithId(create, lease->session_id, true);
@@ -1142,9 +1144,22 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
       if (absl::Status s = session.ControlExec(in.call_id(), control); !s.ok()) fail(s.code(), std::string(s.message()));
       return;
     }
-    case pb::SessionCommand::kAnswer:
-      return fail(absl::StatusCode::kNotFound,
-                  absl::StrCat("answer: no human request '", command.answer().request_id(), "' is pending"));
+    case pb::SessionCommand::kAnswer: {
+      // The same registry as local mode's RespondHumanRequest; the command id is the idempotency key, so a
+      // redelivered answer (another agent-side dedupe missed it) returns the recorded decision and changes
+      // nothing.
+      const pb::HumanAnswer& a = command.answer();
+      pb::HumanDecision::Decision decision = a.decision();
+      if (decision == pb::HumanDecision::DECISION_UNSPECIFIED) {
+        decision = a.approved() ? pb::HumanDecision::APPROVE : pb::HumanDecision::REJECT;
+      }
+      absl::StatusOr<pb::HumanDecision> decided =
+          session.approvals().Respond(a.request_id(), decision, a.scope(), a.note(), a.text(), id, "control_plane");
+      if (!decided.ok()) {
+        fail(decided.status().code(), absl::StrCat("answer (command ", id, "): ", decided.status().message()));
+      }
+      return;
+    }
     case pb::SessionCommand::kCancel:
       session.End(pb::Outcome::CANCELED, "canceled",
                   command.cancel().reason().empty() ? "canceled by the control plane" : command.cancel().reason());

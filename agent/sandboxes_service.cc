@@ -260,6 +260,9 @@ grpc::Status SandboxesService::Upload(grpc::ServerContext* ctx, grpc::ServerRead
   if (!found.ok()) return Finish("Upload", found.status(), rid);
   std::shared_ptr<Session> session = *found;
   // NOTE: the transfer removes its file unless it finishes with a matching sha256 (agent/file_transfer.h).
+  // A gated upload waits for its approval before a byte is written (the client's chunks wait in flow control).
+  s = session->AwaitTransferApproval("upload", chunk.path(), "", [ctx] { return ctx->IsCancelled(); });
+  if (!s.ok()) return Finish("Upload", s, rid);
   absl::StatusOr<std::unique_ptr<FileTransfer>> transfer = session->BeginUpload(chunk.path(), chunk.mode());
   if (!transfer.ok()) return Finish("Upload", transfer.status(), rid);
   FileTransfer& t = **transfer;
@@ -300,6 +303,10 @@ grpc::Status SandboxesService::Download(grpc::ServerContext* ctx, const pb::Down
   if (info->type != sandbox::FileInfo::Type::kFile) {
     return Finish("Download", absl::InvalidArgumentError(absl::StrCat("path: ", request->path(), " is not a regular file")), rid);
   }
+  // A gated download waits for its approval before the first chunk.
+  s = session->AwaitTransferApproval("download", request->path(), absl::StrCat(info->size, " bytes"),
+                                     [ctx] { return ctx->IsCancelled(); });
+  if (!s.ok()) return Finish("Download", s, rid);
   Sha256 hash;
   uint64_t offset = 0;
   for (;;) {
@@ -382,6 +389,30 @@ grpc::Status SandboxesService::Delete(grpc::ServerContext* ctx, const pb::Delete
   absl::Status s = Begin(ctx, &rid);
   if (s.ok()) s = options_.sessions->Delete(request->session_id());
   return Finish("Delete", s, rid);
+}
+
+grpc::Status SandboxesService::RespondHumanRequest(grpc::ServerContext* ctx,
+                                                   const pb::RespondHumanRequestRequest* request,
+                                                   pb::HumanDecision* response) {
+  std::string rid;
+  absl::Status s = Begin(ctx, &rid);
+  if (s.ok()) {
+    absl::StatusOr<std::shared_ptr<Session>> session = options_.sessions->Find(request->session_id());
+    s = session.status();
+    if (session.ok()) {
+      absl::StatusOr<pb::HumanDecision> decided = (*session)->approvals().Respond(
+          request->request_id(), request->decision(), request->scope(), request->note(), request->text(),
+          request->idempotency_key(), "local");
+      s = decided.status();
+      if (decided.ok()) {
+        *response = *decided;
+        Log(LogLevel::kInfo, "human request decided",
+            {{"session_id", request->session_id()}, {"request_id", rid}, {"human_request", request->request_id()},
+             {"decision", pb::HumanDecision::Decision_Name(decided->decision())}});
+      }
+    }
+  }
+  return Finish("RespondHumanRequest", s, rid);
 }
 
 grpc::Status SandboxesService::Vnc(grpc::ServerContext* ctx, grpc::ServerReaderWriter<pb::VncData, pb::VncData>* stream) {

@@ -85,6 +85,8 @@ absl::StatusOr<std::map<int, sandbox::Policy>> LoadPolicies(const AgentConfig& c
       // The egress rules are the proxy's to read: a policy with a bad one fails here, naming it.
       absl::StatusOr<std::vector<EgressRule>> rules = ParseEgressRules(policy->spec().egress_allow);
       if (!rules.ok()) return Annotate(rules.status(), absl::StrCat(path, ": network.allow"));
+      rules = ParseEgressRules(policy->spec().egress_ask);
+      if (!rules.ok()) return Annotate(rules.status(), absl::StrCat(path, ": network.ask"));
     }
     policies.emplace(k.kind, std::move(*policy));
   }

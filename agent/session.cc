@@ -102,6 +102,8 @@ pb::Event SeccompAuditEvent(const sandbox::SeccompAudit& a, const std::string& c
   audit->set_args(a.args);
   return event;
 }
+// The ToolError / RPC status a gate's decision ends its action with (OK: approved or answered).
+absl::Status DecisionStatus(const pb::HumanDecision& d);
 
 }  // namespace
 
@@ -165,19 +167,47 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
   }
   if (policy.spec().network == sandbox::NetworkMode::kEgress) {
     // The proxy listens on the jail's loopback and connects out from the agent's namespace, to the
-    // policy's allowed destinations only (agent/egress_proxy.h).
-    ASSIGN_OR_RETURN(std::vector<EgressRule> rules, ParseEgressRules(policy.spec().egress_allow));
-    ASSIGN_OR_RETURN(UniqueFd listen_fd, session->jail_->ListenInNetns(policy.spec().egress_proxy_port));
+    // policy's allowed destinations only (agent/egress_proxy.h): the request's rules when it had its own
+    // (inside the host's, which the proxy checks too), else the host policy's.
     EgressProxyOptions eo;
-    eo.allow = std::move(rules);
+    pb::EffectiveEgress& effective = session->effective_egress_;
+    if (const std::optional<SessionEgress>& req = session->options_.egress; req.has_value()) {
+      ASSIGN_OR_RETURN(eo.allow, ParseEgressRules(req->allow));
+      ASSIGN_OR_RETURN(eo.ask, ParseEgressRules(req->ask));
+      EgressCeiling ceiling;
+      ASSIGN_OR_RETURN(ceiling.allow, ParseEgressRules(req->ceiling_allow));
+      ASSIGN_OR_RETURN(ceiling.ask, ParseEgressRules(req->ceiling_ask));
+      if (req->default_ask == pb::EgressRequest::ASK) {
+        // Default ASK: whatever the host's rules would let through (allowed or asked) is asked about; the
+        // ceiling keeps everything else refused.
+        eo.ask.insert(eo.ask.end(), ceiling.allow.begin(), ceiling.allow.end());
+        eo.ask.insert(eo.ask.end(), ceiling.ask.begin(), ceiling.ask.end());
+      }
+      eo.ceiling = std::move(ceiling);
+      effective.mutable_allow()->Add(req->allow.begin(), req->allow.end());
+      effective.mutable_ask()->Add(req->ask.begin(), req->ask.end());
+      effective.set_default_(req->default_ask);
+      effective.set_source(pb::EffectiveEgress::REQUEST);
+    } else {
+      ASSIGN_OR_RETURN(eo.allow, ParseEgressRules(policy.spec().egress_allow));
+      ASSIGN_OR_RETURN(eo.ask, ParseEgressRules(policy.spec().egress_ask));
+      effective.mutable_allow()->Add(policy.spec().egress_allow.begin(), policy.spec().egress_allow.end());
+      effective.mutable_ask()->Add(policy.spec().egress_ask.begin(), policy.spec().egress_ask.end());
+      effective.set_default_(pb::EgressRequest::DENY);
+      effective.set_source(pb::EffectiveEgress::HOST);
+    }
+    ASSIGN_OR_RETURN(UniqueFd listen_fd, session->jail_->ListenInNetns(policy.spec().egress_proxy_port));
     eo.deny = session->options_.egress_deny;
     eo.resolver_threads = 1;
     Session* raw = session.get();
     eo.audit = [raw](const EgressAudit& a) {
       // Events stay in memory for the session's life, and a workload can be denied in a loop: past a
       // number of audits, one more says so and the rest are only counted (egress metrics, the proxy's log).
+      // egress_allowed has a limit of its own, so a page that loads from many hosts cannot use up the
+      // one that reports denials.
       constexpr uint64_t kMaxAudits = 1000;
-      const uint64_t n = raw->audits_.fetch_add(1) + 1;
+      const bool allowed = a.action == "egress_allowed";
+      const uint64_t n = (allowed ? raw->allowed_audits_ : raw->audits_).fetch_add(1) + 1;
       if (n > kMaxAudits + 1) return;
       pb::Event event;
       pb::Audit* audit = event.mutable_audit();
@@ -185,17 +215,59 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
       if (n == kMaxAudits + 1) {
         audit->set_action("audit_limit");
         audit->set_detail(absl::StrCat("this session reached ", kMaxAudits,
-                                       " audit events; later denials are not reported as events"));
+                                       allowed ? " egress_allowed audit events; later allowed connections"
+                                               : " audit events; later denials",
+                                       " are not reported as events"));
       } else {
         audit->set_action(a.action);
         audit->set_detail(a.detail);
         audit->set_destination(a.destination);
+        audit->set_rule(a.rule);
+        audit->set_request_id(a.request_id);
       }
       raw->events_.Append(std::move(event));
     };
     eo.current_call_id = [raw] {
       std::lock_guard lock(raw->mu_);
       return raw->last_call_id_;
+    };
+    // The ask gate: a held destination is a HumanRequest of kind EGRESS in the session's approvals. A
+    // session-scoped approval covers its action ("egress:host:port"), so later connections there go through
+    // unasked (Approvals decides them at once). The proxy is destroyed before the approvals (~Session), and
+    // an answer after that goes nowhere (the proxy's inbox is closed).
+    eo.ask_hook = [raw](const EgressAsk& a, EgressAnswerFn done) {
+      GateAsk ask;
+      ask.kind = pb::HumanRequest::EGRESS;
+      ask.call_id = a.call_id;
+      ask.rule = a.rule;
+      ask.action = absl::StrCat("egress:", a.destination);
+      ask.destination = a.destination;
+      // A plain HTTP request line can carry a token in its query: secret_patterns apply.
+      ask.question = raw->gates().Redact(absl::StrCat("Let the sandbox connect to ", a.summary, "?"));
+      return raw->approvals().Ask(std::move(ask), [done = std::move(done)](const pb::HumanDecision& d) {
+        EgressAnswer answer;
+        const std::string note = d.note().empty() ? "" : absl::StrCat(": ", d.note());
+        switch (d.decision()) {
+          case pb::HumanDecision::APPROVE:
+            answer.decision = EgressAnswer::Decision::kApproved;
+            break;
+          case pb::HumanDecision::EXPIRED:
+            answer.decision = EgressAnswer::Decision::kTimedOut;
+            answer.reason = absl::StrCat("no decision on request ", d.request_id(), " before its deadline", note);
+            break;
+          case pb::HumanDecision::CANCELED:
+            answer.reason = absl::StrCat("request ", d.request_id(), " was canceled", note);
+            break;
+          default:  // REJECT (an ANSWER cannot decide a request that asked no question: refused as well)
+            answer.reason = absl::StrCat("rejected by ", d.by().empty() ? "a human" : d.by(), " (request ",
+                                         d.request_id(), ")", note);
+            break;
+        }
+        done(std::move(answer));
+      });
+    };
+    eo.ask_cancel = [raw](const std::string& request_id) {
+      raw->approvals().Cancel(request_id, "the sandbox closed the connection that waited for it");
     };
     ASSIGN_OR_RETURN(session->egress_, EgressProxy::Start(std::move(listen_fd), std::move(eo)));
   }
@@ -219,6 +291,13 @@ Session::Session(Options options, std::unique_ptr<sandbox::Jail> jail, std::uniq
       created_unix_ms_(UnixMs()),
       expires_(created_ + options_.ttl),
       events_(options_.id, options_.event_log),
+      approvals_(std::make_unique<Approvals>([this] {
+        Approvals::Options o;
+        o.events = &events_;
+        o.timeout = std::chrono::milliseconds(options_.approvals.timeout());
+        return o;
+      }())),
+      gates_(std::make_unique<ApprovalGates>(options_.approvals)),
       jail_(std::move(jail)),
       init_(std::move(init)),
       labels_(options_.labels) {
@@ -229,6 +308,11 @@ Session::~Session() {
   End(pb::Outcome::CANCELED, "canceled", "the session was deleted");
   egress_.reset();  // before the jail: its audit callback writes the event log
   if (watcher_.joinable()) watcher_.join();
+  {
+    std::unique_lock lock(approved_mu_);
+    approved_runner_.request_stop();
+  }
+  if (approved_runner_.joinable()) approved_runner_.join();  // finishes what it had as canceled
   killer_.request_stop();
   if (killer_.joinable()) killer_.join();
   init_.reset();  // after the watcher and the killer: joins the client's reader thread
@@ -266,7 +350,8 @@ void Session::TakeFromPool(std::map<std::string, std::string> labels) {
 
 bool Session::busy() const {
   std::lock_guard lock(mu_);
-  return !running_execs_.empty();
+  // A call waiting for a person is not idle: the request's deadline bounds the wait, the ttl the session.
+  return !running_execs_.empty() || !gated_waiting_.empty();
 }
 
 pb::Session Session::Describe() const {
@@ -281,8 +366,10 @@ pb::Session Session::Describe() const {
   out.set_created_unix_ms(created_unix_ms_);
   out.set_expires_unix_ms(created_unix_ms_ + options_.ttl.count());
   out.set_last_seq(events_.last_seq());
+  if (egress_ != nullptr) *out.mutable_egress() = effective_egress_;
   std::lock_guard lock(mu_);
   if (ended_) *out.mutable_outcome() = outcome_;
+  for (pb::HumanRequest& r : approvals_->Open()) *out.add_open_requests() = std::move(r);
   return out;
 }
 
@@ -296,6 +383,8 @@ void Session::End(pb::Outcome::Status status, const std::string& reason, const s
     end_message_ = message;
     end_exit_code_ = exit_code;
   }
+  // Open requests end now, before the outcome: their calls finish as canceled and a client sees why.
+  approvals_->CloseAll(absl::StrCat("session ended: ", reason));
   jail_->Kill();
 }
 
@@ -350,6 +439,8 @@ void Session::WatchJail() {
   if (options_.metrics != nullptr) {
     options_.metrics->Outcome(absl::AsciiStrToLower(pb::Outcome::Status_Name(outcome.status())), outcome.reason());
   }
+  // The jail may have ended on its own (ttl, memory): what is still open is canceled before the outcome.
+  approvals_->CloseAll(absl::StrCat("session ended: ", outcome.reason()));
   pb::Event event;
   *event.mutable_outcome() = outcome;
   events_.Append(std::move(event));
@@ -386,6 +477,100 @@ absl::StatusOr<uint64_t> Session::StartCall(const std::string& call_id, const pb
   const uint64_t seq = events_.Append(std::move(started));
   if (seq == 0) return absl::FailedPreconditionError(absl::StrCat("session ", options_.id, " has ended"));
 
+  // A gate (policy approvals): the call waits for a person without holding this thread; its HumanRequest
+  // follows tool_call_started in the log, and the decision runs it or finishes it (OnGateDecided).
+  std::optional<GateAsk> gate = gates_->ForCall(call_id, call, [this](const std::string& origin) {
+    std::lock_guard lock(mu_);
+    return origins_.count(origin) == 0;
+  });
+  if (gate) {
+    {
+      std::lock_guard lock(mu_);
+      gated_waiting_.insert(call_id);
+    }
+    approvals_->Ask(std::move(*gate), [this, call_id, call](const pb::HumanDecision& d) {
+      OnGateDecided(call_id, call, d);
+    });
+    return seq;
+  }
+  return RunCall(call_id, call, seq);
+}
+
+void Session::OnGateDecided(const std::string& call_id, const pb::ToolCall& call, const pb::HumanDecision& d) {
+  {
+    std::lock_guard lock(mu_);
+    gated_waiting_.erase(call_id);
+  }
+  switch (d.decision()) {
+    case pb::HumanDecision::APPROVE:
+    case pb::HumanDecision::ANSWER: {
+      std::lock_guard lock(approved_mu_);
+      if (!approved_runner_.joinable()) {
+        approved_runner_ = std::jthread([this](std::stop_token stop) { RunApproved(stop); });
+      }
+      approved_.emplace_back(call_id, call);
+      approved_cv_.notify_all();
+      return;
+    }
+    default:
+      FinishCall(call_id, DecisionStatus(d));
+      return;
+  }
+}
+
+namespace {
+absl::Status DecisionStatus(const pb::HumanDecision& d) {
+  switch (d.decision()) {
+    case pb::HumanDecision::APPROVE:
+    case pb::HumanDecision::ANSWER:
+      return absl::OkStatus();
+    case pb::HumanDecision::REJECT:
+      return absl::PermissionDeniedError(absl::StrCat("rejected by ", d.by(), ": ", d.note()));
+    case pb::HumanDecision::EXPIRED:
+      return absl::PermissionDeniedError(
+          absl::StrCat("approval expired (human request ", d.request_id(), ": ", d.note(), ")"));
+    default:
+      return absl::CancelledError(absl::StrCat("canceled: ", d.note()));
+  }
+}
+}  // namespace
+
+absl::Status Session::AwaitTransferApproval(std::string_view kind, const std::string& path, std::string_view detail,
+                                            const std::function<bool()>& gone) {
+  std::optional<GateAsk> gate = gates_->ForTransfer(kind, path, detail);
+  if (!gate) return absl::OkStatus();
+  auto decided = std::make_shared<std::promise<pb::HumanDecision>>();
+  std::future<pb::HumanDecision> decision = decided->get_future();
+  const std::string id = approvals_->Ask(std::move(*gate), [decided](const pb::HumanDecision& d) { decided->set_value(d); });
+  while (decision.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
+    if (gone()) approvals_->Cancel(id, "the client went away");  // decides it: the next wait returns
+  }
+  return DecisionStatus(decision.get());
+}
+
+void Session::RunApproved(std::stop_token stop) {
+  std::unique_lock lock(approved_mu_);
+  for (;;) {
+    approved_cv_.wait(lock, stop, [this] { return !approved_.empty(); });
+    if (approved_.empty()) return;  // stopped with nothing left
+    auto [call_id, call] = std::move(approved_.front());
+    approved_.pop_front();
+    lock.unlock();
+    if (stop.stop_requested() || ended_ || events_.closed()) {
+      FinishCall(call_id, absl::CancelledError("canceled: the session ended before the approved call ran"));
+    } else {
+      // NOTE: the call's tool_call_started is in the log already; the seq is only returned, not used.
+      (void)RunCall(call_id, call, 0);
+    }
+    lock.lock();
+  }
+}
+
+absl::StatusOr<uint64_t> Session::RunCall(const std::string& call_id, const pb::ToolCall& call, uint64_t seq) {
+  if (call.has_browser() && call.browser().has_navigate()) {
+    std::lock_guard lock(mu_);
+    origins_.insert(OriginOf(call.browser().navigate().url()));
+  }
   switch (call.tool_case()) {
     case pb::ToolCall::kExec: {
       const pb::Exec& exec = call.exec();

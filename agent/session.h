@@ -7,17 +7,21 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
+#include <future>
 #include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "agent/approvals.h"
 #include "agent/egress_proxy.h"
 #include "agent/event_log.h"
 #include "agent/file_transfer.h"
@@ -32,6 +36,14 @@
 namespace sbx::agent {
 
 class CgroupLedger;
+
+// A request's own egress rules (CreateRequest.egress), already checked against the host policy's by the
+// SessionManager. The proxy applies `allow` and `ask`, and the host's rules (`ceiling_*`) over them.
+struct SessionEgress {
+  std::vector<std::string> allow, ask;  // as requested
+  duvo::sandbox::v1::EgressRequest::Default default_ask = duvo::sandbox::v1::EgressRequest::DENY;
+  std::vector<std::string> ceiling_allow, ceiling_ask;  // the host policy's network.allow / network.ask
+};
 
 // The name of a session's jail and cgroup: "session-<id>".
 std::string SessionCgroupName(const std::string& session_id);
@@ -61,6 +73,9 @@ class Session {
     // TakeFromPool, so keeping the pool full never slows live sessions down.
     bool pooled = false;
     std::vector<IpNetwork> egress_deny;  // network mode EGRESS: AgentConfig.egress_deny_cidrs
+    // Network mode EGRESS: the request's own rules; unset: the host policy's network.allow / network.ask.
+    std::optional<SessionEgress> egress;
+    sandbox::ApprovalSpec approvals;     // the human approval gates (the host policy's and the request's)
     // Set by Start for a desktop session: the display's size.
     uint32_t display_width = 0, display_height = 0;
   };
@@ -74,6 +89,16 @@ class Session {
   // A desktop session created with desktop.vnc.
   bool vnc_allowed() const { return options_.kind == duvo::sandbox::v1::DESKTOP && options_.desktop.vnc(); }
   EventLog& events() { return events_; }
+  // The session's human approval gates: tool calls and the egress proxy ask through it; RespondHumanRequest
+  // and the fleet's HumanAnswer decide through it. Exists for the session's whole life (closed in End).
+  Approvals& approvals() { return *approvals_; }
+  // The session's compiled approval policy (Download and Upload ask through it too).
+  const ApprovalGates& gates() const { return *gates_; }
+  // A file transfer's gate ("download" or "upload" of `path`): OK at once when the policy does not gate it;
+  // else raises a HumanRequest and waits for its decision: OK when approved, PermissionDenied when rejected
+  // or expired, Cancelled when the session ended or `gone()` (polled every 100 ms) says the client left.
+  absl::Status AwaitTransferApproval(std::string_view kind, const std::string& path, std::string_view detail,
+                                     const std::function<bool()>& gone);
   duvo::sandbox::v1::Session Describe() const;
   bool ended() const { return ended_.load(); }
   bool Matches(const std::map<std::string, std::string>& selector) const;
@@ -125,6 +150,12 @@ class Session {
  private:
   Session(Options options, std::unique_ptr<sandbox::Jail> jail, std::unique_ptr<sandbox::InitClient> init);
   void WatchJail();  // runs on watcher_: waits for the jail's end and writes the outcome
+  // Runs a tool call whose tool_call_started (seq) is in the log: file tools before it returns, an exec on.
+  absl::StatusOr<uint64_t> RunCall(const std::string& call_id, const duvo::sandbox::v1::ToolCall& call, uint64_t seq);
+  // A gated call's decision: approved calls run on approved_runner_; the rest finish with a ToolError.
+  void OnGateDecided(const std::string& call_id, const duvo::sandbox::v1::ToolCall& call,
+                     const duvo::sandbox::v1::HumanDecision& decision);
+  void RunApproved(std::stop_token stop);
   void FinishCall(const std::string& call_id, const absl::StatusOr<duvo::sandbox::v1::ToolResult>& result);
   // A desktop action: maps the caller's coordinate space onto the display, has sandbox-init carry it out,
   // and for a screenshot appends the image as file events.
@@ -152,9 +183,14 @@ class Session {
   const int64_t created_unix_ms_;
   const std::chrono::steady_clock::time_point expires_;
   EventLog events_;
+  // After events_ (it appends there), created in the constructor before anything that can ask.
+  std::unique_ptr<Approvals> approvals_;
+  std::unique_ptr<ApprovalGates> gates_;
   std::unique_ptr<sandbox::Jail> jail_;
   std::unique_ptr<sandbox::InitClient> init_;
   std::unique_ptr<EgressProxy> egress_;  // network mode EGRESS: the jail's proxy
+  duvo::sandbox::v1::EffectiveEgress effective_egress_;  // set by Start, then constant (Describe)
+  std::atomic<uint64_t> allowed_audits_{0};  // egress_allowed audits so far (their own limit)
   std::atomic<bool> ended_{false};
   std::atomic<int64_t> last_used_ns_;
 
@@ -182,6 +218,16 @@ class Session {
   std::condition_variable_any kill_cv_;
   std::deque<std::string> kill_queue_;  // GUARDED_BY(kill_mu_)
   std::jthread killer_;
+
+  // Gated tool calls: waiting for a decision (busy() while any waits), and the approved ones run off the
+  // thread that decided (a RespondHumanRequest handler, the fleet's command reader) so that it is not held
+  // by a long browser call. The runner starts with the first approval.
+  std::set<std::string> gated_waiting_;  // GUARDED_BY(mu_)
+  std::set<std::string> origins_;        // GUARDED_BY(mu_): origins the browser navigated to (OriginOf)
+  std::mutex approved_mu_;
+  std::condition_variable_any approved_cv_;
+  std::deque<std::pair<std::string, duvo::sandbox::v1::ToolCall>> approved_;  // GUARDED_BY(approved_mu_)
+  std::jthread approved_runner_;                                               // GUARDED_BY(approved_mu_)
 
   std::jthread watcher_;  // last member: joined first
 };

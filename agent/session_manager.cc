@@ -1,5 +1,6 @@
 #include "agent/session_manager.h"
 
+#include <algorithm>
 #include <optional>
 #include <random>
 
@@ -45,6 +46,48 @@ absl::StatusOr<sandbox::PolicyNarrowing> NarrowingFromRequest(const pb::SandboxP
     return absl::PermissionDeniedError("policy.limits.kill_on_pids_limit: set by the host's policy");
   }
   return n;
+}
+
+// A request's egress section, checked against the host policy's rules (the ceiling): each request allow rule
+// must be covered by a host allow rule, each ask rule by a host allow or ask rule (asking about a destination
+// the host asks about is no wider). PermissionDenied names the rule; InvalidArgument a malformed one.
+absl::StatusOr<SessionEgress> EgressFromRequest(const sandbox::Policy& host, const pb::EgressRequest& request) {
+  if (host.spec().network != sandbox::NetworkMode::kEgress) {
+    return absl::PermissionDeniedError(
+        "egress: the host's policy for this kind has no egress network (mode EGRESS); a request cannot add one");
+  }
+  constexpr int kMaxRules = 1024;
+  if (request.allow_size() > kMaxRules || request.ask_size() > kMaxRules) {
+    return absl::InvalidArgumentError(absl::StrCat("egress: at most ", kMaxRules, " allow and ", kMaxRules, " ask rules"));
+  }
+  if (!pb::EgressRequest::Default_IsValid(request.default_())) {
+    return absl::InvalidArgumentError(absl::StrCat("egress.default: ", request.default_(), " is not DENY or ASK"));
+  }
+  SessionEgress out;
+  out.allow.assign(request.allow().begin(), request.allow().end());
+  out.ask.assign(request.ask().begin(), request.ask().end());
+  out.default_ask = request.default_();
+  out.ceiling_allow = host.spec().egress_allow;
+  out.ceiling_ask = host.spec().egress_ask;
+  // The host's rules parsed when the agent started (serve_command.cc); a failure here is the agent's bug.
+  ASSIGN_OR_RETURN(std::vector<EgressRule> host_allow, ParseEgressRules(out.ceiling_allow));
+  ASSIGN_OR_RETURN(std::vector<EgressRule> host_ask, ParseEgressRules(out.ceiling_ask));
+  const auto check = [&](const std::vector<std::string>& rules, const char* field, bool ask) -> absl::Status {
+    for (size_t i = 0; i < rules.size(); ++i) {
+      absl::StatusOr<EgressRule> rule = ParseEgressRule(rules[i]);
+      if (!rule.ok()) return Annotate(rule.status(), absl::StrCat("egress.", field, "[", i, "]"));
+      const auto covers = [&](const EgressRule& h) { return h.Covers(*rule); };
+      if (std::any_of(host_allow.begin(), host_allow.end(), covers)) continue;
+      if (ask && std::any_of(host_ask.begin(), host_ask.end(), covers)) continue;
+      return absl::PermissionDeniedError(absl::StrCat(
+          "egress.", field, "[", i, "]: rule \"", rule->text, "\" is outside the host policy's network.allow",
+          ask ? " and network.ask" : "", " (a request's egress rules may only narrow the host's)"));
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(check(out.allow, "allow", false));
+  RETURN_IF_ERROR(check(out.ask, "ask", true));
+  return out;
 }
 
 }  // namespace
@@ -103,6 +146,12 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
     narrowing.wall_time_limit_ms = std::min<uint64_t>(*narrowing.wall_time_limit_ms, ttl.count());
   }
   ASSIGN_OR_RETURN(sandbox::Policy policy, sandbox::NarrowPolicy(*ceiling, narrowing));
+  if (request.has_approvals()) {
+    // A request adds gates to the host's (policy_builder.h AddApprovals); it cannot take one away.
+    ASSIGN_OR_RETURN(policy, sandbox::PolicyBuilder(policy)
+                                 .AddApprovals(sandbox::ApprovalsFromProto(request.approvals()))
+                                 .TryBuild());
+  }
 
   Session::Options so;
   so.id = session_id;
@@ -124,6 +173,10 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   so.pooled = pooled;
   so.ledger = options_.ledger;
   so.egress_deny = options_.egress_deny;
+  if (request.has_egress()) {
+    ASSIGN_OR_RETURN(so.egress, EgressFromRequest(policy, request.egress()));
+  }
+  so.approvals = policy.spec().approvals;
   if (kind == pb::DESKTOP) {
     const pb::DesktopOptions& d = request.desktop();
     if ((d.width() != 0 && (d.width() < 64 || d.width() > 7680)) ||
@@ -180,7 +233,8 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
     // A warm browser, for a request that keeps the host's policy and the defaults (and is valid: display
     // options are for desktops, and StartSession refuses them).
     if (kind == pb::BROWSER && request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 &&
-        request.idle_timeout_ms() == 0 && !request.has_desktop()) {
+        request.idle_timeout_ms() == 0 && !request.has_desktop() && !request.has_egress() &&
+        !request.has_approvals()) {
       while (!warm_.empty()) {
         std::shared_ptr<Session> pooled = std::move(warm_.front().first);
         warm_.pop_front();

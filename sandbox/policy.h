@@ -4,7 +4,9 @@
 #define SBX_SANDBOX_POLICY_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -98,6 +100,26 @@ struct EnvVar {
   std::string value;
 };
 
+// Human approval gates (policy.proto ApprovalPolicy): what waits for a person's decision. The agent enforces
+// them (agent/approvals.h); the jail never sees them. A request's gates are added to the host policy's
+// (PolicyBuilder::AddApprovals), never taking one away.
+struct ApprovalSpec {
+  // Tool-call kinds (kApprovalKinds in policy_builder.cc: "download", "upload", "write_file", "remove", "exec",
+  // "browser_navigate_new_origin", "browser_submit", "desktop_type_secret").
+  std::vector<std::string> require_approval;
+  std::vector<std::string> exec_regex;       // ExecRule.argv_regex (RE2, partial match on argv joined by ' ')
+  std::vector<std::string> secret_patterns;  // RE2; redacted from questions, gate desktop_type_secret
+  std::optional<uint64_t> timeout_ms;        // how long a request waits; unset: kDefaultTimeoutMs
+  static constexpr uint64_t kDefaultTimeoutMs = 300000;
+  uint64_t timeout() const { return timeout_ms.value_or(kDefaultTimeoutMs); }
+  bool Requires(std::string_view kind) const {
+    for (const std::string& k : require_approval) {
+      if (k == kind) return true;
+    }
+    return false;
+  }
+};
+
 // Everything a jail is built from. Plain data; Policy below is its immutable wrapper.
 struct PolicySpec {
   std::string name;
@@ -115,12 +137,15 @@ struct PolicySpec {
   NetworkMode network = NetworkMode::kNone;
   // EGRESS: the proxy's allow rules (checked by the agent's egress proxy) and its port in the jail.
   std::vector<std::string> egress_allow;
+  // EGRESS: destinations held until a human approves them (same syntax; an allow rule wins).
+  std::vector<std::string> egress_ask;
   uint16_t egress_proxy_port = 3128;
   // Host variables passed through when set on the host; nothing else is inherited.
   std::vector<std::string> env_passthrough;
   std::vector<EnvVar> env;  // set explicitly, after the passthrough ones
   std::string hostname = "sandbox";
   std::string workdir = "/workspace";
+  ApprovalSpec approvals;
 };
 
 // An immutable, validated policy.

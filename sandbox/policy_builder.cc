@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/types/span.h"
+#include "re2/re2.h"
 #include "sandbox/status.h"
 
 namespace sbx::sandbox {
@@ -371,6 +372,56 @@ absl::Status ValidateSeccomp(const SeccompPolicy& seccomp) {
   return absl::OkStatus();
 }
 
+// Human approval gates (ApprovalSpec). Names as in policy.proto ApprovalPolicy.
+constexpr const char* kApprovalKinds[] = {"download",       "upload",         "write_file",
+                                          "remove",         "exec",           "browser_navigate_new_origin",
+                                          "browser_submit", "desktop_type_secret"};
+constexpr size_t kMaxApprovalRules = 64;         // per list
+constexpr size_t kMaxApprovalPatternBytes = 1024;  // one regex's text
+constexpr LimitBound kApprovalTimeoutBound{"approvals.timeout_ms", 1000, 86400000,
+                                           "between 1000 ms and 1 day (86400000 ms)"};
+
+absl::Status CheckRegex(const std::string& field, const std::string& pattern) {
+  if (pattern.empty()) return FieldError(field, "must be set");
+  if (pattern.size() > kMaxApprovalPatternBytes) {
+    return FieldError(field, pattern.size(), " bytes (at most ", kMaxApprovalPatternBytes, ")");
+  }
+  RE2::Options options;
+  options.set_log_errors(false);
+  RE2 re(pattern, options);
+  if (!re.ok()) return FieldError(field, Quote(pattern), " is not an RE2 regular expression: ", re.error());
+  return absl::OkStatus();
+}
+
+absl::Status ValidateApprovals(const ApprovalSpec& a) {
+  if (a.require_approval.size() > kMaxApprovalRules) {
+    return FieldError("approvals.require_approval", "at most ", kMaxApprovalRules, " kinds");
+  }
+  for (size_t i = 0; i < a.require_approval.size(); ++i) {
+    const std::string& kind = a.require_approval[i];
+    if (std::find_if(std::begin(kApprovalKinds), std::end(kApprovalKinds),
+                     [&](const char* k) { return kind == k; }) == std::end(kApprovalKinds)) {
+      return FieldError(absl::StrCat("approvals.require_approval[", i, "]"), Quote(kind),
+                        " is not a gate (known: download, upload, write_file, remove, exec, "
+                        "browser_navigate_new_origin, browser_submit, desktop_type_secret)");
+    }
+  }
+  if (a.exec_regex.size() > kMaxApprovalRules) {
+    return FieldError("approvals.exec", "at most ", kMaxApprovalRules, " rules");
+  }
+  for (size_t i = 0; i < a.exec_regex.size(); ++i) {
+    RETURN_IF_ERROR(CheckRegex(absl::StrCat("approvals.exec[", i, "].argv_regex"), a.exec_regex[i]));
+  }
+  if (a.secret_patterns.size() > kMaxApprovalRules) {
+    return FieldError("approvals.secret_patterns", "at most ", kMaxApprovalRules, " patterns");
+  }
+  for (size_t i = 0; i < a.secret_patterns.size(); ++i) {
+    RETURN_IF_ERROR(CheckRegex(absl::StrCat("approvals.secret_patterns[", i, "]"), a.secret_patterns[i]));
+  }
+  if (a.timeout_ms) RETURN_IF_ERROR(CheckLimit(kApprovalTimeoutBound, *a.timeout_ms));
+  return absl::OkStatus();
+}
+
 absl::Status ValidateSpec(const PolicySpec& spec) {
   RETURN_IF_ERROR(CheckId("ids.uid", spec.uid));
   RETURN_IF_ERROR(CheckId("ids.gid", spec.gid));
@@ -387,14 +438,16 @@ absl::Status ValidateSpec(const PolicySpec& spec) {
     default:
       return FieldError("network.mode", "unknown mode ", static_cast<int>(spec.network));
   }
-  if (spec.network != NetworkMode::kEgress && !spec.egress_allow.empty()) {
-    return FieldError("network.allow", "only for mode EGRESS");
-  }
-  if (spec.egress_allow.size() > 1024) return FieldError("network.allow", "at most 1024 rules");
-  for (size_t i = 0; i < spec.egress_allow.size(); ++i) {
-    const std::string& rule = spec.egress_allow[i];
-    if (rule.empty() || rule.size() > 300 || rule.find_first_of(" \t\r\n") != std::string::npos) {
-      return FieldError(absl::StrCat("network.allow[", i, "]"), "'", rule, "' is not a HOST[:PORT] rule");
+  // The rules' syntax is the egress proxy's to check (the agent parses them at start); here only their shape.
+  for (const auto& [name, rules] : {std::pair<const char*, const std::vector<std::string>*>{"network.allow", &spec.egress_allow},
+                                    {"network.ask", &spec.egress_ask}}) {
+    if (spec.network != NetworkMode::kEgress && !rules->empty()) return FieldError(name, "only for mode EGRESS");
+    if (rules->size() > 1024) return FieldError(name, "at most 1024 rules");
+    for (size_t i = 0; i < rules->size(); ++i) {
+      const std::string& rule = (*rules)[i];
+      if (rule.empty() || rule.size() > 300 || rule.find_first_of(" \t\r\n") != std::string::npos) {
+        return FieldError(absl::StrCat(name, "[", i, "]"), "'", rule, "' is not a HOST[:PORT] rule");
+      }
     }
   }
   if (spec.egress_proxy_port == 0) return FieldError("network.proxy_port", "must be 1..65535");
@@ -404,6 +457,7 @@ absl::Status ValidateSpec(const PolicySpec& spec) {
   for (size_t i = 0; i < spec.env.size(); ++i) RETURN_IF_ERROR(ValidateEnvVar(spec.env[i], i));
   RETURN_IF_ERROR(CheckHostname(spec.hostname));
   RETURN_IF_ERROR(CheckAbsolutePath("workdir", spec.workdir));
+  RETURN_IF_ERROR(ValidateApprovals(spec.approvals));
   return absl::OkStatus();
 }
 
@@ -502,10 +556,12 @@ PolicyBuilder& PolicyBuilder::SetNetworkNone() {
   return *this;
 }
 
-PolicyBuilder& PolicyBuilder::SetNetworkEgress(std::vector<std::string> allow, uint16_t proxy_port) {
+PolicyBuilder& PolicyBuilder::SetNetworkEgress(std::vector<std::string> allow, uint16_t proxy_port,
+                                               std::vector<std::string> ask) {
   if (!status_.ok()) return *this;
   spec_.network = NetworkMode::kEgress;
   spec_.egress_allow = std::move(allow);
+  spec_.egress_ask = std::move(ask);
   spec_.egress_proxy_port = proxy_port;
   return *this;
 }
@@ -551,6 +607,30 @@ PolicyBuilder& PolicyBuilder::SetWorkdir(std::string_view workdir) {
   if (!status_.ok()) return *this;
   if (absl::Status s = CheckAbsolutePath("workdir", workdir); !s.ok()) return Fail(std::move(s));
   spec_.workdir = std::string(workdir);
+  return *this;
+}
+
+PolicyBuilder& PolicyBuilder::AddApprovals(const ApprovalSpec& more) {
+  if (!status_.ok()) return *this;
+  if (absl::Status s = ValidateApprovals(more); !s.ok()) return Fail(std::move(s));
+  ApprovalSpec& a = spec_.approvals;
+  auto add = [](std::vector<std::string>& to, const std::vector<std::string>& from) {
+    for (const std::string& item : from) {
+      if (std::find(to.begin(), to.end(), item) == to.end()) to.push_back(item);
+    }
+  };
+  add(a.require_approval, more.require_approval);
+  add(a.exec_regex, more.exec_regex);
+  add(a.secret_patterns, more.secret_patterns);
+  if (more.timeout_ms) {
+    // A longer deadline would leave the host's gates open longer than the host said.
+    if (*more.timeout_ms > a.timeout()) {
+      return Fail(absl::PermissionDeniedError(absl::StrCat("approvals.timeout_ms: ", *more.timeout_ms,
+                                                           " exceeds the policy's ", a.timeout())));
+    }
+    a.timeout_ms = more.timeout_ms;
+  }
+  // NOTE: the merged lists are validated again by TryBuild (their sizes).
   return *this;
 }
 

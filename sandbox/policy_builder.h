@@ -37,12 +37,18 @@ class PolicyBuilder {
   PolicyBuilder& SetLimits(const Limits& limits);
   PolicyBuilder& SetSeccomp(SeccompPolicy seccomp);
   PolicyBuilder& SetNetworkNone();
-  PolicyBuilder& SetNetworkEgress(std::vector<std::string> allow = {}, uint16_t proxy_port = 3128);
+  PolicyBuilder& SetNetworkEgress(std::vector<std::string> allow = {}, uint16_t proxy_port = 3128,
+                                  std::vector<std::string> ask = {});
   PolicyBuilder& SetNetworkHost(UnrestrictedNetworking);
   PolicyBuilder& AddEnvPassthrough(std::string_view name);
   PolicyBuilder& SetEnv(std::string_view name, std::string_view value);  // replaces an earlier value
   PolicyBuilder& SetHostname(std::string_view hostname);
   PolicyBuilder& SetWorkdir(std::string_view workdir);
+  // Adds human approval gates (the host policy's, then a request's): kinds, exec rules and secret patterns are
+  // added to those already there, never taking one away. `more` is validated on its own first, so errors name
+  // its own indexes ("approvals.exec[0].argv_regex: ..."). A timeout_ms may shorten the deadline, not lengthen
+  // it past the one already set (PermissionDenied).
+  PolicyBuilder& AddApprovals(const ApprovalSpec& more);
 
   // Validates everything and returns the policy, or the first error (InvalidArgument, naming the field).
   absl::StatusOr<Policy> TryBuild() const;

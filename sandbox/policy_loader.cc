@@ -303,6 +303,15 @@ absl::StatusOr<std::string> ReadSmallFile(std::string_view path) {
 
 }  // namespace
 
+ApprovalSpec ApprovalsFromProto(const pb::ApprovalPolicy& proto) {
+  ApprovalSpec spec;
+  spec.require_approval.assign(proto.require_approval().begin(), proto.require_approval().end());
+  for (const pb::ApprovalPolicy::ExecRule& rule : proto.exec()) spec.exec_regex.push_back(rule.argv_regex());
+  spec.secret_patterns.assign(proto.secret_patterns().begin(), proto.secret_patterns().end());
+  if (proto.has_timeout_ms()) spec.timeout_ms = proto.timeout_ms();
+  return spec;
+}
+
 absl::StatusOr<Policy> PolicyFromProto(const pb::SandboxPolicy& proto) {
   PolicyBuilder builder;
   // Errors found here are reported after any the builder already holds, so the first error in field order
@@ -340,8 +349,8 @@ absl::StatusOr<Policy> PolicyFromProto(const pb::SandboxPolicy& proto) {
     builder.SetSeccomp(std::move(seccomp));
   }
   if (proto.network().mode() != pb::Network::EGRESS &&
-      (proto.network().allow_size() > 0 || proto.network().has_proxy_port())) {
-    return absl::InvalidArgumentError("network.allow, network.proxy_port: only for mode EGRESS");
+      (proto.network().allow_size() > 0 || proto.network().ask_size() > 0 || proto.network().has_proxy_port())) {
+    return absl::InvalidArgumentError("network.allow, network.ask, network.proxy_port: only for mode EGRESS");
   }
   switch (proto.network().mode()) {
     case pb::Network::MODE_UNSPECIFIED:
@@ -355,7 +364,8 @@ absl::StatusOr<Policy> PolicyFromProto(const pb::SandboxPolicy& proto) {
         return absl::InvalidArgumentError(absl::StrCat("network.proxy_port: ", port, " is not a port"));
       }
       builder.SetNetworkEgress({proto.network().allow().begin(), proto.network().allow().end()},
-                               static_cast<uint16_t>(port));
+                               static_cast<uint16_t>(port),
+                               {proto.network().ask().begin(), proto.network().ask().end()});
       break;
     }
     case pb::Network::HOST:
@@ -371,6 +381,7 @@ absl::StatusOr<Policy> PolicyFromProto(const pb::SandboxPolicy& proto) {
   for (const pb::Environment::EnvVar& var : proto.env().set()) builder.SetEnv(var.name(), var.value());
   if (proto.has_hostname()) builder.SetHostname(proto.hostname());
   if (proto.has_workdir()) builder.SetWorkdir(proto.workdir());
+  if (proto.has_approvals()) builder.AddApprovals(ApprovalsFromProto(proto.approvals()));
   return builder.TryBuild();
 }
 

@@ -9,6 +9,7 @@
 #include "sandbox/policy.h"
 
 namespace duvo::sandbox::v1 {
+class ApprovalPolicy;
 class SandboxPolicy;
 }
 
@@ -22,6 +23,10 @@ absl::StatusOr<Policy> LoadPolicyFile(std::string_view path);
 
 // Converts the wire/disk message into a validated Policy; errors name the field path.
 absl::StatusOr<Policy> PolicyFromProto(const duvo::sandbox::v1::SandboxPolicy& proto);
+
+// The approval gates of a policy or a request (CreateRequest.approvals), not validated yet: they are, with
+// field names, when added to a PolicyBuilder (AddApprovals).
+ApprovalSpec ApprovalsFromProto(const duvo::sandbox::v1::ApprovalPolicy& proto);
 
 // The built-in default policy for file sessions (policies/file.textproto, compiled in).
 absl::StatusOr<Policy> DefaultFilePolicy();

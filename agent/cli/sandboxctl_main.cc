@@ -221,6 +221,9 @@ struct CreateFlags {
   std::string display;  // desktop: WIDTHxHEIGHT
   bool window_manager = false;
   bool vnc = false;
+  // The session's own egress rules (CreateRequest.egress), inside the host policy's.
+  std::vector<std::string> allow, ask;
+  std::string egress_default;  // "", "deny" or "ask"
 };
 
 bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
@@ -245,6 +248,17 @@ bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
   req->set_idempotency_key(f.idempotency_key);
   if (f.memory_limit) req->mutable_policy()->mutable_limits()->set_memory_max_bytes(f.memory_limit);
   if (f.pids_limit) req->mutable_policy()->mutable_limits()->set_pids_max(f.pids_limit);
+  if (!f.allow.empty() || !f.ask.empty() || !f.egress_default.empty()) {
+    pb::EgressRequest* egress = req->mutable_egress();
+    egress->mutable_allow()->Add(f.allow.begin(), f.allow.end());
+    egress->mutable_ask()->Add(f.ask.begin(), f.ask.end());
+    if (f.egress_default == "ask") {
+      egress->set_default_(pb::EgressRequest::ASK);
+    } else if (!f.egress_default.empty() && f.egress_default != "deny") {
+      fprintf(stderr, "sandboxctl: --egress-default '%s': expected deny or ask\n", f.egress_default.c_str());
+      return false;
+    }
+  }
   if (!f.display.empty() || f.window_manager || f.vnc) {
     if (kind != pb::DESKTOP) {
       fprintf(stderr, "sandboxctl: --display, --window-manager and --vnc are for --kind desktop\n");
@@ -555,6 +569,45 @@ int Exec(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session
 
 }  // namespace
 
+// approve / reject / answer: decide a session's human request (Sandboxes.RespondHumanRequest).
+struct DecideArgs {
+  std::string session_id, request_id, note, text, idempotency_key;
+  bool for_session = false;
+};
+
+CLI::App* AddDecideCommand(CLI::App& app, const char* name, const char* help, DecideArgs& a) {
+  CLI::App* c = app.add_subcommand(name, help);
+  c->add_option("session", a.session_id)->required();
+  c->add_option("request", a.request_id, "The request's id (hr-N), from `get` or the session's events")->required();
+  if (std::string_view(name) == "answer") {
+    c->add_option("text", a.text, "The answer")->required();
+  } else {
+    c->add_flag("--for-session", a.for_session, "Decide this action for the rest of the session, unasked");
+  }
+  c->add_option("--note", a.note, "Why (recorded in the decision)");
+  c->add_option("--idempotency-key", a.idempotency_key, "Same key + same answer = the recorded decision again");
+  return c;
+}
+
+int Decide(pb::Sandboxes::Stub& stub, const Globals& g, const DecideArgs& a, pb::HumanDecision::Decision decision) {
+  auto ctx = Context(g);
+  pb::RespondHumanRequestRequest req;
+  req.set_session_id(a.session_id);
+  req.set_request_id(a.request_id);
+  req.set_decision(decision);
+  req.set_scope(a.for_session ? pb::HumanDecision::SESSION : pb::HumanDecision::REQUEST);
+  req.set_note(a.note);
+  req.set_text(a.text);
+  req.set_idempotency_key(a.idempotency_key);
+  pb::HumanDecision decided;
+  grpc::Status status = stub.RespondHumanRequest(ctx.get(), req, &decided);
+  if (!status.ok()) return RpcError(status, *ctx);
+  Print(g, decided,
+        ForTerminal(decided.request_id()) + ": " + pb::HumanDecision::Decision_Name(decided.decision()) +
+            (decided.scope() == pb::HumanDecision::SESSION ? " (for the session)" : ""));
+  return 0;
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"sandboxctl: create sandboxes and run tool calls in them through sandbox-agent"};
   app.require_subcommand(1);
@@ -577,6 +630,14 @@ int main(int argc, char** argv) {
     c->add_option("--display", cf.display, "Desktop: WIDTHxHEIGHT (default 1280x800)");
     c->add_flag("--window-manager", cf.window_manager, "Desktop: run a window manager");
     c->add_flag("--vnc", cf.vnc, "Desktop: allow a live view over VNC");
+    c->add_option("--allow", cf.allow, "Egress: a destination rule (HOST[:PORT]) this session may reach; "
+                                       "repeatable. Any egress flag replaces the host policy's rules with the "
+                                       "session's own, which must lie inside them")
+        ->allow_extra_args(false);
+    c->add_option("--ask", cf.ask, "Egress: a destination rule held for a human's approval; repeatable")
+        ->allow_extra_args(false);
+    c->add_option("--egress-default", cf.egress_default,
+                  "Egress: deny (default) or ask: what happens to a destination no rule names");
   };
   CLI::App* create = app.add_subcommand("create", "Create a session; prints its id");
   add_create_flags(create);
@@ -703,6 +764,11 @@ int main(int argc, char** argv) {
   CLI::App* b_content = browser->add_subcommand("content", "Print the page's HTML (or --text)");
   b_content->add_flag("--text", b_text, "The visible text instead");
 
+  DecideArgs decide;
+  CLI::App* approve = AddDecideCommand(app, "approve", "Approve a human request: approve SESSION REQUEST", decide);
+  CLI::App* reject = AddDecideCommand(app, "reject", "Reject a human request: reject SESSION REQUEST", decide);
+  CLI::App* answer = AddDecideCommand(app, "answer", "Answer a question: answer SESSION REQUEST TEXT", decide);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -822,6 +888,9 @@ int main(int argc, char** argv) {
     if (*d_cursor) action.mutable_cursor_position();
     return DesktopCall(stub, g, session_id, action, shot_file);
   }
+  if (*approve) return Decide(stub, g, decide, pb::HumanDecision::APPROVE);
+  if (*reject) return Decide(stub, g, decide, pb::HumanDecision::REJECT);
+  if (*answer) return Decide(stub, g, decide, pb::HumanDecision::ANSWER);
   if (*get) {
     auto ctx = Context(g);
     pb::GetRequest req;

@@ -819,6 +819,23 @@ TEST(FleetTest, ALeaseAskingForAWallTimeAboveTheCeilingIsRejectedNamingTheField)
   EXPECT_EQ(agent.Terminate(seconds(30)), 0);
 }
 
+// Issue 13: a lease's egress section reaches the session manager's ceiling check. The default file policy
+// has no egress network, so a lease asking for one is rejected naming why (it ran /bin/true when dropped).
+TEST(FleetTest, ALeaseWithEgressOutsideTheHostPolicyIsRejectedNamingIt) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  pb::SandboxRequest request = ExecRequest({"/bin/true"});
+  request.mutable_egress()->add_allow("example.com");
+  const std::string id = cp->Enqueue(request);
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20))) << agent.Log();
+  const std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  EXPECT_EQ(l->outcome->outcome().reason(), "rejected") << l->outcome->DebugString();
+  EXPECT_THAT(l->outcome->outcome().message(), HasSubstr("egress"));
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
 // Item 5: a 256 MiB upload in 4 MiB chunks (the documented largest) streams into the jail with the agent's
 // memory bounded: its peak RSS stays under 64 MiB above what it was before, and once the upload is done it
 // gives back what the transfer took (under 48 MiB above; before the fix it was 98 MiB above at the peak and

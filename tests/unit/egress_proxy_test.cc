@@ -1,7 +1,9 @@
 // EgressProxy: rule parsing, the rule decision (names, wildcards, ports, CIDRs, special ranges, rebinding),
 // and the proxy on real loopback sockets: CONNECT tunnels and plain HTTP against in-test servers on
 // 127.0.0.2 / 127.0.0.3, denials with audit events, nested CONNECT, hostile input (garbage, huge and slow
-// headers, too many connections), upstream failures and shutdown with connections open.
+// headers, too many connections), upstream failures and shutdown with connections open; the request
+// ceiling (EgressRule::Covers, the host's rules checked at each decision), the rule each verdict names, and
+// the ask gate with a fake hook (held connections, answers from other threads, clients that leave).
 //
 // The fake resolver gives allowed names TEST-NET addresses (198.51.100.x, public as far as the rules go) and
 // the proxy's connect_address_for_testing seam maps them onto the loopback servers: a domain rule can never
@@ -25,6 +27,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -700,9 +703,22 @@ class EgressProxyTest : public ::testing::Test {
     return fd;
   }
 
+  // The refusals and failures (every audit but egress_allowed, which AllowedAudits has).
   std::vector<EgressAudit> Audits() {
     std::lock_guard lock(mu_);
-    return audits_;
+    std::vector<EgressAudit> out;
+    for (const EgressAudit& a : audits_) {
+      if (a.action != "egress_allowed") out.push_back(a);
+    }
+    return out;
+  }
+  std::vector<EgressAudit> AllowedAudits() {
+    std::lock_guard lock(mu_);
+    std::vector<EgressAudit> out;
+    for (const EgressAudit& a : audits_) {
+      if (a.action == "egress_allowed") out.push_back(a);
+    }
+    return out;
   }
   std::vector<std::string> Resolved() {
     std::lock_guard lock(mu_);
@@ -1308,6 +1324,392 @@ TEST_F(EgressProxyHostAddressTest, TheHostsOwnAddressesAreRefusedUnlessACidrRule
     ASSERT_EQ(head, kEstablished);
     ExpectEcho(priv_fd.get(), "private");
   });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The request ceiling, verdict rules, and the ask gate
+
+EgressRule Rule(const char* text) {
+  absl::StatusOr<EgressRule> r = ParseEgressRule(text);
+  EXPECT_TRUE(IsOk(r)) << text;
+  return r.ok() ? *r : EgressRule{};
+}
+
+TEST(EgressRuleTest, CoversBySyntax) {
+  struct Case {
+    const char* host;
+    const char* request;
+    bool covered;
+  } cases[] = {
+      {"example.com", "example.com", true},
+      {"example.com", "EXAMPLE.com.", true},
+      {"example.com", "a.example.com", false},
+      {"example.com", "*.example.com", false},
+      {"*.example.com", "a.example.com", true},
+      {"*.example.com", "a.b.example.com", true},
+      {"*.example.com", "example.com", false},
+      {"*.example.com", "badexample.com", false},
+      {"*.example.com", "*.example.com", true},
+      {"*.example.com", "*.a.example.com", true},
+      {"*.a.example.com", "*.example.com", false},
+      {"*", "example.com", true},
+      {"*", "*.example.com", true},
+      {"*", "*", true},
+      {"*", "10.0.0.0/8", false},  // a CIDR rule opens special ranges "*" does not
+      {"example.com", "*", false},
+      {"10.0.0.0/8", "10.1.0.0/16", true},
+      {"10.0.0.0/8", "10.1.2.3", true},
+      {"10.0.0.0/16", "10.0.0.0/8", false},
+      {"10.0.0.0/8", "11.0.0.0/8", false},
+      {"10.0.0.0/8", "example.com", false},
+      {"fd00::/8", "[fd00::1]:443", true},
+      {"fd00::/8", "10.0.0.1", false},
+      {"example.com", "example.com:443", true},
+      {"example.com:443", "example.com:443", true},
+      {"example.com:443", "example.com:80", false},
+      {"example.com:443", "example.com", false},  // every port is wider than one
+      {"*:443", "a.example.com:443", true},
+      {"*:443", "a.example.com", false},
+      {"10.0.0.0/8:22", "10.0.0.1/32:22", true},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(Rule(c.host).Covers(Rule(c.request)), c.covered) << c.host << " over " << c.request;
+  }
+}
+
+TEST(EgressPolicyTest, VerdictsNameTheRuleThatDecided) {
+  EgressPolicy p(*ParseEgressRules({"a.test", "*.b.test:443", "198.51.100.0/24:80"}));
+  EgressPolicy::Verdict v = p.Check("x.b.test", false, 443, Addrs({kPublic}));
+  EXPECT_TRUE(v.allowed);
+  EXPECT_EQ(v.rule, "*.b.test:443");
+  v = p.Check("198.51.100.7", true, 80, Addrs({"198.51.100.7"}));
+  EXPECT_TRUE(v.allowed);
+  EXPECT_EQ(v.rule, "198.51.100.0/24:80");
+  v = p.Check("c.test", false, 443, Addrs({kPublic}));
+  EXPECT_FALSE(v.allowed);
+  EXPECT_EQ(v.rule, "default deny");
+  v = p.Check("a.test", false, 443, Addrs({"10.1.2.3"}));
+  EXPECT_FALSE(v.allowed);
+  EXPECT_EQ(v.rule, "special range 10.0.0.0/8");
+}
+
+TEST(EgressPolicyTest, AskRulesAskOnlyAboutWhatTheAllowRulesRefuse) {
+  EgressPolicy p(*ParseEgressRules({"*.github.com"}), {}, *ParseEgressRules({"api.github.com", "*.gitlab.com", "10.9.0.0/16"}));
+  // Allowed wins over ask.
+  EgressPolicy::Verdict v = p.Check("api.github.com", false, 443, Addrs({kPublic}));
+  EXPECT_TRUE(v.allowed);
+  EXPECT_FALSE(v.ask);
+  EXPECT_EQ(v.rule, "*.github.com");
+  v = p.Check("x.gitlab.com", false, 443, Addrs({kPublic}));
+  EXPECT_FALSE(v.allowed);
+  EXPECT_TRUE(v.ask);
+  EXPECT_EQ(v.rule, "*.gitlab.com");
+  EXPECT_TRUE(p.MayResolve("x.gitlab.com", 443).allowed);  // an ask rule's name is resolved to be checked
+  // A name on the ask list that resolves to a private address is refused, not asked about.
+  v = p.Check("x.gitlab.com", false, 443, Addrs({"10.1.2.3"}));
+  EXPECT_FALSE(v.allowed);
+  EXPECT_FALSE(v.ask);
+  EXPECT_EQ(v.rule, "special range 10.0.0.0/8");
+  // A CIDR ask rule inside a private range names it, as an allow rule would.
+  v = p.Check("10.9.1.1", true, 22, Addrs({"10.9.1.1"}));
+  EXPECT_TRUE(v.ask);
+  EXPECT_EQ(v.rule, "10.9.0.0/16");
+  v = p.Check("nothing.test", false, 443, Addrs({kPublic}));
+  EXPECT_FALSE(v.allowed || v.ask);
+  EXPECT_EQ(v.rule, "default deny");
+}
+
+// A fake ask hook: records each question and its `done`; the test answers.
+struct FakeAsker {
+  std::mutex mu;
+  std::vector<EgressAsk> asks;      // GUARDED_BY(mu)
+  std::vector<EgressAnswerFn> done;  // GUARDED_BY(mu)
+  std::optional<EgressAnswer> at_once;  // answer inside the hook (an earlier session-scoped decision)
+
+  std::string Ask(const EgressAsk& a, EgressAnswerFn fn) {
+    std::lock_guard lock(mu);
+    asks.push_back(a);
+    const std::string id = absl::StrCat("hr-", asks.size());
+    if (at_once) {
+      fn(*at_once);
+      done.push_back(nullptr);
+    } else {
+      done.push_back(std::move(fn));
+    }
+    return id;
+  }
+  size_t count() {
+    std::lock_guard lock(mu);
+    return asks.size();
+  }
+  EgressAsk ask(size_t i) {
+    std::lock_guard lock(mu);
+    return asks.at(i);
+  }
+  // Answers question i from another thread, as Approvals' timer or an RPC handler would.
+  void Answer(size_t i, EgressAnswer::Decision d, std::string reason = "") {
+    EgressAnswerFn fn;
+    {
+      std::lock_guard lock(mu);
+      fn = done.at(i);
+    }
+    std::thread([fn, d, reason] { fn(EgressAnswer{d, reason}); }).join();
+  }
+};
+
+// True when nothing arrives on `fd` within `t` (the connection is open and silent).
+bool Silent(int fd, milliseconds t = milliseconds(300)) {
+  pollfd p{fd, POLLIN, 0};
+  return poll(&p, 1, static_cast<int>(t.count())) == 0;
+}
+
+class EgressAskTest : public EgressProxyTest {
+ protected:
+  void StartAsking(const std::vector<std::string>& allow, const std::vector<std::string>& ask,
+                   const std::function<void(EgressProxyOptions&)>& tweak = {}) {
+    StartProxy(allow, [&](EgressProxyOptions& o) {
+      o.ask = *ParseEgressRules(ask);
+      o.ask_hook = [this](const EgressAsk& a, EgressAnswerFn done) { return asker_.Ask(a, std::move(done)); };
+      if (tweak) tweak(o);
+    });
+  }
+  std::vector<EgressAudit> WithAction(const std::string& action) {
+    std::lock_guard lock(mu_);
+    std::vector<EgressAudit> out;
+    for (const EgressAudit& a : audits_) {
+      if (a.action == action) out.push_back(a);
+    }
+    return out;
+  }
+  FakeAsker asker_;
+};
+
+TEST_F(EgressAskTest, AnAskListedHostIsHeldUntilApprovedWhileOthersAreServed) {
+  TestServer echo("127.0.0.2", EchoHandler(nullptr));
+  StartAsking({"allowed.test"}, {"*.example.test"});
+  const std::string dest = absl::StrCat("sub.example.test:", echo.port());
+  UniqueFd held = Client();
+  ASSERT_TRUE(SendAll(held.get(), absl::StrCat("CONNECT ", dest, " HTTP/1.1\r\nHost: x\r\n\r\n")));
+  ASSERT_TRUE(WaitFor([&] { return asker_.count() == 1; }));
+  const EgressAsk ask = asker_.ask(0);
+  EXPECT_EQ(ask.destination, dest);
+  EXPECT_EQ(ask.rule, "*.example.test");
+  EXPECT_EQ(ask.call_id, kCallId);
+  EXPECT_EQ(ask.summary, absl::StrCat("CONNECT ", dest));
+  // Held: no answer, no upstream connection; the proxy serves another client meanwhile.
+  EXPECT_TRUE(Silent(held.get()));
+  EXPECT_EQ(echo.accepted(), 0);
+  std::string head;
+  UniqueFd other = Tunnel(absl::StrCat("allowed.test:", echo.port()), &head);
+  ASSERT_EQ(head, kEstablished);
+  ExpectEcho(other.get(), "meanwhile");
+  std::vector<EgressAudit> asked = WithAction("egress_asked");
+  ASSERT_EQ(asked.size(), 1u);
+  EXPECT_EQ(asked[0].destination, dest);
+  EXPECT_EQ(asked[0].rule, "*.example.test");
+  EXPECT_EQ(asked[0].call_id, kCallId);
+  EXPECT_EQ(asked[0].request_id, "hr-1");
+
+  asker_.Answer(0, EgressAnswer::Decision::kApproved);
+  EXPECT_EQ(ReadUntil(held.get(), "\r\n\r\n"), kEstablished);
+  ExpectEcho(held.get(), "approved");
+  std::vector<EgressAudit> approved = WithAction("egress_approved");
+  ASSERT_EQ(approved.size(), 1u);
+  EXPECT_EQ(approved[0].destination, dest);
+  EXPECT_EQ(approved[0].rule, "*.example.test");
+  EXPECT_EQ(approved[0].request_id, "hr-1");
+  EXPECT_EQ(approved[0].call_id, kCallId);
+  EXPECT_EQ(proxy_->stats().approved, 1u);
+}
+
+TEST_F(EgressAskTest, RejectedAndTimedOutAnswer403NamingTheReason) {
+  TestServer http("127.0.0.2", EchoHandler(nullptr));
+  StartAsking({}, {"example.test", "other.test"});
+  UniqueFd a = Client();
+  ASSERT_TRUE(SendAll(a.get(), absl::StrCat("GET http://example.test:", http.port(), "/x?y=1 HTTP/1.1\r\n\r\n")));
+  UniqueFd b = Client();
+  ASSERT_TRUE(SendAll(b.get(), absl::StrCat("CONNECT other.test:", http.port(), " HTTP/1.1\r\n\r\n")));
+  ASSERT_TRUE(WaitFor([&] { return asker_.count() == 2; }));
+  // Plain HTTP: the question shows the request line.
+  const EgressAsk first = asker_.ask(0).destination == absl::StrCat("example.test:", http.port()) ? asker_.ask(0) : asker_.ask(1);
+  EXPECT_EQ(first.summary, absl::StrCat("example.test:", http.port(), ": GET http://example.test:", http.port(),
+                                        "/x?y=1 HTTP/1.1"));
+  const size_t ia = asker_.ask(0).destination == first.destination ? 0 : 1;
+  asker_.Answer(ia, EgressAnswer::Decision::kRejected, "rejected by local: not today");
+  asker_.Answer(1 - ia, EgressAnswer::Decision::kTimedOut, "no decision within 1000 ms");
+  bool eof = false;
+  const std::string ra = ReadAll(a.get(), &eof);
+  EXPECT_TRUE(StartsWith(ra, "HTTP/1.1 403 Forbidden\r\n")) << ra;
+  EXPECT_NE(ra.find("egress_rejected: rejected by local: not today"), std::string::npos) << ra;
+  const std::string rb = ReadAll(b.get(), &eof);
+  EXPECT_TRUE(StartsWith(rb, "HTTP/1.1 403 Forbidden\r\n")) << rb;
+  EXPECT_NE(rb.find("egress_timed_out: no decision within 1000 ms"), std::string::npos) << rb;
+  EXPECT_EQ(http.accepted(), 0);
+  ASSERT_EQ(WithAction("egress_rejected").size(), 1u);
+  EXPECT_EQ(WithAction("egress_rejected")[0].destination, absl::StrCat("example.test:", http.port()));
+  EXPECT_EQ(WithAction("egress_rejected")[0].rule, "example.test");
+  ASSERT_EQ(WithAction("egress_timed_out").size(), 1u);
+  EXPECT_EQ(WithAction("egress_timed_out")[0].destination, absl::StrCat("other.test:", http.port()));
+  EXPECT_EQ(WithAction("egress_timed_out")[0].request_id, absl::StrCat("hr-", 2 - ia));  // question 1 - ia
+  EXPECT_EQ(proxy_->stats().rejected, 2u);
+}
+
+TEST_F(EgressAskTest, AClientThatLeavesWhileHeldIsDroppedAndItsLaterAnswerIgnored) {
+  TestServer echo("127.0.0.2", EchoHandler(nullptr));
+  std::mutex canceled_mu;
+  std::vector<std::string> canceled;
+  StartAsking({}, {"example.test"}, [&](EgressProxyOptions& o) {
+    o.ask_cancel = [&](const std::string& id) {
+      std::lock_guard lock(canceled_mu);
+      canceled.push_back(id);
+    };
+  });
+  {
+    UniqueFd held = Client();
+    ASSERT_TRUE(SendAll(held.get(), absl::StrCat("CONNECT example.test:", echo.port(), " HTTP/1.1\r\n\r\n")));
+    ASSERT_TRUE(WaitFor([&] { return asker_.count() == 1; }));
+  }
+  ASSERT_TRUE(WaitFor([&] { return proxy_->stats().active == 0; }));
+  {
+    // Nobody waits on the question any more: it is withdrawn.
+    std::lock_guard lock(canceled_mu);
+    EXPECT_EQ(canceled, std::vector<std::string>{"hr-1"});
+  }
+  asker_.Answer(0, EgressAnswer::Decision::kApproved);
+  asker_.Answer(0, EgressAnswer::Decision::kRejected);  // a second answer: ignored too
+  // The proxy is fine: a new question for the same destination is asked and answered.
+  UniqueFd again = Client();
+  ASSERT_TRUE(SendAll(again.get(), absl::StrCat("CONNECT example.test:", echo.port(), " HTTP/1.1\r\n\r\n")));
+  ASSERT_TRUE(WaitFor([&] { return asker_.count() == 2; }));
+  asker_.Answer(1, EgressAnswer::Decision::kApproved);
+  EXPECT_EQ(ReadUntil(again.get(), "\r\n\r\n"), kEstablished);
+  EXPECT_EQ(echo.accepted(), 1);
+  // An answer after the proxy is gone goes nowhere.
+  UniqueFd last = Client();
+  ASSERT_TRUE(SendAll(last.get(), absl::StrCat("CONNECT example.test:", echo.port(), " HTTP/1.1\r\n\r\n")));
+  ASSERT_TRUE(WaitFor([&] { return asker_.count() == 3; }));
+  proxy_.reset();
+  asker_.Answer(2, EgressAnswer::Decision::kApproved);
+}
+
+TEST_F(EgressAskTest, ConnectionsToOneDestinationWaitOnOneQuestion) {
+  TestServer echo("127.0.0.2", EchoHandler(nullptr));
+  StartAsking({}, {"example.test"});
+  std::vector<UniqueFd> clients;
+  for (int i = 0; i < 3; ++i) {
+    clients.push_back(Client());
+    ASSERT_TRUE(SendAll(clients.back().get(), absl::StrCat("CONNECT example.test:", echo.port(), " HTTP/1.1\r\n\r\n")));
+  }
+  ASSERT_TRUE(WaitFor([&] { return proxy_->stats().active == 3 && asker_.count() == 1; }));
+  EXPECT_TRUE(Silent(clients[2].get(), milliseconds(100)));
+  EXPECT_EQ(asker_.count(), 1u);
+  asker_.Answer(0, EgressAnswer::Decision::kApproved);
+  for (UniqueFd& c : clients) {
+    EXPECT_EQ(ReadUntil(c.get(), "\r\n\r\n"), kEstablished);
+    ExpectEcho(c.get(), "each");
+  }
+  EXPECT_EQ(WithAction("egress_asked").size(), 1u);
+  EXPECT_EQ(WithAction("egress_approved").size(), 1u);
+}
+
+TEST_F(EgressAskTest, AnAnswerGivenAtOnceIsNotAuditedAsAsked) {
+  TestServer echo("127.0.0.2", EchoHandler(nullptr));
+  asker_.at_once = EgressAnswer{EgressAnswer::Decision::kApproved, ""};
+  StartAsking({}, {"example.test"});
+  std::string head;
+  UniqueFd fd = Tunnel(absl::StrCat("example.test:", echo.port()), &head);
+  ASSERT_EQ(head, kEstablished);
+  EXPECT_TRUE(WithAction("egress_asked").empty());
+  ASSERT_EQ(WithAction("egress_approved").size(), 1u);
+  EXPECT_EQ(WithAction("egress_approved")[0].request_id, "hr-1");
+}
+
+TEST_F(EgressAskTest, WithoutAHookAnAskListedHostIsRefused) {
+  StartProxy({}, [](EgressProxyOptions& o) { o.ask = *ParseEgressRules({"example.test"}); });
+  const std::string r = Exchange("CONNECT example.test:443 HTTP/1.1\r\n\r\n");
+  EXPECT_TRUE(StartsWith(r, "HTTP/1.1 403")) << r;
+  EXPECT_NE(r.find("nobody to ask"), std::string::npos) << r;
+}
+
+TEST_F(EgressAskTest, OpenQuestionsAreCapped) {
+  StartAsking({}, {"*.example.test", "other.test"}, [](EgressProxyOptions& o) { o.max_pending_asks = 1; });
+  UniqueFd held = Client();
+  ASSERT_TRUE(SendAll(held.get(), "CONNECT sub.example.test:443 HTTP/1.1\r\n\r\n"));
+  ASSERT_TRUE(WaitFor([&] { return asker_.count() == 1; }));
+  const std::string r = Exchange("CONNECT other.test:443 HTTP/1.1\r\n\r\n");
+  EXPECT_TRUE(StartsWith(r, "HTTP/1.1 403")) << r;
+  EXPECT_NE(r.find("max_pending_asks"), std::string::npos) << r;
+  EXPECT_EQ(asker_.count(), 1u);
+}
+
+TEST_F(EgressAskTest, AllowedDecisionsAreAuditedOncePerDestinationAndCall) {
+  TestServer echo("127.0.0.2", EchoHandler(nullptr));
+  std::string call = "call-1";
+  std::mutex call_mu;
+  StartProxy({"allowed.test", "*.example.test"}, [&](EgressProxyOptions& o) {
+    o.current_call_id = [&] {
+      std::lock_guard lock(call_mu);
+      return call;
+    };
+  });
+  std::string head;
+  for (int i = 0; i < 3; ++i) {
+    UniqueFd fd = Tunnel(absl::StrCat("allowed.test:", echo.port()), &head);
+    ASSERT_EQ(head, kEstablished);
+  }
+  UniqueFd sub = Tunnel(absl::StrCat("sub.example.test:", echo.port()), &head);
+  ASSERT_EQ(head, kEstablished);
+  {
+    std::lock_guard lock(call_mu);
+    call = "call-2";
+  }
+  UniqueFd later = Tunnel(absl::StrCat("allowed.test:", echo.port()), &head);
+  ASSERT_EQ(head, kEstablished);
+  const std::vector<EgressAudit> allowed = AllowedAudits();
+  ASSERT_EQ(allowed.size(), 3u);
+  EXPECT_EQ(allowed[0].destination, absl::StrCat("allowed.test:", echo.port()));
+  EXPECT_EQ(allowed[0].rule, "allowed.test");
+  EXPECT_EQ(allowed[0].call_id, "call-1");
+  EXPECT_EQ(allowed[1].destination, absl::StrCat("sub.example.test:", echo.port()));
+  EXPECT_EQ(allowed[1].rule, "*.example.test");
+  EXPECT_EQ(allowed[2].call_id, "call-2");
+  EXPECT_EQ(proxy_->stats().allowed, 5u);
+}
+
+TEST_F(EgressAskTest, DeniedAuditsNameTheRule) {
+  StartProxy({"allowed.test"});
+  Exchange("CONNECT evil.test:443 HTTP/1.1\r\n\r\n");
+  Exchange("CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n");
+  const std::vector<EgressAudit> audits = Audits();
+  ASSERT_EQ(audits.size(), 2u);
+  EXPECT_EQ(audits[0].rule, "default deny");
+  EXPECT_EQ(audits[1].rule, "default deny");
+}
+
+// A request's rules under the host's: what the host refuses stays refused, and what the host only asks about
+// is asked about, though a request rule allows it.
+TEST_F(EgressAskTest, TheCeilingRefusesWhatTheHostRulesRefuseAndAsksWhatTheyAsk) {
+  TestServer echo("127.0.0.2", EchoHandler(nullptr));
+  StartAsking({"*"}, {}, [](EgressProxyOptions& o) {
+    EgressCeiling ceiling;
+    ceiling.allow = *ParseEgressRules({"allowed.test"});
+    ceiling.ask = *ParseEgressRules({"example.test"});
+    o.ceiling = std::move(ceiling);
+  });
+  std::string head;
+  UniqueFd ok = Tunnel(absl::StrCat("allowed.test:", echo.port()), &head);
+  ASSERT_EQ(head, kEstablished);
+  const std::string r = Exchange(absl::StrCat("CONNECT other.test:", echo.port(), " HTTP/1.1\r\n\r\n"));
+  EXPECT_TRUE(StartsWith(r, "HTTP/1.1 403")) << r;
+  EXPECT_NE(r.find("outside the host policy's rules"), std::string::npos) << r;
+  ASSERT_EQ(Audits().size(), 1u);
+  EXPECT_EQ(Audits()[0].rule, "host policy: default deny");
+  EXPECT_TRUE(Resolved().size() == 1u) << "a name the host's rules do not name is not resolved";
+  UniqueFd held = Client();
+  ASSERT_TRUE(SendAll(held.get(), absl::StrCat("CONNECT example.test:", echo.port(), " HTTP/1.1\r\n\r\n")));
+  ASSERT_TRUE(WaitFor([&] { return asker_.count() == 1; }));
+  EXPECT_EQ(asker_.ask(0).rule, "example.test");
+  EXPECT_TRUE(Silent(held.get()));
 }
 
 TEST(EgressProxyStartTest, RefusesASocketThatIsNotListening) {

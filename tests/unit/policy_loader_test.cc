@@ -723,6 +723,18 @@ TEST(ParsePolicyTextTest, EgressAllowRulesAndProxyPort) {
   EXPECT_TRUE(defaults->spec().egress_allow.empty());
 }
 
+TEST(ParsePolicyTextTest, EgressAskRules) {
+  absl::StatusOr<Policy> policy = ParsePolicyText(
+      "name: \"e\"\nnetwork { mode: EGRESS allow: \"example.com\" ask: \"*.github.com\" ask: \"10.0.0.0/8:22\" }\n",
+      "ask.textproto");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  EXPECT_EQ(policy->spec().egress_ask, (std::vector<std::string>{"*.github.com", "10.0.0.0/8:22"}));
+  EXPECT_TRUE(StatusIs(ParsePolicyText("name: \"e\"\nnetwork { mode: NONE ask: \"example.com\" }\n", "n.textproto"),
+                       StatusCode::kInvalidArgument, "network.ask"));
+  EXPECT_TRUE(StatusIs(ParsePolicyText("name: \"e\"\nnetwork { mode: EGRESS ask: \"a b\" }\n", "s.textproto"),
+                       StatusCode::kInvalidArgument, "network.ask[0]"));
+}
+
 TEST(ParsePolicyTextTest, EgressRulesOutsideEgressModeOrMalformedAreErrors) {
   EXPECT_TRUE(StatusIs(ParsePolicyText("name: \"e\"\nnetwork { mode: NONE allow: \"example.com\" }\n", "n.textproto"),
                        StatusCode::kInvalidArgument, "network.allow"));

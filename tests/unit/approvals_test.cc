@@ -1,0 +1,354 @@
+// Approvals: the per-session gate registry (agent/approvals.h) against a real EventLog: request ids, the
+// deadline timer, Respond's errors and idempotency, session-scoped decisions, CloseAll, and a deadline racing
+// a response deciding exactly once.
+#include "agent/approvals.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "agent/event_log.h"
+#include "gtest/gtest.h"
+#include "tests/unit/status_matchers.h"
+
+namespace sbx::agent {
+namespace {
+
+namespace pb = ::duvo::sandbox::v1;
+using ::sbx::testing::IsOk;
+using ::sbx::testing::StatusIs;
+using namespace std::chrono_literals;
+
+// Records the decisions `done` got, and waits for them.
+class Decisions {
+ public:
+  Approvals::Done Sink() {
+    return [this](const pb::HumanDecision& d) {
+      std::lock_guard lock(mu_);
+      got_.push_back(d);
+      cv_.notify_all();
+    };
+  }
+  bool WaitFor(size_t n, std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return got_.size() >= n; });
+  }
+  std::vector<pb::HumanDecision> got() {
+    std::lock_guard lock(mu_);
+    return got_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<pb::HumanDecision> got_;
+};
+
+std::vector<pb::Event> AllEvents(EventLog& log) {
+  std::vector<EventLog::EventPtr> ptrs;
+  log.Read(0, 100000, std::chrono::steady_clock::now(), [] { return false; }, &ptrs);
+  std::vector<pb::Event> out;
+  for (const auto& p : ptrs) out.push_back(*p);
+  return out;
+}
+
+int CountDecisions(EventLog& log, const std::string& request_id) {
+  int n = 0;
+  for (const pb::Event& e : AllEvents(log)) {
+    if (e.has_human_decision() && e.human_decision().request_id() == request_id) ++n;
+  }
+  return n;
+}
+
+Approvals::Options Opts(EventLog* log, std::chrono::milliseconds timeout, size_t max_open = 256) {
+  Approvals::Options o;
+  o.events = log;
+  o.timeout = timeout;
+  o.max_open = max_open;
+  return o;
+}
+
+GateAsk ToolAsk(const std::string& call_id, const std::string& action) {
+  GateAsk ask;
+  ask.kind = pb::HumanRequest::TOOL_CALL;
+  ask.call_id = call_id;
+  ask.rule = "require_approval: " + action;
+  ask.action = action;
+  ask.question = "may it " + action + "?";
+  return ask;
+}
+
+TEST(ApprovalsTest, RaisesRequestsWithSequentialIdsAndDeadlines) {
+  EventLog log("s1");
+  Decisions decisions;
+  Approvals approvals(Opts(&log, 60s));
+  const auto before = std::chrono::system_clock::now();
+  EXPECT_EQ(approvals.Ask(ToolAsk("c1", "download"), decisions.Sink()), "hr-1");
+  EXPECT_EQ(approvals.Ask(ToolAsk("c2", "upload"), decisions.Sink()), "hr-2");
+  std::vector<pb::HumanRequest> open = approvals.Open();
+  ASSERT_EQ(open.size(), 2u);
+  EXPECT_EQ(open[0].request_id(), "hr-1");
+  EXPECT_EQ(open[0].call_id(), "c1");
+  EXPECT_EQ(open[0].action(), "download");
+  EXPECT_EQ(open[0].kind(), pb::HumanRequest::TOOL_CALL);
+  const int64_t before_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(before.time_since_epoch()).count();
+  EXPECT_GE(open[0].deadline_unix_ms(), before_ms + 60000);
+  EXPECT_LT(open[0].deadline_unix_ms(), before_ms + 70000);
+  std::vector<pb::Event> events = AllEvents(log);
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].human_request().request_id(), "hr-1");
+  EXPECT_EQ(events[1].human_request().request_id(), "hr-2");
+  EXPECT_TRUE(decisions.got().empty());
+}
+
+TEST(ApprovalsTest, ApproveDecidesOnceAndIsAnEvent) {
+  EventLog log("s1");
+  Decisions decisions;
+  Approvals approvals(Opts(&log, 60s));
+  const std::string id = approvals.Ask(ToolAsk("c1", "download"), decisions.Sink());
+  absl::StatusOr<pb::HumanDecision> d =
+      approvals.Respond(id, pb::HumanDecision::APPROVE, pb::HumanDecision::SCOPE_UNSPECIFIED, "ok", "", "k1", "local");
+  ASSERT_TRUE(IsOk(d));
+  EXPECT_EQ(d->decision(), pb::HumanDecision::APPROVE);
+  EXPECT_EQ(d->scope(), pb::HumanDecision::REQUEST);
+  EXPECT_EQ(d->by(), "local");
+  EXPECT_EQ(d->call_id(), "c1");
+  ASSERT_TRUE(decisions.WaitFor(1));
+  EXPECT_EQ(decisions.got()[0].decision(), pb::HumanDecision::APPROVE);
+  EXPECT_TRUE(approvals.Open().empty());
+  EXPECT_EQ(CountDecisions(log, id), 1);
+}
+
+TEST(ApprovalsTest, RespondErrors) {
+  EventLog log("s1");
+  Decisions decisions;
+  Approvals approvals(Opts(&log, 60s));
+  const std::string id = approvals.Ask(ToolAsk("c1", "download"), decisions.Sink());
+  EXPECT_TRUE(StatusIs(approvals.Respond("hr-99", pb::HumanDecision::APPROVE, {}, "", "", "", "local"),
+                       absl::StatusCode::kNotFound, "hr-99"));
+  EXPECT_TRUE(StatusIs(approvals.Respond(id, pb::HumanDecision::DECISION_UNSPECIFIED, {}, "", "", "", "local"),
+                       absl::StatusCode::kInvalidArgument, "decision"));
+  EXPECT_TRUE(StatusIs(approvals.Respond(id, pb::HumanDecision::EXPIRED, {}, "", "", "", "local"),
+                       absl::StatusCode::kInvalidArgument, "decision"));
+  EXPECT_TRUE(StatusIs(approvals.Respond(id, pb::HumanDecision::ANSWER, {}, "", "", "", "local"),
+                       absl::StatusCode::kInvalidArgument, "text"));
+  EXPECT_TRUE(StatusIs(approvals.Respond(id, pb::HumanDecision::ANSWER, {}, "", "yes", "", "local"),
+                       absl::StatusCode::kInvalidArgument, "asks no question"));
+  EXPECT_EQ(approvals.Open().size(), 1u);  // none of those decided it
+  ASSERT_TRUE(IsOk(approvals.Respond(id, pb::HumanDecision::REJECT, {}, "no", "", "key-a", "local")));
+  // Decided: another answer, the same answer without a key, or with another key, names the state.
+  EXPECT_TRUE(StatusIs(approvals.Respond(id, pb::HumanDecision::APPROVE, {}, "", "", "key-b", "local"),
+                       absl::StatusCode::kFailedPrecondition, "already decided: REJECT by local"));
+  EXPECT_TRUE(StatusIs(approvals.Respond(id, pb::HumanDecision::REJECT, {}, "no", "", "", "local"),
+                       absl::StatusCode::kFailedPrecondition, "REJECT"));
+  EXPECT_TRUE(StatusIs(approvals.Respond(id, pb::HumanDecision::REJECT, {}, "no", "", "key-b", "local"),
+                       absl::StatusCode::kFailedPrecondition, "REJECT"));
+  EXPECT_EQ(CountDecisions(log, id), 1);
+}
+
+TEST(ApprovalsTest, TheSameAnswerWithTheSameKeyIsANoOp) {
+  EventLog log("s1");
+  Decisions decisions;
+  Approvals approvals(Opts(&log, 60s));
+  const std::string id = approvals.Ask(ToolAsk("c1", "download"), decisions.Sink());
+  absl::StatusOr<pb::HumanDecision> first =
+      approvals.Respond(id, pb::HumanDecision::APPROVE, pb::HumanDecision::REQUEST, "fine", "", "cmd-7", "control_plane");
+  ASSERT_TRUE(IsOk(first));
+  absl::StatusOr<pb::HumanDecision> again =
+      approvals.Respond(id, pb::HumanDecision::APPROVE, pb::HumanDecision::REQUEST, "fine", "", "cmd-7", "control_plane");
+  ASSERT_TRUE(IsOk(again));
+  EXPECT_EQ(again->SerializeAsString(), first->SerializeAsString());
+  ASSERT_TRUE(decisions.WaitFor(1));
+  std::this_thread::sleep_for(50ms);  // a second delivery would be synchronous; this only makes it visible
+  EXPECT_EQ(decisions.got().size(), 1u);
+  EXPECT_EQ(CountDecisions(log, id), 1);
+  // The same key with a different answer is not a repeat.
+  EXPECT_TRUE(StatusIs(approvals.Respond(id, pb::HumanDecision::REJECT, {}, "fine", "", "cmd-7", "control_plane"),
+                       absl::StatusCode::kFailedPrecondition, "APPROVE"));
+}
+
+TEST(ApprovalsTest, AnswerCarriesText) {
+  EventLog log("s1");
+  Decisions decisions;
+  Approvals approvals(Opts(&log, 60s));
+  GateAsk ask = ToolAsk("c1", "question");
+  ask.wants_answer = true;
+  const std::string id = approvals.Ask(ask, decisions.Sink());
+  ASSERT_TRUE(IsOk(approvals.Respond(id, pb::HumanDecision::ANSWER, {}, "", "blue", "", "local")));
+  ASSERT_TRUE(decisions.WaitFor(1));
+  EXPECT_EQ(decisions.got()[0].decision(), pb::HumanDecision::ANSWER);
+  EXPECT_EQ(decisions.got()[0].text(), "blue");
+}
+
+TEST(ApprovalsTest, TheDeadlineExpiresARequest) {
+  EventLog log("s1");
+  Decisions decisions;
+  Approvals approvals(Opts(&log, 200ms));
+  const auto start = std::chrono::steady_clock::now();
+  const std::string id = approvals.Ask(ToolAsk("c1", "download"), decisions.Sink());
+  ASSERT_TRUE(decisions.WaitFor(1, 5s));
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 200ms);
+  EXPECT_EQ(decisions.got()[0].decision(), pb::HumanDecision::EXPIRED);
+  EXPECT_EQ(decisions.got()[0].by(), "agent");
+  EXPECT_TRUE(approvals.Open().empty());
+  EXPECT_TRUE(StatusIs(approvals.Respond(id, pb::HumanDecision::APPROVE, {}, "", "", "", "local"),
+                       absl::StatusCode::kFailedPrecondition, "expired"));
+  EXPECT_EQ(CountDecisions(log, id), 1);
+}
+
+TEST(ApprovalsTest, TheTimerWakesForAnEarlierDeadlineAndKeepsLaterOnesOpen) {
+  // The timer sleeps until the nearest deadline; requests asked later expire in their own time, and one
+  // answered before its deadline is not expired afterwards.
+  EventLog log("s1");
+  Decisions decisions;
+  Approvals approvals(Opts(&log, 300ms));
+  const std::string a = approvals.Ask(ToolAsk("c1", "x"), decisions.Sink());
+  std::this_thread::sleep_for(150ms);
+  const std::string b = approvals.Ask(ToolAsk("c2", "y"), decisions.Sink());
+  ASSERT_TRUE(decisions.WaitFor(1, 5s));
+  EXPECT_EQ(decisions.got()[0].request_id(), a);
+  ASSERT_TRUE(IsOk(approvals.Respond(b, pb::HumanDecision::APPROVE, {}, "", "", "", "local")));
+  ASSERT_TRUE(decisions.WaitFor(2));
+  std::this_thread::sleep_for(400ms);  // past b's deadline: it stays approved
+  ASSERT_EQ(decisions.got().size(), 2u);
+  EXPECT_EQ(decisions.got()[1].decision(), pb::HumanDecision::APPROVE);
+  EXPECT_EQ(CountDecisions(log, b), 1);
+}
+
+TEST(ApprovalsTest, SessionScopeDecidesLaterAsksOfTheSameAction) {
+  EventLog log("s1");
+  Decisions decisions;
+  Approvals approvals(Opts(&log, 60s));
+  const std::string first = approvals.Ask(ToolAsk("c1", "download"), decisions.Sink());
+  const std::string open_too = approvals.Ask(ToolAsk("c2", "download"), decisions.Sink());
+  const std::string other = approvals.Ask(ToolAsk("c3", "upload"), decisions.Sink());
+  ASSERT_TRUE(IsOk(approvals.Respond(first, pb::HumanDecision::APPROVE, pb::HumanDecision::SESSION, "", "", "",
+                                     "local")));
+  // The other open request of the same action is covered; the upload is not.
+  ASSERT_TRUE(decisions.WaitFor(2));
+  EXPECT_EQ(decisions.got()[1].request_id(), open_too);
+  EXPECT_EQ(decisions.got()[1].decision(), pb::HumanDecision::APPROVE);
+  ASSERT_EQ(approvals.Open().size(), 1u);
+  EXPECT_EQ(approvals.Open()[0].request_id(), other);
+  // A later ask is decided before Ask returns, with no new request, naming the request that decided it.
+  const uint64_t last_before = log.last_seq();
+  const std::string later = approvals.Ask(ToolAsk("c4", "download"), decisions.Sink());
+  EXPECT_EQ(later, first);
+  ASSERT_EQ(decisions.got().size(), 3u);
+  EXPECT_EQ(decisions.got()[2].decision(), pb::HumanDecision::APPROVE);
+  EXPECT_EQ(decisions.got()[2].scope(), pb::HumanDecision::SESSION);
+  EXPECT_EQ(decisions.got()[2].call_id(), "c4");
+  std::vector<pb::Event> events = AllEvents(log);
+  ASSERT_EQ(events.size(), last_before + 1);
+  EXPECT_TRUE(events.back().has_human_decision());
+  EXPECT_EQ(events.back().human_decision().call_id(), "c4");
+  // A session-scoped rejection rejects later asks the same way.
+  ASSERT_TRUE(IsOk(approvals.Respond(other, pb::HumanDecision::REJECT, pb::HumanDecision::SESSION, "never", "", "",
+                                     "local")));
+  approvals.Ask(ToolAsk("c5", "upload"), decisions.Sink());
+  ASSERT_EQ(decisions.got().size(), 5u);
+  EXPECT_EQ(decisions.got()[4].decision(), pb::HumanDecision::REJECT);
+  EXPECT_EQ(decisions.got()[4].note(), "never");
+}
+
+TEST(ApprovalsTest, CloseAllCancelsOpenRequestsAndLaterAsks) {
+  EventLog log("s1");
+  Decisions decisions;
+  Approvals approvals(Opts(&log, 60s));
+  const std::string id = approvals.Ask(ToolAsk("c1", "download"), decisions.Sink());
+  approvals.CloseAll("session ended: canceled");
+  ASSERT_TRUE(decisions.WaitFor(1));
+  EXPECT_EQ(decisions.got()[0].decision(), pb::HumanDecision::CANCELED);
+  EXPECT_EQ(decisions.got()[0].note(), "session ended: canceled");
+  EXPECT_TRUE(StatusIs(approvals.Respond(id, pb::HumanDecision::APPROVE, {}, "", "", "", "local"),
+                       absl::StatusCode::kFailedPrecondition, "canceled"));
+  approvals.Ask(ToolAsk("c2", "download"), decisions.Sink());
+  ASSERT_EQ(decisions.got().size(), 2u);
+  EXPECT_EQ(decisions.got()[1].decision(), pb::HumanDecision::CANCELED);
+  EXPECT_TRUE(approvals.Open().empty());
+  EXPECT_EQ(CountDecisions(log, id), 1);
+}
+
+TEST(ApprovalsTest, CancelClosesOneRequest) {
+  EventLog log("s1");
+  Decisions decisions;
+  Approvals approvals(Opts(&log, 60s));
+  const std::string a = approvals.Ask(ToolAsk("c1", "download"), decisions.Sink());
+  approvals.Ask(ToolAsk("c2", "download"), decisions.Sink());
+  approvals.Cancel(a, "the client went away");
+  ASSERT_TRUE(decisions.WaitFor(1));
+  EXPECT_EQ(decisions.got()[0].request_id(), a);
+  EXPECT_EQ(decisions.got()[0].decision(), pb::HumanDecision::CANCELED);
+  EXPECT_EQ(approvals.Open().size(), 1u);
+}
+
+TEST(ApprovalsTest, TheDestructorCancelsWhatIsOpen) {
+  EventLog log("s1");
+  Decisions decisions;
+  {
+    Approvals approvals(Opts(&log, 60s));
+    approvals.Ask(ToolAsk("c1", "download"), decisions.Sink());
+  }
+  ASSERT_EQ(decisions.got().size(), 1u);
+  EXPECT_EQ(decisions.got()[0].decision(), pb::HumanDecision::CANCELED);
+}
+
+TEST(ApprovalsTest, TooManyOpenRequestsAreRejectedAtOnce) {
+  EventLog log("s1");
+  Decisions decisions;
+  Approvals approvals(Opts(&log, 60s, 2));
+  approvals.Ask(ToolAsk("c1", "a"), decisions.Sink());
+  approvals.Ask(ToolAsk("c2", "b"), decisions.Sink());
+  approvals.Ask(ToolAsk("c3", "c"), decisions.Sink());
+  ASSERT_EQ(decisions.got().size(), 1u);
+  EXPECT_EQ(decisions.got()[0].decision(), pb::HumanDecision::REJECT);
+  EXPECT_NE(decisions.got()[0].note().find("too many"), std::string::npos);
+  EXPECT_EQ(approvals.Open().size(), 2u);
+}
+
+TEST(ApprovalsTest, AskAndWaitReturnsTheDecision) {
+  EventLog log("s1");
+  Approvals approvals(Opts(&log, 60s));
+  std::thread answerer([&] {
+    while (approvals.Open().empty()) std::this_thread::sleep_for(1ms);
+    (void)approvals.Respond(approvals.Open()[0].request_id(), pb::HumanDecision::REJECT, {}, "nope", "", "", "local");
+  });
+  pb::HumanDecision d = approvals.AskAndWait(ToolAsk("c1", "download"));
+  answerer.join();
+  EXPECT_EQ(d.decision(), pb::HumanDecision::REJECT);
+  EXPECT_EQ(d.note(), "nope");
+}
+
+TEST(ApprovalsTest, ADeadlineRacingAResponseDecidesExactlyOnce) {
+  // Responses land around the deadline: whichever wins, `done` runs once and the log holds one decision.
+  for (int round = 0; round < 40; ++round) {
+    EventLog log("s1");
+    Approvals approvals(Opts(&log, 20ms));
+    std::atomic<int> calls{0};
+    std::atomic<int> outcome{0};
+    const std::string id = approvals.Ask(ToolAsk("c1", "download"), [&](const pb::HumanDecision& d) {
+      calls++;
+      outcome = d.decision();
+    });
+    std::this_thread::sleep_for(std::chrono::microseconds(19000 + 100 * round));
+    absl::StatusOr<pb::HumanDecision> r =
+        approvals.Respond(id, pb::HumanDecision::APPROVE, {}, "", "", "k", "local");
+    for (int i = 0; i < 1000 && calls == 0; ++i) std::this_thread::sleep_for(1ms);
+    EXPECT_EQ(calls.load(), 1) << "round " << round;
+    EXPECT_EQ(CountDecisions(log, id), 1) << "round " << round;
+    if (r.ok()) {
+      EXPECT_EQ(outcome.load(), pb::HumanDecision::APPROVE);
+    } else {
+      EXPECT_TRUE(StatusIs(r, absl::StatusCode::kFailedPrecondition, "expired"));
+      EXPECT_EQ(outcome.load(), pb::HumanDecision::EXPIRED);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace sbx::agent
