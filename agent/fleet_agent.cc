@@ -33,6 +33,9 @@ namespace {
 constexpr char kLeaseKind[] = "lease";
 constexpr char kOutcomeKind[] = "outcome";
 constexpr char kFinishedKind[] = "finished";
+// A lease's HumanRequest / HumanDecision events, journaled as they happen (payload: the Event), so that the
+// report of a session lost with the agent still has every decision; acked once the lease's outcome is.
+constexpr char kApprovalKind[] = "approval";
 // Finished leases remembered in the outbox (FinishedLeaseRecord): the newest this many, for this long.
 constexpr size_t kFinishedLeases = 20000;
 constexpr int64_t kFinishedMaxAgeMs = 24 * 3600 * 1000;
@@ -252,6 +255,39 @@ pb::Outcome Failed(const std::string& reason, const std::string& message) {
 
 }  // namespace
 
+// A lost session's approval events, journaled under its lease (kApprovalKind): in seq order, then, for each
+// request with no decision among them, a HumanDecision CANCELED with seq 0 (made after the session's log was
+// gone, so it has no seq of its own; worker.proto ReportOutcomeRequest.events).
+std::vector<pb::Event> LostApprovalEvents(const std::vector<OutboxRecord>& records, const std::string& lease_id,
+                                          const std::string& session_id) {
+  std::map<uint64_t, pb::Event> by_seq;
+  for (const OutboxRecord& rec : records) {
+    pb::Event e;
+    if (rec.key != lease_id || !e.ParseFromString(rec.payload)) continue;
+    by_seq[e.seq()] = std::move(e);
+  }
+  std::vector<pb::Event> out;
+  std::map<std::string, const pb::HumanRequest*> open;
+  for (auto& [seq, e] : by_seq) {
+    out.push_back(e);
+    if (e.has_human_request()) open[e.human_request().request_id()] = &e.human_request();
+    if (e.has_human_decision()) open.erase(e.human_decision().request_id());
+  }
+  for (const auto& [id, request] : open) {
+    pb::Event e;
+    e.set_session_id(session_id);
+    e.set_unix_ms(UnixMs());
+    pb::HumanDecision* d = e.mutable_human_decision();
+    d->set_request_id(id);
+    d->set_decision(pb::HumanDecision::CANCELED);
+    d->set_call_id(request->call_id());
+    d->set_note("session ended: agent_restart");
+    d->set_by("agent");
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 pb::ReportOutcomeRequest LostReport(const std::string& agent_id, const std::string& lease_id,
                                    const std::string& session_id, const std::string& reason, const std::string& message) {
   pb::ReportOutcomeRequest report;
@@ -279,6 +315,15 @@ struct FleetAgent::Lease {
   std::atomic<bool> finished{false};         // the pump is done (the outcome is journaled)
   std::shared_ptr<Session> session;          // set by the pump before it is visible to other threads' use
   std::atomic<bool> has_session{false};
+
+  // The outbox records of its approval events (kApprovalKind). Shared with the session's Approvals observer,
+  // which may outlive this lease; `closed` once the outcome is journaled (the events are in it).
+  struct ApprovalJournal {
+    std::mutex mu;
+    bool closed = false;          // GUARDED_BY(mu)
+    std::vector<uint64_t> ids;    // GUARDED_BY(mu)
+  };
+  std::shared_ptr<ApprovalJournal> approval_journal = std::make_shared<ApprovalJournal>();
 
   std::mutex cmd_mu;
   std::set<std::string> commands_seen;  // GUARDED_BY(cmd_mu)
@@ -411,6 +456,7 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
     RETURN_IF_ERROR(a.outbox_->Append(kOutcomeKind, *torn_lease, out.SerializeAsString()).status());
     ++lost;
   }
+  const std::vector<OutboxRecord> approvals = a.outbox_->Pending(kApprovalKind);
   for (const OutboxRecord& rec : a.outbox_->Pending()) {
     if (rec.kind != kLeaseKind) continue;
     pb::LeaseRecord lr;
@@ -432,10 +478,13 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
     *report->mutable_outcome() =
         readable ? Failed("agent_restart", "the agent restarted while the session ran; its jail ended with the agent")
                  : Failed("outbox_damaged", kDamagedMessage);
+    for (pb::Event& e : LostApprovalEvents(approvals, rec.key, lr.session_id())) *report->add_events() = std::move(e);
     RETURN_IF_ERROR(a.outbox_->Append(kOutcomeKind, rec.key, out.SerializeAsString()).status());
     RETURN_IF_ERROR(a.outbox_->Ack(rec.id));
     ++lost;
   }
+  // Every lease's approval events are in its outcome record now (journaled before, or just above).
+  for (const OutboxRecord& rec : approvals) RETURN_IF_ERROR(a.outbox_->Ack(rec.id));
   for (const OutboxRecord& rec : a.outbox_->Pending()) {
     if (rec.kind != kOutcomeKind || !a.held_.emplace(rec.key, "").second) continue;  // one slot per lease
     a.known_.insert(rec.key);
@@ -787,6 +836,22 @@ void FleetAgent::RunLease(Lease* lease) {
     return;
   }
   lease->session = *session;
+  // Before any call can ask (DriveStartCalls below, commands once the stream attaches).
+  lease->session->approvals().SetObserver(
+      [outbox = outbox_.get(), journal = lease->approval_journal, lease_id = lease->lease_id,
+       session_id = lease->session_id](const pb::Event& event) {
+        pb::Event e = event;
+        e.set_session_id(session_id);
+        std::lock_guard lock(journal->mu);
+        if (journal->closed) return;
+        absl::StatusOr<uint64_t> id = outbox->Append(kApprovalKind, lease_id, e.SerializeAsString());
+        if (id.ok()) {
+          journal->ids.push_back(*id);
+        } else {
+          Log(LogLevel::kError, "outbox: cannot journal an approval event",
+              {{"lease_id", lease_id}, {"error", id.status().ToString()}});
+        }
+      });
   lease->has_session = true;
   // A session that came up after the drain canceled the others (it was still starting then) ends too.
   if (canceling_) lease->session->End(pb::Outcome::CANCELED, "drained", "the agent drained before the session finished");
@@ -1209,9 +1274,19 @@ void FleetAgent::JournalOutcome(Lease* lease, const pb::Outcome& outcome) {
     // The lease record stays pending: the next start reports this session lost rather than nothing at all.
     Log(LogLevel::kError, "outbox: cannot journal an outcome",
         {{"lease_id", lease->lease_id}, {"error", appended.status().ToString()}});
-  } else if (lease->record_id != 0) {
-    if (absl::Status s = outbox_->Ack(lease->record_id); !s.ok()) {
-      Log(LogLevel::kError, "outbox: cannot ack a lease record", {{"lease_id", lease->lease_id}, {"error", s.ToString()}});
+  } else {
+    if (lease->record_id != 0) {
+      if (absl::Status s = outbox_->Ack(lease->record_id); !s.ok()) {
+        Log(LogLevel::kError, "outbox: cannot ack a lease record", {{"lease_id", lease->lease_id}, {"error", s.ToString()}});
+      }
+    }
+    // The approval events are in the outcome's events now.
+    std::lock_guard lock(lease->approval_journal->mu);
+    lease->approval_journal->closed = true;
+    for (uint64_t id : lease->approval_journal->ids) {
+      if (absl::Status s = outbox_->Ack(id); !s.ok()) {
+        Log(LogLevel::kError, "outbox: cannot ack an approval record", {{"lease_id", lease->lease_id}, {"error", s.ToString()}});
+      }
     }
   }
   Log(LogLevel::kInfo, "fleet: session ended",
