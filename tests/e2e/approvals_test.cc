@@ -24,7 +24,7 @@ using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-class ApprovalGatesTest : public ::testing::Test {
+class HumanApprovalTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (geteuid() != 0) GTEST_SKIP() << "the daemon tests build jails as root (CI runs as root); uid " << geteuid();
@@ -164,7 +164,7 @@ pb::ApprovalPolicy Gates(std::vector<std::string> kinds, uint64_t timeout_ms = 6
   return a;
 }
 
-TEST_F(ApprovalGatesTest, DownloadWaitsUntilApproved) {
+TEST_F(HumanApprovalTest, DownloadWaitsUntilApproved) {
   const std::string s = Create(Gates({"download"}));
   WriteFile(s, "/workspace/report.txt", "quarterly numbers\n");
   auto download = StartDownload(s, "/workspace/report.txt");
@@ -191,7 +191,7 @@ TEST_F(ApprovalGatesTest, DownloadWaitsUntilApproved) {
   EXPECT_EQ(CountDecisions(s, r.request_id()), 1);
 }
 
-TEST_F(ApprovalGatesTest, RejectedDownloadIsPermissionDenied) {
+TEST_F(HumanApprovalTest, RejectedDownloadIsPermissionDenied) {
   const std::string s = Create(Gates({"download"}));
   WriteFile(s, "/workspace/f", "x");
   auto download = StartDownload(s, "/workspace/f");
@@ -204,7 +204,7 @@ TEST_F(ApprovalGatesTest, RejectedDownloadIsPermissionDenied) {
   EXPECT_FALSE(download->got_chunk);
 }
 
-TEST_F(ApprovalGatesTest, TheDeadlineRejectsAndALateApprovalIsRefused) {
+TEST_F(HumanApprovalTest, TheDeadlineRejectsAndALateApprovalIsRefused) {
   const std::string s = Create(Gates({"download"}, 1000));
   WriteFile(s, "/workspace/f", "x");
   const auto start = Clock::now();
@@ -221,7 +221,7 @@ TEST_F(ApprovalGatesTest, TheDeadlineRejectsAndALateApprovalIsRefused) {
   EXPECT_EQ(CountDecisions(s, r.request_id()), 1);
 }
 
-TEST_F(ApprovalGatesTest, TheSameAnswerTwiceIsOneDecisionAndErrorsNameTheProblem) {
+TEST_F(HumanApprovalTest, TheSameAnswerTwiceIsOneDecisionAndErrorsNameTheProblem) {
   const std::string s = Create(Gates({"download"}));
   WriteFile(s, "/workspace/f", "x");
   auto download = StartDownload(s, "/workspace/f");
@@ -249,7 +249,7 @@ TEST_F(ApprovalGatesTest, TheSameAnswerTwiceIsOneDecisionAndErrorsNameTheProblem
   EXPECT_EQ(CountDecisions(s, r.request_id()), 1);
 }
 
-TEST_F(ApprovalGatesTest, ASessionScopedApprovalLetsTheNextOneThroughUnasked) {
+TEST_F(HumanApprovalTest, ASessionScopedApprovalLetsTheNextOneThroughUnasked) {
   const std::string s = Create(Gates({"download"}));
   WriteFile(s, "/workspace/f", "x");
   auto first = StartDownload(s, "/workspace/f");
@@ -266,7 +266,7 @@ TEST_F(ApprovalGatesTest, ASessionScopedApprovalLetsTheNextOneThroughUnasked) {
   EXPECT_EQ(CountDecisions(s, r.request_id()), 2);
 }
 
-TEST_F(ApprovalGatesTest, AnExecRuleGatesAMatchingExecWhileAnotherExecRuns) {
+TEST_F(HumanApprovalTest, AnExecRuleGatesAMatchingExecWhileAnotherExecRuns) {
   pb::ApprovalPolicy gates;
   gates.add_exec()->set_argv_regex("^sh -c echo gated");
   gates.add_secret_patterns("hunter[0-9]+");
@@ -305,7 +305,7 @@ TEST_F(ApprovalGatesTest, AnExecRuleGatesAMatchingExecWhileAnotherExecRuns) {
   EXPECT_EQ(CountRequests(s), 1);
 }
 
-TEST_F(ApprovalGatesTest, ARejectedWriteFileIsPermissionDeniedAndWritesNothing) {
+TEST_F(HumanApprovalTest, ARejectedWriteFileIsPermissionDeniedAndWritesNothing) {
   const std::string s = Create(Gates({"write_file"}));
   CallResult write;
   std::thread t([&] {
@@ -327,7 +327,7 @@ TEST_F(ApprovalGatesTest, ARejectedWriteFileIsPermissionDeniedAndWritesNothing) 
   EXPECT_EQ(cat.out, "absent\n");
 }
 
-TEST_F(ApprovalGatesTest, SandboxctlApprovesForTheSession) {
+TEST_F(HumanApprovalTest, SandboxctlApprovesForTheSession) {
   const std::string s = Create(Gates({"exec"}));
   CallResult first;
   std::thread t([&] { first = RunExec(stub_.get(), s, {"echo", "one"}); });
@@ -345,7 +345,7 @@ TEST_F(ApprovalGatesTest, SandboxctlApprovesForTheSession) {
   EXPECT_NE(rc, 0);
 }
 
-TEST_F(ApprovalGatesTest, CancelingTheSessionClosesTheOpenRequest) {
+TEST_F(HumanApprovalTest, CancelingTheSessionClosesTheOpenRequest) {
   const std::string s = Create(Gates({"exec"}));
   CallResult gated;
   std::thread t([&] { gated = RunExec(stub_.get(), s, {"echo", "never"}); });
@@ -373,7 +373,7 @@ TEST_F(ApprovalGatesTest, CancelingTheSessionClosesTheOpenRequest) {
   EXPECT_EQ(Respond(s, r.request_id(), pb::HumanDecision::APPROVE, &d).error_code(), grpc::FAILED_PRECONDITION);
 }
 
-TEST_F(ApprovalGatesTest, BadGatesAreRefusedNamingTheField) {
+TEST_F(HumanApprovalTest, BadGatesAreRefusedNamingTheField) {
   pb::Session out;
   grpc::Status unknown = TryCreate(Gates({"download", "teleport"}), &out);
   EXPECT_EQ(unknown.error_code(), grpc::INVALID_ARGUMENT);
