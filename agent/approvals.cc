@@ -388,6 +388,21 @@ void Approvals::SetObserver(std::function<void(const pb::Event&)> observer) {
 
 std::vector<pb::HumanRequest> Approvals::Open() const { return impl_->Open(); }
 
+absl::Status DecisionStatus(const pb::HumanDecision& d) {
+  switch (d.decision()) {
+    case pb::HumanDecision::APPROVE:
+    case pb::HumanDecision::ANSWER:
+      return absl::OkStatus();
+    case pb::HumanDecision::REJECT:
+      return absl::PermissionDeniedError(absl::StrCat("rejected by ", d.by(), ": ", d.note()));
+    case pb::HumanDecision::EXPIRED:
+      return absl::PermissionDeniedError(
+          absl::StrCat("approval expired (human request ", d.request_id(), ": ", d.note(), ")"));
+    default:
+      return absl::CancelledError(absl::StrCat("canceled: ", d.note()));
+  }
+}
+
 std::string OriginOf(std::string_view url) {
   const size_t colon = url.find(':');
   if (colon == std::string_view::npos || colon == 0) return "";

@@ -25,6 +25,7 @@
 #include <optional>
 #include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "duvo/sandbox/v1/session.pb.h"
 #include "sandbox/policy.h"
@@ -102,6 +103,10 @@ class Approvals {
  private:
   std::unique_ptr<Impl> impl_;
 };
+
+// What a decision means for the action it gated: OK (APPROVE, ANSWER); PermissionDenied "rejected by <by>:
+// <note>" (REJECT) or "approval expired (...)" (EXPIRED); Cancelled "canceled: <why>" (CANCELED).
+absl::Status DecisionStatus(const duvo::sandbox::v1::HumanDecision& decision);
 
 // A URL's origin as the browser gate compares them: "scheme://host:port" with the scheme and host lower-cased
 // and the scheme's default port filled in (http 80, https 443); userinfo, path, query and fragment dropped.

@@ -74,6 +74,8 @@ std::string GrpcError(const grpc::Status& s) {
 // time (twice, briefly: gRPC's buffer and the parsed message), and gRPC's flow control holds the sender back
 // meanwhile.
 constexpr size_t kMaxUploadPartBytes = 4 << 20;
+// What a gated upload may send before it is approved (held in memory until the decision).
+constexpr size_t kMaxHeldUploadBytes = 16 << 20;
 
 // Attach, spoken with the control plane's messages as raw bytes: the generated stub parses each
 // ControlMessage inside gRPC, and one that does not parse (a proto3 string that is not UTF-8) fails the whole
@@ -331,6 +333,10 @@ struct FleetAgent::Lease {
     std::unique_ptr<FileTransfer> transfer;  // until the upload ends (removes its file unless it succeeded)
     uint64_t next_offset = 0;
     bool done = false;
+    // Approvals "upload": asked at the first chunk; the chunks wait in `held` until the decision.
+    enum class Gate { kUnasked, kWaiting, kApproved } gate = Gate::kUnasked;
+    std::vector<pb::UploadPart> held;
+    uint64_t held_bytes = 0;
   };
   std::map<std::string, Upload> uploads;  // GUARDED_BY(cmd_mu)
 
@@ -1115,6 +1121,68 @@ bool FleetAgent::StreamOnce(Lease* lease, std::optional<milliseconds>* retry_aft
   return complete;
 }
 
+void FleetAgent::WriteUploadChunkLocked(Lease* lease, const std::string& id, const pb::UploadPart& chunk) {
+  Session& session = *lease->session;
+  Lease::Upload& up = lease->uploads[id];
+  // The same FileTransfer as local mode's Upload: a bad sha256, a failed write or an abort leaves no file.
+  absl::Status s;
+  if (!up.transfer) {
+    absl::StatusOr<std::unique_ptr<FileTransfer>> begun = session.BeginUpload(chunk.path(), chunk.mode());
+    if (begun.ok()) {
+      up.transfer = std::move(*begun);
+    } else {
+      s = begun.status();
+    }
+  }
+  if (s.ok()) s = up.transfer->Write(chunk.offset(), chunk.data());
+  if (s.ok()) {
+    up.next_offset = up.transfer->size();
+    if (!chunk.last()) return;
+    s = up.transfer->Finish(chunk.sha256()).status();
+  }
+  FinishUploadLocked(lease, id, s);
+}
+
+void FleetAgent::FinishUploadLocked(Lease* lease, const std::string& id, const absl::Status& s) {
+  Lease::Upload& up = lease->uploads[id];
+  up.transfer.reset();  // removes the file unless Finish succeeded
+  up.held.clear();
+  pb::Event done;
+  pb::ToolCallFinished* f = done.mutable_tool_call_finished();
+  f->set_call_id(id);
+  up.done = true;
+  if (s.ok()) {
+    f->mutable_result()->set_done(true);
+  } else {
+    f->mutable_error()->set_code(static_cast<int>(s.code()));
+    f->mutable_error()->set_message(std::string(s.message()));
+  }
+  lease->session->events().Append(std::move(done));
+  // The chunks passed through gRPC's buffers and this thread's malloc arena; glibc keeps freed memory in
+  // an arena for reuse, which left an agent hundreds of MiB larger after one big upload. Give it back.
+  malloc_trim(0);
+}
+
+void FleetAgent::OnUploadDecided(Lease* lease, const std::string& id, const pb::HumanDecision& decision) {
+  std::lock_guard lock(lease->cmd_mu);
+  auto it = lease->uploads.find(id);
+  if (it == lease->uploads.end() || it->second.done) return;
+  Lease::Upload& up = it->second;
+  if (absl::Status s = DecisionStatus(decision); !s.ok()) {
+    FinishUploadLocked(lease, id, s);
+    return;
+  }
+  up.gate = Lease::Upload::Gate::kApproved;
+  std::vector<pb::UploadPart> held = std::move(up.held);
+  up.held.clear();
+  up.held_bytes = 0;
+  up.next_offset = 0;
+  for (const pb::UploadPart& chunk : held) {
+    WriteUploadChunkLocked(lease, id, chunk);
+    if (lease->uploads[id].done) break;
+  }
+}
+
 void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
                                const std::function<void(const pb::AgentMessage&)>& send) {
   Session& session = *lease->session;
@@ -1131,12 +1199,13 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
   }
   if (command.has_upload()) {
     const pb::UploadPart& chunk = command.upload();
-    std::lock_guard lock(lease->cmd_mu);
+    std::unique_lock lock(lease->cmd_mu);
     if (chunk.data().size() > kMaxUploadPartBytes) {
       // The upload this chunk belongs to cannot go on (its bytes would have a hole): it ends, leaving no file.
       auto it = lease->uploads.find(id);
       if (it != lease->uploads.end()) {
         it->second.transfer.reset();
+        it->second.held.clear();
         it->second.done = true;
       }
       fail(absl::StatusCode::kInvalidArgument,
@@ -1153,37 +1222,39 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
       return fail(absl::StatusCode::kInvalidArgument,
                   absl::StrCat("upload: chunk at offset ", chunk.offset(), ", expected ", up.next_offset));
     }
-    // The same FileTransfer as local mode's Upload: a bad sha256, a failed write or an abort leaves no file.
-    absl::Status s;
-    if (!up.transfer) {
-      absl::StatusOr<std::unique_ptr<FileTransfer>> begun = session.BeginUpload(chunk.path(), chunk.mode());
-      if (begun.ok()) {
-        up.transfer = std::move(*begun);
+    // A gated upload (approvals "upload") waits for its decision before a byte is written; its chunks are
+    // held meanwhile, up to kMaxHeldUploadBytes (the decision arrives on this same stream, so this thread
+    // cannot wait for it).
+    if (up.gate == Lease::Upload::Gate::kUnasked) {
+      std::optional<GateAsk> ask = session.gates().ForTransfer("upload", chunk.path(), "");
+      if (!ask) {
+        up.gate = Lease::Upload::Gate::kApproved;
       } else {
-        s = begun.status();
+        up.gate = Lease::Upload::Gate::kWaiting;
+        up.next_offset = chunk.offset() + chunk.data().size();
+        up.held_bytes = chunk.data().size();
+        up.held.push_back(chunk);
+        ask->call_id = id;
+        lock.unlock();  // the decision may come at once (a session-scoped one) and takes the lock
+        session.approvals().Ask(std::move(*ask), [this, lease, id](const pb::HumanDecision& d) {
+          OnUploadDecided(lease, id, d);
+        });
+        return;
       }
     }
-    if (s.ok()) s = up.transfer->Write(chunk.offset(), chunk.data());
-    if (s.ok()) {
-      up.next_offset = up.transfer->size();
-      if (!chunk.last()) return;
-      s = up.transfer->Finish(chunk.sha256()).status();
+    if (up.gate == Lease::Upload::Gate::kWaiting) {
+      if (up.held_bytes + chunk.data().size() > kMaxHeldUploadBytes) {
+        FinishUploadLocked(lease, id, absl::ResourceExhaustedError(absl::StrCat(
+                                          "upload: more than ", kMaxHeldUploadBytes,
+                                          " bytes sent before the upload was approved; the upload ended")));
+        return;
+      }
+      up.next_offset = chunk.offset() + chunk.data().size();
+      up.held_bytes += chunk.data().size();
+      up.held.push_back(chunk);
+      return;
     }
-    up.transfer.reset();  // removes the file unless Finish succeeded
-    pb::Event done;
-    pb::ToolCallFinished* f = done.mutable_tool_call_finished();
-    f->set_call_id(id);
-    up.done = true;
-    if (s.ok()) {
-      f->mutable_result()->set_done(true);
-    } else {
-      f->mutable_error()->set_code(static_cast<int>(s.code()));
-      f->mutable_error()->set_message(std::string(s.message()));
-    }
-    session.events().Append(std::move(done));
-    // The chunks passed through gRPC's buffers and this thread's malloc arena; glibc keeps freed memory in
-    // an arena for reuse, which left an agent hundreds of MiB larger after one big upload. Give it back.
-    malloc_trim(0);
+    WriteUploadChunkLocked(lease, id, chunk);
     return;
   }
   {

@@ -57,9 +57,6 @@ pb::FileInfo ToProto(const sandbox::FileInfo& info) {
   return out;
 }
 
-// The ToolError / RPC status a gate's decision ends its action with (OK: approved or answered).
-absl::Status DecisionStatus(const pb::HumanDecision& d);
-
 }  // namespace
 
 std::string SessionCgroupName(const std::string& session_id) { return absl::StrCat("session-", session_id); }
@@ -373,23 +370,6 @@ void Session::OnGateDecided(const std::string& call_id, const pb::ToolCall& call
       return;
   }
 }
-
-namespace {
-absl::Status DecisionStatus(const pb::HumanDecision& d) {
-  switch (d.decision()) {
-    case pb::HumanDecision::APPROVE:
-    case pb::HumanDecision::ANSWER:
-      return absl::OkStatus();
-    case pb::HumanDecision::REJECT:
-      return absl::PermissionDeniedError(absl::StrCat("rejected by ", d.by(), ": ", d.note()));
-    case pb::HumanDecision::EXPIRED:
-      return absl::PermissionDeniedError(
-          absl::StrCat("approval expired (human request ", d.request_id(), ": ", d.note(), ")"));
-    default:
-      return absl::CancelledError(absl::StrCat("canceled: ", d.note()));
-  }
-}
-}  // namespace
 
 absl::Status Session::AwaitTransferApproval(std::string_view kind, const std::string& path, std::string_view detail,
                                             const std::function<bool()>& gone) {

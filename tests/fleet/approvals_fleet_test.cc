@@ -189,5 +189,77 @@ TEST(ApprovalsFleetTest, AnAgentRestartReportsTheOpenRequestCanceledAndKeepsEarl
   EXPECT_EQ(agent.Terminate(seconds(30)), 0);
 }
 
+TEST(ApprovalsFleetTest, AGatedUploadIsHeldUntilApprovedAndARejectedOneLeavesNoFile) {
+  if (geteuid() != 0) GTEST_SKIP() << "fleet tests build jails as root (CI runs as root)";
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess agent(AgentFor(*cp));
+  ASSERT_TRUE(agent.Start());
+  pb::SandboxRequest request;
+  request.set_kind(pb::FILE);
+  request.mutable_approvals()->add_require_approval("upload");
+  const std::string lease = cp->Enqueue(request);
+  ASSERT_TRUE(cp->WaitFor([&] { auto l = cp->Lease(lease); return l && !l->events.empty(); }, seconds(20)));
+
+  // Two parts of "hello, fleet\n" (its sha256), both sent before anyone decides.
+  pb::SessionCommand part1;
+  part1.set_command_id("up-1");
+  part1.mutable_upload()->set_path("/workspace/greeting.txt");
+  part1.mutable_upload()->set_data("hello, ");
+  pb::SessionCommand part2 = part1;
+  part2.mutable_upload()->set_offset(7);
+  part2.mutable_upload()->set_data("fleet\n");
+  part2.mutable_upload()->set_last(true);
+  part2.mutable_upload()->set_sha256("a963e87ae48c91da3ea9c3399321d0354d3289ecc12c9ef18bd1df2354b114a2");
+  cp->SendCommand(lease, part1);
+  cp->SendCommand(lease, part2);
+  ASSERT_TRUE(cp->WaitFor([&] { return !OpenRequests(*cp, lease).empty(); }, seconds(20))) << agent.Log();
+  const pb::HumanRequest r = OpenRequests(*cp, lease)[0];
+  EXPECT_EQ(r.action(), "upload");
+  EXPECT_EQ(r.call_id(), "up-1");
+  EXPECT_EQ(r.question(), "upload: /workspace/greeting.txt");
+  cp->SendCommand(lease, Exec("cmd-look", {"/bin/sh", "-c", "test -e /workspace/greeting.txt && echo early || echo absent"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return Stdout(cp->Lease(lease)->events) == "absent\n"; }, seconds(20)));
+  cp->SendCommand(lease, Answer("ans-up", r.request_id(), pb::HumanDecision::APPROVE));
+  auto finished = [&](const std::string& call_id) -> std::optional<pb::ToolCallFinished> {
+    const std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(lease);
+    for (const pb::Event& e : l->events) {
+      if (e.has_tool_call_finished() && e.tool_call_finished().call_id() == call_id) return e.tool_call_finished();
+    }
+    return std::nullopt;
+  };
+  ASSERT_TRUE(cp->WaitFor([&] { return finished("up-1").has_value(); }, seconds(20)));
+  EXPECT_TRUE(finished("up-1")->has_result()) << finished("up-1")->DebugString();
+  cp->SendCommand(lease, Exec("cmd-cat", {"/bin/cat", "/workspace/greeting.txt"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return Stdout(cp->Lease(lease)->events) == "absent\nhello, fleet\n"; }, seconds(20)));
+
+  // Rejected: the upload ends PERMISSION_DENIED and no file is left.
+  pb::SessionCommand other = part1;
+  other.set_command_id("up-2");
+  other.mutable_upload()->set_path("/workspace/other.txt");
+  other.mutable_upload()->set_last(true);
+  cp->SendCommand(lease, other);
+  std::string second;
+  ASSERT_TRUE(cp->WaitFor([&] {
+    for (const pb::HumanRequest& open : OpenRequests(*cp, lease)) {
+      if (open.call_id() == "up-2") second = open.request_id();
+    }
+    return !second.empty();
+  }, seconds(20)));
+  cp->SendCommand(lease, Answer("ans-up-2", second, pb::HumanDecision::REJECT));
+  ASSERT_TRUE(cp->WaitFor([&] { return finished("up-2").has_value(); }, seconds(20)));
+  EXPECT_EQ(finished("up-2")->error().code(), grpc::PERMISSION_DENIED);
+  EXPECT_EQ(finished("up-2")->error().message(), "rejected by control_plane: from the control plane");
+  cp->SendCommand(lease, Exec("cmd-look-2", {"/bin/sh", "-c", "test -e /workspace/other.txt && echo there || echo gone"}));
+  ASSERT_TRUE(cp->WaitFor([&] { return Stdout(cp->Lease(lease)->events).find("gone\n") != std::string::npos; },
+                          seconds(20)));
+  pb::SessionCommand cancel;
+  cancel.set_command_id("cmd-cancel");
+  cancel.mutable_cancel()->set_reason("done");
+  cp->SendCommand(lease, cancel);
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(20)));
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+}
+
 }  // namespace
 }  // namespace sbx::testing
