@@ -162,6 +162,9 @@ Session::~Session() {
   End(pb::Outcome::CANCELED, "canceled", "the session was deleted");
   egress_.reset();  // before the jail: its audit callback writes the event log
   if (watcher_.joinable()) watcher_.join();
+  // Every request is closed (End); this joins the deadline timer, which may still be handing a decision to
+  // OnGateDecided, before the members that takes (mu_, the runner) are destroyed.
+  approvals_.reset();
   {
     std::unique_lock lock(approved_mu_);
     approved_runner_.request_stop();

@@ -99,6 +99,11 @@ TEST(ApprovalsFleetTest, AGatedExecWaitsForAHumanAnswerOverAttach) {
   // It waits: nothing ran.
   std::this_thread::sleep_for(seconds(1));
   EXPECT_EQ(Stdout(cp->Lease(lease)->events), "");
+  // The stream drops and reattaches (resuming after what the control plane holds): the request stays open,
+  // and an answer on the new stream decides it.
+  cp->DropStreams();
+  ASSERT_TRUE(cp->WaitFor([&] { return cp->Lease(lease)->attaches >= 2; }, seconds(20))) << agent.Log();
+  ASSERT_EQ(OpenRequests(*cp, lease).size(), 1u);
 
   // An answer to a request that does not exist is an error naming the command.
   cp->SendCommand(lease, Answer("ans-unknown", "hr-404", pb::HumanDecision::APPROVE));
