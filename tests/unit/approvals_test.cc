@@ -206,15 +206,15 @@ TEST(ApprovalsTest, TheTimerWakesForAnEarlierDeadlineAndKeepsLaterOnesOpen) {
   // answered before its deadline is not expired afterwards.
   EventLog log("s1");
   Decisions decisions;
-  Approvals approvals(Opts(&log, 300ms));
+  Approvals approvals(Opts(&log, 1000ms));
   const std::string a = approvals.Ask(ToolAsk("c1", "x"), decisions.Sink());
-  std::this_thread::sleep_for(150ms);
+  std::this_thread::sleep_for(500ms);
   const std::string b = approvals.Ask(ToolAsk("c2", "y"), decisions.Sink());
   ASSERT_TRUE(decisions.WaitFor(1, 5s));
   EXPECT_EQ(decisions.got()[0].request_id(), a);
   ASSERT_TRUE(IsOk(approvals.Respond(b, pb::HumanDecision::APPROVE, {}, "", "", "", "local")));
   ASSERT_TRUE(decisions.WaitFor(2));
-  std::this_thread::sleep_for(400ms);  // past b's deadline: it stays approved
+  std::this_thread::sleep_for(700ms);  // past b's deadline: it stays approved
   ASSERT_EQ(decisions.got().size(), 2u);
   EXPECT_EQ(decisions.got()[1].decision(), pb::HumanDecision::APPROVE);
   EXPECT_EQ(CountDecisions(log, b), 1);
