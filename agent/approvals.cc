@@ -61,22 +61,32 @@ class Approvals::Impl {
   struct Delivery {
     Done done;
     pb::HumanDecision decision;
+    pb::Event event;  // as appended (for the observer)
   };
+
+  void SetObserver(std::function<void(const pb::Event&)> observer) {
+    std::lock_guard lock(mu_);
+    observer_ = observer ? std::make_shared<const std::function<void(const pb::Event&)>>(std::move(observer))
+                         : nullptr;
+  }
 
   std::string Ask(GateAsk ask, Done done) {
     std::vector<Delivery> out;
     std::string id;
     std::optional<pb::HumanRequest> raised;
+    pb::Event raised_event;
+    std::shared_ptr<const std::function<void(const pb::Event&)>> observer;
     {
       std::lock_guard lock(mu_);
+      observer = observer_;
       auto remembered = ask.action.empty() ? session_decisions_.end() : session_decisions_.find(ask.action);
       if (remembered != session_decisions_.end()) {
         // A session-scoped decision covers this action: decided at once, naming the request that decided it.
         pb::HumanDecision d = remembered->second;
         d.set_call_id(ask.call_id);
         id = d.request_id();
-        AppendDecisionLocked(d);
-        out.push_back({std::move(done), std::move(d)});
+        pb::Event e = AppendDecisionLocked(d);
+        out.push_back({std::move(done), std::move(d), std::move(e)});
       } else {
         id = absl::StrCat("hr-", next_id_++);
         pb::HumanDecision d;
@@ -92,8 +102,8 @@ class Approvals::Impl {
         }
         if (d.decision() != pb::HumanDecision::DECISION_UNSPECIFIED) {
           decided_[id] = Decided{d, ""};
-          AppendDecisionLocked(d);
-          out.push_back({std::move(done), std::move(d)});
+          pb::Event e = AppendDecisionLocked(d);
+          out.push_back({std::move(done), std::move(d), std::move(e)});
         } else {
           pb::HumanRequest r;
           r.set_request_id(id);
@@ -105,9 +115,8 @@ class Approvals::Impl {
           r.set_destination(std::move(ask.destination));
           r.set_wants_answer(ask.wants_answer);
           r.set_deadline_unix_ms(UnixMs() + options_.timeout.count());
-          pb::Event event;
-          *event.mutable_human_request() = r;
-          if (options_.events != nullptr) options_.events->Append(std::move(event));
+          *raised_event.mutable_human_request() = r;
+          AppendLocked(raised_event);
           open_.emplace(id, Pending{r, std::move(done), Clock::now() + options_.timeout, next_id_});
           raised = std::move(r);
           timer_wake_ = true;  // the timer may be sleeping until a later deadline
@@ -115,6 +124,7 @@ class Approvals::Impl {
         }
       }
     }
+    if (raised && observer != nullptr && raised_event.seq() != 0) (*observer)(raised_event);
     if (raised && options_.on_request) options_.on_request(*raised);
     Deliver(out);
     return id;
@@ -254,26 +264,40 @@ class Approvals::Impl {
                             [](const auto& a, const auto& b) { return a.second.order < b.second.order; });
   }
 
-  void AppendDecisionLocked(const pb::HumanDecision& d) {
-    // NOTE: appended under mu_ (the log takes only its own lock and calls nothing back), so a request's
-    // HumanRequest event always precedes its one HumanDecision event.
+  // Appends `event` to the log and sets its seq (0 when there is no log or it is closed).
+  // NOTE: appended under mu_ (the log takes only its own lock and calls nothing back), so a request's
+  // HumanRequest event always precedes its one HumanDecision event.
+  void AppendLocked(pb::Event& event) {
     if (options_.events == nullptr) return;
+    event.set_unix_ms(UnixMs());
+    event.set_seq(options_.events->Append(event));
+  }
+
+  pb::Event AppendDecisionLocked(const pb::HumanDecision& d) {
     pb::Event event;
     *event.mutable_human_decision() = d;
-    options_.events->Append(std::move(event));
+    AppendLocked(event);
+    return event;
   }
 
   // Moves an open request to decided_, appending its decision; the caller delivers it after unlocking.
   Delivery DecideLocked(OpenMap::iterator it, const pb::HumanDecision& d, const std::string& key) {
-    AppendDecisionLocked(d);
-    Delivery delivery{std::move(it->second.done), d};
+    pb::Event event = AppendDecisionLocked(d);
+    Delivery delivery{std::move(it->second.done), d, std::move(event)};
     decided_[it->first] = Decided{d, key};
     open_.erase(it);
     return delivery;
   }
 
   void Deliver(std::vector<Delivery>& out) {
+    if (out.empty()) return;
+    std::shared_ptr<const std::function<void(const pb::Event&)>> observer;
+    {
+      std::lock_guard lock(mu_);
+      observer = observer_;
+    }
     for (Delivery& d : out) {
+      if (observer != nullptr && d.event.seq() != 0) (*observer)(d.event);
       if (options_.on_decision) options_.on_decision(d.decision);
       if (d.done) d.done(d.decision);
     }
@@ -322,6 +346,7 @@ class Approvals::Impl {
   std::map<std::string, Decided> decided_;                     // GUARDED_BY(mu_): by request id
   std::map<std::string, pb::HumanDecision> session_decisions_;  // GUARDED_BY(mu_): by action
   bool closed_ = false;                                        // GUARDED_BY(mu_)
+  std::shared_ptr<const std::function<void(const pb::Event&)>> observer_;  // GUARDED_BY(mu_)
   std::string close_reason_;                                   // GUARDED_BY(mu_)
 
   std::jthread timer_;  // last: started after every member it uses exists, joined first
@@ -357,7 +382,26 @@ void Approvals::Cancel(const std::string& request_id, const std::string& reason)
 
 void Approvals::CloseAll(const std::string& reason) { impl_->CloseAll(reason); }
 
+void Approvals::SetObserver(std::function<void(const pb::Event&)> observer) {
+  impl_->SetObserver(std::move(observer));
+}
+
 std::vector<pb::HumanRequest> Approvals::Open() const { return impl_->Open(); }
+
+absl::Status DecisionStatus(const pb::HumanDecision& d) {
+  switch (d.decision()) {
+    case pb::HumanDecision::APPROVE:
+    case pb::HumanDecision::ANSWER:
+      return absl::OkStatus();
+    case pb::HumanDecision::REJECT:
+      return absl::PermissionDeniedError(absl::StrCat("rejected by ", d.by(), ": ", d.note()));
+    case pb::HumanDecision::EXPIRED:
+      return absl::PermissionDeniedError(
+          absl::StrCat("approval expired (human request ", d.request_id(), ": ", d.note(), ")"));
+    default:
+      return absl::CancelledError(absl::StrCat("canceled: ", d.note()));
+  }
+}
 
 std::string OriginOf(std::string_view url) {
   const size_t colon = url.find(':');

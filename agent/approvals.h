@@ -25,6 +25,7 @@
 #include <optional>
 #include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "duvo/sandbox/v1/session.pb.h"
 #include "sandbox/policy.h"
@@ -92,11 +93,20 @@ class Approvals {
   // The requests not decided yet, oldest first.
   std::vector<duvo::sandbox::v1::HumanRequest> Open() const;
 
+  // Called with each HumanRequest / HumanDecision event as appended to the log (seq set), not under a lock of
+  // this class, before `done` runs: the fleet agent journals them in its outbox so that an agent restart loses
+  // no decision. Replaces the previous observer; {} clears it.
+  void SetObserver(std::function<void(const duvo::sandbox::v1::Event&)> observer);
+
   class Impl;
 
  private:
   std::unique_ptr<Impl> impl_;
 };
+
+// What a decision means for the action it gated: OK (APPROVE, ANSWER); PermissionDenied "rejected by <by>:
+// <note>" (REJECT) or "approval expired (...)" (EXPIRED); Cancelled "canceled: <why>" (CANCELED).
+absl::Status DecisionStatus(const duvo::sandbox::v1::HumanDecision& decision);
 
 // A URL's origin as the browser gate compares them: "scheme://host:port" with the scheme and host lower-cased
 // and the scheme's default port filled in (http 80, https 443); userinfo, path, query and fragment dropped.

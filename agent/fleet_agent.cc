@@ -33,6 +33,9 @@ namespace {
 constexpr char kLeaseKind[] = "lease";
 constexpr char kOutcomeKind[] = "outcome";
 constexpr char kFinishedKind[] = "finished";
+// A lease's HumanRequest / HumanDecision events, journaled as they happen (payload: the Event), so that the
+// report of a session lost with the agent still has every decision; acked once the lease's outcome is.
+constexpr char kApprovalKind[] = "approval";
 // Finished leases remembered in the outbox (FinishedLeaseRecord): the newest this many, for this long.
 constexpr size_t kFinishedLeases = 20000;
 constexpr int64_t kFinishedMaxAgeMs = 24 * 3600 * 1000;
@@ -71,6 +74,8 @@ std::string GrpcError(const grpc::Status& s) {
 // time (twice, briefly: gRPC's buffer and the parsed message), and gRPC's flow control holds the sender back
 // meanwhile.
 constexpr size_t kMaxUploadPartBytes = 4 << 20;
+// What a gated upload may send before it is approved (held in memory until the decision).
+constexpr size_t kMaxHeldUploadBytes = 16 << 20;
 
 // Attach, spoken with the control plane's messages as raw bytes: the generated stub parses each
 // ControlMessage inside gRPC, and one that does not parse (a proto3 string that is not UTF-8) fails the whole
@@ -252,6 +257,39 @@ pb::Outcome Failed(const std::string& reason, const std::string& message) {
 
 }  // namespace
 
+// A lost session's approval events, journaled under its lease (kApprovalKind): in seq order, then, for each
+// request with no decision among them, a HumanDecision CANCELED with seq 0 (made after the session's log was
+// gone, so it has no seq of its own; worker.proto ReportOutcomeRequest.events).
+std::vector<pb::Event> LostApprovalEvents(const std::vector<OutboxRecord>& records, const std::string& lease_id,
+                                          const std::string& session_id) {
+  std::map<uint64_t, pb::Event> by_seq;
+  for (const OutboxRecord& rec : records) {
+    pb::Event e;
+    if (rec.key != lease_id || !e.ParseFromString(rec.payload)) continue;
+    by_seq[e.seq()] = std::move(e);
+  }
+  std::vector<pb::Event> out;
+  std::map<std::string, const pb::HumanRequest*> open;
+  for (auto& [seq, e] : by_seq) {
+    out.push_back(e);
+    if (e.has_human_request()) open[e.human_request().request_id()] = &e.human_request();
+    if (e.has_human_decision()) open.erase(e.human_decision().request_id());
+  }
+  for (const auto& [id, request] : open) {
+    pb::Event e;
+    e.set_session_id(session_id);
+    e.set_unix_ms(UnixMs());
+    pb::HumanDecision* d = e.mutable_human_decision();
+    d->set_request_id(id);
+    d->set_decision(pb::HumanDecision::CANCELED);
+    d->set_call_id(request->call_id());
+    d->set_note("session ended: agent_restart");
+    d->set_by("agent");
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 pb::ReportOutcomeRequest LostReport(const std::string& agent_id, const std::string& lease_id,
                                    const std::string& session_id, const std::string& reason, const std::string& message) {
   pb::ReportOutcomeRequest report;
@@ -280,12 +318,25 @@ struct FleetAgent::Lease {
   std::shared_ptr<Session> session;          // set by the pump before it is visible to other threads' use
   std::atomic<bool> has_session{false};
 
+  // The outbox records of its approval events (kApprovalKind). Shared with the session's Approvals observer,
+  // which may outlive this lease; `closed` once the outcome is journaled (the events are in it).
+  struct ApprovalJournal {
+    std::mutex mu;
+    bool closed = false;          // GUARDED_BY(mu)
+    std::vector<uint64_t> ids;    // GUARDED_BY(mu)
+  };
+  std::shared_ptr<ApprovalJournal> approval_journal = std::make_shared<ApprovalJournal>();
+
   std::mutex cmd_mu;
   std::set<std::string> commands_seen;  // GUARDED_BY(cmd_mu)
   struct Upload {
     std::unique_ptr<FileTransfer> transfer;  // until the upload ends (removes its file unless it succeeded)
     uint64_t next_offset = 0;
     bool done = false;
+    // Approvals "upload": asked at the first chunk; the chunks wait in `held` until the decision.
+    enum class Gate { kUnasked, kWaiting, kApproved } gate = Gate::kUnasked;
+    std::vector<pb::UploadPart> held;
+    uint64_t held_bytes = 0;
   };
   std::map<std::string, Upload> uploads;  // GUARDED_BY(cmd_mu)
 
@@ -411,6 +462,7 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
     RETURN_IF_ERROR(a.outbox_->Append(kOutcomeKind, *torn_lease, out.SerializeAsString()).status());
     ++lost;
   }
+  const std::vector<OutboxRecord> approvals = a.outbox_->Pending(kApprovalKind);
   for (const OutboxRecord& rec : a.outbox_->Pending()) {
     if (rec.kind != kLeaseKind) continue;
     pb::LeaseRecord lr;
@@ -432,10 +484,13 @@ absl::StatusOr<std::unique_ptr<FleetAgent>> FleetAgent::Start(Options options) {
     *report->mutable_outcome() =
         readable ? Failed("agent_restart", "the agent restarted while the session ran; its jail ended with the agent")
                  : Failed("outbox_damaged", kDamagedMessage);
+    for (pb::Event& e : LostApprovalEvents(approvals, rec.key, lr.session_id())) *report->add_events() = std::move(e);
     RETURN_IF_ERROR(a.outbox_->Append(kOutcomeKind, rec.key, out.SerializeAsString()).status());
     RETURN_IF_ERROR(a.outbox_->Ack(rec.id));
     ++lost;
   }
+  // Every lease's approval events are in its outcome record now (journaled before, or just above).
+  for (const OutboxRecord& rec : approvals) RETURN_IF_ERROR(a.outbox_->Ack(rec.id));
   for (const OutboxRecord& rec : a.outbox_->Pending()) {
     if (rec.kind != kOutcomeKind || !a.held_.emplace(rec.key, "").second) continue;  // one slot per lease
     a.known_.insert(rec.key);
@@ -788,6 +843,22 @@ void FleetAgent::RunLease(Lease* lease) {
     return;
   }
   lease->session = *session;
+  // Before any call can ask (DriveStartCalls below, commands once the stream attaches).
+  lease->session->approvals().SetObserver(
+      [outbox = outbox_.get(), journal = lease->approval_journal, lease_id = lease->lease_id,
+       session_id = lease->session_id](const pb::Event& event) {
+        pb::Event e = event;
+        e.set_session_id(session_id);
+        std::lock_guard lock(journal->mu);
+        if (journal->closed) return;
+        absl::StatusOr<uint64_t> id = outbox->Append(kApprovalKind, lease_id, e.SerializeAsString());
+        if (id.ok()) {
+          journal->ids.push_back(*id);
+        } else {
+          Log(LogLevel::kError, "outbox: cannot journal an approval event",
+              {{"lease_id", lease_id}, {"error", id.status().ToString()}});
+        }
+      });
   lease->has_session = true;
   // A session that came up after the drain canceled the others (it was still starting then) ends too.
   if (canceling_) lease->session->End(pb::Outcome::CANCELED, "drained", "the agent drained before the session finished");
@@ -1051,6 +1122,68 @@ bool FleetAgent::StreamOnce(Lease* lease, std::optional<milliseconds>* retry_aft
   return complete;
 }
 
+void FleetAgent::WriteUploadChunkLocked(Lease* lease, const std::string& id, const pb::UploadPart& chunk) {
+  Session& session = *lease->session;
+  Lease::Upload& up = lease->uploads[id];
+  // The same FileTransfer as local mode's Upload: a bad sha256, a failed write or an abort leaves no file.
+  absl::Status s;
+  if (!up.transfer) {
+    absl::StatusOr<std::unique_ptr<FileTransfer>> begun = session.BeginUpload(chunk.path(), chunk.mode());
+    if (begun.ok()) {
+      up.transfer = std::move(*begun);
+    } else {
+      s = begun.status();
+    }
+  }
+  if (s.ok()) s = up.transfer->Write(chunk.offset(), chunk.data());
+  if (s.ok()) {
+    up.next_offset = up.transfer->size();
+    if (!chunk.last()) return;
+    s = up.transfer->Finish(chunk.sha256()).status();
+  }
+  FinishUploadLocked(lease, id, s);
+}
+
+void FleetAgent::FinishUploadLocked(Lease* lease, const std::string& id, const absl::Status& s) {
+  Lease::Upload& up = lease->uploads[id];
+  up.transfer.reset();  // removes the file unless Finish succeeded
+  up.held.clear();
+  pb::Event done;
+  pb::ToolCallFinished* f = done.mutable_tool_call_finished();
+  f->set_call_id(id);
+  up.done = true;
+  if (s.ok()) {
+    f->mutable_result()->set_done(true);
+  } else {
+    f->mutable_error()->set_code(static_cast<int>(s.code()));
+    f->mutable_error()->set_message(std::string(s.message()));
+  }
+  lease->session->events().Append(std::move(done));
+  // The chunks passed through gRPC's buffers and this thread's malloc arena; glibc keeps freed memory in
+  // an arena for reuse, which left an agent hundreds of MiB larger after one big upload. Give it back.
+  malloc_trim(0);
+}
+
+void FleetAgent::OnUploadDecided(Lease* lease, const std::string& id, const pb::HumanDecision& decision) {
+  std::lock_guard lock(lease->cmd_mu);
+  auto it = lease->uploads.find(id);
+  if (it == lease->uploads.end() || it->second.done) return;
+  Lease::Upload& up = it->second;
+  if (absl::Status s = DecisionStatus(decision); !s.ok()) {
+    FinishUploadLocked(lease, id, s);
+    return;
+  }
+  up.gate = Lease::Upload::Gate::kApproved;
+  std::vector<pb::UploadPart> held = std::move(up.held);
+  up.held.clear();
+  up.held_bytes = 0;
+  up.next_offset = 0;
+  for (const pb::UploadPart& chunk : held) {
+    WriteUploadChunkLocked(lease, id, chunk);
+    if (lease->uploads[id].done) break;
+  }
+}
+
 void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
                                const std::function<void(const pb::AgentMessage&)>& send) {
   Session& session = *lease->session;
@@ -1067,12 +1200,13 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
   }
   if (command.has_upload()) {
     const pb::UploadPart& chunk = command.upload();
-    std::lock_guard lock(lease->cmd_mu);
+    std::unique_lock lock(lease->cmd_mu);
     if (chunk.data().size() > kMaxUploadPartBytes) {
       // The upload this chunk belongs to cannot go on (its bytes would have a hole): it ends, leaving no file.
       auto it = lease->uploads.find(id);
       if (it != lease->uploads.end()) {
         it->second.transfer.reset();
+        it->second.held.clear();
         it->second.done = true;
       }
       fail(absl::StatusCode::kInvalidArgument,
@@ -1089,37 +1223,39 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
       return fail(absl::StatusCode::kInvalidArgument,
                   absl::StrCat("upload: chunk at offset ", chunk.offset(), ", expected ", up.next_offset));
     }
-    // The same FileTransfer as local mode's Upload: a bad sha256, a failed write or an abort leaves no file.
-    absl::Status s;
-    if (!up.transfer) {
-      absl::StatusOr<std::unique_ptr<FileTransfer>> begun = session.BeginUpload(chunk.path(), chunk.mode());
-      if (begun.ok()) {
-        up.transfer = std::move(*begun);
+    // A gated upload (approvals "upload") waits for its decision before a byte is written; its chunks are
+    // held meanwhile, up to kMaxHeldUploadBytes (the decision arrives on this same stream, so this thread
+    // cannot wait for it).
+    if (up.gate == Lease::Upload::Gate::kUnasked) {
+      std::optional<GateAsk> ask = session.gates().ForTransfer("upload", chunk.path(), "");
+      if (!ask) {
+        up.gate = Lease::Upload::Gate::kApproved;
       } else {
-        s = begun.status();
+        up.gate = Lease::Upload::Gate::kWaiting;
+        up.next_offset = chunk.offset() + chunk.data().size();
+        up.held_bytes = chunk.data().size();
+        up.held.push_back(chunk);
+        ask->call_id = id;
+        lock.unlock();  // the decision may come at once (a session-scoped one) and takes the lock
+        session.approvals().Ask(std::move(*ask), [this, lease, id](const pb::HumanDecision& d) {
+          OnUploadDecided(lease, id, d);
+        });
+        return;
       }
     }
-    if (s.ok()) s = up.transfer->Write(chunk.offset(), chunk.data());
-    if (s.ok()) {
-      up.next_offset = up.transfer->size();
-      if (!chunk.last()) return;
-      s = up.transfer->Finish(chunk.sha256()).status();
+    if (up.gate == Lease::Upload::Gate::kWaiting) {
+      if (up.held_bytes + chunk.data().size() > kMaxHeldUploadBytes) {
+        FinishUploadLocked(lease, id, absl::ResourceExhaustedError(absl::StrCat(
+                                          "upload: more than ", kMaxHeldUploadBytes,
+                                          " bytes sent before the upload was approved; the upload ended")));
+        return;
+      }
+      up.next_offset = chunk.offset() + chunk.data().size();
+      up.held_bytes += chunk.data().size();
+      up.held.push_back(chunk);
+      return;
     }
-    up.transfer.reset();  // removes the file unless Finish succeeded
-    pb::Event done;
-    pb::ToolCallFinished* f = done.mutable_tool_call_finished();
-    f->set_call_id(id);
-    up.done = true;
-    if (s.ok()) {
-      f->mutable_result()->set_done(true);
-    } else {
-      f->mutable_error()->set_code(static_cast<int>(s.code()));
-      f->mutable_error()->set_message(std::string(s.message()));
-    }
-    session.events().Append(std::move(done));
-    // The chunks passed through gRPC's buffers and this thread's malloc arena; glibc keeps freed memory in
-    // an arena for reuse, which left an agent hundreds of MiB larger after one big upload. Give it back.
-    malloc_trim(0);
+    WriteUploadChunkLocked(lease, id, chunk);
     return;
   }
   {
@@ -1210,9 +1346,19 @@ void FleetAgent::JournalOutcome(Lease* lease, const pb::Outcome& outcome) {
     // The lease record stays pending: the next start reports this session lost rather than nothing at all.
     Log(LogLevel::kError, "outbox: cannot journal an outcome",
         {{"lease_id", lease->lease_id}, {"error", appended.status().ToString()}});
-  } else if (lease->record_id != 0) {
-    if (absl::Status s = outbox_->Ack(lease->record_id); !s.ok()) {
-      Log(LogLevel::kError, "outbox: cannot ack a lease record", {{"lease_id", lease->lease_id}, {"error", s.ToString()}});
+  } else {
+    if (lease->record_id != 0) {
+      if (absl::Status s = outbox_->Ack(lease->record_id); !s.ok()) {
+        Log(LogLevel::kError, "outbox: cannot ack a lease record", {{"lease_id", lease->lease_id}, {"error", s.ToString()}});
+      }
+    }
+    // The approval events are in the outcome's events now.
+    std::lock_guard lock(lease->approval_journal->mu);
+    lease->approval_journal->closed = true;
+    for (uint64_t id : lease->approval_journal->ids) {
+      if (absl::Status s = outbox_->Ack(id); !s.ok()) {
+        Log(LogLevel::kError, "outbox: cannot ack an approval record", {{"lease_id", lease->lease_id}, {"error", s.ToString()}});
+      }
     }
   }
   Log(LogLevel::kInfo, "fleet: session ended",

@@ -97,6 +97,11 @@ class FleetAgent {
   // One Attach stream's life: false when it broke (retry), true when every event went out and the session
   // ended.
   bool StreamOnce(Lease* lease, std::optional<std::chrono::milliseconds>* retry_after);
+  // Uploads over Attach (lease->cmd_mu held): one chunk written, or the upload finished with `status`.
+  void WriteUploadChunkLocked(Lease* lease, const std::string& id, const duvo::sandbox::v1::UploadPart& chunk);
+  void FinishUploadLocked(Lease* lease, const std::string& id, const absl::Status& status);
+  // A gated upload's decision: its held chunks are written, or it ends with the decision's error.
+  void OnUploadDecided(Lease* lease, const std::string& id, const duvo::sandbox::v1::HumanDecision& decision);
   void HandleCommand(Lease* lease, const duvo::sandbox::v1::SessionCommand& command,
                      const std::function<void(const duvo::sandbox::v1::AgentMessage&)>& send);
   // Journals the outcome (and acks the lease record), then wakes the reporter.

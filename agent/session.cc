@@ -102,9 +102,6 @@ pb::Event SeccompAuditEvent(const sandbox::SeccompAudit& a, const std::string& c
   audit->set_args(a.args);
   return event;
 }
-// The ToolError / RPC status a gate's decision ends its action with (OK: approved or answered).
-absl::Status DecisionStatus(const pb::HumanDecision& d);
-
 }  // namespace
 
 std::string SessionCgroupName(const std::string& session_id) { return absl::StrCat("session-", session_id); }
@@ -308,6 +305,9 @@ Session::~Session() {
   End(pb::Outcome::CANCELED, "canceled", "the session was deleted");
   egress_.reset();  // before the jail: its audit callback writes the event log
   if (watcher_.joinable()) watcher_.join();
+  // Every request is closed (End); this joins the deadline timer, which may still be handing a decision to
+  // OnGateDecided, before the members that takes (mu_, the runner) are destroyed.
+  approvals_.reset();
   {
     std::unique_lock lock(approved_mu_);
     approved_runner_.request_stop();
@@ -517,23 +517,6 @@ void Session::OnGateDecided(const std::string& call_id, const pb::ToolCall& call
       return;
   }
 }
-
-namespace {
-absl::Status DecisionStatus(const pb::HumanDecision& d) {
-  switch (d.decision()) {
-    case pb::HumanDecision::APPROVE:
-    case pb::HumanDecision::ANSWER:
-      return absl::OkStatus();
-    case pb::HumanDecision::REJECT:
-      return absl::PermissionDeniedError(absl::StrCat("rejected by ", d.by(), ": ", d.note()));
-    case pb::HumanDecision::EXPIRED:
-      return absl::PermissionDeniedError(
-          absl::StrCat("approval expired (human request ", d.request_id(), ": ", d.note(), ")"));
-    default:
-      return absl::CancelledError(absl::StrCat("canceled: ", d.note()));
-  }
-}
-}  // namespace
 
 absl::Status Session::AwaitTransferApproval(std::string_view kind, const std::string& path, std::string_view detail,
                                             const std::function<bool()>& gone) {

@@ -91,7 +91,7 @@ class Session {
   EventLog& events() { return events_; }
   // The session's human approval gates: tool calls and the egress proxy ask through it; RespondHumanRequest
   // and the fleet's HumanAnswer decide through it. Exists for the session's whole life (closed in End).
-  Approvals& approvals() { return *approvals_; }
+  Approvals& approvals() { return *approvals_; }  // NOTE: gone once the destructor runs
   // The session's compiled approval policy (Download and Upload ask through it too).
   const ApprovalGates& gates() const { return *gates_; }
   // A file transfer's gate ("download" or "upload" of `path`): OK at once when the policy does not gate it;

@@ -206,15 +206,15 @@ TEST(ApprovalsTest, TheTimerWakesForAnEarlierDeadlineAndKeepsLaterOnesOpen) {
   // answered before its deadline is not expired afterwards.
   EventLog log("s1");
   Decisions decisions;
-  Approvals approvals(Opts(&log, 300ms));
+  Approvals approvals(Opts(&log, 1000ms));
   const std::string a = approvals.Ask(ToolAsk("c1", "x"), decisions.Sink());
-  std::this_thread::sleep_for(150ms);
+  std::this_thread::sleep_for(500ms);
   const std::string b = approvals.Ask(ToolAsk("c2", "y"), decisions.Sink());
   ASSERT_TRUE(decisions.WaitFor(1, 5s));
   EXPECT_EQ(decisions.got()[0].request_id(), a);
   ASSERT_TRUE(IsOk(approvals.Respond(b, pb::HumanDecision::APPROVE, {}, "", "", "", "local")));
   ASSERT_TRUE(decisions.WaitFor(2));
-  std::this_thread::sleep_for(400ms);  // past b's deadline: it stays approved
+  std::this_thread::sleep_for(700ms);  // past b's deadline: it stays approved
   ASSERT_EQ(decisions.got().size(), 2u);
   EXPECT_EQ(decisions.got()[1].decision(), pb::HumanDecision::APPROVE);
   EXPECT_EQ(CountDecisions(log, b), 1);
@@ -348,6 +348,136 @@ TEST(ApprovalsTest, ADeadlineRacingAResponseDecidesExactlyOnce) {
       EXPECT_EQ(outcome.load(), pb::HumanDecision::EXPIRED);
     }
   }
+}
+
+TEST(ApprovalsTest, TheObserverSeesEachEventWithItsSeqBeforeDone) {
+  EventLog log("s1");
+  Decisions decisions;
+  Approvals approvals(Opts(&log, 60s));
+  std::vector<pb::Event> seen;
+  approvals.SetObserver([&](const pb::Event& e) { seen.push_back(e); });
+  const std::string id = approvals.Ask(ToolAsk("c1", "download"), [&](const pb::HumanDecision&) {
+    EXPECT_EQ(seen.size(), 2u) << "done ran before the decision was observed";
+  });
+  ASSERT_TRUE(IsOk(approvals.Respond(id, pb::HumanDecision::APPROVE, {}, "", "", "", "local")));
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].seq(), 1u);
+  EXPECT_TRUE(seen[0].has_human_request());
+  EXPECT_EQ(seen[1].seq(), 2u);
+  EXPECT_EQ(seen[1].human_decision().decision(), pb::HumanDecision::APPROVE);
+}
+
+// --- ApprovalGates: which calls ask, and what the question shows ----------------------------------------
+
+sandbox::ApprovalSpec Spec(std::vector<std::string> kinds, std::vector<std::string> exec = {},
+                           std::vector<std::string> secrets = {}) {
+  sandbox::ApprovalSpec spec;
+  spec.require_approval = std::move(kinds);
+  spec.exec_regex = std::move(exec);
+  spec.secret_patterns = std::move(secrets);
+  return spec;
+}
+
+pb::ToolCall ExecCall(std::vector<std::string> argv) {
+  pb::ToolCall call;
+  for (const std::string& a : argv) call.mutable_exec()->add_argv(a);
+  return call;
+}
+
+TEST(ApprovalGatesTest, OriginOf) {
+  EXPECT_EQ(OriginOf("https://Example.COM/path?q#f"), "https://example.com:443");
+  EXPECT_EQ(OriginOf("http://example.com:8080/"), "http://example.com:8080");
+  EXPECT_EQ(OriginOf("HTTP://user:pw@example.com"), "http://example.com:80");
+  EXPECT_EQ(OriginOf("http://[::1]:3000/x"), "http://[::1]:3000");
+  EXPECT_EQ(OriginOf("about:blank"), "about:");
+  EXPECT_EQ(OriginOf("nonsense"), "");
+}
+
+TEST(ApprovalGatesTest, ExecRulesComeBeforeEveryExecAndNameTheirRule) {
+  ApprovalGates gates(Spec({"exec"}, {"^rm -rf "}));
+  std::optional<GateAsk> rule = gates.ForCall("c1", ExecCall({"rm", "-rf", "/workspace"}), nullptr);
+  ASSERT_TRUE(rule.has_value());
+  EXPECT_EQ(rule->kind, pb::HumanRequest::EXEC);
+  EXPECT_EQ(rule->rule, "exec.argv_regex: ^rm -rf ");
+  EXPECT_EQ(rule->action, "exec:^rm -rf ");
+  EXPECT_EQ(rule->call_id, "c1");
+  std::optional<GateAsk> any = gates.ForCall("c2", ExecCall({"ls"}), nullptr);
+  ASSERT_TRUE(any.has_value());
+  EXPECT_EQ(any->kind, pb::HumanRequest::TOOL_CALL);
+  EXPECT_EQ(any->action, "exec");
+  ApprovalGates rules_only(Spec({}, {"^sudo "}));
+  EXPECT_FALSE(rules_only.ForCall("c3", ExecCall({"ls"}), nullptr).has_value());
+}
+
+TEST(ApprovalGatesTest, QuestionsAreRedactedAndNeverShowFileContents) {
+  ApprovalGates gates(Spec({"write_file", "exec"}, {}, {"sk-[A-Za-z0-9]+", "hunter2"}));
+  std::optional<GateAsk> exec =
+      gates.ForCall("c1", ExecCall({"curl", "-H", "Authorization: sk-abc123", "--pass", "hunter2"}), nullptr);
+  ASSERT_TRUE(exec.has_value());
+  EXPECT_EQ(exec->question, "exec: curl -H Authorization: [redacted] --pass [redacted]");
+  pb::ToolCall write;
+  write.mutable_write_file()->set_path("/workspace/key-sk-zzz");
+  write.mutable_write_file()->set_data("the file's contents");
+  std::optional<GateAsk> w = gates.ForCall("c2", write, nullptr);
+  ASSERT_TRUE(w.has_value());
+  EXPECT_EQ(w->question, "write_file: /workspace/key-[redacted] (19 bytes)");
+  // A long question is cut after redaction.
+  std::optional<GateAsk> longer = gates.ForCall("c3", ExecCall({"echo", std::string(10000, 'x')}), nullptr);
+  ASSERT_TRUE(longer.has_value());
+  EXPECT_LE(longer->question.size(), ApprovalGates::kMaxQuestionBytes + 3);
+}
+
+TEST(ApprovalGatesTest, DesktopTypeOfASecretAsks) {
+  ApprovalGates gates(Spec({"desktop_type_secret"}, {}, {"[0-9]{4}-[0-9]{4}"}));
+  pb::ToolCall secret;
+  secret.mutable_desktop()->mutable_type()->set_text("card 1234-5678 please");
+  std::optional<GateAsk> ask = gates.ForCall("c1", secret, nullptr);
+  ASSERT_TRUE(ask.has_value());
+  EXPECT_EQ(ask->action, "desktop_type_secret");
+  EXPECT_EQ(ask->question, "desktop type: card [redacted] please");
+  pb::ToolCall plain;
+  plain.mutable_desktop()->mutable_type()->set_text("hello");
+  EXPECT_FALSE(gates.ForCall("c2", plain, nullptr).has_value());
+  // Without the kind, a secret is only redacted, not gated.
+  ApprovalGates redact_only(Spec({}, {}, {"[0-9]{4}-[0-9]{4}"}));
+  EXPECT_FALSE(redact_only.ForCall("c3", secret, nullptr).has_value());
+}
+
+TEST(ApprovalGatesTest, BrowserSubmitAndNewOrigins) {
+  ApprovalGates gates(Spec({"browser_submit", "browser_navigate_new_origin"}));
+  auto browser = [](auto fill) {
+    pb::ToolCall call;
+    fill(call.mutable_browser());
+    return call;
+  };
+  EXPECT_TRUE(gates.ForCall("c", browser([](pb::BrowserAction* b) { b->mutable_press()->set_key("Enter"); }), nullptr));
+  EXPECT_FALSE(gates.ForCall("c", browser([](pb::BrowserAction* b) { b->mutable_press()->set_key("Tab"); }), nullptr));
+  EXPECT_TRUE(gates.ForCall(
+      "c", browser([](pb::BrowserAction* b) { b->mutable_click()->set_selector("button[type=Submit]"); }), nullptr));
+  EXPECT_FALSE(gates.ForCall("c", browser([](pb::BrowserAction* b) { b->mutable_click()->set_selector("#next"); }),
+                             nullptr));
+  EXPECT_TRUE(gates.ForCall("c", browser([](pb::BrowserAction* b) { b->mutable_type()->set_text("query\n"); }), nullptr));
+  EXPECT_FALSE(gates.ForCall("c", browser([](pb::BrowserAction* b) { b->mutable_type()->set_text("query"); }), nullptr));
+  pb::ToolCall nav = browser([](pb::BrowserAction* b) { b->mutable_navigate()->set_url("https://a.example/x"); });
+  std::string asked_about;
+  std::optional<GateAsk> fresh = gates.ForCall("c", nav, [&](const std::string& origin) {
+    asked_about = origin;
+    return true;
+  });
+  ASSERT_TRUE(fresh.has_value());
+  EXPECT_EQ(asked_about, "https://a.example:443");
+  EXPECT_EQ(fresh->action, "browser_navigate_new_origin");
+  EXPECT_FALSE(gates.ForCall("c", nav, [](const std::string&) { return false; }).has_value());
+}
+
+TEST(ApprovalGatesTest, Transfers) {
+  ApprovalGates gates(Spec({"download"}));
+  std::optional<GateAsk> d = gates.ForTransfer("download", "/workspace/out.csv", "12 bytes");
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->question, "download: /workspace/out.csv (12 bytes)");
+  EXPECT_EQ(d->action, "download");
+  EXPECT_TRUE(d->call_id.empty());
+  EXPECT_FALSE(gates.ForTransfer("upload", "/workspace/in", "").has_value());
 }
 
 }  // namespace

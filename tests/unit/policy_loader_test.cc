@@ -26,6 +26,7 @@
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "sandbox/policy.h"
+#include "sandbox/policy_builder.h"
 #include "sandbox/seccomp_program.h"
 #include "tests/unit/status_matchers.h"
 
@@ -742,6 +743,78 @@ TEST(ParsePolicyTextTest, EgressRulesOutsideEgressModeOrMalformedAreErrors) {
                        StatusCode::kInvalidArgument, "network.proxy_port"));
   EXPECT_TRUE(StatusIs(ParsePolicyText("name: \"e\"\nnetwork { mode: EGRESS allow: \"a b\" }\n", "s.textproto"),
                        StatusCode::kInvalidArgument, "network.allow[0]"));
+}
+
+}  // namespace
+}  // namespace sbx::sandbox
+
+namespace sbx::sandbox {
+namespace {
+
+// --- Human approval gates (policy.proto ApprovalPolicy) -------------------------------------------------
+
+TEST(ApprovalPolicyTest, ParsedFromAPolicyFile) {
+  absl::StatusOr<Policy> policy = ParsePolicyText(
+      "approvals { require_approval: \"download\" require_approval: \"exec\" exec { argv_regex: \"^sudo \" } "
+      "secret_patterns: \"sk-[a-z0-9]+\" timeout_ms: 60000 }",
+      "gates.textproto");
+  ASSERT_TRUE(::sbx::testing::IsOk(policy));
+  const ApprovalSpec& a = policy->spec().approvals;
+  EXPECT_EQ(a.require_approval, (std::vector<std::string>{"download", "exec"}));
+  EXPECT_EQ(a.exec_regex, (std::vector<std::string>{"^sudo "}));
+  EXPECT_EQ(a.secret_patterns, (std::vector<std::string>{"sk-[a-z0-9]+"}));
+  EXPECT_EQ(a.timeout(), 60000u);
+  EXPECT_TRUE(a.Requires("exec"));
+  EXPECT_FALSE(a.Requires("upload"));
+  // None: the default deadline.
+  absl::StatusOr<Policy> plain = ParsePolicyText("name: \"x\"", "plain.textproto");
+  ASSERT_TRUE(::sbx::testing::IsOk(plain));
+  EXPECT_EQ(plain->spec().approvals.timeout(), 300000u);
+}
+
+TEST(ApprovalPolicyTest, ValidationNamesTheField) {
+  using ::sbx::testing::StatusIs;
+  EXPECT_TRUE(StatusIs(ParsePolicyText("approvals { require_approval: \"download\" require_approval: \"fly\" }", "f"),
+                       absl::StatusCode::kInvalidArgument, "approvals.require_approval[1]: \"fly\" is not a gate"));
+  EXPECT_TRUE(StatusIs(ParsePolicyText("approvals { exec { argv_regex: \"ok\" } exec { argv_regex: \"(bad\" } }", "f"),
+                       absl::StatusCode::kInvalidArgument, "approvals.exec[1].argv_regex"));
+  EXPECT_TRUE(StatusIs(ParsePolicyText("approvals { exec { } }", "f"), absl::StatusCode::kInvalidArgument,
+                       "approvals.exec[0].argv_regex: must be set"));
+  EXPECT_TRUE(StatusIs(ParsePolicyText("approvals { secret_patterns: \"[z-a]\" }", "f"),
+                       absl::StatusCode::kInvalidArgument, "approvals.secret_patterns[0]"));
+  EXPECT_TRUE(StatusIs(ParsePolicyText("approvals { timeout_ms: 999 }", "f"), absl::StatusCode::kInvalidArgument,
+                       "approvals.timeout_ms"));
+  EXPECT_TRUE(StatusIs(ParsePolicyText("approvals { timeout_ms: 86400001 }", "f"),
+                       absl::StatusCode::kInvalidArgument, "approvals.timeout_ms"));
+  const std::string huge = "approvals { secret_patterns: \"" + std::string(2000, 'a') + "\" }";
+  EXPECT_TRUE(StatusIs(ParsePolicyText(huge, "f"), absl::StatusCode::kInvalidArgument,
+                       "approvals.secret_patterns[0]: 2000 bytes"));
+}
+
+TEST(ApprovalPolicyTest, ARequestAddsGatesAndRemovesNone) {
+  absl::StatusOr<Policy> host = ParsePolicyText(
+      "approvals { require_approval: \"download\" exec { argv_regex: \"^sudo \" } timeout_ms: 60000 }", "host");
+  ASSERT_TRUE(::sbx::testing::IsOk(host));
+  pb::ApprovalPolicy request;
+  request.add_require_approval("upload");
+  request.add_require_approval("download");  // already there: not twice
+  request.add_exec()->set_argv_regex("^rm ");
+  request.set_timeout_ms(30000);
+  absl::StatusOr<Policy> merged = PolicyBuilder(*host).AddApprovals(ApprovalsFromProto(request)).TryBuild();
+  ASSERT_TRUE(::sbx::testing::IsOk(merged));
+  const ApprovalSpec& a = merged->spec().approvals;
+  EXPECT_EQ(a.require_approval, (std::vector<std::string>{"download", "upload"}));
+  EXPECT_EQ(a.exec_regex, (std::vector<std::string>{"^sudo ", "^rm "}));
+  EXPECT_EQ(a.timeout(), 30000u);
+  // A longer deadline than the host's is refused; a request's own bad entry is named by its own index.
+  pb::ApprovalPolicy longer;
+  longer.set_timeout_ms(120000);
+  EXPECT_TRUE(::sbx::testing::StatusIs(PolicyBuilder(*host).AddApprovals(ApprovalsFromProto(longer)).TryBuild(),
+                                       absl::StatusCode::kPermissionDenied, "approvals.timeout_ms: 120000"));
+  pb::ApprovalPolicy bad;
+  bad.add_require_approval("teleport");
+  EXPECT_TRUE(::sbx::testing::StatusIs(PolicyBuilder(*host).AddApprovals(ApprovalsFromProto(bad)).TryBuild(),
+                                       absl::StatusCode::kInvalidArgument, "approvals.require_approval[0]"));
 }
 
 }  // namespace
