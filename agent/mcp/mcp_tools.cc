@@ -57,14 +57,14 @@ const std::vector<Tool>& Tools() {
       {"read_file", false,
        "Read a file from the sandbox. Text files come back as text; other files as base64 (the result says "
        "which). At most 1 MiB per call: use offset and length to read a larger file in parts.",
-       {{"path", Type::kString, "File path inside the sandbox (absolute, or relative to the workspace).", true},
+       {{"path", Type::kString, "File path in the sandbox's workspace /workspace: relative to it, or absolute under it.", true},
         {"offset", Type::kInteger, "Byte offset to start at (default 0).", false, {}, 0},
         {"length", Type::kInteger, "Bytes to read (default: to the end, at most 1048576).", false, {}, 0,
          1048576}}},
       {"write_file", false,
-       "Create or replace a file in the sandbox with the given content (parent directories must exist; create "
+       "Create or replace a file in the sandbox's workspace (/workspace; file tools reach nothing outside it) with the given content (parent directories must exist; create "
        "them with exec `mkdir -p`). At most 1 MiB.",
-       {{"path", Type::kString, "File path inside the sandbox (absolute, or relative to the workspace).", true},
+       {{"path", Type::kString, "File path in the sandbox's workspace /workspace: relative to it, or absolute under it.", true},
         {"content", Type::kString, "The file's content: text, or base64 when encoding is \"base64\".", true},
         {"encoding", Type::kString, "How `content` is encoded: \"utf8\" (default) or \"base64\".", false,
          {"utf8", "base64"}},
@@ -73,9 +73,9 @@ const std::vector<Tool>& Tools() {
       {"list_files", false,
        "List a directory in the sandbox: one entry a line, with its type (file, dir, link, other), size in bytes "
        "and name.",
-       {{"path", Type::kString, "Directory path inside the sandbox (default: the workspace).", false}}},
+       {{"path", Type::kString, "Directory in the workspace /workspace, relative or absolute (default: the workspace itself).", false}}},
       {"remove", false, "Remove a file or, with recursive, a directory and everything in it.",
-       {{"path", Type::kString, "Path inside the sandbox.", true},
+       {{"path", Type::kString, "Path in the workspace /workspace, relative or absolute.", true},
         {"recursive", Type::kBoolean, "Remove a directory and its contents (default false)."}}},
       {"browser_navigate", true,
        "Load a URL in the sandbox's headless Chromium and wait until it has loaded. Returns when the page is "
@@ -253,11 +253,8 @@ json ToolList(pb::SessionKind kind) {
     }
     json schema = {{"type", "object"}, {"properties", props}, {"additionalProperties", false}};
     if (!required.empty()) schema["required"] = required;
-    if (!t.one_of_required.empty()) {
-      json any = json::array();
-      for (const char* name : t.one_of_required) any.push_back({{"required", {name}}});
-      schema["anyOf"] = any;
-    }
+    // NOTE: "give argv or command" is in the descriptions and checked by BuildToolCall, not stated as a
+    // top-level anyOf: model APIs refuse combinators at the top of a tool's input schema.
     list.push_back({{"name", t.name}, {"description", t.description}, {"inputSchema", schema}});
   }
   return list;

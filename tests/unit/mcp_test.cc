@@ -201,6 +201,7 @@ TEST_F(McpServerTest, ToolsListHasStrictSchemasAndOnlyTheKindsTools) {
     EXPECT_FALSE(t["description"].get<std::string>().empty());
     EXPECT_EQ(t["inputSchema"]["type"], "object");
     EXPECT_EQ(t["inputSchema"]["additionalProperties"], false) << t["name"];
+    EXPECT_FALSE(t["inputSchema"].contains("anyOf")) << "model APIs refuse top-level combinators";
   }
   EXPECT_EQ(names, (std::set<std::string>{"exec", "read_file", "write_file", "list_files", "remove"}));
   json browser = ToolList(pb::BROWSER);
