@@ -167,6 +167,7 @@ absl::StatusOr<HttpRequest> ParseRequestHead(std::string_view head) {
   }
   req.keep_alive = version == "HTTP/1.1";
   req.path = std::string(target.substr(0, target.find('?')));
+  if (const size_t q = target.find('?'); q != std::string_view::npos) req.query = std::string(target.substr(q + 1));
   bool has_length = false;
   for (size_t i = 1; i < lines.size(); ++i) {
     const std::string_view h = lines[i];
@@ -302,7 +303,7 @@ void McpHttpServer::Stop() {
   }
 }
 
-std::shared_ptr<McpHttpServer::Session> McpHttpServer::NewSession() {
+std::shared_ptr<McpHttpServer::Session> McpHttpServer::NewSession(duvo::sandbox::v1::SessionKind kind) {
   std::vector<std::shared_ptr<Session>> expired;
   std::shared_ptr<Session> session;
   {
@@ -323,6 +324,7 @@ std::shared_ptr<McpHttpServer::Session> McpHttpServer::NewSession() {
       McpServer::Options o;
       o.stub = options_.stub;
       o.create = options_.create;
+      o.create.set_kind(kind);
       session = std::make_shared<Session>(NewSessionId(), std::move(o));
       sessions_[session->id] = session;
     }
@@ -493,7 +495,16 @@ bool McpHttpServer::Post(int fd, const HttpRequest& req, const std::string& body
   const bool is_initialize = message.is_object() && message.value("method", json()) == "initialize";
   std::shared_ptr<Session> session;
   if (is_initialize) {
-    session = NewSession();
+    duvo::sandbox::v1::SessionKind kind = duvo::sandbox::v1::FILE;
+    if (req.query == "kind=browser") {
+      kind = duvo::sandbox::v1::BROWSER;
+    } else if (req.query == "kind=desktop") {
+      kind = duvo::sandbox::v1::DESKTOP;
+    } else if (!req.query.empty() && req.query != "kind=file") {
+      return RespondError(fd, 400, "Bad Request: the query may only be kind=file, kind=browser or kind=desktop",
+                          req.keep_alive);
+    }
+    session = NewSession(kind);
     if (!session) {
       return RespondError(fd, 503, "Service Unavailable: the agent holds as many MCP sessions as it can",
                           req.keep_alive, {{"Retry-After", "5"}});

@@ -16,6 +16,7 @@
 // 400. Event ids are "<stream>-<seq>", seq being the sandbox event (its seq in the session's event log)
 // that the message came from, so a resumed stream continues at the next output of the call.
 //
+// The session kind is the endpoint's query at initialize: /mcp (file), /mcp?kind=browser, /mcp?kind=desktop.
 // Each MCP session binds one McpServer (mcp_server.h), hence at most one sandbox session, created by its
 // first tools/call. Bounds: the head (max_header_bytes) and body (max_body_bytes), the time both may take to
 // arrive (request_timeout, against slowloris), MCP sessions (max_sessions; idle ones past idle_timeout are
@@ -42,6 +43,7 @@ namespace sbx::agent::mcp {
 struct HttpRequest {
   std::string method;
   std::string path;   // without the query
+  std::string query;  // after '?', as sent
   std::vector<std::pair<std::string, std::string>> headers;
   bool keep_alive = true;
   uint64_t content_length = 0;
@@ -101,7 +103,7 @@ class McpHttpServer {
   bool Authorized(const HttpRequest& req) const;
   // The session a request names: nullptr after an error response was sent (400 missing, 404 unknown).
   std::shared_ptr<Session> SessionOf(int fd, const HttpRequest& req, bool* keep_open);
-  std::shared_ptr<Session> NewSession();
+  std::shared_ptr<Session> NewSession(duvo::sandbox::v1::SessionKind kind);
   void EndSession(const std::string& id);
   // Sends the rest of `stream` after `after_seq`, live, until it is done. Returns when done or the client left.
   void Follow(int fd, Stream* stream, uint64_t after_seq);

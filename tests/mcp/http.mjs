@@ -24,8 +24,21 @@ for (const headers of [{}, { Authorization: 'Bearer wrong' }, { Authorization: `
   await r.text();
 }
 
+// --- the session kind comes from the query at initialize ---
+let r = await fetch(`${url}?kind=browser`, { method: 'POST', headers: { ...jsonHeaders, ...auth }, body: JSON.stringify(init) });
+assert.equal(r.status, 200);
+{
+  const bsid = r.headers.get('mcp-session-id');
+  const tools = await post({ jsonrpc: '2.0', id: 2, method: 'tools/list' }, { ...auth, 'Mcp-Session-Id': bsid });
+  const names = (await tools.json()).result.tools.map((t) => t.name);
+  assert.ok(names.includes('browser_screenshot'), names.join());
+  assert.equal((await fetch(url, { method: 'DELETE', headers: { ...auth, 'Mcp-Session-Id': bsid } })).status, 200);
+}
+r = await fetch(`${url}?kind=spaceship`, { method: 'POST', headers: { ...jsonHeaders, ...auth }, body: JSON.stringify(init) });
+assert.equal(r.status, 400);
+
 // --- session ids, versions, origin ---
-let r = await post(init, auth);
+r = await post(init, auth);
 assert.equal(r.status, 200);
 const sid = r.headers.get('mcp-session-id');
 assert.match(sid, /^[0-9a-f]{32}$/);

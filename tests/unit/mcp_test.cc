@@ -307,6 +307,7 @@ TEST(McpHttpParseTest, ParsesAnOriginFormRequest) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->method, "POST");
   EXPECT_EQ(r->path, "/mcp");
+  EXPECT_EQ(r->query, "x=1");
   EXPECT_EQ(r->content_length, 12u);
   ASSERT_NE(r->Header("mcp-session-id"), nullptr);
   EXPECT_EQ(*r->Header("mcp-session-id"), "abc");
