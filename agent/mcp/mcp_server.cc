@@ -389,6 +389,12 @@ std::optional<json> McpServer::CallTool(const json& id, const json& params, Emit
     }
   }
   grpc::Status status = stream->Finish();
+  {
+    // The stream and its context end with this function; a late notifications/cancelled must not reach them.
+    std::lock_guard lock(flight->mu);
+    flight->stream = nullptr;
+    flight->ctx = nullptr;
+  }
   // The request was canceled: per the spec it gets no response.
   if (canceled) return std::nullopt;
 
