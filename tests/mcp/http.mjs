@@ -3,6 +3,7 @@
 // Origin, MCP-Protocol-Version, and resuming a cut-off tools/call stream with Last-Event-ID.
 // env: MCP_URL (http://127.0.0.1:PORT/mcp), MCP_TOKEN.
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { Client, StreamableHTTPClientTransport, checkTools, exerciseFileTools, checkProgress, checkCancel, log } from './sdk.mjs';
 
 const url = process.env.MCP_URL;
@@ -128,6 +129,31 @@ r = await fetch(url, { method: 'DELETE', headers: session });
 assert.equal(r.status, 200);
 r = await post({ jsonrpc: '2.0', id: 4, method: 'tools/list' }, session);
 assert.equal(r.status, 404, 'the session is gone');
+
+// --- bounds: head and body sizes, the time a request may take, bytes that are not HTTP ---
+const { port } = new URL(url);
+function raw(bytes, { end = true } = {}) {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    const sock = net.connect(Number(port), '127.0.0.1', () => { sock.write(bytes); if (end) sock.end(); });
+    let got = '';
+    sock.on('data', (d) => { got += d; });
+    sock.on('close', () => resolve({ got, ms: Date.now() - t0 }));
+    sock.on('error', () => {});
+  });
+}
+let res = await raw(`POST /mcp HTTP/1.1\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nContent-Length: ${5 << 20}\r\n\r\n`);
+assert.match(res.got, /^HTTP\/1\.1 413 /, res.got);
+res = await raw(`POST /mcp HTTP/1.1\r\nX-Big: ${'a'.repeat(20000)}\r\n\r\n`);
+assert.match(res.got, /^HTTP\/1\.1 431 /, res.got);
+res = await raw('GET /mcp HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n');
+assert.match(res.got, /^HTTP\/1\.1 411 /, res.got);
+res = await raw('\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n');
+assert.match(res.got, /^HTTP\/1\.1 400 /, res.got);
+// Slowloris: half a head, then nothing. The server gives up within its 10 s request timeout.
+res = await raw('POST /mcp HTTP/1.1\r\nHost: x\r\n', { end: false });
+assert.match(res.got, /^HTTP\/1\.1 408 /, res.got);
+assert.ok(res.ms < 15000, `closed after ${res.ms} ms`);
 
 // --- the SDK's client over Streamable HTTP ---
 const transport = new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers: auth } });
