@@ -93,8 +93,11 @@ fi
 # Test-only npm packages (tests/npm/package-lock.json pins them): the official MCP SDK's client that
 # tests/mcp drives the agent with. Node 20 or newer is needed (Debian 12's nodejs is 18): it is not a product
 # dependency, so it is not installed here; say so plainly instead of failing later in a test.
-if [ "$mode" = all ]; then
-  here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Only where the tests are: the Dockerfile's builder runs this script alone, without tests/.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ "$mode" = all ] && [ ! -f "$here/tests/npm/package.json" ]; then
+  echo "install-deps.sh: no tests/npm beside this script; the npm test packages are not needed here"
+elif [ "$mode" = all ]; then
   if ! command -v node >/dev/null 2>&1; then
     echo "install-deps.sh: node is not installed; tests/mcp needs Node.js 20 or newer (with npm) on PATH" >&2
     exit 1
