@@ -83,7 +83,8 @@ absl::Status SandboxesService::Begin(grpc::ServerContext* ctx, std::string* requ
   }
   ctx->AddInitialMetadata("x-request-id", *request_id);
   const std::string peer = ctx->peer();
-  const bool tcp = peer.rfind("ipv4:", 0) == 0 || peer.rfind("ipv6:", 0) == 0;
+  // "fd:N": a TCP connection the daemon's listener accepted and handed to gRPC (agent/mcp/mcp_listener.h).
+  const bool tcp = peer.rfind("ipv4:", 0) == 0 || peer.rfind("ipv6:", 0) == 0 || peer.rfind("fd:", 0) == 0;
   if (tcp) {
     if (options_.bearer_token_file.empty()) {
       return absl::UnauthenticatedError("TCP clients need a bearer token, and this agent has none configured");

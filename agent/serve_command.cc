@@ -22,6 +22,8 @@
 #include "agent/fleet_agent.h"
 #include "agent/init_locator.h"
 #include "agent/log.h"
+#include "agent/mcp/mcp_http.h"
+#include "agent/mcp/mcp_listener.h"
 #include "agent/metrics.h"
 #include "agent/sandboxes_service.h"
 #include "agent/session_manager.h"
@@ -246,9 +248,15 @@ int ServeCommand(const ServeFlags& flags) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort("unix://" + config->unix_socket, grpc::InsecureServerCredentials());
+  // The TCP address is ours (agent/mcp/mcp_listener.h): HTTP/2 connections go on to this server, HTTP/1.1
+  // ones to the MCP endpoint /mcp.
   int tcp_port = 0;
+  std::unique_ptr<mcp::TcpListener> tcp;
   if (!config->tcp_address.empty()) {
-    builder.AddListeningPort(config->tcp_address, grpc::InsecureServerCredentials(), &tcp_port);
+    absl::StatusOr<std::unique_ptr<mcp::TcpListener>> listening =
+        mcp::TcpListener::Listen(config->tcp_address, mcp::TcpListener::Options(), &tcp_port);
+    if (!listening.ok()) return Fail(listening.status());
+    tcp = std::move(*listening);
   }
   builder.SetMaxReceiveMessageSize(4 << 20);
   // Bulk output and file chunks are 256 KiB messages: larger HTTP/2 frames (when the client accepts them)
@@ -259,6 +267,21 @@ int ServeCommand(const ServeFlags& flags) {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config->unix_socket)));
   chmod(config->unix_socket.c_str(), 0660);
+  // MCP over HTTP drives sessions through this server's own Sandboxes API, in process: every check of the
+  // gRPC path applies (the HTTP side checks the bearer token itself, before anything else).
+  std::shared_ptr<grpc::Channel> inproc = server->InProcessChannel(grpc::ChannelArguments());
+  std::unique_ptr<duvo::sandbox::v1::Sandboxes::Stub> inproc_stub = duvo::sandbox::v1::Sandboxes::NewStub(inproc);
+  std::unique_ptr<mcp::McpHttpServer> mcp_http;
+  if (tcp) {
+    mcp::McpHttpServer::Options ho;
+    ho.stub = inproc_stub.get();
+    ho.bearer_token_file = config->bearer_token_file;
+    ho.max_sessions = std::max<size_t>(1, config->max_sessions);
+    ho.create.set_kind(duvo::sandbox::v1::FILE);
+    (*ho.create.mutable_labels())["client"] = "mcp-http";
+    mcp_http = std::make_unique<mcp::McpHttpServer>(std::move(ho));
+    tcp->Start(server.get(), mcp_http.get());
+  }
   // The health service alone on TCP, for probes (Kubernetes grpc liveness/readiness): no API, no auth.
   std::unique_ptr<grpc::Server> health_server;
   ProbeHealthService probe_health;
@@ -292,6 +315,9 @@ int ServeCommand(const ServeFlags& flags) {
   // Probes see NOT_SERVING from here on.
   if (server->GetHealthCheckService() != nullptr) server->GetHealthCheckService()->Shutdown();
   probe_health.SetNotServing();
+  // MCP first: its calls are canceled and its sessions Deleted while the gRPC server still serves them.
+  if (tcp) tcp->Stop();
+  mcp_http.reset();
   if (fleet) {
     // SIGTERM drains: running sessions get the grace period, then their outcomes are reported.
     const size_t undelivered = fleet->Drain(config->fleet.drain_grace);

@@ -27,6 +27,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
+#include "agent/mcp/mcp_command.h"
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
 #include "sandbox/init/sha256.h"
 
@@ -639,6 +640,11 @@ int main(int argc, char** argv) {
     c->add_option("--egress-default", cf.egress_default,
                   "Egress: deny (default) or ask: what happens to a destination no rule names");
   };
+  // MCP server on stdio (agent/mcp/mcp_command.h).
+  sbx::agent::mcp::McpCommandFlags mcp_flags;
+  CLI::App* mcp = app.add_subcommand("mcp", "Serve MCP (Model Context Protocol) on stdin/stdout; tools run in one session");
+  mcp->add_option("--kind", mcp_flags.kind, "file, browser or desktop")->capture_default_str();
+  mcp->add_option("--policy", mcp_flags.policy_file, "SandboxPolicy textproto narrowing the host policy");
   CLI::App* create = app.add_subcommand("create", "Create a session; prints its id");
   add_create_flags(create);
   std::string session_id;
@@ -773,6 +779,11 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  }
+  if (*mcp) {
+    mcp_flags.addr = g.addr;
+    mcp_flags.token_file = g.token_file;
+    return sbx::agent::mcp::McpCommand(mcp_flags);
   }
   signal(SIGPIPE, SIG_IGN);
 

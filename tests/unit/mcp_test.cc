@@ -1,0 +1,346 @@
+// The MCP server's JSON-RPC core (agent/mcp/mcp_server.h) against a fake Sandboxes service on an in-process
+// gRPC server (no jail): framing errors, version negotiation, batches per version, unknown methods and tools,
+// argument checks, progress, cancellation; and the HTTP request-head parser and Origin check (mcp_http.h).
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "agent/mcp/mcp_http.h"
+#include "agent/mcp/mcp_server.h"
+#include "agent/mcp/mcp_tools.h"
+#include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
+
+namespace sbx::agent::mcp {
+namespace {
+
+namespace pb = ::duvo::sandbox::v1;
+using json = nlohmann::json;
+
+// Sessions are ids; an exec of "sleep" streams one output chunk and waits for a signal; any other exec
+// prints its argv joined and exits 0.
+class FakeSandboxes final : public pb::Sandboxes::Service {
+ public:
+  grpc::Status Create(grpc::ServerContext*, const pb::CreateRequest* req, pb::Session* resp) override {
+    ++creates;
+    resp->set_id("s-" + std::to_string(creates.load()));
+    return grpc::Status::OK;
+  }
+  grpc::Status Delete(grpc::ServerContext*, const pb::DeleteRequest* req, pb::DeleteResponse*) override {
+    deleted = req->session_id();
+    return grpc::Status::OK;
+  }
+  grpc::Status Call(grpc::ServerContext* ctx, grpc::ServerReaderWriter<pb::Event, pb::CallRequest>* stream) override {
+    pb::CallRequest first;
+    if (!stream->Read(&first)) return grpc::Status(grpc::INVALID_ARGUMENT, "no first message");
+    uint64_t seq = 10;
+    pb::Event e;
+    auto output = [&](const std::string& data) {
+      e.Clear();
+      e.set_seq(++seq);
+      e.mutable_output()->set_stream(pb::STDOUT);
+      e.mutable_output()->set_data(data);
+      stream->Write(e);
+    };
+    const pb::Exec& exec = first.call().exec();
+    e.Clear();
+    e.set_seq(++seq);
+    e.mutable_tool_call_finished()->set_call_id("c1");
+    if (exec.argv_size() > 0 && exec.argv(0) == "sleep") {
+      output("started\n");
+      pb::CallRequest control;
+      int signal = 0;
+      while (signal == 0 && stream->Read(&control)) signal = control.signal();
+      signaled = signal;
+      e.set_seq(++seq);
+      e.mutable_tool_call_finished()->mutable_result()->mutable_exec()->set_signal(signal);
+    } else if (first.call().has_read_file()) {
+      e.mutable_tool_call_finished()->mutable_error()->set_code(grpc::NOT_FOUND);
+      e.mutable_tool_call_finished()->mutable_error()->set_message("no such file");
+    } else {
+      std::string joined;
+      for (const std::string& a : exec.argv()) joined += a + " ";
+      output(joined);
+      e.set_seq(++seq);
+      e.mutable_tool_call_finished()->mutable_result()->mutable_exec()->set_exit_code(0);
+    }
+    stream->Write(e);
+    return grpc::Status::OK;
+  }
+  std::atomic<int> creates{0};
+  std::atomic<int> signaled{0};
+  std::string deleted;
+};
+
+class CollectingEmitter final : public Emitter {
+ public:
+  void Send(const json& message, uint64_t seq) override {
+    std::lock_guard lock(mu);
+    messages.push_back(message);
+    seqs.push_back(seq);
+  }
+  size_t size() {
+    std::lock_guard lock(mu);
+    return messages.size();
+  }
+  std::mutex mu;
+  std::vector<json> messages;
+  std::vector<uint64_t> seqs;
+};
+
+class McpServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    grpc::ServerBuilder builder;
+    builder.RegisterService(&fake_);
+    grpc_server_ = builder.BuildAndStart();
+    stub_ = pb::Sandboxes::NewStub(grpc_server_->InProcessChannel(grpc::ChannelArguments()));
+    McpServer::Options o;
+    o.stub = stub_.get();
+    o.create.set_kind(pb::FILE);
+    server_ = std::make_unique<McpServer>(std::move(o));
+  }
+  void TearDown() override {
+    server_.reset();
+    grpc_server_->Shutdown();
+  }
+  json Send(const std::string& text, Emitter* emitter = nullptr) {
+    std::optional<json> r = server_->HandleText(text, emitter);
+    return r ? *r : json();
+  }
+  void Initialize(const std::string& version) {
+    json r = Send(json{{"jsonrpc", "2.0"}, {"id", 0}, {"method", "initialize"},
+                       {"params", {{"protocolVersion", version}, {"capabilities", json::object()},
+                                   {"clientInfo", {{"name", "t"}, {"version", "1"}}}}}}
+                      .dump());
+    ASSERT_EQ(r["result"]["protocolVersion"], version) << r;
+  }
+  json Call(const std::string& tool, const json& args, int id = 5) {
+    return Send(json{{"jsonrpc", "2.0"}, {"id", id}, {"method", "tools/call"},
+                     {"params", {{"name", tool}, {"arguments", args}}}}
+                    .dump());
+  }
+
+  FakeSandboxes fake_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<pb::Sandboxes::Stub> stub_;
+  std::unique_ptr<McpServer> server_;
+};
+
+TEST_F(McpServerTest, MalformedJsonIsParseErrorWithNullId) {
+  json r = Send("{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": ");
+  EXPECT_EQ(r["error"]["code"], kParseError);
+  EXPECT_TRUE(r["id"].is_null());
+  r = Send("\xff\xfe");
+  EXPECT_EQ(r["error"]["code"], kParseError);
+}
+
+TEST_F(McpServerTest, InvalidRequestsAreMinus32600) {
+  EXPECT_EQ(Send(R"({"id": 1, "method": "ping"})")["error"]["code"], kInvalidRequest);         // no jsonrpc
+  EXPECT_EQ(Send(R"({"jsonrpc": "2.0", "id": 1, "method": 7})")["error"]["code"], kInvalidRequest);
+  EXPECT_EQ(Send(R"({"jsonrpc": "2.0", "id": null, "method": "ping"})")["error"]["code"], kInvalidRequest);
+  EXPECT_EQ(Send(R"("just a string")")["error"]["code"], kInvalidRequest);
+  EXPECT_EQ(Send(R"({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]})")["error"]["code"], kInvalidParams);
+}
+
+TEST_F(McpServerTest, RequestsBeforeInitializeAreRefusedButPingWorks) {
+  EXPECT_EQ(Send(R"({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})")["error"]["code"], kInvalidRequest);
+  EXPECT_TRUE(Send(R"({"jsonrpc": "2.0", "id": 2, "method": "ping"})")["result"].is_object());
+}
+
+TEST_F(McpServerTest, NegotiatesEachSupportedVersionAndOffersLatestOtherwise) {
+  for (const char* v : kProtocolVersions) {
+    Initialize(v);
+    EXPECT_EQ(server_->protocol_version(), v);
+  }
+  json r = Send(R"({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"1999-01-01"}})");
+  EXPECT_EQ(r["result"]["protocolVersion"], kLatestProtocolVersion);
+  EXPECT_EQ(r["result"]["capabilities"]["tools"]["listChanged"], false);
+  r = Send(R"({"jsonrpc":"2.0","id":1,"method":"initialize","params":{}})");
+  EXPECT_EQ(r["error"]["code"], kInvalidParams);
+}
+
+TEST_F(McpServerTest, UnknownMethodIsMinus32601AndNotificationsGetNoAnswer) {
+  Initialize("2025-06-18");
+  json r = Send(R"({"jsonrpc":"2.0","id":"x","method":"resources/list"})");
+  EXPECT_EQ(r["error"]["code"], kMethodNotFound);
+  EXPECT_EQ(r["id"], "x");
+  EXPECT_FALSE(server_->HandleText(R"({"jsonrpc":"2.0","method":"notifications/initialized"})", nullptr));
+  EXPECT_FALSE(server_->HandleText(R"({"jsonrpc":"2.0","method":"notifications/whatever"})", nullptr));
+}
+
+TEST_F(McpServerTest, BatchesOnlyWhereTheVersionHasThem) {
+  const std::string batch = R"([{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/x"},
+                               {"jsonrpc":"2.0","id":2,"method":"nope"}])";
+  Initialize("2025-06-18");
+  json r = Send(batch);
+  ASSERT_TRUE(r.is_object()) << r;
+  EXPECT_EQ(r["error"]["code"], kInvalidRequest);
+  for (const char* v : {"2025-03-26", "2024-11-05"}) {
+    Initialize(v);
+    r = Send(batch);
+    ASSERT_TRUE(r.is_array()) << v << r;
+    ASSERT_EQ(r.size(), 2u);  // the notification gets nothing
+    EXPECT_EQ(r[0]["id"], 1);
+    EXPECT_TRUE(r[0]["result"].is_object());
+    EXPECT_EQ(r[1]["error"]["code"], kMethodNotFound);
+    EXPECT_EQ(Send("[]")["error"]["code"], kInvalidRequest);
+    EXPECT_FALSE(server_->HandleText(R"([{"jsonrpc":"2.0","method":"notifications/x"}])", nullptr));
+  }
+}
+
+TEST_F(McpServerTest, ToolsListHasStrictSchemasAndOnlyTheKindsTools) {
+  Initialize("2025-06-18");
+  json tools = Send(R"({"jsonrpc":"2.0","id":1,"method":"tools/list"})")["result"]["tools"];
+  std::set<std::string> names;
+  for (const json& t : tools) {
+    names.insert(t["name"]);
+    EXPECT_FALSE(t["description"].get<std::string>().empty());
+    EXPECT_EQ(t["inputSchema"]["type"], "object");
+    EXPECT_EQ(t["inputSchema"]["additionalProperties"], false) << t["name"];
+    EXPECT_FALSE(t["inputSchema"].contains("anyOf")) << "model APIs refuse top-level combinators";
+  }
+  EXPECT_EQ(names, (std::set<std::string>{"exec", "read_file", "write_file", "list_files", "remove"}));
+  json browser = ToolList(pb::BROWSER);
+  EXPECT_EQ(browser.size(), 12u);
+  EXPECT_TRUE(HasTool(pb::BROWSER, "browser_screenshot"));
+  EXPECT_FALSE(HasTool(pb::FILE, "browser_screenshot"));
+}
+
+TEST_F(McpServerTest, UnknownToolIsMinus32602AndCreatesNoSession) {
+  Initialize("2025-06-18");
+  EXPECT_EQ(Call("browser_click", json{{"selector", "a"}})["error"]["code"], kInvalidParams);
+  EXPECT_EQ(Call("no_such_tool", json::object())["error"]["code"], kInvalidParams);
+  EXPECT_EQ(fake_.creates, 0);
+}
+
+TEST_F(McpServerTest, BadArgumentsAreToolErrorsNamingTheField) {
+  Initialize("2025-06-18");
+  struct {
+    const char* tool;
+    json args;
+    const char* says;
+  } cases[] = {
+      {"exec", json{{"argv", {"ls"}}, {"bogus", 1}}, "unknown property \"bogus\""},
+      {"exec", json{{"argv", "ls"}}, "arguments.argv"},
+      {"exec", json::object(), "exactly one of"},
+      {"exec", json{{"argv", {"ls"}}, {"command", "ls"}}, "exactly one of"},
+      {"exec", json{{"command", "ls"}, {"timeout_ms", -5}}, "arguments.timeout_ms"},
+      {"read_file", json::object(), "\"path\" is required"},
+      {"write_file", json{{"path", "a"}, {"content", "%%"}, {"encoding", "base64"}}, "not valid base64"},
+      {"write_file", json{{"path", "a"}, {"content", "x"}, {"encoding", "rot13"}}, "arguments.encoding"},
+  };
+  for (const auto& c : cases) {
+    json r = Call(c.tool, c.args);
+    ASSERT_TRUE(r.contains("result")) << r;
+    EXPECT_EQ(r["result"]["isError"], true) << c.tool << " " << c.args;
+    EXPECT_NE(r["result"]["content"][0]["text"].get<std::string>().find(c.says), std::string::npos)
+        << r["result"]["content"][0]["text"];
+  }
+  EXPECT_EQ(fake_.creates, 0);
+}
+
+TEST_F(McpServerTest, ExecStreamsProgressAndTheSessionIsCreatedOnceAndDeleted) {
+  Initialize("2025-06-18");
+  CollectingEmitter emitter;
+  json r = Send(R"({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"exec",
+                   "arguments":{"argv":["echo","hi"]},"_meta":{"progressToken":"tok"}}})",
+                &emitter);
+  ASSERT_TRUE(r.contains("result")) << r;
+  EXPECT_FALSE(r["result"].contains("isError"));
+  EXPECT_EQ(r["result"]["structuredContent"]["exit_code"], 0);
+  EXPECT_EQ(r["result"]["structuredContent"]["stdout"], "echo hi ");
+  ASSERT_EQ(emitter.messages.size(), 1u);
+  EXPECT_EQ(emitter.messages[0]["method"], "notifications/progress");
+  EXPECT_EQ(emitter.messages[0]["params"]["progressToken"], "tok");
+  EXPECT_EQ(emitter.messages[0]["params"]["message"], "echo hi ");
+  EXPECT_EQ(emitter.seqs[0], 12u);  // the output event's seq
+  EXPECT_EQ(emitter.result_seq, 13u);  // tool_call_finished's
+  // No progressToken: no progress.
+  CollectingEmitter quiet;
+  r = Send(R"({"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"exec","arguments":{"command":"x"}}})",
+           &quiet);
+  EXPECT_EQ(r["result"]["structuredContent"]["stdout"], "/bin/sh -c x ");
+  EXPECT_TRUE(quiet.messages.empty());
+  EXPECT_EQ(fake_.creates, 1);
+  const std::string session = server_->session_id();
+  server_->Shutdown();
+  EXPECT_EQ(fake_.deleted, session);
+}
+
+TEST_F(McpServerTest, ToolErrorsAreResultsWithIsError) {
+  Initialize("2024-11-05");
+  json r = Call("read_file", json{{"path", "/nope"}});
+  EXPECT_EQ(r["result"]["isError"], true);
+  EXPECT_EQ(r["result"]["content"][0]["text"], "NOT_FOUND: no such file");
+}
+
+TEST_F(McpServerTest, CancelledExecIsKilledAndGetsNoResponse) {
+  Initialize("2025-06-18");
+  CollectingEmitter emitter;
+  std::optional<json> response = json();
+  std::thread call([&] {
+    response = server_->HandleText(R"({"jsonrpc":"2.0","id":"long","method":"tools/call","params":{"name":"exec",
+                                      "arguments":{"argv":["sleep"]},"_meta":{"progressToken":1}}})",
+                                   &emitter);
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (emitter.size() == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(emitter.size(), 1u) << "the call did not start";
+  EXPECT_FALSE(server_->HandleText(
+      R"({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"long","reason":"user"}})", nullptr));
+  call.join();
+  EXPECT_EQ(fake_.signaled, 9);
+  EXPECT_FALSE(response.has_value()) << *response;
+}
+
+// --- HTTP ------------------------------------------------------------------------------------------------
+
+TEST(McpHttpParseTest, ParsesAnOriginFormRequest) {
+  absl::StatusOr<HttpRequest> r = ParseRequestHead(
+      "POST /mcp?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9\r\nContent-Length: 12\r\nMcp-Session-Id:  abc \r\n\r\n");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->method, "POST");
+  EXPECT_EQ(r->path, "/mcp");
+  EXPECT_EQ(r->query, "x=1");
+  EXPECT_EQ(r->content_length, 12u);
+  ASSERT_NE(r->Header("mcp-session-id"), nullptr);
+  EXPECT_EQ(*r->Header("mcp-session-id"), "abc");
+  EXPECT_TRUE(r->keep_alive);
+}
+
+TEST(McpHttpParseTest, RefusesWhatItDoesNotTake) {
+  const char* bad[] = {
+      "POST /mcp HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+      "POST /mcp HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+      "POST /mcp HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+      "POST /mcp HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+      "POST http://x/mcp HTTP/1.1\r\n\r\n",
+      "POST /mcp HTTP/2.0\r\n\r\n",
+      "POST /mcp HTTP/1.1\r\n folded: x\r\n\r\n",
+      "POST /mcp HTTP/1.1\r\nBad Header: x\r\n\r\n",
+      "POST /mcp HTTP/1.1\r\nX: a\x01\r\n\r\n",
+      "POST /mcp HTTP/1.1\r\n",
+      "\r\n\r\n",
+  };
+  for (const char* head : bad) EXPECT_FALSE(ParseRequestHead(head).ok()) << head;
+}
+
+TEST(McpHttpOriginTest, LoopbackOrSameHostOnly) {
+  EXPECT_TRUE(OriginAllowed("http://localhost:3000", "127.0.0.1:7443"));
+  EXPECT_TRUE(OriginAllowed("http://127.0.0.1", "127.0.0.1:7443"));
+  EXPECT_TRUE(OriginAllowed("https://[::1]:8080", "x"));
+  EXPECT_TRUE(OriginAllowed("http://agent.internal:7443", "agent.internal:7443"));
+  EXPECT_FALSE(OriginAllowed("http://evil.example", "127.0.0.1:7443"));
+  EXPECT_FALSE(OriginAllowed("http://127.0.0.1.evil.example", "127.0.0.1:7443"));
+  EXPECT_FALSE(OriginAllowed("null", "127.0.0.1:7443"));
+  EXPECT_FALSE(OriginAllowed("file://", "127.0.0.1:7443"));
+}
+
+}  // namespace
+}  // namespace sbx::agent::mcp
