@@ -42,6 +42,8 @@ class SandboxesService final : public duvo::sandbox::v1::Sandboxes::Service {
                       duvo::sandbox::v1::Session* response) override;
   grpc::Status Vnc(grpc::ServerContext* ctx,
                    grpc::ServerReaderWriter<duvo::sandbox::v1::VncData, duvo::sandbox::v1::VncData>* stream) override;
+  grpc::Status Cdp(grpc::ServerContext* ctx,
+                   grpc::ServerReaderWriter<duvo::sandbox::v1::CdpFrame, duvo::sandbox::v1::CdpFrame>* stream) override;
   grpc::Status Delete(grpc::ServerContext* ctx, const duvo::sandbox::v1::DeleteRequest* request,
                       duvo::sandbox::v1::DeleteResponse* response) override;
 

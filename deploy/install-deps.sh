@@ -83,10 +83,21 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "install-deps.sh: all ${#packages[@]} packages present"
-  exit 0
+else
+  echo "install-deps.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-echo "install-deps.sh: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The test-only Node clients (tests/npm: Playwright, Puppeteer, pinned by its package-lock.json; no browser is
+# downloaded). They need Node >= 20, which Debian 12 does not ship (its nodejs is 18): install one first.
+if [ "$mode" = all ]; then
+  cd "$(dirname "$0")/.."
+  node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$node_major" -lt 20 ]; then
+    echo "install-deps.sh: the tests need Node.js >= 20 with npm as 'node' and 'npm' on PATH (found: $(node --version 2>/dev/null || echo none))" >&2
+    exit 1
+  fi
+  (cd tests/npm && npm ci --no-audit --no-fund)
+fi

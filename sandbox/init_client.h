@@ -178,6 +178,14 @@ class InitClient {
   absl::StatusOr<Screenshot> BrowserScreenshot(bool full_page, std::string_view format, int quality,
                                                uint32_t scale_width = 0, uint32_t call_timeout_ms = 0);
 
+  // An external CDP client on the session's browser (Playwright, Puppeteer; sandbox/init/cdp.h, CdpMux): the
+  // messages for the client arrive on on_output (stdout), each ended by a NUL byte, a message possibly
+  // spanning chunks; on_end runs once, last (ExecEnd: a clean end, e.g. the client's Browser.close; an error:
+  // refused, the browser is gone, the client fell behind). Callbacks as StartExec's. Returns the stream id.
+  absl::StatusOr<uint64_t> StartCdp(OutputFn on_output, EndFn on_end);
+  // The client's messages, each ended by a NUL byte (in pieces of kMaxChunkBytes); `close` ends the stream.
+  absl::Status CdpSend(uint64_t stream_id, std::string_view data, bool close);
+
   // False once the connection failed (init died, or sent a malformed, oversized or truncated frame); every
   // pending and later call then fails with Unavailable naming the cause.
   bool healthy() const;

@@ -27,6 +27,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
+#include "agent/cli/cdp_serve.h"
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
 #include "sandbox/init/sha256.h"
 
@@ -675,6 +676,9 @@ int main(int argc, char** argv) {
   b_eval->add_option("--timeout", b_timeout, "Milliseconds");
   CLI::App* b_content = browser->add_subcommand("content", "Print the page's HTML (or --text)");
   b_content->add_flag("--text", b_text, "The visible text instead");
+  std::string cdp_listen = "127.0.0.1:9222";
+  CLI::App* b_cdp = browser->add_subcommand("cdp", "Serve the browser's CDP (for Playwright / Puppeteer) on a local port");
+  b_cdp->add_option("--listen", cdp_listen, "IPV4:PORT (port 0 picks one)")->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -708,6 +712,7 @@ int main(int argc, char** argv) {
   }
   if (*exec) return Exec(stub, g, session_id, command, interactive, tty, static_cast<uint64_t>(timeout_s * 1000));
   if (*browser) {
+    if (*b_cdp) return sbx::cdp::ServeCdpEndpoint(stub, [&g] { return Context(g); }, session_id, cdp_listen);
     pb::BrowserAction b;
     if (*b_nav) {
       b.mutable_navigate()->set_url(b_arg);
