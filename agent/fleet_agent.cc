@@ -743,6 +743,7 @@ void FleetAgent::RunLease(Lease* lease) {
   create.set_ttl_ms(req.ttl_ms());
   create.set_idle_timeout_ms(req.idle_timeout_ms());
   if (req.has_desktop()) *create.mutable_desktop() = req.desktop();
+  if (req.has_browser()) *create.mutable_browser() = req.browser();
   create.mutable_labels()->insert(req.labels().begin(), req.labels().end());
   (*create.mutable_labels())["lease_id"] = lease->lease_id;
   absl::StatusOr<pb::Session> created = options_.sessions->CreateWithId(create, lease->session_id, true);

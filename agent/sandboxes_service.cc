@@ -521,8 +521,8 @@ grpc::Status SandboxesService::Cdp(grpc::ServerContext* ctx,
   constexpr size_t kMaxCdpBacklogBytes = 192 << 20;
   constexpr size_t kMaxCdpMessageBytes = 64 << 20;
   constexpr size_t kPieceBytes = 1 << 20;  // CdpFrame pieces (the gRPC message cap is 4 MiB)
-  auto relay = std::make_shared<Relay>();
-  auto on_output = [relay](sandbox::OutputStream, std::string data, uint64_t) {
+  std::shared_ptr<Relay> relay;
+  auto on_output_for = [](std::shared_ptr<Relay> relay) { return [relay](sandbox::OutputStream, std::string data, uint64_t) {
     std::lock_guard lock(relay->mu);
     relay->opened = true;
     relay->cv.notify_all();
@@ -544,26 +544,34 @@ grpc::Status SandboxesService::Cdp(grpc::ServerContext* ctx,
                                                              " MiB behind the browser"));
     }
     relay->cv.notify_all();
-  };
-  auto on_end = [relay](absl::StatusOr<sandbox::ExecEnd> end) {
+  }; };
+  auto on_end_for = [](std::shared_ptr<Relay> relay) { return [relay](absl::StatusOr<sandbox::ExecEnd> end) {
     std::lock_guard lock(relay->mu);
     if (!relay->ended) relay->end = end.status();
     relay->ended = true;
     relay->cv.notify_all();
-  };
+  }; };
   sandbox::InitClient* init = session->init();
-  absl::StatusOr<uint64_t> call = init->StartCdp(on_output, on_end);
-  if (!call.ok()) return Finish("Cdp", Annotate(call.status(), "cdp"), rid);
-  {
-    // sandbox-init accepts the client (an empty first chunk) or refuses it (another client is connected).
+  absl::StatusOr<uint64_t> call;
+  // sandbox-init accepts the client (an empty first chunk) or refuses it: another client is connected. One
+  // that just went (a dropped connection, a /json/version fetch) may still be leaving: tried again for 3 s.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  for (;;) {
+    relay = std::make_shared<Relay>();
+    call = init->StartCdp(on_output_for(relay), on_end_for(relay));
+    if (!call.ok()) return Finish("Cdp", Annotate(call.status(), "cdp"), rid);
     std::unique_lock lock(relay->mu);
     relay->cv.wait_for(lock, std::chrono::seconds(30), [&] { return relay->opened || relay->ended; });
-    if (!relay->opened) {
-      absl::Status refused = relay->ended ? relay->end : absl::DeadlineExceededError("cdp: sandbox-init did not answer");
-      lock.unlock();
-      (void)init->CdpSend(*call, "", true);
-      return Finish("Cdp", refused.ok() ? absl::UnavailableError("cdp: the stream ended") : refused, rid);
+    if (relay->opened) break;
+    absl::Status refused = relay->ended ? relay->end : absl::DeadlineExceededError("cdp: sandbox-init did not answer");
+    lock.unlock();
+    if (refused.code() == absl::StatusCode::kFailedPrecondition && std::chrono::steady_clock::now() < give_up &&
+        !ctx->IsCancelled()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      continue;
     }
+    (void)init->CdpSend(*call, "", true);
+    return Finish("Cdp", refused.ok() ? absl::UnavailableError("cdp: the stream ended") : refused, rid);
   }
   // An empty first message: the stream is open (the endpoint answers its WebSocket upgrade only then, so a
   // refused token or session is an HTTP error there, not a dead WebSocket).

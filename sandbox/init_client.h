@@ -150,7 +150,7 @@ class InitClient {
   absl::Status BrowserStart(uint32_t width, uint32_t height, std::string_view proxy);
   struct BrowserRequestSpec {
     enum class Kind { kNavigate = 1, kClick = 3, kType = 4, kPress = 5, kEvaluate = 6, kContent = 7, kWaitFor = 8,
-                      kViewport = 9 };
+                      kViewport = 9, kStorageExport = 10, kStorageImport = 11 };
     Kind kind = Kind::kNavigate;
     std::string text, text2;
     bool flag = false;

@@ -118,7 +118,12 @@ std::optional<json> OneCommand(const CdpEndpointOptions& o, const std::string& m
   while (s->Read(&text)) {
     json answer = json::parse(text, nullptr, false);
     if (!answer.is_object() || answer.value("id", json()) != 1) continue;  // an event
-    s->Cancel();
+    // A clean close, waited for: the session's one client slot is free again before this answer is sent
+    // (a client fetches /json/version and connects at once).
+    s->WritesDone();
+    std::string rest;
+    while (s->Read(&rest)) {
+    }
     s->Finish();
     if (answer.contains("error")) {
       *status = 502;

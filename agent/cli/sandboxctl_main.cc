@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -222,6 +223,7 @@ struct CreateFlags {
   std::string display;  // desktop: WIDTHxHEIGHT
   bool window_manager = false;
   bool vnc = false;
+  std::string storage_state;  // browser: a Playwright storageState file
 };
 
 bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
@@ -261,6 +263,20 @@ bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
     req->mutable_desktop()->set_height(h);
     req->mutable_desktop()->set_window_manager(f.window_manager);
     req->mutable_desktop()->set_vnc(f.vnc);
+  }
+  if (!f.storage_state.empty()) {
+    if (kind != pb::BROWSER) {
+      fprintf(stderr, "sandboxctl: --storage-state is for --kind browser\n");
+      return false;
+    }
+    std::ifstream in(f.storage_state, std::ios::binary);
+    if (!in) {
+      fprintf(stderr, "sandboxctl: --storage-state '%s': cannot be read\n", f.storage_state.c_str());
+      return false;
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    req->mutable_browser()->set_storage_state_json(ss.str());
   }
   return true;
 }
@@ -342,6 +358,8 @@ int BrowserCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& 
     Print(g, b, out_file + ": " + std::to_string(b.image_width()) + "x" + std::to_string(b.image_height()));
   } else if (action.has_evaluate()) {
     Print(g, b, ForTerminal(b.json(), /*keep_lines=*/true));
+  } else if (action.has_storage_state()) {
+    Print(g, b, b.json());  // a file to keep (> FILE): the JSON as it is
   } else if (action.has_content()) {
     Print(g, b, ForTerminal(b.content(), /*keep_lines=*/true));
   }
@@ -562,6 +580,7 @@ int main(int argc, char** argv) {
     c->add_option("--display", cf.display, "Desktop: WIDTHxHEIGHT (default 1280x800)");
     c->add_flag("--window-manager", cf.window_manager, "Desktop: run a window manager");
     c->add_flag("--vnc", cf.vnc, "Desktop: allow a live view over VNC");
+    c->add_option("--storage-state", cf.storage_state, "Browser: load a Playwright storageState JSON file");
   };
   CLI::App* create = app.add_subcommand("create", "Create a session; prints its id");
   add_create_flags(create);
@@ -677,6 +696,7 @@ int main(int argc, char** argv) {
   CLI::App* b_content = browser->add_subcommand("content", "Print the page's HTML (or --text)");
   b_content->add_flag("--text", b_text, "The visible text instead");
   std::string cdp_listen = "127.0.0.1:9222";
+  CLI::App* b_storage = browser->add_subcommand("storage-state", "Print the cookies and localStorage (Playwright's storageState)");
   CLI::App* b_cdp = browser->add_subcommand("cdp", "Serve the browser's CDP (for Playwright / Puppeteer) on a local port");
   b_cdp->add_option("--listen", cdp_listen, "IPV4:PORT (port 0 picks one)")->capture_default_str();
 
@@ -734,6 +754,7 @@ int main(int argc, char** argv) {
       b.mutable_evaluate()->set_timeout_ms(b_timeout);
     }
     if (*b_content) b.mutable_content()->set_text(b_text);
+    if (*b_storage) b.mutable_storage_state();
     return BrowserCall(stub, g, session_id, b, b_file);
   }
   if (*desktop) {

@@ -818,6 +818,8 @@ void Browser::Handle(const json& message_in) {
                  {"text", Cut(Str(*entry, "text"), kMaxEventText)},
                  {"url", Cut(Str(*entry, "url"), 2048)}});
     }
+  } else if (method == "Fetch.requestPaused") {
+    if (paused_requests_.size() < 64) paused_requests_.push_back(Str(params, "requestId"));
   } else if (method == "Inspector.targetCrashed") {
     crashed_ = true;
     PushEvent({{"type", "crash"}});
@@ -828,13 +830,19 @@ void Browser::Handle(const json& message_in) {
 
 bool Browser::Call(const std::string& method, const json& params, json* result, std::string* error, int timeout_ms,
                    bool browser_level) {
-  if (gone_ || (!browser_level && crashed_)) return Check(error);
+  return CallIn(browser_level ? std::string() : session_id_, method, params, result, error, timeout_ms);
+}
+
+bool Browser::CallIn(const std::string& session, const std::string& method, const json& params, json* result,
+                     std::string* error, int timeout_ms) {
+  const bool browser_level = session.empty();
+  if (gone_ || (!browser_level && crashed_ && session == session_id_)) return Check(error);
   const int64_t start = NowMs();
   int64_t deadline = start + std::max(timeout_ms, 1);
   if (call_deadline_ms_ > 0) deadline = std::min(deadline, std::max(call_deadline_ms_, NowMs() + 1));
   const int64_t id = next_id_++;
   json message = {{"id", id}, {"method", method}, {"params", params.is_null() ? json::object() : params}};
-  if (!browser_level) message["sessionId"] = session_id_;
+  if (!browser_level) message["sessionId"] = session;
   waiting_id_ = id;
   response_.reset();
   if (!Send(message, deadline, error)) return false;
@@ -845,7 +853,7 @@ bool Browser::Call(const std::string& method, const json& params, json* result, 
       return false;
     }
     if (!Pump(deadline, error)) return false;
-    if (!browser_level && crashed_ && !response_) return Check(error);
+    if (!browser_level && session == session_id_ && crashed_ && !response_) return Check(error);
   }
   waiting_id_ = 0;
   const json response = std::move(*response_);
@@ -1288,24 +1296,66 @@ bool Browser::ImportStorageState(const std::string& state_json, std::string* err
       *error = "storage state: \"origins\" is not an array";
       return false;
     }
-    if (!origins->empty() && !Call("DOMStorage.enable", json::object(), &result, error, kInputTimeoutMs)) return false;
+    // localStorage belongs to a frame of its origin: the page is navigated to each origin with the request
+    // answered here (Fetch: no network, nothing for the proxy to see), the items are set by script, and the
+    // page goes back to about:blank. Runs before the session is handed out.
+    bool fetching = false;
     for (const json& o : *origins) {
       const std::string origin = OriginOf(Str(o, "origin"));
       if (origin.empty()) {
         *error = "storage state: an origin that is not http(s)://HOST[:PORT]: \"" + Cut(Str(o, "origin"), 200) + "\"";
         return false;
       }
-      const json storage_id = {{"securityOrigin", origin}, {"isLocalStorage", true}};
       const json* items = Field(o, "localStorage");
-      if (items == nullptr || !items->is_array()) continue;
-      for (const json& item : *items) {
-        if (!Call("DOMStorage.setDOMStorageItem",
-                  {{"storageId", storage_id}, {"key", Str(item, "name")}, {"value", Str(item, "value")}}, &result,
-                  error, kInputTimeoutMs)) {
+      if (items == nullptr || !items->is_array() || items->empty()) continue;
+      json pairs = json::array();
+      for (const json& item : *items) pairs.push_back(json::array({Str(item, "name"), Str(item, "value")}));
+      if (!fetching) {
+        if (!Call("Fetch.enable", {{"patterns", json::array({{{"urlPattern", "*"}}})}}, &result, error, kInputTimeoutMs)) {
           return false;
         }
+        fetching = true;
+      }
+      const int64_t deadline = NowMs() + kInputTimeoutMs;
+      paused_requests_.clear();
+      json navigate = {{"id", next_id_++}, {"method", "Page.navigate"}, {"params", {{"url", origin + "/"}}},
+                       {"sessionId", session_id_}};
+      if (!Send(navigate, deadline, error)) return false;  // its answer comes after the fulfilment; dropped
+      while (paused_requests_.empty()) {
+        if (NowMs() >= deadline) {
+          *error = "storage state: loading " + origin + " for its localStorage: no request to answer";
+          return false;
+        }
+        if (!Pump(deadline, error)) return false;
+      }
+      // "<html></html>", base64
+      if (!Call("Fetch.fulfillRequest",
+                {{"requestId", paused_requests_.front()},
+                 {"responseCode", 200},
+                 {"responseHeaders", json::array({{{"name", "Content-Type"}, {"value", "text/html"}}})},
+                 {"body", "PGh0bWw+PC9odG1sPg=="}},
+                &result, error, kInputTimeoutMs)) {
+        return false;
+      }
+      json value;
+      std::string e;
+      while (!EvaluateValue("location.origin", kInputTimeoutMs, &value, &e) || value != origin) {
+        if (NowMs() >= deadline) {
+          *error = "storage state: " + origin + " did not load for its localStorage" + (e.empty() ? "" : ": " + e);
+          return false;
+        }
+        SleepMs(20);
+      }
+      if (!EvaluateValue("(() => { for (const [k, v] of " + pairs.dump(-1, ' ', true) +
+                             ") localStorage.setItem(k, v); return true; })()",
+                         kInputTimeoutMs, &value, error)) {
+        return false;
       }
       if (storage_origins_.size() < 1000) storage_origins_.insert(origin);
+    }
+    if (fetching) {
+      if (!Call("Fetch.disable", json::object(), &result, error, kInputTimeoutMs)) return false;
+      if (!Navigate("about:blank", "load", kInputTimeoutMs, error)) return false;
     }
   }
   return true;
@@ -1327,25 +1377,44 @@ bool Browser::ExportStorageState(std::string* state_json, std::string* error) {
                          {"sameSite", Str(c, "sameSite").empty() ? "Lax" : Str(c, "sameSite")}});
     }
   }
-  std::set<std::string> origins = storage_origins_;
-  if (Call("Target.getTargets", json::object(), &result, error, kInputTimeoutMs, true)) {
-    if (const json* infos = Field(result, "targetInfos"); infos != nullptr && infos->is_array()) {
-      for (const json& t : *infos) {
-        const std::string origin = Str(t, "type") == "page" ? OriginOf(Str(t, "url")) : "";
-        if (!origin.empty() && origins.size() < 1000) origins.insert(origin);
-      }
+  // Each origin's localStorage is read in a page of that origin (DOMStorage needs a frame of it): the pages
+  // open now, attached to for the occasion. Origins imported but not open now are not exported.
+  std::map<std::string, std::string> origin_targets;  // origin -> a page target showing it
+  if (!Call("Target.getTargets", json::object(), &result, error, kInputTimeoutMs, true)) return false;
+  if (const json* infos = Field(result, "targetInfos"); infos != nullptr && infos->is_array()) {
+    for (const json& t : *infos) {
+      const std::string origin = Str(t, "type") == "page" ? OriginOf(Str(t, "url")) : "";
+      if (!origin.empty() && origin_targets.size() < 100) origin_targets.emplace(origin, Str(t, "targetId"));
     }
   }
   json out_origins = json::array();
-  if (!origins.empty() && !Call("DOMStorage.enable", json::object(), &result, error, kInputTimeoutMs)) return false;
-  for (const std::string& origin : origins) {
-    if (!Call("DOMStorage.getDOMStorageItems", {{"storageId", {{"securityOrigin", origin}, {"isLocalStorage", true}}}},
-              &result, error, kInputTimeoutMs)) {
-      return false;
+  for (const auto& [origin, target] : origin_targets) {
+    std::string session = session_id_;
+    const bool own = target == target_id_;
+    if (!own) {
+      if (!Call("Target.attachToTarget", {{"targetId", target}, {"flatten", true}}, &result, error, kInputTimeoutMs,
+                true)) {
+        continue;  // closed meanwhile
+      }
+      session = Str(result, "sessionId");
     }
     json items = json::array();
-    if (const json* entries = Field(result, "entries"); entries != nullptr && entries->is_array()) {
-      for (const json& e : *entries) {
+    json value;
+    const bool read = CallIn(session, "Runtime.evaluate",
+                             {{"expression", "JSON.stringify(Object.entries(localStorage))"}, {"returnByValue", true}},
+                             &value, error, kInputTimeoutMs);
+    if (!own) {
+      json ignored;
+      std::string e;
+      Call("Target.detachFromTarget", {{"sessionId", session}}, &ignored, &e, kInputTimeoutMs, true);
+    }
+    if (!read) return false;
+    const json* r = Field(value, "result");
+    const json entries = r != nullptr && Field(*r, "value") != nullptr && Field(*r, "value")->is_string()
+                             ? json::parse(Field(*r, "value")->get<std::string>(), nullptr, false)
+                             : json();
+    if (entries.is_array()) {
+      for (const json& e : entries) {
         if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
           items.push_back({{"name", e[0]}, {"value", e[1]}});
         }
@@ -1353,7 +1422,8 @@ bool Browser::ExportStorageState(std::string* state_json, std::string* error) {
     }
     if (!items.empty()) out_origins.push_back({{"origin", origin}, {"localStorage", std::move(items)}});
   }
-  *state_json = json{{"cookies", std::move(cookies)}, {"origins", std::move(out_origins)}}.dump();
+  // ASCII only (ensure_ascii): what a page stored cannot put terminal controls into a printed state.
+  *state_json = json{{"cookies", std::move(cookies)}, {"origins", std::move(out_origins)}}.dump(-1, ' ', true);
   return true;
 }
 
@@ -1389,8 +1459,13 @@ CdpMux::FromClientResult CdpMux::FromClient(std::string_view text) {
   static const json kEmpty = json::object();
   const json* params_p = Field(message, "params");
   const json& params = params_p != nullptr ? *params_p : kEmpty;
+  // An answer given here carries the command's sessionId, as Chromium's do: clients route answers by it.
+  auto answer = [&](json a) {
+    if (!session.empty()) a["sessionId"] = session;
+    return a;
+  };
   auto refuse = [&](const std::string& why) {
-    out.to_client = ErrorAnswer(client_id, method + " is refused in this sandbox: " + why);
+    out.to_client = answer(ErrorAnswer(client_id, method + " is refused in this sandbox: " + why));
     return out;
   };
   if (!driver_session_.empty() && session == driver_session_) {
@@ -1398,7 +1473,7 @@ CdpMux::FromClientResult CdpMux::FromClient(std::string_view text) {
   }
   if (method == "Browser.close") {
     // The session's browser goes on: only this connection ends.
-    out.to_client = json{{"id", client_id}, {"result", json::object()}};
+    out.to_client = answer(json{{"id", client_id}, {"result", json::object()}});
     out.close = true;
     return out;
   }
@@ -1433,7 +1508,7 @@ CdpMux::FromClientResult CdpMux::FromClient(std::string_view text) {
     }
   }
   if (pending_.size() >= kMaxInFlight) {
-    out.to_client = ErrorAnswer(client_id, "too many commands awaiting answers (" + std::to_string(kMaxInFlight) + ")");
+    out.to_client = answer(ErrorAnswer(client_id, "too many commands awaiting answers (" + std::to_string(kMaxInFlight) + ")"));
     return out;
   }
   const int64_t internal = next_id_++;

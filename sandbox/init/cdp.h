@@ -189,8 +189,9 @@ class Browser {
   bool WaitForDownload(int timeout_ms, std::string* error);
   // Playwright's storageState JSON: {"cookies":[{name,value,domain,path,expires,httpOnly,secure,sameSite}],
   // "origins":[{"origin":"https://a.example","localStorage":[{name,value}]}]}. Import sets the cookies
-  // (Storage.setCookies) and each origin's localStorage (DOMStorage, no page load needed); Export reads every
-  // cookie and the localStorage of the origins imported or open in a page.
+  // (Storage.setCookies) and each origin's localStorage (the page loads the origin from an answer given here,
+  // no network: Fetch); Export reads every
+  // cookie and the localStorage of the origins open in a page now (read in those pages).
   bool ImportStorageState(const std::string& state_json, std::string* error);
   bool ExportStorageState(std::string* state_json, std::string* error);
   // The viewport in CSS pixels (device scale factor 1), same bounds as BrowserConfig.
@@ -256,6 +257,9 @@ class Browser {
   void MarkGone(const std::string& why, bool exiting = false);
   std::string GoneMessage() const;
   bool WaitNetworkIdle(int64_t deadline_ms, std::string* error);
+  // Call on another flat session (empty: the browser).
+  bool CallIn(const std::string& session, const std::string& method, const nlohmann::json& params,
+              nlohmann::json* result, std::string* error, int timeout_ms);
   bool EvaluateValue(const std::string& expression, int timeout_ms, nlohmann::json* value, std::string* error);
   bool DispatchClick(double x, double y, std::string* error);
   void Terminate();
@@ -298,7 +302,8 @@ class Browser {
 
   std::deque<nlohmann::json> events_;
   uint64_t dropped_events_ = 0;
-  std::set<std::string> storage_origins_;  // imported by ImportStorageState, exported again
+  std::set<std::string> storage_origins_;  // imported by ImportStorageState
+  std::vector<std::string> paused_requests_;  // Fetch.requestPaused on the page (ImportStorageState)
 
   // The external client. mux_ and client_in_ belong to whoever holds the browser; the rest is under client_mu_.
   std::optional<CdpMux> mux_;

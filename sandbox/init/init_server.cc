@@ -1443,6 +1443,22 @@ void RunBrowserRequest(init::Browser& b, const pb::BrowserRequest& q, int64_t de
     case pb::BrowserRequest::KIND_WAIT_FOR:
       ok = q.flag() ? b.WaitForDownload(timeout, &error) : b.WaitFor(q.text(), q.text2(), timeout, &error);
       break;
+    case pb::BrowserRequest::KIND_STORAGE_EXPORT: {
+      std::string state;
+      if (!b.ExportStorageState(&state, &error)) break;
+      if (state.size() > kMaxChunkBytes) {
+        error = "storage_state: the state is " + std::to_string(state.size()) + " bytes, over the " +
+                std::to_string(kMaxChunkBytes) + "-byte cap";
+        break;
+      }
+      out = r->mutable_browser_output();
+      out->set_data(std::move(state));
+      ok = true;
+      break;
+    }
+    case pb::BrowserRequest::KIND_STORAGE_IMPORT:
+      ok = b.ImportStorageState(q.text(), &error);
+      break;
     case pb::BrowserRequest::KIND_VIEWPORT:
       ok = q.a() > 0 && q.b() > 0 && b.SetViewport(static_cast<uint32_t>(q.a()), static_cast<uint32_t>(q.b()), &error);
       if (!ok && error.empty()) error = "set_viewport: width and height must be positive";

@@ -79,6 +79,9 @@ TEST(CdpMuxTest, PolicyRefusals) {
   mux.FromBrowser(&attached);
   CdpMux::FromClientResult close_page = mux.FromClient(R"({"id":6,"method":"Page.close","sessionId":"C1"})");
   EXPECT_FALSE(close_page.to_browser.has_value());
+  // A refusal carries the command's sessionId, as Chromium's answers do (clients route answers by it).
+  ASSERT_TRUE(close_page.to_client.has_value());
+  EXPECT_EQ((*close_page.to_client)["sessionId"], "C1");
   // Browser.close: a success, then this client's connection ends (the browser goes on).
   CdpMux::FromClientResult bc = mux.FromClient(R"({"id":9,"method":"Browser.close"})");
   EXPECT_FALSE(bc.to_browser.has_value());
