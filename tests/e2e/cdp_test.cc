@@ -401,5 +401,39 @@ TEST_F(CdpTest, AWrongTokenIsARefusedWebSocket) {
   EXPECT_THAT(ok, HasSubstr("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
 }
 
+// Playwright's storageState: loaded at Create (sandboxctl create --storage-state), seen by the pages, and
+// exported again (sandboxctl browser SESSION storage-state) with what a page added.
+TEST_F(CdpTest, StorageStateLoadsAtCreateAndExports) {
+  const std::string state = R"({"cookies":[{"name":"sid","value":"from-state","domain":")" + host_ip_ +
+                            R"(","path":"/","expires":-1,"httpOnly":false,"secure":false,"sameSite":"Lax"}],)"
+                            R"("origins":[{"origin":")" + page_url_ + R"(","localStorage":[{"name":"k","value":"v1"}]}]})";
+  std::ofstream(dir_ + "/state.json") << state;
+  int rc = -1;
+  std::string created = RunCtl(*daemon_, {"create", "--kind", "browser", "--storage-state", dir_ + "/state.json"}, &rc);
+  ASSERT_EQ(rc, 0) << created << daemon_->Log();
+  id_ = created.substr(0, created.find('\n'));
+  pb::BrowserAction nav;
+  nav.mutable_navigate()->set_url(page_url_ + "/second");
+  CallResult loaded = Act(nav);
+  ASSERT_TRUE(loaded.finished.has_result()) << loaded.finished.DebugString();
+  CallResult seen = Evaluate("document.cookie + '|' + localStorage.getItem('k')");
+  ASSERT_TRUE(seen.finished.has_result()) << seen.finished.DebugString();
+  EXPECT_EQ(seen.finished.result().browser().json(), "\"sid=from-state|v1\"");
+  ASSERT_TRUE(Evaluate("localStorage.setItem('added', 'by page'); 1").finished.has_result());
+  const std::string exported = RunCtl(*daemon_, {"browser", id_, "storage-state"}, &rc);
+  ASSERT_EQ(rc, 0) << exported;
+  const nlohmann::json e = nlohmann::json::parse(exported, nullptr, false);
+  ASSERT_TRUE(e.is_object()) << exported;
+  ASSERT_EQ(e["cookies"].size(), 1u) << exported;
+  EXPECT_EQ(e["cookies"][0]["value"], "from-state");
+  ASSERT_EQ(e["origins"].size(), 1u) << exported;
+  EXPECT_EQ(e["origins"][0]["origin"], page_url_);
+  EXPECT_EQ(e["origins"][0]["localStorage"].size(), 2u) << exported;
+  // Not JSON: the Create is refused, naming the option.
+  std::ofstream(dir_ + "/bad.json") << "[1]";
+  const std::string bad = RunCtl(*daemon_, {"create", "--kind", "browser", "--storage-state", dir_ + "/bad.json"}, &rc);
+  EXPECT_NE(rc, 0);
+}
+
 }  // namespace
 }  // namespace sbx::testing
