@@ -151,25 +151,6 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
     }
   }
   std::shared_ptr<Session> session(new Session(std::move(options), std::move(jail), std::move(init)));
-  {
-    // Attributed to the newest tool call, as egress audits are (the init protocol does not tell which
-    // process an exec is). NOTE: the supervisor stops before the jail goes (~Session resets jail_ first).
-    Session* raw = session.get();
-    std::lock_guard relay_lock(seccomp_relay->mu);
-    seccomp_relay->deliver = [raw, relay = seccomp_relay.get()](const sandbox::SeccompAudit& a) {
-      std::string call_id;
-      if (a.kind == sandbox::SeccompAudit::Kind::kSuppressed && !relay->last_denial_call_id.empty()) {
-        call_id = relay->last_denial_call_id;
-      } else {
-        std::lock_guard session_lock(raw->mu_);
-        call_id = raw->last_call_id_;
-      }
-      if (a.kind != sandbox::SeccompAudit::Kind::kSuppressed) relay->last_denial_call_id = call_id;
-      raw->events_.Append(SeccompAuditEvent(a, call_id));
-    };
-    for (const sandbox::SeccompAudit& a : seccomp_relay->pending) seccomp_relay->deliver(a);
-    seccomp_relay->pending.clear();
-  }
   if (policy.spec().network == sandbox::NetworkMode::kEgress) {
     // The proxy listens on the jail's loopback and connects out from the agent's namespace, to the
     // policy's allowed destinations only (agent/egress_proxy.h): the request's rules when it had its own
@@ -282,6 +263,26 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
   started.mutable_session_started()->set_start_latency_us(
       std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
   session->events_.Append(std::move(started));
+  {
+    // Only now, so that session_started stays seq 1 (Chromium's start is denied a few calls; their audits
+    // waited in `pending`). Attributed to the newest tool call, as egress audits are (the init protocol does not tell which
+    // process an exec is). NOTE: the supervisor stops before the jail goes (~Session resets jail_ first).
+    Session* raw = session.get();
+    std::lock_guard relay_lock(seccomp_relay->mu);
+    seccomp_relay->deliver = [raw, relay = seccomp_relay.get()](const sandbox::SeccompAudit& a) {
+      std::string call_id;
+      if (a.kind == sandbox::SeccompAudit::Kind::kSuppressed && !relay->last_denial_call_id.empty()) {
+        call_id = relay->last_denial_call_id;
+      } else {
+        std::lock_guard session_lock(raw->mu_);
+        call_id = raw->last_call_id_;
+      }
+      if (a.kind != sandbox::SeccompAudit::Kind::kSuppressed) relay->last_denial_call_id = call_id;
+      raw->events_.Append(SeccompAuditEvent(a, call_id));
+    };
+    for (const sandbox::SeccompAudit& a : seccomp_relay->pending) seccomp_relay->deliver(a);
+    seccomp_relay->pending.clear();
+  }
   if (session->options_.metrics != nullptr) {
     session->options_.metrics->SessionStarted(std::chrono::duration<double>(Clock::now() - start).count());
   }

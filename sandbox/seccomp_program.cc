@@ -189,8 +189,13 @@ SeccompDecision SeccompDenyTable::Decide(int nr, const uint64_t args[6]) const {
 absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy) {
   const bool notify = policy.audit_denials;
   // The filter's action for a policy action: a denial goes to the supervisor when audited.
+  // ERRNO ENOSYS is a compatibility answer, not a refusal worth a record: "this kernel has no such call"
+  // (clone3, whose flags sit in a struct the filter cannot read, so glibc falls back to clone, which the
+  // filter checks). Every thread a workload starts asks it once; sending those through the supervisor
+  // would fill each session's audit budget with noise before a real denial came.
   const auto filter_action = [notify](SeccompAction action, int errno_value, int nr) {
-    if (notify && IsDenial(action) && !IsJailChildSyscall(nr)) return uint32_t{SCMP_ACT_NOTIFY};
+    const bool compat = action == SeccompAction::kErrno && errno_value == ENOSYS;
+    if (notify && IsDenial(action) && !compat && !IsJailChildSyscall(nr)) return uint32_t{SCMP_ACT_NOTIFY};
     return ToScmpAction(action, errno_value);
   };
   const uint32_t default_action = filter_action(policy.default_action, policy.default_errno, -1);
