@@ -84,6 +84,13 @@ double Num(const json& j, const char* key, double fallback = 0) {
   return f != nullptr && f->is_number() ? f->get<double>() : fallback;
 }
 
+// A count Chromium reports (bytes, a line number) as an integer: a value out of int64's range or not a
+// number (the pipe's peer is as hostile as the page driving it) is 0, never an undefined conversion.
+int64_t Count(const json& j, const char* key) {
+  const double v = Num(j, key);
+  return v >= 0 && v < 9.2e18 ? static_cast<int64_t>(v) : 0;
+}
+
 // `text` with every \uXXXX escape of a lone UTF-16 surrogate (one not in a high-low pair) made \ufffd.
 std::string ReplaceLoneSurrogates(std::string_view text) {
   const auto unit = [&](size_t i) -> int {  // the code unit of a \uXXXX escape at i, or -1
@@ -751,7 +758,7 @@ void Browser::Handle(const json& message) {
         event["path"] = state == "completed" && !guid.empty() && guid.find('/') == std::string::npos
                             ? SettleDownload(download_dir_, guid, Str(it->second, "suggested_filename"))
                             : download_dir_ + "/" + guid;
-        event["bytes"] = static_cast<int64_t>(Num(params, "receivedBytes"));
+        event["bytes"] = Count(params, "receivedBytes");
         event["text"] = state + " " + Str(event, "path");
         downloads_.erase(it);
         ++downloads_finished_;
@@ -787,7 +794,7 @@ void Browser::Handle(const json& message) {
     json event = {{"type", "page_error"}, {"text", Cut(d ? ExceptionText(*d) : "", kMaxEventText)}};
     if (d) {
       event["url"] = Cut(Str(*d, "url"), 2048);
-      event["line"] = static_cast<int64_t>(Num(*d, "lineNumber"));
+      event["line"] = Count(*d, "lineNumber");
     }
     PushEvent(std::move(event));
   } else if (method == "Log.entryAdded") {
