@@ -75,10 +75,8 @@ class Approvals::Impl {
     std::string id;
     std::optional<pb::HumanRequest> raised;
     pb::Event raised_event;
-    std::shared_ptr<const std::function<void(const pb::Event&)>> observer;
     {
       std::lock_guard lock(mu_);
-      observer = observer_;
       auto remembered = ask.action.empty() ? session_decisions_.end() : session_decisions_.find(ask.action);
       if (remembered != session_decisions_.end()) {
         // A session-scoped decision covers this action: decided at once, naming the request that decided it.
@@ -124,7 +122,6 @@ class Approvals::Impl {
         }
       }
     }
-    if (raised && observer != nullptr && raised_event.seq() != 0) (*observer)(raised_event);
     if (raised && options_.on_request) options_.on_request(*raised);
     Deliver(out);
     return id;
@@ -267,10 +264,16 @@ class Approvals::Impl {
   // Appends `event` to the log and sets its seq (0 when there is no log or it is closed).
   // NOTE: appended under mu_ (the log takes only its own lock and calls nothing back), so a request's
   // HumanRequest event always precedes its one HumanDecision event.
+  // The observer sees the event as appended before any reader of the log can: a fleet agent killed the
+  // moment the control plane saw a request has already journaled it.
   void AppendLocked(pb::Event& event) {
     if (options_.events == nullptr) return;
     event.set_unix_ms(UnixMs());
-    event.set_seq(options_.events->Append(event));
+    if (observer_ != nullptr) {
+      event.set_seq(options_.events->Append(event, *observer_));
+    } else {
+      event.set_seq(options_.events->Append(event));
+    }
   }
 
   pb::Event AppendDecisionLocked(const pb::HumanDecision& d) {
@@ -290,14 +293,7 @@ class Approvals::Impl {
   }
 
   void Deliver(std::vector<Delivery>& out) {
-    if (out.empty()) return;
-    std::shared_ptr<const std::function<void(const pb::Event&)>> observer;
-    {
-      std::lock_guard lock(mu_);
-      observer = observer_;
-    }
     for (Delivery& d : out) {
-      if (observer != nullptr && d.event.seq() != 0) (*observer)(d.event);
       if (options_.on_decision) options_.on_decision(d.decision);
       if (d.done) d.done(d.decision);
     }

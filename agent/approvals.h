@@ -93,9 +93,10 @@ class Approvals {
   // The requests not decided yet, oldest first.
   std::vector<duvo::sandbox::v1::HumanRequest> Open() const;
 
-  // Called with each HumanRequest / HumanDecision event as appended to the log (seq set), not under a lock of
-  // this class, before `done` runs: the fleet agent journals them in its outbox so that an agent restart loses
-  // no decision. Replaces the previous observer; {} clears it.
+  // Called with each HumanRequest / HumanDecision event as appended to the log (seq set), before any reader of
+  // the log sees it and before `done` runs: the fleet agent journals them in its outbox so that an agent
+  // restart loses no decision the control plane was shown. Runs under this class's lock and the log's: it
+  // must not call back into either. Replaces the previous observer; {} clears it.
   void SetObserver(std::function<void(const duvo::sandbox::v1::Event&)> observer);
 
   class Impl;

@@ -53,6 +53,20 @@ uint64_t EventLog::Append(pb::Event event) {
   return seq;
 }
 
+uint64_t EventLog::Append(pb::Event event, const std::function<void(const pb::Event&)>& before_readers) {
+  uint64_t seq;
+  {
+    std::lock_guard lock(mu_);
+    seq = AppendLocked(std::move(event));
+    if (seq != 0) {
+      auto it = events_.find(seq);
+      if (it != events_.end() && it->second.event != nullptr) before_readers(*it->second.event);
+    }
+  }
+  if (seq != 0) cv_.notify_all();
+  return seq;
+}
+
 uint64_t EventLog::AppendLocked(pb::Event event) {
   if (closed_) return 0;
   // The one place jail text is made valid UTF-8: every event passes here (agent/jail_text.h).

@@ -23,6 +23,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -63,6 +64,10 @@ class EventLog {
   // Appends `event`, setting its seq, session id and time, after making its text valid UTF-8
   // (agent/jail_text.h); returns the seq. After Close, does nothing and returns 0.
   uint64_t Append(duvo::sandbox::v1::Event event);
+  // The same, calling `before_readers` with the event as appended (seq set) before any reader can see it,
+  // under the log's lock: it must not touch this log. For what has to be durable before anyone is told.
+  uint64_t Append(duvo::sandbox::v1::Event event,
+                  const std::function<void(const duvo::sandbox::v1::Event&)>& before_readers);
 
   // Output of a call: joins the open chunk when it is the newest event, of the same call and stream, ends at
   // `offset`, and has room and time left; else appends a new chunk. Returns the chunk's seq (0 after Close).

@@ -16,6 +16,8 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "sandbox/status.h"
@@ -356,18 +358,26 @@ void SeccompSupervisor::Handle(seccomp_notif* req, seccomp_notif_resp* resp) {
     // would have let the caller's notification go first), so nothing else is ever signalled.
     const pid_t tgid = caller.tgid > 0 ? caller.tgid : static_cast<pid_t>(req->pid);
     UniqueFd pidfd(static_cast<int>(syscall(SYS_pidfd_open, tgid, 0)));
-    if (pidfd && ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0 &&
-        PidfdSendSignal(pidfd.get(), SIGKILL) == 0) {
-      killed = true;
+    if (pidfd && ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0) {
+      // Recorded before the signal: whoever reaps the process (and then asks why it died) must find the
+      // reason already there, not race this thread for it.
+      std::string previous;
+      {
+        std::lock_guard lock(mu_);
+        previous = std::exchange(last_killed_, SyscallName(req->data.nr));
+      }
+      kills_.fetch_add(1);
+      if (PidfdSendSignal(pidfd.get(), SIGKILL) == 0) {
+        killed = true;
+      } else {
+        kills_.fetch_sub(1);
+        std::lock_guard lock(mu_);
+        last_killed_ = std::move(previous);
+      }
     }
   }
   // A kill that could not be carried out still denies the call.
   const int errno_value = kill ? EPERM : decision.errno_value;
-  if (killed) {
-    kills_.fetch_add(1);
-    std::lock_guard lock(mu_);
-    last_killed_ = SyscallName(req->data.nr);
-  }
   // The record goes out before the answer: the audit precedes whatever the caller does next (in the event
   // log, before its tool call's end).
   if (admission.record && sink_) {
