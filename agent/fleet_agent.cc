@@ -800,6 +800,7 @@ void FleetAgent::RunLease(Lease* lease) {
   if (req.has_desktop()) *create.mutable_desktop() = req.desktop();
   if (req.has_egress()) *create.mutable_egress() = req.egress();
   if (req.has_approvals()) *create.mutable_approvals() = req.approvals();
+  if (req.has_browser()) *create.mutable_browser() = req.browser();
   create.mutable_labels()->insert(req.labels().begin(), req.labels().end());
   (*create.mutable_labels())["lease_id"] = lease->lease_id;
   absl::StatusOr<pb::Session> created = options_.sessions->CreateWithId(create, lease->session_id, true);

@@ -521,4 +521,171 @@ grpc::Status SandboxesService::Vnc(grpc::ServerContext* ctx, grpc::ServerReaderW
   return Finish("Vnc", absl::OkStatus(), rid);
 }
 
+grpc::Status SandboxesService::Cdp(grpc::ServerContext* ctx,
+                                   grpc::ServerReaderWriter<pb::CdpFrame, pb::CdpFrame>* stream) {
+  std::string rid;
+  absl::Status s = Begin(ctx, &rid);
+  if (!s.ok()) return Finish("Cdp", s, rid);
+  pb::CdpFrame first;
+  if (!stream->Read(&first)) return Finish("Cdp", absl::InvalidArgumentError("cdp: no first message"), rid);
+  absl::StatusOr<std::shared_ptr<Session>> found = options_.sessions->Find(first.session_id());
+  if (!found.ok()) return Finish("Cdp", found.status(), rid);
+  std::shared_ptr<Session> session = *found;
+  if (session->kind() != pb::BROWSER) {
+    return Finish("Cdp", absl::FailedPreconditionError(
+                             absl::StrCat("cdp: session ", session->id(), " is not a browser session")), rid);
+  }
+  if (session->ended() || session->init() == nullptr) {
+    return Finish("Cdp", absl::FailedPreconditionError(absl::StrCat("session ", session->id(), " has ended")), rid);
+  }
+  // Chromium's messages for the client, split at their NUL ends by the init client's reader thread and
+  // written from here. Bounded: sandbox-init itself cuts a client off that falls far behind (cdp.h); this
+  // bound is the agent's share of that backlog.
+  struct Relay {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::string partial;          // GUARDED_BY(mu): a message not yet complete
+    std::deque<std::string> out;  // GUARDED_BY(mu): complete messages
+    size_t out_bytes = 0;         // GUARDED_BY(mu)
+    bool ended = false;           // GUARDED_BY(mu)
+    bool opened = false;          // GUARDED_BY(mu): sandbox-init accepted the client (its empty first chunk)
+    absl::Status end;             // GUARDED_BY(mu)
+  };
+  constexpr size_t kMaxCdpBacklogBytes = 192 << 20;
+  constexpr size_t kMaxCdpMessageBytes = 64 << 20;
+  constexpr size_t kPieceBytes = 1 << 20;  // CdpFrame pieces (the gRPC message cap is 4 MiB)
+  std::shared_ptr<Relay> relay;
+  auto on_output_for = [](std::shared_ptr<Relay> relay) { return [relay](sandbox::OutputStream, std::string data, uint64_t) {
+    std::lock_guard lock(relay->mu);
+    relay->opened = true;
+    relay->cv.notify_all();
+    if (relay->ended) return;
+    size_t start = 0;
+    for (;;) {
+      const size_t nul = data.find('\0', start);
+      if (nul == std::string::npos) break;
+      relay->partial.append(data, start, nul - start);
+      relay->out_bytes += relay->partial.size();
+      relay->out.push_back(std::move(relay->partial));
+      relay->partial.clear();
+      start = nul + 1;
+    }
+    relay->partial.append(data, start, std::string::npos);
+    if (relay->out_bytes + relay->partial.size() > kMaxCdpBacklogBytes || relay->partial.size() > kMaxCdpMessageBytes) {
+      relay->ended = true;
+      relay->end = absl::ResourceExhaustedError(absl::StrCat("cdp: the client fell ", kMaxCdpBacklogBytes >> 20,
+                                                             " MiB behind the browser"));
+    }
+    relay->cv.notify_all();
+  }; };
+  auto on_end_for = [](std::shared_ptr<Relay> relay) { return [relay](absl::StatusOr<sandbox::ExecEnd> end) {
+    std::lock_guard lock(relay->mu);
+    if (!relay->ended) relay->end = end.status();
+    relay->ended = true;
+    relay->cv.notify_all();
+  }; };
+  sandbox::InitClient* init = session->init();
+  absl::StatusOr<uint64_t> call;
+  // sandbox-init accepts the client (an empty first chunk) or refuses it: another client is connected. One
+  // that just went (a dropped connection, a /json/version fetch) may still be leaving: tried again for 3 s.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  for (;;) {
+    relay = std::make_shared<Relay>();
+    call = init->StartCdp(on_output_for(relay), on_end_for(relay));
+    if (!call.ok()) return Finish("Cdp", Annotate(call.status(), "cdp"), rid);
+    std::unique_lock lock(relay->mu);
+    relay->cv.wait_for(lock, std::chrono::seconds(30), [&] { return relay->opened || relay->ended; });
+    if (relay->opened) break;
+    absl::Status refused = relay->ended ? relay->end : absl::DeadlineExceededError("cdp: sandbox-init did not answer");
+    lock.unlock();
+    if (refused.code() == absl::StatusCode::kFailedPrecondition && std::chrono::steady_clock::now() < give_up &&
+        !ctx->IsCancelled()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      continue;
+    }
+    (void)init->CdpSend(*call, "", true);
+    return Finish("Cdp", refused.ok() ? absl::UnavailableError("cdp: the stream ended") : refused, rid);
+  }
+  // An empty first message: the stream is open (the endpoint answers its WebSocket upgrade only then, so a
+  // refused token or session is an HTTP error there, not a dead WebSocket).
+  stream->Write(pb::CdpFrame());
+  Log(LogLevel::kInfo, "cdp client attached", {{"session_id", session->id()}, {"request_id", rid}});
+  // The client's messages go to sandbox-init from this thread, each ended by a NUL byte (a CDP message, being
+  // JSON text, holds none: one that does is refused, as it would split into two).
+  std::jthread reader([&, init, id = *call] {
+    pb::CdpFrame in;
+    std::string message;
+    absl::Status why;
+    bool first_frame = true;
+    auto take = [&](pb::CdpFrame& frame) -> bool {
+      if (frame.message().find('\0') != std::string::npos) {
+        why = absl::InvalidArgumentError("cdp: a message holds a NUL byte");
+        return false;
+      }
+      message.append(frame.message());
+      if (message.size() > kMaxCdpMessageBytes) {
+        why = absl::InvalidArgumentError(absl::StrCat("cdp: a message over ", kMaxCdpMessageBytes >> 20, " MiB"));
+        return false;
+      }
+      if (frame.more() || message.empty()) return true;
+      message.push_back('\0');
+      session->Touch();
+      absl::Status sent = init->CdpSend(id, message, false);
+      message.clear();
+      if (!sent.ok()) {
+        why = sent;
+        return false;
+      }
+      return true;
+    };
+    bool ok = take(first);
+    first_frame = false;
+    while (ok && stream->Read(&in)) ok = take(in);
+    (void)first_frame;
+    (void)init->CdpSend(id, "", true);  // its sessions detached, its targets closed
+    std::lock_guard lock(relay->mu);
+    if (!why.ok() && !relay->ended) {
+      relay->ended = true;
+      relay->end = why;
+    }
+    relay->cv.notify_all();
+  });
+  bool write_failed = false;
+  for (;;) {
+    std::deque<std::string> batch;
+    {
+      std::unique_lock lock(relay->mu);
+      relay->cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return !relay->out.empty() || relay->ended; });
+      if (relay->out.empty() && (relay->ended || ctx->IsCancelled())) break;
+      batch.swap(relay->out);
+      relay->out_bytes = 0;
+    }
+    for (std::string& m : batch) {
+      for (size_t off = 0; off < m.size() || off == 0;) {
+        pb::CdpFrame frame;
+        const size_t n = std::min(kPieceBytes, m.size() - off);
+        frame.set_message(m.substr(off, n));
+        off += n;
+        frame.set_more(off < m.size());
+        if (!stream->Write(frame)) {
+          write_failed = true;
+          break;
+        }
+        if (off >= m.size()) break;
+      }
+      if (write_failed) break;
+    }
+    if (write_failed) break;
+  }
+  ctx->TryCancel();  // ends the reader's Read
+  reader.join();
+  Log(LogLevel::kInfo, "cdp client detached", {{"session_id", session->id()}, {"request_id", rid}});
+  absl::Status end;
+  {
+    std::lock_guard lock(relay->mu);
+    end = relay->end;
+  }
+  return Finish("Cdp", write_failed ? absl::OkStatus() : end, rid);
+}
+
 }  // namespace sbx::agent

@@ -46,6 +46,8 @@ class SandboxesService final : public duvo::sandbox::v1::Sandboxes::Service {
   grpc::Status RespondHumanRequest(grpc::ServerContext* ctx,
                                    const duvo::sandbox::v1::RespondHumanRequestRequest* request,
                                    duvo::sandbox::v1::HumanDecision* response) override;
+  grpc::Status Cdp(grpc::ServerContext* ctx,
+                   grpc::ServerReaderWriter<duvo::sandbox::v1::CdpFrame, duvo::sandbox::v1::CdpFrame>* stream) override;
   grpc::Status Delete(grpc::ServerContext* ctx, const duvo::sandbox::v1::DeleteRequest* request,
                       duvo::sandbox::v1::DeleteResponse* response) override;
 

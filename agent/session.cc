@@ -141,6 +141,14 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
                                   ? absl::StrCat("http://127.0.0.1:", policy.spec().egress_proxy_port)
                                   : "";
     if (absl::Status s = init->BrowserStart(1280, 800, proxy); !s.ok()) return Annotate(s, "starting the browser");
+    if (!options.storage_state_json.empty()) {
+      sandbox::InitClient::BrowserRequestSpec load;
+      load.kind = sandbox::InitClient::BrowserRequestSpec::Kind::kStorageImport;
+      load.text = options.storage_state_json;
+      if (absl::StatusOr<sandbox::InitClient::BrowserOutput> loaded = init->BrowserRequest(load); !loaded.ok()) {
+        return Annotate(loaded.status(), "browser.storage_state_json");
+      }
+    }
   }
   std::shared_ptr<Session> session(new Session(std::move(options), std::move(jail), std::move(init)));
   if (policy.spec().network == sandbox::NetworkMode::kEgress) {
@@ -1232,10 +1240,13 @@ absl::StatusOr<pb::ToolResult> Session::RunBrowser(const std::string& call_id, c
       q.a = static_cast<int>(std::min<uint32_t>(action.set_viewport().width(), 100000));
       q.b = static_cast<int>(std::min<uint32_t>(action.set_viewport().height(), 100000));
       break;
+    case pb::BrowserAction::kStorageState:
+      q.kind = Kind::kStorageExport;
+      break;
     case pb::BrowserAction::ACTION_NOT_SET:
       return absl::InvalidArgumentError(
           "browser: no action given (navigate, screenshot, click, type, press, evaluate, content, wait_for, "
-          "set_viewport)");
+          "set_viewport, storage_state)");
   }
   // The call's deadline, which sandbox-init and the client share: the action's own timeout (or the default
   // for the kind), never past the session's wall time. A 60 s wait_for then runs its 60 s.
@@ -1265,7 +1276,7 @@ absl::StatusOr<pb::ToolResult> Session::RunBrowser(const std::string& call_id, c
       }
     }
   }
-  if (action.has_evaluate()) br->set_json(std::move(out.data));
+  if (action.has_evaluate() || action.has_storage_state()) br->set_json(std::move(out.data));
   if (action.has_content()) {
     br->set_content(std::move(out.data));
     br->set_truncated(out.truncated);

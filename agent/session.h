@@ -69,6 +69,7 @@ class Session {
     uint64_t max_output_bytes = 64ull << 20;     // one command's output budget (policy output_max_bytes)
     EventLog::Limits event_log;                  // the event log's budgets (policy limits.event_log_*, file_events_*)
     duvo::sandbox::v1::DesktopOptions desktop;   // kind DESKTOP: the display to start
+    std::string storage_state_json;              // kind BROWSER: Playwright's storageState, loaded at start
     // A warm-pool session: its cgroup stays in the CPU background (only CPU nothing else wants) until
     // TakeFromPool, so keeping the pool full never slows live sessions down.
     bool pooled = false;

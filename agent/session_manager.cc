@@ -198,6 +198,14 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   } else if (request.has_desktop()) {
     return absl::InvalidArgumentError("desktop: display options are for kind DESKTOP sessions");
   }
+  if (!request.browser().storage_state_json().empty()) {
+    if (kind != pb::BROWSER) return absl::InvalidArgumentError("browser: options are for kind BROWSER sessions");
+    constexpr size_t kMaxStorageState = 512 << 10;
+    if (request.browser().storage_state_json().size() > kMaxStorageState) {
+      return absl::InvalidArgumentError(absl::StrCat("browser.storage_state_json: over ", kMaxStorageState >> 10, " KiB"));
+    }
+    so.storage_state_json = request.browser().storage_state_json();
+  }
   if (options_.ledger != nullptr) RETURN_IF_ERROR(options_.ledger->Add(session_id));
   absl::StatusOr<std::shared_ptr<Session>> session = Session::Start(policy, std::move(so));
   if (!session.ok() && options_.ledger != nullptr) options_.ledger->Remove(session_id);  // the jail is gone
@@ -234,7 +242,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
     // options are for desktops, and StartSession refuses them).
     if (kind == pb::BROWSER && request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 &&
         request.idle_timeout_ms() == 0 && !request.has_desktop() && !request.has_egress() &&
-        !request.has_approvals()) {
+        !request.has_approvals() && !request.has_browser()) {
       while (!warm_.empty()) {
         std::shared_ptr<Session> pooled = std::move(warm_.front().first);
         warm_.pop_front();

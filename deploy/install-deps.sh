@@ -93,8 +93,8 @@ else
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Test-only npm packages (tests/npm/package-lock.json pins them): the official MCP SDK's client that
-# tests/mcp drives the agent with. Node 20 or newer is needed (Debian 12's nodejs is 18): it is not a product
+# Test-only npm packages (tests/npm/package-lock.json pins them): the official MCP SDK's client (tests/mcp),
+# playwright-core and puppeteer-core (tests/cdp; no browser is downloaded). Node 20 or newer is needed (Debian 12's nodejs is 18): it is not a product
 # dependency, so it is not installed here; say so plainly instead of failing later in a test.
 # Only where the tests are: the Dockerfile's builder runs this script alone, without tests/.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -102,16 +102,16 @@ if [ "$mode" = all ] && [ ! -f "$here/tests/npm/package.json" ]; then
   echo "install-deps.sh: no tests/npm beside this script; the npm test packages are not needed here"
 elif [ "$mode" = all ]; then
   if ! command -v node >/dev/null 2>&1; then
-    echo "install-deps.sh: node is not installed; tests/mcp needs Node.js 20 or newer (with npm) on PATH" >&2
+    echo "install-deps.sh: node is not installed; the tests need Node.js 20 or newer (with npm) on PATH" >&2
     exit 1
   fi
   node_major=$(node -p 'process.versions.node.split(".")[0]')
   if [ "$node_major" -lt 20 ]; then
-    echo "install-deps.sh: node $(node --version) is too old; tests/mcp needs Node.js 20 or newer" >&2
+    echo "install-deps.sh: node $(node --version) is too old; the tests need Node.js 20 or newer" >&2
     exit 1
   fi
   if ! command -v npm >/dev/null 2>&1; then
-    echo "install-deps.sh: npm is not installed; tests/mcp needs it to install tests/npm" >&2
+    echo "install-deps.sh: npm is not installed; the tests need it to install tests/npm" >&2
     exit 1
   fi
   echo "install-deps.sh: npm ci in tests/npm (node $(node --version))"

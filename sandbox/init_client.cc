@@ -450,6 +450,44 @@ absl::StatusOr<uint64_t> InitClient::StartExec(const ExecSpec& spec, OutputFn on
   return id;
 }
 
+absl::StatusOr<uint64_t> InitClient::StartCdp(OutputFn on_output, EndFn on_end) {
+  pb::Request request;
+  request.mutable_cdp_open();
+  auto call = std::make_shared<State::PendingCall>();
+  call->exec = true;  // a stream of Output chunks, ended by ExecEnd or an error, like a command's
+  call->on_output = std::move(on_output);
+  call->on_end = std::move(on_end);
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (!state_->healthy) return state_->Unavailable();
+    id = state_->next_call_id++;
+    state_->calls[id] = call;
+  }
+  request.set_call_id(id);
+  if (absl::Status sent = state_->Send(request, "cdp"); !sent.ok()) {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->calls.erase(id) > 0) return sent;  // see StartExec
+  }
+  return id;
+}
+
+absl::Status InitClient::CdpSend(uint64_t stream_id, std::string_view data, bool close) {
+  size_t done = 0;
+  do {
+    const size_t take = std::min<size_t>(data.size() - done, kMaxChunkBytes);
+    pb::Request request;
+    pb::CdpSend* send = request.mutable_cdp_send();
+    send->set_stream_id(stream_id);
+    send->set_data(std::string(data.substr(done, take)));
+    done += take;
+    send->set_close(close && done == data.size());
+    absl::StatusOr<pb::Response> answer = state_->Call(std::move(request), pb::Response::kOk, "cdp");
+    if (!answer.ok()) return answer.status();
+  } while (done < data.size());
+  return absl::OkStatus();
+}
+
 absl::Status InitClient::WriteStdin(uint64_t call_id, std::string_view data, bool eof) {
   if (data.empty() && !eof) return absl::OkStatus();
   size_t done = 0;

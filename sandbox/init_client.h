@@ -155,7 +155,7 @@ class InitClient {
   absl::Status BrowserStart(uint32_t width, uint32_t height, std::string_view proxy);
   struct BrowserRequestSpec {
     enum class Kind { kNavigate = 1, kClick = 3, kType = 4, kPress = 5, kEvaluate = 6, kContent = 7, kWaitFor = 8,
-                      kViewport = 9 };
+                      kViewport = 9, kStorageExport = 10, kStorageImport = 11 };
     Kind kind = Kind::kNavigate;
     std::string text, text2;
     bool flag = false;
@@ -182,6 +182,14 @@ class InitClient {
   // scale_width: scaled down to this width in pixels (0: none).
   absl::StatusOr<Screenshot> BrowserScreenshot(bool full_page, std::string_view format, int quality,
                                                uint32_t scale_width = 0, uint32_t call_timeout_ms = 0);
+
+  // An external CDP client on the session's browser (Playwright, Puppeteer; sandbox/init/cdp.h, CdpMux): the
+  // messages for the client arrive on on_output (stdout), each ended by a NUL byte, a message possibly
+  // spanning chunks; on_end runs once, last (ExecEnd: a clean end, e.g. the client's Browser.close; an error:
+  // refused, the browser is gone, the client fell behind). Callbacks as StartExec's. Returns the stream id.
+  absl::StatusOr<uint64_t> StartCdp(OutputFn on_output, EndFn on_end);
+  // The client's messages, each ended by a NUL byte (in pieces of kMaxChunkBytes); `close` ends the stream.
+  absl::Status CdpSend(uint64_t stream_id, std::string_view data, bool close);
 
   // False once the connection failed (init died, or sent a malformed, oversized or truncated frame); every
   // pending and later call then fails with Unavailable naming the cause.

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <sstream>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -28,6 +29,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "agent/mcp/mcp_command.h"
+#include "agent/cli/cdp_serve.h"
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
 #include "sandbox/init/sha256.h"
 
@@ -225,6 +227,7 @@ struct CreateFlags {
   // The session's own egress rules (CreateRequest.egress), inside the host policy's.
   std::vector<std::string> allow, ask;
   std::string egress_default;  // "", "deny" or "ask"
+  std::string storage_state;  // browser: a Playwright storageState file
 };
 
 bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
@@ -275,6 +278,20 @@ bool BuildCreate(const CreateFlags& f, pb::CreateRequest* req) {
     req->mutable_desktop()->set_height(h);
     req->mutable_desktop()->set_window_manager(f.window_manager);
     req->mutable_desktop()->set_vnc(f.vnc);
+  }
+  if (!f.storage_state.empty()) {
+    if (kind != pb::BROWSER) {
+      fprintf(stderr, "sandboxctl: --storage-state is for --kind browser\n");
+      return false;
+    }
+    std::ifstream in(f.storage_state, std::ios::binary);
+    if (!in) {
+      fprintf(stderr, "sandboxctl: --storage-state '%s': cannot be read\n", f.storage_state.c_str());
+      return false;
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    req->mutable_browser()->set_storage_state_json(ss.str());
   }
   return true;
 }
@@ -356,6 +373,8 @@ int BrowserCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& 
     Print(g, b, out_file + ": " + std::to_string(b.image_width()) + "x" + std::to_string(b.image_height()));
   } else if (action.has_evaluate()) {
     Print(g, b, ForTerminal(b.json(), /*keep_lines=*/true));
+  } else if (action.has_storage_state()) {
+    Print(g, b, b.json());  // a file to keep (> FILE): the JSON as it is
   } else if (action.has_content()) {
     Print(g, b, ForTerminal(b.content(), /*keep_lines=*/true));
   }
@@ -639,6 +658,7 @@ int main(int argc, char** argv) {
         ->allow_extra_args(false);
     c->add_option("--egress-default", cf.egress_default,
                   "Egress: deny (default) or ask: what happens to a destination no rule names");
+    c->add_option("--storage-state", cf.storage_state, "Browser: load a Playwright storageState JSON file");
   };
   // MCP server on stdio (agent/mcp/mcp_command.h).
   sbx::agent::mcp::McpCommandFlags mcp_flags;
@@ -769,6 +789,10 @@ int main(int argc, char** argv) {
   b_eval->add_option("--timeout", b_timeout, "Milliseconds");
   CLI::App* b_content = browser->add_subcommand("content", "Print the page's HTML (or --text)");
   b_content->add_flag("--text", b_text, "The visible text instead");
+  std::string cdp_listen = "127.0.0.1:9222";
+  CLI::App* b_storage = browser->add_subcommand("storage-state", "Print the cookies and localStorage (Playwright's storageState)");
+  CLI::App* b_cdp = browser->add_subcommand("cdp", "Serve the browser's CDP (for Playwright / Puppeteer) on a local port");
+  b_cdp->add_option("--listen", cdp_listen, "IPV4:PORT (port 0 picks one)")->capture_default_str();
 
   DecideArgs decide;
   CLI::App* approve = AddDecideCommand(app, "approve", "Approve a human request: approve SESSION REQUEST", decide);
@@ -812,6 +836,7 @@ int main(int argc, char** argv) {
   }
   if (*exec) return Exec(stub, g, session_id, command, interactive, tty, static_cast<uint64_t>(timeout_s * 1000));
   if (*browser) {
+    if (*b_cdp) return sbx::cdp::ServeCdpEndpoint(stub, [&g] { return Context(g); }, session_id, cdp_listen);
     pb::BrowserAction b;
     if (*b_nav) {
       b.mutable_navigate()->set_url(b_arg);
@@ -833,6 +858,7 @@ int main(int argc, char** argv) {
       b.mutable_evaluate()->set_timeout_ms(b_timeout);
     }
     if (*b_content) b.mutable_content()->set_text(b_text);
+    if (*b_storage) b.mutable_storage_state();
     return BrowserCall(stub, g, session_id, b, b_file);
   }
   if (*desktop) {

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -365,6 +366,8 @@ std::unique_ptr<Browser> Browser::Start(const BrowserConfig& config, std::string
   std::unique_ptr<Browser> b(new Browser());
   // Chromium's output goes to a memfd: nothing has to drain it, and its tail explains a failure.
   b->log_fd_ = internal::OutputMemfd("chromium");
+  b->client_event_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  b->client_input_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   auto fail = [&](const std::string& message) -> std::unique_ptr<Browser> {
     *error = message;
     const std::string tail = ChromiumOutputTail(b->log_fd_);
@@ -494,7 +497,7 @@ void Browser::Terminate() {
     }
     pid_ = -1;
   }
-  for (int* fd : {&to_chromium_, &from_chromium_, &log_fd_}) {
+  for (int* fd : {&to_chromium_, &from_chromium_, &log_fd_, &client_event_fd_, &client_input_fd_}) {
     if (*fd >= 0) close(*fd);
     *fd = -1;
   }
@@ -511,6 +514,8 @@ void Browser::MarkGone(const std::string& why, bool exiting) {
   if (gone_) return;
   gone_ = true;
   gone_why_ = why;
+  mux_.reset();
+  PushClientEnd("the browser is gone (" + why + ")");
   // The pipe closes while the process exits, a moment before it can be waited for: give it that moment, so
   // GoneMessage can say how it ended. Without reaping (WNOWAIT): the reaper still gets it.
   const int64_t deadline = NowMs() + 500;
@@ -604,9 +609,11 @@ bool Browser::Pump(int64_t deadline_ms, std::string* error) {
     *error = GoneMessage();
     return false;
   }
-  pollfd p[2] = {{from_chromium_, POLLIN, 0}, {cancel_fd_, POLLIN, 0}};
+  // The external client's input goes out whoever holds the browser (a call's waits included).
+  FlushClientInput();
+  pollfd p[3] = {{from_chromium_, POLLIN, 0}, {cancel_fd_, POLLIN, 0}, {client_input_fd_, POLLIN, 0}};
   const int64_t left = std::max<int64_t>(0, deadline_ms - NowMs());
-  const int n = poll(p, cancel_fd_ >= 0 ? 2 : 1, static_cast<int>(std::min<int64_t>(left, 1 << 30)));
+  const int n = poll(p, 3, static_cast<int>(std::min<int64_t>(left, 1 << 30)));
   if (n < 0 && errno != EINTR) {
     MarkGone(ErrnoMessage("poll", errno));
     *error = GoneMessage();
@@ -616,7 +623,8 @@ bool Browser::Pump(int64_t deadline_ms, std::string* error) {
     *error = "canceled: sandbox-init is ending";
     return false;
   }
-  if (n <= 0) return true;
+  if (n > 0 && (p[2].revents & POLLIN)) FlushClientInput();
+  if (n <= 0 || !(p[0].revents & (POLLIN | POLLHUP | POLLERR))) return true;
   for (;;) {
     const size_t old = in_.size();
     in_.resize(old + kReadChunk);
@@ -727,7 +735,18 @@ void Browser::PushEvent(json event) {
   events_.push_back(std::move(event));
 }
 
-void Browser::Handle(const json& message) {
+void Browser::Handle(const json& message_in) {
+  const json* message_p = &message_in;
+  json routed;
+  if (mux_) {
+    routed = message_in;
+    const CdpMux::Route route = mux_->FromBrowser(&routed);
+    if (route == CdpMux::Route::kClient || route == CdpMux::Route::kBoth) PushClient(routed);
+    if (route == CdpMux::Route::kClient || route == CdpMux::Route::kDrop) return;
+    if (route == CdpMux::Route::kBoth) routed = message_in;  // the driver sees Chromium's own
+    message_p = &routed;
+  }
+  const json& message = *message_p;
   if (const json* id = Field(message, "id"); id != nullptr && id->is_number_integer()) {
     const int64_t got = id->get<int64_t>();
     if (got == waiting_id_) response_ = message;
@@ -806,6 +825,8 @@ void Browser::Handle(const json& message) {
                  {"text", Cut(Str(*entry, "text"), kMaxEventText)},
                  {"url", Cut(Str(*entry, "url"), 2048)}});
     }
+  } else if (method == "Fetch.requestPaused") {
+    if (paused_requests_.size() < 64) paused_requests_.push_back(Str(params, "requestId"));
   } else if (method == "Inspector.targetCrashed") {
     crashed_ = true;
     PushEvent({{"type", "crash"}});
@@ -816,13 +837,19 @@ void Browser::Handle(const json& message) {
 
 bool Browser::Call(const std::string& method, const json& params, json* result, std::string* error, int timeout_ms,
                    bool browser_level) {
-  if (gone_ || (!browser_level && crashed_)) return Check(error);
+  return CallIn(browser_level ? std::string() : session_id_, method, params, result, error, timeout_ms);
+}
+
+bool Browser::CallIn(const std::string& session, const std::string& method, const json& params, json* result,
+                     std::string* error, int timeout_ms) {
+  const bool browser_level = session.empty();
+  if (gone_ || (!browser_level && crashed_ && session == session_id_)) return Check(error);
   const int64_t start = NowMs();
   int64_t deadline = start + std::max(timeout_ms, 1);
   if (call_deadline_ms_ > 0) deadline = std::min(deadline, std::max(call_deadline_ms_, NowMs() + 1));
   const int64_t id = next_id_++;
   json message = {{"id", id}, {"method", method}, {"params", params.is_null() ? json::object() : params}};
-  if (!browser_level) message["sessionId"] = session_id_;
+  if (!browser_level) message["sessionId"] = session;
   waiting_id_ = id;
   response_.reset();
   if (!Send(message, deadline, error)) return false;
@@ -833,7 +860,7 @@ bool Browser::Call(const std::string& method, const json& params, json* result, 
       return false;
     }
     if (!Pump(deadline, error)) return false;
-    if (!browser_level && crashed_ && !response_) return Check(error);
+    if (!browser_level && session == session_id_ && crashed_ && !response_) return Check(error);
   }
   waiting_id_ = 0;
   const json response = std::move(*response_);
@@ -1223,5 +1250,508 @@ bool Browser::SetViewport(uint32_t width, uint32_t height, std::string* error) {
               {{"width", width}, {"height", height}, {"deviceScaleFactor", 1}, {"mobile", false}}, &result, error,
               kInputTimeoutMs);
 }
+
+// ---- Storage state (Playwright's storageState) ----
+
+namespace {
+
+// "https://a.example:8443/x?y" -> "https://a.example:8443"; "" for what has no web origin (about:, data:...).
+std::string OriginOf(const std::string& url) {
+  const size_t scheme = url.find("://");
+  if (scheme == std::string::npos) return "";
+  const std::string s = url.substr(0, scheme);
+  if (s != "http" && s != "https") return "";
+  const size_t end = url.find_first_of("/?#", scheme + 3);
+  return url.substr(0, end);
+}
+
+}  // namespace
+
+bool Browser::ImportStorageState(const std::string& state_json, std::string* error) {
+  const json state = json::parse(state_json, nullptr, false);
+  if (!state.is_object() || TooDeep(state, 64)) {
+    *error = "storage state: not a JSON object (Playwright's storageState: {\"cookies\": [...], \"origins\": [...]})";
+    return false;
+  }
+  json result;
+  if (const json* cookies = Field(state, "cookies"); cookies != nullptr) {
+    if (!cookies->is_array()) {
+      *error = "storage state: \"cookies\" is not an array";
+      return false;
+    }
+    json params = json::array();
+    for (const json& c : *cookies) {
+      if (!c.is_object() || Str(c, "name").empty()) {
+        *error = "storage state: a cookie without a name";
+        return false;
+      }
+      json p = {{"name", Str(c, "name")}, {"value", Str(c, "value")}, {"domain", Str(c, "domain")},
+                {"path", Str(c, "path").empty() ? "/" : Str(c, "path")}};
+      if (const json* v = Field(c, "httpOnly"); v != nullptr && v->is_boolean()) p["httpOnly"] = *v;
+      if (const json* v = Field(c, "secure"); v != nullptr && v->is_boolean()) p["secure"] = *v;
+      const std::string same_site = Str(c, "sameSite");
+      if (same_site == "Strict" || same_site == "Lax" || same_site == "None") p["sameSite"] = same_site;
+      if (const double expires = Num(c, "expires", -1); expires > 0) p["expires"] = expires;
+      params.push_back(std::move(p));
+    }
+    if (!params.empty() && !Call("Storage.setCookies", {{"cookies", params}}, &result, error, kInputTimeoutMs, true)) {
+      return false;
+    }
+  }
+  if (const json* origins = Field(state, "origins"); origins != nullptr) {
+    if (!origins->is_array()) {
+      *error = "storage state: \"origins\" is not an array";
+      return false;
+    }
+    // localStorage belongs to a frame of its origin: the page is navigated to each origin with the request
+    // answered here (Fetch: no network, nothing for the proxy to see), the items are set by script, and the
+    // page goes back to about:blank. Runs before the session is handed out.
+    bool fetching = false;
+    for (const json& o : *origins) {
+      const std::string origin = OriginOf(Str(o, "origin"));
+      if (origin.empty()) {
+        *error = "storage state: an origin that is not http(s)://HOST[:PORT]: \"" + Cut(Str(o, "origin"), 200) + "\"";
+        return false;
+      }
+      const json* items = Field(o, "localStorage");
+      if (items == nullptr || !items->is_array() || items->empty()) continue;
+      json pairs = json::array();
+      for (const json& item : *items) pairs.push_back(json::array({Str(item, "name"), Str(item, "value")}));
+      if (!fetching) {
+        if (!Call("Fetch.enable", {{"patterns", json::array({{{"urlPattern", "*"}}})}}, &result, error, kInputTimeoutMs)) {
+          return false;
+        }
+        fetching = true;
+      }
+      const int64_t deadline = NowMs() + kInputTimeoutMs;
+      paused_requests_.clear();
+      json navigate = {{"id", next_id_++}, {"method", "Page.navigate"}, {"params", {{"url", origin + "/"}}},
+                       {"sessionId", session_id_}};
+      if (!Send(navigate, deadline, error)) return false;  // its answer comes after the fulfilment; dropped
+      while (paused_requests_.empty()) {
+        if (NowMs() >= deadline) {
+          *error = "storage state: loading " + origin + " for its localStorage: no request to answer";
+          return false;
+        }
+        if (!Pump(deadline, error)) return false;
+      }
+      // "<html></html>", base64
+      if (!Call("Fetch.fulfillRequest",
+                {{"requestId", paused_requests_.front()},
+                 {"responseCode", 200},
+                 {"responseHeaders", json::array({{{"name", "Content-Type"}, {"value", "text/html"}}})},
+                 {"body", "PGh0bWw+PC9odG1sPg=="}},
+                &result, error, kInputTimeoutMs)) {
+        return false;
+      }
+      json value;
+      std::string e;
+      while (!EvaluateValue("location.origin", kInputTimeoutMs, &value, &e) || value != origin) {
+        if (NowMs() >= deadline) {
+          *error = "storage state: " + origin + " did not load for its localStorage" + (e.empty() ? "" : ": " + e);
+          return false;
+        }
+        SleepMs(20);
+      }
+      if (!EvaluateValue("(() => { for (const [k, v] of " + pairs.dump(-1, ' ', true) +
+                             ") localStorage.setItem(k, v); return true; })()",
+                         kInputTimeoutMs, &value, error)) {
+        return false;
+      }
+      if (storage_origins_.size() < 1000) storage_origins_.insert(origin);
+    }
+    if (fetching) {
+      if (!Call("Fetch.disable", json::object(), &result, error, kInputTimeoutMs)) return false;
+      if (!Navigate("about:blank", "load", kInputTimeoutMs, error)) return false;
+    }
+  }
+  return true;
+}
+
+bool Browser::ExportStorageState(std::string* state_json, std::string* error) {
+  json result;
+  if (!Call("Storage.getCookies", json::object(), &result, error, kInputTimeoutMs, true)) return false;
+  json cookies = json::array();
+  if (const json* list = Field(result, "cookies"); list != nullptr && list->is_array()) {
+    for (const json& c : *list) {
+      cookies.push_back({{"name", Str(c, "name")},
+                         {"value", Str(c, "value")},
+                         {"domain", Str(c, "domain")},
+                         {"path", Str(c, "path")},
+                         {"expires", Field(c, "session") != nullptr && (*Field(c, "session")) == true ? -1.0 : Num(c, "expires", -1)},
+                         {"httpOnly", Field(c, "httpOnly") != nullptr && (*Field(c, "httpOnly")) == true},
+                         {"secure", Field(c, "secure") != nullptr && (*Field(c, "secure")) == true},
+                         {"sameSite", Str(c, "sameSite").empty() ? "Lax" : Str(c, "sameSite")}});
+    }
+  }
+  // Each origin's localStorage is read in a page of that origin (DOMStorage needs a frame of it): the pages
+  // open now, attached to for the occasion. Origins imported but not open now are not exported.
+  std::map<std::string, std::string> origin_targets;  // origin -> a page target showing it
+  if (!Call("Target.getTargets", json::object(), &result, error, kInputTimeoutMs, true)) return false;
+  if (const json* infos = Field(result, "targetInfos"); infos != nullptr && infos->is_array()) {
+    for (const json& t : *infos) {
+      const std::string origin = Str(t, "type") == "page" ? OriginOf(Str(t, "url")) : "";
+      if (!origin.empty() && origin_targets.size() < 100) origin_targets.emplace(origin, Str(t, "targetId"));
+    }
+  }
+  json out_origins = json::array();
+  for (const auto& [origin, target] : origin_targets) {
+    std::string session = session_id_;
+    const bool own = target == target_id_;
+    if (!own) {
+      if (!Call("Target.attachToTarget", {{"targetId", target}, {"flatten", true}}, &result, error, kInputTimeoutMs,
+                true)) {
+        continue;  // closed meanwhile
+      }
+      session = Str(result, "sessionId");
+    }
+    json items = json::array();
+    json value;
+    const bool read = CallIn(session, "Runtime.evaluate",
+                             {{"expression", "JSON.stringify(Object.entries(localStorage))"}, {"returnByValue", true}},
+                             &value, error, kInputTimeoutMs);
+    if (!own) {
+      json ignored;
+      std::string e;
+      Call("Target.detachFromTarget", {{"sessionId", session}}, &ignored, &e, kInputTimeoutMs, true);
+    }
+    if (!read) return false;
+    const json* r = Field(value, "result");
+    const json entries = r != nullptr && Field(*r, "value") != nullptr && Field(*r, "value")->is_string()
+                             ? json::parse(Field(*r, "value")->get<std::string>(), nullptr, false)
+                             : json();
+    if (entries.is_array()) {
+      for (const json& e : entries) {
+        if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
+          items.push_back({{"name", e[0]}, {"value", e[1]}});
+        }
+      }
+    }
+    if (!items.empty()) out_origins.push_back({{"origin", origin}, {"localStorage", std::move(items)}});
+  }
+  // ASCII only (ensure_ascii): what a page stored cannot put terminal controls into a printed state.
+  *state_json = json{{"cookies", std::move(cookies)}, {"origins", std::move(out_origins)}}.dump(-1, ' ', true);
+  return true;
+}
+
+// ---- The external CDP client ----
+
+namespace {
+
+json ErrorAnswer(const json& id, const std::string& message) {
+  return {{"id", id}, {"error", {{"code", -32000}, {"message", message}}}};
+}
+
+}  // namespace
+
+CdpMux::FromClientResult CdpMux::FromClient(std::string_view text) {
+  FromClientResult out;
+  json message = json::parse(text.begin(), text.end(), nullptr, false);
+  if (message.is_discarded() || !message.is_object() || TooDeep(message, kMaxDepth)) {
+    out.to_client = ErrorAnswer(0, "the message is not a JSON object");
+    return out;
+  }
+  const json* id = Field(message, "id");
+  if (id == nullptr || !id->is_number_integer()) {
+    out.to_client = ErrorAnswer(0, "a command needs an integer \"id\"");
+    return out;
+  }
+  const json client_id = *id;
+  const std::string method = Str(message, "method");
+  if (method.empty()) {
+    out.to_client = ErrorAnswer(client_id, "a command needs a \"method\"");
+    return out;
+  }
+  const std::string session = Str(message, "sessionId");
+  static const json kEmpty = json::object();
+  const json* params_p = Field(message, "params");
+  const json& params = params_p != nullptr ? *params_p : kEmpty;
+  // An answer given here carries the command's sessionId, as Chromium's do: clients route answers by it.
+  auto answer = [&](json a) {
+    if (!session.empty()) a["sessionId"] = session;
+    return a;
+  };
+  auto refuse = [&](const std::string& why) {
+    out.to_client = answer(ErrorAnswer(client_id, method + " is refused in this sandbox: " + why));
+    return out;
+  };
+  if (!driver_session_.empty() && session == driver_session_) {
+    return refuse("that session is the sandbox's own driver");
+  }
+  if (method == "Browser.close") {
+    // The session's browser goes on: only this connection ends.
+    out.to_client = answer(json{{"id", client_id}, {"result", json::object()}});
+    out.close = true;
+    return out;
+  }
+  if (method == "Browser.crash" || method == "Browser.crashGpuProcess") {
+    return refuse("it would take the session's browser down");
+  }
+  if (method == "Target.setRemoteLocations" || method.rfind("Tethering.", 0) == 0) {
+    return refuse("it would reach other hosts or open a port inside the jail");
+  }
+  if (method == "Target.exposeDevToolsProtocol") return refuse("it would hand the protocol to a page's script");
+  if (method == "Target.closeTarget" && Str(params, "targetId") == driver_target_ && !driver_target_.empty()) {
+    return refuse("that page is the session's own (its browser tool calls use it)");
+  }
+  if (method == "Page.close") {
+    auto it = sessions_.find(session);
+    if (it != sessions_.end() && it->second == driver_target_ && !driver_target_.empty()) {
+      return refuse("that page is the session's own (its browser tool calls use it)");
+    }
+  }
+  if (method == "Target.detachFromTarget" && !driver_session_.empty() &&
+      Str(params, "sessionId") == driver_session_) {
+    return refuse("that session is the sandbox's own driver");
+  }
+  if (method == "Browser.setDownloadBehavior" || method == "Page.setDownloadBehavior") {
+    const std::string behavior = Str(params, "behavior");
+    if (behavior == "allow" || behavior == "allowAndName") {
+      if (download_dir_.empty()) return refuse("downloads are off in this session");
+      // The client's path is one of its own machine; the files stay in the jail's download directory.
+      message["params"]["downloadPath"] = download_dir_;
+    } else if (Field(params, "downloadPath") != nullptr) {
+      message["params"].erase("downloadPath");
+    }
+  }
+  if (pending_.size() >= kMaxInFlight) {
+    out.to_client = answer(ErrorAnswer(client_id, "too many commands awaiting answers (" + std::to_string(kMaxInFlight) + ")"));
+    return out;
+  }
+  const int64_t internal = next_id_++;
+  if (next_id_ >= kCleanupIdBase) next_id_ = kClientIdBase;
+  pending_[internal] = Pending{client_id, method};
+  message["id"] = internal;
+  out.to_browser = std::move(message);
+  return out;
+}
+
+CdpMux::Route CdpMux::FromBrowser(json* message) {
+  if (const json* id = Field(*message, "id"); id != nullptr && id->is_number_integer()) {
+    const int64_t got = id->get<int64_t>();
+    if (got < kClientIdBase) return Route::kDriver;
+    auto it = pending_.find(got);
+    if (it == pending_.end()) return Route::kDrop;  // our cleanup's, or a stale one
+    const Pending p = std::move(it->second);
+    pending_.erase(it);
+    (*message)["id"] = p.client_id;
+    if (const json* result = Field(*message, "result")) {
+      if (p.method == "Target.attachToTarget" || p.method == "Target.attachToBrowserTarget") {
+        const std::string sid = Str(*result, "sessionId");
+        if (!sid.empty() && sid != driver_session_ && sessions_.size() < 100000) sessions_.emplace(sid, "");
+      } else if (p.method == "Target.createTarget") {
+        const std::string tid = Str(*result, "targetId");
+        if (!tid.empty() && created_targets_.size() < 100000) created_targets_.insert(tid);
+      } else if (p.method == "Target.createBrowserContext") {
+        const std::string cid = Str(*result, "browserContextId");
+        if (!cid.empty() && created_contexts_.size() < 100000) created_contexts_.insert(cid);
+      }
+    }
+    return Route::kClient;
+  }
+  const std::string method = Str(*message, "method");
+  const std::string session = Str(*message, "sessionId");
+  if (const json* params = Field(*message, "params")) {
+    if (method == "Target.attachedToTarget") {
+      const std::string sid = Str(*params, "sessionId");
+      const json* info = Field(*params, "targetInfo");
+      if (!sid.empty() && sid != driver_session_ && sessions_.size() < 100000) {
+        sessions_[sid] = info != nullptr ? Str(*info, "targetId") : "";
+      }
+    } else if (method == "Target.detachedFromTarget") {
+      sessions_.erase(Str(*params, "sessionId"));
+    } else if (method == "Target.targetDestroyed") {
+      created_targets_.erase(Str(*params, "targetId"));
+    }
+  }
+  if (session.empty()) {
+    // The driver's own attachment is none of the client's business.
+    if (method == "Target.attachedToTarget" || method == "Target.detachedFromTarget") {
+      if (const json* params = Field(*message, "params"); params != nullptr && Str(*params, "sessionId") == driver_session_) {
+        return Route::kDriver;
+      }
+    }
+    return Route::kBoth;
+  }
+  return session == driver_session_ ? Route::kDriver : Route::kClient;
+}
+
+std::vector<json> CdpMux::Disconnect() {
+  std::vector<json> out;
+  auto add = [&](const char* method, json params) {
+    out.push_back({{"id", next_cleanup_id_++}, {"method", method}, {"params", std::move(params)}});
+    if (next_cleanup_id_ >= int64_t{0x7fffffff}) next_cleanup_id_ = kCleanupIdBase;
+  };
+  for (const auto& [sid, target] : sessions_) add("Target.detachFromTarget", {{"sessionId", sid}});
+  for (const std::string& tid : created_targets_) {
+    if (tid != driver_target_) add("Target.closeTarget", {{"targetId", tid}});
+  }
+  for (const std::string& cid : created_contexts_) add("Target.disposeBrowserContext", {{"browserContextId", cid}});
+  sessions_.clear();
+  created_targets_.clear();
+  created_contexts_.clear();
+  pending_.clear();
+  return out;
+}
+
+bool Browser::ClientOpen(std::string* error) {
+  std::lock_guard<std::mutex> lock(client_mu_);
+  if (client_connected_) {
+    *error = "a CDP client is already connected to this browser (one at a time)";
+    return false;
+  }
+  client_connected_ = true;
+  client_out_ = ClientOutput{};
+  client_inbox_.push_back(ClientInputItem{true, false, {}, {}});
+  const uint64_t one = 1;
+  ssize_t unused = write(client_input_fd_, &one, sizeof(one));
+  (void)unused;
+  return true;
+}
+
+void Browser::ClientInput(std::string data, bool close) {
+  std::lock_guard<std::mutex> lock(client_mu_);
+  if (!client_connected_) return;
+  if (client_inbox_bytes_ + data.size() > kMaxClientMessageBytes + (1 << 20)) {
+    // The browser is not taking what the client sends: cut it off.
+    client_inbox_.push_back(ClientInputItem{false, true, {}, "the CDP client sent more than the browser took in"});
+  } else {
+    client_inbox_bytes_ += data.size();
+    client_inbox_.push_back(ClientInputItem{false, close, std::move(data), {}});
+  }
+  const uint64_t one = 1;
+  ssize_t unused = write(client_input_fd_, &one, sizeof(one));
+  (void)unused;
+}
+
+Browser::ClientOutput Browser::TakeClientOutput() {
+  uint64_t count = 0;
+  ssize_t unused = read(client_event_fd_, &count, sizeof(count));
+  (void)unused;
+  std::lock_guard<std::mutex> lock(client_mu_);
+  ClientOutput out = std::move(client_out_);
+  client_out_ = ClientOutput{};
+  if (out.ended) client_connected_ = false;
+  return out;
+}
+
+void Browser::PushClient(const json& message) {
+  std::string text = message.dump(-1, ' ', false, json::error_handler_t::replace);
+  bool cut = false;
+  {
+    std::lock_guard<std::mutex> lock(client_mu_);
+    if (client_out_.ended) return;
+    if (client_out_.data.size() + text.size() > kMaxClientBacklogBytes) {
+      cut = true;
+    } else {
+      client_out_.data.append(text);
+      client_out_.data.push_back('\0');
+    }
+  }
+  if (cut) {
+    EndClient("the CDP client fell behind: over " + std::to_string(kMaxClientBacklogBytes >> 20) +
+              " MiB of messages waited for it");
+    return;
+  }
+  const uint64_t one = 1;
+  ssize_t unused = write(client_event_fd_, &one, sizeof(one));
+  (void)unused;
+}
+
+void Browser::PushClientEnd(const std::string& error) {
+  {
+    std::lock_guard<std::mutex> lock(client_mu_);
+    if (client_out_.ended || !client_connected_) return;
+    client_out_.ended = true;
+    client_out_.error = error;
+    client_inbox_.clear();
+    client_inbox_bytes_ = 0;
+  }
+  const uint64_t one = 1;
+  ssize_t unused = write(client_event_fd_, &one, sizeof(one));
+  (void)unused;
+}
+
+void Browser::EndClient(const std::string& error) {
+  if (mux_) {
+    std::vector<json> cleanup = mux_->Disconnect();
+    mux_.reset();
+    client_in_.clear();
+    std::string e;
+    for (const json& command : cleanup) {
+      if (gone_ || !Send(command, NowMs() + kInputTimeoutMs, &e)) break;
+    }
+  }
+  PushClientEnd(error);
+}
+
+void Browser::FlushClientInput() {
+  if (flushing_) return;  // Send pumps while Chromium is not reading: no recursion
+  flushing_ = true;
+  if (client_input_fd_ >= 0) {
+    uint64_t count = 0;
+    ssize_t unused = read(client_input_fd_, &count, sizeof(count));
+    (void)unused;
+  }
+  for (;;) {
+    ClientInputItem item;
+    {
+      std::lock_guard<std::mutex> lock(client_mu_);
+      if (client_inbox_.empty()) break;
+      item = std::move(client_inbox_.front());
+      client_inbox_.pop_front();
+      client_inbox_bytes_ -= std::min(client_inbox_bytes_, item.data.size());
+    }
+    if (item.open) {
+      if (mux_) EndClient("");  // a previous client's leftovers
+      {
+        std::lock_guard<std::mutex> lock(client_mu_);
+        client_connected_ = true;
+        client_out_ = ClientOutput{};
+      }
+      mux_.emplace(session_id_, target_id_, download_dir_);
+      client_in_.clear();
+      continue;
+    }
+    if (!mux_) continue;
+    client_in_.append(item.data);
+    size_t start = 0;
+    bool closed = false;
+    for (;;) {
+      const size_t nul = client_in_.find('\0', start);
+      if (nul == std::string::npos) break;
+      CdpMux::FromClientResult r = mux_->FromClient(std::string_view(client_in_).substr(start, nul - start));
+      start = nul + 1;
+      if (r.to_client) PushClient(*r.to_client);
+      std::string e;
+      if (r.to_browser && !Send(*r.to_browser, NowMs() + kInputTimeoutMs, &e)) {
+        EndClient("sending to the browser: " + e);
+        closed = true;
+        break;
+      }
+      if (r.close) {
+        EndClient("");
+        closed = true;
+        break;
+      }
+    }
+    if (closed) continue;
+    client_in_.erase(0, start);
+    if (client_in_.size() > kMaxClientMessageBytes) {
+      EndClient("the CDP client sent a message over " + std::to_string(kMaxClientMessageBytes >> 20) + " MiB");
+      continue;
+    }
+    if (item.close) EndClient(item.error);
+  }
+  flushing_ = false;
+}
+
+void Browser::RelayPump() {
+  std::string e;
+  FlushClientInput();
+  if (!gone_) Pump(NowMs(), &e);
+  if (gone_ && mux_) EndClient(GoneMessage());
+}
+
 
 }  // namespace sbx::init

@@ -13,6 +13,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -37,6 +38,67 @@ struct BrowserConfig {
   std::vector<std::string> env;          // Chromium's whole environment ("HOME=...", "PATH=...", "TZ=...")
   std::vector<std::string> extra_flags;  // appended after ours (tests, tuning)
   int start_timeout_ms = 20000;          // until the first page is attached and its domains are enabled
+};
+
+// The external CDP client's half of the browser's one pipe (Playwright or Puppeteer through the Cdp RPC):
+// sandbox-init's own driver (Browser) and one client share it. Pure logic, no I/O (tests/unit/cdp_mux_test.cc).
+// - Ids: the client's command ids are rewritten into [kClientIdBase, kCleanupIdBase) (the driver counts up from
+//   1; the client's range wraps) and mapped back on the answers; answers to our own cleanup commands (kCleanupIdBase and up) are dropped.
+// - Events: those of the driver's page session go to the driver only; those of any other session to the client
+//   (one client at a time, so every other session is the client's); browser-level ones (no sessionId:
+//   Target.targetCreated, Browser.downloadProgress...) to both.
+// - Rules: the client gets no more than the session's policy. Refused (answered with an error, never sent):
+//     Browser.crash, Browser.crashGpuProcess: would take the session's browser down;
+//     Target.setRemoteLocations, Tethering.bind: would open ports / reach other hosts from inside the jail;
+//     Target.exposeDevToolsProtocol: hands CDP to a page's script, around these rules;
+//     Target.closeTarget / Page.close of the session's own page, Target.detachFromTarget of the driver's
+//     session, any command on the driver's session: the session's browser tool calls need that page.
+//   Browser.close is answered with success and ends the client's connection only (the session goes on).
+//   Browser.setDownloadBehavior / Page.setDownloadBehavior: the downloadPath (the client's own, a host path
+//   of its machine) is replaced by the session's download directory inside the jail, or refused when
+//   downloads are off.
+// - Disconnect: the client's sessions are detached (Target.detachFromTarget), the targets and browser contexts
+//   it created closed (Playwright expects its contexts gone), so a reconnecting client starts clean.
+class CdpMux {
+ public:
+  // NOTE: Chromium takes only ids that fit an int32 ("Message must have integer 'id' property").
+  static constexpr int64_t kClientIdBase = int64_t{1} << 30;
+  static constexpr int64_t kCleanupIdBase = 2'000'000'000;
+  static constexpr size_t kMaxInFlight = 100000;  // the client's commands awaiting answers
+
+  CdpMux(std::string driver_session, std::string driver_target, std::string download_dir)
+      : driver_session_(std::move(driver_session)),
+        driver_target_(std::move(driver_target)),
+        download_dir_(std::move(download_dir)) {}
+
+  struct FromClientResult {
+    std::optional<nlohmann::json> to_browser;  // the command, its id rewritten
+    std::optional<nlohmann::json> to_client;   // an answer given here (a refusal; Browser.close's success)
+    bool close = false;                        // then end the client's connection (Browser.close)
+  };
+  // One message from the client (a CDP JSON text).
+  FromClientResult FromClient(std::string_view text);
+
+  enum class Route { kDriver, kClient, kBoth, kDrop };
+  // Where one message from Chromium goes; an answer to the client gets the client's id back in *message.
+  Route FromBrowser(nlohmann::json* message);
+
+  // Commands that undo what the client set up (sent when it goes; their answers are dropped).
+  std::vector<nlohmann::json> Disconnect();
+
+  size_t client_sessions() const { return sessions_.size(); }
+
+ private:
+  struct Pending {
+    nlohmann::json client_id;
+    std::string method;
+  };
+  const std::string driver_session_, driver_target_, download_dir_;
+  int64_t next_id_ = kClientIdBase;
+  int64_t next_cleanup_id_ = kCleanupIdBase;
+  std::map<int64_t, Pending> pending_;
+  std::map<std::string, std::string> sessions_;  // the client's session id -> its target id
+  std::set<std::string> created_targets_, created_contexts_;
 };
 
 // A running headless Chromium and the CDP connection to its first page target (a flat session). Owns the
@@ -125,8 +187,38 @@ class Browser {
   // Waits until a download finished (completed or canceled) that no earlier WaitForDownload counted: returns at
   // once when one already did (even if an earlier call reported it). Fails when downloads are off.
   bool WaitForDownload(int timeout_ms, std::string* error);
+  // Playwright's storageState JSON: {"cookies":[{name,value,domain,path,expires,httpOnly,secure,sameSite}],
+  // "origins":[{"origin":"https://a.example","localStorage":[{name,value}]}]}. Import sets the cookies
+  // (Storage.setCookies) and each origin's localStorage (the page loads the origin from an answer given here,
+  // no network: Fetch); Export reads every
+  // cookie and the localStorage of the origins open in a page now (read in those pages).
+  bool ImportStorageState(const std::string& state_json, std::string* error);
+  bool ExportStorageState(std::string* state_json, std::string* error);
   // The viewport in CSS pixels (device scale factor 1), same bounds as BrowserConfig.
   bool SetViewport(uint32_t width, uint32_t height, std::string* error);
+
+  // ---- The external CDP client (CdpMux), one at a time ----
+  // ClientOpen, ClientInput and TakeClientOutput are thread-safe (a mutex): the owner's loop calls them while
+  // another thread holds the browser for a call. Whoever holds the browser carries the client's input out (in
+  // Pump: every call's waits do it, and RelayPump when no call runs); the client's messages are gathered for
+  // TakeClientOutput, and client_fd() (an eventfd) becomes readable when there is some.
+  static constexpr size_t kMaxClientMessageBytes = 64 << 20;
+  // What may wait for a client that reads too slowly before it is cut off.
+  static constexpr size_t kMaxClientBacklogBytes = 160 << 20;
+  struct ClientOutput {
+    std::string data;     // messages to the client, each ended by a NUL byte
+    bool ended = false;   // the connection is over: `error` says why, or empty for a clean end
+    std::string error;
+  };
+  bool ClientOpen(std::string* error);  // false when the browser is gone or another client is connected
+  // The client's bytes: messages each ended by a NUL byte (a message may span calls); `close` ends it.
+  void ClientInput(std::string data, bool close);
+  ClientOutput TakeClientOutput();
+  int client_fd() const { return client_event_fd_; }
+  int client_input_fd() const { return client_input_fd_; }
+  // The loop, holding the browser (no call runs): carries the client's input out and reads what Chromium sent.
+  void RelayPump();
+  int chromium_fd() const { return from_chromium_; }
 
   // What the page reported since the last call, oldest first (at most 1000 kept; the oldest are dropped):
   //   {"type":"console","level":"log|warning|error|...","text":"..."}
@@ -165,9 +257,17 @@ class Browser {
   void MarkGone(const std::string& why, bool exiting = false);
   std::string GoneMessage() const;
   bool WaitNetworkIdle(int64_t deadline_ms, std::string* error);
+  // Call on another flat session (empty: the browser).
+  bool CallIn(const std::string& session, const std::string& method, const nlohmann::json& params,
+              nlohmann::json* result, std::string* error, int timeout_ms);
   bool EvaluateValue(const std::string& expression, int timeout_ms, nlohmann::json* value, std::string* error);
   bool DispatchClick(double x, double y, std::string* error);
   void Terminate();
+  // Holding the browser: the client's queued input, its messages sent to Chromium.
+  void FlushClientInput();
+  void PushClient(const nlohmann::json& message);
+  void EndClient(const std::string& error);  // holding the browser: undoes the client's state
+  void PushClientEnd(const std::string& error);
 
   int64_t call_deadline_ms_ = 0;
   int cancel_fd_ = -1;
@@ -202,6 +302,26 @@ class Browser {
 
   std::deque<nlohmann::json> events_;
   uint64_t dropped_events_ = 0;
+  std::set<std::string> storage_origins_;  // imported by ImportStorageState
+  std::vector<std::string> paused_requests_;  // Fetch.requestPaused on the page (ImportStorageState)
+
+  // The external client. mux_ and client_in_ belong to whoever holds the browser; the rest is under client_mu_.
+  std::optional<CdpMux> mux_;
+  std::string client_in_;  // the client's input not yet split into messages
+  bool flushing_ = false;
+  int client_event_fd_ = -1;  // eventfd: output for the client (or its end) waits
+  int client_input_fd_ = -1;  // eventfd: input from the client waits
+  std::mutex client_mu_;
+  bool client_connected_ = false;    // guarded by client_mu_: between ClientOpen and the end
+  uint64_t client_generation_ = 0;   // guarded by client_mu_
+  struct ClientInputItem {
+    bool open = false, close = false;
+    std::string data;
+    std::string error;  // close: why (empty: the client closed)
+  };
+  std::deque<ClientInputItem> client_inbox_;  // guarded by client_mu_
+  size_t client_inbox_bytes_ = 0;             // guarded by client_mu_
+  ClientOutput client_out_;                   // guarded by client_mu_
 };
 
 }  // namespace sbx::init

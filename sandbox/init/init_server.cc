@@ -75,7 +75,7 @@ constexpr uint32_t kMaxDriverCallMs = 600000;
 constexpr size_t kMaxQueuedDriverCalls = 16;
 
 // epoll data: the source kind in the top byte, the command's serial (never reused) below it.
-enum class Src : uint64_t { kControl = 1, kSignals, kStdout, kStderr, kStdin, kTimer, kDriver };
+enum class Src : uint64_t { kControl = 1, kSignals, kStdout, kStderr, kStdin, kTimer, kDriver, kCdp };
 constexpr uint64_t kSerialMask = (uint64_t{1} << 56) - 1;
 uint64_t Tag(Src src, uint64_t serial) { return static_cast<uint64_t>(src) << 56 | serial; }
 
@@ -815,6 +815,14 @@ class Server {
   // Driver calls (DriverLane): posted to the driver's worker, answered when they come back.
   void PostDriverCall(DriverLane& lane, const pb::Request& q, DriverLane::Job job);
   void PostBrowserCall(const pb::Request& q);
+  // The external CDP client (init::CdpMux; one at a time): its stream is the CdpOpen call's id. The loop
+  // watches the browser's client eventfd always, and Chromium's pipe and the client's input only while no
+  // browser call runs (then the worker carries them, in its waits).
+  void CdpOpenOp(uint64_t call_id);
+  void CdpSendOp(const pb::CdpSend& q, pb::Response* r);
+  void OnCdp(uint64_t which);
+  void UpdateCdpWatch();
+  void DrainCdp();
   void PostDesktopCall(const pb::Request& q);
   // Starts a lane's worker (once) and watches its done eventfd. False with the error in `r`.
   bool StartLane(DriverLane& lane, uint64_t tag, pb::Response* r);
@@ -862,6 +870,12 @@ class Server {
   std::map<pid_t, uint64_t> pids_;                   // unreaped command pid -> call id
   std::unique_ptr<init::Desktop> desktop_;
   std::unique_ptr<init::Browser> browser_;
+  uint64_t cdp_stream_ = 0;   // the client's CdpOpen call id, 0: none
+  uint64_t cdp_offset_ = 0;   // of its output stream
+  std::string cdp_buf_;       // taken from the browser, not yet framed (the agent is behind)
+  bool cdp_ended_ = false;    // the browser ended the client: after cdp_buf_, its end
+  std::string cdp_error_;
+  std::vector<int> cdp_watched_;  // fds in the epoll set for the client (Src::kCdp, serial = index)
   std::string last_png_;          // the last screenshot, for DesktopFetch
   uint64_t last_image_id_ = 0;
   // NOTE: after the drivers: joined (and their calls canceled) before the drivers are destroyed.
@@ -950,6 +964,9 @@ void Server::Dispatch(const epoll_event& event) {
       break;
     case Src::kDriver:
       OnDriverDone(event.data.u64 & kSerialMask);
+      break;
+    case Src::kCdp:
+      OnCdp(event.data.u64 & kSerialMask);
       break;
     default:
       OnExecEvent(src, event.data.u64 & kSerialMask, event.events);
@@ -1087,6 +1104,11 @@ void Server::Handle(const pb::Request& q) {
       break;
     case pb::Request::kBrowserRequest:
       return PostBrowserCall(q);  // answered when the browser's worker is done
+    case pb::Request::kCdpOpen:
+      return CdpOpenOp(q.call_id());  // answered with the client's messages, then its end
+    case pb::Request::kCdpSend:
+      CdpSendOp(q.cdp_send(), &r);
+      break;
     case pb::Request::KIND_NOT_SET:
       SetError(&r, pb::CODE_INVALID_ARGUMENT, "a request without a kind (is the agent newer than sandbox-init?)");
       break;
@@ -1139,6 +1161,7 @@ void Server::UpdatePause() {
   if (pause == paused_) return;
   paused_ = pause;
   for (auto& [id, e] : execs_) UpdateExecEvents(*e);
+  if (!paused_ && cdp_stream_ != 0) DrainCdp();
 }
 
 // ---- Signals ----
@@ -1361,6 +1384,17 @@ void Server::BrowserStartOp(const pb::BrowserStart& q, pb::Response* r) {
   if (browser_ && browser_->alive()) {
     return SetError(r, pb::CODE_FAILED_PRECONDITION, "the browser is already started");
   }
+  if (cdp_stream_ != 0) {  // the gone browser's client ends with it
+    DrainCdp();
+    if (cdp_stream_ != 0) {
+      pb::Response end;
+      end.set_call_id(cdp_stream_);
+      SetError(&end, pb::CODE_UNAVAILABLE, "cdp: the browser is gone");
+      cdp_stream_ = 0;
+      Send(end);
+    }
+    UpdateCdpWatch();
+  }
   browser_.reset();  // a browser that is gone can be started again
   if (!StartLane(browser_lane_, kBrowserLane, r)) return;
   init::BrowserConfig config;
@@ -1445,6 +1479,22 @@ void RunBrowserRequest(init::Browser& b, const pb::BrowserRequest& q, int64_t de
     }
     case pb::BrowserRequest::KIND_WAIT_FOR:
       ok = q.flag() ? b.WaitForDownload(timeout, &error) : b.WaitFor(q.text(), q.text2(), timeout, &error);
+      break;
+    case pb::BrowserRequest::KIND_STORAGE_EXPORT: {
+      std::string state;
+      if (!b.ExportStorageState(&state, &error)) break;
+      if (state.size() > kMaxChunkBytes) {
+        error = "storage_state: the state is " + std::to_string(state.size()) + " bytes, over the " +
+                std::to_string(kMaxChunkBytes) + "-byte cap";
+        break;
+      }
+      out = r->mutable_browser_output();
+      out->set_data(std::move(state));
+      ok = true;
+      break;
+    }
+    case pb::BrowserRequest::KIND_STORAGE_IMPORT:
+      ok = b.ImportStorageState(q.text(), &error);
       break;
     case pb::BrowserRequest::KIND_VIEWPORT:
       ok = q.a() > 0 && q.b() > 0 && b.SetViewport(static_cast<uint32_t>(q.a()), static_cast<uint32_t>(q.b()), &error);
@@ -1540,6 +1590,120 @@ void Server::PostBrowserCall(const pb::Request& q) {
   PostDriverCall(browser_lane_, q, [b, request = q.browser_request()](int64_t deadline_ms, DriverResult* result) {
     RunBrowserRequest(*b, request, deadline_ms, result);
   });
+  UpdateCdpWatch();  // the worker holds the browser now
+}
+
+// ---- The external CDP client ----
+
+void Server::CdpOpenOp(uint64_t call_id) {
+  pb::Response r;
+  r.set_call_id(call_id);
+  // NOTE: alive() is the loop's to read only while no call runs; a browser gone meanwhile ends the client.
+  if (!browser_ || (browser_lane_.idle() && !browser_->alive())) {
+    SetError(&r, pb::CODE_FAILED_PRECONDITION, "cdp: the browser is not running in this session");
+    return Send(r);
+  }
+  if (cdp_stream_ != 0) {
+    SetError(&r, pb::CODE_FAILED_PRECONDITION, "cdp: a CDP client is already connected to this session (one at a time)");
+    return Send(r);
+  }
+  std::string error;
+  if (!browser_->ClientOpen(&error)) {
+    SetError(&r, pb::CODE_FAILED_PRECONDITION, "cdp: " + error);
+    return Send(r);
+  }
+  cdp_stream_ = call_id;
+  cdp_offset_ = 0;
+  cdp_buf_.clear();
+  cdp_ended_ = false;
+  cdp_error_.clear();
+  // An empty first chunk: the client is accepted (the agent answers its caller only then).
+  r.mutable_output()->set_stream(pb::OUTPUT_STREAM_STDOUT);
+  Send(r);
+  UpdateCdpWatch();
+  if (browser_lane_.idle()) browser_->RelayPump();
+}
+
+void Server::CdpSendOp(const pb::CdpSend& q, pb::Response* r) {
+  if (cdp_stream_ == 0 || q.stream_id() != cdp_stream_ || !browser_) {
+    return SetError(r, pb::CODE_NOT_FOUND, "cdp: no such CDP client (it ended)");
+  }
+  browser_->ClientInput(q.data(), q.close());
+  if (browser_lane_.idle()) browser_->RelayPump();
+  r->mutable_ok();
+}
+
+void Server::UpdateCdpWatch() {
+  std::vector<int> want;
+  if (browser_ && cdp_stream_ != 0) {
+    want.push_back(browser_->client_fd());
+    if (browser_lane_.idle()) {
+      want.push_back(browser_->chromium_fd());
+      want.push_back(browser_->client_input_fd());
+    }
+  }
+  if (want == cdp_watched_) return;
+  for (int fd : cdp_watched_) epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+  cdp_watched_.clear();
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (want[i] < 0) continue;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = Tag(Src::kCdp, i);
+    if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, want[i], &ev) == 0) cdp_watched_.push_back(want[i]);
+  }
+  // NOTE: an fd that could not be added is left out; compare by what is watched next time.
+  if (cdp_watched_.size() != want.size()) cdp_watched_ = want;
+}
+
+void Server::OnCdp(uint64_t which) {
+  if (!browser_ || cdp_stream_ == 0) return UpdateCdpWatch();
+  if (which != 0 && browser_lane_.idle()) browser_->RelayPump();
+  DrainCdp();
+}
+
+void Server::DrainCdp() {
+  if (!browser_ || cdp_stream_ == 0) return;
+  if (paused_) {
+    // The agent is behind: what waits stays in the browser, which cuts the client off past its bound.
+    uint64_t count = 0;
+    ssize_t unused = read(browser_->client_fd(), &count, sizeof(count));
+    (void)unused;
+    return;
+  }
+  init::Browser::ClientOutput out = browser_->TakeClientOutput();
+  cdp_buf_.append(out.data);
+  if (out.ended) {
+    cdp_ended_ = true;
+    cdp_error_ = out.error;
+  }
+  size_t sent = 0;
+  while (sent < cdp_buf_.size() && !paused_ && !stop_) {
+    const size_t n = std::min<size_t>(cdp_buf_.size() - sent, kMaxChunkBytes);
+    pb::Response r;
+    r.set_call_id(cdp_stream_);
+    pb::Output* o = r.mutable_output();
+    o->set_stream(pb::OUTPUT_STREAM_STDOUT);
+    o->set_data(cdp_buf_.substr(sent, n));
+    o->set_offset(cdp_offset_);
+    cdp_offset_ += n;
+    sent += n;
+    Send(r);
+  }
+  cdp_buf_.erase(0, sent);
+  if (cdp_ended_ && cdp_buf_.empty()) {
+    pb::Response r;
+    r.set_call_id(cdp_stream_);
+    if (cdp_error_.empty()) {
+      r.mutable_exec_end()->set_exit_code(0);
+    } else {
+      SetError(&r, pb::CODE_UNAVAILABLE, "cdp: " + cdp_error_);
+    }
+    cdp_stream_ = 0;
+    cdp_ended_ = false;
+    UpdateCdpWatch();
+    Send(r);
+  }
 }
 
 void Server::PostDesktopCall(const pb::Request& q) {
@@ -1567,6 +1731,11 @@ void Server::OnDriverDone(uint64_t which) {
     Send(done.response);
   }
   if (lane.idle()) DeliverPendingExits(lane);
+  if (&lane == &browser_lane_ && cdp_stream_ != 0) {
+    UpdateCdpWatch();  // the loop holds the browser again
+    if (lane.idle() && browser_) browser_->RelayPump();
+    DrainCdp();
+  }
 }
 
 void Server::DriverChildExited(pid_t pid, int status) {

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -492,6 +493,39 @@ TEST_F(CdpDriverTest, DownloadsBecomeFiles) {
   ASSERT_NE(no_downloads, nullptr) << error;
   EXPECT_FALSE(no_downloads->WaitForDownload(10000, &error));
   EXPECT_THAT(error, HasSubstr("downloads are off"));
+}
+
+// Playwright's storageState: imported (cookies, and an origin's localStorage before any page of it loaded),
+// seen by the page, and exported again with what the page added.
+TEST_F(CdpDriverTest, StorageStateIsImportedAndExported) {
+  StartBrowser();
+  const std::string origin = server_.Url("");  // http://127.0.0.1:PORT
+  const std::string state = R"({"cookies":[{"name":"sid","value":"abc123","domain":"127.0.0.1","path":"/",)"
+                            R"("expires":-1,"httpOnly":false,"secure":false,"sameSite":"Lax"}],)"
+                            R"("origins":[{"origin":")" + origin + R"(","localStorage":[{"name":"k","value":"v1"}]}]})";
+  std::string error;
+  ASSERT_TRUE(browser_->ImportStorageState(state, &error)) << error;
+  ASSERT_TRUE(browser_->Navigate(server_.Url("/"), "load", 10000, &error)) << error;
+  std::string value;
+  ASSERT_TRUE(browser_->Evaluate("document.cookie + '|' + localStorage.getItem('k')", 5000, 1 << 20, &value, &error))
+      << error;
+  EXPECT_EQ(value, "\"sid=abc123|v1\"");
+  ASSERT_TRUE(browser_->Evaluate("localStorage.setItem('added', 'by page'); 1", 5000, 1 << 20, &value, &error)) << error;
+  std::string exported;
+  ASSERT_TRUE(browser_->ExportStorageState(&exported, &error)) << error;
+  const nlohmann::json e = nlohmann::json::parse(exported);
+  ASSERT_EQ(e["cookies"].size(), 1u) << exported;
+  EXPECT_EQ(e["cookies"][0]["name"], "sid");
+  EXPECT_EQ(e["cookies"][0]["value"], "abc123");
+  ASSERT_EQ(e["origins"].size(), 1u) << exported;
+  EXPECT_EQ(e["origins"][0]["origin"], origin);
+  std::set<std::string> items;
+  for (const auto& item : e["origins"][0]["localStorage"]) items.insert(item["name"].get<std::string>() + "=" + item["value"].get<std::string>());
+  EXPECT_EQ(items, (std::set<std::string>{"k=v1", "added=by page"}));
+  EXPECT_FALSE(browser_->ImportStorageState("[1]", &error));
+  EXPECT_THAT(error, HasSubstr("storage state"));
+  EXPECT_FALSE(browser_->ImportStorageState(R"({"origins":[{"origin":"file:///x"}]})", &error));
+  EXPECT_THAT(error, HasSubstr("origin"));
 }
 
 TEST_F(CdpDriverTest, APageCrashIsReportedAndNavigateRecovers) {

@@ -1,0 +1,136 @@
+#include "agent/cli/cdp_serve.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+#include "agent/cli/cdp_endpoint.h"
+
+namespace sbx::cdp {
+namespace {
+
+namespace pb = ::duvo::sandbox::v1;
+
+constexpr size_t kPieceBytes = 1 << 20;  // CdpFrame pieces (gRPC's message cap is 4 MiB)
+
+class GrpcCdpStream : public CdpStream {
+ public:
+  GrpcCdpStream(std::unique_ptr<grpc::ClientContext> ctx, pb::Sandboxes::Stub& stub)
+      : ctx_(std::move(ctx)), stream_(stub.Cdp(ctx_.get())) {}
+
+  bool Read(std::string* message) override {
+    message->clear();
+    pb::CdpFrame f;
+    while (stream_->Read(&f)) {
+      message->append(f.message());
+      if (!f.more()) return true;
+    }
+    return false;
+  }
+  bool Write(std::string_view message) override {
+    size_t off = 0;
+    do {
+      pb::CdpFrame f;
+      const size_t n = std::min(kPieceBytes, message.size() - off);
+      f.set_message(std::string(message.substr(off, n)));
+      off += n;
+      f.set_more(off < message.size());
+      if (!stream_->Write(f)) return false;
+    } while (off < message.size());
+    return true;
+  }
+  void WritesDone() override { stream_->WritesDone(); }
+  void Cancel() override { ctx_->TryCancel(); }
+  std::string Finish() override {
+    if (!finished_) {
+      status_ = stream_->Finish();
+      finished_ = true;
+    }
+    if (status_.ok() || status_.error_code() == grpc::CANCELLED) return "";
+    return status_.error_message();
+  }
+  grpc::Status status() {
+    Finish();
+    return status_;
+  }
+  bool Start(const std::string& session_id) {
+    pb::CdpFrame first;
+    first.set_session_id(session_id);
+    if (!stream_->Write(first)) return false;
+    pb::CdpFrame ack;  // the agent's empty first message: the stream is open
+    return stream_->Read(&ack);
+  }
+
+ private:
+  std::unique_ptr<grpc::ClientContext> ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<pb::CdpFrame, pb::CdpFrame>> stream_;
+  bool finished_ = false;
+  grpc::Status status_;
+};
+
+int HttpStatusOf(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::UNAUTHENTICATED:
+      return 401;
+    case grpc::PERMISSION_DENIED:
+      return 403;
+    case grpc::NOT_FOUND:
+      return 404;
+    case grpc::FAILED_PRECONDITION:
+      return 409;
+    default:
+      return 502;
+  }
+}
+
+}  // namespace
+
+int ServeCdpEndpoint(pb::Sandboxes::Stub& stub, std::function<std::unique_ptr<grpc::ClientContext>()> context,
+                     const std::string& session_id, const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  if (colon == std::string::npos || inet_pton(AF_INET, listen.substr(0, colon).c_str(), &addr.sin_addr) != 1) {
+    fprintf(stderr, "sandboxctl: --listen '%s': expected IPV4:PORT, e.g. 127.0.0.1:9222\n", listen.c_str());
+    return 2;
+  }
+  addr.sin_port = htons(static_cast<uint16_t>(atoi(listen.c_str() + colon + 1)));
+  const int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(lfd, 16) != 0) {
+    fprintf(stderr, "sandboxctl: cannot listen on %s: %s\n", listen.c_str(), strerror(errno));
+    return 1;
+  }
+  socklen_t len = sizeof(addr);
+  getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
+  printf("listening on %s:%d\n", listen.substr(0, colon).c_str(), ntohs(addr.sin_port));
+  fflush(stdout);
+  CdpEndpointOptions options;
+  options.session_id = session_id;
+  options.open = [&stub, context, session_id](int* http_status, std::string* error) -> std::unique_ptr<CdpStream> {
+    auto s = std::make_unique<GrpcCdpStream>(context(), stub);
+    if (s->Start(session_id)) return s;
+    const grpc::Status st = s->status();
+    *http_status = HttpStatusOf(st.error_code());
+    *error = "cdp: " + st.error_message();
+    return nullptr;
+  };
+  for (;;) {
+    const int cfd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (cfd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      fprintf(stderr, "sandboxctl: accept: %s\n", strerror(errno));
+      return 1;
+    }
+    std::thread([cfd, options] { ServeCdpConnection(cfd, options); }).detach();
+  }
+}
+
+}  // namespace sbx::cdp
