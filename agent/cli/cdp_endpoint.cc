@@ -105,8 +105,9 @@ void Respond(int fd, int status, const std::string& content_type, const std::str
 
 // One command over a fresh stream, for /json/version and /json/list: its result, or nullopt with the HTTP
 // status and error of the failure.
-std::optional<json> OneCommand(const CdpEndpointOptions& o, const std::string& method, int* status, std::string* error) {
-  std::unique_ptr<CdpStream> s = o.open(status, error);
+std::optional<json> OneCommand(const CdpEndpointOptions& o, const CdpOpenRequest& open, const std::string& method,
+                               int* status, std::string* error) {
+  std::unique_ptr<CdpStream> s = o.open(open, status, error);
   if (!s) return std::nullopt;
   json command = {{"id", 1}, {"method", method}, {"params", json::object()}};
   if (!s->Write(command.dump())) {
@@ -138,7 +139,7 @@ std::optional<json> OneCommand(const CdpEndpointOptions& o, const std::string& m
   return std::nullopt;
 }
 
-void ServeWebSocket(int fd, const HttpRequest& req, const CdpEndpointOptions& o) {
+void ServeWebSocket(int fd, const HttpRequest& req, const CdpEndpointOptions& o, const CdpOpenRequest& open) {
   const std::string key = req.Header("sec-websocket-key");
   if (key.empty() || req.Header("sec-websocket-version") != "13") {
     return Respond(fd, 400, "text/plain", "a WebSocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13\n",
@@ -147,7 +148,7 @@ void ServeWebSocket(int fd, const HttpRequest& req, const CdpEndpointOptions& o)
   int status = 502;
   std::string error;
   // The stream is opened before the upgrade is answered: a refused token is an HTTP 401 here.
-  std::unique_ptr<CdpStream> stream = o.open(&status, &error);
+  std::unique_ptr<CdpStream> stream = o.open(open, &status, &error);
   if (!stream) return Respond(fd, status, "text/plain", error + "\n");
   if (!WriteAll(fd, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     "Sec-WebSocket-Accept: " + WebSocketAccept(key) + "\r\n\r\n")) {
@@ -445,18 +446,37 @@ void ServeCdpConnection(int fd, const CdpEndpointOptions& o) {
     ::close(fd);
     return;
   }
+  if (o.authorize && !o.authorize(req.Header("authorization"))) {
+    Respond(fd, 401, "text/plain", "Unauthorized: missing or wrong bearer token\n", "WWW-Authenticate: Bearer\r\n");
+    ::close(fd);
+    return;
+  }
   std::string path = req.path.substr(0, req.path.find('?'));
   while (path.size() > 1 && path.back() == '/') path.pop_back();
   std::string host = req.Header("host");
   if (host.empty()) host = "127.0.0.1";
-  const std::string ws_path = "/devtools/browser/" + o.session_id;
-  const std::string ws_url = "ws://" + host + ws_path;
+  CdpOpenRequest open{o.session_id, req.Header("authorization")};
+  std::string base;  // what the paths below are under: "" or PREFIX/SESSION
+  if (!o.session_path_prefix.empty()) {
+    const std::string prefix = o.session_path_prefix + "/";
+    const size_t end = path.find('/', prefix.size());
+    if (path.rfind(prefix, 0) != 0 || end == std::string::npos || end == prefix.size()) {
+      Respond(fd, 404, "text/plain", "expected " + prefix + "SESSION/json/version\n");
+      ::close(fd);
+      return;
+    }
+    open.session_id = path.substr(prefix.size(), end - prefix.size());
+    base = path.substr(0, end);
+    path = path.substr(end);
+  }
+  const std::string ws_path = "/devtools/browser/" + open.session_id;
+  const std::string ws_url = "ws://" + host + base + ws_path;
   if (req.method != "GET" && req.method != "PUT") {
     Respond(fd, 405, "text/plain", "GET only\n");
   } else if (path == "/json/version") {
     int status = 502;
     std::string error;
-    std::optional<json> v = OneCommand(o, "Browser.getVersion", &status, &error);
+    std::optional<json> v = OneCommand(o, open, "Browser.getVersion", &status, &error);
     if (!v) {
       Respond(fd, status, "text/plain", error + "\n");
     } else {
@@ -471,7 +491,7 @@ void ServeCdpConnection(int fd, const CdpEndpointOptions& o) {
   } else if (path == "/json" || path == "/json/list") {
     int status = 502;
     std::string error;
-    std::optional<json> t = OneCommand(o, "Target.getTargets", &status, &error);
+    std::optional<json> t = OneCommand(o, open, "Target.getTargets", &status, &error);
     if (!t) {
       Respond(fd, status, "text/plain", error + "\n");
     } else {
@@ -492,10 +512,11 @@ void ServeCdpConnection(int fd, const CdpEndpointOptions& o) {
     if (Lower(req.Header("upgrade")) != "websocket") {
       Respond(fd, 426, "text/plain", "a WebSocket upgrade is expected here\n", "Upgrade: websocket\r\n");
     } else {
-      ServeWebSocket(fd, req, o);
+      ServeWebSocket(fd, req, o, open);
     }
   } else {
-    Respond(fd, 404, "text/plain", "no such endpoint: /json/version, /json/list, " + ws_path + "\n");
+    Respond(fd, 404, "text/plain",
+            "no such endpoint: " + base + "/json/version, " + base + "/json/list, " + base + ws_path + "\n");
   }
   ::close(fd);
 }

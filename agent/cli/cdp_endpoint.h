@@ -65,13 +65,26 @@ class CdpStream {
   virtual std::string Finish() = 0;
 };
 
+// What a stream is opened for: the session, and the request's Authorization header ("" if none), which the
+// daemon's listener forwards as the RPC's bearer token.
+struct CdpOpenRequest {
+  std::string session_id;
+  std::string authorization;
+};
+
 // Opens a stream to the session's browser, or returns nullptr with an HTTP status (401 refused token, 403,
 // 404 no such session, 409 not a browser / another client, 502 otherwise) and a message.
-using OpenCdpFn = std::function<std::unique_ptr<CdpStream>(int* http_status, std::string* error)>;
+using OpenCdpFn =
+    std::function<std::unique_ptr<CdpStream>(const CdpOpenRequest& request, int* http_status, std::string* error)>;
 
 struct CdpEndpointOptions {
   OpenCdpFn open;
   std::string session_id;  // in the WebSocket path: /devtools/browser/SESSION
+  // Non-empty ("/cdp"): paths are PREFIX/SESSION/json/version, PREFIX/SESSION/devtools/browser/SESSION, ...,
+  // the session taken from the path (session_id is ignored), as the daemon's shared TCP port serves them.
+  std::string session_path_prefix;
+  // When set, checked first with the request's Authorization header: false is a 401, nothing else looked at.
+  std::function<bool(const std::string& authorization)> authorize;
   size_t max_message_bytes = 64 << 20;
 };
 

@@ -21,7 +21,7 @@ constexpr size_t kPieceBytes = 1 << 20;  // CdpFrame pieces (gRPC's message cap 
 
 class GrpcCdpStream : public CdpStream {
  public:
-  GrpcCdpStream(std::unique_ptr<grpc::ClientContext> ctx, pb::Sandboxes::Stub& stub)
+  GrpcCdpStream(std::unique_ptr<grpc::ClientContext> ctx, pb::Sandboxes::StubInterface& stub)
       : ctx_(std::move(ctx)), stream_(stub.Cdp(ctx_.get())) {}
 
   bool Read(std::string* message) override {
@@ -69,7 +69,7 @@ class GrpcCdpStream : public CdpStream {
 
  private:
   std::unique_ptr<grpc::ClientContext> ctx_;
-  std::unique_ptr<grpc::ClientReaderWriter<pb::CdpFrame, pb::CdpFrame>> stream_;
+  std::unique_ptr<grpc::ClientReaderWriterInterface<pb::CdpFrame, pb::CdpFrame>> stream_;
   bool finished_ = false;
   grpc::Status status_;
 };
@@ -90,6 +90,19 @@ int HttpStatusOf(grpc::StatusCode code) {
 }
 
 }  // namespace
+
+OpenCdpFn GrpcCdpOpener(pb::Sandboxes::StubInterface* stub,
+                        std::function<std::unique_ptr<grpc::ClientContext>(const CdpOpenRequest&)> context) {
+  return [stub, context = std::move(context)](const CdpOpenRequest& request, int* http_status,
+                                               std::string* error) -> std::unique_ptr<CdpStream> {
+    auto s = std::make_unique<GrpcCdpStream>(context(request), *stub);
+    if (s->Start(request.session_id)) return s;
+    const grpc::Status st = s->status();
+    *http_status = HttpStatusOf(st.error_code());
+    *error = "cdp: " + st.error_message();
+    return nullptr;
+  };
+}
 
 int ServeCdpEndpoint(pb::Sandboxes::Stub& stub, std::function<std::unique_ptr<grpc::ClientContext>()> context,
                      const std::string& session_id, const std::string& listen) {
@@ -114,14 +127,7 @@ int ServeCdpEndpoint(pb::Sandboxes::Stub& stub, std::function<std::unique_ptr<gr
   fflush(stdout);
   CdpEndpointOptions options;
   options.session_id = session_id;
-  options.open = [&stub, context, session_id](int* http_status, std::string* error) -> std::unique_ptr<CdpStream> {
-    auto s = std::make_unique<GrpcCdpStream>(context(), stub);
-    if (s->Start(session_id)) return s;
-    const grpc::Status st = s->status();
-    *http_status = HttpStatusOf(st.error_code());
-    *error = "cdp: " + st.error_message();
-    return nullptr;
-  };
+  options.open = GrpcCdpOpener(&stub, [context](const CdpOpenRequest&) { return context(); });
   for (;;) {
     const int cfd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
     if (cfd < 0) {

@@ -8,9 +8,16 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "agent/cli/cdp_endpoint.h"
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
 
 namespace sbx::cdp {
+
+// Opens each stream as one Cdp RPC on `stub` (not owned), its context from `context` (the bearer token, the
+// request id); a refusal maps to an HTTP status (UNAUTHENTICATED 401, NOT_FOUND 404, ...). Shared by
+// sandboxctl and the daemon's TCP listener.
+OpenCdpFn GrpcCdpOpener(duvo::sandbox::v1::Sandboxes::StubInterface* stub,
+                        std::function<std::unique_ptr<grpc::ClientContext>(const CdpOpenRequest&)> context);
 
 // Serves until interrupted; each connection on its own thread. Prints "listening on HOST:PORT" once ready.
 // `context` makes each RPC's context (the bearer token, the request id).

@@ -359,12 +359,16 @@ void McpHttpServer::EndSession(const std::string& id) {
 }
 
 bool McpHttpServer::Authorized(const HttpRequest& req) const {
+  const std::string* auth = req.Header("authorization");
+  return auth != nullptr && AuthorizationValid(*auth);
+}
+
+bool McpHttpServer::AuthorizationValid(const std::string& auth) const {
   if (options_.bearer_token_file.empty()) return false;
   const std::string token = ReadToken(options_.bearer_token_file);
-  const std::string* auth = req.Header("authorization");
   const std::string expected = "Bearer " + token;
-  return !token.empty() && auth != nullptr && auth->size() == expected.size() &&
-         CRYPTO_memcmp(auth->data(), expected.data(), expected.size()) == 0;
+  return !token.empty() && auth.size() == expected.size() &&
+         CRYPTO_memcmp(auth.data(), expected.data(), expected.size()) == 0;
 }
 
 std::shared_ptr<McpHttpServer::Session> McpHttpServer::SessionOf(int fd, const HttpRequest& req, bool* keep_open) {

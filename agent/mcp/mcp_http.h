@@ -89,6 +89,11 @@ class McpHttpServer {
 
   size_t session_count() const;
 
+  // Whether an Authorization header's value ("" if none) carries the bearer token (the listener's /cdp/ path
+  // checks the same), and the in-process stub its requests go through.
+  bool AuthorizationValid(const std::string& authorization) const;
+  duvo::sandbox::v1::Sandboxes::StubInterface* stub() const { return options_.stub; }
+
  private:
   struct Stream;
   struct Session;

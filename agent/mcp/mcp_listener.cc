@@ -1,6 +1,7 @@
 #include "agent/mcp/mcp_listener.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -14,6 +15,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "agent/cli/cdp_endpoint.h"
+#include "agent/cli/cdp_serve.h"
 
 namespace sbx::agent::mcp {
 
@@ -66,6 +69,24 @@ absl::StatusOr<std::unique_ptr<TcpListener>> TcpListener::Listen(const std::stri
 
 TcpListener::~TcpListener() { Stop(); }
 
+namespace {
+
+// Whether an HTTP/1.1 request line starts "METHOD /cdp/": the first 16 bytes (the shortest request line and
+// its blank line) are enough to tell, and are only peeked. A client sending fewer goes to the MCP side.
+bool IsCdpRequest(int fd) {
+  char head[16];
+  ssize_t n;
+  do {
+    n = recv(fd, head, sizeof(head), MSG_PEEK | MSG_WAITALL);
+  } while (n < 0 && errno == EINTR);
+  if (n != static_cast<ssize_t>(sizeof(head))) return false;
+  const std::string_view line(head, sizeof(head));
+  const size_t sp = line.find(' ');
+  return sp != std::string_view::npos && line.substr(sp + 1).rfind("/cdp/", 0) == 0;
+}
+
+}  // namespace
+
 void TcpListener::Start(grpc::Server* grpc, McpHttpServer* http) {
   grpc_ = grpc;
   http_ = http;
@@ -101,12 +122,29 @@ void TcpListener::Serve(Conn* conn, UniqueFd fd) {
     n = recv(fd.get(), first, sizeof(first), MSG_PEEK | MSG_WAITALL);
   } while (n < 0 && errno == EINTR);
   if (n == 3) {
+    // Still under sniff_timeout: the request line's start, for /cdp/.
+    const bool cdp_request = memcmp(first, "PRI", 3) != 0 && IsCdpRequest(fd.get());
     timeval zero{};
     setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &zero, sizeof(zero));
     if (memcmp(first, "PRI", 3) == 0) {
       int one = 1;
       setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
       grpc::AddInsecureChannelFromFd(grpc_, fd.Release());  // gRPC owns it from here
+    } else if (cdp_request) {
+      // A session's browser over CDP (cdp_endpoint.h): /cdp/SESSION/json/version and its WebSocket, under the
+      // MCP side's bearer token, checked before anything else. Each stream is a Cdp RPC on the in-process
+      // channel carrying the client's own Authorization, so the RPC's checks apply as to any gRPC client.
+      cdp::CdpEndpointOptions o;
+      o.session_path_prefix = "/cdp";
+      o.authorize = [http = http_](const std::string& authorization) { return http->AuthorizationValid(authorization); };
+      o.open = cdp::GrpcCdpOpener(http_->stub(), [](const cdp::CdpOpenRequest& request) {
+        auto ctx = std::make_unique<grpc::ClientContext>();
+        ctx->AddMetadata("authorization", request.authorization);
+        return ctx;
+      });
+      // It closes what it is given: a duplicate, so this fd is still closed under mu_ below (and Stop's
+      // shutdown of it still wakes the endpoint's reads).
+      if (UniqueFd dup(fcntl(fd.get(), F_DUPFD_CLOEXEC, 0)); dup) cdp::ServeCdpConnection(dup.Release(), o);
     } else {
       http_->ServeConnection(fd.get());
     }

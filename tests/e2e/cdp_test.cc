@@ -401,6 +401,54 @@ TEST_F(CdpTest, AWrongTokenIsARefusedWebSocket) {
   EXPECT_THAT(ok, HasSubstr("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
 }
 
+// The daemon's own TCP port serves the session's CDP endpoint under /cdp/SESSION/ (agent/mcp/mcp_listener.cc),
+// with the bearer token of its gRPC and MCP sides: Playwright connects with it as a header.
+TEST_F(CdpTest, PlaywrightOnTheDaemonsPortWithTheToken) {
+  const std::string base = "/cdp/" + id_;
+  const std::string version =
+      RawHttp(std::stoi(tcp_addr_.substr(tcp_addr_.rfind(':') + 1)),
+              "GET " + base + "/json/version HTTP/1.1\r\nHost: " + tcp_addr_ + "\r\nAuthorization: Bearer cdp-s3cret\r\n\r\n");
+  EXPECT_THAT(version, HasSubstr("HTTP/1.1 200"));
+  // The WebSocket it names points back at this port and prefix.
+  EXPECT_THAT(version, HasSubstr("\"webSocketDebuggerUrl\": \"ws://" + tcp_addr_ + base + "/devtools/browser/" + id_));
+  Child node = RunNode("playwright_daemon.mjs", {"CDP_URL=http://" + tcp_addr_ + base, "CDP_TOKEN=cdp-s3cret",
+                                                 "PAGE_URL=" + page_url_});
+  const std::string out = node.ReadAll();
+  ASSERT_EQ(node.Wait(), 0) << out << daemon_->Log();
+  const nlohmann::json seen = nlohmann::json::parse(out.substr(out.rfind('{')), nullptr, false);
+  ASSERT_TRUE(seen.is_object()) << out;
+  EXPECT_EQ(seen["title"], "second");
+  EXPECT_EQ(seen["screenshot_png"], true);
+  EXPECT_GT(seen["screenshot_bytes"].get<int>(), 1000);
+  // The page came through the session's egress proxy.
+  bool fetched = false;
+  for (const std::string& r : pages_->requests()) fetched = fetched || r.rfind("GET /second ", 0) == 0;
+  EXPECT_TRUE(fetched);
+}
+
+TEST_F(CdpTest, TheDaemonsPortRefusesCdpWithoutTheToken) {
+  const int port = std::stoi(tcp_addr_.substr(tcp_addr_.rfind(':') + 1));
+  const std::string base = "/cdp/" + id_;
+  const std::string upgrade = "GET " + base + "/devtools/browser/" + id_ +
+                              " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+  EXPECT_THAT(RawHttp(port, upgrade + "\r\n"), HasSubstr("HTTP/1.1 401"));
+  EXPECT_THAT(RawHttp(port, upgrade + "Authorization: Bearer not-the-token\r\n\r\n"), HasSubstr("HTTP/1.1 401"));
+  EXPECT_THAT(RawHttp(port, "GET " + base + "/json/version HTTP/1.1\r\nHost: x\r\n\r\n"), HasSubstr("HTTP/1.1 401"));
+  // Before anything else: an unknown session is a 401 too, not a 404 that would tell it exists or not.
+  EXPECT_THAT(RawHttp(port, "GET /cdp/no-such-session/json/list HTTP/1.1\r\nHost: x\r\n\r\n"),
+              HasSubstr("HTTP/1.1 401"));
+  // Playwright without the header is refused.
+  Child node = RunNode("playwright_daemon.mjs", {"CDP_URL=http://" + tcp_addr_ + base, "CDP_TOKEN=",
+                                                 "PAGE_URL=" + page_url_});
+  const std::string out = node.ReadAll();
+  EXPECT_NE(node.Wait(), 0) << out;
+  // With the token the same upgrade is accepted (RFC 6455's example key and answer).
+  const std::string ok = RawHttp(port, upgrade + "Authorization: Bearer cdp-s3cret\r\n\r\n");
+  EXPECT_THAT(ok, HasSubstr("HTTP/1.1 101"));
+  EXPECT_THAT(ok, HasSubstr("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+}
+
 // Playwright's storageState: loaded at Create (sandboxctl create --storage-state), seen by the pages, and
 // exported again (sandboxctl browser SESSION storage-state) with what a page added.
 TEST_F(CdpTest, StorageStateLoadsAtCreateAndExports) {
