@@ -665,6 +665,11 @@ int main(int argc, char** argv) {
   CLI::App* mcp = app.add_subcommand("mcp", "Serve MCP (Model Context Protocol) on stdin/stdout; tools run in one session");
   mcp->add_option("--kind", mcp_flags.kind, "file, browser or desktop")->capture_default_str();
   mcp->add_option("--policy", mcp_flags.policy_file, "SandboxPolicy textproto narrowing the host policy");
+  mcp->add_option("--approval-wait-ms", mcp_flags.approval_wait_ms,
+                  "How long a call held for a human's approval is waited for before its result says "
+                  "\"awaiting approval\" (the call goes on waiting in the session)")
+      ->check(CLI::Range(1, 86400000))
+      ->capture_default_str();
   CLI::App* create = app.add_subcommand("create", "Create a session; prints its id");
   add_create_flags(create);
   std::string session_id;

@@ -2,6 +2,7 @@
 
 #include <signal.h>
 
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -48,7 +49,14 @@ int McpCommand(const McpCommandFlags& flags) {
       fprintf(stderr, "sandboxctl mcp: --policy %s: not a SandboxPolicy textproto\n", flags.policy_file.c_str());
       return 2;
     }
+    // A request may only narrow policy.limits (anything else is PERMISSION_DENIED); its approval gates go in
+    // CreateRequest.approvals, which adds them to the host's.
+    if (create.policy().has_approvals()) {
+      *create.mutable_approvals() = create.policy().approvals();
+      create.mutable_policy()->clear_approvals();
+    }
   }
+  options.server.approval_wait = std::chrono::milliseconds(flags.approval_wait_ms);
   create.mutable_labels()->insert({"client", "mcp-stdio"});
   std::string token;
   if (!flags.token_file.empty()) {

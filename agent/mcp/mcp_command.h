@@ -3,6 +3,7 @@
 #ifndef SBX_AGENT_MCP_MCP_COMMAND_H_
 #define SBX_AGENT_MCP_MCP_COMMAND_H_
 
+#include <cstdint>
 #include <string>
 
 namespace sbx::agent::mcp {
@@ -12,6 +13,7 @@ struct McpCommandFlags {
   std::string token_file;  // bearer token (TCP)
   std::string kind = "file";
   std::string policy_file;  // a SandboxPolicy textproto narrowing the host's policy; may be empty
+  int64_t approval_wait_ms = 30000;  // McpServer::Options::approval_wait
 };
 
 // Returns the process exit code (2: bad flags, named on stderr).

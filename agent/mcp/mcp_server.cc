@@ -482,6 +482,19 @@ std::optional<json> McpServer::CallTool(const json& id, const json& params, Emit
       if (text.empty()) text = "done";
       return respond(TextResult(std::move(text), false));
     }
+    case pb::ToolResult::kComputer: {
+      // As Anthropic's tool_result for computer use: the text (cursor_position) and the image, each when given.
+      const pb::ComputerResult& c = r.computer();
+      json content = json::array();
+      if (!c.text().empty()) content.push_back({{"type", "text"}, {"text", c.text()}});
+      if (!c.image_base64().empty()) {
+        content.push_back({{"type", "image"},
+                           {"data", c.image_base64()},
+                           {"mimeType", c.media_type().empty() ? "image/png" : c.media_type()}});
+      }
+      if (content.empty()) content.push_back({{"type", "text"}, {"text", "done"}});
+      return respond(json{{"content", content}});
+    }
     default: return respond(TextResult("done", false));
   }
 }

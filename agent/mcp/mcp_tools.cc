@@ -13,7 +13,7 @@ namespace {
 namespace pb = ::duvo::sandbox::v1;
 using json = nlohmann::json;
 
-enum class Type { kString, kInteger, kBoolean, kNumber, kStringArray, kStringMap };
+enum class Type { kString, kInteger, kBoolean, kNumber, kStringArray, kStringMap, kIntegerTuple };
 
 struct Prop {
   const char* name;
@@ -23,6 +23,7 @@ struct Prop {
   std::vector<const char*> values = {};  // kString: the allowed values, when not empty
   int64_t min = 0;                      // kInteger
   int64_t max = INT64_MAX;
+  int items = 0;  // kIntegerTuple: exactly this many integers >= min
 };
 
 struct Tool {
@@ -32,6 +33,10 @@ struct Tool {
   std::vector<Prop> props;
   // At least one of these must be given (e.g. exec's argv or command), when not empty.
   std::vector<const char*> one_of_required = {};
+  bool desktop = false;  // only in DESKTOP sessions
+  // The arguments go to the session unchanged (computer: ComputerUse.input_json), which checks them with its
+  // own, more specific errors (an action's parameters, the display's bounds); the schema is for the client.
+  bool passthrough = false;
 };
 
 constexpr int64_t kMaxTimeoutMs = 24LL * 3600 * 1000;
@@ -111,8 +116,39 @@ const std::vector<Tool>& Tools() {
       {"browser_content", true,
        "Return the page's HTML, or with text the visible text only (at most 1 MiB; the result says when cut).",
        {{"text", Type::kBoolean, "Return the visible text instead of the HTML (default false)."}}},
+      // Anthropic's computer-use tool input (computer_20251124: every action agent/computer_use.cc accepts), so
+      // a client that speaks that tool can forward the model's tool_use input as it is.
+      {"computer", false,
+       "Use the sandbox's desktop (an X display) as Anthropic's computer-use tool does: take a screenshot, move "
+       "and click the mouse, type, press keys, scroll, drag, wait, zoom into a region. Coordinates are pixels of "
+       "the display, as in its screenshots ([x, y] from the top left). Input actions return a screenshot taken "
+       "right after them; cursor_position returns the pointer's position as text.",
+       {{"action", Type::kString, "The action to perform.", true,
+         {"screenshot", "cursor_position", "mouse_move", "left_click", "right_click", "middle_click",
+          "double_click", "triple_click", "left_click_drag", "left_mouse_down", "left_mouse_up", "scroll", "key",
+          "type", "hold_key", "wait", "zoom"}},
+        {"coordinate", Type::kIntegerTuple,
+         "[x, y]: where to move, click or scroll; for left_click_drag where the drag ends.", false, {}, 0,
+         INT64_MAX, 2},
+        {"start_coordinate", Type::kIntegerTuple, "[x, y]: where left_click_drag starts.", false, {}, 0, INT64_MAX,
+         2},
+        {"text", Type::kString,
+         "For type: the text. For key and hold_key: a key or chord, e.g. \"Return\" or \"ctrl+s\". For clicks and "
+         "scroll: modifier keys held meanwhile, e.g. \"shift\"."},
+        {"duration", Type::kNumber, "Seconds: how long hold_key holds the key, or how long wait waits."},
+        {"scroll_direction", Type::kString, "For scroll.", false, {"up", "down", "left", "right"}},
+        {"scroll_amount", Type::kInteger, "For scroll: how many wheel clicks.", false, {}, 0},
+        {"region", Type::kIntegerTuple, "For zoom: [x0, y0, x1, y1], the rectangle to show at full resolution.",
+         false, {}, 0, INT64_MAX, 4}},
+       {},
+       true,
+       true},
   };
   return *tools;
+}
+
+bool Offered(const Tool& t, pb::SessionKind kind) {
+  return (!t.browser || kind == pb::BROWSER) && (!t.desktop || kind == pb::DESKTOP);
 }
 
 const Tool* FindTool(std::string_view name) {
@@ -144,6 +180,12 @@ json PropSchema(const Prop& p) {
     case Type::kStringMap:
       s["type"] = "object";
       s["additionalProperties"] = {{"type", "string"}};
+      break;
+    case Type::kIntegerTuple:
+      s["type"] = "array";
+      s["items"] = {{"type", "integer"}, {"minimum", p.min}};
+      s["minItems"] = p.items;
+      s["maxItems"] = p.items;
       break;
   }
   s["description"] = p.description;
@@ -208,6 +250,16 @@ absl::Status CheckArguments(const Tool& tool, const json& args) {
           }
         }
         break;
+      case Type::kIntegerTuple:
+        if (!value.is_array() || value.size() != static_cast<size_t>(prop->items)) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ": expected an array of ", prop->items, " integers"));
+        }
+        for (const json& item : value) {
+          if (!item.is_number_integer() || (!item.is_number_unsigned() && item.get<int64_t>() < prop->min)) {
+            return absl::InvalidArgumentError(absl::StrCat(where, ": every item must be an integer >= ", prop->min));
+          }
+        }
+        break;
     }
   }
   for (const Prop& p : tool.props) {
@@ -244,7 +296,7 @@ bool Bool(const json& args, const char* name) {
 json ToolList(pb::SessionKind kind) {
   json list = json::array();
   for (const Tool& t : Tools()) {
-    if (t.browser && kind != pb::BROWSER) continue;
+    if (!Offered(t, kind)) continue;
     json props = json::object();
     json required = json::array();
     for (const Prop& p : t.props) {
@@ -262,15 +314,20 @@ json ToolList(pb::SessionKind kind) {
 
 bool HasTool(pb::SessionKind kind, std::string_view name) {
   const Tool* t = FindTool(name);
-  return t != nullptr && (!t->browser || kind == pb::BROWSER);
+  return t != nullptr && Offered(*t, kind);
 }
 
 absl::StatusOr<pb::ToolCall> BuildToolCall(std::string_view name, const json& arguments) {
   const Tool* tool = FindTool(name);
   if (tool == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown tool ", ToAbsl(name)));
   const json args = arguments.is_null() ? json::object() : arguments;
-  if (absl::Status s = CheckArguments(*tool, args); !s.ok()) return s;
   pb::ToolCall call;
+  if (tool->passthrough) {
+    if (!args.is_object()) return absl::InvalidArgumentError("arguments: expected an object");
+    call.mutable_computer()->set_input_json(args.dump());
+    return call;
+  }
+  if (absl::Status s = CheckArguments(*tool, args); !s.ok()) return s;
   if (name == "exec") {
     pb::Exec* e = call.mutable_exec();
     if (args.contains("argv")) {

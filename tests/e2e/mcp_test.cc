@@ -113,6 +113,28 @@ TEST_F(McpE2eTest, SdkOverStdioBrowserSessionScreenshotIsImageContent) {
   EXPECT_TRUE(WaitForSessions(*daemon_, 0));
 }
 
+TEST_F(McpE2eTest, SdkOverStdioDesktopSessionComputerTool) {
+  if (std::string m = MissingNodeDeps(); !m.empty()) GTEST_SKIP() << m;
+  if (access("/usr/bin/Xvfb", X_OK) != 0) GTEST_SKIP() << "this machine lacks Xvfb (deploy/install-deps.sh installs it)";
+  std::string out;
+  EXPECT_EQ(Node("stdio.mjs", "MCP_KIND=desktop", &out), 0) << out;
+  EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;
+  EXPECT_TRUE(WaitForSessions(*daemon_, 0));
+}
+
+// A session whose policy requires approval for exec: the MCP call says "awaiting approval" with the request's
+// id; after sandboxctl approve the exec runs.
+TEST_F(McpE2eTest, SdkExecHeldForApprovalRunsAfterSandboxctlApprove) {
+  if (std::string m = MissingNodeDeps(); !m.empty()) GTEST_SKIP() << m;
+  const std::string policy = "/tmp/sbx-mcp-approval-policy-" + std::to_string(getpid()) + ".textproto";
+  std::ofstream(policy) << "approvals { require_approval: \"exec\" timeout_ms: 120000 }\n";
+  std::string out;
+  EXPECT_EQ(Node("approval.mjs", "MCP_POLICY=" + policy, &out), 0) << out << "\n" << daemon_->Log();
+  EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;
+  EXPECT_TRUE(WaitForSessions(*daemon_, 0));
+  unlink(policy.c_str());
+}
+
 TEST_F(McpE2eTest, SdkOverStreamableHttp) {
   if (std::string m = MissingNodeDeps(); !m.empty()) GTEST_SKIP() << m;
   std::string out;

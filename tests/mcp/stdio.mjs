@@ -1,5 +1,5 @@
 // `sandboxctl mcp` driven by the SDK's StdioClientTransport against a real daemon.
-// env: SBX_CTL_BIN, SBX_AGENT_ADDR (unix:PATH), MCP_KIND (file|browser; default file).
+// env: SBX_CTL_BIN, SBX_AGENT_ADDR (unix:PATH), MCP_KIND (file|browser|desktop; default file).
 import assert from 'node:assert/strict';
 import { Client, StdioClientTransport, checkTools, exerciseFileTools, checkProgress, checkCancel, text, log } from './sdk.mjs';
 
@@ -22,6 +22,32 @@ if (kind === 'file') {
   await exerciseFileTools(client);
   await checkProgress(client);
   await checkCancel(client);
+} else if (kind === 'desktop') {
+  // Anthropic's computer-use tool: its input as a model gives it, its result as MCP content.
+  const tools = await checkTools(client, [...fileTools, 'computer']);
+  const computer = tools.find((t) => t.name === 'computer');
+  assert.ok(computer.inputSchema.properties.action.enum.includes('zoom'));
+  let r = await client.callTool({ name: 'computer', arguments: { action: 'screenshot' } });
+  assert.ok(!r.isError, text(r));
+  const png = (result) => {
+    const image = result.content.find((c) => c.type === 'image');
+    assert.ok(image, `an image item: ${JSON.stringify(result).slice(0, 300)}`);
+    assert.equal(image.mimeType, 'image/png');
+    const bytes = Buffer.from(image.data, 'base64');
+    assert.deepEqual([...bytes.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+    return bytes;
+  };
+  assert.ok(png(r).length > 100);
+  r = await client.callTool({ name: 'computer', arguments: { action: 'left_click', coordinate: [20, 30] } });
+  assert.ok(!r.isError, text(r));
+  png(r);  // the screenshot taken after the click
+  r = await client.callTool({ name: 'computer', arguments: { action: 'cursor_position' } });
+  assert.ok(!r.isError, text(r));
+  assert.match(text(r), /X=20,\s*Y=30/);
+  r = await client.callTool({ name: 'computer', arguments: { action: 'fly' } });
+  assert.equal(r.isError, true);
+  assert.match(text(r), /action/);
+  assert.match(text(r), /fly/);
 } else {
   await checkTools(client, [...fileTools, ...browserTools]);
   const page = '<html><head><title>MCP page</title></head><body><h1 id="h">Hello</h1>' +

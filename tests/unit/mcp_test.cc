@@ -46,6 +46,25 @@ class FakeSandboxes final : public pb::Sandboxes::Service {
       stream->Write(e);
     };
     const pb::Exec& exec = first.call().exec();
+    if (first.call().has_computer()) {
+      // As the session does: the input as given, an error naming the field, or the text and image.
+      computer_input = first.call().computer().input_json();
+      const json in = json::parse(computer_input);
+      e.Clear();
+      e.set_seq(++seq);
+      pb::ToolCallFinished* f = e.mutable_tool_call_finished();
+      if (in["action"] == "bogus") {
+        f->mutable_error()->set_code(grpc::INVALID_ARGUMENT);
+        f->mutable_error()->set_message("computer.action: unknown action \"bogus\"");
+      } else if (in["action"] == "cursor_position") {
+        f->mutable_result()->mutable_computer()->set_text("X=3,Y=4");
+      } else {
+        f->mutable_result()->mutable_computer()->set_image_base64("iVBORw0K");
+        f->mutable_result()->mutable_computer()->set_media_type("image/png");
+      }
+      stream->Write(e);
+      return grpc::Status::OK;
+    }
     e.Clear();
     e.set_seq(++seq);
     e.mutable_tool_call_finished()->set_call_id("c1");
@@ -73,6 +92,7 @@ class FakeSandboxes final : public pb::Sandboxes::Service {
   std::atomic<int> creates{0};
   std::atomic<int> signaled{0};
   std::string deleted;
+  std::string computer_input;
 };
 
 class CollectingEmitter final : public Emitter {
@@ -208,6 +228,53 @@ TEST_F(McpServerTest, ToolsListHasStrictSchemasAndOnlyTheKindsTools) {
   EXPECT_EQ(browser.size(), 12u);
   EXPECT_TRUE(HasTool(pb::BROWSER, "browser_screenshot"));
   EXPECT_FALSE(HasTool(pb::FILE, "browser_screenshot"));
+}
+
+TEST_F(McpServerTest, ComputerIsOnlyADesktopToolWithAnthropicsInputSchema) {
+  EXPECT_FALSE(HasTool(pb::FILE, "computer"));
+  EXPECT_FALSE(HasTool(pb::BROWSER, "computer"));
+  EXPECT_TRUE(HasTool(pb::DESKTOP, "computer"));
+  json desktop = ToolList(pb::DESKTOP);
+  EXPECT_EQ(desktop.size(), 6u);
+  json schema;
+  for (const json& t : desktop) {
+    if (t["name"] == "computer") schema = t["inputSchema"];
+  }
+  ASSERT_TRUE(schema.is_object()) << desktop;
+  EXPECT_EQ(schema["additionalProperties"], false);
+  EXPECT_EQ(schema["required"], json::array({"action"}));
+  std::set<std::string> props;
+  for (const auto& [k, v] : schema["properties"].items()) props.insert(k);
+  EXPECT_EQ(props, (std::set<std::string>{"action", "coordinate", "start_coordinate", "text", "duration",
+                                          "scroll_direction", "scroll_amount", "region"}));
+  EXPECT_EQ(schema["properties"]["action"]["enum"].size(), 17u) << schema["properties"]["action"];
+  EXPECT_EQ(schema["properties"]["coordinate"]["minItems"], 2);
+  EXPECT_EQ(schema["properties"]["coordinate"]["maxItems"], 2);
+  EXPECT_EQ(schema["properties"]["coordinate"]["items"]["type"], "integer");
+  EXPECT_EQ(schema["properties"]["region"]["maxItems"], 4);
+}
+
+TEST_F(McpServerTest, ComputerPassesItsInputAndReturnsTextAndImageContent) {
+  McpServer::Options o;
+  o.stub = stub_.get();
+  o.create.set_kind(pb::DESKTOP);
+  server_ = std::make_unique<McpServer>(std::move(o));
+  Initialize("2025-06-18");
+  const json click = {{"action", "left_click"}, {"coordinate", {10, 20}}, {"text", "shift"}};
+  json r = Call("computer", click);
+  ASSERT_TRUE(r.contains("result")) << r;
+  EXPECT_FALSE(r["result"].contains("isError")) << r;
+  EXPECT_EQ(json::parse(fake_.computer_input), click) << "arguments go to input_json unchanged";
+  ASSERT_EQ(r["result"]["content"].size(), 1u) << r;
+  EXPECT_EQ(r["result"]["content"][0], (json{{"type", "image"}, {"data", "iVBORw0K"}, {"mimeType", "image/png"}}));
+  r = Call("computer", json{{"action", "cursor_position"}});
+  EXPECT_EQ(r["result"]["content"], json::array({{{"type", "text"}, {"text", "X=3,Y=4"}}})) << r;
+  // The session checks the input (its errors are more specific than a schema's); they are tool errors.
+  r = Call("computer", json{{"action", "bogus"}});
+  EXPECT_EQ(r["result"]["isError"], true) << r;
+  EXPECT_NE(r["result"]["content"][0]["text"].get<std::string>().find("computer.action"), std::string::npos) << r;
+  EXPECT_EQ(Call("computer", json::array({1}))["result"]["isError"], true);
+  EXPECT_EQ(fake_.creates, 1);
 }
 
 TEST_F(McpServerTest, UnknownToolIsMinus32602AndCreatesNoSession) {
