@@ -129,7 +129,12 @@ void TcpListener::Serve(Conn* conn, UniqueFd fd) {
     if (memcmp(first, "PRI", 3) == 0) {
       int one = 1;
       setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-      grpc::AddInsecureChannelFromFd(grpc_, fd.Release());  // gRPC owns it from here
+      // gRPC's endpoint reads until EAGAIN: a blocking socket would park its poller in recvmsg once the
+      // client paused (a bidi stream waiting for our answer then never got it).
+      const int flags = fcntl(fd.get(), F_GETFL);
+      if (flags >= 0 && fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) == 0) {
+        grpc::AddInsecureChannelFromFd(grpc_, fd.Release());  // gRPC owns it from here
+      }  // else closed below: the client sees the connection drop
     } else if (cdp_request) {
       // A session's browser over CDP (cdp_endpoint.h): /cdp/SESSION/json/version and its WebSocket, under the
       // MCP side's bearer token, checked before anything else. Each stream is a Cdp RPC on the in-process
