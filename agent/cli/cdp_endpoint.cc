@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "agent/loopback_guard.h"
+
 namespace sbx::cdp {
 namespace {
 
@@ -448,6 +450,19 @@ void ServeCdpConnection(int fd, const CdpEndpointOptions& o) {
   }
   if (o.authorize && !o.authorize(req.Header("authorization"))) {
     Respond(fd, 401, "text/plain", "Unauthorized: missing or wrong bearer token\n", "WWW-Authenticate: Bearer\r\n");
+    ::close(fd);
+    return;
+  }
+  // As Chromium's DevTools server: no web page may drive the browser. A page's WebSocket (never subject to
+  // CORS) carries its Origin; a page reaching loopback through a rebound DNS name carries that name in Host.
+  // Node's clients (Playwright, Puppeteer) send no Origin.
+  if (const std::string origin = req.Header("origin"); !origin.empty()) {
+    Respond(fd, 403, "text/plain", "Forbidden: a request from a web page (it sent an Origin header)\n");
+    ::close(fd);
+    return;
+  }
+  if (!sbx::agent::HostAllowedOnConnection(fd, req.Header("host"))) {
+    Respond(fd, 403, "text/plain", "Forbidden: over loopback the Host must be localhost or an IP address\n");
     ::close(fd);
     return;
   }

@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "agent/http1_parser.h"
+#include "agent/loopback_guard.h"
 #include "sandbox/status.h"
 
 namespace sbx::agent::mcp {
@@ -469,6 +470,12 @@ bool McpHttpServer::ServeRequest(int fd, const HttpRequest& req, const std::stri
     return RespondError(fd, 401, "Unauthorized: missing or wrong bearer token", req.keep_alive,
                         {{"WWW-Authenticate", "Bearer"}});
   }
+  if (const std::string* host = req.Header("host"); host != nullptr && !HostAllowedOnConnection(fd, *host)) {
+    return RespondError(fd, 403,
+                        absl::StrCat("Forbidden: Host ", http1::Printable(*host, 80),
+                                     " over loopback must be localhost or an IP address (DNS rebinding)"),
+                        req.keep_alive);
+  }
   if (const std::string* origin = req.Header("origin"); origin != nullptr) {
     const std::string* host = req.Header("host");
     if (!OriginAllowed(*origin, host ? *host : "")) {
@@ -574,8 +581,9 @@ bool McpHttpServer::Post(int fd, const HttpRequest& req, const std::string& body
       "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
   {
     std::lock_guard lock(stream->mu);
-    // The priming event: an id before any data, so a client cut off before the first message can resume.
-    const std::string prime = absl::StrCat("id: ", stream->id, "-0\ndata: \n\n");
+    // The priming event: an id before any data, so a client cut off before the first message can resume,
+    // and how long to wait before it does (SSE's retry, SEP-1699).
+    const std::string prime = absl::StrCat("id: ", stream->id, "-0\nretry: 1000\ndata: \n\n");
     if (SendAll(fd, head) && SendAll(fd, prime)) stream->writer_fd = fd;
   }
   StreamEmitter emitter(stream.get(), options_.replay_events);

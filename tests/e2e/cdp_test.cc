@@ -307,7 +307,7 @@ TEST_F(CdpTest, PlaywrightBesideTheSessionsOwnToolCalls) {
   EXPECT_THAT(version, HasSubstr("HTTP/1.1 200"));
   EXPECT_THAT(version, HasSubstr("\"webSocketDebuggerUrl\": \"ws://127.0.0.1:" + std::to_string(port) + "/devtools/browser/"));
   EXPECT_THAT(version, HasSubstr("Chrome/"));
-  EXPECT_THAT(RawHttp(port, "GET /json/list HTTP/1.1\r\nHost: x\r\n\r\n"), HasSubstr("\"type\": \"page\""));
+  EXPECT_THAT(RawHttp(port, "GET /json/list HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"), HasSubstr("\"type\": \"page\""));
 
   Child node = RunNode("playwright.mjs", {"CDP_URL=http://127.0.0.1:" + std::to_string(port),
                                           "PAGE_URL=" + page_url_, "SYNC_DIR=" + dir_ + "/sync"});
@@ -386,16 +386,16 @@ TEST_F(CdpTest, AWrongTokenIsARefusedWebSocket) {
   ASSERT_GT(port, 0);
   const std::string upgrade = RawHttp(port,
                                       "GET /devtools/browser/" + id_ +
-                                          " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                          " HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
   EXPECT_THAT(upgrade, HasSubstr("HTTP/1.1 401"));
-  EXPECT_THAT(RawHttp(port, "GET /json/version HTTP/1.1\r\nHost: x\r\n\r\n"), HasSubstr("HTTP/1.1 401"));
+  EXPECT_THAT(RawHttp(port, "GET /json/version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"), HasSubstr("HTTP/1.1 401"));
   // With the right token the same upgrade is accepted (RFC 6455's example key and answer).
   const int good = StartEndpoint(&endpoint_, token_file_);
   ASSERT_GT(good, 0);
   const std::string ok = RawHttp(good,
                                  "GET /devtools/browser/" + id_ +
-                                     " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                     " HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
   EXPECT_THAT(ok, HasSubstr("HTTP/1.1 101"));
   EXPECT_THAT(ok, HasSubstr("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
@@ -430,13 +430,13 @@ TEST_F(CdpTest, TheDaemonsPortRefusesCdpWithoutTheToken) {
   const int port = std::stoi(tcp_addr_.substr(tcp_addr_.rfind(':') + 1));
   const std::string base = "/cdp/" + id_;
   const std::string upgrade = "GET " + base + "/devtools/browser/" + id_ +
-                              " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                              " HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
   EXPECT_THAT(RawHttp(port, upgrade + "\r\n"), HasSubstr("HTTP/1.1 401"));
   EXPECT_THAT(RawHttp(port, upgrade + "Authorization: Bearer not-the-token\r\n\r\n"), HasSubstr("HTTP/1.1 401"));
-  EXPECT_THAT(RawHttp(port, "GET " + base + "/json/version HTTP/1.1\r\nHost: x\r\n\r\n"), HasSubstr("HTTP/1.1 401"));
+  EXPECT_THAT(RawHttp(port, "GET " + base + "/json/version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"), HasSubstr("HTTP/1.1 401"));
   // Before anything else: an unknown session is a 401 too, not a 404 that would tell it exists or not.
-  EXPECT_THAT(RawHttp(port, "GET /cdp/no-such-session/json/list HTTP/1.1\r\nHost: x\r\n\r\n"),
+  EXPECT_THAT(RawHttp(port, "GET /cdp/no-such-session/json/list HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
               HasSubstr("HTTP/1.1 401"));
   // Playwright without the header is refused.
   Child node = RunNode("playwright_daemon.mjs", {"CDP_URL=http://" + tcp_addr_ + base, "CDP_TOKEN=",
@@ -447,6 +447,38 @@ TEST_F(CdpTest, TheDaemonsPortRefusesCdpWithoutTheToken) {
   const std::string ok = RawHttp(port, upgrade + "Authorization: Bearer cdp-s3cret\r\n\r\n");
   EXPECT_THAT(ok, HasSubstr("HTTP/1.1 101"));
   EXPECT_THAT(ok, HasSubstr("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+}
+
+// No web page drives the browser, as with Chromium's own DevTools server: a request carrying an Origin (a
+// page's WebSocket or fetch) is refused, and so is one whose Host is a DNS name over loopback (a page whose
+// name was re-pointed at 127.0.0.1), on sandboxctl's endpoint and on the daemon's port, token or not.
+TEST_F(CdpTest, WebPagesAreRefusedOnBothEndpoints) {
+  const int local = StartEndpoint(&endpoint_, token_file_);
+  ASSERT_GT(local, 0);
+  const int daemon_port = std::stoi(tcp_addr_.substr(tcp_addr_.rfind(':') + 1));
+  struct Endpoint {
+    int port;
+    std::string base, auth;
+  };
+  for (const Endpoint& e : {Endpoint{local, "", ""},
+                            Endpoint{daemon_port, "/cdp/" + id_, "Authorization: Bearer cdp-s3cret\r\n"}}) {
+    SCOPED_TRACE(e.port == local ? "sandboxctl's endpoint" : "the daemon's port");
+    const std::string upgrade_path = e.base + "/devtools/browser/" + id_;
+    const std::string ws = " HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + e.auth;
+    const std::string here = "Host: 127.0.0.1:" + std::to_string(e.port) + "\r\n";
+    EXPECT_THAT(RawHttp(e.port, "GET " + upgrade_path + ws + here + "Origin: http://evil.example\r\n\r\n"),
+                HasSubstr("HTTP/1.1 403"));
+    EXPECT_THAT(RawHttp(e.port, "GET " + upgrade_path + ws + "Host: evil.example:" + std::to_string(e.port) +
+                                    "\r\n\r\n"),
+                HasSubstr("HTTP/1.1 403"));
+    EXPECT_THAT(RawHttp(e.port, "GET " + e.base + "/json/version HTTP/1.1\r\n" + e.auth +
+                                    "Host: 127.0.0.1.evil.example\r\n\r\n"),
+                HasSubstr("HTTP/1.1 403"));
+    // localhost and literals pass: the same upgrade from a Node client is accepted.
+    EXPECT_THAT(RawHttp(e.port, "GET " + upgrade_path + ws + "Host: localhost:" + std::to_string(e.port) + "\r\n\r\n"),
+                HasSubstr("HTTP/1.1 101"));
+  }
 }
 
 // Playwright's storageState: loaded at Create (sandboxctl create --storage-state), seen by the pages, and

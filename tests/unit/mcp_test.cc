@@ -1,6 +1,10 @@
 // The MCP server's JSON-RPC core (agent/mcp/mcp_server.h) against a fake Sandboxes service on an in-process
 // gRPC server (no jail): framing errors, version negotiation, batches per version, unknown methods and tools,
 // argument checks, progress, cancellation; and the HTTP request-head parser and Origin check (mcp_http.h).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -9,16 +13,19 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "agent/loopback_guard.h"
 #include "agent/mcp/mcp_http.h"
 #include "agent/mcp/mcp_server.h"
 #include "agent/mcp/mcp_tools.h"
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
+#include "sandbox/unique_fd.h"
 
 namespace sbx::agent::mcp {
 namespace {
 
 namespace pb = ::duvo::sandbox::v1;
 using json = nlohmann::json;
+using ::sbx::UniqueFd;
 
 // Sessions are ids; an exec of "sleep" streams one output chunk and waits for a signal; any other exec
 // prints its argv joined and exits 0.
@@ -410,4 +417,43 @@ TEST(McpHttpOriginTest, LoopbackOrSameHostOnly) {
 }
 
 }  // namespace
+TEST(LoopbackGuardTest, HostLiteralsOnly) {
+  for (const char* ok : {"localhost", "LocalHost:7443", "127.0.0.1", "127.0.0.1:9222", "10.1.2.3:80", "[::1]",
+                         "[::1]:7443", "[fe80::1]:1"}) {
+    EXPECT_TRUE(HostHeaderIsLiteral(ok)) << ok;
+  }
+  for (const char* bad : {"evil.example", "evil.example:7443", "127.0.0.1.evil.example", "localhost.evil.example",
+                          "0x7f.1", "127.1", "[::1", "[::1]x", "[evil]", "127.0.0.1:", "127.0.0.1:80:80",
+                          "localhost:http", ""}) {
+    EXPECT_FALSE(HostHeaderIsLiteral(bad)) << bad;
+  }
+}
+
+TEST(LoopbackGuardTest, TheRuleAppliesToLoopbackConnectionsOnly) {
+  // A TCP connection over 127.0.0.1: its accepted end is a loopback one.
+  UniqueFd listener(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(listener.valid());
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(listener.get(), 1), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  UniqueFd client(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_EQ(connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  UniqueFd accepted(accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(accepted.valid());
+  EXPECT_TRUE(ConnectedViaLoopback(accepted.get()));
+  EXPECT_FALSE(HostAllowedOnConnection(accepted.get(), "evil.example:80"));
+  EXPECT_TRUE(HostAllowedOnConnection(accepted.get(), "127.0.0.1:80"));
+  EXPECT_TRUE(HostAllowedOnConnection(accepted.get(), ""));
+  // Not a loopback connection: any name (the platform's proxy's) passes.
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd a(sv[0]), b(sv[1]);
+  EXPECT_FALSE(ConnectedViaLoopback(a.get()));
+  EXPECT_TRUE(HostAllowedOnConnection(a.get(), "sandbox.platform.internal"));
+}
+
 }  // namespace sbx::agent::mcp
