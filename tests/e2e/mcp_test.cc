@@ -9,6 +9,7 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -141,6 +142,25 @@ TEST_F(McpE2eTest, SdkOverStreamableHttp) {
   EXPECT_EQ(Node("http.mjs", "", &out), 0) << out;
   EXPECT_NE(out.find("all checks passed"), std::string::npos) << out;
   // Every MCP session was ended (DELETE), so its sandbox session is gone; 401s created none.
+  EXPECT_TRUE(WaitForSessions(*daemon_, 0));
+}
+
+// The MCP project's conformance checks (@modelcontextprotocol/conformance) for the scenarios that apply to this
+// server (tests/mcp/conformance.mjs says which, and why the others do not): initialize, ping, tools/list,
+// concurrent SSE streams, and DNS rebinding (a Host or Origin naming another site is refused over loopback).
+TEST_F(McpE2eTest, TheSdksConformanceChecks) {
+  if (std::string m = MissingNodeDeps(); !m.empty()) GTEST_SKIP() << m;
+  const std::string cli = std::string(SBX_NPM_DIR) + "/node_modules/@modelcontextprotocol/conformance/package.json";
+  ASSERT_EQ(access(cli.c_str(), R_OK), 0) << "tests/npm lacks @modelcontextprotocol/conformance: run npm ci there";
+  char dir[] = "/tmp/sbx-mcp-conformance-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  std::string out;
+  EXPECT_EQ(Node("conformance.mjs", std::string("OUT_DIR=") + dir, &out), 0) << out;
+  EXPECT_NE(out.find("all conformance checks passed"), std::string::npos) << out;
+  EXPECT_NE(out.find("ok   dns-rebinding-protection localhost-host-rebinding-rejected: SUCCESS"), std::string::npos)
+      << out;
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
   EXPECT_TRUE(WaitForSessions(*daemon_, 0));
 }
 
