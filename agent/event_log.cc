@@ -1,6 +1,7 @@
 #include "agent/event_log.h"
 
 #include <chrono>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "agent/jail_text.h"
@@ -94,7 +95,7 @@ void EventLog::AddLocked(uint64_t seq, std::shared_ptr<pb::Event> event) {
 }
 
 uint64_t EventLog::AppendOutput(const std::string& call_id, pb::OutputStream stream, uint64_t offset,
-                                std::string_view data) {
+                                std::string data) {
   {
     std::lock_guard lock(mu_);
     if (closed_) return 0;
@@ -119,7 +120,7 @@ uint64_t EventLog::AppendOutput(const std::string& call_id, pb::OutputStream str
   out->set_call_id(call_id);
   out->set_stream(stream);
   out->set_offset(offset);
-  out->set_data(std::string(data));
+  out->set_data(std::move(data));
   uint64_t seq;
   {
     std::lock_guard lock(mu_);

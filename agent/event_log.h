@@ -70,9 +70,11 @@ class EventLog {
                   const std::function<void(const duvo::sandbox::v1::Event&)>& before_readers);
 
   // Output of a call: joins the open chunk when it is the newest event, of the same call and stream, ends at
-  // `offset`, and has room and time left; else appends a new chunk. Returns the chunk's seq (0 after Close).
+  // `offset`, and has room and time left; else appends a new chunk, which takes `data` itself (moved in: bulk
+  // output arrives in chunks of up to 256 KiB, and a copy of each was most of the daemon's streaming cost).
+  // Returns the chunk's seq (0 after Close).
   uint64_t AppendOutput(const std::string& call_id, duvo::sandbox::v1::OutputStream stream, uint64_t offset,
-                        std::string_view data);
+                        std::string data);
 
   // A whole file as chunk events of at most `chunk_bytes` (sha256 on the last). When the file payloads held
   // would pass limits.file_events_max_bytes, appends one `dropped` event instead and returns

@@ -607,7 +607,7 @@ absl::StatusOr<uint64_t> Session::RunCall(const std::string& call_id, const pb::
         }
         // Coalesced into chunks by the log (EventLog::AppendOutput): one write is not one event.
         events_.AppendOutput(call_id, stream == sandbox::OutputStream::kStdout ? pb::STDOUT : pb::STDERR, offset,
-                             data);
+                             std::move(data));
       };
       auto on_end = [this, call_id, over_limit](absl::StatusOr<sandbox::ExecEnd> end) {
         absl::StatusOr<pb::ToolResult> result;

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstdint>
 #include <cstdio>
@@ -67,6 +68,16 @@ constexpr size_t kMaxListEntries = 10'000;
 constexpr int kMaxRemoveDepth = 256;
 // After a timeout kill: output still buffered in a pipe is read, up to this much per stream.
 constexpr int kDrainReadsAfterTimeout = 8;
+// After a read of a command's output, that stream is not watched for kReadCoalesce: what the command writes
+// meanwhile waits in the pipe and goes out as one chunk. Watching it all the time woke init (and then the
+// agent, and the client) for every write(2) of a fast writer: `head` writes 8 KiB at a time, and a 1 GiB
+// stream was ~25000 small frames, each a wakeup along the whole path, where a syscall or a context switch is
+// what costs (under a paravirtualized guest, many microseconds). 250 us is invisible next to the agent's
+// own 5 ms output hold, and a writer at 1 GB/s fills one 256 KiB chunk in about that time.
+constexpr auto kReadCoalesce = std::chrono::microseconds(250);
+// Full chunks read back to back in one go: the 1 MiB pipe (StartExec sets its size).
+constexpr int kReadsPerWake = 4;
+using Clock = std::chrono::steady_clock;
 constexpr uint32_t kMaxBrowserCallMs = 120000;  // a browser action's own timeout at most (the API's bound)
 // A driver call's deadline (Request.timeout_ms): this when the agent sends none, and this much at most.
 constexpr uint32_t kDefaultDriverCallMs = 30000;
@@ -559,6 +570,9 @@ struct Exec {
   Watch timer;
   uint64_t offset[3] = {0, 0, 0};  // by stream (1: stdout, 2: stderr)
   bool eof[3] = {false, false, false};  // by stream; set at EOF, or when there is no such stream
+  // By stream: read recently, so not watched until read_at (kReadCoalesce); the loop reads it then.
+  bool deferred[3] = {false, false, false};
+  Clock::time_point read_at[3];
   bool stdin_opened = false;       // a pipe or the pty: StdinWrite is possible at all
   bool stdin_writable = false;     // StdinWrite is accepted (until eof, or the command closed it)
   std::deque<StdinChunk> stdin_queue;
@@ -841,6 +855,10 @@ class Server {
   void StartExec(uint64_t call_id, const pb::ExecStart& q);
   void OnExecEvent(Src src, uint64_t serial, uint32_t events);
   void ReadOutput(Exec& e, int stream);
+  // The epoll_wait timeout until the first deferred stream is due (nullptr: none, wait for events), and
+  // the reads of the streams that are due.
+  const timespec* DeferredReadTimeout(timespec* storage) const;
+  void ReadDeferred();
   void WriteStdin(uint64_t call_id, const pb::StdinWrite& q);
   void FlushStdin(Exec& e);
   void FailStdin(Exec& e, const std::string& why);
@@ -941,13 +959,22 @@ int Server::Run() {
   epoll_event events[64];
   while (!stop_) {
     if (terminating_ && execs_.empty() && out_.empty()) break;
-    const int n = epoll_wait(epoll_.get(), events, 64, -1);
+    timespec storage;
+    const timespec* timeout = DeferredReadTimeout(&storage);
+    int n = epoll_pwait2(epoll_.get(), events, 64, timeout, nullptr);
+    if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
+      // A kernel before 5.11 (or a filter that refuses it): whole milliseconds, rounded up (a deferred read
+      // comes later, never early).
+      const int ms = timeout == nullptr ? -1 : static_cast<int>(timeout->tv_sec * 1000 + timeout->tv_nsec / 1'000'000 + 1);
+      n = epoll_wait(epoll_.get(), events, 64, ms);
+    }
     if (n < 0) {
       if (errno == EINTR) continue;
       Stop(std::string("epoll_wait: ") + strerror(errno), 125);
       break;
     }
     for (int i = 0; i < n && !stop_; ++i) Dispatch(events[i]);
+    if (!stop_) ReadDeferred();
   }
   KillAll(SIGKILL);
   return exit_status_;
@@ -1210,6 +1237,10 @@ void Server::ReapChildren() {
     if (e == nullptr) continue;
     e->reaped = true;
     e->wait_status = status;
+    // Its last output is read at once: no read waits for more writes of a command that has ended (ExecEnd
+    // would come kReadCoalesce late).
+    e->deferred[1] = e->deferred[2] = false;
+    UpdateExecEvents(*e);
     MaybeFinish(*e);
   }
 }
@@ -1946,10 +1977,10 @@ void Server::StartExec(uint64_t call_id, const pb::ExecStart& q) {
 
 void Server::UpdateExecEvents(Exec& e) {
   const bool stdin_pending = !e.stdin_queue.empty();
-  const uint32_t read = paused_ ? 0u : uint32_t{EPOLLIN};
+  const auto read = [&](int stream) { return paused_ || e.deferred[stream] ? 0u : uint32_t{EPOLLIN}; };
   const uint32_t write = stdin_pending ? uint32_t{EPOLLOUT} : 0u;
-  SetEvents(e.out, e.eof[1] ? 0u : read | (e.pty ? write : 0u), Tag(Src::kStdout, e.serial));
-  SetEvents(e.err, e.eof[2] ? 0u : read, Tag(Src::kStderr, e.serial));
+  SetEvents(e.out, e.eof[1] ? 0u : read(1) | (e.pty ? write : 0u), Tag(Src::kStdout, e.serial));
+  SetEvents(e.err, e.eof[2] ? 0u : read(2), Tag(Src::kStderr, e.serial));
   SetEvents(e.in, write, Tag(Src::kStdin, e.serial));
   SetEvents(e.timer, EPOLLIN, Tag(Src::kTimer, e.serial));
 }
@@ -1988,34 +2019,85 @@ void Server::OnExecEvent(Src src, uint64_t serial, uint32_t events) {
 
 void Server::ReadOutput(Exec& e, int stream) {
   Watch& w = stream == 1 ? e.out : e.err;
-  if (!w.fd || e.eof[stream]) return;
   static char buf[kMaxChunkBytes];
-  ssize_t n = read(w.fd.get(), buf, sizeof(buf));
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EINTR) return;
-    // EIO on a pty master: every end of the terminal is closed, its EOF. Any other error ends the stream too.
-    n = 0;
-  }
-  if (n == 0) {
-    e.eof[stream] = true;
-    if (e.pty) {
-      // NOTE: the master stays open until the command is reaped. Closing it hangs the terminal up, and the
-      // SIGHUP would hit a command that is still in exit(): its status would then read "killed by SIGHUP".
-      SetEvents(w, 0, 0);
-      FailStdin(e, "stdin: the terminal is closed");
-    } else {
-      Close(w);
+  for (int i = 0; i < kReadsPerWake; ++i) {
+    if (!w.fd || e.eof[stream] || stop_) return;
+    ssize_t n = read(w.fd.get(), buf, sizeof(buf));
+    if (n < 0) {
+      // Nothing there: the stream is watched again (UpdateExecEvents), the next write is read at once.
+      if (errno == EAGAIN || errno == EINTR) return;
+      // EIO on a pty master: every end of the terminal is closed, its EOF. Any other error ends the stream.
+      n = 0;
     }
-    return;
+    if (n == 0) {
+      e.eof[stream] = true;
+      e.deferred[stream] = false;
+      if (e.pty) {
+        // NOTE: the master stays open until the command is reaped. Closing it hangs the terminal up, and the
+        // SIGHUP would hit a command that is still in exit(): its status would then read "killed by SIGHUP".
+        SetEvents(w, 0, 0);
+        FailStdin(e, "stdin: the terminal is closed");
+      } else {
+        Close(w);
+      }
+      return;
+    }
+    pb::Response r;
+    r.set_call_id(e.call_id);
+    pb::Output* output = r.mutable_output();
+    output->set_stream(stream == 1 ? pb::OUTPUT_STREAM_STDOUT : pb::OUTPUT_STREAM_STDERR);
+    output->mutable_data()->assign(buf, static_cast<size_t>(n));
+    output->set_offset(e.offset[stream]);
+    e.offset[stream] += static_cast<uint64_t>(n);
+    Send(r);
+    // A short read emptied the pipe; a full one may have left more (then read on, unless the agent is behind).
+    if (static_cast<size_t>(n) < sizeof(buf) || paused_) break;
   }
-  pb::Response r;
-  r.set_call_id(e.call_id);
-  pb::Output* output = r.mutable_output();
-  output->set_stream(stream == 1 ? pb::OUTPUT_STREAM_STDOUT : pb::OUTPUT_STREAM_STDERR);
-  output->mutable_data()->assign(buf, static_cast<size_t>(n));
-  output->set_offset(e.offset[stream]);
-  e.offset[stream] += static_cast<uint64_t>(n);
-  Send(r);
+  // The command is writing: read it again after kReadCoalesce, not on its next write. Not once it was reaped
+  // (its last bytes are read at once, and its EOF seen).
+  if (!e.reaped && !e.eof[stream]) {
+    e.deferred[stream] = true;
+    e.read_at[stream] = Clock::now() + kReadCoalesce;
+  }
+}
+
+const timespec* Server::DeferredReadTimeout(timespec* storage) const {
+  bool any = false;
+  Clock::time_point first;
+  for (const auto& [id, e] : execs_) {
+    for (int stream : {1, 2}) {
+      if (e->deferred[stream] && (!any || e->read_at[stream] < first)) {
+        first = e->read_at[stream];
+        any = true;
+      }
+    }
+  }
+  if (!any) return nullptr;
+  const auto ns = std::max<int64_t>(
+      0, std::chrono::duration_cast<std::chrono::nanoseconds>(first - Clock::now()).count());
+  storage->tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+  storage->tv_nsec = static_cast<long>(ns % 1'000'000'000);
+  return storage;
+}
+
+void Server::ReadDeferred() {
+  const Clock::time_point now = Clock::now();
+  std::vector<uint64_t> due;
+  for (const auto& [id, e] : execs_) {
+    if ((e->deferred[1] && e->read_at[1] <= now) || (e->deferred[2] && e->read_at[2] <= now)) due.push_back(id);
+  }
+  for (uint64_t id : due) {
+    Exec* e = FindExec(id);
+    if (e == nullptr) continue;
+    for (int stream : {1, 2}) {
+      if (!e->deferred[stream] || e->read_at[stream] > now) continue;
+      e->deferred[stream] = false;
+      if (!paused_) ReadOutput(*e, stream);  // paused: watched again once the agent catches up
+      if (stop_) return;
+    }
+    UpdateExecEvents(*e);
+    MaybeFinish(*e);  // may destroy e
+  }
 }
 
 void Server::WriteStdin(uint64_t call_id, const pb::StdinWrite& q) {

@@ -2,12 +2,18 @@
 //  1. exec round trip of `true` in a warm session through the daemon (p50/p99, calls/s); anchor: a local
 //     fork+exec+wait of /bin/true.
 //  2. stdout streaming throughput of `head -c 1G /dev/zero` to a client; anchor:
-//     `head -c 1G /dev/zero | cat > /dev/null` on the host.
+//     `head -c 1G /dev/zero | cat > /dev/null` on the host. Also the CPU time the daemon (agent and
+//     sandbox-init) and this client spent per GiB, to see where a slow run went.
 //  3. idle density: N concurrent idle file sessions; agent RSS and host memory per session.
 //
-//   daemon_bench [--calls N] [--stream-bytes B] [--sessions N]
+//   daemon_bench [--calls N] [--stream-bytes B] [--sessions N] [--runs N] [--only exec|stream|density]
+//                [--agent PATH]
+// --only runs one part (e.g. to profile the daemon during streaming alone); --runs is the streaming runs
+// (5); --agent runs another build's sandbox-agent (with its sandbox-agentd and sandbox-init beside it),
+// e.g. to compare two builds on the same machine.
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,6 +24,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -61,8 +68,31 @@ long RssKiB(pid_t pid) {
   return -1;
 }
 
+// User + system CPU seconds of a process (all its threads), from /proc/<pid>/stat.
+double CpuSeconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const size_t close = stat.rfind(')');  // the command name may hold spaces
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(stat.substr(close + 2));
+  std::string field;
+  double ticks = 0;
+  // Fields 3.. after the name; utime and stime are fields 14 and 15.
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i >= 14) ticks += std::stod(field);
+  }
+  return ticks / sysconf(_SC_CLK_TCK);
+}
+
+double SelfCpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
 struct ExecOutcome {
   uint64_t bytes = 0;
+  uint64_t dropped = 0;  // output the event log gave up before this client read it (its byte budget)
   bool ok = false;
 };
 
@@ -78,6 +108,8 @@ ExecOutcome Exec(pb::Sandboxes::Stub& stub, const std::string& id, const std::ve
   ExecOutcome out;
   while (stream->Read(&e)) {
     if (e.has_output()) out.bytes += e.output().data().size();
+    if (e.has_output()) out.dropped += e.output().dropped_bytes();
+    if (e.has_dropped()) out.dropped += e.dropped().bytes();
     if (e.has_tool_call_finished()) out.ok = e.tool_call_finished().has_result();
   }
   out.ok = out.ok && stream->Finish().ok();
@@ -90,16 +122,28 @@ int main(int argc, char** argv) {
   int calls = 500;
   uint64_t stream_bytes = 1ull << 30;
   int sessions = 500;
+  int runs = 5;
+  std::string only;
+  std::string agent_bin = SBX_AGENT_BIN;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--calls")) calls = atoi(argv[i + 1]);
     if (!strcmp(argv[i], "--stream-bytes")) stream_bytes = strtoull(argv[i + 1], nullptr, 10);
     if (!strcmp(argv[i], "--sessions")) sessions = atoi(argv[i + 1]);
+    if (!strcmp(argv[i], "--runs")) runs = std::max(1, atoi(argv[i + 1]));
+    if (!strcmp(argv[i], "--only")) only = argv[i + 1];
+    if (!strcmp(argv[i], "--agent")) agent_bin = argv[i + 1];
   }
+  if (!only.empty() && only != "exec" && only != "stream" && only != "density") {
+    fprintf(stderr, "--only %s: expected exec, stream or density\n", only.c_str());
+    return 2;
+  }
+  const auto part = [&only](const char* name) { return only.empty() || only == name; };
   char dir[] = "/tmp/sbx-bench-XXXXXX";
   if (!mkdtemp(dir)) return 1;
   const std::string socket = std::string(dir) + "/agent.sock";
   const std::string config = std::string(dir) + "/agent.textproto";
-  // The default file policy, with an output budget large enough for the streaming run.
+  // The default file policy, with an output budget large enough for the
+  // streaming run.
   {
     std::ifstream in(SBX_FILE_POLICY);
     std::stringstream policy;
@@ -114,14 +158,14 @@ int main(int argc, char** argv) {
     text.replace(at, from.size(), "output_max_bytes: " + std::to_string(2 * stream_bytes + (1 << 20)));
     std::ofstream(std::string(dir) + "/file.textproto") << text;
   }
-  std::ofstream(config) << "unix_socket: \"" << socket << "\"\nmetrics_address: \"off\"\nmax_sessions: "
-                        << sessions + 4 << "\npolicy_dir: \"" << dir << "\"\nstate_dir: \"" << dir << "/state\"\n";
+  std::ofstream(config) << "unix_socket: \"" << socket << "\"\nmetrics_address: \"off\"\nmax_sessions: " << sessions + 4
+                        << "\npolicy_dir: \"" << dir << "\"\nstate_dir: \"" << dir << "/state\"\n";
   // The daemon's log goes to a file: it would drown the figures.
   const std::string log = std::string(dir) + "/agent.log";
   pid_t agent = fork();
   if (agent == 0) {
     freopen(log.c_str(), "w", stderr);
-    execl(SBX_AGENT_BIN, SBX_AGENT_BIN, "serve", "--config", config.c_str(), nullptr);
+    execl(agent_bin.c_str(), agent_bin.c_str(), "serve", "--config", config.c_str(), nullptr);
     _exit(127);
   }
   grpc::ChannelArguments args;
@@ -149,65 +193,80 @@ int main(int argc, char** argv) {
   }
   // 1. exec round trip.
   for (int i = 0; i < 20; ++i) Exec(stub, warm.id(), {"true"});
-  std::vector<double> rtt, local;
-  const auto t0 = Clock::now();
-  for (int i = 0; i < calls; ++i) {
-    auto a = Clock::now();
-    if (!Exec(stub, warm.id(), {"true"}).ok) fprintf(stderr, "exec failed\n");
-    rtt.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
+  if (part("exec")) {
+    std::vector<double> rtt, local;
+    const auto t0 = Clock::now();
+    for (int i = 0; i < calls; ++i) {
+      auto a = Clock::now();
+      if (!Exec(stub, warm.id(), {"true"}).ok) fprintf(stderr, "exec failed\n");
+      rtt.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
+    }
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    for (int i = 0; i < calls; ++i) {
+      auto a = Clock::now();
+      sbx::bench::Wait(sbx::bench::Spawn({"/bin/true"}));
+      local.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
+    }
+    printf("exec round trip of `true` in a warm session, %d calls\n", calls);
+    printf("  through the daemon  p50 %.2f ms  p99 %.2f ms  %.0f calls/s\n", Pct(rtt, 0.5), Pct(rtt, 0.99),
+           calls / secs);
+    printf("  local fork+exec     p50 %.2f ms  p99 %.2f ms\n", Pct(local, 0.5), Pct(local, 0.99));
+    printf("  ratio (p50)         %.2f\n", Pct(rtt, 0.5) / Pct(local, 0.5));
   }
-  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  for (int i = 0; i < calls; ++i) {
-    auto a = Clock::now();
-    sbx::bench::Wait(sbx::bench::Spawn({"/bin/true"}));
-    local.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a).count());
-  }
-  printf("exec round trip of `true` in a warm session, %d calls\n", calls);
-  printf("  through the daemon  p50 %.2f ms  p99 %.2f ms  %.0f calls/s\n", Pct(rtt, 0.5), Pct(rtt, 0.99),
-         calls / secs);
-  printf("  local fork+exec     p50 %.2f ms  p99 %.2f ms\n", Pct(local, 0.5), Pct(local, 0.99));
-  printf("  ratio (p50)         %.2f\n", Pct(rtt, 0.5) / Pct(local, 0.5));
 
-  // 2. streaming throughput: 5 runs each, interleaved; medians (the 2-core machine is noisy).
-  const std::string count = std::to_string(stream_bytes);
-  std::vector<double> ours_gbs, host_gbs;
-  uint64_t received = 0;
-  for (int run = 0; run < 5; ++run) {
-    auto s0 = Clock::now();
-    ExecOutcome streamed = Exec(stub, warm.id(), {"head", "-c", count, "/dev/zero"});
-    const double stream_secs = std::chrono::duration<double>(Clock::now() - s0).count();
-    received = streamed.bytes;
-    ours_gbs.push_back(streamed.bytes / stream_secs / 1e9);
-    auto h0 = Clock::now();
-    sbx::bench::Wait(sbx::bench::Spawn({"/bin/sh", "-c", "head -c " + count + " /dev/zero | cat > /dev/null"}));
-    host_gbs.push_back(stream_bytes / std::chrono::duration<double>(Clock::now() - h0).count() / 1e9);
+  // 2. streaming throughput: --runs runs each (5), interleaved; medians (the 2-core machine is noisy).
+  if (part("stream")) {
+    const std::string count = std::to_string(stream_bytes);
+    std::vector<double> ours_gbs, host_gbs, agent_cpu, client_cpu;
+    uint64_t received = 0;
+    for (int run = 0; run < runs; ++run) {
+      const double agent_cpu0 = CpuSeconds(agent), client_cpu0 = SelfCpuSeconds();
+      auto s0 = Clock::now();
+      ExecOutcome streamed = Exec(stub, warm.id(), {"head", "-c", count, "/dev/zero"});
+      const double stream_secs = std::chrono::duration<double>(Clock::now() - s0).count();
+      received = streamed.bytes;
+      const double gib = static_cast<double>(stream_bytes) / (1 << 30);
+      agent_cpu.push_back((CpuSeconds(agent) - agent_cpu0) / gib);
+      client_cpu.push_back((SelfCpuSeconds() - client_cpu0) / gib);
+      if (streamed.bytes != stream_bytes || !streamed.ok) {
+        fprintf(stderr, "stream run %d: %llu of %llu bytes, %llu dropped by the event log, %s\n", run, static_cast<unsigned long long>(streamed.bytes), static_cast<unsigned long long>(stream_bytes),
+                static_cast<unsigned long long>(streamed.dropped), streamed.ok ? "ended ok" : "did not end ok");
+      }
+      ours_gbs.push_back(streamed.bytes / stream_secs / 1e9);
+      auto h0 = Clock::now();
+      sbx::bench::Wait(sbx::bench::Spawn({"/bin/sh", "-c", "head -c " + count + " /dev/zero | cat > /dev/null"}));
+      host_gbs.push_back(stream_bytes / std::chrono::duration<double>(Clock::now() - h0).count() / 1e9);
+    }
+    printf("stdout streaming, %llu bytes, %d runs each\n", static_cast<unsigned long long>(stream_bytes), runs);
+    printf("  through the daemon  median %.2f GB/s (min %.2f, max %.2f; %llu bytes received)\n", Pct(ours_gbs, 0.5), Pct(ours_gbs, 0), Pct(ours_gbs, 1), static_cast<unsigned long long>(received));
+    printf("  head | cat on host  median %.2f GB/s\n", Pct(host_gbs, 0.5));
+    printf("  ratio (medians)     %.2f\n", Pct(ours_gbs, 0.5) / Pct(host_gbs, 0.5));
+    printf("  CPU per GiB         agent %.2f s, this client %.2f s (medians; sandbox-init not counted)\n",
+           Pct(agent_cpu, 0.5), Pct(client_cpu, 0.5));
   }
-  printf("stdout streaming, %llu bytes, 5 runs each\n", static_cast<unsigned long long>(stream_bytes));
-  printf("  through the daemon  median %.2f GB/s (min %.2f, max %.2f; %llu bytes received)\n", Pct(ours_gbs, 0.5),
-         Pct(ours_gbs, 0), Pct(ours_gbs, 1), static_cast<unsigned long long>(received));
-  printf("  head | cat on host  median %.2f GB/s\n", Pct(host_gbs, 0.5));
-  printf("  ratio (medians)     %.2f\n", Pct(ours_gbs, 0.5) / Pct(host_gbs, 0.5));
 
   // 3. idle density.
-  const long avail_before = MemInfo("MemAvailable");
-  const long rss_before = RssKiB(agent);
-  int created = 0;
-  auto c0 = Clock::now();
-  for (int i = 0; i < sessions; ++i) {
-    grpc::ClientContext ctx;
-    pb::Session s;
-    if (stub.Create(&ctx, pb::CreateRequest(), &s).ok()) ++created;
+  if (part("density")) {
+    const long avail_before = MemInfo("MemAvailable");
+    const long rss_before = RssKiB(agent);
+    int created = 0;
+    auto c0 = Clock::now();
+    for (int i = 0; i < sessions; ++i) {
+      grpc::ClientContext ctx;
+      pb::Session s;
+      if (stub.Create(&ctx, pb::CreateRequest(), &s).ok()) ++created;
+    }
+    const double create_secs = std::chrono::duration<double>(Clock::now() - c0).count();
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const long avail_after = MemInfo("MemAvailable");
+    const long rss_after = RssKiB(agent);
+    printf("idle density: %d sessions created in %.1f s (%.1f ms each)\n", created, create_secs,
+           1000 * create_secs / std::max(created, 1));
+    printf("  agent RSS %ld KiB -> %ld KiB: %.0f KiB per session (target < 200)\n", rss_before, rss_after,
+           static_cast<double>(rss_after - rss_before) / std::max(created, 1));
+    printf("  host memory in use +%ld MiB: %.0f KiB per session (jail, init, cgroup, namespaces)\n",
+           (avail_before - avail_after) / 1024, static_cast<double>(avail_before - avail_after) / std::max(created, 1));
   }
-  const double create_secs = std::chrono::duration<double>(Clock::now() - c0).count();
-  std::this_thread::sleep_for(std::chrono::seconds(1));
-  const long avail_after = MemInfo("MemAvailable");
-  const long rss_after = RssKiB(agent);
-  printf("idle density: %d sessions created in %.1f s (%.1f ms each)\n", created, create_secs,
-         1000 * create_secs / std::max(created, 1));
-  printf("  agent RSS %ld KiB -> %ld KiB: %.0f KiB per session (target < 200)\n", rss_before, rss_after,
-         static_cast<double>(rss_after - rss_before) / std::max(created, 1));
-  printf("  host memory in use +%ld MiB: %.0f KiB per session (jail, init, cgroup, namespaces)\n",
-         (avail_before - avail_after) / 1024, static_cast<double>(avail_before - avail_after) / std::max(created, 1));
 
   kill(agent, SIGTERM);
   int status;

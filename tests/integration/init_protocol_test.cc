@@ -399,6 +399,25 @@ TEST_F(InitProtocolTest, TwentyMebibytesArriveCompleteInOrder) {
   EXPECT_LE(run->largest_chunk, InitClient::kMaxChunkBytes);
 }
 
+TEST_F(InitProtocolTest, AFastWritersOutputComesInFewChunks) {
+  // dd writes 4 KiB at a time, as fast as it can. Read on every write, its 64 MiB came in thousands of small
+  // chunks, each a wakeup all along the path to the client. Read at most once per kReadCoalesce (250 us) per
+  // stream, or in full chunks, there are at most elapsed/250us + size/kMaxChunkBytes of them.
+  constexpr uint64_t kBytes = 64u << 20;
+  auto run = std::make_shared<ExecRun>();
+  run->keep_output = false;
+  ASSERT_TRUE(IsOk(Start(
+      *client_, Command({"sh", "-c", "truncate -s 64M z && dd if=z bs=4096 status=none && rm z"}), run)));
+  ASSERT_TRUE(run->WaitEnd(seconds(60)));
+  ASSERT_ENDED_OK(run);
+  EXPECT_EQ(run->total_bytes, kBytes);
+  EXPECT_TRUE(run->offsets_ok);
+  const auto elapsed_us = std::chrono::duration_cast<std::chrono::microseconds>(run->ended - run->started).count();
+  const uint64_t bound = static_cast<uint64_t>(elapsed_us) / 250 + kBytes / InitClient::kMaxChunkBytes + 16;
+  EXPECT_LE(run->chunks, bound) << run->chunks << " chunks in " << elapsed_us << " us (average "
+                                << kBytes / std::max<uint64_t>(run->chunks, 1) << " bytes)";
+}
+
 TEST_F(InitProtocolTest, ASlowReaderLosesNothing) {
   // The agent side stalls on the first chunks: init's queue to it fills, it stops reading the command's
   // pipe, and the command blocks instead of output being dropped or buffered without bound.
