@@ -659,7 +659,12 @@ absl::StatusOr<Cgroup> Cgroup::Create(const CgroupLayout& layout, std::string_vi
       RETURN_IF_ERROR(WriteIfExists(cg.cpu_path_ + "/cpu.cfs_burst_us", std::to_string(quota)));
     }
     if (limits.cpu_background) RETURN_IF_ERROR(cg.SetCpuBackground(true));
-    RETURN_IF_ERROR(make_dir(layout.v1_cpuacct, &cg.cpuacct_path_));
+    // cpuacct only when it shares the cpu hierarchy (the directory made above): a hierarchy of its own would
+    // cost every start a mkdir, a join and an rmdir for a reading the jail's rusage gives exactly (every
+    // process of a jail is reaped inside its pid namespace, so init's rusage counts them all).
+    if (!layout.v1_cpuacct.empty() && layout.v1_cpuacct == layout.v1_cpu) {
+      RETURN_IF_ERROR(make_dir(layout.v1_cpuacct, &cg.cpuacct_path_));
+    }
     RETURN_IF_ERROR(make_dir(layout.v1_freezer, &cg.freezer_path_));
     return absl::OkStatus();
   };
@@ -749,6 +754,7 @@ absl::StatusOr<CgroupUsage> Cgroup::ReadUsage() const {
     const std::string& dir = memory_path_;
     ASSIGN_OR_RETURN(usage.cpu_user_us, ReadKeyed(dir + "/cpu.stat", "user_usec"));
     ASSIGN_OR_RETURN(usage.cpu_sys_us, ReadKeyed(dir + "/cpu.stat", "system_usec"));
+    usage.cpu_known = true;
     const std::string peak = dir + "/memory.peak";  // kernel >= 5.19
     ASSIGN_OR_RETURN(usage.memory_peak_bytes, ReadU64(Exists(peak) ? peak : dir + "/memory.current"));
     ASSIGN_OR_RETURN(usage.oom_kills, ReadKeyed(dir + "/memory.events", "oom_kill"));
@@ -756,6 +762,7 @@ absl::StatusOr<CgroupUsage> Cgroup::ReadUsage() const {
   }
 
   if (!cpuacct_path_.empty()) {
+    usage.cpu_known = true;
     const std::string user = cpuacct_path_ + "/cpuacct.usage_user";  // nanoseconds, kernel >= 4.16
     if (Exists(user)) {
       ASSIGN_OR_RETURN(uint64_t user_ns, ReadU64(user));
