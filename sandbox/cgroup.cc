@@ -581,11 +581,8 @@ absl::StatusOr<CgroupLayout> PrepareCgroupLayout(std::string_view subdir) {
     RETURN_IF_ERROR(CheckWritable(layout.v2_parent));
     return layout;
   }
-  // A cpuacct hierarchy of its own gets no session cgroups (see Cgroup::Create), so no parent either.
-  const std::string no_dir;
-  const std::string* cpuacct = layout.v1_cpuacct == layout.v1_cpu ? &layout.v1_cpuacct : &no_dir;
-  for (const std::string& dir :
-       UniqueDirs({&layout.v1_memory, &layout.v1_pids, &layout.v1_cpu, cpuacct, &layout.v1_freezer})) {
+  for (const std::string& dir : UniqueDirs(
+           {&layout.v1_memory, &layout.v1_pids, &layout.v1_cpu, &layout.v1_cpuacct, &layout.v1_freezer})) {
     RETURN_IF_ERROR(MkdirAll(dir));
     RETURN_IF_ERROR(CheckWritable(dir));
   }
@@ -664,12 +661,10 @@ absl::StatusOr<Cgroup> Cgroup::Create(const CgroupLayout& layout, std::string_vi
       RETURN_IF_ERROR(WriteIfExists(cg.cpu_path_ + "/cpu.cfs_burst_us", std::to_string(quota)));
     }
     if (limits.cpu_background) RETURN_IF_ERROR(cg.SetCpuBackground(true));
-    // cpuacct only when it shares the cpu hierarchy (the directory made above): a hierarchy of its own would
-    // cost every start a mkdir, a join and an rmdir for a reading the jail's rusage gives exactly (every
-    // process of a jail is reaped inside its pid namespace, so init's rusage counts them all).
-    if (!layout.v1_cpuacct.empty() && layout.v1_cpuacct == layout.v1_cpu) {
-      RETURN_IF_ERROR(make_dir(layout.v1_cpuacct, &cg.cpuacct_path_));
-    }
+    // NOTE: cpuacct stays even as a hierarchy of its own (a mkdir, a join and an rmdir per start): the jail's
+    // rusage is no substitute. When init dies the kernel kills the rest of the pid namespace and, with
+    // SIGCHLD ignored, releases them unaccounted: a workload killed at its time limit would show ~0 CPU.
+    RETURN_IF_ERROR(make_dir(layout.v1_cpuacct, &cg.cpuacct_path_));
     RETURN_IF_ERROR(make_dir(layout.v1_freezer, &cg.freezer_path_));
     return absl::OkStatus();
   };

@@ -1,6 +1,6 @@
 // Session cgroups: one per jail, with memory, pids and cpu limits, usage read back from the kernel, and a
 // kill-everything teardown. cgroup v2 when the host has it (controllers on the unified hierarchy), v1
-// otherwise (per-controller hierarchies: memory, pids, cpu, freezer, and cpuacct where co-mounted with cpu).
+// otherwise (per-controller hierarchies: memory, pids, cpu, cpuacct, freezer).
 #ifndef SBX_SANDBOX_CGROUP_H_
 #define SBX_SANDBOX_CGROUP_H_
 
@@ -57,8 +57,8 @@ struct CgroupLimits {
 
 // Usage and limit hits, as the kernel counted them.
 struct CgroupUsage {
-  // v2 cpu.stat; v1 cpuacct, read only where it is co-mounted with cpu (Create makes no cpuacct hierarchy of
-  // its own): cpu_known false then, and the caller takes the jail's rusage.
+  // v2 cpu.stat; v1 cpuacct. false without either (v1 without a cpuacct hierarchy): the caller falls back to
+  // the jail's rusage, which misses what the kernel killed and released when init died.
   bool cpu_known = false;
   uint64_t cpu_user_us = 0;
   uint64_t cpu_sys_us = 0;

@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <latch>
 #include <thread>
 #include <cerrno>
 #include <cstring>
@@ -147,8 +149,10 @@ struct ChildStack {
 
 // Starts the jail child: returns its pid in the parent once it has exec'd sandbox-init or failed (x86-64,
 // CLONE_VFORK), or at once (elsewhere). -1 with errno when clone fails.
+// `before_copy` runs before the fallback's fork-style clone: that child gets a copy of `child` as it is then,
+// so whatever the helper thread still fills in must be there first.
 pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* move_into_cgroup,
-                 const internal::ChildSpec& child) {
+                 const internal::ChildSpec& child, const std::function<void()>& before_copy) {
 #if defined(__x86_64__)
   static thread_local ChildStack stack;
   char* top = stack.top();
@@ -167,6 +171,7 @@ pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* mov
     if (pid >= 0 || errno != ENOSYS) return static_cast<pid_t>(pid);
   }
 #endif
+  before_copy();
   const pid_t pid = CloneWithPidfd(flags, pidfd, tid, cgroup_fd, move_into_cgroup);
   if (pid == 0) internal::RunJailChild(child);  // never returns
   return pid;
@@ -374,6 +379,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   int move_into_cgroup = 0;  // set by the clone(2) fallback on v2, before child_pid (see CloneWithPidfd)
   const IdRange& lease = ids;
   absl::Status map_status;
+  std::latch prework_done(1);  // the helper's cgroup and seccomp work is over (for the clone(2) fallback)
   std::jthread mapper([&, sync_write = std::move(sync_write)]() mutable {
     const auto deadline = Clock::now() + std::chrono::milliseconds(kSetupTimeoutMs);
     const auto remaining_ms = [&] {
@@ -405,6 +411,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
         map_status = compiled.status();
       }
     }
+    prework_done.count_down();
     pollfd fds[2] = {{ready_read.get(), POLLIN, 0}, {clone_done.get(), POLLIN, 0}};
     int ready;
     do {
@@ -451,7 +458,8 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
       if (fd >= 0) PidfdSendSignal(fd, SIGKILL);
     }
   });
-  const pid_t pid = StartChild(flags, &pidfd, &child_pid, cgroup_fd, &move_into_cgroup, child);
+  const pid_t pid =
+      StartChild(flags, &pidfd, &child_pid, cgroup_fd, &move_into_cgroup, child, [&] { prework_done.wait(); });
   const int clone_errno = errno;
   if (pid > 0) {
     jail->pid_ = pid;

@@ -8,7 +8,6 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -438,6 +437,7 @@ TEST_F(FakeCgroupfsTest, V1ReadUsageParsesKernelFiles) {
   ASSERT_TRUE(cg.ok()) << cg.status();
   absl::StatusOr<CgroupUsage> usage = cg->ReadUsage();
   ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_TRUE(usage->cpu_known);
   EXPECT_EQ(usage->cpu_user_us, 2500000u);  // cpuacct.usage_user is in ns
   EXPECT_EQ(usage->cpu_sys_us, 500000u);
   EXPECT_EQ(usage->memory_peak_bytes, 12345678u);
@@ -461,61 +461,39 @@ TEST_F(FakeCgroupfsTest, V1OlderKernelFilesAndOptionalHierarchies) {
       "memory", With(Without(V1MemoryFiles(), {"memory.memsw.limit_in_bytes", "memory.swappiness"}),
                      "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\n"));
   layout.v1_pids = AddHierarchy("pids", V1PidsFiles());
+  layout.v1_cpuacct =
+      AddHierarchy("cpuacct", {{"cgroup.procs", ""}, {"cpuacct.stat", "user 250\nsystem 50\n"}});
 
   absl::StatusOr<Cgroup> cg = Cgroup::Create(layout, "s1", {64 * kMiB, 16, 1500});
   ASSERT_TRUE(cg.ok()) << cg.status();
   EXPECT_EQ(ReadValue(cg->memory_path() + "/memory.limit_in_bytes"), "67108864");
   EXPECT_FALSE(Exists(cg->memory_path() + "/memory.memsw.limit_in_bytes"));
   EXPECT_FALSE(Exists(cg->memory_path() + "/memory.swappiness"));
+  EXPECT_TRUE(Exists(layout.v1_cpuacct + "/s1"));
 
   absl::StatusOr<CgroupUsage> usage = cg->ReadUsage();
   ASSERT_TRUE(usage.ok()) << usage.status();
-  EXPECT_FALSE(usage->cpu_known);
+  const uint64_t hz = static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
+  EXPECT_EQ(usage->cpu_user_us, 250 * 1000000 / hz);
+  EXPECT_EQ(usage->cpu_sys_us, 50 * 1000000 / hz);
   EXPECT_EQ(usage->oom_kills, 0u);
   EXPECT_EQ(usage->pids_max_events, 7u);
   // Without a freezer KillAll kills until cgroup.procs is empty; here it already is.
   EXPECT_TRUE(cg->KillAll().ok());
 }
 
-// A cpuacct hierarchy of its own (as on this kind of host) is left alone: no directory to make, join and
-// remove on every start, for a reading the jail's rusage gives. Co-mounted with cpu it costs nothing and is read.
-TEST_F(FakeCgroupfsTest, V1SeparateCpuacctHierarchyIsNotCreated) {
+// Without a cpuacct hierarchy there is no cpu reading, and the usage says so (the jail then takes rusage).
+TEST_F(FakeCgroupfsTest, V1WithoutCpuacctHasNoCpuReading) {
   CgroupLayout layout;
   layout.version = CgroupVersion::kV1;
   layout.v1_memory = AddHierarchy("memory", V1MemoryFiles());
   layout.v1_pids = AddHierarchy("pids", V1PidsFiles());
-  layout.v1_cpu = AddHierarchy("cpu", Without(V1CpuCpuacctFiles(), {"cpuacct.usage_user", "cpuacct.usage_sys",
-                                                                    "cpuacct.stat"}));
-  layout.v1_cpuacct = AddHierarchy("cpuacct", {{"cgroup.procs", ""}, {"cpuacct.stat", "user 250\nsystem 50\n"}});
-
-  absl::StatusOr<Cgroup> cg = Cgroup::Create(layout, "s1", {64 * kMiB, 16, 1500});
-  ASSERT_TRUE(cg.ok()) << cg.status();
-  EXPECT_FALSE(Exists(layout.v1_cpuacct + "/s1"));
-  EXPECT_EQ(ReadValue(layout.v1_cpu + "/s1/cpu.cfs_quota_us"), "150000");
-  const std::vector<std::string> joins = cg->V1SelfJoinFiles();
-  EXPECT_EQ(joins.size(), 3u);  // memory, pids, cpu
-  for (const std::string& f : joins) EXPECT_EQ(f.find("/cpuacct/"), std::string::npos) << f;
-  absl::StatusOr<CgroupUsage> usage = cg->ReadUsage();
-  ASSERT_TRUE(usage.ok()) << usage.status();
-  EXPECT_FALSE(usage->cpu_known);
-}
-
-// Co-mounted with cpu on a kernel without cpuacct.usage_user (< 4.16): cpuacct.stat's ticks.
-TEST_F(FakeCgroupfsTest, V1CoMountedCpuacctFallsBackToStatTicks) {
-  CgroupLayout layout;
-  layout.version = CgroupVersion::kV1;
-  layout.v1_memory = AddHierarchy("memory", V1MemoryFiles());
-  layout.v1_pids = AddHierarchy("pids", V1PidsFiles());
-  layout.v1_cpu = AddHierarchy("cpu,cpuacct", Without(V1CpuCpuacctFiles(), {"cpuacct.usage_user", "cpuacct.usage_sys"}));
-  layout.v1_cpuacct = layout.v1_cpu;
   absl::StatusOr<Cgroup> cg = Cgroup::Create(layout, "s1", {});
   ASSERT_TRUE(cg.ok()) << cg.status();
   absl::StatusOr<CgroupUsage> usage = cg->ReadUsage();
   ASSERT_TRUE(usage.ok()) << usage.status();
-  const uint64_t hz = static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
-  EXPECT_TRUE(usage->cpu_known);
-  EXPECT_EQ(usage->cpu_user_us, 250 * 1000000 / hz);
-  EXPECT_EQ(usage->cpu_sys_us, 50 * 1000000 / hz);
+  EXPECT_FALSE(usage->cpu_known);
+  EXPECT_EQ(usage->cpu_user_us + usage->cpu_sys_us, 0u);
 }
 
 TEST_F(FakeCgroupfsTest, V1KillAllFreezesAndThaws) {
@@ -1020,24 +998,15 @@ TEST_F(RealCgroupTest, CpuQuotaThrottlesAndUsageIsCounted) {
   ASSERT_GT(child.pid, 0);
   const absl::Status added = cg->AddProcess(child.pid);
   ASSERT_TRUE(added.ok()) << added;
-  rusage before{};
-  ASSERT_EQ(getrusage(RUSAGE_CHILDREN, &before), 0);
   ASSERT_EQ(write(go[1], "g", 1), 1);
   close(go[1]);
   int status = 0;
   ASSERT_TRUE(WaitBounded(std::exchange(child.pid, -1), &status, milliseconds(10000)));
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
-  rusage after{};
-  ASSERT_EQ(getrusage(RUSAGE_CHILDREN, &after), 0);
 
   absl::StatusOr<CgroupUsage> usage = cg->ReadUsage();
   ASSERT_TRUE(usage.ok()) << usage.status();
-  // v1 with cpuacct in a hierarchy of its own: the cgroup has no cpu reading (a jail takes its rusage), so
-  // the quota is checked against the child's rusage.
-  const auto us = [](const timeval& tv) { return static_cast<uint64_t>(tv.tv_sec) * 1000000 + tv.tv_usec; };
-  const uint64_t cpu_us = usage->cpu_known ? usage->cpu_user_us + usage->cpu_sys_us
-                                           : us(after.ru_utime) + us(after.ru_stime) - us(before.ru_utime) -
-                                                 us(before.ru_stime);
+  const uint64_t cpu_us = usage->cpu_user_us + usage->cpu_sys_us;
   EXPECT_GE(cpu_us, 10000u);   // it did run
   EXPECT_LE(cpu_us, 200000u);  // but at most ~20% of 500 ms, plus one period of slack
   ASSERT_TRUE(cg->Remove().ok());
