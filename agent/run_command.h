@@ -25,7 +25,8 @@ struct RunFlags {
 
 // Runs the command and returns the process exit status: the command's; 128+N for signal N; 125 when the
 // sandbox could not be set up (one line on stderr says why); 126/127 when the command is not executable /
-// not found.
+// not found. Once a jail has run, it ends the process with that status (_exit, after flushing stdio) instead of
+// returning, except in sanitizer builds.
 int RunCommand(const RunFlags& flags);
 
 }  // namespace sbx::agent

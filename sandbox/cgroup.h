@@ -57,6 +57,9 @@ struct CgroupLimits {
 
 // Usage and limit hits, as the kernel counted them.
 struct CgroupUsage {
+  // v2 cpu.stat; v1 cpuacct. false without either (v1 without a cpuacct hierarchy): the caller falls back to
+  // the jail's rusage, which misses what the kernel killed and released when init died.
+  bool cpu_known = false;
   uint64_t cpu_user_us = 0;
   uint64_t cpu_sys_us = 0;
   // v2: memory.peak (kernel >= 5.19), else memory.current when read; v1: memory.max_usage_in_bytes.

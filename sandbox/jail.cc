@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <latch>
 #include <thread>
 #include <cerrno>
 #include <cstring>
@@ -147,8 +149,10 @@ struct ChildStack {
 
 // Starts the jail child: returns its pid in the parent once it has exec'd sandbox-init or failed (x86-64,
 // CLONE_VFORK), or at once (elsewhere). -1 with errno when clone fails.
+// `before_copy` runs before the fallback's fork-style clone: that child gets a copy of `child` as it is then,
+// so whatever the helper thread still fills in must be there first.
 pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* move_into_cgroup,
-                 const internal::ChildSpec& child) {
+                 const internal::ChildSpec& child, const std::function<void()>& before_copy) {
 #if defined(__x86_64__)
   static thread_local ChildStack stack;
   char* top = stack.top();
@@ -167,6 +171,7 @@ pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* mov
     if (pid >= 0 || errno != ENOSYS) return static_cast<pid_t>(pid);
   }
 #endif
+  before_copy();
   const pid_t pid = CloneWithPidfd(flags, pidfd, tid, cgroup_fd, move_into_cgroup);
   if (pid == 0) internal::RunJailChild(child);  // never returns
   return pid;
@@ -257,12 +262,15 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   jail->warnings_ = options.warnings;
   jail->pids_poll_interval_ = options.pids_poll_interval;
 
-  ASSIGN_OR_RETURN(SeccompProgram seccomp, CompileSeccomp(spec.seccomp));
-  sock_fprog prog{static_cast<unsigned short>(seccomp.instructions.size()), seccomp.instructions.data()};
+  // The seccomp program is compiled (or found in the cache) by the helper thread below while the child builds
+  // its mounts; the child reads `prog` only after the helper released it. What the clone needs now is whether
+  // the program will have a listener.
+  std::shared_ptr<const SeccompProgram> seccomp;
+  sock_fprog prog{};
   // With user notification the child sends the filter's listener over this socketpair (SCM_RIGHTS).
   std::optional<SeccompDenyTable> deny_table;
   UniqueFd notify_read, notify_write;
-  if (seccomp.user_notif) {
+  if (SeccompUsesUserNotif(spec.seccomp)) {
     ASSIGN_OR_RETURN(deny_table, SeccompDenyTable::Build(spec.seccomp));
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) < 0) return ErrnoToStatus(errno, "socketpair");
@@ -289,15 +297,19 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
       {RLIMIT_CORE, {0, 0}},
   };
 
-  if (options.cgroups != nullptr) {
-    CgroupLimits cl;
-    cl.memory_max_bytes = spec.limits.memory_max_bytes;
-    cl.pids_max = spec.limits.pids_max;
-    cl.cpu_millicores = spec.limits.cpu_millicores;
-    cl.cpu_background = options.cpu_background;
-    ASSIGN_OR_RETURN(Cgroup cgroup, Cgroup::Create(*options.cgroups, options.name, cl));
+  CgroupLimits cgroup_limits;
+  cgroup_limits.memory_max_bytes = spec.limits.memory_max_bytes;
+  cgroup_limits.pids_max = spec.limits.pids_max;
+  cgroup_limits.cpu_millicores = spec.limits.cpu_millicores;
+  cgroup_limits.cpu_background = options.cpu_background;
+  // v2: the child is cloned into its cgroup, which must exist first (one directory, a few writes). v1: the
+  // helper thread makes the directories while the clone runs, and the child joins them once released.
+  const bool v1_cgroup = options.cgroups != nullptr && options.cgroups->version == CgroupVersion::kV1;
+  if (options.cgroups != nullptr && !v1_cgroup) {
+    ASSIGN_OR_RETURN(Cgroup cgroup, Cgroup::Create(*options.cgroups, options.name, cgroup_limits));
     jail->cgroup_.emplace(std::move(cgroup));
   }
+  const int cgroup_fd = jail->cgroup_ ? jail->cgroup_->v2_dir_fd() : -1;
 
   int ready_pipe[2], sync_pipe[2], err_pipe[2], report_pipe[2];
   if (pipe2(ready_pipe, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
@@ -318,15 +330,14 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   }
   UniqueFd report_read(report_pipe[0]), report_write(report_pipe[1]);
 
-  // v1: the child joins its cgroups itself (see Cgroup::V1SelfJoinFiles); v2: it is cloned into it.
+  // v1: the child joins its cgroups itself (see Cgroup::V1SelfJoinFiles); v2: it is cloned into it. Filled in
+  // by the helper thread before it releases the child.
   std::vector<std::string> tasks_files;
-  if (jail->cgroup_) tasks_files = jail->cgroup_->V1SelfJoinFiles();
   std::vector<const char*> tasks_file_ptrs;
-  for (const std::string& f : tasks_files) tasks_file_ptrs.push_back(f.c_str());
 
   internal::ChildSpec child;
-  child.cgroup_tasks_files = tasks_file_ptrs.data();
-  child.num_cgroup_tasks_files = tasks_file_ptrs.size();
+  child.cgroup_tasks_files = nullptr;
+  child.num_cgroup_tasks_files = 0;
   child.ready_fd = ready_write.get();
   child.sync_fd = sync_read.get();
   child.err_fd = err_write.get();
@@ -345,7 +356,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   child.num_rlimits = sizeof(rlimits) / sizeof(rlimits[0]);
   child.uid = spec.uid;
   child.gid = spec.gid;
-  child.seccomp = &prog;
+  child.seccomp = &prog;  // filled in by the helper thread before it releases the child
   child.notify_fd = notify_write.get();
   child.init_path = kInitPathInJail;
   child.argv = argv.data();
@@ -359,17 +370,48 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   // The child cannot write its own id maps, and with CLONE_VFORK this thread sleeps until the child execs:
   // a helper thread writes them when the child says it is ready, then releases it. It also enforces the
   // setup timeout, killing a child that has not exec'd in time.
+  // Before that, while this thread clones (the kernel building the namespaces), the helper does the work the
+  // child needs only after its release, off the start's critical path: the v1 session cgroup (the child
+  // joins it right after) and the seccomp program (loaded last, before exec). A failure there is reported as
+  // the helper's status, and the child is not released.
   int pidfd = -1;
   pid_t child_pid = 0;  // CLONE_PARENT_SETTID: written by the kernel before the child runs (see CloneWithPidfd)
   int move_into_cgroup = 0;  // set by the clone(2) fallback on v2, before child_pid (see CloneWithPidfd)
   const IdRange& lease = ids;
   absl::Status map_status;
+  std::latch prework_done(1);  // the helper's cgroup and seccomp work is over (for the clone(2) fallback)
   std::jthread mapper([&, sync_write = std::move(sync_write)]() mutable {
     const auto deadline = Clock::now() + std::chrono::milliseconds(kSetupTimeoutMs);
     const auto remaining_ms = [&] {
       return static_cast<int>(std::max<int64_t>(
           0, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count()));
     };
+    if (v1_cgroup) {
+      absl::StatusOr<Cgroup> cgroup = Cgroup::Create(*options.cgroups, options.name, cgroup_limits);
+      if (cgroup.ok()) {
+        jail->cgroup_.emplace(*std::move(cgroup));
+        tasks_files = jail->cgroup_->V1SelfJoinFiles();
+        for (const std::string& f : tasks_files) tasks_file_ptrs.push_back(f.c_str());
+        child.cgroup_tasks_files = tasks_file_ptrs.data();
+        child.num_cgroup_tasks_files = tasks_file_ptrs.size();
+      } else {
+        map_status = cgroup.status();
+      }
+    }
+    if (map_status.ok()) {
+      absl::StatusOr<std::shared_ptr<const SeccompProgram>> compiled = CompileSeccompCached(spec.seccomp);
+      if (compiled.ok() && (*compiled)->user_notif != deny_table.has_value()) {
+        compiled = absl::InternalError("seccomp: the compiled program's listener does not match the policy");
+      }
+      if (compiled.ok()) {
+        seccomp = *std::move(compiled);
+        prog.len = static_cast<unsigned short>(seccomp->instructions.size());
+        prog.filter = const_cast<sock_filter*>(seccomp->instructions.data());
+      } else {
+        map_status = compiled.status();
+      }
+    }
+    prework_done.count_down();
     pollfd fds[2] = {{ready_read.get(), POLLIN, 0}, {clone_done.get(), POLLIN, 0}};
     int ready;
     do {
@@ -416,8 +458,8 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
       if (fd >= 0) PidfdSendSignal(fd, SIGKILL);
     }
   });
-  const pid_t pid = StartChild(flags, &pidfd, &child_pid, jail->cgroup_ ? jail->cgroup_->v2_dir_fd() : -1,
-                               &move_into_cgroup, child);
+  const pid_t pid =
+      StartChild(flags, &pidfd, &child_pid, cgroup_fd, &move_into_cgroup, child, [&] { prework_done.wait(); });
   const int clone_errno = errno;
   if (pid > 0) {
     jail->pid_ = pid;
@@ -614,8 +656,10 @@ RunResult Jail::Wait(int cancel_fd) {
     absl::StatusOr<CgroupUsage> read_usage = cgroup_->ReadUsage();
     if (read_usage.ok()) {
       cg = *read_usage;
-      usage.cpu_user_ms = cg.cpu_user_us / 1000;
-      usage.cpu_sys_ms = cg.cpu_sys_us / 1000;
+      if (cg.cpu_known) {
+        usage.cpu_user_ms = cg.cpu_user_us / 1000;
+        usage.cpu_sys_ms = cg.cpu_sys_us / 1000;
+      }
       if (cg.memory_peak_bytes > 0) usage.max_memory_bytes = cg.memory_peak_bytes;
     } else {
       warnings.push_back(absl::StrCat("usage: ", read_usage.status().message()));

@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "sandbox/status.h"
@@ -186,6 +188,12 @@ SeccompDecision SeccompDenyTable::Decide(int nr, const uint64_t args[6]) const {
   return {SeccompAction::kErrno, EPERM, -1};
 }
 
+bool SeccompUsesUserNotif(const SeccompPolicy& policy) {
+  return policy.audit_denials &&
+         (IsDenial(policy.default_action) || std::any_of(policy.rules.begin(), policy.rules.end(),
+                                                         [](const SeccompRule& r) { return IsDenial(r.action); }));
+}
+
 absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy) {
   const bool notify = policy.audit_denials;
   // The filter's action for a policy action: a denial goes to the supervisor when audited.
@@ -270,14 +278,59 @@ absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy) {
     return absl::InternalError(absl::StrCat("seccomp program has an invalid size: ", st.st_size, " bytes"));
   }
   SeccompProgram program;
-  program.user_notif = notify && (IsDenial(policy.default_action) ||
-                                  std::any_of(policy.rules.begin(), policy.rules.end(),
-                                              [](const SeccompRule& r) { return IsDenial(r.action); }));
+  program.user_notif = SeccompUsesUserNotif(policy);
   program.instructions.resize(st.st_size / sizeof(sock_filter));
   if (pread(mem.get(), program.instructions.data(), st.st_size, 0) != st.st_size) {
     return ErrnoToStatus(errno, "pread(seccomp memfd)");
   }
   return program;
+}
+
+namespace {
+
+// Every field of the policy, length-prefixed where variable: equal keys mean equal policies.
+std::string CacheKey(const SeccompPolicy& policy) {
+  std::string key;
+  const auto put = [&key](uint64_t v) { key.append(reinterpret_cast<const char*>(&v), sizeof(v)); };
+  put(static_cast<uint64_t>(policy.default_action));
+  put(static_cast<uint64_t>(policy.default_errno));
+  put(policy.audit_denials ? 1 : 0);
+  put(policy.rules.size());
+  for (const SeccompRule& rule : policy.rules) {
+    put(rule.syscall.size());
+    key += rule.syscall;
+    put(static_cast<uint64_t>(rule.action));
+    put(static_cast<uint64_t>(rule.errno_value));
+    put(rule.args.size());
+    for (const SyscallArgCondition& c : rule.args) {
+      put(c.index);
+      put(static_cast<uint64_t>(c.op));
+      put(c.value);
+      put(c.mask);
+    }
+  }
+  return key;
+}
+
+constexpr size_t kMaxCachedPrograms = 32;
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const SeccompProgram>> CompileSeccompCached(const SeccompPolicy& policy) {
+  static std::mutex mu;
+  static auto* cache = new std::unordered_map<std::string, std::shared_ptr<const SeccompProgram>>();
+  std::string key = CacheKey(policy);
+  {
+    std::lock_guard lock(mu);
+    if (auto it = cache->find(key); it != cache->end()) return it->second;
+  }
+  // Compiled outside the lock: two first sessions of one policy may both compile; one result stays.
+  ASSIGN_OR_RETURN(SeccompProgram program, CompileSeccomp(policy));
+  auto shared = std::make_shared<const SeccompProgram>(std::move(program));
+  std::lock_guard lock(mu);
+  // Policies a client writes could each add one: past the bound, start over rather than grow.
+  if (cache->size() >= kMaxCachedPrograms) cache->clear();
+  return cache->try_emplace(std::move(key), std::move(shared)).first->second;
 }
 
 }  // namespace sbx::sandbox

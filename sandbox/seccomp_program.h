@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -37,6 +38,15 @@ bool IsJailChildSyscall(int nr);
 // the ranges around its values, and exports BPF.
 // InvalidArgument names the rule ("seccomp.rules[4]: unknown syscall 'mountt'").
 absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy);
+
+// CompileSeccomp through an in-process cache keyed by the policy's whole content (not a hash of it, so two
+// policies never share a program by collision): a daemon compiles each built-in policy once, not at every
+// session start. Errors are not cached. Thread-safe; the cache holds at most a few dozen programs.
+absl::StatusOr<std::shared_ptr<const SeccompProgram>> CompileSeccompCached(const SeccompPolicy& policy);
+
+// Whether CompileSeccomp(policy) returns a program with user_notif, known without compiling: the jail needs
+// the listener's socket before it clones, and compiles the program while the child builds its mounts.
+bool SeccompUsesUserNotif(const SeccompPolicy& policy);
 
 // What the policy decides for a call the filter handed to the supervisor.
 struct SeccompDecision {

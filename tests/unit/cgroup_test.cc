@@ -437,6 +437,7 @@ TEST_F(FakeCgroupfsTest, V1ReadUsageParsesKernelFiles) {
   ASSERT_TRUE(cg.ok()) << cg.status();
   absl::StatusOr<CgroupUsage> usage = cg->ReadUsage();
   ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_TRUE(usage->cpu_known);
   EXPECT_EQ(usage->cpu_user_us, 2500000u);  // cpuacct.usage_user is in ns
   EXPECT_EQ(usage->cpu_sys_us, 500000u);
   EXPECT_EQ(usage->memory_peak_bytes, 12345678u);
@@ -479,6 +480,20 @@ TEST_F(FakeCgroupfsTest, V1OlderKernelFilesAndOptionalHierarchies) {
   EXPECT_EQ(usage->pids_max_events, 7u);
   // Without a freezer KillAll kills until cgroup.procs is empty; here it already is.
   EXPECT_TRUE(cg->KillAll().ok());
+}
+
+// Without a cpuacct hierarchy there is no cpu reading, and the usage says so (the jail then takes rusage).
+TEST_F(FakeCgroupfsTest, V1WithoutCpuacctHasNoCpuReading) {
+  CgroupLayout layout;
+  layout.version = CgroupVersion::kV1;
+  layout.v1_memory = AddHierarchy("memory", V1MemoryFiles());
+  layout.v1_pids = AddHierarchy("pids", V1PidsFiles());
+  absl::StatusOr<Cgroup> cg = Cgroup::Create(layout, "s1", {});
+  ASSERT_TRUE(cg.ok()) << cg.status();
+  absl::StatusOr<CgroupUsage> usage = cg->ReadUsage();
+  ASSERT_TRUE(usage.ok()) << usage.status();
+  EXPECT_FALSE(usage->cpu_known);
+  EXPECT_EQ(usage->cpu_user_us + usage->cpu_sys_us, 0u);
 }
 
 TEST_F(FakeCgroupfsTest, V1KillAllFreezesAndThaws) {

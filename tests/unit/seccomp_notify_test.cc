@@ -170,6 +170,44 @@ TEST(CompileSeccompTest, AuditDenialsSwitchesUserNotification) {
   EXPECT_FALSE(none->user_notif);
 }
 
+bool SameInstructions(const SeccompProgram& a, const SeccompProgram& b) {
+  return a.instructions.size() == b.instructions.size() &&
+         memcmp(a.instructions.data(), b.instructions.data(), a.instructions.size() * sizeof(sock_filter)) == 0;
+}
+
+// A daemon compiles a policy once: the second session of the same policy gets the first one's program.
+TEST(CompileSeccompCachedTest, SamePolicySharesOneCompiledProgram) {
+  SeccompPolicy p = TestPolicy();
+  absl::StatusOr<std::shared_ptr<const SeccompProgram>> first = CompileSeccompCached(p);
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::StatusOr<std::shared_ptr<const SeccompProgram>> again = CompileSeccompCached(SeccompPolicy(p));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(first->get(), again->get());
+  absl::StatusOr<SeccompProgram> direct = CompileSeccomp(p);
+  ASSERT_TRUE(direct.ok());
+  EXPECT_TRUE(SameInstructions(**first, *direct));
+  EXPECT_EQ((*first)->user_notif, direct->user_notif);
+  EXPECT_EQ(SeccompUsesUserNotif(p), direct->user_notif);
+
+  // Any difference in content is another program: an errno, an argument condition's value.
+  SeccompPolicy other_errno = p;
+  other_errno.audit_denials = false;
+  other_errno.rules.push_back({"mount", SeccompAction::kErrno, EACCES, {}});
+  absl::StatusOr<std::shared_ptr<const SeccompProgram>> a = CompileSeccompCached(other_errno);
+  other_errno.rules.back().errno_value = EPERM;
+  absl::StatusOr<std::shared_ptr<const SeccompProgram>> b = CompileSeccompCached(other_errno);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_NE(a->get(), b->get());
+  EXPECT_FALSE(SameInstructions(**a, **b));
+  EXPECT_FALSE(SeccompUsesUserNotif(other_errno));
+
+  // A policy that does not compile is an error every time, never a cached program.
+  SeccompPolicy bad = p;
+  bad.rules.push_back({"mountt", SeccompAction::kErrno, EPERM, {}});
+  EXPECT_EQ(CompileSeccompCached(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CompileSeccompCached(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 int SendFd(int sock, int fd) {
   char byte = 0;
   iovec iov{&byte, 1};
