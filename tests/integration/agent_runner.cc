@@ -14,6 +14,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "tests/common/spawn.h"
+
 namespace sbx::testing {
 
 std::string AgentBin() { return SBX_AGENT_BIN; }
@@ -22,13 +24,6 @@ std::string ProbeBin() { return SBX_PROBE_BIN; }
 namespace {
 
 std::atomic<int> g_counter{0};
-
-std::vector<char*> CStrings(std::vector<std::string>& v) {
-  std::vector<char*> out;
-  for (auto& s : v) out.push_back(s.data());
-  out.push_back(nullptr);
-  return out;
-}
 
 }  // namespace
 
@@ -48,33 +43,27 @@ pid_t StartAgent(const AgentInvocation& inv, int* out_fd, std::string* outcome_p
   args.push_back("--");
   args.insert(args.end(), inv.command.begin(), inv.command.end());
 
-  int in[2], out[2];
-  if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0) abort();
-  std::vector<std::string> env = inv.env;
-  std::vector<char*> argv = CStrings(args);
-  std::vector<char*> envp = CStrings(env);
-  // stderr apart from stdout: a file per run. Opened before fork: the child makes raw syscalls only.
-  const std::string err_path = *outcome_path + ".stderr";
-  const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (err < 0) abort();
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(in[0], 0);
-    dup2(out[1], 1);
-    dup2(err, 2);
-    execvpe(argv[0], argv.data(), envp.data());
-    _exit(127);
+  // stderr apart from stdout: a file per run.
+  SpawnOptions options;
+  options.args = std::move(args);
+  options.env = inv.env;
+  options.stdin_pipe = true;
+  options.stdout_pipe = true;
+  options.stderr_path = *outcome_path + ".stderr";
+  options.die_with_test = false;
+  const Spawned spawned = Spawn(options);
+  if (spawned.pid < 0) {
+    // Never a pid of -1 to the caller: kill(-1, ...) would signal every process.
+    fprintf(stderr, "StartAgent: could not start %s\n", options.args[0].c_str());
+    abort();
   }
-  close(err);
-  close(in[0]);
-  close(out[1]);
+  *out_fd = spawned.stdout_fd;
   if (!inv.stdin_data.empty()) {
-    ssize_t unused = write(in[1], inv.stdin_data.data(), inv.stdin_data.size());
+    ssize_t unused = write(spawned.stdin_fd, inv.stdin_data.data(), inv.stdin_data.size());
     (void)unused;
   }
-  close(in[1]);
-  *out_fd = out[0];
-  return pid;
+  close(spawned.stdin_fd);
+  return spawned.pid;
 }
 
 AgentRun WaitAgent(pid_t pid, int out_fd, const std::string& outcome_path) {
