@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <poll.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -104,20 +103,17 @@ AgentRun RunAgent(const AgentInvocation& inv) {
   return WaitAgent(pid, out_fd, outcome);
 }
 
-namespace {
-std::vector<std::string>* g_found = nullptr;
-int CollectRunDirs(const char* path, const struct stat*, int type, FTW* ftw) {
-  if (type == FTW_D && strncmp(path + ftw->base, "run-", 4) == 0) g_found->push_back(path);
-  return 0;
+std::string Field(const std::string& out, const std::string& key) {
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + "=", 0) == 0) return line.substr(key.size() + 1);
+  }
+  return "<missing>";
 }
-}  // namespace
 
 std::vector<std::string> SessionCgroups() {
-  std::vector<std::string> found;
-  g_found = &found;
-  nftw("/sys/fs/cgroup", CollectRunDirs, 16, FTW_PHYS);
-  g_found = nullptr;
-  return found;
+  return CgroupDirs([](std::string_view name) { return name.starts_with("run-"); });
 }
 
 int MountCount() {
@@ -126,25 +122,6 @@ int MountCount() {
   int n = 0;
   while (std::getline(f, line)) ++n;
   return n;
-}
-
-std::vector<pid_t> JailUidProcesses() {
-  std::vector<pid_t> pids;
-  DIR* d = opendir("/proc");
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    std::ifstream f(std::string("/proc/") + e->d_name + "/status");
-    std::string line;
-    while (std::getline(f, line)) {
-      if (line.rfind("Uid:", 0) == 0) {
-        unsigned long uid = strtoul(line.c_str() + 4, nullptr, 10);
-        if (uid >= (1ul << 30) && uid != 0xFFFFFFFFul) pids.push_back(atoi(e->d_name));
-        break;
-      }
-    }
-  }
-  closedir(d);
-  return pids;
 }
 
 }  // namespace sbx::testing
