@@ -22,7 +22,6 @@
 #include <vector>
 
 #include "sandbox/init/cdp.h"
-#include "tests/common/http_server.h"
 #include "tests/common/png_image.h"
 
 namespace sbx::init {
@@ -55,49 +54,83 @@ bool Near(uint32_t a, uint32_t b) {
   return true;
 }
 
-// The test pages, from an HTTP server on 127.0.0.1 (port chosen by the kernel); it records the query of
-// every request to /submit.
+// A tiny HTTP/1.0 server on 127.0.0.1 (port chosen by the kernel) serving the test pages; it records the query
+// of every request to /submit.
 class PageServer {
  public:
-  PageServer() : server_("127.0.0.1", [](const std::string& head) { return Answer(head); }) {}
-  std::string Url(const std::string& path) const { return server_.Url(path); }
+  PageServer() {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    listen(fd_, 64);
+    socklen_t len = sizeof(addr);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::jthread([this](std::stop_token stop) { Serve(stop); });
+  }
+  ~PageServer() {
+    thread_.request_stop();
+    thread_.join();
+    close(fd_);
+  }
+  std::string Url(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
   std::vector<std::string> Submissions() {
-    std::vector<std::string> out;
-    for (const std::string& head : server_.requests()) {
-      const auto [path, query] = PathAndQuery(head);
-      if (path == "/submit") out.push_back(query);
-    }
-    return out;
+    std::lock_guard<std::mutex> lock(mu_);
+    return submissions_;
   }
 
  private:
-  static std::pair<std::string, std::string> PathAndQuery(const std::string& head) {
-    const std::string target = ::sbx::testing::RequestTarget(head);
-    const size_t q = target.find('?');
-    return {target.substr(0, q), q == std::string::npos ? "" : target.substr(q + 1)};
-  }
-  static std::string Answer(const std::string& head) {
-    const auto [path, query] = PathAndQuery(head);
-    std::string status = "200 OK", body, type = "text/html; charset=utf-8";
-    if (path == "/") {
-      body = kIndex;
-    } else if (path == "/tall") {
-      body = kTall;
-    } else if (path == "/file") {
-      body = "file contents\n";
-      type = "application/octet-stream\r\nContent-Disposition: attachment; filename=\"report.txt\"";
-    } else if (path == "/evil") {
-      body = "evil\n";
-      type = "application/octet-stream\r\nContent-Disposition: attachment; filename=\"../../.bashrc\"";
-    } else if (path == "/throws") {
-      body = kThrows;
-    } else if (path == "/submit") {
-      body = "<html><body><p>got it: " + query + "</p></body></html>";
-    } else {
-      status = "404 Not Found";
-      body = "not found";
+  void Serve(std::stop_token stop) {
+    while (!stop.stop_requested()) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 50) <= 0) continue;
+      const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) continue;
+      timeval tv{2, 0};
+      setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+      std::string request;
+      char buf[4096];
+      while (request.find("\r\n\r\n") == std::string::npos) {
+        const ssize_t n = read(c, buf, sizeof(buf));
+        if (n <= 0) break;
+        request.append(buf, static_cast<size_t>(n));
+      }
+      const size_t sp1 = request.find(' '), sp2 = request.find(' ', sp1 + 1);
+      const std::string target = sp1 == std::string::npos ? "" : request.substr(sp1 + 1, sp2 - sp1 - 1);
+      const std::string path = target.substr(0, target.find('?'));
+      const std::string query = target.find('?') == std::string::npos ? "" : target.substr(target.find('?') + 1);
+      std::string status = "200 OK", body, type = "text/html; charset=utf-8";
+      if (path == "/") {
+        body = kIndex;
+      } else if (path == "/tall") {
+        body = kTall;
+      } else if (path == "/file") {
+        body = "file contents\n";
+        type = "application/octet-stream\r\nContent-Disposition: attachment; filename=\"report.txt\"";
+      } else if (path == "/evil") {
+        body = "evil\n";
+        type = "application/octet-stream\r\nContent-Disposition: attachment; filename=\"../../.bashrc\"";
+      } else if (path == "/throws") {
+        body = kThrows;
+      } else if (path == "/submit") {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          submissions_.push_back(query);
+        }
+        body = "<html><body><p>got it: " + query + "</p></body></html>";
+      } else {
+        status = "404 Not Found";
+        body = "not found";
+      }
+      const std::string response = "HTTP/1.0 " + status + "\r\nContent-Type: " + type +
+                                   "\r\nConnection: close\r\n"
+                                   "Content-Length: " +
+                                   std::to_string(body.size()) + "\r\n\r\n" + body;
+      (void)!write(c, response.data(), response.size());
+      close(c);
     }
-    return ::sbx::testing::HttpResponse(status, type, body);
   }
 
   static constexpr char kIndex[] = R"(<!doctype html><html><head><title>Test page</title>
@@ -113,7 +146,11 @@ class PageServer {
   static constexpr char kThrows[] = R"(<!doctype html><html><body><p>throws</p>
 <script>throw new Error("boom-from-page");</script></body></html>)";
 
-  ::sbx::testing::HttpServer server_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::mutex mu_;
+  std::vector<std::string> submissions_;
+  std::jthread thread_;
 };
 
 class CdpDriverTest : public ::testing::Test {
