@@ -139,7 +139,9 @@ class Session {
   // session. FailedPrecondition once the session has ended; InvalidArgument for an empty path.
   absl::StatusOr<std::unique_ptr<FileTransfer>> BeginUpload(const std::string& path, uint32_t mode);
 
-  // The InitClient for Upload/Download (nullptr after the end).
+  // The InitClient for Upload/Download and the service's own streams (Vnc, Cdp). Never null: Start() always makes
+  // one and it lives as long as the Session (reset only in ~Session). After the end the jail is killed, so its
+  // calls fail; callers check ended() first.
   sandbox::InitClient* init() { return init_.get(); }
 
   // Marks the session used now (tool calls, uploads); the idle timeout counts from the last use.

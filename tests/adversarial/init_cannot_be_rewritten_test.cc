@@ -18,15 +18,6 @@ namespace {
 
 using ::testing::AnyOf;
 
-std::string Field(const std::string& out, const std::string& key) {
-  std::istringstream in(out);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + "=", 0) == 0) return line.substr(key.size() + 1);
-  }
-  return "<missing>";
-}
-
 AgentRun RunProbe(std::vector<std::string> args, std::vector<std::string> flags = {}) {
   AgentInvocation inv;
   inv.bind_probe = false;

@@ -27,48 +27,17 @@
 #include "sandbox/seccomp_notify.h"
 #include "sandbox/seccomp_program.h"
 #include "tests/bench/bench_util.h"
+#include "tests/common/fd_passing.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using sbx::UniqueFd;
+using ::sbx::testing::RecvFd;
+using ::sbx::testing::SendFd;
 namespace sb = sbx::sandbox;
 
 enum class Filter { kNone, kPlain, kNotify };
-
-int SendFd(int sock, int fd) {
-  char byte = 0;
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = SOL_SOCKET;
-  cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-  return sendmsg(sock, &msg, 0) == 1 ? 0 : -1;
-}
-
-int RecvFd(int sock) {
-  char byte;
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) != 1) return -1;
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  if (cmsg == nullptr || cmsg->cmsg_type != SCM_RIGHTS) return -1;
-  int fd;
-  memcpy(&fd, CMSG_DATA(cmsg), sizeof(fd));
-  return fd;
-}
 
 // Runs `n` calls of `nr` in a forked child under `filter`; returns ns per call (the child's own clock).
 double Measure(Filter filter, long nr, long n, const sb::SeccompPolicy& policy) {

@@ -1,12 +1,9 @@
 // Test helper: decoding a PNG (libpng's simplified API) into RGB pixels, for the tests that check what a
-// screenshot shows. Header-only; the test links PNG::PNG.
+// screenshot shows. In sbx_test_common (tests/common/CMakeLists.txt).
 #ifndef SBX_TESTS_COMMON_PNG_IMAGE_H_
 #define SBX_TESTS_COMMON_PNG_IMAGE_H_
 
-#include <png.h>
-
 #include <cstdint>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -22,19 +19,8 @@ struct Image {
   }
 };
 
-inline bool DecodePng(const std::string& png, Image* out) {
-  png_image image;
-  memset(&image, 0, sizeof(image));
-  image.version = PNG_IMAGE_VERSION;
-  if (!png_image_begin_read_from_memory(&image, png.data(), png.size())) return false;
-  image.format = PNG_FORMAT_RGB;
-  out->width = image.width;
-  out->height = image.height;
-  out->rgb.resize(PNG_IMAGE_SIZE(image));
-  const bool ok = png_image_finish_read(&image, nullptr, out->rgb.data(), 0, nullptr) != 0;
-  png_image_free(&image);
-  return ok;
-}
+// Decodes `png` into out (RGB); false when it is not a PNG libpng can read.
+bool DecodePng(const std::string& png, Image* out);
 
 }  // namespace sbx::testing
 

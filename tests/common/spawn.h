@@ -1,48 +1,41 @@
-// Test helper: starting a program under test (the agent) as a child of the test, its stderr in a log file.
-// Header-only.
+// Test helper: starting a program under test (the agent, sandboxctl) as an ordinary child of the test, outside
+// any jail, with Boost.Process. In sbx_test_common (tests/common/CMakeLists.txt).
 #ifndef SBX_TESTS_COMMON_SPAWN_H_
 #define SBX_TESTS_COMMON_SPAWN_H_
 
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <unistd.h>
+#include <sys/types.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace sbx::testing {
 
+struct SpawnOptions {
+  std::vector<std::string> args;  // args[0]: a path, or a name looked up in the test's PATH
+  // The child's whole environment ("NAME=value" each); unset: the test's own.
+  std::optional<std::vector<std::string>> env;
+  bool stdin_pipe = false;   // else /dev/null
+  bool stdout_pipe = false;  // else /dev/null
+  std::string stderr_path;   // stderr into this file (created); "" for /dev/null
+  bool append_stderr = false;  // else the file is truncated
+  bool die_with_test = true;   // SIGKILLed if the test dies (PR_SET_PDEATHSIG)
+};
+
+struct Spawned {
+  pid_t pid = -1;  // -1 when it could not be started (the program could not be found or executed); the
+                   // caller reaps it (waitpid)
+  int stdin_fd = -1;   // the test's end of the child's stdin pipe (close-on-exec), or -1
+  int stdout_fd = -1;  // the test's end of the child's stdout pipe (close-on-exec), or -1
+};
+
+// Starts the program. Everything is prepared before fork (files and pipes opened, the program found in PATH):
+// the test process has gRPC's threads, so the child makes raw syscalls only until exec.
+Spawned Spawn(const SpawnOptions& options);
+
 // Starts `args` (args[0] a path): stdin and stdout /dev/null, stderr into `log_path` (appended to, or
-// truncated), SIGKILLed if the test dies. Everything is prepared before fork: the test process has gRPC's
-// threads, so the child makes raw syscalls only until exec. Returns the pid, or -1.
-inline pid_t SpawnLogged(const std::vector<std::string>& args, const std::string& log_path, bool append) {
-  if (args.empty()) return -1;
-  std::vector<char*> argv;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  const int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC), 0644);
-  const int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (log < 0 || null < 0) {
-    if (log >= 0) close(log);
-    if (null >= 0) close(null);
-    return -1;
-  }
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // a test that dies takes its child with it
-    if (getppid() != parent) _exit(127);
-    dup2(log, 2);
-    dup2(null, 0);
-    dup2(null, 1);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(log);
-  close(null);
-  return pid;
-}
+// truncated), SIGKILLed if the test dies. Returns the pid, or -1.
+pid_t SpawnLogged(const std::vector<std::string>& args, const std::string& log_path, bool append);
 
 }  // namespace sbx::testing
 

@@ -19,6 +19,7 @@
 #include "absl/strings/escaping.h"
 #include "tests/common/png_image.h"
 #include "tests/e2e/daemon_fixture.h"
+#include "tests/e2e/desktop_fixture.h"
 
 namespace sbx::testing {
 namespace {
@@ -26,20 +27,6 @@ namespace {
 namespace pb = ::duvo::sandbox::v1;
 using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
-
-// A daemon whose desktop policy also binds xprobe's directory read-only at /probe.
-Daemon::Options DesktopDaemon(const std::string& policy_dir) {
-  std::filesystem::create_directories(policy_dir);
-  std::ifstream in(SBX_DESKTOP_POLICY);
-  std::stringstream policy;
-  policy << in.rdbuf();
-  const std::string xprobe = SBX_XPROBE_BIN;
-  policy << "\nmounts { bind { src: \"" << xprobe.substr(0, xprobe.rfind('/')) << "\" dst: \"/probe\" } }\n";
-  std::ofstream(policy_dir + "/desktop.textproto") << policy.str();
-  Daemon::Options o;
-  o.config_lines = {"policy_dir: \"" + policy_dir + "\""};
-  return o;
-}
 
 // One xprobe log line, parsed: "press button=1 x=10 y=20 state=0x1 time=123".
 struct Event {
@@ -76,32 +63,9 @@ std::vector<Event> Parse(const std::string& log) {
 constexpr uint32_t kShiftMask = 0x1, kControlMask = 0x4, kButton1Mask = 0x100;
 constexpr uint32_t kXkShiftL = 0xffe1;
 
-class ComputerToolCallTest : public ::testing::Test {
+class ComputerToolCallTest : public DesktopSessionTest {
  protected:
-  void SetUp() override {
-    if (access("/usr/bin/Xvfb", X_OK) != 0) GTEST_SKIP() << "this machine lacks Xvfb (deploy/install-deps.sh installs it)";
-    policy_dir_ = std::filesystem::temp_directory_path() / ("sbx-computer-policy-" + std::to_string(getpid()));
-    daemon_ = std::make_unique<Daemon>(DesktopDaemon(policy_dir_));
-    ASSERT_TRUE(daemon_->ok()) << daemon_->Log();
-    stub_ = daemon_->NewStub();
-  }
-  void TearDown() override {
-    daemon_.reset();
-    std::error_code ec;
-    std::filesystem::remove_all(policy_dir_, ec);
-  }
-
-  std::string Create(uint32_t width = 1280, uint32_t height = 800) {
-    grpc::ClientContext ctx;
-    pb::CreateRequest req;
-    req.set_kind(pb::DESKTOP);
-    req.mutable_desktop()->set_width(width);
-    req.mutable_desktop()->set_height(height);
-    pb::Session session;
-    grpc::Status status = stub_->Create(&ctx, req, &session);
-    EXPECT_TRUE(status.ok()) << status.error_message() << "\n" << daemon_->Log();
-    return session.id();
-  }
+  ComputerToolCallTest() : DesktopSessionTest("sbx-computer-policy") {}
 
   // One computer call with the model's input JSON; `w` x `h` is the display declared to the model.
   CallResult Computer(const std::string& id, const std::string& json, uint32_t w = 0, uint32_t h = 0,
@@ -132,29 +96,8 @@ class ComputerToolCallTest : public ::testing::Test {
     return image;
   }
 
-  void StartXprobe(const std::string& id, const std::string& log = "input.log") {
-    CallResult r = RunExec(stub_.get(), id,
-                           {"/bin/sh", "-c", "/probe/xprobe --motion --time --log /workspace/" + log + " >/dev/null 2>&1 &"});
-    ASSERT_TRUE(r.has_finished) << r.status.error_message();
-    ASSERT_TRUE(WaitForLog(id, log, "ready")) << ReadLog(id, log);
-  }
-
-  std::string ReadLog(const std::string& id, const std::string& log = "input.log") {
-    pb::ToolCall call;
-    call.mutable_read_file()->set_path("/workspace/" + log);
-    CallResult r = RunCall(stub_.get(), id, call);
-    return r.finished.has_result() ? r.finished.result().data() : "";
-  }
-
-  bool WaitForLog(const std::string& id, const std::string& log, const std::string& needle,
-                  std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-    const auto until = Clock::now() + timeout;
-    while (Clock::now() < until) {
-      if (ReadLog(id, log).find(needle) != std::string::npos) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
-  }
+  // xprobe logging pointer motion and event times too.
+  void StartXprobe(const std::string& id) { DesktopSessionTest::StartXprobe(id, "input.log", "--motion --time "); }
 
   // Every event xprobe logged after a marker click at (x, y) with button 2 (middle), which the test sends
   // to cut the log into parts.
@@ -170,10 +113,6 @@ class ComputerToolCallTest : public ::testing::Test {
     Ok(id, "{\"action\": \"middle_click\", \"coordinate\": [" + std::to_string(x) + ", " + std::to_string(y) + "]}");
     ASSERT_TRUE(WaitForLog(id, "input.log", "release button=2 x=" + std::to_string(x) + " y=" + std::to_string(y)));
   }
-
-  std::string policy_dir_;
-  std::unique_ptr<Daemon> daemon_;
-  std::unique_ptr<pb::Sandboxes::StubInterface> stub_;
 };
 
 TEST_F(ComputerToolCallTest, ScreenshotIsABase64PngInTheDeclaredSpaceAndInputActionsReturnOne) {

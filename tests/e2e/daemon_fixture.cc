@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "tests/common/host_state.h"
 #include "tests/common/spawn.h"
 
 namespace sbx::testing {
@@ -202,18 +203,9 @@ std::string RunCtl(const Daemon& daemon, const std::vector<std::string>& args, i
 }
 
 std::vector<std::string> SessionCgroups(const std::string& id) {
-  std::vector<std::string> found;
-  std::error_code ec;
-  for (auto it = std::filesystem::recursive_directory_iterator(
-           "/sys/fs/cgroup", std::filesystem::directory_options::skip_permission_denied, ec);
-       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-    if (it.depth() > 8) it.disable_recursion_pending();
-    const std::string name = it->path().filename().string();
-    if (id.empty() ? name.rfind("session-", 0) == 0 : name == "session-" + id) {
-      if (it->is_directory(ec)) found.push_back(it->path().string());
-    }
-  }
-  return found;
+  return CgroupDirs([&](std::string_view name) {
+    return id.empty() ? name.starts_with("session-") : name == "session-" + id;
+  });
 }
 
 }  // namespace sbx::testing

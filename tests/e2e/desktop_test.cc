@@ -24,6 +24,7 @@
 #include "sandbox/init/sha256.h"
 #include "tests/common/png_image.h"
 #include "tests/e2e/daemon_fixture.h"
+#include "tests/e2e/desktop_fixture.h"
 
 namespace sbx::testing {
 namespace {
@@ -33,48 +34,9 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using Clock = std::chrono::steady_clock;
 
-// A daemon whose desktop policy also binds xprobe's directory read-only at /probe.
-Daemon::Options DesktopDaemon(const std::string& policy_dir) {
-  std::filesystem::create_directories(policy_dir);
-  std::ifstream in(SBX_DESKTOP_POLICY);
-  std::stringstream policy;
-  policy << in.rdbuf();
-  const std::string xprobe = SBX_XPROBE_BIN;
-  policy << "\nmounts { bind { src: \"" << xprobe.substr(0, xprobe.rfind('/')) << "\" dst: \"/probe\" } }\n";
-  std::ofstream(policy_dir + "/desktop.textproto") << policy.str();
-  Daemon::Options o;
-  o.config_lines = {"policy_dir: \"" + policy_dir + "\""};
-  return o;
-}
-
-class DesktopTest : public ::testing::Test {
+class DesktopTest : public DesktopSessionTest {
  protected:
-  void SetUp() override {
-    if (access("/usr/bin/Xvfb", X_OK) != 0) GTEST_SKIP() << "this machine lacks Xvfb (deploy/install-deps.sh installs it)";
-    policy_dir_ = std::filesystem::temp_directory_path() / ("sbx-desktop-policy-" + std::to_string(getpid()));
-    daemon_ = std::make_unique<Daemon>(DesktopDaemon(policy_dir_));
-    ASSERT_TRUE(daemon_->ok()) << daemon_->Log();
-    stub_ = daemon_->NewStub();
-  }
-  void TearDown() override {
-    daemon_.reset();
-    std::error_code ec;
-    std::filesystem::remove_all(policy_dir_, ec);
-  }
-
-  std::string Create(uint32_t width = 1280, uint32_t height = 800, bool wm = false, bool vnc = false) {
-    grpc::ClientContext ctx;
-    pb::CreateRequest req;
-    req.set_kind(pb::DESKTOP);
-    req.mutable_desktop()->set_width(width);
-    req.mutable_desktop()->set_height(height);
-    req.mutable_desktop()->set_window_manager(wm);
-    req.mutable_desktop()->set_vnc(vnc);
-    pb::Session session;
-    grpc::Status status = stub_->Create(&ctx, req, &session);
-    EXPECT_TRUE(status.ok()) << status.error_message() << "\n" << daemon_->Log();
-    return session.id();
-  }
+  DesktopTest() : DesktopSessionTest("sbx-desktop-policy") {}
 
   CallResult Action(const std::string& id, const pb::DesktopAction& action) {
     pb::ToolCall call;
@@ -101,35 +63,6 @@ class DesktopTest : public ::testing::Test {
     EXPECT_TRUE(DecodePng(png, image)) << "the screenshot is not a PNG";
     return d;
   }
-
-  // Starts xprobe in the background, logging to /workspace/<log>, and waits for its "ready" line.
-  void StartXprobe(const std::string& id, const std::string& log = "input.log") {
-    CallResult r = RunExec(stub_.get(), id,
-                           {"/bin/sh", "-c", "/probe/xprobe --log /workspace/" + log + " >/dev/null 2>&1 &"});
-    ASSERT_TRUE(r.has_finished) << r.status.error_message();
-    ASSERT_TRUE(WaitForLog(id, log, "ready")) << ReadLog(id, log);
-  }
-
-  std::string ReadLog(const std::string& id, const std::string& log = "input.log") {
-    pb::ToolCall call;
-    call.mutable_read_file()->set_path("/workspace/" + log);
-    CallResult r = RunCall(stub_.get(), id, call);
-    return r.finished.has_result() ? r.finished.result().data() : "";
-  }
-
-  bool WaitForLog(const std::string& id, const std::string& log, const std::string& needle,
-                  std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-    const auto until = Clock::now() + timeout;
-    while (Clock::now() < until) {
-      if (ReadLog(id, log).find(needle) != std::string::npos) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
-  }
-
-  std::string policy_dir_;
-  std::unique_ptr<Daemon> daemon_;
-  std::unique_ptr<pb::Sandboxes::StubInterface> stub_;
 };
 
 pb::DesktopAction Click(int x, int y, pb::DesktopAction::Button button = pb::DesktopAction::LEFT, int count = 1) {

@@ -20,6 +20,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tests/common/http_server.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace sbx::testing {
@@ -28,77 +29,14 @@ namespace {
 namespace pb = ::duvo::sandbox::v1;
 using ::testing::HasSubstr;
 
-// A one-response-per-connection HTTP server on `ip`, recording the request heads it got.
-class Upstream {
+// An upstream on `ip` answering every request with `body`; it records the request heads it got.
+class Upstream : public HttpServer {
  public:
-  explicit Upstream(const char* ip, std::string body = "hello from upstream") : body_(std::move(body)) {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    inet_pton(AF_INET, ip, &addr.sin_addr);
-    bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    listen(fd_, 16);
-    socklen_t len = sizeof(addr);
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this] { Serve(); });
-  }
-  ~Upstream() {
-    shutdown(fd_, SHUT_RDWR);
-    close(fd_);
-    thread_.join();
-  }
-  int port() const { return port_; }
-  std::vector<std::string> requests() {
-    std::lock_guard lock(mu_);
-    return requests_;
-  }
-
- private:
-  void Serve() {
-    for (;;) {
-      const int c = accept(fd_, nullptr, nullptr);
-      if (c < 0) return;
-      std::string head;
-      char buf[4096];
-      while (head.find("\r\n\r\n") == std::string::npos) {
-        const ssize_t n = read(c, buf, sizeof(buf));
-        if (n <= 0) break;
-        head.append(buf, static_cast<size_t>(n));
-      }
-      {
-        std::lock_guard lock(mu_);
-        requests_.push_back(head);
-      }
-      const std::string response = "HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: " +
-                                   std::to_string(body_.size()) + "\r\n\r\n" + body_;
-      (void)!write(c, response.data(), response.size());
-      close(c);
-    }
-  }
-  const std::string body_;
-  int fd_ = -1;
-  int port_ = 0;
-  std::thread thread_;
-  std::mutex mu_;
-  std::vector<std::string> requests_;  // GUARDED_BY(mu_)
+  explicit Upstream(const char* ip, std::string body = "hello from upstream")
+      : HttpServer(ip, [body = std::move(body)](const std::string&) {
+          return HttpResponse("200 OK", "text/html", body);
+        }) {}
 };
-
-// A non-loopback IPv4 address of this host, or "" (Chromium sends loopback destinations around any proxy,
-// as they are the jail's own).
-std::string HostIPv4() {
-  ifaddrs* list = nullptr;
-  if (getifaddrs(&list) != 0) return "";
-  std::string out;
-  for (ifaddrs* i = list; i != nullptr && out.empty(); i = i->ifa_next) {
-    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK)) continue;
-    char buf[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof(buf));
-    out = buf;
-  }
-  freeifaddrs(list);
-  return out;
-}
 
 // The built-in file (or another) policy with network EGRESS and the given rules.
 std::string EgressPolicy(const std::vector<std::string>& allow, const char* base = SBX_FILE_POLICY,

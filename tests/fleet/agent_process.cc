@@ -22,6 +22,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "tests/common/host_state.h"
 #include "tests/common/spawn.h"
 
 namespace sbx::testing {
@@ -163,29 +164,12 @@ pb::SandboxRequest ExecRequest(std::vector<std::string> argv, bool end_after_cal
   return r;
 }
 
-namespace {
-
-void FindDirs(const std::string& dir, const std::string& name, int depth, std::vector<std::string>* out) {
-  if (depth > 8) return;
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return;
-  while (dirent* e = readdir(d)) {
-    if (e->d_type != DT_DIR || e->d_name[0] == '.') continue;
-    const std::string path = dir + "/" + e->d_name;
-    if (name == e->d_name) out->push_back(path);
-    FindDirs(path, name, depth + 1, out);
-  }
-  closedir(d);
-}
-
-}  // namespace
-
 std::string Leftovers(const std::string& session_id) {
   std::string out;
   if (session_id.empty()) return out;
-  std::vector<std::string> dirs;
-  FindDirs("/sys/fs/cgroup", "session-" + session_id, 0, &dirs);
-  for (const std::string& d : dirs) out += "cgroup " + d + "\n";
+  for (const std::string& d : CgroupDirs([&](std::string_view name) { return name == "session-" + session_id; })) {
+    out += "cgroup " + d + "\n";
+  }
   // Any process whose cgroup path names the session.
   DIR* proc = opendir("/proc");
   while (proc != nullptr) {

@@ -16,6 +16,7 @@
 
 #include "tests/fleet/agent_process.h"
 #include "tests/fleet/double/control_plane_double.h"
+#include "tests/fleet/fleet_fixture.h"
 
 namespace sbx::testing {
 namespace {
@@ -23,20 +24,6 @@ namespace {
 namespace pb = ::duvo::sandbox::v1;
 using std::chrono::seconds;
 using ::testing::HasSubstr;
-
-std::unique_ptr<ControlPlaneDouble> StartDouble() {
-  absl::StatusOr<std::unique_ptr<ControlPlaneDouble>> cp = ControlPlaneDouble::Start({});
-  EXPECT_TRUE(cp.ok()) << cp.status();
-  return cp.ok() ? std::move(*cp) : nullptr;
-}
-
-AgentProcess::Options AgentFor(const ControlPlaneDouble& cp) {
-  AgentProcess::Options o;
-  o.control_plane = cp.target();
-  o.agent_id = "agent-approvals";
-  o.max_sessions = 4;
-  return o;
-}
 
 std::string Stdout(const std::vector<pb::Event>& events) {
   std::string out;
@@ -87,7 +74,7 @@ TEST(ApprovalsFleetTest, AGatedExecWaitsForAHumanAnswerOverAttach) {
   if (geteuid() != 0) GTEST_SKIP() << "fleet tests build jails as root (CI runs as root)";
   auto cp = StartDouble();
   ASSERT_NE(cp, nullptr);
-  AgentProcess agent(AgentFor(*cp));
+  AgentProcess agent(AgentFor(*cp, "agent-approvals", /*capacity=*/4));
   ASSERT_TRUE(agent.Start());
   pb::SandboxRequest request = ExecRequest({"/bin/sh", "-c", "echo approved"}, /*end_after_calls=*/false);
   request.mutable_approvals()->add_exec()->set_argv_regex("echo approved");
@@ -144,7 +131,7 @@ TEST(ApprovalsFleetTest, AnAgentRestartReportsTheOpenRequestCanceledAndKeepsEarl
   if (geteuid() != 0) GTEST_SKIP() << "fleet tests build jails as root (CI runs as root)";
   auto cp = StartDouble();
   ASSERT_NE(cp, nullptr);
-  AgentProcess agent(AgentFor(*cp));
+  AgentProcess agent(AgentFor(*cp, "agent-approvals", /*capacity=*/4));
   ASSERT_TRUE(agent.Start());
   pb::SandboxRequest request = ExecRequest({"/bin/echo", "first"}, /*end_after_calls=*/false);
   request.mutable_approvals()->add_require_approval("exec");
@@ -198,7 +185,7 @@ TEST(ApprovalsFleetTest, AGatedUploadIsHeldUntilApprovedAndARejectedOneLeavesNoF
   if (geteuid() != 0) GTEST_SKIP() << "fleet tests build jails as root (CI runs as root)";
   auto cp = StartDouble();
   ASSERT_NE(cp, nullptr);
-  AgentProcess agent(AgentFor(*cp));
+  AgentProcess agent(AgentFor(*cp, "agent-approvals", /*capacity=*/4));
   ASSERT_TRUE(agent.Start());
   pb::SandboxRequest request;
   request.set_kind(pb::FILE);

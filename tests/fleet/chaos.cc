@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "tests/common/host_state.h"
 #include "tests/fleet/agent_process.h"
 
 namespace sbx::testing {
@@ -34,40 +35,6 @@ std::string ReadAll(const std::string& path) {
 }
 
 // --- What is on the host -----------------------------------------------------------------------------------
-
-void FindSessionCgroups(const std::string& dir, int depth, std::set<std::string>* out) {
-  if (depth > 8) return;
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr) return;
-  while (dirent* e = readdir(d)) {
-    if (e->d_type != DT_DIR || e->d_name[0] == '.') continue;
-    const std::string path = dir + "/" + e->d_name;
-    if (std::string_view(e->d_name).starts_with("session-")) out->insert(path);
-    FindSessionCgroups(path, depth + 1, out);
-  }
-  closedir(d);
-}
-
-// Processes running as a jail's host uid (every jail uid is >= 2^30, as tests/e2e checks).
-std::set<std::string> JailUidProcesses() {
-  std::set<std::string> out;
-  DIR* d = opendir("/proc");
-  while (d != nullptr) {
-    dirent* e = readdir(d);
-    if (e == nullptr) break;
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    std::ifstream f(std::string("/proc/") + e->d_name + "/status");
-    std::string line;
-    while (std::getline(f, line)) {
-      if (line.rfind("Uid:", 0) != 0) continue;
-      const unsigned long uid = strtoul(line.c_str() + 4, nullptr, 10);
-      if (uid >= (1ul << 30) && uid != 0xFFFFFFFFul) out.insert(e->d_name);
-      break;
-    }
-  }
-  if (d != nullptr) closedir(d);
-  return out;
-}
 
 // Processes whose cgroup path names one of `sessions`.
 std::vector<std::string> ProcessesInSessions(const std::set<std::string>& sessions) {
@@ -113,8 +80,10 @@ struct HostState {
 
 HostState Snapshot() {
   HostState s;
-  FindSessionCgroups("/sys/fs/cgroup", 0, &s.cgroups);
-  s.jail_processes = JailUidProcesses();
+  for (std::string& dir : CgroupDirs([](std::string_view name) { return name.starts_with("session-"); })) {
+    s.cgroups.insert(std::move(dir));
+  }
+  for (pid_t pid : JailUidProcesses()) s.jail_processes.insert(std::to_string(pid));
   s.mounts = MountPoints();
   return s;
 }

@@ -33,6 +33,7 @@
 #include "tests/common/spawn.h"
 #include "tests/fleet/agent_process.h"
 #include "tests/fleet/double/control_plane_double.h"
+#include "tests/fleet/fleet_fixture.h"
 
 namespace sbx::testing {
 namespace {
@@ -43,20 +44,6 @@ using std::chrono::seconds;
 using Clock = std::chrono::steady_clock;
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-std::unique_ptr<ControlPlaneDouble> StartDouble(DoubleOptions options = {}) {
-  absl::StatusOr<std::unique_ptr<ControlPlaneDouble>> cp = ControlPlaneDouble::Start(std::move(options));
-  EXPECT_TRUE(cp.ok()) << cp.status();
-  return cp.ok() ? std::move(*cp) : nullptr;
-}
-
-AgentProcess::Options AgentFor(const ControlPlaneDouble& cp, std::string id = "agent-1", uint32_t capacity = 8) {
-  AgentProcess::Options o;
-  o.control_plane = cp.target();
-  o.agent_id = std::move(id);
-  o.max_sessions = capacity;
-  return o;
-}
 
 // The output of a lease's events, stdout only, in seq order.
 std::string Stdout(const ControlPlaneDouble::LeaseView& lease) {

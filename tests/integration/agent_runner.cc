@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <poll.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,6 +13,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "tests/common/spawn.h"
+
 namespace sbx::testing {
 
 std::string AgentBin() { return SBX_AGENT_BIN; }
@@ -22,13 +23,6 @@ std::string ProbeBin() { return SBX_PROBE_BIN; }
 namespace {
 
 std::atomic<int> g_counter{0};
-
-std::vector<char*> CStrings(std::vector<std::string>& v) {
-  std::vector<char*> out;
-  for (auto& s : v) out.push_back(s.data());
-  out.push_back(nullptr);
-  return out;
-}
 
 }  // namespace
 
@@ -48,33 +42,27 @@ pid_t StartAgent(const AgentInvocation& inv, int* out_fd, std::string* outcome_p
   args.push_back("--");
   args.insert(args.end(), inv.command.begin(), inv.command.end());
 
-  int in[2], out[2];
-  if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0) abort();
-  std::vector<std::string> env = inv.env;
-  std::vector<char*> argv = CStrings(args);
-  std::vector<char*> envp = CStrings(env);
-  // stderr apart from stdout: a file per run. Opened before fork: the child makes raw syscalls only.
-  const std::string err_path = *outcome_path + ".stderr";
-  const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (err < 0) abort();
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(in[0], 0);
-    dup2(out[1], 1);
-    dup2(err, 2);
-    execvpe(argv[0], argv.data(), envp.data());
-    _exit(127);
+  // stderr apart from stdout: a file per run.
+  SpawnOptions options;
+  options.args = std::move(args);
+  options.env = inv.env;
+  options.stdin_pipe = true;
+  options.stdout_pipe = true;
+  options.stderr_path = *outcome_path + ".stderr";
+  options.die_with_test = false;
+  const Spawned spawned = Spawn(options);
+  if (spawned.pid < 0) {
+    // Never a pid of -1 to the caller: kill(-1, ...) would signal every process.
+    fprintf(stderr, "StartAgent: could not start %s\n", options.args[0].c_str());
+    abort();
   }
-  close(err);
-  close(in[0]);
-  close(out[1]);
+  *out_fd = spawned.stdout_fd;
   if (!inv.stdin_data.empty()) {
-    ssize_t unused = write(in[1], inv.stdin_data.data(), inv.stdin_data.size());
+    ssize_t unused = write(spawned.stdin_fd, inv.stdin_data.data(), inv.stdin_data.size());
     (void)unused;
   }
-  close(in[1]);
-  *out_fd = out[0];
-  return pid;
+  close(spawned.stdin_fd);
+  return spawned.pid;
 }
 
 AgentRun WaitAgent(pid_t pid, int out_fd, const std::string& outcome_path) {
@@ -115,20 +103,17 @@ AgentRun RunAgent(const AgentInvocation& inv) {
   return WaitAgent(pid, out_fd, outcome);
 }
 
-namespace {
-std::vector<std::string>* g_found = nullptr;
-int CollectRunDirs(const char* path, const struct stat*, int type, FTW* ftw) {
-  if (type == FTW_D && strncmp(path + ftw->base, "run-", 4) == 0) g_found->push_back(path);
-  return 0;
+std::string Field(const std::string& out, const std::string& key) {
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + "=", 0) == 0) return line.substr(key.size() + 1);
+  }
+  return "<missing>";
 }
-}  // namespace
 
 std::vector<std::string> SessionCgroups() {
-  std::vector<std::string> found;
-  g_found = &found;
-  nftw("/sys/fs/cgroup", CollectRunDirs, 16, FTW_PHYS);
-  g_found = nullptr;
-  return found;
+  return CgroupDirs([](std::string_view name) { return name.starts_with("run-"); });
 }
 
 int MountCount() {
@@ -137,25 +122,6 @@ int MountCount() {
   int n = 0;
   while (std::getline(f, line)) ++n;
   return n;
-}
-
-std::vector<pid_t> JailUidProcesses() {
-  std::vector<pid_t> pids;
-  DIR* d = opendir("/proc");
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    std::ifstream f(std::string("/proc/") + e->d_name + "/status");
-    std::string line;
-    while (std::getline(f, line)) {
-      if (line.rfind("Uid:", 0) == 0) {
-        unsigned long uid = strtoul(line.c_str() + 4, nullptr, 10);
-        if (uid >= (1ul << 30) && uid != 0xFFFFFFFFul) pids.push_back(atoi(e->d_name));
-        break;
-      }
-    }
-  }
-  closedir(d);
-  return pids;
 }
 
 }  // namespace sbx::testing

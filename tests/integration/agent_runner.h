@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/common/host_state.h"  // JailUidProcesses
+
 namespace sbx::testing {
 
 struct AgentRun {
@@ -34,6 +36,9 @@ AgentRun RunAgent(const AgentInvocation& invocation);
 pid_t StartAgent(const AgentInvocation& invocation, int* out_fd, std::string* outcome_path);
 AgentRun WaitAgent(pid_t pid, int out_fd, const std::string& outcome_path);
 
+// The value of a "key=value" line in `out` (what the probes print), or "<missing>".
+std::string Field(const std::string& out, const std::string& key);
+
 std::string AgentBin();
 std::string ProbeBin();
 
@@ -41,8 +46,6 @@ std::string ProbeBin();
 std::vector<std::string> SessionCgroups();
 // Number of mounts in this process's mount namespace.
 int MountCount();
-// Pids of processes whose real uid is in the jail id ranges (>= 2^30).
-std::vector<pid_t> JailUidProcesses();
 
 }  // namespace sbx::testing
 

@@ -24,16 +24,6 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-// Value of "key=value" on its own line in `out`, or "<missing>".
-std::string Field(const std::string& out, const std::string& key) {
-  std::istringstream in(out);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + "=", 0) == 0) return line.substr(key.size() + 1);
-  }
-  return "<missing>";
-}
-
 std::string StatusLine(const std::string& out, const std::string& key) {
   std::istringstream in(out);
   std::string line;

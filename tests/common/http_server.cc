@@ -1,0 +1,90 @@
+#include "tests/common/http_server.h"
+
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+namespace sbx::testing {
+
+HttpServer::HttpServer(const std::string& ip, Handler handler) : ip_(ip), handler_(std::move(handler)) {
+  fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  inet_pton(AF_INET, ip.c_str(), &addr.sin_addr);
+  bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  listen(fd_, 64);
+  socklen_t len = sizeof(addr);
+  getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+  port_ = ntohs(addr.sin_port);
+  thread_ = std::thread([this] { Serve(); });
+}
+
+HttpServer::~HttpServer() {
+  shutdown(fd_, SHUT_RDWR);  // wakes accept(), which then fails: Serve returns
+  thread_.join();
+  close(fd_);
+}
+
+std::string HttpServer::Url(const std::string& path) const {
+  return "http://" + ip_ + ":" + std::to_string(port_) + path;
+}
+
+std::vector<std::string> HttpServer::requests() {
+  std::lock_guard lock(mu_);
+  return requests_;
+}
+
+void HttpServer::Serve() {
+  for (;;) {
+    const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) return;
+    timeval tv{2, 0};
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    std::string head;
+    char buf[4096];
+    while (head.find("\r\n\r\n") == std::string::npos) {
+      const ssize_t n = read(c, buf, sizeof(buf));
+      if (n <= 0) break;
+      head.append(buf, static_cast<size_t>(n));
+    }
+    {
+      std::lock_guard lock(mu_);
+      requests_.push_back(head);
+    }
+    const std::string response = handler_(head);
+    (void)!write(c, response.data(), response.size());
+    close(c);
+  }
+}
+
+std::string HttpResponse(const std::string& status, const std::string& type, const std::string& body) {
+  return "HTTP/1.0 " + status + "\r\nContent-Type: " + type + "\r\nConnection: close\r\nContent-Length: " +
+         std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+std::string RequestTarget(const std::string& head) {
+  const size_t sp1 = head.find(' ');
+  if (sp1 == std::string::npos) return "";
+  const size_t sp2 = head.find(' ', sp1 + 1);
+  return head.substr(sp1 + 1, sp2 == std::string::npos ? std::string::npos : sp2 - sp1 - 1);
+}
+
+std::string HostIPv4() {
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return "";
+  std::string out;
+  for (ifaddrs* i = list; i != nullptr && out.empty(); i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK)) continue;
+    char buf[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof(buf));
+    out = buf;
+  }
+  freeifaddrs(list);
+  return out;
+}
+
+}  // namespace sbx::testing
