@@ -314,7 +314,6 @@ class Browser {
   int client_input_fd_ = -1;  // eventfd: input from the client waits
   std::mutex client_mu_;
   bool client_connected_ = false;    // guarded by client_mu_: between ClientOpen and the end
-  uint64_t client_generation_ = 0;   // guarded by client_mu_
   struct ClientInputItem {
     bool open = false, close = false;
     std::string data;
