@@ -949,7 +949,6 @@ bool Browser::Navigate(const std::string& url, const std::string& wait, int time
     if (!Pump(deadline, error)) return false;
     if (!Check(error)) return false;
   }
-  frame_pending_ = true;
   if (wait == "networkidle") return WaitNetworkIdle(deadline, error);
   return true;
 }
@@ -980,18 +979,6 @@ bool Browser::Screenshot(bool full_page, const std::string& format, int quality,
   json params = {{"format", format}};
   if (format == "jpeg") params["quality"] = std::clamp(quality, 1, 100);
   json result;
-  if (frame_pending_) {
-    // A document that fired "load" may not have drawn yet (a navigation that swapped renderers, on a busy
-    // machine): after two animation frames the capture shows it. Bounded, and only once per navigation: a
-    // page whose frames never come (a busy main thread) costs at most 2 s here, and the capture goes on.
-    frame_pending_ = false;
-    std::string ignored;
-    Call("Runtime.evaluate",
-         {{"expression", "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(0))))"},
-          {"awaitPromise", true}, {"returnByValue", true}},
-         &result, &ignored, 2000);
-    if (!Check(error)) return false;
-  }
   if (full_page || scale_width != 0) {
     if (!Call("Page.getLayoutMetrics", json::object(), &result, error)) return false;
     double x = 0, y = 0, w = 0, h = 0;

@@ -293,7 +293,6 @@ class Browser {
   std::set<std::string> loaded_;  // loader ids whose document fired "load", since the navigation began
   std::set<std::string> in_flight_;  // request ids
   int64_t last_network_ms_ = 0;      // when in_flight_ last changed
-  bool frame_pending_ = false;       // a document loaded since the last screenshot: wait for its first frame
 
   std::string download_dir_;
   std::map<std::string, nlohmann::json> downloads_;  // by GUID: begun, not finished (at most 1000)
