@@ -26,6 +26,11 @@ HttpServer::HttpServer(const std::string& ip, Handler handler) : ip_(ip), handle
 HttpServer::~HttpServer() {
   shutdown(fd_, SHUT_RDWR);  // wakes accept(), which then fails: Serve returns
   thread_.join();
+  {
+    std::lock_guard lock(mu_);
+    for (int c : open_) shutdown(c, SHUT_RDWR);  // wakes a connection still waiting for its request
+  }
+  for (std::thread& t : connections_) t.join();
   close(fd_);
 }
 
@@ -38,27 +43,43 @@ std::vector<std::string> HttpServer::requests() {
   return requests_;
 }
 
+// Each connection on its own thread: a browser opens connections it sends nothing on for a while (preconnects),
+// and one of those must neither hold up the others nor be answered before its request comes: an answer to an
+// empty request would be taken as the answer to whatever the browser sends on it later (a page that "loaded"
+// as a 404, on a busy machine).
 void HttpServer::Serve() {
   for (;;) {
     const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (c < 0) return;
-    timeval tv{2, 0};
-    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    std::string head;
-    char buf[4096];
-    while (head.find("\r\n\r\n") == std::string::npos) {
-      const ssize_t n = read(c, buf, sizeof(buf));
-      if (n <= 0) break;
-      head.append(buf, static_cast<size_t>(n));
+    {
+      std::lock_guard lock(mu_);
+      open_.push_back(c);
     }
+    connections_.emplace_back([this, c] { ServeConnection(c); });
+  }
+}
+
+void HttpServer::ServeConnection(int c) {
+  timeval tv{30, 0};
+  setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string head;
+  char buf[4096];
+  while (head.find("\r\n\r\n") == std::string::npos) {
+    const ssize_t n = read(c, buf, sizeof(buf));
+    if (n <= 0) break;
+    head.append(buf, static_cast<size_t>(n));
+  }
+  if (head.find("\r\n\r\n") != std::string::npos) {
     {
       std::lock_guard lock(mu_);
       requests_.push_back(head);
     }
     const std::string response = handler_(head);
     (void)!write(c, response.data(), response.size());
-    close(c);
-  }
+  }  // else no request came: closed unanswered
+  std::lock_guard lock(mu_);
+  std::erase(open_, c);
+  close(c);
 }
 
 std::string HttpResponse(const std::string& status, const std::string& type, const std::string& body) {

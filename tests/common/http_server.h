@@ -30,6 +30,7 @@ class HttpServer {
 
  private:
   void Serve();
+  void ServeConnection(int c);
 
   const std::string ip_;
   const Handler handler_;
@@ -37,6 +38,8 @@ class HttpServer {
   int port_ = 0;
   std::mutex mu_;
   std::vector<std::string> requests_;  // GUARDED_BY(mu_)
+  std::vector<int> open_;              // GUARDED_BY(mu_): connections being served (shut down at the end)
+  std::vector<std::thread> connections_;  // touched by Serve only, joined after it returns
   std::thread thread_;                 // last: started once the rest is set
 };
 

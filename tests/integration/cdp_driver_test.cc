@@ -73,6 +73,11 @@ class PageServer {
   ~PageServer() {
     thread_.request_stop();
     thread_.join();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int c : open_) shutdown(c, SHUT_RDWR);  // wakes a connection still waiting for its request
+    }
+    connections_.clear();  // joins
     close(fd_);
   }
   std::string Url(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
@@ -88,7 +93,21 @@ class PageServer {
       if (poll(&p, 1, 50) <= 0) continue;
       const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
       if (c < 0) continue;
-      timeval tv{2, 0};
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        open_.push_back(c);
+      }
+      connections_.emplace_back([this, c] { ServeConnection(c); });
+    }
+  }
+
+  // Each connection on its own thread, answered only once its request came: Chromium opens connections it
+  // sends nothing on for a while (preconnects), and an answer given to one before its request (this server
+  // used to answer a 404 after 2 s of silence) became the answer to the page Chromium asked for on it later:
+  // a white "not found" page that had "loaded", on a busy machine.
+  void ServeConnection(int c) {
+    {
+      timeval tv{30, 0};
       setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
       std::string request;
       char buf[4096];
@@ -96,6 +115,12 @@ class PageServer {
         const ssize_t n = read(c, buf, sizeof(buf));
         if (n <= 0) break;
         request.append(buf, static_cast<size_t>(n));
+      }
+      if (request.find("\r\n\r\n") == std::string::npos) {
+        std::lock_guard<std::mutex> lock(mu_);
+        std::erase(open_, c);
+        close(c);
+        return;
       }
       const size_t sp1 = request.find(' '), sp2 = request.find(' ', sp1 + 1);
       const std::string target = sp1 == std::string::npos ? "" : request.substr(sp1 + 1, sp2 - sp1 - 1);
@@ -129,6 +154,8 @@ class PageServer {
                                    "Content-Length: " +
                                    std::to_string(body.size()) + "\r\n\r\n" + body;
       (void)!write(c, response.data(), response.size());
+      std::lock_guard<std::mutex> lock(mu_);
+      std::erase(open_, c);
       close(c);
     }
   }
@@ -150,6 +177,8 @@ class PageServer {
   int port_ = 0;
   std::mutex mu_;
   std::vector<std::string> submissions_;
+  std::vector<int> open_;  // guarded by mu_: connections being served
+  std::vector<std::jthread> connections_;  // touched by Serve only, joined after it stopped
   std::jthread thread_;
 };
 
