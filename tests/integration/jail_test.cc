@@ -49,6 +49,13 @@ class JailTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (geteuid() != 0) GTEST_SKIP() << "these tests build jails as root (CI runs as root); this process is uid " << geteuid();
+    // Tests here count the jail-uid processes on the host: wait until those of an earlier test (a killed
+    // daemon's sessions, torn down by the kernel after their agent is gone) have left.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!JailUidProcesses().empty() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ASSERT_TRUE(JailUidProcesses().empty()) << "jail-uid processes of an earlier test are still on the host";
   }
 };
 
