@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "agent/cli/cdp_endpoint.h"
+#include "agent/cli/listen.h"
 
 namespace sbx::cdp {
 namespace {
@@ -106,25 +107,9 @@ OpenCdpFn GrpcCdpOpener(pb::Sandboxes::StubInterface* stub,
 
 int ServeCdpEndpoint(pb::Sandboxes::Stub& stub, std::function<std::unique_ptr<grpc::ClientContext>()> context,
                      const std::string& session_id, const std::string& listen) {
-  const size_t colon = listen.rfind(':');
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  if (colon == std::string::npos || inet_pton(AF_INET, listen.substr(0, colon).c_str(), &addr.sin_addr) != 1) {
-    fprintf(stderr, "sandboxctl: --listen '%s': expected IPV4:PORT, e.g. 127.0.0.1:9222\n", listen.c_str());
-    return 2;
-  }
-  addr.sin_port = htons(static_cast<uint16_t>(atoi(listen.c_str() + colon + 1)));
-  const int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  const int one = 1;
-  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(lfd, 16) != 0) {
-    fprintf(stderr, "sandboxctl: cannot listen on %s: %s\n", listen.c_str(), strerror(errno));
-    return 1;
-  }
-  socklen_t len = sizeof(addr);
-  getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
-  printf("listening on %s:%d\n", listen.substr(0, colon).c_str(), ntohs(addr.sin_port));
-  fflush(stdout);
+  int exit_code = 0;
+  const int lfd = sbx::cli::ListenTcp(listen, 16, "127.0.0.1:9222", &exit_code);
+  if (lfd < 0) return exit_code;
   CdpEndpointOptions options;
   options.session_id = session_id;
   options.open = GrpcCdpOpener(&stub, [context](const CdpOpenRequest&) { return context(); });

@@ -30,6 +30,7 @@
 
 #include "agent/mcp/mcp_command.h"
 #include "agent/cli/cdp_serve.h"
+#include "agent/cli/listen.h"
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
 #include "sandbox/init/sha256.h"
 
@@ -384,25 +385,9 @@ int BrowserCall(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& 
 // Serves the session's live view on a local TCP address for a VNC viewer: each connection is relayed over
 // the Vnc RPC. Prints "listening on HOST:PORT" once ready. Runs until interrupted.
 int ServeVnc(pb::Sandboxes::Stub& stub, const Globals& g, const std::string& session_id, const std::string& listen) {
-  const size_t colon = listen.rfind(':');
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  if (colon == std::string::npos || inet_pton(AF_INET, listen.substr(0, colon).c_str(), &addr.sin_addr) != 1) {
-    fprintf(stderr, "sandboxctl: --listen '%s': expected IPV4:PORT, e.g. 127.0.0.1:5901\n", listen.c_str());
-    return 2;
-  }
-  addr.sin_port = htons(static_cast<uint16_t>(atoi(listen.c_str() + colon + 1)));
-  const int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  const int one = 1;
-  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(lfd, 4) != 0) {
-    fprintf(stderr, "sandboxctl: cannot listen on %s: %s\n", listen.c_str(), strerror(errno));
-    return 1;
-  }
-  socklen_t len = sizeof(addr);
-  getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len);
-  printf("listening on %s:%d\n", listen.substr(0, colon).c_str(), ntohs(addr.sin_port));
-  fflush(stdout);
+  int exit_code = 0;
+  const int lfd = sbx::cli::ListenTcp(listen, 4, "127.0.0.1:5901", &exit_code);
+  if (lfd < 0) return exit_code;
   for (;;) {
     const int cfd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
     if (cfd < 0) {
