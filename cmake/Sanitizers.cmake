@@ -3,8 +3,8 @@
 #   -DSBX_SANITIZE=ON  (build-asan, gcc or clang): every target is compiled and linked with
 #                      -fsanitize=address,undefined, except the programs linked -static (sandbox-init, the test
 #                      probes: ASan cannot link statically) and the libraries they link, which are built plain:
-#                      sbx_init_wire, sbx_desktop, sbx_cdp, sbx_driver_util and the init protocol's objects. The
-#                      fuzz targets cover frame.cc and cdp.cc under ASan instead.
+#                      sbx_init_drivers and the objects of sbx_wire and sbx_base it takes (frame.cc, sha256.cc, the
+#                      init protocol's messages). The fuzz targets cover frame.cc and cdp.cc under ASan instead.
 #   -DSBX_FUZZ=ON      (build-fuzz, clang only): the product libraries are compiled with
 #                      -fsanitize=fuzzer-no-link,address,undefined and tests/fuzz builds the libFuzzer targets.
 #                      Build only the targets named in tests/fuzz/run.sh: the static programs are not usable

@@ -10,7 +10,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "sandbox/status.h"
+#include "base/status.h"
 
 namespace sbx::sandbox {
 

@@ -19,10 +19,10 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
-#include "sandbox/init/frame.h"
-#include "sandbox/init/init_protocol.pb.h"
-#include "sandbox/init/sha256.h"
-#include "sandbox/status.h"
+#include "wire/frame.h"
+#include "wire/init_protocol.pb.h"
+#include "base/sha256.h"
+#include "base/status.h"
 
 namespace sbx::sandbox {
 namespace {

@@ -13,8 +13,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "sandbox/init/frame.h"
-#include "sandbox/unique_fd.h"
+#include "wire/frame.h"
+#include "base/unique_fd.h"
 
 namespace sbx::init {
 class Request;  // sandbox/init/init_protocol.proto

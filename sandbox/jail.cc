@@ -25,13 +25,13 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "sandbox/init/init_report.h"
+#include "wire/init_report.h"
 #include "sandbox/jail_child.h"
 #include "sandbox/mount_plan.h"
 #include "sandbox/oom_score.h"
 #include "sandbox/outcome.h"
 #include "sandbox/seccomp_program.h"
-#include "sandbox/status.h"
+#include "base/status.h"
 
 namespace sbx::sandbox {
 namespace {

@@ -15,12 +15,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "sandbox/cgroup.h"
+#include "sandbox/cgroup/cgroup.h"
 #include "sandbox/id_range.h"
-#include "sandbox/policy.h"
+#include "sandbox/policy/policy.h"
 #include "sandbox/result.h"
 #include "sandbox/seccomp_notify.h"
-#include "sandbox/unique_fd.h"
+#include "base/unique_fd.h"
 
 namespace sbx::sandbox {
 

@@ -16,7 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "sandbox/jail.h"
-#include "sandbox/policy.h"
+#include "sandbox/policy/policy.h"
 
 namespace sbx::sandbox {
 

@@ -4,7 +4,7 @@
 #include <variant>
 
 #include "absl/strings/str_cat.h"
-#include "sandbox/status.h"
+#include "base/status.h"
 
 namespace sbx::sandbox {
 namespace {

@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "sandbox/jail_child.h"
-#include "sandbox/policy.h"
+#include "sandbox/policy/policy.h"
 
 namespace sbx::sandbox {
 

@@ -7,8 +7,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "sandbox/status.h"
-#include "sandbox/unique_fd.h"
+#include "base/status.h"
+#include "base/unique_fd.h"
 
 namespace sbx::sandbox {
 

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "sandbox/init/init_report.h"
-#include "sandbox/policy.h"
+#include "wire/init_report.h"
+#include "sandbox/policy/policy.h"
 #include "sandbox/result.h"
 
 namespace sbx::sandbox {

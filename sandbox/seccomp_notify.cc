@@ -20,7 +20,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "sandbox/status.h"
+#include "base/status.h"
 
 namespace sbx::sandbox {
 namespace {

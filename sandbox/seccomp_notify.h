@@ -42,7 +42,7 @@
 
 #include "absl/status/statusor.h"
 #include "sandbox/seccomp_program.h"
-#include "sandbox/unique_fd.h"
+#include "base/unique_fd.h"
 
 namespace sbx::sandbox {
 

@@ -14,8 +14,8 @@
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
-#include "sandbox/status.h"
-#include "sandbox/unique_fd.h"
+#include "base/status.h"
+#include "base/unique_fd.h"
 
 namespace sbx::sandbox {
 namespace {

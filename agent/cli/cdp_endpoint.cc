@@ -16,7 +16,7 @@
 #include <utility>
 #include <vector>
 
-#include "agent/loopback_guard.h"
+#include "net/loopback_guard.h"
 
 namespace sbx::cdp {
 namespace {

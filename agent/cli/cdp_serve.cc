@@ -11,7 +11,7 @@
 #include <thread>
 
 #include "agent/cli/cdp_endpoint.h"
-#include "agent/cli/listen.h"
+#include "net/listen.h"
 
 namespace sbx::cdp {
 namespace {

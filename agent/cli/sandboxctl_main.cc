@@ -30,9 +30,9 @@
 
 #include "agent/mcp/mcp_command.h"
 #include "agent/cli/cdp_serve.h"
-#include "agent/cli/listen.h"
+#include "net/listen.h"
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
-#include "sandbox/init/sha256.h"
+#include "base/sha256.h"
 
 namespace pb = ::duvo::sandbox::v1;
 

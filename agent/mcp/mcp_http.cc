@@ -13,9 +13,9 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "agent/http1_parser.h"
-#include "agent/loopback_guard.h"
-#include "sandbox/status.h"
+#include "net/http1_parser.h"
+#include "net/loopback_guard.h"
+#include "base/status.h"
 
 namespace sbx::agent::mcp {
 namespace {

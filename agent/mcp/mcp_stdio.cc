@@ -12,7 +12,7 @@
 #include <mutex>
 #include <thread>
 
-#include "sandbox/unique_fd.h"
+#include "base/unique_fd.h"
 
 namespace sbx::agent::mcp {
 namespace {

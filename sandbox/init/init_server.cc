@@ -39,14 +39,14 @@
 #include <utility>
 #include <vector>
 
-#include "sandbox/init/cdp.h"
-#include "sandbox/init/desktop.h"
-#include "sandbox/init/driver_util.h"
-#include "sandbox/init/frame.h"
-#include "sandbox/init/init_protocol.pb.h"
+#include "sandbox/init/drivers/cdp.h"
+#include "sandbox/init/drivers/desktop.h"
+#include "sandbox/init/drivers/driver_util.h"
+#include "wire/frame.h"
+#include "wire/init_protocol.pb.h"
 #include "sandbox/init/landlock.h"
-#include "sandbox/init/sha256.h"
-#include "sandbox/unique_fd.h"
+#include "base/sha256.h"
+#include "base/unique_fd.h"
 
 extern char** environ;
 

@@ -31,7 +31,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "sandbox/init/init_report.h"
+#include "wire/init_report.h"
 #include "sandbox/init/init_server.h"
 #include "sandbox/init/landlock.h"
 

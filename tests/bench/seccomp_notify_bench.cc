@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "sandbox/policy_loader.h"
+#include "sandbox/policy/policy_loader.h"
 #include "sandbox/seccomp_notify.h"
 #include "sandbox/seccomp_program.h"
 #include "tests/bench/bench_util.h"

@@ -20,7 +20,7 @@
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "sandbox/init/sha256.h"
+#include "base/sha256.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace sbx::testing {

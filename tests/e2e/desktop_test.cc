@@ -21,7 +21,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "sandbox/init/sha256.h"
+#include "base/sha256.h"
 #include "tests/common/png_image.h"
 #include "tests/e2e/daemon_fixture.h"
 #include "tests/e2e/desktop_fixture.h"

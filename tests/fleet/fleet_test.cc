@@ -28,7 +28,7 @@
 
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "agent/outbox.h"
+#include "agent/fleet/outbox.h"
 #include "duvo/sandbox/v1/agent_state.pb.h"
 #include "tests/common/spawn.h"
 #include "tests/fleet/agent_process.h"

@@ -14,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-#include "sandbox/init/cdp.h"
+#include "sandbox/init/drivers/cdp.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {

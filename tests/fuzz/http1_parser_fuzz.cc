@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-#include "agent/http1_parser.h"
+#include "net/http1_parser.h"
 
 namespace {
 

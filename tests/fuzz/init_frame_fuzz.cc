@@ -11,8 +11,8 @@
 #include <string>
 #include <string_view>
 
-#include "sandbox/init/frame.h"
-#include "sandbox/init/init_protocol.pb.h"
+#include "wire/frame.h"
+#include "wire/init_protocol.pb.h"
 
 namespace {
 

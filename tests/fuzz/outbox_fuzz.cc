@@ -16,7 +16,7 @@
 #include <optional>
 #include <string>
 
-#include "agent/outbox.h"
+#include "agent/fleet/outbox.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace {

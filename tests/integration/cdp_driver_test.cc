@@ -21,7 +21,7 @@
 #include <thread>
 #include <vector>
 
-#include "sandbox/init/cdp.h"
+#include "sandbox/init/drivers/cdp.h"
 #include "tests/common/png_image.h"
 
 namespace sbx::init {

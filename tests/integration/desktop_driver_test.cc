@@ -1,7 +1,7 @@
 // The desktop driver (sandbox/init/desktop.h) on the host, against a real Xvfb: xprobe (tests/testcases) covers
 // the screen with a known pattern and logs the input it receives, so screenshots and input are checked
 // pixel by pixel and event by event.
-#include "sandbox/init/desktop.h"
+#include "sandbox/init/drivers/desktop.h"
 
 #include <fcntl.h>
 #include <poll.h>

@@ -27,11 +27,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "sandbox/cgroup.h"
-#include "sandbox/init/frame.h"
-#include "sandbox/init/sha256.h"
+#include "sandbox/cgroup/cgroup.h"
+#include "wire/frame.h"
+#include "base/sha256.h"
 #include "sandbox/jail.h"
-#include "sandbox/policy_loader.h"
+#include "sandbox/policy/policy_loader.h"
 #include "tests/unit/status_matchers.h"
 
 extern char** environ;

@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "sandbox/init/keysyms.h"
+#include "sandbox/init/drivers/keysyms.h"
 
 namespace {
 

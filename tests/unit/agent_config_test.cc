@@ -1,5 +1,5 @@
 // AgentConfig.egress_deny_cidrs: parsed into networks for the egress proxy; a bad entry names its index.
-#include "agent/agent_config.h"
+#include "agent/fleet/agent_config.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

@@ -1,7 +1,7 @@
 // Approvals: the per-session gate registry (agent/approvals.h) against a real EventLog: request ids, the
 // deadline timer, Respond's errors and idempotency, session-scoped decisions, CloseAll, and a deadline racing
 // a response deciding exactly once.
-#include "agent/approvals.h"
+#include "agent/session/approvals.h"
 
 #include <atomic>
 #include <chrono>
@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "agent/event_log.h"
+#include "agent/session/event_log.h"
 #include "gtest/gtest.h"
 #include "tests/unit/status_matchers.h"
 

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "agent/cli/cdp_endpoint.h"
-#include "sandbox/init/cdp.h"
+#include "sandbox/init/drivers/cdp.h"
 
 namespace sbx {
 namespace {

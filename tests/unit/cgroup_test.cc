@@ -1,6 +1,6 @@
 // Tests for sandbox/cgroup: (a) layout discovery from /proc texts, (b) the writer and reader against a temp
 // directory that imitates cgroupfs, (c) the real cgroupfs (as root, with memory and pids controllers).
-#include "sandbox/cgroup.h"
+#include "sandbox/cgroup/cgroup.h"
 
 #include <fcntl.h>
 #include <ftw.h>

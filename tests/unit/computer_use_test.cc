@@ -1,7 +1,7 @@
 // PlanComputerUse: Anthropic's computer-use tool input, as a model writes it (the JSON of the documentation's
 // examples), becomes typed DesktopActions in the declared space; anything else is INVALID_ARGUMENT naming
 // the field.
-#include "agent/computer_use.h"
+#include "agent/session/computer_use.h"
 
 #include <string>
 

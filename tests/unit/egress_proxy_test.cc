@@ -8,7 +8,7 @@
 // The fake resolver gives allowed names TEST-NET addresses (198.51.100.x, public as far as the rules go) and
 // the proxy's connect_address_for_testing seam maps them onto the loopback servers: a domain rule can never
 // allow a loopback address itself (that is the DNS rebinding rule, tested with rebind.test -> 127.0.0.3).
-#include "agent/egress_proxy.h"
+#include "agent/egress/egress_proxy.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>

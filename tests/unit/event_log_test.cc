@@ -1,5 +1,5 @@
 // EventLog: gap-free seqs, waiting readers, closing, and bounded retention of finished calls' output.
-#include "agent/event_log.h"
+#include "agent/session/event_log.h"
 
 #include <thread>
 

@@ -1,6 +1,6 @@
 // The init protocol's framing: 4-byte little-endian length + payload, capped, reassembled from arbitrary
 // pieces, with clear errors for oversized and truncated frames.
-#include "sandbox/init/frame.h"
+#include "wire/frame.h"
 
 #include <string>
 #include <vector>

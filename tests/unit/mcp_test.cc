@@ -13,12 +13,12 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/loopback_guard.h"
+#include "net/loopback_guard.h"
 #include "agent/mcp/mcp_http.h"
 #include "agent/mcp/mcp_server.h"
 #include "agent/mcp/mcp_tools.h"
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
-#include "sandbox/unique_fd.h"
+#include "base/unique_fd.h"
 
 namespace sbx::agent::mcp {
 namespace {

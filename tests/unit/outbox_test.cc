@@ -1,6 +1,6 @@
 // Outbox: durable append/ack/replay on real files, torn tails vs. corruption, compaction, the owner lock, a
 // SIGKILL at random moments, and concurrent appends.
-#include "agent/outbox.h"
+#include "agent/fleet/outbox.h"
 
 #include <fcntl.h>
 #include <signal.h>

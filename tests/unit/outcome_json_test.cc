@@ -2,7 +2,7 @@
 // renames over a file it should not: "-" is fd 1, written in place (it used to be /dev/stdout, which, with
 // stdout redirected to a file, the atomic write replaced with a regular file: the host's /dev/stdout, as
 // root); a symlink to a regular file is refused; a pipe or terminal is written in place.
-#include "agent/outcome_json.h"
+#include "agent/run/outcome_json.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>

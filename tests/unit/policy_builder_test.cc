@@ -1,4 +1,4 @@
-#include "sandbox/policy_builder.h"
+#include "sandbox/policy/policy_builder.h"
 
 #include <cstdint>
 #include <string>
@@ -6,7 +6,7 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
-#include "sandbox/policy.h"
+#include "sandbox/policy/policy.h"
 #include "tests/unit/status_matchers.h"
 
 namespace sbx::sandbox {

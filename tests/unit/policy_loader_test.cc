@@ -1,4 +1,4 @@
-#include "sandbox/policy_loader.h"
+#include "sandbox/policy/policy_loader.h"
 
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -25,8 +25,8 @@
 #include "duvo/sandbox/v1/policy.pb.h"
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
-#include "sandbox/policy.h"
-#include "sandbox/policy_builder.h"
+#include "sandbox/policy/policy.h"
+#include "sandbox/policy/policy_builder.h"
 #include "sandbox/seccomp_program.h"
 #include "tests/unit/status_matchers.h"
 

@@ -1,6 +1,6 @@
 // SHA-256 against the FIPS 180-4 / NIST example vectors and lengths around the padding boundaries (reference
 // digests from Python's hashlib), and incremental hashing against one-shot hashing.
-#include "sandbox/init/sha256.h"
+#include "base/sha256.h"
 
 #include <string>
 

@@ -1,0 +1,137 @@
+// SessionManager: the agent's sessions by id. Creates them within the configured capacity (with
+// idempotency keys), finds, lists, cancels and deletes them, and ends idle ones. Holds no global state:
+// the Daemon owns it.
+#ifndef SBX_AGENT_SESSION_SESSION_MANAGER_H_
+#define SBX_AGENT_SESSION_SESSION_MANAGER_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "agent/session/session.h"
+#include "duvo/sandbox/v1/sandboxes.pb.h"
+#include "sandbox/cgroup/cgroup.h"
+#include "sandbox/jail_launcher.h"
+#include "sandbox/policy/policy.h"
+
+namespace sbx::agent {
+
+class CgroupLedger;
+
+class SessionManager {
+ public:
+  struct Options {
+    uint32_t max_sessions = 64;
+    std::chrono::milliseconds default_ttl{std::chrono::hours(1)};
+    std::chrono::milliseconds default_idle_timeout{std::chrono::minutes(15)};
+    std::string init_path;
+    const sandbox::CgroupLayout* cgroups = nullptr;
+    std::vector<std::string> warnings;  // rootless limitations, copied into every outcome
+    // The host's ceiling per kind. Kinds without a policy are refused (UNIMPLEMENTED).
+    std::map<int, sandbox::Policy> policies;  // key: duvo::sandbox::v1::SessionKind
+    // Ended sessions are forgotten this long after their end unless deleted first.
+    std::chrono::milliseconds keep_ended{std::chrono::minutes(10)};
+    Metrics* metrics = nullptr;  // not owned; may be null
+    // Not owned; may be null. Records each session before its cgroup exists (a crash leaves none behind).
+    CgroupLedger* ledger = nullptr;
+    // Browser sessions kept started for Create to take (AgentConfig.warm_browsers); they count against
+    // max_sessions.
+    uint32_t warm_browsers = 0;
+    // The egress proxy's off-limits networks (AgentConfig.egress_deny_cidrs), for every session.
+    std::vector<IpNetwork> egress_deny;
+  };
+
+  explicit SessionManager(Options options);
+  ~SessionManager();  // cancels every session
+
+  // Starts a session. Same idempotency key + same request: the first session; another request: ABORTED.
+  // Past capacity: RESOURCE_EXHAUSTED. A policy wider than the kind's ceiling: PERMISSION_DENIED.
+  absl::StatusOr<duvo::sandbox::v1::Session> Create(const duvo::sandbox::v1::CreateRequest& request);
+  // Create with the session id chosen by the caller (fleet mode journals it before the jail exists).
+  // With `from_reservation`, the session takes a slot Reserve() held (no capacity check) and keeps counting
+  // against capacity after it ends, until Delete; when it fails to start, the reservation is held again.
+  // NOTE: a browser request that keeps the host's policy and the defaults is served from the warm pool when
+  // it can: the session then has the pooled browser's id, not `session_id` (use the returned one).
+  absl::StatusOr<duvo::sandbox::v1::Session> CreateWithId(const duvo::sandbox::v1::CreateRequest& request,
+                                                         const std::string& session_id,
+                                                         bool from_reservation = false);
+  // Holds one slot of capacity (fleet mode: from a lease's acceptance until its outcome is acknowledged).
+  void Reserve();
+  // Reserve, if a slot is free now (a pooled browser's slot counts as free); false when none is.
+  bool TryReserve();
+  void Unreserve();
+  absl::StatusOr<std::shared_ptr<Session>> Find(const std::string& id) const;
+  std::vector<duvo::sandbox::v1::Session> List(const std::map<std::string, std::string>& selector) const;
+  absl::StatusOr<duvo::sandbox::v1::Session> Cancel(const std::string& id);
+  absl::Status Delete(const std::string& id);
+  // Cancels every session (drain) and waits for their outcomes.
+  void CancelAll(const std::string& reason);
+
+  size_t active() const;
+  uint32_t capacity() const;
+  // Sessions that could start now: capacity minus running and starting ones (a pooled browser's slot is
+  // free: a browser request takes the browser, any other takes its slot).
+  uint32_t free_capacity() const;
+  // Pooled browsers ready to be taken.
+  uint32_t warm_count() const;
+  // The kinds this agent has a policy for.
+  std::vector<duvo::sandbox::v1::SessionKind> kinds() const;
+  // SIGHUP: new capacity, defaults and per-kind policies for sessions created from now on; running sessions
+  // keep theirs.
+  // The warm pool is rebuilt with `warm_browsers` browsers under the new policies (the pooled ones end).
+  void Reload(uint32_t max_sessions, std::chrono::milliseconds default_ttl,
+              std::chrono::milliseconds default_idle_timeout, std::map<int, sandbox::Policy> policies,
+              uint32_t warm_browsers);
+
+ private:
+  void Reap(std::stop_token stop);  // idle timeouts and forgetting ended sessions
+  // Keeps options_.warm_browsers browser sessions started; replaces one that ended or aged in the pool.
+  void KeepWarm(std::stop_token stop);
+  // Starts a session (no idempotency, no capacity check): the common part of Create and the warm pool.
+  // `pooled`: for the warm pool (Session::Options::pooled).
+  absl::StatusOr<std::shared_ptr<Session>> StartSession(const duvo::sandbox::v1::CreateRequest& request,
+                                                        const std::string& session_id, bool pooled = false);
+
+  const Options options_;
+  // Reloadable copies of options_ (GUARDED_BY(mu_)).
+  uint32_t max_sessions_;
+  std::chrono::milliseconds default_ttl_, default_idle_timeout_;
+  std::map<int, sandbox::Policy> policies_;
+  uint32_t warm_browsers_;
+  // Declared before the sessions: destroyed after them, so no jail outlives the thread that cloned it.
+  sandbox::JailLauncher launcher_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Session>> sessions_;  // GUARDED_BY(mu_)
+  struct Idempotent {
+    std::string request_bytes;
+    std::string session_id;
+  };
+  std::map<std::string, Idempotent> idempotency_;  // GUARDED_BY(mu_)
+  uint32_t starting_ = 0;                          // GUARDED_BY(mu_): Creates in flight
+  uint32_t reserved_ = 0;                          // GUARDED_BY(mu_): Reserve() slots
+  std::set<std::string> held_ids_;                 // GUARDED_BY(mu_): count until deleted, even ended
+  std::deque<std::pair<std::shared_ptr<Session>, std::chrono::steady_clock::time_point>> warm_;  // GUARDED_BY(mu_)
+  uint32_t warming_ = 0;                           // GUARDED_BY(mu_): pool sessions being started
+  uint64_t pool_generation_ = 0;                   // GUARDED_BY(mu_): bumped by Reload
+  std::condition_variable_any warm_cv_;
+  size_t UsedLocked() const;
+  std::map<std::string, std::chrono::steady_clock::time_point> ended_at_;  // GUARDED_BY(mu_)
+  std::jthread reaper_;
+  std::jthread warmer_;
+};
+
+// A new random session id: "s-" + 16 hex digits.
+std::string NewSessionId();
+
+}  // namespace sbx::agent
+
+#endif  // SBX_AGENT_SESSION_SESSION_MANAGER_H_
