@@ -57,6 +57,9 @@ packages=(
   # (libclang_rt.fuzzer-x86_64.a) and clang's ASan/UBSan runtimes. tests/sanitize uses gcc's (libasan8 and
   # libubsan1 come with build-essential's gcc-12).
   clang libclang-rt-14-dev
+  # deploy/tsa-check.sh: clang 16's thread-safety analysis over the product's sources (clang 14 cannot parse
+  # the jail code's C++20)
+  clang-16
   # what sandbox-init's X driver links statically: xcb with XTEST (+ libXau, libXdmcp), the keysym names
   # (x11proto-dev), libpng
   libxcb1-dev libxcb-xtest0-dev libxau-dev libxdmcp-dev x11proto-dev libpng-dev zlib1g-dev

@@ -26,6 +26,8 @@ build() {
 }
 part "build" build || true
 if [ "$status" -ne 0 ]; then exit 1; fi
+# clang's -Wthread-safety over the product's sources (parsing only), with the build's flags.
+part "thread-safety" bash deploy/tsa-check.sh build
 part "ctest" bash -c 'cd build && ctest --output-on-failure -j2 --timeout 600'
 part "sanitizers" bash tests/sanitize/run.sh
 # 30 s per fuzz target here keeps the whole run under an hour on a 2-core machine with the VM and container
