@@ -1,4 +1,4 @@
-// Fuzzes what sandbox-init does with the bytes Chromium sends over its CDP pipe (sandbox/init/cdp.h,
+// Fuzzes what sandbox-init does with the bytes Chromium sends over its CDP pipe (sandbox/init/drivers/cdp.h,
 // Browser::HandleBytesForTesting: the NUL-framed JSON reader, the lone-surrogate repair, the depth limit and
 // the dispatch of responses and events). The first byte picks the size of the reads. Downloads settle in a
 // private directory made once; the target empties it after every input, so nothing accumulates.

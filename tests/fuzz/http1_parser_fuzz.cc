@@ -1,4 +1,4 @@
-// Fuzzes the egress proxy's HTTP/1 parsing (agent/http1_parser.h) the way the proxy drives it: the first byte
+// Fuzzes the egress proxy's HTTP/1 parsing (net/http1_parser.h) the way the proxy drives it: the first byte
 // picks the size of the pieces the client's bytes arrive in; CheckPartialHead sees each prefix of the header,
 // ParseHead the complete header, and a BodyFramer of the header's framing the bytes after it.
 // Beyond "no crash": an accepted plain-HTTP request's upstream header is one header (no CR or LF smuggled into

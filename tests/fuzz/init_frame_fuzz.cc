@@ -1,4 +1,4 @@
-// Fuzzes the init protocol as both ends read it (sandbox/init/frame.h, init_protocol.proto): a byte stream,
+// Fuzzes the init protocol as both ends read it (wire/frame.h, init_protocol.proto): a byte stream,
 // fed to a FrameReader in pieces (sizes from the first byte, through Feed or Prepare/Commit as the agent's
 // InitClient and sandbox-init do), and every frame parsed as the agent parses sandbox-init's (Response) and as
 // sandbox-init parses the agent's (Request). Beyond "no crash": the reader never hands out more bytes than it

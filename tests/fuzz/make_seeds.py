@@ -100,7 +100,7 @@ def cdp_seeds():
     write("cdp_corpus", "not_json.bin", b"\x00" + b'{"id":1,"result":{\0' + b"[" * 40 + b"]" * 40 + b"\0")
 
 
-# --- outbox journal (agent/outbox.h)
+# --- outbox journal (agent/fleet/outbox.h)
 def crc32c(data):
     crc = 0xFFFFFFFF
     for b in data:

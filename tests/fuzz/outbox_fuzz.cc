@@ -1,4 +1,4 @@
-// Fuzzes the fleet outbox's journal replay (agent/outbox.h): the input is the journal file, opened twice. A
+// Fuzzes the fleet outbox's journal replay (agent/fleet/outbox.h): the input is the journal file, opened twice. A
 // refusing Open replays it (torn tails truncated, damage refused); a salvaging Open must always open, with
 // the damaged file set aside and a clean journal written. Whenever it opens, what replay found must hold up:
 // the pending records (and the lost ones it names) are within the limits Append enforces, ids increase, and

@@ -1,4 +1,4 @@
-// Fuzzes the policy loader (sandbox/policy_loader.h): textproto text -> SandboxPolicy -> PolicyBuilder's
+// Fuzzes the policy loader (sandbox/policy/policy_loader.h): textproto text -> SandboxPolicy -> PolicyBuilder's
 // validation -> Policy. A policy reaches the agent from a request (a client) or a file. Beyond "no crash":
 // every refusal is InvalidArgument-like with a message, never OK with nothing in it.
 #include <cstddef>

@@ -1,4 +1,4 @@
-// The browser driver (sandbox/init/cdp.h) on the host, against the real Chromium: a small HTTP server in the
+// The browser driver (sandbox/init/drivers/cdp.h) on the host, against the real Chromium: a small HTTP server in the
 // test serves known pages, so screenshots are checked pixel by pixel and form submissions arrive at the server.
 #include <arpa/inet.h>
 #include <gmock/gmock.h>

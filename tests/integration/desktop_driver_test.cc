@@ -1,4 +1,4 @@
-// The desktop driver (sandbox/init/desktop.h) on the host, against a real Xvfb: xprobe (tests/testcases) covers
+// The desktop driver (sandbox/init/drivers/desktop.h) on the host, against a real Xvfb: xprobe (tests/testcases) covers
 // the screen with a known pattern and logs the input it receives, so screenshots and input are checked
 // pixel by pixel and event by event.
 #include "sandbox/init/drivers/desktop.h"

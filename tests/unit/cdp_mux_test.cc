@@ -1,4 +1,4 @@
-// The external CDP client's multiplexing onto the browser's pipe (sandbox/init/cdp.h, CdpMux) and the CDP
+// The external CDP client's multiplexing onto the browser's pipe (sandbox/init/drivers/cdp.h, CdpMux) and the CDP
 // endpoint's WebSocket framing (agent/cli/cdp_endpoint.h): pure logic, no Chromium.
 #include <gtest/gtest.h>
 

@@ -71,7 +71,7 @@ void Attack() {
     printf("mem_patch=%s\n", ErrName(err));
     close(mem);
   }
-  // 2. init's report channel: a forged "exited 0" (the layout of sandbox/init/init_report.h).
+  // 2. init's report channel: a forged "exited 0" (the layout of wire/init_report.h).
   int report = open("/proc/1/fd/3", O_WRONLY | O_CLOEXEC);
   printf("report_open=%s\n", ErrName(report < 0 ? errno : 0));
   if (report >= 0) {
