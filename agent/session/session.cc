@@ -15,6 +15,7 @@
 #include "agent/obs/log.h"
 #include "agent/run/outcome_json.h"
 #include "base/status.h"
+#include "wire/init_protocol.pb.h"
 
 namespace sbx::agent {
 namespace {
@@ -121,9 +122,8 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
                                   : "";
     if (absl::Status s = init->BrowserStart(1280, 800, proxy); !s.ok()) return Annotate(s, "starting the browser");
     if (!options.storage_state_json.empty()) {
-      sandbox::InitClient::BrowserRequestSpec load;
-      load.kind = sandbox::InitClient::BrowserRequestSpec::Kind::kStorageImport;
-      load.text = options.storage_state_json;
+      init::BrowserRequest load;
+      load.mutable_import_storage()->set_state_json(options.storage_state_json);
       if (absl::StatusOr<sandbox::InitClient::BrowserOutput> loaded = init->BrowserRequest(load); !loaded.ok()) {
         return Annotate(loaded.status(), "browser.storage_state_json");
       }

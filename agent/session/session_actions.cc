@@ -1,7 +1,6 @@
 // Session's browser, desktop and computer-use tools: each action goes to sandbox-init's driver, and what it
 // shows (screenshots, downloads) goes into the session's event log.
 #include <algorithm>
-#include <array>
 #include <chrono>
 #include <string>
 #include <string_view>
@@ -11,9 +10,11 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "agent/session/computer_use.h"
+#include "agent/session/driver_actions.h"
 #include "agent/session/session.h"
 #include "base/sha256.h"
 #include "base/status.h"
+#include "wire/init_protocol.pb.h"
 
 namespace sbx::agent {
 namespace {
@@ -21,14 +22,8 @@ namespace {
 namespace pb = ::duvo::sandbox::v1;
 using Clock = std::chrono::steady_clock;
 
-// Driver calls' deadlines when the action names none (sandbox-init's defaults agree).
-constexpr uint32_t kDefaultBrowserCallMs = 30'000;
-constexpr uint32_t kBrowserScreenshotCallMs = 60'000;  // a full-page capture may take Chromium that long
-constexpr uint32_t kDefaultDesktopCallMs = 30'000;
 // The largest PNG a computer call's result carries inline (base64: 4/3 of it).
 constexpr size_t kMaxComputerImageBytes = 2'500'000;
-// Past an action's own timeout: its cleanup in sandbox-init (terminating a runaway script) and its answer.
-constexpr uint32_t kDriverCleanupMs = 2'000;
 
 // A driver call's deadline: `wanted`, capped by the session's remaining wall time (at least 1 ms) and by the
 // init protocol's cap.
@@ -39,55 +34,19 @@ uint32_t DriverCallTimeoutMs(uint32_t wanted, std::chrono::steady_clock::time_po
   return static_cast<uint32_t>(capped);
 }
 
-}  // namespace
-
-namespace {
-
-// Maps (x, y) in the caller's space (`space`, or the display when unset) onto display pixels: pixel centers
-// map onto pixel centers, so a click at a screenshot pixel lands on the display pixel it shows.
-absl::StatusOr<std::pair<int, int>> ToDisplay(const pb::CoordinateSpace& space, uint32_t dw, uint32_t dh, int64_t x,
-                                              int64_t y, std::string_view field) {
-  const uint32_t sw = space.width() == 0 ? dw : space.width();
-  const uint32_t sh = space.height() == 0 ? dh : space.height();
-  if ((space.width() == 0) != (space.height() == 0)) {
-    return absl::InvalidArgumentError("desktop.space: give both width and height, or neither");
-  }
-  if (x < 0 || y < 0 || x >= sw || y >= sh) {
-    return absl::InvalidArgumentError(absl::StrCat("desktop.", ToAbsl(field), ": (", x, ", ", y,
-                                                   ") is outside the ", sw, "x", sh, " coordinate space"));
-  }
-  const int dx = static_cast<int>(std::min<int64_t>(dw - 1, ((2 * x + 1) * dw) / (2 * int64_t{sw})));
-  const int dy = static_cast<int>(std::min<int64_t>(dh - 1, ((2 * y + 1) * dh) / (2 * int64_t{sh})));
-  return std::make_pair(dx, dy);
-}
-
-// Maps the region [x0, x1) x [y0, y1) of the caller's space onto display pixels: the smallest display
-// rectangle that covers it (edges, not pixel centers: x1 == the space's width is the display's right edge).
-absl::StatusOr<std::array<int, 4>> RegionToDisplay(const pb::CoordinateSpace& space, uint32_t dw, uint32_t dh,
-                                                   const pb::DesktopAction::Zoom& z) {
-  if ((space.width() == 0) != (space.height() == 0)) {
-    return absl::InvalidArgumentError("desktop.space: give both width and height, or neither");
-  }
-  const int64_t sw = space.width() == 0 ? dw : space.width();
-  const int64_t sh = space.height() == 0 ? dh : space.height();
-  if (z.x0() < 0 || z.y0() < 0 || z.x1() <= z.x0() || z.y1() <= z.y0() || z.x1() > sw || z.y1() > sh) {
-    return absl::InvalidArgumentError(absl::StrCat("desktop.zoom: the region [", z.x0(), ", ", z.y0(), ", ", z.x1(),
-                                                   ", ", z.y1(), "] is empty or not inside the ", sw, "x", sh,
-                                                   " coordinate space"));
-  }
-  const int x0 = static_cast<int>((int64_t{z.x0()} * dw) / sw);
-  const int y0 = static_cast<int>((int64_t{z.y0()} * dh) / sh);
-  const int x1 = static_cast<int>((int64_t{z.x1()} * dw + sw - 1) / sw);
-  const int y1 = static_cast<int>((int64_t{z.y1()} * dh + sh - 1) / sh);
-  return std::array<int, 4>{x0, y0, std::max(x1, x0 + 1), std::max(y1, y0 + 1)};
-}
-
-// A modifier chord of a click or scroll: at most 256 bytes.
-absl::Status CheckModifiers(const std::string& modifiers, std::string_view field) {
-  if (modifiers.size() > 256) {
-    return absl::InvalidArgumentError(absl::StrCat("desktop.", ToAbsl(field), ".modifiers: at most 256 bytes"));
-  }
-  return absl::OkStatus();
+// A desktop screenshot's or zoom's result: the image went out as file events under `path`.
+pb::ToolResult DesktopImageResult(const sandbox::Screenshot& shot, const std::string& path, double scale) {
+  pb::ToolResult result;
+  pb::DesktopResult* d = result.mutable_desktop();
+  d->set_image_path(path);
+  d->set_sha256(shot.sha256);
+  d->set_image_bytes(shot.png.size());
+  d->set_image_width(shot.width);
+  d->set_image_height(shot.height);
+  d->set_display_width(shot.display_width);
+  d->set_display_height(shot.display_height);
+  d->set_scale(scale);
+  return result;
 }
 
 }  // namespace
@@ -97,169 +56,40 @@ absl::StatusOr<pb::ToolResult> Session::RunDesktop(const std::string& call_id, c
     return absl::FailedPreconditionError("desktop: this is not a desktop session (create it with kind DESKTOP)");
   }
   const uint32_t dw = options_.display_width, dh = options_.display_height;
-  const pb::CoordinateSpace& space = action.space();
+  ASSIGN_OR_RETURN(const DesktopCall call, PlanDesktopAction(action, dw, dh));
+  const uint32_t call_ms = DriverCallTimeoutMs(call.wanted_ms, expires_);
   pb::ToolResult result;
-  sandbox::DesktopInputSpec in;
-  switch (action.action_case()) {
-    case pb::DesktopAction::kScreenshot: {
-      const uint32_t target = action.screenshot().target_width();
-      if (target > 7680) return absl::InvalidArgumentError("desktop.screenshot.target_width: at most 7680");
+  switch (call.input.action_case()) {
+    case init::DesktopInput::kScreenshot: {
       ASSIGN_OR_RETURN(sandbox::Screenshot shot,
-                       init_->TakeScreenshot(target, DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
+                       init_->TakeScreenshot(call.input.screenshot().target_width(), call_ms));
       ASSIGN_OR_RETURN(const std::string path, AppendImage(call_id, shot, "png"));
-      pb::DesktopResult* d = result.mutable_desktop();
-      d->set_image_path(path);
-      d->set_sha256(shot.sha256);
-      d->set_image_bytes(shot.png.size());
-      d->set_image_width(shot.width);
-      d->set_image_height(shot.height);
-      d->set_display_width(shot.display_width);
-      d->set_display_height(shot.display_height);
-      d->set_scale(shot.display_width == 0 ? 0 : static_cast<double>(shot.width) / shot.display_width);
-      return result;
+      return DesktopImageResult(shot, path,
+                                shot.display_width == 0 ? 0 : static_cast<double>(shot.width) / shot.display_width);
     }
-    case pb::DesktopAction::kCursorPosition: {
-      ASSIGN_OR_RETURN(auto pos, init_->PointerPosition(DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
-      const uint32_t sw = space.width() == 0 ? dw : space.width();
-      const uint32_t sh = space.height() == 0 ? dh : space.height();
+    case init::DesktopInput::kZoom: {
+      const init::DesktopZoom& z = call.input.zoom();
+      ASSIGN_OR_RETURN(sandbox::Screenshot shot,
+                       init_->Zoom(z.from().x(), z.from().y(), z.to().x(), z.to().y(), call_ms));
+      ASSIGN_OR_RETURN(const std::string path, AppendImage(call_id, shot, "png"));
+      return DesktopImageResult(shot, path, 1.0);  // display pixels
+    }
+    case init::DesktopInput::kCursorPosition: {
+      ASSIGN_OR_RETURN(auto pos, init_->PointerPosition(call_ms));
+      const auto [x, y] = FromDisplay(action.space(), dw, dh, pos.first, pos.second);
       pb::DesktopResult* d = result.mutable_desktop();
       d->set_display_width(dw);
       d->set_display_height(dh);
-      d->set_x(static_cast<int>(((2 * int64_t{pos.first} + 1) * sw) / (2 * int64_t{dw})));
-      d->set_y(static_cast<int>(((2 * int64_t{pos.second} + 1) * sh) / (2 * int64_t{dh})));
+      d->set_x(x);
+      d->set_y(y);
       return result;
     }
-    case pb::DesktopAction::kZoom: {
-      ASSIGN_OR_RETURN(const auto region, RegionToDisplay(space, dw, dh, action.zoom()));
-      ASSIGN_OR_RETURN(sandbox::Screenshot shot,
-                       init_->Zoom(region[0], region[1], region[2], region[3],
-                                   DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
-      ASSIGN_OR_RETURN(const std::string path, AppendImage(call_id, shot, "png"));
-      pb::DesktopResult* d = result.mutable_desktop();
-      d->set_image_path(path);
-      d->set_sha256(shot.sha256);
-      d->set_image_bytes(shot.png.size());
-      d->set_image_width(shot.width);
-      d->set_image_height(shot.height);
-      d->set_display_width(shot.display_width);
-      d->set_display_height(shot.display_height);
-      d->set_scale(1.0);  // display pixels
-      return result;
-    }
-    case pb::DesktopAction::kWait: {
-      const uint32_t ms = action.wait().ms();
-      if (ms > 100000) return absl::InvalidArgumentError("desktop.wait.ms: at most 100000");
-      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-      result.set_done(true);
-      return result;
-    }
-    case pb::DesktopAction::kMouseMove: {
-      in.kind = sandbox::DesktopInputSpec::Kind::kMove;
-      ASSIGN_OR_RETURN(auto p, ToDisplay(space, dw, dh, action.mouse_move().x(), action.mouse_move().y(), "mouse_move"));
-      in.x = p.first;
-      in.y = p.second;
+    case init::DesktopInput::ACTION_NOT_SET:  // wait
+      std::this_thread::sleep_for(std::chrono::milliseconds(call.wait_ms));
       break;
-    }
-    case pb::DesktopAction::kClick: {
-      const pb::DesktopAction::Click& c = action.click();
-      in.kind = sandbox::DesktopInputSpec::Kind::kClick;
-      in.button = c.button() == pb::DesktopAction::RIGHT ? 3 : c.button() == pb::DesktopAction::MIDDLE ? 2 : 1;
-      in.count = c.count() == 0 ? 1 : static_cast<int>(c.count());
-      if (in.count > 3) return absl::InvalidArgumentError("desktop.click.count: at most 3 (triple click)");
-      if (c.has_x() != c.has_y()) return absl::InvalidArgumentError("desktop.click: give both x and y, or neither");
-      if (c.has_x()) {
-        ASSIGN_OR_RETURN(auto p, ToDisplay(space, dw, dh, c.x(), c.y(), "click"));
-        in.has_point = true;
-        in.x = p.first;
-        in.y = p.second;
-      }
-      RETURN_IF_ERROR(CheckModifiers(c.modifiers(), "click"));
-      in.modifiers = c.modifiers();
-      break;
-    }
-    case pb::DesktopAction::kMouseDown:
-    case pb::DesktopAction::kMouseUp: {
-      const bool down = action.has_mouse_down();
-      const pb::DesktopAction::Button button = down ? action.mouse_down().button() : action.mouse_up().button();
-      const bool has_x = down ? action.mouse_down().has_x() : action.mouse_up().has_x();
-      const bool has_y = down ? action.mouse_down().has_y() : action.mouse_up().has_y();
-      const std::string_view field = down ? "mouse_down" : "mouse_up";
-      in.kind = down ? sandbox::DesktopInputSpec::Kind::kMouseDown : sandbox::DesktopInputSpec::Kind::kMouseUp;
-      in.button = button == pb::DesktopAction::RIGHT ? 3 : button == pb::DesktopAction::MIDDLE ? 2 : 1;
-      if (has_x != has_y) {
-        return absl::InvalidArgumentError(absl::StrCat("desktop.", ToAbsl(field), ": give both x and y, or neither"));
-      }
-      if (has_x) {
-        const int x = down ? action.mouse_down().x() : action.mouse_up().x();
-        const int y = down ? action.mouse_down().y() : action.mouse_up().y();
-        ASSIGN_OR_RETURN(auto p, ToDisplay(space, dw, dh, x, y, field));
-        in.has_point = true;
-        in.x = p.first;
-        in.y = p.second;
-      }
-      break;
-    }
-    case pb::DesktopAction::kHoldKey: {
-      const pb::DesktopAction::HoldKey& h = action.hold_key();
-      in.kind = sandbox::DesktopInputSpec::Kind::kHoldKey;
-      in.text = h.chord();
-      if (in.text.empty() || in.text.size() > 256) {
-        return absl::InvalidArgumentError("desktop.hold_key.chord: 1 to 256 bytes, e.g. \"shift\"");
-      }
-      if (h.duration_ms() > 100000) return absl::InvalidArgumentError("desktop.hold_key.duration_ms: at most 100000");
-      in.duration_ms = h.duration_ms();
-      // The call lasts the hold plus the usual time for the rest.
-      RETURN_IF_ERROR(
-          init_->DesktopInput(in, DriverCallTimeoutMs(kDefaultDesktopCallMs + h.duration_ms(), expires_)));
-      result.set_done(true);
-      return result;
-    }
-    case pb::DesktopAction::kLeftClickDrag: {
-      const pb::DesktopAction::Drag& g = action.left_click_drag();
-      in.kind = sandbox::DesktopInputSpec::Kind::kDrag;
-      ASSIGN_OR_RETURN(auto from, ToDisplay(space, dw, dh, g.from_x(), g.from_y(), "left_click_drag.from"));
-      ASSIGN_OR_RETURN(auto to, ToDisplay(space, dw, dh, g.to_x(), g.to_y(), "left_click_drag.to"));
-      in.x = from.first;
-      in.y = from.second;
-      in.x2 = to.first;
-      in.y2 = to.second;
-      break;
-    }
-    case pb::DesktopAction::kScroll: {
-      const pb::DesktopAction::Scroll& sc = action.scroll();
-      in.kind = sandbox::DesktopInputSpec::Kind::kScroll;
-      in.direction = static_cast<int>(sc.direction());
-      in.amount = sc.amount() == 0 ? 1 : static_cast<int>(sc.amount());
-      if (in.amount > 100) return absl::InvalidArgumentError("desktop.scroll.amount: at most 100");
-      if (sc.has_x() != sc.has_y()) return absl::InvalidArgumentError("desktop.scroll: give both x and y, or neither");
-      if (sc.has_x()) {
-        ASSIGN_OR_RETURN(auto p, ToDisplay(space, dw, dh, sc.x(), sc.y(), "scroll"));
-        in.has_point = true;
-        in.x = p.first;
-        in.y = p.second;
-      }
-      RETURN_IF_ERROR(CheckModifiers(sc.modifiers(), "scroll"));
-      in.modifiers = sc.modifiers();
-      break;
-    }
-    case pb::DesktopAction::kKey:
-      in.kind = sandbox::DesktopInputSpec::Kind::kKey;
-      in.text = action.key().chord();
-      if (in.text.empty() || in.text.size() > 256) {
-        return absl::InvalidArgumentError("desktop.key.chord: 1 to 256 bytes, e.g. \"ctrl+shift+t\"");
-      }
-      break;
-    case pb::DesktopAction::kType:
-      in.kind = sandbox::DesktopInputSpec::Kind::kType;
-      in.text = action.type().text();
-      if (in.text.size() > 65536) return absl::InvalidArgumentError("desktop.type.text: at most 64 KiB");
-      break;
-    case pb::DesktopAction::ACTION_NOT_SET:
-      return absl::InvalidArgumentError(
-          "desktop: no action given (screenshot, mouse_move, click, left_click_drag, mouse_down, mouse_up, scroll, "
-          "key, hold_key, type, cursor_position, wait, zoom)");
+    default:
+      RETURN_IF_ERROR(init_->DesktopInput(call.input, call_ms));
   }
-  RETURN_IF_ERROR(init_->DesktopInput(in, DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
   result.set_done(true);
   return result;
 }
@@ -290,10 +120,10 @@ absl::StatusOr<pb::ToolResult> Session::RunComputer(const std::string& call_id, 
   for (const pb::DesktopAction& step : plan.steps) {
     if (step.has_zoom()) {
       // The image goes into the result, not out as file events.
-      ASSIGN_OR_RETURN(const auto region, RegionToDisplay(step.space(), dw, dh, step.zoom()));
-      ASSIGN_OR_RETURN(sandbox::Screenshot shot,
-                       init_->Zoom(region[0], region[1], region[2], region[3],
-                                   DriverCallTimeoutMs(kDefaultDesktopCallMs, expires_)));
+      ASSIGN_OR_RETURN(const DesktopCall zoom, PlanDesktopAction(step, dw, dh));
+      const init::DesktopZoom& z = zoom.input.zoom();
+      ASSIGN_OR_RETURN(sandbox::Screenshot shot, init_->Zoom(z.from().x(), z.from().y(), z.to().x(), z.to().y(),
+                                                             DriverCallTimeoutMs(zoom.wanted_ms, expires_)));
       RETURN_IF_ERROR(put_image(shot));
       continue;
     }
@@ -368,101 +198,25 @@ absl::StatusOr<pb::ToolResult> Session::RunBrowser(const std::string& call_id, c
   if (options_.kind != pb::BROWSER) {
     return absl::FailedPreconditionError("browser: this is not a browser session (create it with kind BROWSER)");
   }
-  using Kind = sandbox::InitClient::BrowserRequestSpec::Kind;
+  ASSIGN_OR_RETURN(const BrowserCall call, PlanBrowserAction(action));
+  // The call's deadline, which sandbox-init and the client share: the action's own timeout (or the default
+  // for the kind) and room for its cleanup, never past the session's wall time. A 60 s wait_for then runs
+  // its 60 s; sandbox-init cuts the action's own timeout to the deadline.
+  const uint32_t call_ms = DriverCallTimeoutMs(call.wanted_ms, expires_);
   pb::ToolResult result;
   pb::BrowserResult* br = result.mutable_browser();
-  sandbox::InitClient::BrowserRequestSpec q;
-  switch (action.action_case()) {
-    case pb::BrowserAction::kScreenshot: {
-      const pb::BrowserAction::Screenshot& sc = action.screenshot();
-      const std::string format = sc.format().empty() ? "png" : sc.format();
-      if (format != "png" && format != "jpeg") {
-        return absl::InvalidArgumentError("browser.screenshot.format: \"png\" or \"jpeg\"");
-      }
-      if (sc.quality() > 100) return absl::InvalidArgumentError("browser.screenshot.quality: 1..100");
-      if (sc.width() != 0 && (sc.width() < 16 || sc.width() > 7680)) {
-        return absl::InvalidArgumentError("browser.screenshot.width: 16..7680 pixels, or 0 for no scaling");
-      }
-      ASSIGN_OR_RETURN(sandbox::Screenshot shot,
-                       init_->BrowserScreenshot(sc.full_page(), format, static_cast<int>(sc.quality()), sc.width(),
-                                                DriverCallTimeoutMs(kBrowserScreenshotCallMs, expires_)));
-      ASSIGN_OR_RETURN(const std::string path, AppendImage(call_id, shot, format == "png" ? "png" : "jpg"));
-      br->set_image_path(path);
-      br->set_sha256(shot.sha256);
-      br->set_image_bytes(shot.png.size());
-      br->set_image_width(shot.width);
-      br->set_image_height(shot.height);
-      return result;
-    }
-    case pb::BrowserAction::kNavigate:
-      q.kind = Kind::kNavigate;
-      q.text = action.navigate().url();
-      q.text2 = action.navigate().wait_until();
-      q.timeout_ms = action.navigate().timeout_ms();
-      if (q.text.empty()) return absl::InvalidArgumentError("browser.navigate.url: required");
-      if (!q.text2.empty() && q.text2 != "load" && q.text2 != "networkidle") {
-        return absl::InvalidArgumentError("browser.navigate.wait_until: \"load\" or \"networkidle\"");
-      }
-      break;
-    case pb::BrowserAction::kClick:
-      q.kind = Kind::kClick;
-      q.text = action.click().selector();
-      q.has_point = action.click().has_x() && action.click().has_y();
-      q.x = action.click().x();
-      q.y = action.click().y();
-      if (q.text.empty() && !q.has_point) return absl::InvalidArgumentError("browser.click: a selector, or x and y");
-      break;
-    case pb::BrowserAction::kType:
-      q.kind = Kind::kType;
-      q.text = action.type().text();
-      q.text2 = action.type().selector();
-      break;
-    case pb::BrowserAction::kPress:
-      q.kind = Kind::kPress;
-      q.text = action.press().key();
-      break;
-    case pb::BrowserAction::kEvaluate:
-      q.kind = Kind::kEvaluate;
-      q.text = action.evaluate().expression();
-      q.timeout_ms = action.evaluate().timeout_ms() == 0 ? 10000 : action.evaluate().timeout_ms();
-      break;
-    case pb::BrowserAction::kContent:
-      q.kind = Kind::kContent;
-      q.flag = action.content().text();
-      break;
-    case pb::BrowserAction::kWaitFor:
-      q.kind = Kind::kWaitFor;
-      q.text = action.wait_for().selector();
-      q.text2 = action.wait_for().text();
-      q.flag = action.wait_for().download();
-      q.timeout_ms = action.wait_for().timeout_ms();
-      if (q.flag && !(q.text.empty() && q.text2.empty())) {
-        return absl::InvalidArgumentError("browser.wait_for: a download, or a selector and/or a text, not both");
-      }
-      if (!q.flag && q.text.empty() && q.text2.empty()) {
-        return absl::InvalidArgumentError("browser.wait_for: a selector, a text, or download");
-      }
-      break;
-    case pb::BrowserAction::kSetViewport:
-      q.kind = Kind::kViewport;
-      q.a = static_cast<int>(std::min<uint32_t>(action.set_viewport().width(), 100000));
-      q.b = static_cast<int>(std::min<uint32_t>(action.set_viewport().height(), 100000));
-      break;
-    case pb::BrowserAction::kStorageState:
-      q.kind = Kind::kStorageExport;
-      break;
-    case pb::BrowserAction::ACTION_NOT_SET:
-      return absl::InvalidArgumentError(
-          "browser: no action given (navigate, screenshot, click, type, press, evaluate, content, wait_for, "
-          "set_viewport, storage_state)");
+  if (call.request.has_screenshot()) {
+    ASSIGN_OR_RETURN(sandbox::Screenshot shot, init_->BrowserScreenshot(call.request.screenshot(), call_ms));
+    const bool png = call.request.screenshot().format() == init::IMAGE_FORMAT_PNG;
+    ASSIGN_OR_RETURN(const std::string path, AppendImage(call_id, shot, png ? "png" : "jpg"));
+    br->set_image_path(path);
+    br->set_sha256(shot.sha256);
+    br->set_image_bytes(shot.png.size());
+    br->set_image_width(shot.width);
+    br->set_image_height(shot.height);
+    return result;
   }
-  // The call's deadline, which sandbox-init and the client share: the action's own timeout (or the default
-  // for the kind), never past the session's wall time. A 60 s wait_for then runs its 60 s.
-  // The deadline leaves the action's own timeout room to fire first (with its own message) and clean up.
-  q.call_timeout_ms = DriverCallTimeoutMs(
-      (q.timeout_ms != 0 ? q.timeout_ms : kDefaultBrowserCallMs) + kDriverCleanupMs, expires_);
-  q.timeout_ms = q.timeout_ms != 0 ? std::min(q.timeout_ms, q.call_timeout_ms) : 0;
-  ASSIGN_OR_RETURN(sandbox::InitClient::BrowserOutput out, init_->BrowserRequest(q));
+  ASSIGN_OR_RETURN(sandbox::InitClient::BrowserOutput out, init_->BrowserRequest(call.request, call_ms));
   for (const sandbox::InitClient::PageReport& report : out.events) {
     pb::Event event;
     pb::PageEvent* page = event.mutable_page();
