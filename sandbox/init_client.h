@@ -16,8 +16,11 @@
 #include "wire/frame.h"
 #include "base/unique_fd.h"
 
-namespace sbx::init {
-class Request;  // sandbox/init/init_protocol.proto
+namespace sbx::init {  // wire/init_protocol.proto
+class BrowserRequest;
+class BrowserScreenshot;
+class DesktopInput;
+class Request;
 }  // namespace sbx::init
 
 namespace sbx::sandbox {
@@ -47,22 +50,6 @@ enum class OutputStream { kStdout = 1, kStderr = 2 };
 struct DesktopInfo {
   uint32_t width = 0, height = 0;
   std::string display;  // ":1"
-};
-
-// One input action, in display pixels.
-struct DesktopInputSpec {
-  enum class Kind { kMove = 1, kClick = 2, kDrag = 3, kScroll = 4, kKey = 5, kType = 6, kMouseDown = 9,
-                    kMouseUp = 10, kHoldKey = 11 };
-  Kind kind = Kind::kMove;
-  int x = 0, y = 0, x2 = 0, y2 = 0;
-  bool has_point = false;
-  int button = 1;     // 1 left, 2 middle, 3 right
-  int count = 1;      // clicks
-  int direction = 0;  // scroll: 0 up, 1 down, 2 left, 3 right
-  int amount = 1;
-  std::string text;   // key chord or text
-  std::string modifiers;  // click, scroll: a chord of keys held during the action ("shift", "ctrl+alt")
-  uint32_t duration_ms = 0;  // hold_key
 };
 
 struct Screenshot {
@@ -143,8 +130,10 @@ class InitClient {
   // Desktop: starts Xvfb (and the window manager) inside the jail. The display's own errors are
   // Unavailable ("the display is gone") once Xvfb has exited.
   absl::StatusOr<DesktopInfo> DesktopStart(uint32_t width, uint32_t height, bool window_manager);
+  // One input action (init_protocol.proto's DesktopInput, in display pixels, checked by the caller: see
+  // agent/session/driver_actions.h); not cursor_position, screenshot or zoom, which have their calls below.
   // call_timeout_ms: the whole call's deadline (see kMaxCallTimeoutMs); 0 = kCallTimeoutMs.
-  absl::Status DesktopInput(const DesktopInputSpec& input, uint32_t call_timeout_ms = 0);
+  absl::Status DesktopInput(const init::DesktopInput& input, uint32_t call_timeout_ms = 0);
   absl::StatusOr<std::pair<int, int>> PointerPosition(uint32_t call_timeout_ms = 0);
   // A PNG of the display, scaled down to target_width (0: native); fetched in chunks, sha256 checked.
   absl::StatusOr<Screenshot> TakeScreenshot(uint32_t target_width, uint32_t call_timeout_ms = 0);
@@ -153,20 +142,6 @@ class InitClient {
 
   // Browser sessions: starts headless Chromium inside the jail (proxy: --proxy-server, or empty).
   absl::Status BrowserStart(uint32_t width, uint32_t height, std::string_view proxy);
-  struct BrowserRequestSpec {
-    enum class Kind { kNavigate = 1, kClick = 3, kType = 4, kPress = 5, kEvaluate = 6, kContent = 7, kWaitFor = 8,
-                      kViewport = 9, kStorageExport = 10, kStorageImport = 11 };
-    Kind kind = Kind::kNavigate;
-    std::string text, text2;
-    bool flag = false;
-    int a = 0, b = 0;
-    double x = 0, y = 0;
-    bool has_point = false;
-    uint32_t timeout_ms = 0;  // navigate, evaluate, wait_for: the action's own timeout (0: init's default)
-    // The whole call's deadline, carried to sandbox-init (which caps timeout_ms by it); 0 = timeout_ms when
-    // set, else kCallTimeoutMs. At most kMaxCallTimeoutMs.
-    uint32_t call_timeout_ms = 0;
-  };
   struct PageReport {
     std::string type, level, text, json;  // console, page_error, log, crash, download...
     std::string path;                     // download: the file, relative to the workspace
@@ -177,11 +152,14 @@ class InitClient {
     bool truncated = false;
     std::vector<PageReport> events;
   };
-  absl::StatusOr<BrowserOutput> BrowserRequest(const BrowserRequestSpec& request);
+  // One browser action (init_protocol.proto's BrowserRequest, checked and with its defaults filled by the
+  // caller: see agent/session/driver_actions.h); not a screenshot, which BrowserScreenshot takes.
+  // call_timeout_ms: the whole call's deadline, carried to sandbox-init, which cuts the action's own timeout
+  // to it (see kMaxCallTimeoutMs); 0 = kCallTimeoutMs.
+  absl::StatusOr<BrowserOutput> BrowserRequest(const init::BrowserRequest& request, uint32_t call_timeout_ms = 0);
   // A screenshot of the page (PNG or JPEG), fetched in chunks, sha256 checked.
-  // scale_width: scaled down to this width in pixels (0: none).
-  absl::StatusOr<Screenshot> BrowserScreenshot(bool full_page, std::string_view format, int quality,
-                                               uint32_t scale_width = 0, uint32_t call_timeout_ms = 0);
+  absl::StatusOr<Screenshot> BrowserScreenshot(const init::BrowserScreenshot& screenshot,
+                                               uint32_t call_timeout_ms = 0);
 
   // An external CDP client on the session's browser (Playwright, Puppeteer; sandbox/init/cdp.h, CdpMux): the
   // messages for the client arrive on on_output (stdout), each ended by a NUL byte, a message possibly
