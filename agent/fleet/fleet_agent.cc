@@ -471,7 +471,8 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
 // ---------------------------------------------------------------------------------------------------------
 // Drain.
 
-size_t FleetAgent::Drain(milliseconds grace, milliseconds flush) {
+// Stops the lease loop: no more grants are asked for, and the long poll in flight is canceled.
+void FleetAgent::StopLeasing() {
   draining_ = true;
   {
     absl::MutexLock lock(&lease_ctx_mu_);
@@ -483,6 +484,39 @@ size_t FleetAgent::Drain(milliseconds grace, milliseconds flush) {
     cv_.SignalAll();
   }
   if (leaser_.joinable()) leaser_.join();
+}
+
+// Reports what the outbox holds until it is empty or `flush_until`, then stops the heartbeat and the
+// reporter. Returns how many outcomes are still undelivered.
+size_t FleetAgent::DeliverOutbox(Clock::time_point flush_until) {
+  for (;;) {
+    uint64_t delivered;
+    {
+      absl::MutexLock lock(&mu_);
+      delivered = delivered_;
+    }
+    const size_t undelivered = undelivered_outcomes();
+    if (undelivered == 0 || Clock::now() >= flush_until) {
+      heartbeat_.request_stop();
+      reporter_.request_stop();
+      {
+        absl::MutexLock lock(&mu_);
+        cv_.SignalAll();
+      }
+      if (heartbeat_.joinable()) heartbeat_.join();
+      if (reporter_.joinable()) reporter_.join();
+      drained_ = true;
+      Log(LogLevel::kInfo, "fleet: drained", {{"undelivered_outcomes", absl::StrCat(undelivered)}});
+      return undelivered;
+    }
+    // The reporter counts each outcome it takes out of the outbox (delivered_).
+    absl::MutexLock lock(&mu_);
+    WaitLocked(flush_until, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return delivered_ != delivered; });
+  }
+}
+
+size_t FleetAgent::Drain(milliseconds grace, milliseconds flush) {
+  StopLeasing();
   const auto running = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     size_t n = 0;
     for (const auto& [id, lease] : leases_) n += lease->finished ? 0 : 1;
@@ -528,31 +562,7 @@ size_t FleetAgent::Drain(milliseconds grace, milliseconds flush) {
     leases_.clear();
   }
   all.clear();
-  // Deliver what the outbox holds.
-  for (;;) {
-    uint64_t delivered;
-    {
-      absl::MutexLock lock(&mu_);
-      delivered = delivered_;
-    }
-    const size_t undelivered = undelivered_outcomes();
-    if (undelivered == 0 || Clock::now() >= flush_until) {
-      heartbeat_.request_stop();
-      reporter_.request_stop();
-      {
-        absl::MutexLock lock(&mu_);
-        cv_.SignalAll();
-      }
-      if (heartbeat_.joinable()) heartbeat_.join();
-      if (reporter_.joinable()) reporter_.join();
-      drained_ = true;
-      Log(LogLevel::kInfo, "fleet: drained", {{"undelivered_outcomes", absl::StrCat(undelivered)}});
-      return undelivered;
-    }
-    // The reporter counts each outcome it takes out of the outbox (delivered_).
-    absl::MutexLock lock(&mu_);
-    WaitLocked(flush_until, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return delivered_ != delivered; });
-  }
+  return DeliverOutbox(flush_until);
 }
 
 }  // namespace sbx::agent

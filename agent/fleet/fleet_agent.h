@@ -130,6 +130,9 @@ class FleetAgent {
 
   void HeartbeatLoop(std::stop_token stop);
   void ReportLoop(std::stop_token stop);
+  // Drain's steps.
+  void StopLeasing();
+  size_t DeliverOutbox(std::chrono::steady_clock::time_point flush_until);
   // Uploads over Attach (lease->cmd_mu held): one chunk written, or the upload finished with `status`.
   void WriteUploadChunkLocked(Lease* lease, const std::string& id, const duvo::sandbox::v1::UploadPart& chunk);
   void FinishUploadLocked(Lease* lease, const std::string& id, const absl::Status& status);
