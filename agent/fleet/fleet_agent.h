@@ -36,17 +36,18 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "agent/fleet/agent_config.h"
 #include "agent/obs/metrics.h"
 #include "agent/fleet/outbox.h"
@@ -85,18 +86,53 @@ class FleetAgent {
   size_t undelivered_outcomes() const;
 
  private:
-  struct Lease;
+  struct Lease;          // one lease's state (fleet_internal.h)
+  struct Attach;         // one Attach call (fleet_stream.cc)
+  struct RecoveryScan;   // the outbox as it was at start (fleet_agent.cc)
+  enum class AttachEnd { kComplete, kStalled, kBroken };
   explicit FleetAgent(Options options);
 
+  // Start's steps (fleet_agent.cc): the outbox (returns the lease a torn tail cut short), the channels, and
+  // recovery of what a previous agent left in the outbox.
+  absl::StatusOr<std::optional<std::string>> OpenOutbox();
+  absl::Status Connect();
+  absl::Status Recover(const std::optional<std::string>& torn_lease);
+  absl::Status RecoverFinished() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status RecoverUnreadableOutcomes() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ReportLostLeases(const RecoveryScan& scan, const std::optional<std::string>& torn_lease, size_t* lost)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  size_t HoldUndelivered() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Leasing (fleet_lease.cc).
   void LeaseLoop(std::stop_token stop);
+  void Accept(const duvo::sandbox::v1::LeaseGrant& grant, bool over_capacity);
+  bool FirstGrant(const duvo::sandbox::v1::LeaseGrant& grant);
+  std::shared_ptr<Lease> ValidateGrant(const duvo::sandbox::v1::LeaseGrant& grant, bool over_capacity);
+  void RunLease(Lease* lease);  // the pump
+  absl::StatusOr<std::shared_ptr<Session>> CreateSession(Lease* lease);
+  // A browser from the warm pool: its own session id is journaled and held for the lease.
+  void AdoptPooledSession(Lease* lease, const std::string& session_id);
+  void JournalApprovals(Lease* lease);
+  void AwaitSessionEnd(Lease* lease);
+  void DriveStartCalls(Lease* lease);
+
+  // The Attach stream (fleet_stream.cc): the streamer's loop, and one stream's life: false when it broke
+  // (retry), true when every event went out and the session ended.
+  void StreamLoop(Lease* lease);
+  bool StreamOnce(Lease* lease, std::optional<std::chrono::milliseconds>* retry_after);
+  // The hello, and the resume point the control plane answers with (nullopt: the stream failed, finished).
+  std::optional<uint64_t> Resume(Attach* call, const FleetSettings& fleet,
+                                 std::optional<std::chrono::milliseconds>* retry_after);
+  // The stream's reader: acknowledgements and commands.
+  void ReadControl(Attach* call);
+  // The stream's writer: the session's events after `next`.
+  AttachEnd SendEvents(Attach* call, uint64_t next, std::chrono::milliseconds op_timeout);
+
   void HeartbeatLoop(std::stop_token stop);
   void ReportLoop(std::stop_token stop);
-  void Accept(const duvo::sandbox::v1::LeaseGrant& grant, bool over_capacity);
-  void RunLease(Lease* lease);  // the pump
-  void DriveStartCalls(Lease* lease);
-  // One Attach stream's life: false when it broke (retry), true when every event went out and the session
-  // ended.
-  bool StreamOnce(Lease* lease, std::optional<std::chrono::milliseconds>* retry_after);
+  // Drain's steps.
+  void StopLeasing();
+  size_t DeliverOutbox(std::chrono::steady_clock::time_point flush_until);
   // Uploads over Attach (lease->cmd_mu held): one chunk written, or the upload finished with `status`.
   void WriteUploadChunkLocked(Lease* lease, const std::string& id, const duvo::sandbox::v1::UploadPart& chunk);
   void FinishUploadLocked(Lease* lease, const std::string& id, const absl::Status& status);
@@ -108,7 +144,7 @@ class FleetAgent {
   void JournalOutcome(Lease* lease, const duvo::sandbox::v1::Outcome& outcome);
   // The free capacity to advertise: the session manager's, less the report-only holds (report_held_).
   uint32_t FreeCapacity() const;
-  uint32_t FreeCapacityLocked() const;  // REQUIRES(mu_)
+  uint32_t FreeCapacityLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Reject(const std::string& lease_id, const std::string& message);
   // Journals `report` as the lease's outcome to deliver, holding a reserved slot until it is acknowledged
   // (rejections, re-reports of finished leases, reconciled leases). False when the journal refused it.
@@ -117,7 +153,7 @@ class FleetAgent {
   // acks the outcome record, and ages out old finished records.
   void RecordFinished(const OutboxRecord& rec, const duvo::sandbox::v1::ReportOutcomeRequest& report);
   // Drops finished leases past their age or count from finished_; returns their record ids to ack.
-  std::vector<uint64_t> AgeOutFinishedLocked();
+  std::vector<uint64_t> AgeOutFinishedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Refuses a whole LeaseResponse (a storm): its ids go in the next heartbeats' refused_lease_ids.
   void RefuseWhole(const duvo::sandbox::v1::LeaseResponse& response, uint32_t free);
   // Reports held leases the agent does not know (HeartbeatResponse.held_lease_ids).
@@ -126,6 +162,12 @@ class FleetAgent {
   void Count(std::string_view event);
   // Sleeps up to `d`, returning early (false) when `stop` is requested.
   bool SleepFor(std::chrono::milliseconds d, const std::stop_token& stop);
+  // Waits on cv_ until `done()` (called with mu_ held), `stop` is requested, or `d` passed.
+  template <typename Done>
+  void WaitFor(const std::stop_token& stop, std::chrono::milliseconds d, Done done) ABSL_LOCKS_EXCLUDED(mu_);
+  // Waits on cv_ (mu_ held) until `done()` or `deadline`.
+  template <typename Done>
+  void WaitLocked(std::chrono::steady_clock::time_point deadline, Done done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   std::unique_ptr<Outbox> outbox_;
@@ -134,23 +176,24 @@ class FleetAgent {
   std::unique_ptr<duvo::sandbox::v1::WorkerGateway::Stub> stub_;
   std::unique_ptr<TokenFile> token_;
 
-  mutable std::mutex mu_;
-  std::condition_variable_any cv_;  // leases ending, outcomes journaled or delivered
-  FleetSettings fleet_;             // GUARDED_BY(mu_)
-  std::map<std::string, std::shared_ptr<Lease>> leases_;  // GUARDED_BY(mu_): running, by lease id
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;  // leases ending, outcomes journaled or delivered
+  FleetSettings fleet_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<Lease>> leases_ ABSL_GUARDED_BY(mu_);  // running, by lease id
   // Lease ids seen by this process or pending in the outbox (bounded: the oldest are forgotten).
-  std::set<std::string> known_;      // GUARDED_BY(mu_)
-  std::deque<std::string> known_order_;  // GUARDED_BY(mu_)
+  std::set<std::string> known_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> known_order_ ABSL_GUARDED_BY(mu_);
   // Capacity held by lease id until its outcome is acknowledged: the session id to delete then, or "" for a
   // lease without a session (rejected, or lost with a previous agent), which holds a reservation.
-  std::map<std::string, std::string> held_;  // GUARDED_BY(mu_)
+  std::map<std::string, std::string> held_ ABSL_GUARDED_BY(mu_);
   // The held leases that never had a session nor a reservation: a report of a lease rejected, lost with a
   // previous agent, named by the control plane and unknown here, or finished before. They hold no session
   // slot (a grant that arrives while they are pending must not be refused for capacity it was granted
   // within), but they count against the free capacity the agent advertises, so an agent that cannot report
   // takes no more work than it can account for.
-  std::set<std::string> report_held_;  // GUARDED_BY(mu_)
-  uint64_t journaled_ = 0;                   // GUARDED_BY(mu_): outcomes journaled, to wake the reporter
+  std::set<std::string> report_held_ ABSL_GUARDED_BY(mu_);
+  uint64_t journaled_ ABSL_GUARDED_BY(mu_) = 0;  // outcomes journaled, to wake the reporter
+  uint64_t delivered_ ABSL_GUARDED_BY(mu_) = 0;  // outcomes taken out of the outbox, to wake a drain
   // Finished leases (their outcome acknowledged), from the outbox's "finished" records, by lease id; and by
   // record id, oldest first, for aging out.
   struct Finished {
@@ -158,30 +201,30 @@ class FleetAgent {
     int64_t unix_ms = 0;
     duvo::sandbox::v1::ReportOutcomeRequest report;
   };
-  std::map<std::string, Finished> finished_;       // GUARDED_BY(mu_)
-  std::map<uint64_t, std::string> finished_order_;  // GUARDED_BY(mu_)
+  std::map<std::string, Finished> finished_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, std::string> finished_order_ ABSL_GUARDED_BY(mu_);
   // Lease calls, numbered from 1: the one in flight (0: none; set until its grants were all accepted) and how
   // many have returned with their grants handled. A held lease the agent does not know waits for the call in
   // flight when it was named (suspects_) before it is reported.
-  uint64_t lease_call_open_ = 0;   // GUARDED_BY(mu_)
-  uint64_t lease_calls_done_ = 0;  // GUARDED_BY(mu_)
-  uint64_t lease_calls_started_ = 0;  // GUARDED_BY(mu_)
-  std::map<std::string, uint64_t> suspects_;  // GUARDED_BY(mu_)
+  uint64_t lease_call_open_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t lease_calls_done_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t lease_calls_started_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, uint64_t> suspects_ ABSL_GUARDED_BY(mu_);
   // Refused grants: to send in heartbeats (until one is answered OK), and remembered (bounded) so that the
   // control plane naming them as held is not reconciled.
-  std::deque<std::string> refusing_;      // GUARDED_BY(mu_)
-  std::set<std::string> refused_;         // GUARDED_BY(mu_)
-  std::deque<std::string> refused_order_;  // GUARDED_BY(mu_)
+  std::deque<std::string> refusing_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> refused_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> refused_order_ ABSL_GUARDED_BY(mu_);
   // Salvaged damage: the lease ids it hid where readable, and whether it may have hidden others (then the
   // leases the first heartbeat answer names that the agent does not know are taken to be hidden by it).
-  std::set<std::string> damage_hid_;  // GUARDED_BY(mu_)
-  bool damage_unreadable_ = false;    // GUARDED_BY(mu_)
-  bool reconciled_once_ = false;      // GUARDED_BY(mu_)
+  std::set<std::string> damage_hid_ ABSL_GUARDED_BY(mu_);
+  bool damage_unreadable_ ABSL_GUARDED_BY(mu_) = false;
+  bool reconciled_once_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> draining_{false};
   std::atomic<bool> canceling_{false};  // the drain's grace is over: sessions still starting are canceled too
   std::atomic<bool> drained_{false};
-  std::mutex lease_ctx_mu_;
-  grpc::ClientContext* lease_ctx_ = nullptr;  // GUARDED_BY(lease_ctx_mu_): the long poll in flight
+  absl::Mutex lease_ctx_mu_;
+  grpc::ClientContext* lease_ctx_ ABSL_GUARDED_BY(lease_ctx_mu_) = nullptr;  // the long poll in flight
 
   std::jthread reporter_;
   std::jthread heartbeat_;

@@ -238,27 +238,53 @@ struct Replay {
   std::optional<OutboxDamage> damage;  // salvage only
 };
 
-// Replays `data`. Damage is an error unless `salvage`, when it is recorded in replay.damage and replay goes on
-// at the next valid record.
-absl::StatusOr<Replay> ReplayJournal(std::string_view data, const std::string& path, bool salvage) {
-  Replay replay;
-  // Records the damaged span [at, end) (or refuses it): names the records in it whose keys can be read.
-  const auto damaged = [&](size_t at, size_t end, std::string what) -> absl::Status {
-    if (!salvage) return absl::DataLossError(ToAbsl(path + ": " + what));
-    if (!replay.damage) {
-      replay.damage.emplace();
-      replay.damage->what = std::move(what);
-      replay.damage->offset = at;
+// Replays a journal's bytes into a Replay, one record at a time. Damage is an error unless `salvage`, when it
+// is recorded in replay.damage and replay goes on at the next valid record.
+class JournalReplayer {
+ public:
+  JournalReplayer(std::string_view data, const std::string& path, bool salvage)
+      : data_(data), path_(path), salvage_(salvage) {}
+
+  absl::StatusOr<Replay> Run() {
+    ASSIGN_OR_RETURN(size_t at, SkipBadMagic());
+    while (at < data_.size()) {
+      Frame frame;
+      const FrameError error = ParseFrame(data_, at, &frame);
+      if (error == FrameError::kPastEnd) {  // a trusted header, its body cut short: a torn tail
+        replay_.torn = ReadLost(data_.substr(at + kHeaderBytes));
+        break;
+      }
+      if (error != FrameError::kNone) {
+        ASSIGN_OR_RETURN(const size_t next, Resync(at, error, frame));
+        if (next == std::string_view::npos) break;
+        at = next;
+        continue;
+      }
+      RETURN_IF_ERROR(Apply(frame, at));
+      at += frame.size;
     }
-    OutboxDamage& d = *replay.damage;
+    replay_.valid_size = at;
+    return std::move(replay_);
+  }
+
+ private:
+  // Records the damaged span [at, end) (or refuses it): names the records in it whose keys can be read.
+  absl::Status Damaged(size_t at, size_t end, std::string what) {
+    if (!salvage_) return absl::DataLossError(ToAbsl(path_ + ": " + what));
+    if (!replay_.damage) {
+      replay_.damage.emplace();
+      replay_.damage->what = std::move(what);
+      replay_.damage->offset = at;
+    }
+    OutboxDamage& d = *replay_.damage;
     d.bytes += end - at;
     // The smallest append record that names a lease: a header and a body of id, lengths, 1-byte kind and key.
     constexpr size_t kMinNamingRecord = kHeaderBytes + 16 + 2;
     while (at < end) {
       if (end - at < kMinNamingRecord) break;
-      const size_t extent = DamagedExtent(data, at, end);
+      const size_t extent = DamagedExtent(data_, at, end);
       const size_t body_end = extent == 0 ? end : at + extent;
-      std::optional<OutboxLostRecord> lost = ReadLost(data.substr(at + kHeaderBytes, body_end - at - kHeaderBytes));
+      std::optional<OutboxLostRecord> lost = ReadLost(data_.substr(at + kHeaderBytes, body_end - at - kHeaderBytes));
       if (lost) {
         d.lost.push_back(std::move(*lost));
       } else {
@@ -271,142 +297,121 @@ absl::StatusOr<Replay> ReplayJournal(std::string_view data, const std::string& p
       at += extent;
     }
     return absl::OkStatus();
-  };
+  }
 
-  size_t at = kMagic.size();
-  if (data.size() < kMagic.size() || data.substr(0, kMagic.size()) != kMagic) {
-    const std::string what = data.empty() ? "an empty file, not an outbox journal (no magic at offset 0)"
-                                          : "not an outbox journal (bad magic at offset 0)";
+  // Where the records start: after the magic, or (salvaging a file without it) at the first valid record.
+  absl::StatusOr<size_t> SkipBadMagic() {
+    if (data_.size() >= kMagic.size() && data_.substr(0, kMagic.size()) == kMagic) return kMagic.size();
+    const std::string what = data_.empty() ? "an empty file, not an outbox journal (no magic at offset 0)"
+                                           : "not an outbox journal (bad magic at offset 0)";
     // Salvage: whatever valid records the file holds, wherever they start.
-    size_t next = data.size() < kMagic.size() ? std::string_view::npos : NextValidFrame(data, kMagic.size());
-    RETURN_IF_ERROR(damaged(0, data.size() < kMagic.size() ? data.size() : kMagic.size(), what));
+    size_t next = data_.size() < kMagic.size() ? std::string_view::npos : NextValidFrame(data_, kMagic.size());
+    RETURN_IF_ERROR(Damaged(0, data_.size() < kMagic.size() ? data_.size() : kMagic.size(), what));
     // Not one valid record in it (an empty file too): whatever it held is gone, names and all.
     if (next == std::string_view::npos) {
-      next = data.size();
-      replay.damage->unreadable = true;
+      next = data_.size();
+      replay_.damage->unreadable = true;
     }
-    if (next > kMagic.size()) RETURN_IF_ERROR(damaged(kMagic.size(), next, what));
-    at = next;
+    if (next > kMagic.size()) RETURN_IF_ERROR(Damaged(kMagic.size(), next, what));
+    return next;
   }
-  uint64_t last_append_id = 0;  // appends are in id order (compaction keeps them so)
-  while (at < data.size()) {
-    Frame frame;
-    const FrameError error = ParseFrame(data, at, &frame);
-    if (error == FrameError::kPastEnd) {  // a trusted header, its body cut short: a torn tail
-      replay.torn = ReadLost(data.substr(at + kHeaderBytes));
-      break;
-    }
-    if (error != FrameError::kNone) {
-      // Search for the next valid record after this one's extent when it can be told (a frame with a valid
-      // header but a bad body has a trusted one), so that a payload's bytes are not searched.
-      const size_t extent = error == FrameError::kBadBody ? frame.size : DamagedExtent(data, at, data.size());
-      size_t next = extent == 0 ? std::string_view::npos : NextValidFrame(data, at + extent);
-      if (next == std::string_view::npos) next = NextValidFrame(data, at + 1);
-      if (next == std::string_view::npos) {
-        // A torn tail: the record it cut short may still name its key.
-        if (data.size() - at >= kHeaderBytes) {
-          const size_t body_end = extent == 0 ? data.size() : at + extent;
-          replay.torn = ReadLost(data.substr(at + kHeaderBytes, body_end - at - kHeaderBytes));
-        }
-        break;
+
+  // A record at `at` that does not parse: the offset of the next valid record, or npos when none follows
+  // (a torn tail, recorded).
+  absl::StatusOr<size_t> Resync(size_t at, FrameError error, const Frame& frame) {
+    // Search for the next valid record after this one's extent when it can be told (a frame with a valid
+    // header but a bad body has a trusted one), so that a payload's bytes are not searched.
+    const size_t extent = error == FrameError::kBadBody ? frame.size : DamagedExtent(data_, at, data_.size());
+    size_t next = extent == 0 ? std::string_view::npos : NextValidFrame(data_, at + extent);
+    if (next == std::string_view::npos) next = NextValidFrame(data_, at + 1);
+    if (next == std::string_view::npos) {
+      // A torn tail: the record it cut short may still name its key.
+      if (data_.size() - at >= kHeaderBytes) {
+        const size_t body_end = extent == 0 ? data_.size() : at + extent;
+        replay_.torn = ReadLost(data_.substr(at + kHeaderBytes, body_end - at - kHeaderBytes));
       }
-      RETURN_IF_ERROR(
-          damaged(at, next, "corrupt record at offset " + std::to_string(at) + " (valid records follow it)"));
-      at = next;
-      continue;
+      return std::string_view::npos;
     }
+    RETURN_IF_ERROR(
+        Damaged(at, next, "corrupt record at offset " + std::to_string(at) + " (valid records follow it)"));
+    return next;
+  }
+
+  // A valid frame at `at`: one record applied, or (a record that does not decode) damage.
+  absl::Status Apply(const Frame& frame, size_t at) {
     const auto corrupt = [&](std::string_view why) {
-      return damaged(at, at + frame.size, "bad record at offset " + std::to_string(at) + ": " + std::string(why));
+      return Damaged(at, at + frame.size, "bad record at offset " + std::to_string(at) + ": " + std::string(why));
     };
     switch (frame.type) {
-      case kTypeAppend: {
-        if (frame.body.size() < 16) {
-          RETURN_IF_ERROR(corrupt("short append record"));
-          break;
-        }
-        OutboxRecord record;
-        record.id = GetU64(frame.body, 0);
-        const uint64_t kind_len = GetU32(frame.body, 8);
-        const uint64_t key_len = GetU32(frame.body, 12);
-        if (kind_len + key_len > frame.body.size() - 16) {
-          RETURN_IF_ERROR(corrupt("kind/key lengths past the record"));
-          break;
-        }
-        if (record.id <= last_append_id) {
-          RETURN_IF_ERROR(corrupt("id not increasing"));
-          break;
-        }
-        record.kind = std::string(frame.body.substr(16, kind_len));
-        record.key = std::string(frame.body.substr(16 + kind_len, key_len));
-        record.payload = std::string(frame.body.substr(16 + kind_len + key_len));
-        if (record.kind.empty() || record.kind.size() > Outbox::kMaxKindBytes || record.key.empty() ||
-            record.key.size() > Outbox::kMaxKeyBytes || record.payload.size() > Outbox::kMaxPayloadBytes) {
-          RETURN_IF_ERROR(corrupt("kind, key or payload outside Append's limits"));
-          break;
-        }
-        last_append_id = record.id;
-        replay.next_id = std::max(replay.next_id, record.id + 1);
-        replay.record_bytes[record.id] = frame.size;
-        replay.records.emplace(record.id, std::move(record));
-        break;
-      }
-      case kTypeAck: {
-        if (frame.body.size() != 8) {
-          RETURN_IF_ERROR(corrupt("bad ack record"));
-          break;
-        }
-        const uint64_t id = GetU64(frame.body, 0);
-        replay.dead_bytes += frame.size;
-        if (auto it = replay.records.find(id); it != replay.records.end()) {
-          replay.dead_bytes += replay.record_bytes[id];
-          replay.record_bytes.erase(id);
-          replay.records.erase(it);
-        }
-        // A damaged record this ack acknowledged was delivered: nothing of it is lost.
-        if (replay.damage) {
-          std::erase_if(replay.damage->lost, [id](const OutboxLostRecord& r) { return r.id == id; });
-        }
-        break;
-      }
+      case kTypeAppend:
+        return ApplyAppend(frame, corrupt);
+      case kTypeAck:
+        return ApplyAck(frame, corrupt);
       case kTypeNextId: {
-        if (frame.body.size() != 8) {
-          RETURN_IF_ERROR(corrupt("bad next_id record"));
-          break;
-        }
-        replay.next_id = std::max(replay.next_id, GetU64(frame.body, 0));
-        break;
+        if (frame.body.size() != 8) return corrupt("bad next_id record");
+        replay_.next_id = std::max(replay_.next_id, GetU64(frame.body, 0));
+        return absl::OkStatus();
       }
       default:
-        RETURN_IF_ERROR(corrupt("unknown record type " + std::to_string(frame.type)));
+        return corrupt("unknown record type " + std::to_string(frame.type));
     }
-    at += frame.size;
   }
-  replay.valid_size = at;
-  return replay;
+
+  template <typename Corrupt>
+  absl::Status ApplyAppend(const Frame& frame, const Corrupt& corrupt) {
+    if (frame.body.size() < 16) return corrupt("short append record");
+    OutboxRecord record;
+    record.id = GetU64(frame.body, 0);
+    const uint64_t kind_len = GetU32(frame.body, 8);
+    const uint64_t key_len = GetU32(frame.body, 12);
+    if (kind_len + key_len > frame.body.size() - 16) return corrupt("kind/key lengths past the record");
+    if (record.id <= last_append_id_) return corrupt("id not increasing");
+    record.kind = std::string(frame.body.substr(16, kind_len));
+    record.key = std::string(frame.body.substr(16 + kind_len, key_len));
+    record.payload = std::string(frame.body.substr(16 + kind_len + key_len));
+    if (record.kind.empty() || record.kind.size() > Outbox::kMaxKindBytes || record.key.empty() ||
+        record.key.size() > Outbox::kMaxKeyBytes || record.payload.size() > Outbox::kMaxPayloadBytes) {
+      return corrupt("kind, key or payload outside Append's limits");
+    }
+    last_append_id_ = record.id;
+    replay_.next_id = std::max(replay_.next_id, record.id + 1);
+    replay_.record_bytes[record.id] = frame.size;
+    replay_.records.emplace(record.id, std::move(record));
+    return absl::OkStatus();
+  }
+
+  template <typename Corrupt>
+  absl::Status ApplyAck(const Frame& frame, const Corrupt& corrupt) {
+    if (frame.body.size() != 8) return corrupt("bad ack record");
+    const uint64_t id = GetU64(frame.body, 0);
+    replay_.dead_bytes += frame.size;
+    if (auto it = replay_.records.find(id); it != replay_.records.end()) {
+      replay_.dead_bytes += replay_.record_bytes[id];
+      replay_.record_bytes.erase(id);
+      replay_.records.erase(it);
+    }
+    // A damaged record this ack acknowledged was delivered: nothing of it is lost.
+    if (replay_.damage) {
+      std::erase_if(replay_.damage->lost, [id](const OutboxLostRecord& r) { return r.id == id; });
+    }
+    return absl::OkStatus();
+  }
+
+  const std::string_view data_;
+  const std::string& path_;
+  const bool salvage_;
+  Replay replay_;
+  uint64_t last_append_id_ = 0;  // appends are in id order (compaction keeps them so)
+};
+
+absl::StatusOr<Replay> ReplayJournal(std::string_view data, const std::string& path, bool salvage) {
+  return JournalReplayer(data, path, salvage).Run();
 }
 
-}  // namespace
-
-Outbox::Outbox(std::string dir, Options options, UniqueFd dir_fd, UniqueFd lock_fd, UniqueFd fd)
-    : dir_(std::move(dir)),
-      journal_path_(dir_ + "/" + kJournalName),
-      options_(options),
-      dir_fd_(std::move(dir_fd)),
-      lock_fd_(std::move(lock_fd)),
-      fd_(std::move(fd)) {}
-
-Outbox::~Outbox() = default;
-
-absl::StatusOr<std::unique_ptr<Outbox>> Outbox::Open(std::string_view dir_view, Options options) {
-  std::string dir(dir_view);
-  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  if (dir.empty()) return absl::InvalidArgumentError("outbox directory is empty");
-  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return ErrnoToStatus(errno, "mkdir " + dir);
-  UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dir_fd) return ErrnoToStatus(errno, "open " + dir);
-
+// Takes the outbox's lock file (flock), waiting briefly for a previous agent's, and writes this pid in it.
+absl::StatusOr<UniqueFd> TakeLock(int dir_fd, const std::string& dir) {
   const std::string lock_path = dir + "/" + kLockName;
-  UniqueFd lock_fd(::openat(dir_fd.get(), kLockName, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  UniqueFd lock_fd(::openat(dir_fd, kLockName, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!lock_fd) return ErrnoToStatus(errno, "open " + lock_path);
   // NOTE: a previous agent SIGKILLed while a jail was being set up still "holds" the flock for a few
   // milliseconds through that jail child (it has a copy of the agent's fd table until its execve), so a
@@ -439,7 +444,97 @@ absl::StatusOr<std::unique_ptr<Outbox>> Outbox::Open(std::string_view dir_view, 
     const std::string pid = std::to_string(::getpid()) + "\n";
     if (::ftruncate(lock_fd.get(), 0) == 0) (void)WriteAll(lock_fd.get(), pid, 0, "write " + lock_path);
   }
+  return lock_fd;
+}
 
+// Opens the journal (created when there is none). One that is not a regular file is refused, or set aside
+// and replaced by an empty journal when salvaging (then *not_a_file says so).
+absl::StatusOr<UniqueFd> OpenJournal(int dir_fd, const std::string& dir, bool salvage,
+                                     const std::string& set_aside_name, std::optional<OutboxDamage>* not_a_file) {
+  const std::string journal_path = dir + "/" + kJournalName;
+  UniqueFd fd(::openat(dir_fd, kJournalName, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd && errno == ENOENT) {
+    // Created whole by rename, so a journal without its magic is never a crash's leftover.
+    ASSIGN_OR_RETURN(fd, ReplaceJournal(dir_fd, dir, kMagic));
+    RETURN_IF_ERROR(Fsync(dir_fd, dir));
+  }
+  struct stat st;
+  const int open_errno = errno;
+  if ((!fd && (open_errno == EISDIR || open_errno == ELOOP)) ||
+      (fd && ::fstat(fd.get(), &st) == 0 && !S_ISREG(st.st_mode))) {
+    // Not a regular file (a directory, a symlink, a device): no record can be read from it.
+    const std::string what = "not a regular file, not an outbox journal (offset 0)";
+    if (!salvage) return absl::DataLossError(ToAbsl(journal_path + ": " + what));
+    fd = UniqueFd();
+    if (::renameat(dir_fd, kJournalName, dir_fd, set_aside_name.c_str()) != 0) {
+      return ErrnoToStatus(errno, "set the damaged " + journal_path + " aside");
+    }
+    not_a_file->emplace();
+    (*not_a_file)->what = what;
+    (*not_a_file)->unreadable = true;  // whatever the journal held is gone
+    (*not_a_file)->set_aside = dir + "/" + set_aside_name;
+    ASSIGN_OR_RETURN(fd, ReplaceJournal(dir_fd, dir, kMagic));
+    RETURN_IF_ERROR(Fsync(dir_fd, dir));
+  }
+  if (!fd) return ErrnoToStatus(open_errno, "open " + journal_path);
+  // Opened non-blocking only so that a FIFO put there could not hang Open.
+  if (const int flags = ::fcntl(fd.get(), F_GETFL); flags >= 0) ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK);
+  return fd;
+}
+
+// After replay: a damaged journal is kept aside for a post-mortem and replaced by the compacted form of what
+// replayed (*fd becomes the new one); a torn tail is truncated away.
+absl::Status SettleJournal(int dir_fd, const std::string& dir, const std::string& set_aside_name,
+                           const std::string& data, Replay* replay, UniqueFd* fd) {
+  const std::string journal_path = dir + "/" + kJournalName;
+  if (replay->damage) {
+    // Keep the damaged journal for a post-mortem, then start from what replayed: the compacted form of it.
+    if (!data.empty()) {
+      RETURN_IF_ERROR(ReplaceJournalNamed(dir_fd, dir, set_aside_name, data).status());
+      replay->damage->set_aside = dir + "/" + set_aside_name;
+    }
+    std::string contents(kMagic);
+    contents += IdRecord(kTypeNextId, replay->next_id);
+    replay->record_bytes.clear();
+    for (const auto& [id, record] : replay->records) {
+      const std::string bytes = AppendRecord(record);
+      replay->record_bytes[id] = bytes.size();
+      contents += bytes;
+    }
+    ASSIGN_OR_RETURN(*fd, ReplaceJournal(dir_fd, dir, contents));
+    RETURN_IF_ERROR(Fsync(dir_fd, dir));
+    replay->valid_size = contents.size();
+    replay->dead_bytes = 0;
+  } else if (replay->valid_size < data.size()) {
+    if (::ftruncate(fd->get(), static_cast<off_t>(replay->valid_size)) != 0) {
+      return ErrnoToStatus(errno, "truncate the torn tail of " + journal_path);
+    }
+    RETURN_IF_ERROR(Fsync(fd->get(), journal_path));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Outbox::Outbox(std::string dir, Options options, UniqueFd dir_fd, UniqueFd lock_fd, UniqueFd fd)
+    : dir_(std::move(dir)),
+      journal_path_(dir_ + "/" + kJournalName),
+      options_(options),
+      dir_fd_(std::move(dir_fd)),
+      lock_fd_(std::move(lock_fd)),
+      fd_(std::move(fd)) {}
+
+Outbox::~Outbox() = default;
+
+absl::StatusOr<std::unique_ptr<Outbox>> Outbox::Open(std::string_view dir_view, Options options) {
+  std::string dir(dir_view);
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  if (dir.empty()) return absl::InvalidArgumentError("outbox directory is empty");
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return ErrnoToStatus(errno, "mkdir " + dir);
+  UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir_fd) return ErrnoToStatus(errno, "open " + dir);
+
+  ASSIGN_OR_RETURN(UniqueFd lock_fd, TakeLock(dir_fd.get(), dir));
   // A compaction that a crash interrupted before its rename: the journal is the old one, still whole.
   if (::unlinkat(dir_fd.get(), kTempName, 0) != 0 && errno != ENOENT) {
     return ErrnoToStatus(errno, "unlink " + dir + "/" + kTempName);
@@ -451,68 +546,17 @@ absl::StatusOr<std::unique_ptr<Outbox>> Outbox::Open(std::string_view dir_view, 
                                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
                                                         std::chrono::system_clock::now().time_since_epoch())
                                                         .count());
-  UniqueFd fd(::openat(dir_fd.get(), kJournalName, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
   std::optional<OutboxDamage> not_a_file;
-  if (!fd && errno == ENOENT) {
-    // Created whole by rename, so a journal without its magic is never a crash's leftover.
-    ASSIGN_OR_RETURN(fd, ReplaceJournal(dir_fd.get(), dir, kMagic));
-    RETURN_IF_ERROR(Fsync(dir_fd.get(), dir));
-  }
-  struct stat st;
-  const int open_errno = errno;
-  if ((!fd && (open_errno == EISDIR || open_errno == ELOOP)) ||
-      (fd && ::fstat(fd.get(), &st) == 0 && !S_ISREG(st.st_mode))) {
-    // Not a regular file (a directory, a symlink, a device): no record can be read from it.
-    const std::string what = "not a regular file, not an outbox journal (offset 0)";
-    if (!salvage) return absl::DataLossError(ToAbsl(journal_path + ": " + what));
-    fd = UniqueFd();
-    if (::renameat(dir_fd.get(), kJournalName, dir_fd.get(), set_aside_name.c_str()) != 0) {
-      return ErrnoToStatus(errno, "set the damaged " + journal_path + " aside");
-    }
-    not_a_file.emplace();
-    not_a_file->what = what;
-    not_a_file->unreadable = true;  // whatever the journal held is gone
-    not_a_file->set_aside = dir + "/" + set_aside_name;
-    ASSIGN_OR_RETURN(fd, ReplaceJournal(dir_fd.get(), dir, kMagic));
-    RETURN_IF_ERROR(Fsync(dir_fd.get(), dir));
-  }
-  if (!fd) return ErrnoToStatus(open_errno, "open " + journal_path);
-  // Opened non-blocking only so that a FIFO put there could not hang Open.
-  if (const int flags = ::fcntl(fd.get(), F_GETFL); flags >= 0) ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK);
-
+  ASSIGN_OR_RETURN(UniqueFd fd, OpenJournal(dir_fd.get(), dir, salvage, set_aside_name, &not_a_file));
   ASSIGN_OR_RETURN(const std::string data, ReadAll(fd.get(), journal_path));
   ASSIGN_OR_RETURN(Replay replay, ReplayJournal(data, journal_path, salvage));
-  if (replay.damage) {
-    // Keep the damaged journal for a post-mortem, then start from what replayed: the compacted form of it.
-    if (!data.empty()) {
-      RETURN_IF_ERROR(ReplaceJournalNamed(dir_fd.get(), dir, set_aside_name, data).status());
-      replay.damage->set_aside = dir + "/" + set_aside_name;
-    }
-    std::string contents(kMagic);
-    contents += IdRecord(kTypeNextId, replay.next_id);
-    replay.record_bytes.clear();
-    for (const auto& [id, record] : replay.records) {
-      const std::string bytes = AppendRecord(record);
-      replay.record_bytes[id] = bytes.size();
-      contents += bytes;
-    }
-    ASSIGN_OR_RETURN(fd, ReplaceJournal(dir_fd.get(), dir, contents));
-    RETURN_IF_ERROR(Fsync(dir_fd.get(), dir));
-    replay.valid_size = contents.size();
-    replay.dead_bytes = 0;
-  } else if (replay.valid_size < data.size()) {
-    if (::ftruncate(fd.get(), static_cast<off_t>(replay.valid_size)) != 0) {
-      return ErrnoToStatus(errno, "truncate the torn tail of " + journal_path);
-    }
-    RETURN_IF_ERROR(Fsync(fd.get(), journal_path));
-  }
-
+  RETURN_IF_ERROR(SettleJournal(dir_fd.get(), dir, set_aside_name, data, &replay, &fd));
   std::unique_ptr<Outbox> outbox(
       new Outbox(dir, options, std::move(dir_fd), std::move(lock_fd), std::move(fd)));
   outbox->dropped_tail_bytes_ = replay.damage ? 0 : data.size() - replay.valid_size;
   outbox->torn_record_ = std::move(replay.torn);
   outbox->damage_ = not_a_file ? std::move(not_a_file) : std::move(replay.damage);
-  std::lock_guard lock(outbox->mu_);
+  absl::MutexLock lock(&outbox->mu_);
   outbox->file_size_ = replay.valid_size;
   outbox->dead_bytes_ = replay.dead_bytes;
   outbox->next_id_ = replay.next_id;
@@ -558,7 +602,7 @@ absl::StatusOr<uint64_t> Outbox::Append(std::string_view kind, std::string_view 
                std::to_string(kMaxPayloadBytes)));
   }
   OutboxRecord record{0, std::string(kind), std::string(key), std::string(payload)};
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   // NOTE: an id is used even when the write fails, so an id that may have reached the disk is never reused.
   record.id = next_id_++;
   const std::string bytes = AppendRecord(record);
@@ -569,7 +613,7 @@ absl::StatusOr<uint64_t> Outbox::Append(std::string_view kind, std::string_view 
 }
 
 absl::Status Outbox::Ack(uint64_t id) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   const auto it = pending_.find(id);
   if (it == pending_.end()) return broken_;
   const std::string bytes = IdRecord(kTypeAck, id);
@@ -581,7 +625,7 @@ absl::Status Outbox::Ack(uint64_t id) {
 }
 
 std::vector<OutboxRecord> Outbox::Pending() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::vector<OutboxRecord> out;
   out.reserve(pending_.size());
   for (const auto& [id, entry] : pending_) out.push_back(entry.record);
@@ -589,12 +633,12 @@ std::vector<OutboxRecord> Outbox::Pending() const {
 }
 
 size_t Outbox::pending_count() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return pending_.size();
 }
 
 std::vector<OutboxRecord> Outbox::Pending(std::string_view kind) const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::vector<OutboxRecord> out;
   for (const auto& [id, entry] : pending_) {
     if (entry.record.kind == kind) out.push_back(entry.record);
@@ -603,14 +647,14 @@ std::vector<OutboxRecord> Outbox::Pending(std::string_view kind) const {
 }
 
 size_t Outbox::pending_count(std::string_view kind) const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   size_t n = 0;
   for (const auto& [id, entry] : pending_) n += entry.record.kind == kind ? 1 : 0;
   return n;
 }
 
 absl::Status Outbox::Compact() {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return CompactLocked();
 }
 

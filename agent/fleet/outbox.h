@@ -46,14 +46,15 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "base/unique_fd.h"
 
 namespace sbx::agent {
@@ -158,8 +159,8 @@ class Outbox {
 
   // Writes `bytes` at the end of the journal and fsyncs. A failed write is rolled back (ftruncate); a failed
   // fsync or rollback sets broken_.
-  absl::Status WriteDurablyLocked(const std::string& bytes);
-  absl::Status CompactLocked();
+  absl::Status WriteDurablyLocked(const std::string& bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CompactLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string dir_;
   const std::string journal_path_;
@@ -170,13 +171,13 @@ class Outbox {
   std::optional<OutboxLostRecord> torn_record_;  // set by Open only
   std::optional<OutboxDamage> damage_;           // set by Open only
 
-  mutable std::mutex mu_;
-  UniqueFd fd_;                       // GUARDED_BY(mu_): the journal, read-write
-  uint64_t file_size_ = 0;            // GUARDED_BY(mu_): bytes of valid journal; appends go here
-  uint64_t dead_bytes_ = 0;           // GUARDED_BY(mu_): bytes of acked appends and acks in the journal
-  uint64_t next_id_ = 1;              // GUARDED_BY(mu_)
-  std::map<uint64_t, Entry> pending_;  // GUARDED_BY(mu_): by id, so oldest first
-  absl::Status broken_;               // GUARDED_BY(mu_): sticky error once the on-disk state is unknown
+  mutable absl::Mutex mu_;
+  UniqueFd fd_ ABSL_GUARDED_BY(mu_);                  // the journal, read-write
+  uint64_t file_size_ ABSL_GUARDED_BY(mu_) = 0;       // bytes of valid journal; appends go here
+  uint64_t dead_bytes_ ABSL_GUARDED_BY(mu_) = 0;      // bytes of acked appends and acks in the journal
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<uint64_t, Entry> pending_ ABSL_GUARDED_BY(mu_);  // by id, so oldest first
+  absl::Status broken_ ABSL_GUARDED_BY(mu_);          // sticky error once the on-disk state is unknown
 };
 
 }  // namespace sbx::agent
