@@ -20,6 +20,7 @@
 #include "agent/obs/log.h"
 #include "base/sha256.h"
 #include "base/status.h"
+#include "base/token_file.h"
 
 namespace sbx::agent {
 namespace {
@@ -58,17 +59,6 @@ const char* ToolName(const pb::ToolCall& call) {
 }
 
 
-std::string ReadToken(const std::string& path) {
-  std::string token;
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return token;
-  char buf[4096];
-  ssize_t n = read(fd.get(), buf, sizeof(buf));
-  if (n > 0) token.assign(buf, static_cast<size_t>(n));
-  while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
-  return token;
-}
-
 }  // namespace
 
 SandboxesService::SandboxesService(Options options) : options_(std::move(options)) {}
@@ -89,7 +79,7 @@ absl::Status SandboxesService::Begin(grpc::ServerContext* ctx, std::string* requ
     if (options_.bearer_token_file.empty()) {
       return absl::UnauthenticatedError("TCP clients need a bearer token, and this agent has none configured");
     }
-    const std::string token = ReadToken(options_.bearer_token_file);
+    const std::string token = ReadTokenFile(options_.bearer_token_file);
     auto auth = md.find("authorization");
     const std::string expected = "Bearer " + token;
     if (token.empty() || auth == md.end() || auth->second.size() != expected.size() ||

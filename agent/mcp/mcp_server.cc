@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <mutex>
 #include <stop_token>
 #include <thread>
 #include <utility>
@@ -9,6 +10,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "agent/mcp/mcp_tools.h"
+#include "agent/mcp/status_code_name.h"
 
 namespace sbx::agent::mcp {
 namespace {
@@ -19,25 +21,7 @@ using json = nlohmann::json;
 constexpr size_t kMaxStreamInResult = 256 * 1024;  // per stream, in an exec result
 constexpr size_t kMaxImageBytes = 16 << 20;
 
-const char* CodeName(int code) {
-  switch (static_cast<grpc::StatusCode>(code)) {
-    case grpc::OK: return "OK";
-    case grpc::CANCELLED: return "CANCELLED";
-    case grpc::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::NOT_FOUND: return "NOT_FOUND";
-    case grpc::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case grpc::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::ABORTED: return "ABORTED";
-    case grpc::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case grpc::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    default: return "ERROR";
-  }
-}
+const char* CodeName(int code) { return StatusCodeName(code, "ERROR"); }
 
 json TextResult(std::string text, bool is_error) {
   json r = {{"content", json::array({{{"type", "text"}, {"text", std::move(text)}}})}};
@@ -70,6 +54,82 @@ const char* TypeName(pb::FileInfo::Type t) {
 
 bool IsValidId(const json& id) { return id.is_string() || id.is_number_integer(); }
 
+json Result(const json& id, json result) {
+  return json{{"jsonrpc", "2.0"}, {"id", id}, {"result", std::move(result)}};
+}
+
+// The request's progress token (params._meta.progressToken), or null when it has none or an invalid one.
+json ProgressTokenOf(const json& params) {
+  json progress_token;
+  if (params.contains("_meta") && params["_meta"].is_object()) progress_token = params["_meta"].value("progressToken", json());
+  if (!progress_token.is_null() && !IsValidId(progress_token)) progress_token = json();
+  return progress_token;
+}
+
+// Cancels the call's context after `wait`, unless stopped first.
+std::jthread ApprovalWatchdog(grpc::ClientContext* ctx, std::chrono::milliseconds wait) {
+  return std::jthread([ctx, wait](std::stop_token stop) {
+    std::mutex m;
+    std::condition_variable_any cv;
+    std::unique_lock lock(m);
+    cv.wait_for(lock, stop, wait, [] { return false; });
+    if (!stop.stop_requested()) ctx->TryCancel();
+  });
+}
+
+void StopWatchdog(std::jthread& watchdog) {
+  if (!watchdog.joinable()) return;
+  watchdog.request_stop();
+  watchdog.join();
+  watchdog = std::jthread();
+}
+
+json DataResultJson(const std::string& data) {
+  if (ValidUtf8(data)) return TextResult(data, false);
+  return TextResult(absl::StrCat("(binary, ", data.size(), " bytes, base64)\n", absl::Base64Escape(data)), false);
+}
+
+json ListingResultJson(const pb::FileListing& listing) {
+  std::string text;
+  for (const pb::FileInfo& f : listing.entries()) {
+    absl::StrAppend(&text, TypeName(f.type()), "\t", f.size(), "\t", f.name(),
+                    f.type() == pb::FileInfo::SYMLINK ? absl::StrCat(" -> ", f.symlink_target()) : "", "\n");
+  }
+  if (text.empty()) text = "(empty directory)\n";
+  return TextResult(std::move(text), false);
+}
+
+json BrowserResultJson(const pb::BrowserResult& b, const std::string& image) {
+  if (!b.image_path().empty()) {
+    if (image.size() != b.image_bytes()) {
+      return TextResult(absl::StrCat("the screenshot (", b.image_bytes(), " bytes) did not arrive whole"), true);
+    }
+    json content = json::array();
+    content.push_back({{"type", "image"}, {"data", absl::Base64Escape(image)}, {"mimeType", "image/png"}});
+    content.push_back({{"type", "text"},
+                       {"text", absl::StrCat("screenshot ", b.image_width(), "x", b.image_height(), " PNG")}});
+    return json{{"content", content}};
+  }
+  std::string text = !b.json().empty() ? b.json() : b.content();
+  if (b.truncated()) absl::StrAppend(&text, "\n(truncated)");
+  for (const std::string& d : b.downloads()) absl::StrAppend(&text, "\ndownloaded: ", d);
+  if (text.empty()) text = "done";
+  return TextResult(std::move(text), false);
+}
+
+// As Anthropic's tool_result for computer use: the text (cursor_position) and the image, each when given.
+json ComputerResultJson(const pb::ComputerResult& c) {
+  json content = json::array();
+  if (!c.text().empty()) content.push_back({{"type", "text"}, {"text", c.text()}});
+  if (!c.image_base64().empty()) {
+    content.push_back({{"type", "image"},
+                       {"data", c.image_base64()},
+                       {"mimeType", c.media_type().empty() ? "image/png" : c.media_type()}});
+  }
+  if (content.empty()) content.push_back({{"type", "text"}, {"text", "done"}});
+  return json{{"content", content}};
+}
+
 }  // namespace
 
 bool IsSupportedVersion(std::string_view version) {
@@ -87,16 +147,17 @@ json ErrorResponse(const json& id, int code, std::string_view message) {
 
 // A running tools/call: what notifications/cancelled needs to stop it.
 struct McpServer::InFlight {
-  std::mutex mu;
-  grpc::ClientContext* ctx = nullptr;  // set once the stream exists
-  grpc::ClientReaderWriterInterface<pb::CallRequest, pb::Event>* stream = nullptr;
-  bool exec = false;
-  bool canceled = false;
-  bool writes_done = false;
+  explicit InFlight(bool exec) : exec(exec) {}
+  const bool exec;
+  absl::Mutex mu;
+  grpc::ClientContext* ctx ABSL_GUARDED_BY(mu) = nullptr;  // set once the stream exists
+  grpc::ClientReaderWriterInterface<pb::CallRequest, pb::Event>* stream ABSL_GUARDED_BY(mu) = nullptr;
+  bool canceled ABSL_GUARDED_BY(mu) = false;
+  bool writes_done ABSL_GUARDED_BY(mu) = false;
 
   // Stops the call: an exec gets SIGKILL through the Call stream (the command dies, the call finishes);
-  // anything else has its stream canceled. Called with mu held.
-  void StopLocked() {
+  // anything else has its stream canceled.
+  void StopLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (stream == nullptr) return;
     if (exec && !writes_done) {
       pb::CallRequest kill;
@@ -107,17 +168,28 @@ struct McpServer::InFlight {
   }
 };
 
+// What a tools/call's event stream brought, up to the event that ended it.
+struct McpServer::CallEvents {
+  std::string out, err;  // the first kMaxStreamInResult bytes of each stream
+  uint64_t out_bytes = 0, err_bytes = 0, streamed = 0;
+  std::string image;  // a screenshot's bytes, from its file events
+  std::string image_path;
+  std::optional<pb::HumanRequest> waiting;  // a human request not yet decided
+  std::optional<pb::ToolCallFinished> finished;
+  std::optional<pb::Outcome> outcome;  // the session ended instead
+};
+
 McpServer::McpServer(Options options) : options_(std::move(options)) {}
 
 McpServer::~McpServer() { Shutdown(); }
 
 std::string McpServer::protocol_version() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return version_;
 }
 
 std::string McpServer::session_id() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return session_id_;
 }
 
@@ -197,7 +269,7 @@ json McpServer::Initialize(const json& id, const json& params) {
   const std::string version =
       IsSupportedVersion(requested.get<std::string>()) ? requested.get<std::string>() : kLatestProtocolVersion;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     version_ = version;
   }
   const char* kind = options_.create.kind() == pb::BROWSER   ? "browser"
@@ -216,9 +288,9 @@ json McpServer::Initialize(const json& id, const json& params) {
 }
 
 absl::StatusOr<std::string> McpServer::EnsureSession() {
-  std::lock_guard create_lock(session_mu_);
+  absl::MutexLock create_lock(&session_mu_);
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (shut_down_) return absl::FailedPreconditionError("the MCP session is closing");
     if (!session_id_.empty()) return session_id_;
   }
@@ -230,7 +302,7 @@ absl::StatusOr<std::string> McpServer::EnsureSession() {
                         absl::StrCat("creating the sandbox session: ", CodeName(status.error_code()), ": ",
                                      status.error_message()));
   }
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   session_id_ = session.id();
   return session_id_;
 }
@@ -240,12 +312,12 @@ void McpServer::Cancel(const json& params) {
   if (!IsValidId(request_id)) return;
   std::shared_ptr<InFlight> f;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = in_flight_.find(request_id.dump());
     if (it == in_flight_.end()) return;  // finished already, or never ours: ignored (spec)
     f = it->second;
   }
-  std::lock_guard lock(f->mu);
+  absl::MutexLock lock(&f->mu);
   f->canceled = true;
   f->StopLocked();
 }
@@ -256,19 +328,15 @@ std::optional<json> McpServer::CallTool(const json& id, const json& params, Emit
   const std::string name = name_json.get<std::string>();
   if (!HasTool(options_.create.kind(), name)) return ErrorResponse(id, kInvalidParams, absl::StrCat("Unknown tool: ", name));
   const json arguments = params.value("arguments", json::object());
-  auto respond = [&](json result) { return json{{"jsonrpc", "2.0"}, {"id", id}, {"result", std::move(result)}}; };
 
   absl::StatusOr<pb::ToolCall> call = BuildToolCall(name, arguments);
-  if (!call.ok()) return respond(TextResult(std::string(call.status().message()), true));
-  json progress_token;
-  if (params.contains("_meta") && params["_meta"].is_object()) progress_token = params["_meta"].value("progressToken", json());
-  if (!progress_token.is_null() && !IsValidId(progress_token)) progress_token = json();
+  if (!call.ok()) return Result(id, TextResult(std::string(call.status().message()), true));
+  const json progress_token = ProgressTokenOf(params);
 
-  auto flight = std::make_shared<InFlight>();
-  flight->exec = call->has_exec();
+  auto flight = std::make_shared<InFlight>(call->has_exec());
   const std::string key = id.dump();
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (in_flight_.count(key)) return ErrorResponse(id, kInvalidRequest, "a request with this id is still running");
     in_flight_[key] = flight;
   }
@@ -276,247 +344,200 @@ std::optional<json> McpServer::CallTool(const json& id, const json& params, Emit
     McpServer* self;
     std::string key;
     ~Unregister() {
-      std::lock_guard lock(self->mu_);
+      absl::MutexLock lock(&self->mu_);
       self->in_flight_.erase(key);
     }
   } unregister{this, key};
 
   absl::StatusOr<std::string> session = EnsureSession();
-  if (!session.ok()) return respond(TextResult(std::string(session.status().message()), true));
+  if (!session.ok()) return Result(id, TextResult(std::string(session.status().message()), true));
 
   auto ctx = NewContext();
   std::unique_ptr<grpc::ClientReaderWriterInterface<pb::CallRequest, pb::Event>> stream =
       options_.stub->Call(ctx.get());
-  pb::CallRequest first;
-  first.set_session_id(*session);
-  *first.mutable_call() = *call;
-  {
-    std::lock_guard lock(flight->mu);
-    const bool written = stream->Write(first);
-    flight->ctx = ctx.get();
-    flight->stream = stream.get();
-    if (!written) {
-      flight->writes_done = true;
-    } else if (flight->canceled) {
-      flight->StopLocked();  // notifications/cancelled came before the stream existed
-    }
-  }
+  StartCall(*flight, ctx.get(), stream.get(), *session, *call);
+  const CallEvents events = ReadCallEvents(*stream, ctx.get(), progress_token, emitter);
+  bool canceled = false;
+  const grpc::Status status = EndCall(*flight, ctx.get(), stream.get(), events, &canceled);
+  // The request was canceled: per the spec it gets no response.
+  if (canceled) return std::nullopt;
+  return Result(id, CallResult(*session, events, status));
+}
 
-  std::string out, err;
-  uint64_t out_bytes = 0, err_bytes = 0, streamed = 0;
-  std::string image;  // a screenshot's bytes, from its file events
-  std::string image_path;
-  std::optional<pb::HumanRequest> waiting;
+void McpServer::StartCall(InFlight& flight, grpc::ClientContext* ctx,
+                          CallStream* stream,
+                          const std::string& session, const pb::ToolCall& call) {
+  pb::CallRequest first;
+  first.set_session_id(session);
+  *first.mutable_call() = call;
+  absl::MutexLock lock(&flight.mu);
+  const bool written = stream->Write(first);
+  flight.ctx = ctx;
+  flight.stream = stream;
+  if (!written) {
+    flight.writes_done = true;
+  } else if (flight.canceled) {
+    flight.StopLocked();  // notifications/cancelled came before the stream existed
+  }
+}
+
+McpServer::CallEvents McpServer::ReadCallEvents(CallStream& stream,
+                                                grpc::ClientContext* ctx, const json& progress_token,
+                                                Emitter* emitter) const {
+  CallEvents got;
   std::jthread watchdog;  // set while the call waits for a human decision
-  pb::ToolCallFinished finished;
-  bool has_finished = false;
-  std::optional<pb::Outcome> outcome;
+  auto progress = [&](const std::string& message, uint64_t seq) {
+    if (progress_token.is_null() || emitter == nullptr) return;
+    emitter->Send({{"jsonrpc", "2.0"},
+                   {"method", "notifications/progress"},
+                   {"params", {{"progressToken", progress_token}, {"progress", got.streamed}, {"message", message}}}},
+                  seq);
+  };
   pb::Event event;
-  while (stream->Read(&event)) {
+  while (stream.Read(&event)) {
     if (event.has_output()) {
       const pb::Output& o = event.output();
-      std::string& buf = o.stream() == pb::STDERR ? err : out;
-      (o.stream() == pb::STDERR ? err_bytes : out_bytes) += o.data().size() + o.dropped_bytes();
+      std::string& buf = o.stream() == pb::STDERR ? got.err : got.out;
+      (o.stream() == pb::STDERR ? got.err_bytes : got.out_bytes) += o.data().size() + o.dropped_bytes();
       if (buf.size() < kMaxStreamInResult) buf.append(o.data().substr(0, kMaxStreamInResult - buf.size()));
-      streamed += o.data().size() + o.dropped_bytes();
-      if (!progress_token.is_null() && emitter != nullptr && !o.data().empty()) {
-        emitter->Send({{"jsonrpc", "2.0"},
-                       {"method", "notifications/progress"},
-                       {"params",
-                        {{"progressToken", progress_token},
-                         {"progress", streamed},
-                         {"message", o.stream() == pb::STDERR ? absl::StrCat("[stderr] ", o.data()) : o.data()}}}},
-                      event.seq());
+      got.streamed += o.data().size() + o.dropped_bytes();
+      if (!o.data().empty()) {
+        progress(o.stream() == pb::STDERR ? absl::StrCat("[stderr] ", o.data()) : o.data(), event.seq());
       }
     } else if (event.has_file()) {
       const pb::FileChunk& f = event.file();
-      if (image_path.empty() || image_path == f.path()) {
-        image_path = f.path();
-        if (image.size() + f.data().size() <= kMaxImageBytes) image.append(f.data());
+      if (got.image_path.empty() || got.image_path == f.path()) {
+        got.image_path = f.path();
+        if (got.image.size() + f.data().size() <= kMaxImageBytes) got.image.append(f.data());
       }
     } else if (event.has_human_request()) {
-      waiting = event.human_request();
-      if (!progress_token.is_null() && emitter != nullptr) {
-        emitter->Send({{"jsonrpc", "2.0"},
-                       {"method", "notifications/progress"},
-                       {"params",
-                        {{"progressToken", progress_token},
-                         {"progress", streamed},
-                         {"message", absl::StrCat("awaiting approval: ", waiting->question())}}}},
-                      event.seq());
-      }
+      got.waiting = event.human_request();
+      progress(absl::StrCat("awaiting approval: ", got.waiting->question()), event.seq());
       // The call waits for a person. Past approval_wait this request gives up its stream (the call itself
       // goes on waiting in the session; its events stay in the session's log).
-      if (!watchdog.joinable()) {
-        watchdog = std::jthread([ctx = ctx.get(), wait = options_.approval_wait](std::stop_token stop) {
-          std::mutex m;
-          std::condition_variable_any cv;
-          std::unique_lock lock(m);
-          cv.wait_for(lock, stop, wait, [] { return false; });
-          if (!stop.stop_requested()) ctx->TryCancel();
-        });
-      }
+      if (!watchdog.joinable()) watchdog = ApprovalWatchdog(ctx, options_.approval_wait);
     } else if (event.has_human_decision()) {
-      waiting.reset();
-      if (watchdog.joinable()) {
-        watchdog.request_stop();
-        watchdog.join();
-        watchdog = std::jthread();
+      got.waiting.reset();
+      StopWatchdog(watchdog);
+    } else if (event.has_tool_call_finished() || event.has_outcome()) {
+      if (event.has_tool_call_finished()) {
+        got.finished = event.tool_call_finished();
+      } else {
+        got.outcome = event.outcome();
       }
-    } else if (event.has_tool_call_finished()) {
-      finished = event.tool_call_finished();
-      has_finished = true;
-      if (emitter != nullptr) emitter->result_seq = event.seq();
-      break;
-    } else if (event.has_outcome()) {
-      outcome = event.outcome();
       if (emitter != nullptr) emitter->result_seq = event.seq();
       break;
     }
   }
-  if (watchdog.joinable()) {
-    watchdog.request_stop();
-    watchdog.join();
-  }
-  bool canceled;
+  StopWatchdog(watchdog);
+  return got;
+}
+
+grpc::Status McpServer::EndCall(InFlight& flight, grpc::ClientContext* ctx,
+                                CallStream* stream,
+                                const CallEvents& events, bool* canceled) {
   {
-    std::lock_guard lock(flight->mu);
-    canceled = flight->canceled;
-    if (!has_finished && !outcome) ctx->TryCancel();
-    if (!flight->writes_done) {
-      flight->writes_done = true;
+    absl::MutexLock lock(&flight.mu);
+    *canceled = flight.canceled;
+    if (!events.finished && !events.outcome) ctx->TryCancel();
+    if (!flight.writes_done) {
+      flight.writes_done = true;
       stream->WritesDone();
     }
   }
   grpc::Status status = stream->Finish();
   {
-    // The stream and its context end with this function; a late notifications/cancelled must not reach them.
-    std::lock_guard lock(flight->mu);
-    flight->stream = nullptr;
-    flight->ctx = nullptr;
+    // The stream and its context end with the call; a late notifications/cancelled must not reach them.
+    absl::MutexLock lock(&flight.mu);
+    flight.stream = nullptr;
+    flight.ctx = nullptr;
   }
-  // The request was canceled: per the spec it gets no response.
-  if (canceled) return std::nullopt;
+  return status;
+}
 
-  if (!has_finished && waiting) {
-    return respond(TextResult(absl::StrCat("awaiting approval: ", waiting->question(), " (request ",
-                                           waiting->request_id(), "; approve with sandboxctl approve ", *session, " ",
-                                           waiting->request_id(), ")"),
-                              true));
+json McpServer::CallResult(const std::string& session, const CallEvents& events, const grpc::Status& status) {
+  if (!events.finished && events.waiting) {
+    return TextResult(absl::StrCat("awaiting approval: ", events.waiting->question(), " (request ",
+                                   events.waiting->request_id(), "; approve with sandboxctl approve ", session, " ",
+                                   events.waiting->request_id(), ")"),
+                      true);
   }
-  if (outcome) {
+  if (events.outcome) {
     {
-      std::lock_guard lock(mu_);
-      if (session_id_ == *session) session_id_.clear();  // the next call starts a new session
+      absl::MutexLock lock(&mu_);
+      if (session_id_ == session) session_id_.clear();  // the next call starts a new session
     }
-    return respond(TextResult(absl::StrCat("the sandbox session ended (", outcome->reason(), ") ",
-                                           outcome->message(), "; the next call starts a new one"),
-                              true));
+    return TextResult(absl::StrCat("the sandbox session ended (", events.outcome->reason(), ") ",
+                                   events.outcome->message(), "; the next call starts a new one"),
+                      true);
   }
-  if (!has_finished) {
+  if (!events.finished) {
     if (status.error_code() == grpc::NOT_FOUND) {
-      std::lock_guard lock(mu_);
-      if (session_id_ == *session) session_id_.clear();
+      absl::MutexLock lock(&mu_);
+      if (session_id_ == session) session_id_.clear();
     }
-    return respond(TextResult(absl::StrCat("the call failed: ", CodeName(status.error_code()), ": ",
-                                           status.error_message()),
-                              true));
+    return TextResult(absl::StrCat("the call failed: ", CodeName(status.error_code()), ": ", status.error_message()),
+                      true);
   }
-  if (finished.has_error()) {
-    return respond(TextResult(absl::StrCat(CodeName(finished.error().code()), ": ", finished.error().message()), true));
+  if (events.finished->has_error()) {
+    return TextResult(
+        absl::StrCat(CodeName(events.finished->error().code()), ": ", events.finished->error().message()), true);
   }
-  const pb::ToolResult& r = finished.result();
-  const std::string version = protocol_version();
-  const bool structured = version == kLatestProtocolVersion;
+  return ToolResultJson(events.finished->result(), events, protocol_version() == kLatestProtocolVersion);
+}
+
+json McpServer::ToolResultJson(const pb::ToolResult& r, const CallEvents& events, bool structured) {
   switch (r.result_case()) {
-    case pb::ToolResult::kExec: {
-      const pb::ExecResult& e = r.exec();
-      std::string head;
-      if (e.timed_out()) absl::StrAppend(&head, "timed out; ");
-      if (e.has_exit_code()) absl::StrAppend(&head, "exit code ", e.exit_code());
-      if (e.has_signal()) absl::StrAppend(&head, "killed by signal ", e.signal());
-      std::string text = head;
-      absl::StrAppend(&text, "\n--- stdout", out_bytes > out.size() ? absl::StrCat(" (first ", out.size(), " of ", out_bytes, " bytes)") : "",
-                      " ---\n", out, "\n--- stderr", err_bytes > err.size() ? absl::StrCat(" (first ", err.size(), " of ", err_bytes, " bytes)") : "",
-                      " ---\n", err);
-      json result = TextResult(std::move(text), false);
-      if (structured) {
-        json s = {{"stdout", out}, {"stderr", err}, {"timed_out", e.timed_out()},
-                  {"stdout_bytes", out_bytes}, {"stderr_bytes", err_bytes}};
-        s["exit_code"] = e.has_exit_code() ? json(e.exit_code()) : json();
-        s["signal"] = e.has_signal() ? json(e.signal()) : json();
-        result["structuredContent"] = s;
-      }
-      return respond(std::move(result));
-    }
-    case pb::ToolResult::kData: {
-      if (ValidUtf8(r.data())) return respond(TextResult(r.data(), false));
-      return respond(TextResult(absl::StrCat("(binary, ", r.data().size(), " bytes, base64)\n", absl::Base64Escape(r.data())),
-                                false));
-    }
-    case pb::ToolResult::kListing: {
-      std::string text;
-      for (const pb::FileInfo& f : r.listing().entries()) {
-        absl::StrAppend(&text, TypeName(f.type()), "\t", f.size(), "\t", f.name(),
-                        f.type() == pb::FileInfo::SYMLINK ? absl::StrCat(" -> ", f.symlink_target()) : "", "\n");
-      }
-      if (text.empty()) text = "(empty directory)\n";
-      return respond(TextResult(std::move(text), false));
-    }
-    case pb::ToolResult::kDone: return respond(TextResult("done", false));
-    case pb::ToolResult::kBrowser: {
-      const pb::BrowserResult& b = r.browser();
-      if (!b.image_path().empty()) {
-        if (image.size() != b.image_bytes()) {
-          return respond(TextResult(absl::StrCat("the screenshot (", b.image_bytes(), " bytes) did not arrive whole"), true));
-        }
-        json content = json::array();
-        content.push_back({{"type", "image"}, {"data", absl::Base64Escape(image)}, {"mimeType", "image/png"}});
-        content.push_back({{"type", "text"},
-                           {"text", absl::StrCat("screenshot ", b.image_width(), "x", b.image_height(), " PNG")}});
-        return respond(json{{"content", content}});
-      }
-      std::string text = !b.json().empty() ? b.json() : b.content();
-      if (b.truncated()) absl::StrAppend(&text, "\n(truncated)");
-      for (const std::string& d : b.downloads()) absl::StrAppend(&text, "\ndownloaded: ", d);
-      if (text.empty()) text = "done";
-      return respond(TextResult(std::move(text), false));
-    }
-    case pb::ToolResult::kComputer: {
-      // As Anthropic's tool_result for computer use: the text (cursor_position) and the image, each when given.
-      const pb::ComputerResult& c = r.computer();
-      json content = json::array();
-      if (!c.text().empty()) content.push_back({{"type", "text"}, {"text", c.text()}});
-      if (!c.image_base64().empty()) {
-        content.push_back({{"type", "image"},
-                           {"data", c.image_base64()},
-                           {"mimeType", c.media_type().empty() ? "image/png" : c.media_type()}});
-      }
-      if (content.empty()) content.push_back({{"type", "text"}, {"text", "done"}});
-      return respond(json{{"content", content}});
-    }
-    default: return respond(TextResult("done", false));
+    case pb::ToolResult::kExec: return ExecResultJson(r.exec(), events, structured);
+    case pb::ToolResult::kData: return DataResultJson(r.data());
+    case pb::ToolResult::kListing: return ListingResultJson(r.listing());
+    case pb::ToolResult::kDone: return TextResult("done", false);
+    case pb::ToolResult::kBrowser: return BrowserResultJson(r.browser(), events.image);
+    case pb::ToolResult::kComputer: return ComputerResultJson(r.computer());
+    default: return TextResult("done", false);
   }
+}
+
+json McpServer::ExecResultJson(const pb::ExecResult& e, const CallEvents& events, bool structured) {
+  const std::string& out = events.out;
+  const std::string& err = events.err;
+  std::string head;
+  if (e.timed_out()) absl::StrAppend(&head, "timed out; ");
+  if (e.has_exit_code()) absl::StrAppend(&head, "exit code ", e.exit_code());
+  if (e.has_signal()) absl::StrAppend(&head, "killed by signal ", e.signal());
+  std::string text = head;
+  absl::StrAppend(&text, "\n--- stdout", events.out_bytes > out.size() ? absl::StrCat(" (first ", out.size(), " of ", events.out_bytes, " bytes)") : "",
+                  " ---\n", out, "\n--- stderr", events.err_bytes > err.size() ? absl::StrCat(" (first ", err.size(), " of ", events.err_bytes, " bytes)") : "",
+                  " ---\n", err);
+  json result = TextResult(std::move(text), false);
+  if (structured) {
+    json s = {{"stdout", out}, {"stderr", err}, {"timed_out", e.timed_out()},
+              {"stdout_bytes", events.out_bytes}, {"stderr_bytes", events.err_bytes}};
+    s["exit_code"] = e.has_exit_code() ? json(e.exit_code()) : json();
+    s["signal"] = e.has_signal() ? json(e.signal()) : json();
+    result["structuredContent"] = s;
+  }
+  return result;
 }
 
 void McpServer::Shutdown() {
   std::vector<std::shared_ptr<InFlight>> running;
   std::string session;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (shut_down_) return;
     shut_down_ = true;
     for (auto& [k, f] : in_flight_) running.push_back(f);
   }
   for (auto& f : running) {
-    std::lock_guard lock(f->mu);
+    absl::MutexLock lock(&f->mu);
     f->canceled = true;
     f->StopLocked();
   }
   {
     // A Create under way finishes first, so its session is deleted too.
-    std::lock_guard create_lock(session_mu_);
-    std::lock_guard lock(mu_);
+    absl::MutexLock create_lock(&session_mu_);
+    absl::MutexLock lock(&mu_);
     session = std::move(session_id_);
     session_id_.clear();
   }

@@ -13,7 +13,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -23,6 +22,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
 
 namespace sbx::agent::mcp {
@@ -86,20 +86,36 @@ class McpServer {
 
  private:
   struct InFlight;
+  struct CallEvents;
+  using CallStream = grpc::ClientReaderWriterInterface<duvo::sandbox::v1::CallRequest, duvo::sandbox::v1::Event>;
   nlohmann::json Initialize(const nlohmann::json& id, const nlohmann::json& params);
   std::optional<nlohmann::json> CallTool(const nlohmann::json& id, const nlohmann::json& params, Emitter* emitter);
+  // tools/call's steps: the first message (and a cancel that came before the stream), the events up to the
+  // call's end (with progress notifications), the stream's end, and the tool result the events make.
+  static void StartCall(InFlight& flight, grpc::ClientContext* ctx, CallStream* stream, const std::string& session,
+                        const duvo::sandbox::v1::ToolCall& call);
+  CallEvents ReadCallEvents(CallStream& stream, grpc::ClientContext* ctx, const nlohmann::json& progress_token,
+                            Emitter* emitter) const;
+  static grpc::Status EndCall(InFlight& flight, grpc::ClientContext* ctx, CallStream* stream,
+                              const CallEvents& events, bool* canceled);
+  nlohmann::json CallResult(const std::string& session, const CallEvents& events, const grpc::Status& status);
+  static nlohmann::json ToolResultJson(const duvo::sandbox::v1::ToolResult& result, const CallEvents& events,
+                                       bool structured);
+  static nlohmann::json ExecResultJson(const duvo::sandbox::v1::ExecResult& exec, const CallEvents& events,
+                                       bool structured);
   void Cancel(const nlohmann::json& params);
   // The sandbox session, created on first use.
   absl::StatusOr<std::string> EnsureSession();
   std::unique_ptr<grpc::ClientContext> NewContext() const;
 
   const Options options_;
-  mutable std::mutex mu_;
+  // NOTE: lock order: session_mu_ before mu_.
+  absl::Mutex session_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // held while the session is created, so concurrent first calls make one
+  mutable absl::Mutex mu_;
   std::string version_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   // Running tools/call requests by their JSON-RPC id (dumped), for notifications/cancelled.
   std::map<std::string, std::shared_ptr<InFlight>> in_flight_ ABSL_GUARDED_BY(mu_);
-  std::mutex session_mu_;  // held while the session is created, so concurrent first calls make one
   std::string session_id_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -24,36 +24,6 @@ constexpr int kMaxScrollAmount = 100;
 constexpr size_t kMaxKeySteps = 16;     // "key": space-separated chords, xdotool-style
 constexpr size_t kMaxInputBytes = 1 << 20;
 
-// Which tool version an action first appeared in (an index into ComputerToolVersions()).
-struct ActionInfo {
-  std::string name;
-  int since;
-  std::set<std::string> params;  // besides "action"
-};
-
-const std::vector<ActionInfo>& Actions() {
-  static const std::vector<ActionInfo> kActions = {
-      {"screenshot", 0, {}},
-      {"cursor_position", 0, {}},
-      {"mouse_move", 0, {"coordinate"}},
-      {"left_click", 0, {"coordinate", "text", "key"}},
-      {"right_click", 0, {"coordinate", "text", "key"}},
-      {"middle_click", 0, {"coordinate", "text", "key"}},
-      {"double_click", 0, {"coordinate", "text", "key"}},
-      {"left_click_drag", 0, {"start_coordinate", "coordinate"}},
-      {"key", 0, {"text"}},
-      {"type", 0, {"text"}},
-      {"triple_click", 1, {"coordinate", "text", "key"}},
-      {"left_mouse_down", 1, {"coordinate"}},
-      {"left_mouse_up", 1, {"coordinate"}},
-      {"scroll", 1, {"coordinate", "scroll_direction", "scroll_amount", "text"}},
-      {"hold_key", 1, {"text", "duration"}},
-      {"wait", 1, {"duration"}},
-      {"zoom", 2, {"region"}},
-  };
-  return kActions;
-}
-
 absl::Status Bad(const std::string& field, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat("computer.input.", field, ": ", what));
 }
@@ -136,29 +106,266 @@ class Input {
   uint32_t width_, height_;
 };
 
-}  // namespace
+// One call being planned: its checked input, the step template (the declared space) and what input actions
+// show afterwards. Each action kind's function below fills `plan`.
+struct Planner {
+  const Input& in;
+  const std::string& action;
+  const pb::DesktopAction& base;
+  ComputerPlan::Show after;
+  ComputerPlan& plan;
 
-const std::vector<std::string>& ComputerToolVersions() {
-  static const std::vector<std::string> kVersions = {"computer_20241022", "computer_20250124", "computer_20251124"};
-  return kVersions;
+  pb::DesktopAction& Step() {
+    plan.steps.push_back(base);
+    return plan.steps.back();
+  }
+
+  // The modifier keys of a click or scroll: `text` (the documented name) or `key` (what the reference
+  // implementation reads for clicks).
+  absl::StatusOr<std::string> Modifiers() const {
+    if (in.Has("text") && in.Has("key")) return Bad("key", "give the modifier keys in text or key, not both");
+    const char* name = in.Has("key") ? "key" : "text";
+    if (!in.Has(name)) return std::string();
+    ASSIGN_OR_RETURN(auto m, in.String(name));
+    if (m.find_first_not_of(" \t") == std::string::npos) return Bad(name, "the modifier keys are empty");
+    if (m.size() > 256) return Bad(name, "at most 256 bytes of modifier keys");
+    return m;
+  }
+};
+
+absl::Status PlanScreenshot(Planner& p) {
+  p.plan.show = ComputerPlan::Show::kScreenshot;
+  return absl::OkStatus();
 }
 
-absl::StatusOr<ComputerPlan> PlanComputerUse(const pb::ComputerUse& call) {
-  // The tool version and the declared display.
-  const std::vector<std::string>& versions = ComputerToolVersions();
-  int version = static_cast<int>(versions.size()) - 1;
-  if (!call.tool_version().empty()) {
-    version = -1;
-    for (size_t i = 0; i < versions.size(); ++i) {
-      if (call.tool_version() == versions[i]) version = static_cast<int>(i);
-    }
-    if (version < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("computer.tool_version: unknown tool version \"",
-                                                     call.tool_version(), "\" (known: ", absl::StrJoin(versions, ", "),
-                                                     ")"));
-    }
+absl::Status PlanCursorPosition(Planner& p) {
+  p.plan.show = ComputerPlan::Show::kCursorPosition;
+  return absl::OkStatus();
+}
+
+absl::Status PlanMouseMove(Planner& p) {
+  if (!p.in.Has("coordinate")) return Bad("coordinate", "required for mouse_move");
+  ASSIGN_OR_RETURN(auto at, p.in.Point("coordinate", 2));
+  pb::DesktopAction& s = p.Step();
+  s.mutable_mouse_move()->set_x(at[0]);
+  s.mutable_mouse_move()->set_y(at[1]);
+  p.plan.show = p.after;
+  return absl::OkStatus();
+}
+
+// left_click, right_click, middle_click, double_click, triple_click.
+absl::Status PlanClick(Planner& p) {
+  ASSIGN_OR_RETURN(auto mods, p.Modifiers());
+  pb::DesktopAction& s = p.Step();
+  pb::DesktopAction::Click* c = s.mutable_click();
+  c->set_button(p.action == "right_click"    ? pb::DesktopAction::RIGHT
+                : p.action == "middle_click" ? pb::DesktopAction::MIDDLE
+                                             : pb::DesktopAction::LEFT);
+  c->set_count(p.action == "double_click" ? 2 : p.action == "triple_click" ? 3 : 1);
+  c->set_modifiers(mods);
+  if (p.in.Has("coordinate")) {
+    ASSIGN_OR_RETURN(auto at, p.in.Point("coordinate", 2));
+    c->set_x(at[0]);
+    c->set_y(at[1]);
   }
-  const uint32_t width = call.display_width_px(), height = call.display_height_px();
+  p.plan.show = p.after;
+  return absl::OkStatus();
+}
+
+absl::Status PlanDrag(Planner& p) {
+  if (!p.in.Has("coordinate")) return Bad("coordinate", "required for left_click_drag (where the drag ends)");
+  ASSIGN_OR_RETURN(auto to, p.in.Point("coordinate", 2));
+  if (p.in.Has("start_coordinate")) {
+    ASSIGN_OR_RETURN(auto from, p.in.Point("start_coordinate", 2));
+    pb::DesktopAction::Drag* d = p.Step().mutable_left_click_drag();
+    d->set_from_x(from[0]);
+    d->set_from_y(from[1]);
+    d->set_to_x(to[0]);
+    d->set_to_y(to[1]);
+  } else {
+    // computer_20241022 drags from where the pointer is: press there, move, release.
+    p.Step().mutable_mouse_down()->set_button(pb::DesktopAction::LEFT);
+    pb::DesktopAction& m = p.Step();
+    m.mutable_mouse_move()->set_x(to[0]);
+    m.mutable_mouse_move()->set_y(to[1]);
+    p.Step().mutable_mouse_up()->set_button(pb::DesktopAction::LEFT);
+  }
+  p.plan.show = p.after;
+  return absl::OkStatus();
+}
+
+// left_mouse_down, left_mouse_up.
+absl::Status PlanMouseButton(Planner& p) {
+  std::optional<std::vector<int32_t>> at;
+  if (p.in.Has("coordinate")) {
+    ASSIGN_OR_RETURN(auto point, p.in.Point("coordinate", 2));
+    at = point;
+  }
+  auto press = [&](auto* b) {  // MouseDown or MouseUp
+    b->set_button(pb::DesktopAction::LEFT);
+    if (at) {
+      b->set_x((*at)[0]);
+      b->set_y((*at)[1]);
+    }
+  };
+  pb::DesktopAction& s = p.Step();
+  if (p.action == "left_mouse_down") {
+    press(s.mutable_mouse_down());
+  } else {
+    press(s.mutable_mouse_up());
+  }
+  p.plan.show = p.after;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<pb::DesktopAction::ScrollDirection> ScrollDirectionOf(const std::string& direction) {
+  if (direction == "up") return pb::DesktopAction::UP;
+  if (direction == "down") return pb::DesktopAction::DOWN;
+  if (direction == "left") return pb::DesktopAction::LEFT_SCROLL;
+  if (direction == "right") return pb::DesktopAction::RIGHT_SCROLL;
+  return Bad("scroll_direction", absl::StrCat("\"", direction.substr(0, 64), "\" is not up, down, left or right"));
+}
+
+absl::Status PlanScroll(Planner& p) {
+  if (!p.in.Has("scroll_direction")) return Bad("scroll_direction", "required for scroll: up, down, left or right");
+  ASSIGN_OR_RETURN(auto direction, p.in.String("scroll_direction"));
+  ASSIGN_OR_RETURN(auto d, ScrollDirectionOf(direction));
+  if (!p.in.Has("scroll_amount")) return Bad("scroll_amount", "required for scroll: how many wheel clicks");
+  ASSIGN_OR_RETURN(auto amount, p.in.Integer("scroll_amount"));
+  if (amount < 0 || amount > kMaxScrollAmount) {
+    return Bad("scroll_amount", absl::StrCat(amount, " is outside 0..", kMaxScrollAmount));
+  }
+  ASSIGN_OR_RETURN(auto mods, p.Modifiers());
+  std::optional<std::vector<int32_t>> at;
+  if (p.in.Has("coordinate")) {
+    ASSIGN_OR_RETURN(auto point, p.in.Point("coordinate", 2));
+    at = point;
+  }
+  if (amount > 0) {
+    pb::DesktopAction::Scroll* s = p.Step().mutable_scroll();
+    s->set_direction(d);
+    s->set_amount(static_cast<uint32_t>(amount));
+    s->set_modifiers(mods);
+    if (at) {
+      s->set_x((*at)[0]);
+      s->set_y((*at)[1]);
+    }
+  } else if (at) {  // no wheel clicks: only the move, as xdotool's "mousemove ... click --repeat 0"
+    pb::DesktopAction& m = p.Step();
+    m.mutable_mouse_move()->set_x((*at)[0]);
+    m.mutable_mouse_move()->set_y((*at)[1]);
+  }
+  p.plan.show = p.after;
+  return absl::OkStatus();
+}
+
+absl::Status PlanKey(Planner& p) {
+  if (!p.in.Has("text")) return Bad("text", "required for key: a key or chord such as \"Return\" or \"ctrl+s\"");
+  ASSIGN_OR_RETURN(auto text, p.in.String("text"));
+  // xdotool's `key` takes several chords separated by spaces, pressed one after another.
+  size_t at = 0;
+  while (at < text.size()) {
+    const size_t start = text.find_first_not_of(' ', at);
+    if (start == std::string::npos) break;
+    const size_t end = std::min(text.find(' ', start), text.size());
+    if (p.plan.steps.size() == kMaxKeySteps) return Bad("text", absl::StrCat("more than ", kMaxKeySteps, " key chords"));
+    p.Step().mutable_key()->set_chord(text.substr(start, end - start));
+    at = end;
+  }
+  if (p.plan.steps.empty()) return Bad("text", "no key given (e.g. \"Return\", \"ctrl+s\")");
+  p.plan.show = p.after;
+  return absl::OkStatus();
+}
+
+absl::Status PlanType(Planner& p) {
+  if (!p.in.Has("text")) return Bad("text", "required for type");
+  ASSIGN_OR_RETURN(auto text, p.in.String("text"));
+  p.Step().mutable_type()->set_text(text);
+  p.plan.show = p.after;
+  return absl::OkStatus();
+}
+
+absl::Status PlanHoldKey(Planner& p) {
+  if (!p.in.Has("text")) return Bad("text", "required for hold_key: the key or chord to hold");
+  if (!p.in.Has("duration")) return Bad("duration", "required for hold_key: seconds to hold the keys");
+  ASSIGN_OR_RETURN(auto text, p.in.String("text"));
+  ASSIGN_OR_RETURN(auto seconds, p.in.Seconds("duration"));
+  if (text.find_first_not_of(' ') == std::string::npos) return Bad("text", "no key given");
+  pb::DesktopAction::HoldKey* h = p.Step().mutable_hold_key();
+  h->set_chord(text);
+  h->set_duration_ms(static_cast<uint32_t>(std::llround(seconds * 1000)));
+  p.plan.show = p.after;
+  return absl::OkStatus();
+}
+
+absl::Status PlanWait(Planner& p) {
+  if (!p.in.Has("duration")) return Bad("duration", "required for wait: seconds to wait");
+  ASSIGN_OR_RETURN(auto seconds, p.in.Seconds("duration"));
+  p.Step().mutable_wait()->set_ms(static_cast<uint32_t>(std::llround(seconds * 1000)));
+  p.plan.show = p.after;  // the reference implementation returns a screenshot after a wait
+  return absl::OkStatus();
+}
+
+absl::Status PlanZoom(Planner& p) {
+  if (!p.in.Has("region")) return Bad("region", "required for zoom: [x0, y0, x1, y1]");
+  ASSIGN_OR_RETURN(auto r, p.in.Point("region", 4, /*edges=*/true));
+  if (r[2] <= r[0] || r[3] <= r[1]) {
+    return Bad("region", absl::StrCat("[", r[0], ", ", r[1], ", ", r[2], ", ", r[3],
+                                      "] is empty: x1 must be greater than x0 and y1 than y0"));
+  }
+  pb::DesktopAction::Zoom* z = p.Step().mutable_zoom();
+  z->set_x0(r[0]);
+  z->set_y0(r[1]);
+  z->set_x1(r[2]);
+  z->set_y1(r[3]);
+  p.plan.show = ComputerPlan::Show::kZoom;
+  return absl::OkStatus();
+}
+
+// Each action: the tool version it first appeared in (an index into ComputerToolVersions()), its parameters
+// besides "action", and the function that plans it.
+struct ActionInfo {
+  std::string name;
+  int since;
+  std::set<std::string> params;
+  absl::Status (*plan)(Planner&);
+};
+
+const std::vector<ActionInfo>& Actions() {
+  static const std::vector<ActionInfo> kActions = {
+      {"screenshot", 0, {}, PlanScreenshot},
+      {"cursor_position", 0, {}, PlanCursorPosition},
+      {"mouse_move", 0, {"coordinate"}, PlanMouseMove},
+      {"left_click", 0, {"coordinate", "text", "key"}, PlanClick},
+      {"right_click", 0, {"coordinate", "text", "key"}, PlanClick},
+      {"middle_click", 0, {"coordinate", "text", "key"}, PlanClick},
+      {"double_click", 0, {"coordinate", "text", "key"}, PlanClick},
+      {"left_click_drag", 0, {"start_coordinate", "coordinate"}, PlanDrag},
+      {"key", 0, {"text"}, PlanKey},
+      {"type", 0, {"text"}, PlanType},
+      {"triple_click", 1, {"coordinate", "text", "key"}, PlanClick},
+      {"left_mouse_down", 1, {"coordinate"}, PlanMouseButton},
+      {"left_mouse_up", 1, {"coordinate"}, PlanMouseButton},
+      {"scroll", 1, {"coordinate", "scroll_direction", "scroll_amount", "text"}, PlanScroll},
+      {"hold_key", 1, {"text", "duration"}, PlanHoldKey},
+      {"wait", 1, {"duration"}, PlanWait},
+      {"zoom", 2, {"region"}, PlanZoom},
+  };
+  return kActions;
+}
+
+// The index of the call's tool version in ComputerToolVersions() (the newest when it names none).
+absl::StatusOr<int> ToolVersionOf(const pb::ComputerUse& call, const std::vector<std::string>& versions) {
+  if (call.tool_version().empty()) return static_cast<int>(versions.size()) - 1;
+  for (size_t i = 0; i < versions.size(); ++i) {
+    if (call.tool_version() == versions[i]) return static_cast<int>(i);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("computer.tool_version: unknown tool version \"",
+                                                 call.tool_version(), "\" (known: ", absl::StrJoin(versions, ", "),
+                                                 ")"));
+}
+
+absl::Status CheckDeclaredDisplay(uint32_t width, uint32_t height) {
   if ((width == 0) != (height == 0)) {
     return absl::InvalidArgumentError(
         "computer.display_width_px: give both display_width_px and display_height_px, or neither");
@@ -166,14 +373,17 @@ absl::StatusOr<ComputerPlan> PlanComputerUse(const pb::ComputerUse& call) {
   if (width > 7680 || height > 4320) {
     return absl::InvalidArgumentError("computer.display_width_px: the declared display is larger than 7680x4320");
   }
+  return absl::OkStatus();
+}
 
-  // The JSON object.
-  if (call.input_json().size() > kMaxInputBytes) {
+// The tool_use input: a JSON object of at most kMaxInputBytes.
+absl::StatusOr<json> ParseInput(const std::string& input_json) {
+  if (input_json.size() > kMaxInputBytes) {
     return absl::InvalidArgumentError("computer.input_json: larger than 1 MiB");
   }
   json input;
   try {
-    input = json::parse(call.input_json());
+    input = json::parse(input_json);
   } catch (const json::parse_error& e) {
     return absl::InvalidArgumentError(absl::StrCat("computer.input_json: not JSON: ", e.what()));
   }
@@ -181,6 +391,12 @@ absl::StatusOr<ComputerPlan> PlanComputerUse(const pb::ComputerUse& call) {
     return absl::InvalidArgumentError(
         absl::StrCat("computer.input_json: must be a JSON object (the tool_use input), not ", input.type_name()));
   }
+  return input;
+}
+
+// The input's action, known to tool version `version`, with no parameter it does not take.
+absl::StatusOr<const ActionInfo*> CheckAction(const json& input, int version) {
+  const std::vector<std::string>& versions = ComputerToolVersions();
   auto action_it = input.find("action");
   if (action_it == input.end() || action_it->is_null()) return Bad("action", "missing");
   if (!action_it->is_string()) return Bad("action", absl::StrCat("must be a string, not ", action_it->type_name()));
@@ -210,188 +426,35 @@ absl::StatusOr<ComputerPlan> PlanComputerUse(const pb::ComputerUse& call) {
       return Bad(key.substr(0, 64), absl::StrCat("not a parameter of ", action, " (it takes: ", known, ")"));
     }
   }
+  return info;
+}
+
+}  // namespace
+
+const std::vector<std::string>& ComputerToolVersions() {
+  static const std::vector<std::string> kVersions = {"computer_20241022", "computer_20250124", "computer_20251124"};
+  return kVersions;
+}
+
+absl::StatusOr<ComputerPlan> PlanComputerUse(const pb::ComputerUse& call) {
+  ASSIGN_OR_RETURN(const int version, ToolVersionOf(call, ComputerToolVersions()));
+  const uint32_t width = call.display_width_px(), height = call.display_height_px();
+  RETURN_IF_ERROR(CheckDeclaredDisplay(width, height));
+  ASSIGN_OR_RETURN(const json input, ParseInput(call.input_json()));
+  ASSIGN_OR_RETURN(const ActionInfo* info, CheckAction(input, version));
 
   const Input in(input, width, height);
   ComputerPlan plan;
-  plan.action = action;
+  plan.action = info->name;
   pb::DesktopAction base;
   if (width != 0) {
     base.mutable_space()->set_width(width);
     base.mutable_space()->set_height(height);
   }
-  auto step = [&]() -> pb::DesktopAction& {
-    plan.steps.push_back(base);
-    return plan.steps.back();
-  };
   const ComputerPlan::Show after =
       call.skip_screenshot() ? ComputerPlan::Show::kNothing : ComputerPlan::Show::kScreenshot;
-  // The modifier keys of a click or scroll: `text` (the documented name) or `key` (what the reference
-  // implementation reads for clicks).
-  auto modifiers = [&]() -> absl::StatusOr<std::string> {
-    if (in.Has("text") && in.Has("key")) return Bad("key", "give the modifier keys in text or key, not both");
-    const char* name = in.Has("key") ? "key" : "text";
-    if (!in.Has(name)) return std::string();
-    ASSIGN_OR_RETURN(auto m, in.String(name));
-    if (m.find_first_not_of(" \t") == std::string::npos) return Bad(name, "the modifier keys are empty");
-    if (m.size() > 256) return Bad(name, "at most 256 bytes of modifier keys");
-    return m;
-  };
-
-  if (action == "screenshot") {
-    plan.show = ComputerPlan::Show::kScreenshot;
-  } else if (action == "cursor_position") {
-    plan.show = ComputerPlan::Show::kCursorPosition;
-  } else if (action == "mouse_move") {
-    if (!in.Has("coordinate")) return Bad("coordinate", "required for mouse_move");
-    ASSIGN_OR_RETURN(auto p, in.Point("coordinate", 2));
-    pb::DesktopAction& s = step();
-    s.mutable_mouse_move()->set_x(p[0]);
-    s.mutable_mouse_move()->set_y(p[1]);
-    plan.show = after;
-  } else if (action == "left_click" || action == "right_click" || action == "middle_click" ||
-             action == "double_click" || action == "triple_click") {
-    ASSIGN_OR_RETURN(auto mods, modifiers());
-    pb::DesktopAction& s = step();
-    pb::DesktopAction::Click* c = s.mutable_click();
-    c->set_button(action == "right_click"    ? pb::DesktopAction::RIGHT
-                  : action == "middle_click" ? pb::DesktopAction::MIDDLE
-                                             : pb::DesktopAction::LEFT);
-    c->set_count(action == "double_click" ? 2 : action == "triple_click" ? 3 : 1);
-    c->set_modifiers(mods);
-    if (in.Has("coordinate")) {
-      ASSIGN_OR_RETURN(auto p, in.Point("coordinate", 2));
-      c->set_x(p[0]);
-      c->set_y(p[1]);
-    }
-    plan.show = after;
-  } else if (action == "left_click_drag") {
-    if (!in.Has("coordinate")) return Bad("coordinate", "required for left_click_drag (where the drag ends)");
-    ASSIGN_OR_RETURN(auto to, in.Point("coordinate", 2));
-    if (in.Has("start_coordinate")) {
-      ASSIGN_OR_RETURN(auto from, in.Point("start_coordinate", 2));
-      pb::DesktopAction::Drag* d = step().mutable_left_click_drag();
-      d->set_from_x(from[0]);
-      d->set_from_y(from[1]);
-      d->set_to_x(to[0]);
-      d->set_to_y(to[1]);
-    } else {
-      // computer_20241022 drags from where the pointer is: press there, move, release.
-      step().mutable_mouse_down()->set_button(pb::DesktopAction::LEFT);
-      pb::DesktopAction& m = step();
-      m.mutable_mouse_move()->set_x(to[0]);
-      m.mutable_mouse_move()->set_y(to[1]);
-      step().mutable_mouse_up()->set_button(pb::DesktopAction::LEFT);
-    }
-    plan.show = after;
-  } else if (action == "left_mouse_down" || action == "left_mouse_up") {
-    const bool down = action == "left_mouse_down";
-    pb::DesktopAction& s = step();
-    if (down) {
-      s.mutable_mouse_down()->set_button(pb::DesktopAction::LEFT);
-    } else {
-      s.mutable_mouse_up()->set_button(pb::DesktopAction::LEFT);
-    }
-    if (in.Has("coordinate")) {
-      ASSIGN_OR_RETURN(auto p, in.Point("coordinate", 2));
-      if (down) {
-        s.mutable_mouse_down()->set_x(p[0]);
-        s.mutable_mouse_down()->set_y(p[1]);
-      } else {
-        s.mutable_mouse_up()->set_x(p[0]);
-        s.mutable_mouse_up()->set_y(p[1]);
-      }
-    }
-    plan.show = after;
-  } else if (action == "scroll") {
-    if (!in.Has("scroll_direction")) return Bad("scroll_direction", "required for scroll: up, down, left or right");
-    ASSIGN_OR_RETURN(auto direction, in.String("scroll_direction"));
-    pb::DesktopAction::ScrollDirection d;
-    if (direction == "up") {
-      d = pb::DesktopAction::UP;
-    } else if (direction == "down") {
-      d = pb::DesktopAction::DOWN;
-    } else if (direction == "left") {
-      d = pb::DesktopAction::LEFT_SCROLL;
-    } else if (direction == "right") {
-      d = pb::DesktopAction::RIGHT_SCROLL;
-    } else {
-      return Bad("scroll_direction", absl::StrCat("\"", direction.substr(0, 64), "\" is not up, down, left or right"));
-    }
-    if (!in.Has("scroll_amount")) return Bad("scroll_amount", "required for scroll: how many wheel clicks");
-    ASSIGN_OR_RETURN(auto amount, in.Integer("scroll_amount"));
-    if (amount < 0 || amount > kMaxScrollAmount) {
-      return Bad("scroll_amount", absl::StrCat(amount, " is outside 0..", kMaxScrollAmount));
-    }
-    ASSIGN_OR_RETURN(auto mods, modifiers());
-    std::optional<std::vector<int32_t>> at;
-    if (in.Has("coordinate")) {
-      ASSIGN_OR_RETURN(auto p, in.Point("coordinate", 2));
-      at = p;
-    }
-    if (amount > 0) {
-      pb::DesktopAction::Scroll* s = step().mutable_scroll();
-      s->set_direction(d);
-      s->set_amount(static_cast<uint32_t>(amount));
-      s->set_modifiers(mods);
-      if (at) {
-        s->set_x((*at)[0]);
-        s->set_y((*at)[1]);
-      }
-    } else if (at) {  // no wheel clicks: only the move, as xdotool's "mousemove ... click --repeat 0"
-      pb::DesktopAction& m = step();
-      m.mutable_mouse_move()->set_x((*at)[0]);
-      m.mutable_mouse_move()->set_y((*at)[1]);
-    }
-    plan.show = after;
-  } else if (action == "key") {
-    if (!in.Has("text")) return Bad("text", "required for key: a key or chord such as \"Return\" or \"ctrl+s\"");
-    ASSIGN_OR_RETURN(auto text, in.String("text"));
-    // xdotool's `key` takes several chords separated by spaces, pressed one after another.
-    size_t at = 0;
-    while (at < text.size()) {
-      const size_t start = text.find_first_not_of(' ', at);
-      if (start == std::string::npos) break;
-      const size_t end = std::min(text.find(' ', start), text.size());
-      if (plan.steps.size() == kMaxKeySteps) return Bad("text", absl::StrCat("more than ", kMaxKeySteps, " key chords"));
-      step().mutable_key()->set_chord(text.substr(start, end - start));
-      at = end;
-    }
-    if (plan.steps.empty()) return Bad("text", "no key given (e.g. \"Return\", \"ctrl+s\")");
-    plan.show = after;
-  } else if (action == "type") {
-    if (!in.Has("text")) return Bad("text", "required for type");
-    ASSIGN_OR_RETURN(auto text, in.String("text"));
-    step().mutable_type()->set_text(text);
-    plan.show = after;
-  } else if (action == "hold_key") {
-    if (!in.Has("text")) return Bad("text", "required for hold_key: the key or chord to hold");
-    if (!in.Has("duration")) return Bad("duration", "required for hold_key: seconds to hold the keys");
-    ASSIGN_OR_RETURN(auto text, in.String("text"));
-    ASSIGN_OR_RETURN(auto seconds, in.Seconds("duration"));
-    if (text.find_first_not_of(' ') == std::string::npos) return Bad("text", "no key given");
-    pb::DesktopAction::HoldKey* h = step().mutable_hold_key();
-    h->set_chord(text);
-    h->set_duration_ms(static_cast<uint32_t>(std::llround(seconds * 1000)));
-    plan.show = after;
-  } else if (action == "wait") {
-    if (!in.Has("duration")) return Bad("duration", "required for wait: seconds to wait");
-    ASSIGN_OR_RETURN(auto seconds, in.Seconds("duration"));
-    step().mutable_wait()->set_ms(static_cast<uint32_t>(std::llround(seconds * 1000)));
-    plan.show = after;  // the reference implementation returns a screenshot after a wait
-  } else if (action == "zoom") {
-    if (!in.Has("region")) return Bad("region", "required for zoom: [x0, y0, x1, y1]");
-    ASSIGN_OR_RETURN(auto r, in.Point("region", 4, /*edges=*/true));
-    if (r[2] <= r[0] || r[3] <= r[1]) {
-      return Bad("region", absl::StrCat("[", r[0], ", ", r[1], ", ", r[2], ", ", r[3],
-                                        "] is empty: x1 must be greater than x0 and y1 than y0"));
-    }
-    pb::DesktopAction::Zoom* z = step().mutable_zoom();
-    z->set_x0(r[0]);
-    z->set_y0(r[1]);
-    z->set_x1(r[2]);
-    z->set_y1(r[3]);
-    plan.show = ComputerPlan::Show::kZoom;
-  }
+  Planner planner{in, info->name, base, after, plan};
+  RETURN_IF_ERROR(info->plan(planner));
   return plan;
 }
 

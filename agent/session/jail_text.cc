@@ -4,35 +4,10 @@
 #include <google/protobuf/message.h>
 #include <google/protobuf/reflection.h>
 
+#include "base/utf8.h"
+
 namespace sbx::agent {
 namespace {
-
-// The length of the valid UTF-8 sequence at s[i], or 0 when it is not one.
-size_t ValidSequenceAt(std::string_view s, size_t i) {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = b(i);
-  if (c < 0x80) return 1;
-  size_t n;
-  unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
-  if (c >= 0xC2 && c <= 0xDF) {
-    n = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0) lo = 0xA0;  // overlong
-    if (c == 0xED) hi = 0x9F;  // surrogates
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0) lo = 0x90;  // overlong
-    if (c == 0xF4) hi = 0x8F;  // past U+10FFFF
-  } else {
-    return 0;
-  }
-  if (i + 1 >= s.size() || b(i + 1) < lo || b(i + 1) > hi) return 0;
-  for (size_t k = 2; k < n; ++k) {
-    if (i + k >= s.size() || b(i + k) < 0x80 || b(i + k) > 0xBF) return 0;
-  }
-  return n;
-}
 
 // How many bytes the invalid sequence at s[i] spans: a lead byte and the continuation bytes that fit it.
 size_t InvalidSpanAt(std::string_view s, size_t i) {
@@ -74,7 +49,7 @@ int SanitizeField(google::protobuf::Message* m, const google::protobuf::FieldDes
 
 bool IsValidUtf8(std::string_view s) {
   for (size_t i = 0; i < s.size();) {
-    const size_t n = ValidSequenceAt(s, i);
+    const size_t n = Utf8SequenceAt(s, i);
     if (n == 0) return false;
     i += n;
   }
@@ -85,7 +60,7 @@ std::string ToValidUtf8(std::string_view s) {
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size();) {
-    const size_t n = ValidSequenceAt(s, i);
+    const size_t n = Utf8SequenceAt(s, i);
     if (n > 0) {
       out.append(s.substr(i, n));
       i += n;
