@@ -228,20 +228,29 @@ std::optional<HttpError> CheckPartialHead(std::string_view buf) {
 
 // Parses a complete request header (`head` ends with the blank line) and, for plain HTTP, builds the header
 // to send upstream.
-std::optional<HttpError> ParseHead(std::string_view head, Request* req) {
-  std::vector<std::string_view> lines;
+namespace {
+
+// The header's lines without their CRLFs, without the blank line that ends it.
+std::optional<HttpError> SplitLines(std::string_view head, std::vector<std::string_view>* lines) {
   size_t start = 0;
   while (start < head.size()) {
     const size_t end = head.find("\r\n", start);
     if (end == std::string_view::npos) break;
-    lines.push_back(head.substr(start, end - start));
+    lines->push_back(head.substr(start, end - start));
     start = end + 2;
   }
   // The last line is the empty one that ends the header.
-  if (lines.size() < 2 || !lines.back().empty()) return HttpError{400, "malformed request header"};
-  lines.pop_back();
+  if (lines->size() < 2 || !lines->back().empty()) return HttpError{400, "malformed request header"};
+  lines->pop_back();
+  return std::nullopt;
+}
 
-  const std::string_view request_line = lines[0];
+struct RequestLineParts {
+  std::string_view method, target, version;
+};
+
+// "METHOD target HTTP/1.x": a token, a target without spaces, HTTP/1.0 or HTTP/1.1 (505 for another version).
+std::optional<HttpError> ParseRequestLine(std::string_view request_line, RequestLineParts* parts) {
   if (HasCtl(request_line, false)) return HttpError{400, "control characters in the request line"};
   const size_t sp1 = request_line.find(' ');
   const size_t sp2 = request_line.rfind(' ');
@@ -260,13 +269,34 @@ std::optional<HttpError> ParseHead(std::string_view head, Request* req) {
     }
     return HttpError{400, "malformed request line"};
   }
+  *parts = {method, target, version};
+  return std::nullopt;
+}
 
-  // Headers: strict syntax; collect what the proxy needs.
+// What the header lines say that the proxy needs.
+struct HeaderFacts {
   std::vector<std::pair<std::string_view, std::string_view>> headers;
-  std::set<std::string> connection_tokens;
+  std::set<std::string> connection_tokens;  // lowercase
   std::optional<std::string_view> content_length;
-  std::string transfer_encoding;
+  std::string transfer_encoding;  // lowercase, joined by ","
   bool has_transfer_encoding = false;
+};
+
+// The tokens of a Connection header's value, lowercased, into `tokens`.
+void AddConnectionTokens(std::string_view value, std::set<std::string>* tokens) {
+  size_t p = 0;
+  while (p <= value.size()) {
+    const size_t comma = value.find(',', p);
+    const std::string_view token =
+        TrimOws(value.substr(p, comma == std::string_view::npos ? std::string_view::npos : comma - p));
+    if (!token.empty()) tokens->insert(ToLower(token));
+    if (comma == std::string_view::npos) break;
+    p = comma + 1;
+  }
+}
+
+// Header lines (after the request line): strict syntax; collects what the proxy needs.
+std::optional<HttpError> ParseHeaderLines(const std::vector<std::string_view>& lines, HeaderFacts* facts) {
   for (size_t i = 1; i < lines.size(); ++i) {
     const std::string_view line = lines[i];
     if (line[0] == ' ' || line[0] == '\t') return HttpError{400, "folded header lines are not accepted"};
@@ -277,34 +307,28 @@ std::optional<HttpError> ParseHead(std::string_view head, Request* req) {
     const std::string_view name = line.substr(0, colon);
     const std::string_view value = TrimOws(line.substr(colon + 1));
     if (HasCtl(value, true)) return HttpError{400, absl::StrCat("control characters in header ", ToAbsl(name))};
-    headers.emplace_back(name, value);
+    facts->headers.emplace_back(name, value);
     if (EqualsIgnoreCase(name, "connection")) {
-      size_t p = 0;
-      while (p <= value.size()) {
-        const size_t comma = value.find(',', p);
-        const std::string_view token =
-            TrimOws(value.substr(p, comma == std::string_view::npos ? std::string_view::npos : comma - p));
-        if (!token.empty()) connection_tokens.insert(ToLower(token));
-        if (comma == std::string_view::npos) break;
-        p = comma + 1;
-      }
+      AddConnectionTokens(value, &facts->connection_tokens);
     } else if (EqualsIgnoreCase(name, "content-length")) {
       if (!IsDigits(value) || value.size() > 18) return HttpError{400, "malformed Content-Length"};
-      if (content_length && *content_length != value) return HttpError{400, "conflicting Content-Length headers"};
-      content_length = value;
+      if (facts->content_length && *facts->content_length != value) {
+        return HttpError{400, "conflicting Content-Length headers"};
+      }
+      facts->content_length = value;
     } else if (EqualsIgnoreCase(name, "transfer-encoding")) {
-      if (has_transfer_encoding) transfer_encoding += ",";
-      transfer_encoding += ToLower(value);
-      has_transfer_encoding = true;
+      if (facts->has_transfer_encoding) facts->transfer_encoding += ",";
+      facts->transfer_encoding += ToLower(value);
+      facts->has_transfer_encoding = true;
     }
   }
+  return std::nullopt;
+}
 
-  if (EqualsIgnoreCase(method, "CONNECT")) {
-    req->connect = true;
-    return ParseAuthority(target, /*default_port=*/0, req);
-  }
-
-  // Plain HTTP: absolute-form http:// only.
+// Plain HTTP's target: absolute-form http:// only. Fills the destination into `req` and the origin-form
+// path into `origin_form`.
+std::optional<HttpError> ParseAbsoluteTarget(std::string_view method, std::string_view target, Request* req,
+                                             std::string* origin_form) {
   constexpr std::string_view kScheme = "http://";
   if (target.size() < kScheme.size() || !EqualsIgnoreCase(target.substr(0, kScheme.size()), kScheme)) {
     if (target.size() >= 8 && EqualsIgnoreCase(target.substr(0, 8), "https://")) {
@@ -322,40 +346,130 @@ std::optional<HttpError> ParseHead(std::string_view head, Request* req) {
   const size_t hash = path.find('#');
   if (hash != std::string_view::npos) path = path.substr(0, hash);
   // (Not string::insert: GCC 12 warns a false -Wrestrict on it here.)
-  const std::string origin_form =
-      path.empty() || path[0] != '/' ? absl::StrCat("/", ToAbsl(path)) : std::string(path);
+  *origin_form = path.empty() || path[0] != '/' ? absl::StrCat("/", ToAbsl(path)) : std::string(path);
+  return std::nullopt;
+}
 
-  if (has_transfer_encoding) {
-    if (content_length) return HttpError{400, "both Content-Length and Transfer-Encoding"};
-    if (transfer_encoding != "chunked") {
-      return HttpError{501, absl::StrCat("Transfer-Encoding \"", Printable(transfer_encoding), "\" is not supported")};
+// How the body is framed: chunked, Content-Length, or none.
+std::optional<HttpError> SetBodyFraming(const HeaderFacts& facts, Request* req) {
+  if (facts.has_transfer_encoding) {
+    if (facts.content_length) return HttpError{400, "both Content-Length and Transfer-Encoding"};
+    if (facts.transfer_encoding != "chunked") {
+      return HttpError{501, absl::StrCat("Transfer-Encoding \"", Printable(facts.transfer_encoding),
+                                         "\" is not supported")};
     }
     req->body = BodyKind::kChunked;
-  } else if (content_length) {
+  } else if (facts.content_length) {
     req->body = BodyKind::kLength;
-    req->content_length = std::stoull(std::string(*content_length));
+    req->content_length = std::stoull(std::string(*facts.content_length));
   }
+  return std::nullopt;
+}
 
+// The header sent upstream: origin-form request line, Host from the URI, no hop-by-hop headers,
+// "Connection: close".
+std::string UpstreamHead(const RequestLineParts& line, std::string_view origin_form, const HeaderFacts& facts,
+                         const Request& req) {
   static const std::set<std::string> kHopByHop = {
       "connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "te",
       "trailer",    "upgrade",          "host"};
-  std::string out = absl::StrCat(ToAbsl(method), " ", origin_form, " ", ToAbsl(version), "\r\n");
-  const bool default_port = req->port == 80;
+  std::string out = absl::StrCat(ToAbsl(line.method), " ", ToAbsl(origin_form), " ", ToAbsl(line.version), "\r\n");
+  const bool default_port = req.port == 80;
   absl::StrAppend(
       &out, "Host: ",
-      default_port ? (req->address && req->address->family == AF_INET6 ? absl::StrCat("[", req->host, "]") : req->host)
-                   : HostPort(req->host, req->port),
+      default_port ? (req.address && req.address->family == AF_INET6 ? absl::StrCat("[", req.host, "]") : req.host)
+                   : HostPort(req.host, req.port),
       "\r\n");
-  for (const auto& [name, value] : headers) {
+  for (const auto& [name, value] : facts.headers) {
     const std::string lower = ToLower(name);
     if (kHopByHop.count(lower)) continue;
     // Framing headers are never dropped: the body is relayed as framed by them.
-    if (connection_tokens.count(lower) && lower != "content-length" && lower != "transfer-encoding") continue;
+    if (facts.connection_tokens.count(lower) && lower != "content-length" && lower != "transfer-encoding") continue;
     absl::StrAppend(&out, ToAbsl(name), ": ", ToAbsl(value), "\r\n");
   }
   out += "Connection: close\r\n\r\n";
-  req->upstream_head = std::move(out);
+  return out;
+}
+
+}  // namespace
+
+std::optional<HttpError> ParseHead(std::string_view head, Request* req) {
+  std::vector<std::string_view> lines;
+  if (std::optional<HttpError> e = SplitLines(head, &lines)) return e;
+  RequestLineParts line;
+  if (std::optional<HttpError> e = ParseRequestLine(lines[0], &line)) return e;
+  HeaderFacts facts;
+  if (std::optional<HttpError> e = ParseHeaderLines(lines, &facts)) return e;
+  if (EqualsIgnoreCase(line.method, "CONNECT")) {
+    req->connect = true;
+    return ParseAuthority(line.target, /*default_port=*/0, req);
+  }
+  std::string origin_form;
+  if (std::optional<HttpError> e = ParseAbsoluteTarget(line.method, line.target, req, &origin_form)) return e;
+  if (std::optional<HttpError> e = SetBodyFraming(facts, req)) return e;
+  req->upstream_head = UpstreamHead(line, origin_form, facts, *req);
   return std::nullopt;
+}
+
+std::optional<size_t> FindHeadEnd(std::string_view buf, size_t searched) {
+  const size_t end = buf.find("\r\n\r\n", searched >= 3 ? searched - 3 : 0);
+  if (end == std::string_view::npos) return std::nullopt;
+  return end + 4;
+}
+
+std::string_view FirstLine(std::string_view head) { return head.substr(0, head.find("\r\n")); }
+
+TunnelStart ClassifyTunnelStart(std::string_view bytes, bool eof, std::string_view* connect_line) {
+  size_t i = 0;
+  while (i < bytes.size() && (bytes[i] == '\r' || bytes[i] == '\n' || bytes[i] == ' ' || bytes[i] == '\t')) ++i;
+  const std::string_view rest = bytes.substr(i);
+  constexpr std::string_view kConnect = "CONNECT ";
+  if (rest.empty()) return TunnelStart::kBlank;
+  const size_t n = std::min(rest.size(), kConnect.size());
+  if (!EqualsIgnoreCase(rest.substr(0, n), kConnect.substr(0, n)) || (n < kConnect.size() && eof)) {
+    return TunnelStart::kNotConnect;
+  }
+  if (n < kConnect.size()) return TunnelStart::kUndecided;  // "CONN": wait for more
+  *connect_line = rest.substr(0, std::min(rest.find_first_of("\r\n"), size_t{200}));
+  return TunnelStart::kConnect;
+}
+
+namespace {
+
+std::string StatusText(int status) {
+  switch (status) {
+    case 200:
+      return "Connection established";
+    case 400:
+      return "Bad Request";
+    case 403:
+      return "Forbidden";
+    case 408:
+      return "Request Timeout";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    case 505:
+      return "HTTP Version Not Supported";
+    default:
+      return "Error";
+  }
+}
+
+}  // namespace
+
+std::string ErrorResponse(int status, std::string_view body_line) {
+  const std::string body = absl::StrCat(ToAbsl(body_line), "\n");
+  return absl::StrCat("HTTP/1.1 ", status, " ", StatusText(status),
+                      "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ", body.size(),
+                      "\r\nConnection: close\r\n\r\n", body);
 }
 
 BodyFramer::BodyFramer(BodyKind kind, uint64_t length) : kind_(kind), remaining_(length) {

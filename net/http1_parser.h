@@ -8,7 +8,9 @@
 //      before the whole header is in);
 //   2. ParseHead on the complete header (through the blank line): the destination, and for plain HTTP the
 //      header to send upstream and how the body is framed;
-//   3. a BodyFramer for that framing, fed every later client byte: it says where the body ends.
+//   3. a BodyFramer for that framing, fed every later client byte: it says where the body ends;
+//   4. in a CONNECT tunnel, ClassifyTunnelStart on the first client bytes (no CONNECT inside a tunnel);
+//   5. ErrorResponse for the proxy's own answers.
 // The host and text helpers below are also what the egress rules (ParseEgressRule) parse hosts with, so that a
 // request and a rule read a host the same way.
 #ifndef SBX_NET_HTTP1_PARSER_H_
@@ -80,6 +82,27 @@ std::optional<HttpError> CheckPartialHead(std::string_view buf);
 // Parses a complete request header (`head` ends with the blank line, "\r\n\r\n") into `req` and, for plain
 // HTTP, builds the header to send upstream. On error `req` may be partly filled.
 std::optional<HttpError> ParseHead(std::string_view head, Request* req);
+
+// Where the request header in `buf` ends (just past its blank line), searching the bytes from `searched`
+// on (less the 3 before it, in case the CRLFCRLF straddles); nullopt while it is not complete.
+std::optional<size_t> FindHeadEnd(std::string_view buf, size_t searched);
+
+// A header's first line (the request line), without its CRLF.
+std::string_view FirstLine(std::string_view head);
+
+// What the first client bytes in a CONNECT tunnel are (egress_proxy.h, "Nested CONNECT"), after any CR, LF,
+// SP or HT: nothing else yet, not "CONNECT " (any case), its start only, or a CONNECT request.
+enum class TunnelStart { kBlank, kNotConnect, kUndecided, kConnect };
+// `eof`: the client sent all it will. kConnect sets `connect_line` to the request's first line (at most 200
+// bytes, a view into `bytes`).
+TunnelStart ClassifyTunnelStart(std::string_view bytes, bool eof, std::string_view* connect_line);
+
+// ---- answers
+
+// The proxy's own answer: a status line, a one-line text/plain body and "Connection: close".
+std::string ErrorResponse(int status, std::string_view body_line);
+// The answer to a CONNECT that succeeded.
+inline constexpr std::string_view kConnectEstablished = "HTTP/1.1 200 Connection established\r\n\r\n";
 
 // Finds where a request body ends in the bytes the client sends: Content-Length or chunked.
 class BodyFramer {

@@ -213,20 +213,13 @@ std::vector<std::string> BuildEnv(const PolicySpec& spec, char** host_environ) {
 
 // The one fd the jail child sent over `sock` (SCM_RIGHTS), without waiting.
 absl::StatusOr<UniqueFd> ReceiveFd(int sock) {
-  char byte;
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
+  internal::FdMessage m;
   ssize_t n;
   do {
-    n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    n = recvmsg(sock, &m.msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return ErrnoToStatus(errno, "receiving the seccomp listener from the jail child");
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&m.msg);
   if (n != 1 || cmsg == nullptr || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS ||
       cmsg->cmsg_len != CMSG_LEN(sizeof(int))) {
     return absl::InternalError("the jail child sent no seccomp listener");
@@ -244,10 +237,9 @@ std::vector<char*> CStrings(std::vector<std::string>& strings) {
   return out;
 }
 
-}  // namespace
+// ---- Start's steps (the parent's side; the child's are RunJailChild's, in jail_child.cc)
 
-absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const JailOptions& options) {
-  const PolicySpec& spec = policy.spec();
+absl::Status CheckStartOptions(const PolicySpec& spec, const JailOptions& options) {
   if (options.argv.empty() && !options.serve) return absl::InvalidArgumentError("no command given");
   if (!options.argv.empty() && options.serve) {
     return absl::InvalidArgumentError("a serving jail takes its commands over the init protocol, not argv");
@@ -256,32 +248,11 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
     return absl::UnimplementedError(
         "network.mode EGRESS: the egress proxy runs in the agent's daemon (sandbox-agent serve), not in `run`");
   }
-  std::unique_ptr<Jail> jail(new Jail());
-  jail->started_ = Clock::now();
-  jail->limits_ = spec.limits;
-  jail->warnings_ = options.warnings;
-  jail->pids_poll_interval_ = options.pids_poll_interval;
+  return absl::OkStatus();
+}
 
-  // The seccomp program is compiled (or found in the cache) by the helper thread below while the child builds
-  // its mounts; the child reads `prog` only after the helper released it. What the clone needs now is whether
-  // the program will have a listener.
-  std::shared_ptr<const SeccompProgram> seccomp;
-  sock_fprog prog{};
-  // With user notification the child sends the filter's listener over this socketpair (SCM_RIGHTS).
-  std::optional<SeccompDenyTable> deny_table;
-  UniqueFd notify_read, notify_write;
-  if (SeccompUsesUserNotif(spec.seccomp)) {
-    ASSIGN_OR_RETURN(deny_table, SeccompDenyTable::Build(spec.seccomp));
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) < 0) return ErrnoToStatus(errno, "socketpair");
-    notify_read.Reset(sv[0]);
-    notify_write.Reset(sv[1]);
-  }
-  ASSIGN_OR_RETURN(IdRange ids, IdRange::Acquire());
-  ASSIGN_OR_RETURN(MountPlan plan, MountPlan::Build(policy, options.init_path, spec.uid, spec.gid));
-
-  std::vector<std::string> env = BuildEnv(spec, options.host_environ);
-  std::vector<char*> envp = CStrings(env);
+// sandbox-init's argv: "--serve", or "--" and the workload.
+std::vector<std::string> InitArgs(const JailOptions& options) {
   std::vector<std::string> init_args = {"sandbox-init"};
   if (options.serve) {
     init_args.push_back("--serve");
@@ -289,60 +260,86 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
     init_args.push_back("--");
     init_args.insert(init_args.end(), options.argv.begin(), options.argv.end());
   }
-  std::vector<char*> argv = CStrings(init_args);
+  return init_args;
+}
 
-  const internal::ChildRlimit rlimits[] = {
-      {RLIMIT_NOFILE, {spec.limits.open_files_max, spec.limits.open_files_max}},
-      {RLIMIT_FSIZE, {spec.limits.file_size_max_bytes, spec.limits.file_size_max_bytes}},
-      {RLIMIT_CORE, {0, 0}},
-  };
-
+CgroupLimits CgroupLimitsFor(const PolicySpec& spec, const JailOptions& options) {
   CgroupLimits cgroup_limits;
   cgroup_limits.memory_max_bytes = spec.limits.memory_max_bytes;
   cgroup_limits.pids_max = spec.limits.pids_max;
   cgroup_limits.cpu_millicores = spec.limits.cpu_millicores;
   cgroup_limits.cpu_background = options.cpu_background;
-  // v2: the child is cloned into its cgroup, which must exist first (one directory, a few writes). v1: the
-  // helper thread makes the directories while the clone runs, and the child joins them once released.
-  const bool v1_cgroup = options.cgroups != nullptr && options.cgroups->version == CgroupVersion::kV1;
-  if (options.cgroups != nullptr && !v1_cgroup) {
-    ASSIGN_OR_RETURN(Cgroup cgroup, Cgroup::Create(*options.cgroups, options.name, cgroup_limits));
-    jail->cgroup_.emplace(std::move(cgroup));
-  }
-  const int cgroup_fd = jail->cgroup_ ? jail->cgroup_->v2_dir_fd() : -1;
+  return cgroup_limits;
+}
 
-  int ready_pipe[2], sync_pipe[2], err_pipe[2], report_pipe[2];
-  if (pipe2(ready_pipe, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
-  UniqueFd ready_read(ready_pipe[0]), ready_write(ready_pipe[1]);
-  if (pipe2(sync_pipe, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
-  UniqueFd sync_read(sync_pipe[0]), sync_write(sync_pipe[1]);
-  if (pipe2(err_pipe, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
-  UniqueFd err_read(err_pipe[0]), err_write(err_pipe[1]);
-  UniqueFd clone_done(eventfd(0, EFD_CLOEXEC));
-  if (!clone_done) return ErrnoToStatus(errno, "eventfd");
+uint64_t CloneFlagsFor(const PolicySpec& spec) {
+  uint64_t flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS;
+  if (spec.network != NetworkMode::kHost) flags |= CLONE_NEWNET;
+  if (spec.new_ipc_ns) flags |= CLONE_NEWIPC;
+  if (spec.new_uts_ns) flags |= CLONE_NEWUTS;
+  return flags;
+}
+
+// The channels between the agent and the jail child (see internal::ChildSpec).
+struct ChildPipes {
+  UniqueFd ready_read, ready_write;  // the child says it waits for its id maps
+  UniqueFd sync_read, sync_write;    // the helper releases it
+  UniqueFd err_read, err_write;      // a ChildError, or EOF at exec
+  UniqueFd clone_done;               // eventfd: clone returned in the launcher
   // One-shot: init writes one InitReport on a pipe. Serving: a stream socket carries the init protocol.
-  if (options.serve) {
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, report_pipe) < 0) {
-      return ErrnoToStatus(errno, "socketpair");
-    }
-  } else if (pipe2(report_pipe, O_CLOEXEC) < 0) {
-    return ErrnoToStatus(errno, "pipe2");
-  }
-  UniqueFd report_read(report_pipe[0]), report_write(report_pipe[1]);
+  UniqueFd report_read, report_write;
+  // With user notification the child sends the filter's listener over this socketpair (SCM_RIGHTS).
+  UniqueFd notify_read, notify_write;
+};
 
-  // v1: the child joins its cgroups itself (see Cgroup::V1SelfJoinFiles); v2: it is cloned into it. Filled in
-  // by the helper thread before it releases the child.
-  std::vector<std::string> tasks_files;
-  std::vector<const char*> tasks_file_ptrs;
+// With user notification (policy audit_denials): the table the supervisor answers denials from, and the
+// socketpair for the listener. Nothing without it.
+absl::Status PrepareSeccompNotifyFromParent(const SeccompPolicy& seccomp, std::optional<SeccompDenyTable>* deny_table,
+                                            ChildPipes* pipes) {
+  if (!SeccompUsesUserNotif(seccomp)) return absl::OkStatus();
+  ASSIGN_OR_RETURN(*deny_table, SeccompDenyTable::Build(seccomp));
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) < 0) return ErrnoToStatus(errno, "socketpair");
+  pipes->notify_read.Reset(sv[0]);
+  pipes->notify_write.Reset(sv[1]);
+  return absl::OkStatus();
+}
 
+absl::Status MakePipeFromParent(UniqueFd* read_end, UniqueFd* write_end) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) < 0) return ErrnoToStatus(errno, "pipe2");
+  read_end->Reset(fds[0]);
+  write_end->Reset(fds[1]);
+  return absl::OkStatus();
+}
+
+absl::Status MakeChildPipesFromParent(bool serve, ChildPipes* p) {
+  RETURN_IF_ERROR(MakePipeFromParent(&p->ready_read, &p->ready_write));
+  RETURN_IF_ERROR(MakePipeFromParent(&p->sync_read, &p->sync_write));
+  RETURN_IF_ERROR(MakePipeFromParent(&p->err_read, &p->err_write));
+  p->clone_done.Reset(eventfd(0, EFD_CLOEXEC));
+  if (!p->clone_done) return ErrnoToStatus(errno, "eventfd");
+  if (!serve) return MakePipeFromParent(&p->report_read, &p->report_write);
+  int report_pipe[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, report_pipe) < 0) return ErrnoToStatus(errno, "socketpair");
+  p->report_read.Reset(report_pipe[0]);
+  p->report_write.Reset(report_pipe[1]);
+  return absl::OkStatus();
+}
+
+// Everything the child reads, as pointers into the parent's precomputed data. The seccomp program and (v1)
+// the cgroup tasks files are filled in by the setup helper before it releases the child.
+internal::ChildSpec ChildSpecFor(const PolicySpec& spec, const ChildPipes& pipes, bool id_range, const MountPlan& plan,
+                                 const internal::ChildRlimit* rlimits, size_t num_rlimits, const sock_fprog* prog,
+                                 char* const* argv, char* const* envp) {
   internal::ChildSpec child;
   child.cgroup_tasks_files = nullptr;
   child.num_cgroup_tasks_files = 0;
-  child.ready_fd = ready_write.get();
-  child.sync_fd = sync_read.get();
-  child.err_fd = err_write.get();
-  child.report_fd = report_write.get();
-  child.id_range = !ids.rootless();
+  child.ready_fd = pipes.ready_write.get();
+  child.sync_fd = pipes.sync_read.get();
+  child.err_fd = pipes.err_write.get();
+  child.report_fd = pipes.report_write.get();
+  child.id_range = id_range;
   child.new_cgroup_ns = spec.new_cgroup_ns;
   child.loopback_up = spec.network != NetworkMode::kHost;
   child.ops = plan.ops().data();
@@ -353,54 +350,97 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   child.set_hostname = spec.new_uts_ns;
   child.workdir = spec.workdir.c_str();
   child.rlimits = rlimits;
-  child.num_rlimits = sizeof(rlimits) / sizeof(rlimits[0]);
+  child.num_rlimits = num_rlimits;
   child.uid = spec.uid;
   child.gid = spec.gid;
-  child.seccomp = &prog;  // filled in by the helper thread before it releases the child
-  child.notify_fd = notify_write.get();
+  child.seccomp = prog;  // filled in by the helper thread before it releases the child
+  child.notify_fd = pipes.notify_write.get();
   child.init_path = kInitPathInJail;
-  child.argv = argv.data();
-  child.envp = envp.data();
+  child.argv = argv;
+  child.envp = envp;
+  return child;
+}
 
-  uint64_t flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS;
-  if (spec.network != NetworkMode::kHost) flags |= CLONE_NEWNET;
-  if (spec.new_ipc_ns) flags |= CLONE_NEWIPC;
-  if (spec.new_uts_ns) flags |= CLONE_NEWUTS;
+// Start's helper thread (see Jail::Start): the child cannot write its own id maps, and with CLONE_VFORK the
+// launching thread sleeps until the child execs. While the launcher clones, the helper does the work the
+// child needs only after its release (the v1 session cgroup, the seccomp program); then it writes the
+// child's id maps when the child says it is ready, releases it, and enforces the setup timeout.
+struct SetupHelper {
+  const PolicySpec& spec;
+  const JailOptions& options;
+  const CgroupLimits& cgroup_limits;
+  const IdRange& lease;
+  std::optional<Cgroup>& cgroup;  // the jail's; made here on v1
+  internal::ChildSpec& child;
+  sock_fprog& prog;
+  bool v1_cgroup = false;
+  bool want_listener = false;  // the compiled program must have a user-notification listener
+  int ready_read = -1;
+  int clone_done = -1;
+  UniqueFd sync_write;
 
-  // The child cannot write its own id maps, and with CLONE_VFORK this thread sleeps until the child execs:
-  // a helper thread writes them when the child says it is ready, then releases it. It also enforces the
-  // setup timeout, killing a child that has not exec'd in time.
-  // Before that, while this thread clones (the kernel building the namespaces), the helper does the work the
-  // child needs only after its release, off the start's critical path: the v1 session cgroup (the child
-  // joins it right after) and the seccomp program (loaded last, before exec). A failure there is reported as
-  // the helper's status, and the child is not released.
+  // Written by the kernel or the clone(2) fallback (see CloneWithPidfd), read here atomically.
   int pidfd = -1;
-  pid_t child_pid = 0;  // CLONE_PARENT_SETTID: written by the kernel before the child runs (see CloneWithPidfd)
-  int move_into_cgroup = 0;  // set by the clone(2) fallback on v2, before child_pid (see CloneWithPidfd)
-  const IdRange& lease = ids;
-  absl::Status map_status;
-  std::latch prework_done(1);  // the helper's cgroup and seccomp work is over (for the clone(2) fallback)
-  std::jthread mapper([&, sync_write = std::move(sync_write)]() mutable {
-    const auto deadline = Clock::now() + std::chrono::milliseconds(kSetupTimeoutMs);
-    const auto remaining_ms = [&] {
-      return static_cast<int>(std::max<int64_t>(
-          0, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count()));
-    };
+  pid_t child_pid = 0;       // CLONE_PARENT_SETTID: written by the kernel before the child runs
+  int move_into_cgroup = 0;  // set by the clone(2) fallback on v2, before child_pid
+
+  // v1: the child joins its cgroups itself (see Cgroup::V1SelfJoinFiles).
+  std::vector<std::string> tasks_files{};
+  std::vector<const char*> tasks_file_ptrs{};
+  std::shared_ptr<const SeccompProgram> seccomp{};
+  // The helper's failure: the child is not released.
+  absl::Status status{};
+  std::latch prework_done{1};  // the cgroup and seccomp work is over (for the clone(2) fallback)
+  Clock::time_point deadline = Clock::now() + std::chrono::milliseconds(kSetupTimeoutMs);
+
+  int RemainingMs() const {
+    return static_cast<int>(std::max<int64_t>(
+        0, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count()));
+  }
+
+  void Run() {
+    PreworkFromParent();
+    prework_done.count_down();
+    pollfd fds[2] = {{ready_read, POLLIN, 0}, {clone_done, POLLIN, 0}};
+    int ready;
+    do {
+      ready = poll(fds, 2, RemainingMs());
+    } while (ready < 0 && errno == EINTR);
+    if (ready > 0 && (fds[0].revents & POLLIN) != 0) {
+      char byte;
+      if (read(ready_read, &byte, 1) == 1) MapIdsAndReleaseFromParent();
+      sync_write.Reset();
+      do {
+        ready = poll(&fds[1], 1, RemainingMs());
+      } while (ready < 0 && errno == EINTR);
+    }
+    sync_write.Reset();
+    if (ready == 0) {
+      // Setup hangs (a mount that never returns...): the child dies, and clone returns in the launcher.
+      if (status.ok()) status = absl::DeadlineExceededError("jail setup did not finish within 30 s");
+      const int fd = __atomic_load_n(&pidfd, __ATOMIC_ACQUIRE);
+      if (fd >= 0) PidfdSendSignal(fd, SIGKILL);
+    }
+  }
+
+  // The v1 session cgroup (the child joins it right after its release) and the seccomp program (loaded
+  // last, before exec).
+  void PreworkFromParent() {
     if (v1_cgroup) {
-      absl::StatusOr<Cgroup> cgroup = Cgroup::Create(*options.cgroups, options.name, cgroup_limits);
-      if (cgroup.ok()) {
-        jail->cgroup_.emplace(*std::move(cgroup));
-        tasks_files = jail->cgroup_->V1SelfJoinFiles();
+      absl::StatusOr<Cgroup> created = Cgroup::Create(*options.cgroups, options.name, cgroup_limits);
+      if (created.ok()) {
+        cgroup.emplace(*std::move(created));
+        tasks_files = cgroup->V1SelfJoinFiles();
         for (const std::string& f : tasks_files) tasks_file_ptrs.push_back(f.c_str());
         child.cgroup_tasks_files = tasks_file_ptrs.data();
         child.num_cgroup_tasks_files = tasks_file_ptrs.size();
       } else {
-        map_status = cgroup.status();
+        status = created.status();
       }
     }
-    if (map_status.ok()) {
+    if (status.ok()) {
       absl::StatusOr<std::shared_ptr<const SeccompProgram>> compiled = CompileSeccompCached(spec.seccomp);
-      if (compiled.ok() && (*compiled)->user_notif != deny_table.has_value()) {
+      if (compiled.ok() && (*compiled)->user_notif != want_listener) {
         compiled = absl::InternalError("seccomp: the compiled program's listener does not match the policy");
       }
       if (compiled.ok()) {
@@ -408,98 +448,58 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
         prog.len = static_cast<unsigned short>(seccomp->instructions.size());
         prog.filter = const_cast<sock_filter*>(seccomp->instructions.data());
       } else {
-        map_status = compiled.status();
+        status = compiled.status();
       }
     }
-    prework_done.count_down();
-    pollfd fds[2] = {{ready_read.get(), POLLIN, 0}, {clone_done.get(), POLLIN, 0}};
-    int ready;
-    do {
-      ready = poll(fds, 2, remaining_ms());
-    } while (ready < 0 && errno == EINTR);
-    if (ready > 0 && (fds[0].revents & POLLIN) != 0) {
-      char byte;
-      if (read(ready_read.get(), &byte, 1) == 1) {
-        pid_t pid = __atomic_load_n(&child_pid, __ATOMIC_ACQUIRE);
-        while (pid == 0 && remaining_ms() > 0) {  // the clone(2) fallback stores it after clone returns
-          std::this_thread::sleep_for(std::chrono::milliseconds(1));
-          pid = __atomic_load_n(&child_pid, __ATOMIC_ACQUIRE);
-        }
-        if (pid == 0) map_status = absl::DeadlineExceededError("the jail child's pid never arrived");
-        // The clone(2) fallback could not clone it into its cgroup (v2): it joins before it goes on.
-        if (pid != 0 && __atomic_load_n(&move_into_cgroup, __ATOMIC_RELAXED) != 0) {
-          map_status = jail->cgroup_->AddProcess(pid);
-        }
-        if (map_status.ok() && lease.rootless()) map_status = WriteProcFile(pid, "setgroups", "deny");
-        if (map_status.ok()) map_status = WriteProcFile(pid, "uid_map", lease.UidMap(spec.uid));
-        if (map_status.ok()) map_status = WriteProcFile(pid, "gid_map", lease.GidMap(spec.gid));
-        // The OOM killer's first choice, set from outside before init runs: init and the workload inherit it,
-        // and without CAP_SYS_RESOURCE (never theirs) they cannot lower it below what a privileged writer set.
-        // NOTE: with CLONE_VM | CLONE_VFORK the child still shares the agent's memory, but the kernel keeps a
-        // vfork child's oom_score_adj its own: the agent's stays as it was.
-        if (map_status.ok()) {
-          map_status = WriteProcFile(pid, "oom_score_adj", std::to_string(kJailOomScoreAdj));
-        }
-        const char go = map_status.ok() ? 1 : 0;
-        if (write(sync_write.get(), &go, 1) != 1 && map_status.ok()) {
-          map_status = ErrnoToStatus(errno, "releasing the jail child");
-        }
-      }
-      sync_write.Reset();
-      do {
-        ready = poll(&fds[1], 1, remaining_ms());
-      } while (ready < 0 && errno == EINTR);
-    }
-    sync_write.Reset();
-    if (ready == 0) {
-      // Setup hangs (a mount that never returns...): the child dies, and clone returns in the launcher.
-      if (map_status.ok()) map_status = absl::DeadlineExceededError("jail setup did not finish within 30 s");
-      const int fd = __atomic_load_n(&pidfd, __ATOMIC_ACQUIRE);
-      if (fd >= 0) PidfdSendSignal(fd, SIGKILL);
-    }
-  });
-  const pid_t pid =
-      StartChild(flags, &pidfd, &child_pid, cgroup_fd, &move_into_cgroup, child, [&] { prework_done.wait(); });
-  const int clone_errno = errno;
-  if (pid > 0) {
-    jail->pid_ = pid;
-    jail->pidfd_.Reset(pidfd);
   }
-  err_write.Reset();
-  ready_write.Reset();
-  sync_read.Reset();
-  report_write.Reset();
-  notify_write.Reset();
-  bool err_readable = true;
-  if (pid > 0) {
-    // EOF on the error pipe means execve(sandbox-init) succeeded. (After a CLONE_VFORK clone the child has
-    // already exec'd or exited; elsewhere this waits for it, bounded by the helper's timeout.)
-    pollfd pfd{err_read.get(), POLLIN, 0};
-    int ready;
-    do {
-      ready = poll(&pfd, 1, kSetupTimeoutMs + 1000);
-    } while (ready < 0 && errno == EINTR);
-    err_readable = ready > 0;
-  }
-  const uint64_t one = 1;
-  if (write(clone_done.get(), &one, sizeof(one)) != sizeof(one)) {
-    // Cannot happen for an eventfd below its maximum; the helper then ends at its timeout.
-  }
-  mapper.join();
-  if (pid < 0) return ErrnoToStatus(clone_errno, "clone (new namespaces)");
-  jail->ids_.emplace(std::move(ids));
 
-  // From here on a failure returns, and ~Jail kills and reaps the child and removes the cgroup.
-  if (!err_readable) {
-    // Something else still holds the error pipe's write end (a child stuck in the kernel): do not block on it.
-    return map_status.ok() ? absl::DeadlineExceededError("jail setup did not finish within 30 s") : map_status;
+  // The child waits for its id maps: write them (and its OOM score), then release it (1) or not (0).
+  void MapIdsAndReleaseFromParent() {
+    pid_t pid = __atomic_load_n(&child_pid, __ATOMIC_ACQUIRE);
+    while (pid == 0 && RemainingMs() > 0) {  // the clone(2) fallback stores it after clone returns
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      pid = __atomic_load_n(&child_pid, __ATOMIC_ACQUIRE);
+    }
+    if (pid == 0) status = absl::DeadlineExceededError("the jail child's pid never arrived");
+    // The clone(2) fallback could not clone it into its cgroup (v2): it joins before it goes on.
+    if (pid != 0 && __atomic_load_n(&move_into_cgroup, __ATOMIC_RELAXED) != 0) status = cgroup->AddProcess(pid);
+    if (status.ok() && lease.rootless()) status = WriteProcFile(pid, "setgroups", "deny");
+    if (status.ok()) status = WriteProcFile(pid, "uid_map", lease.UidMap(spec.uid));
+    if (status.ok()) status = WriteProcFile(pid, "gid_map", lease.GidMap(spec.gid));
+    // The OOM killer's first choice, set from outside before init runs: init and the workload inherit it,
+    // and without CAP_SYS_RESOURCE (never theirs) they cannot lower it below what a privileged writer set.
+    // NOTE: with CLONE_VM | CLONE_VFORK the child still shares the agent's memory, but the kernel keeps a
+    // vfork child's oom_score_adj its own: the agent's stays as it was.
+    if (status.ok()) status = WriteProcFile(pid, "oom_score_adj", std::to_string(kJailOomScoreAdj));
+    const char go = status.ok() ? 1 : 0;
+    if (write(sync_write.get(), &go, 1) != 1 && status.ok()) {
+      status = ErrnoToStatus(errno, "releasing the jail child");
+    }
   }
+};
+
+// Waits for EOF on the error pipe, which means execve(sandbox-init) succeeded. (After a CLONE_VFORK clone
+// the child has already exec'd or exited; elsewhere this waits for it, bounded by the helper's timeout.)
+// False when the pipe did not become readable in time.
+bool WaitForExecFromParent(int err_read) {
+  pollfd pfd{err_read, POLLIN, 0};
+  int ready;
+  do {
+    ready = poll(&pfd, 1, kSetupTimeoutMs + 1000);
+  } while (ready < 0 && errno == EINTR);
+  return ready > 0;
+}
+
+// What the child reported on its error pipe (readable): OK at EOF, else the step that failed, named with
+// the mount or cgroup file it was at. The helper's own failure (`helper_status`) comes first.
+absl::Status ChildResultFromParent(int err_read, const absl::Status& helper_status, const MountPlan& plan,
+                                   const std::vector<std::string>& tasks_files) {
   internal::ChildError error{};
   ssize_t n;
   do {
-    n = read(err_read.get(), &error, sizeof(error));
+    n = read(err_read, &error, sizeof(error));
   } while (n < 0 && errno == EINTR);
-  if (!map_status.ok()) return map_status;
+  if (!helper_status.ok()) return helper_status;
   if (n == sizeof(error)) {
     std::string what = internal::ChildStepName(error.step);
     if (error.step == static_cast<int32_t>(internal::ChildStep::kMountOp)) {
@@ -512,16 +512,101 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
     return ErrnoToStatus(error.err, absl::StrCat("jail setup failed while ", what));
   }
   if (n != 0) return absl::InternalError("jail setup: truncated report from the child");
+  return absl::OkStatus();
+}
+
+// What init said about the workload (one-shot jails); absent when init itself was killed.
+std::optional<InitReport> ReadInitReport(int report_fd) {
+  if (report_fd < 0) return std::nullopt;
+  InitReport r{};
+  fcntl(report_fd, F_SETFL, O_NONBLOCK);
+  if (read(report_fd, &r, sizeof(r)) == sizeof(r)) return r;
+  return std::nullopt;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const JailOptions& options) {
+  const PolicySpec& spec = policy.spec();
+  RETURN_IF_ERROR(CheckStartOptions(spec, options));
+  std::unique_ptr<Jail> jail(new Jail());
+  jail->started_ = Clock::now();
+  jail->limits_ = spec.limits;
+  jail->warnings_ = options.warnings;
+  jail->pids_poll_interval_ = options.pids_poll_interval;
+
+  // The seccomp program is compiled (or found in the cache) by the helper thread while the child builds its
+  // mounts; the child reads `prog` only after the helper released it. What the clone needs now is whether
+  // the program will have a listener.
+  sock_fprog prog{};
+  std::optional<SeccompDenyTable> deny_table;
+  ChildPipes pipes;
+  RETURN_IF_ERROR(PrepareSeccompNotifyFromParent(spec.seccomp, &deny_table, &pipes));
+  ASSIGN_OR_RETURN(IdRange ids, IdRange::Acquire());
+  ASSIGN_OR_RETURN(MountPlan plan, MountPlan::Build(policy, options.init_path, spec.uid, spec.gid));
+  std::vector<std::string> env = BuildEnv(spec, options.host_environ);
+  std::vector<char*> envp = CStrings(env);
+  std::vector<std::string> init_args = InitArgs(options);
+  std::vector<char*> argv = CStrings(init_args);
+  const internal::ChildRlimit rlimits[] = {
+      {RLIMIT_NOFILE, {spec.limits.open_files_max, spec.limits.open_files_max}},
+      {RLIMIT_FSIZE, {spec.limits.file_size_max_bytes, spec.limits.file_size_max_bytes}},
+      {RLIMIT_CORE, {0, 0}},
+  };
+
+  // v2: the child is cloned into its cgroup, which must exist first (one directory, a few writes). v1: the
+  // helper thread makes the directories while the clone runs, and the child joins them once released.
+  const CgroupLimits cgroup_limits = CgroupLimitsFor(spec, options);
+  const bool v1_cgroup = options.cgroups != nullptr && options.cgroups->version == CgroupVersion::kV1;
+  if (options.cgroups != nullptr && !v1_cgroup) {
+    ASSIGN_OR_RETURN(Cgroup cgroup, Cgroup::Create(*options.cgroups, options.name, cgroup_limits));
+    jail->cgroup_.emplace(std::move(cgroup));
+  }
+  const int cgroup_fd = jail->cgroup_ ? jail->cgroup_->v2_dir_fd() : -1;
+  RETURN_IF_ERROR(MakeChildPipesFromParent(options.serve, &pipes));
+  internal::ChildSpec child = ChildSpecFor(spec, pipes, !ids.rootless(), plan, rlimits,
+                                           sizeof(rlimits) / sizeof(rlimits[0]), &prog, argv.data(), envp.data());
+
+  SetupHelper helper{spec, options, cgroup_limits, ids, jail->cgroup_, child, prog, v1_cgroup, deny_table.has_value(),
+                     pipes.ready_read.get(), pipes.clone_done.get(), std::move(pipes.sync_write)};
+  std::jthread mapper([&helper] { helper.Run(); });
+  const pid_t pid = StartChild(CloneFlagsFor(spec), &helper.pidfd, &helper.child_pid, cgroup_fd,
+                               &helper.move_into_cgroup, child, [&] { helper.prework_done.wait(); });
+  const int clone_errno = errno;
+  if (pid > 0) {
+    jail->pid_ = pid;
+    jail->pidfd_.Reset(helper.pidfd);
+  }
+  pipes.err_write.Reset();
+  pipes.ready_write.Reset();
+  pipes.sync_read.Reset();
+  pipes.report_write.Reset();
+  pipes.notify_write.Reset();
+  const bool err_readable = pid > 0 ? WaitForExecFromParent(pipes.err_read.get()) : true;
+  const uint64_t one = 1;
+  if (write(pipes.clone_done.get(), &one, sizeof(one)) != sizeof(one)) {
+    // Cannot happen for an eventfd below its maximum; the helper then ends at its timeout.
+  }
+  mapper.join();
+  if (pid < 0) return ErrnoToStatus(clone_errno, "clone (new namespaces)");
+  jail->ids_.emplace(std::move(ids));
+
+  // From here on a failure returns, and ~Jail kills and reaps the child and removes the cgroup.
+  if (!err_readable) {
+    // Something else still holds the error pipe's write end (a child stuck in the kernel): do not block on it.
+    return helper.status.ok() ? absl::DeadlineExceededError("jail setup did not finish within 30 s") : helper.status;
+  }
+  RETURN_IF_ERROR(ChildResultFromParent(pipes.err_read.get(), helper.status, plan, helper.tasks_files));
   if (deny_table) {
     // The child sent the listener before its exec, which has happened: it is in the socket now.
-    ASSIGN_OR_RETURN(UniqueFd listener, ReceiveFd(notify_read.get()));
+    ASSIGN_OR_RETURN(UniqueFd listener, ReceiveFd(pipes.notify_read.get()));
     ASSIGN_OR_RETURN(jail->seccomp_, SeccompSupervisor::Start(std::move(listener), std::move(*deny_table),
                                                               options.seccomp_audit));
   }
   if (options.serve) {
-    jail->control_fd_ = std::move(report_read);
+    jail->control_fd_ = std::move(pipes.report_read);
   } else {
-    jail->report_fd_ = std::move(report_read);
+    jail->report_fd_ = std::move(pipes.report_read);
   }
   return jail;
 }
@@ -593,95 +678,99 @@ void Jail::Reap(int options) {
   rusage_maxrss_bytes_ = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
 }
 
-RunResult Jail::Wait(int cancel_fd) {
+Jail::WaitEvents Jail::WatchUntilEnd(int cancel_fd) {
   const Clock::time_point deadline = started_ + std::chrono::milliseconds(limits_.wall_time_limit_ms);
   Clock::time_point kill_at = Clock::time_point::max();  // max: not armed
-  bool timed_out = false, pids_killed = false, canceled = false;
+  WaitEvents ev;
   const bool poll_pids = cgroup_.has_value() && limits_.kill_on_pids_limit;
 
   while (!reaped_) {
     const Clock::time_point now = Clock::now();
-    if (!timed_out && !canceled && now >= deadline) {
-      timed_out = true;
+    if (!ev.timed_out && !ev.canceled && now >= deadline) {
+      ev.timed_out = true;
       Kill();
     }
     if (now >= kill_at) {
       Kill();
       kill_at = Clock::time_point::max();
     }
-    if (poll_pids && !pids_killed && !timed_out) {
+    if (poll_pids && !ev.pids_killed && !ev.timed_out) {
       absl::StatusOr<uint64_t> hits = cgroup_->ReadPidsMaxEvents();
       if (hits.ok() && *hits > 0) {
-        pids_killed = true;
+        ev.pids_killed = true;
         Kill();
       }
     }
-    Clock::time_point wake = timed_out ? now + std::chrono::seconds(1) : deadline;
+    Clock::time_point wake = ev.timed_out ? now + std::chrono::seconds(1) : deadline;
     wake = std::min(wake, kill_at);
-    if (poll_pids && !pids_killed) wake = std::min(wake, now + pids_poll_interval_);
+    if (poll_pids && !ev.pids_killed) wake = std::min(wake, now + pids_poll_interval_);
     const auto timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count() + 1;
 
     pollfd fds[2] = {{pidfd_.get(), POLLIN, 0}, {cancel_fd, POLLIN, 0}};
     const int nfds = cancel_fd >= 0 ? 2 : 1;
     int ready = poll(fds, nfds, static_cast<int>(std::max<int64_t>(timeout_ms, 0)));
     if (ready < 0 && errno != EINTR) break;
-    if (ready > 0 && nfds == 2 && (fds[1].revents & POLLIN)) {
-      signalfd_siginfo si{};
-      if (read(cancel_fd, &si, sizeof(si)) == sizeof(si)) {
-        if (!canceled) {
-          canceled = true;
-          PidfdSendSignal(pidfd_.get(), static_cast<int>(si.ssi_signo));
-          kill_at = Clock::now() + kCancelGrace;
-        } else {
-          Kill();
-        }
-      }
-    }
+    if (ready > 0 && nfds == 2 && (fds[1].revents & POLLIN)) OnCancelSignal(cancel_fd, &ev, &kill_at);
     if (ready > 0 && (fds[0].revents & POLLIN)) Reap(WNOHANG);
   }
   if (!reaped_) {
     Kill();
     Reap(0);
   }
-  const Clock::time_point ended = Clock::now();
+  return ev;
+}
 
-  std::vector<std::string> warnings = warnings_;
+void Jail::OnCancelSignal(int cancel_fd, WaitEvents* ev, std::chrono::steady_clock::time_point* kill_at) {
+  signalfd_siginfo si{};
+  if (read(cancel_fd, &si, sizeof(si)) != sizeof(si)) return;
+  if (!ev->canceled) {
+    ev->canceled = true;
+    PidfdSendSignal(pidfd_.get(), static_cast<int>(si.ssi_signo));
+    *kill_at = Clock::now() + kCancelGrace;
+  } else {
+    Kill();
+  }
+}
+
+Usage Jail::CollectUsage(Clock::time_point ended, CgroupUsage* cg, std::vector<std::string>* warnings) const {
   Usage usage;
   usage.wall_ms = std::chrono::duration_cast<std::chrono::milliseconds>(ended - started_).count();
   usage.cpu_user_ms = rusage_user_us_ / 1000;
   usage.cpu_sys_ms = rusage_sys_us_ / 1000;
   usage.max_memory_bytes = rusage_maxrss_bytes_;
-  CgroupUsage cg;
-  if (cgroup_) {
-    absl::StatusOr<CgroupUsage> read_usage = cgroup_->ReadUsage();
-    if (read_usage.ok()) {
-      cg = *read_usage;
-      if (cg.cpu_known) {
-        usage.cpu_user_ms = cg.cpu_user_us / 1000;
-        usage.cpu_sys_ms = cg.cpu_sys_us / 1000;
-      }
-      if (cg.memory_peak_bytes > 0) usage.max_memory_bytes = cg.memory_peak_bytes;
-    } else {
-      warnings.push_back(absl::StrCat("usage: ", read_usage.status().message()));
-    }
+  if (!cgroup_) return usage;
+  absl::StatusOr<CgroupUsage> read_usage = cgroup_->ReadUsage();
+  if (!read_usage.ok()) {
+    warnings->push_back(absl::StrCat("usage: ", read_usage.status().message()));
+    return usage;
   }
+  *cg = *read_usage;
+  if (cg->cpu_known) {
+    usage.cpu_user_ms = cg->cpu_user_us / 1000;
+    usage.cpu_sys_ms = cg->cpu_sys_us / 1000;
+  }
+  if (cg->memory_peak_bytes > 0) usage.max_memory_bytes = cg->memory_peak_bytes;
+  return usage;
+}
 
+RunResult Jail::Wait(int cancel_fd) {
+  const WaitEvents ev = WatchUntilEnd(cancel_fd);
+  const Clock::time_point ended = Clock::now();
+
+  std::vector<std::string> warnings = warnings_;
+  CgroupUsage cg;
+  const Usage usage = CollectUsage(ended, &cg, &warnings);
   // What init said about the workload; absent when init itself was killed. Only evidence: DecideOutcome
   // weighs it against the kernel's facts.
-  std::optional<InitReport> report;
-  if (report_fd_) {
-    InitReport r{};
-    fcntl(report_fd_.get(), F_SETFL, O_NONBLOCK);
-    if (read(report_fd_.get(), &r, sizeof(r)) == sizeof(r)) report = r;
-  }
+  const std::optional<InitReport> report = ReadInitReport(report_fd_ ? report_fd_.get() : -1);
   KernelFacts kernel;
   kernel.init_wait_code = wait_status_code_;
   kernel.init_wait_status = wait_status_;
   kernel.oom_kills = cg.oom_kills;
   // The counter, read now (a fork refused just before the end counts too), or at least the hit Wait saw.
-  kernel.pids_max_events = std::max<uint64_t>(cg.pids_max_events, pids_killed ? 1 : 0);
-  kernel.timed_out = timed_out;
-  kernel.canceled = canceled;
+  kernel.pids_max_events = std::max<uint64_t>(cg.pids_max_events, ev.pids_killed ? 1 : 0);
+  kernel.timed_out = ev.timed_out;
+  kernel.canceled = ev.canceled;
   if (seccomp_) {
     kernel.seccomp_killed_syscall = seccomp_->last_killed_syscall();
     // Nothing in the jail is left to ask: the last suppressed count goes out now, before the outcome.

@@ -83,6 +83,22 @@ class Jail {
   Jail() = default;
   void Reap(int options);
 
+  // Wait's steps. What happened while waiting, besides init's exit.
+  struct WaitEvents {
+    bool timed_out = false;    // the wall time passed: the jail was killed
+    bool pids_killed = false;  // the pids controller refused a fork (kill_on_pids_limit): killed
+    bool canceled = false;     // a cancel signal was forwarded
+  };
+  // Polls init's pidfd, the wall-time deadline, pids.events and `cancel_fd` until init is reaped.
+  WaitEvents WatchUntilEnd(int cancel_fd);
+  // A signal on `cancel_fd`: the first goes to the workload and arms the kill after the grace; a second
+  // kills the jail.
+  void OnCancelSignal(int cancel_fd, WaitEvents* ev, std::chrono::steady_clock::time_point* kill_at);
+  // The run's usage from rusage, or better from the cgroup (whose counters also go to *cg); a cgroup that
+  // cannot be read is a warning.
+  Usage CollectUsage(std::chrono::steady_clock::time_point ended, CgroupUsage* cg,
+                     std::vector<std::string>* warnings) const;
+
   pid_t pid_ = -1;
   UniqueFd pidfd_;
   UniqueFd report_fd_;   // read end of init's report pipe (one-shot jails)

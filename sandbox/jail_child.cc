@@ -246,47 +246,42 @@ int ClearCapabilities() {
 }
 
 // Sends `fd` over the socket `sock` (SCM_RIGHTS), with one byte of data. Stack memory only.
-int SendFd(int sock, int fd) {
-  char byte = 0;
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+int SendFd(int sock, int fd) noexcept {
+  FdMessage m;
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&m.msg);
   cmsg->cmsg_level = SOL_SOCKET;
   cmsg->cmsg_type = SCM_RIGHTS;
   cmsg->cmsg_len = CMSG_LEN(sizeof(int));
   memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
   ssize_t n;
   do {
-    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    n = sendmsg(sock, &m.msg, MSG_NOSIGNAL);
   } while (n < 0 && errno == EINTR);
   return n == 1 ? 0 : (n < 0 ? errno : EPIPE);
 }
 
-}  // namespace
+// ---- RunJailChild's steps, in order. Each fails by Fail() (a ChildError and _exit), so none returns an error.
 
-void RunJailChild(const ChildSpec& spec) {
-  // Move the pipes out of the way of fd 3 (init's report fd) before anything else.
+// Moves the pipes out of the way of fd 3 (init's report fd): *report_fd and *notify_fd get the copies (-1
+// when the spec has none), g_err_fd the error pipe's.
+void ArrangeFdsInChild(const ChildSpec& spec, int* report_fd, int* notify_fd) noexcept {
   g_err_fd = fcntl(spec.err_fd, F_DUPFD_CLOEXEC, 10);
   if (g_err_fd < 0) {
     g_err_fd = spec.err_fd;
     Fail(ChildStep::kFds, errno);
   }
-  int report_fd = -1;
   if (spec.report_fd >= 0) {
-    report_fd = fcntl(spec.report_fd, F_DUPFD_CLOEXEC, 10);
-    if (report_fd < 0) Fail(ChildStep::kFds, errno);
+    *report_fd = fcntl(spec.report_fd, F_DUPFD_CLOEXEC, 10);
+    if (*report_fd < 0) Fail(ChildStep::kFds, errno);
   }
-  int notify_fd = -1;
   if (spec.notify_fd >= 0) {
-    notify_fd = fcntl(spec.notify_fd, F_DUPFD_CLOEXEC, 10);
-    if (notify_fd < 0) Fail(ChildStep::kFds, errno);
+    *notify_fd = fcntl(spec.notify_fd, F_DUPFD_CLOEXEC, 10);
+    if (*notify_fd < 0) Fail(ChildStep::kFds, errno);
   }
+}
 
+// Tells the parent we wait for our id maps, and waits until it has written them (1) or given up.
+void WaitForIdMapsInChild(const ChildSpec& spec) noexcept {
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) Fail(ChildStep::kSync, errno);
   char byte = 1;
   ssize_t n;
@@ -299,16 +294,21 @@ void RunJailChild(const ChildSpec& spec) {
   } while (n < 0 && errno == EINTR);
   if (n != 1) Fail(ChildStep::kSync, n < 0 ? errno : EPIPE);
   if (byte != 1) Fail(ChildStep::kSync, EPERM);  // the parent could not map our ids
+}
 
-  // Join the v1 session cgroups first, by moving ourselves ("0"): that path skips the kernel's global
-  // threadgroup lock and its RCU grace period. Still host root here, so the tasks files are writable.
+// Joins the v1 session cgroups first, by moving ourselves ("0"): that path skips the kernel's global
+// threadgroup lock and its RCU grace period. Still host root here, so the tasks files are writable.
+void JoinCgroupsInChild(const ChildSpec& spec) noexcept {
   for (size_t i = 0; i < spec.num_cgroup_tasks_files; ++i) {
     int fd = open(spec.cgroup_tasks_files[i], O_WRONLY | O_CLOEXEC);
     if (fd < 0) Fail(ChildStep::kCgroupJoin, errno, static_cast<int>(i));
     if (write(fd, "0", 1) != 1) Fail(ChildStep::kCgroupJoin, errno, static_cast<int>(i));
     close(fd);
   }
+}
 
+// Inside root for the setup, a session of our own, the cgroup namespace, loopback up.
+void SetupNamespacesInChild(const ChildSpec& spec) noexcept {
   if (spec.id_range) {
     // Become inside-root (mapped to the range's base) so that files we create have a mapped owner.
     if (syscall(SYS_setresgid, 0, 0, 0) < 0) Fail(ChildStep::kSetIdsRoot, errno);
@@ -320,9 +320,12 @@ void RunJailChild(const ChildSpec& spec) {
   if (spec.loopback_up) {
     if (int err = BringUpLoopback(); err != 0) Fail(ChildStep::kLoopback, err);
   }
+}
 
-  // The root: a tmpfs base at /tmp (pivoted to, so the host root stays reachable at /oldroot while binds are
-  // made), and the jail's root as a second tmpfs at /newroot.
+// The root: a tmpfs base at /tmp (pivoted to, so the host root stays reachable at /oldroot while binds are
+// made), and the jail's root as a second tmpfs at /newroot with the mount plan applied; then the hostname,
+// the root read-only, pivot_root into it (dropping the host's tree) and chdir to the workdir.
+void PrepareRootInChild(const ChildSpec& spec) noexcept {
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0) Fail(ChildStep::kMountPrivate, errno);
   if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755") < 0) {
     Fail(ChildStep::kBaseTmpfs, errno);
@@ -351,13 +354,18 @@ void RunJailChild(const ChildSpec& spec) {
   if (umount2(".", MNT_DETACH) < 0) Fail(ChildStep::kPivotRoot, errno);
   if (chdir("/") < 0) Fail(ChildStep::kPivotRoot, errno);
   if (chdir(spec.workdir) < 0) Fail(ChildStep::kWorkdir, errno);
+}
 
+void SetRlimitsInChild(const ChildSpec& spec) noexcept {
   for (size_t i = 0; i < spec.num_rlimits; ++i) {
     if (setrlimit(static_cast<__rlimit_resource>(spec.rlimits[i].resource), &spec.rlimits[i].value) < 0) {
       Fail(ChildStep::kRlimit, errno, static_cast<int>(i));
     }
   }
+}
 
+// No capabilities, the workload's uid/gid, no new privileges.
+void DropPrivilegesInChild(const ChildSpec& spec) noexcept {
   // Capabilities: the bounding set needs CAP_SETPCAP, so it goes before the id change.
   if (int err = DropBoundingSet(); err != 0) Fail(ChildStep::kDropCaps, err);
   if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_KEEP_CAPS_LOCKED, 0, 0, 0) < 0) {
@@ -370,8 +378,10 @@ void RunJailChild(const ChildSpec& spec) {
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) Fail(ChildStep::kNoNewPrivs, errno);
   // Credential changes clear the parent-death signal: set it again.
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) Fail(ChildStep::kNoNewPrivs, errno);
+}
 
-  // Every fd but stdio and init's report channel is closed at exec.
+// Every fd but stdio and init's report channel is closed at exec; the report channel becomes fd 3.
+void PrepareExecFdsInChild(int report_fd, int notify_fd) noexcept {
   if (syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) < 0) {
     for (int fd = 3; fd < 65536; ++fd) {
       if (fd != g_err_fd && fd != report_fd && fd != notify_fd) close(fd);
@@ -380,8 +390,10 @@ void RunJailChild(const ChildSpec& spec) {
     if (notify_fd >= 0 && fcntl(notify_fd, F_SETFD, FD_CLOEXEC) < 0) Fail(ChildStep::kFds, errno);
   }
   if (report_fd >= 0 && dup2(report_fd, 3) < 0) Fail(ChildStep::kFds, errno);
+}
 
-  // Signals: the parent may have blocked some for a signalfd; the jail starts clean.
+// The parent may have blocked some signals for a signalfd, and set handlers: the jail starts clean.
+void ResetSignalsInChild() noexcept {
   sigset_t none;
   sigemptyset(&none);
   if (sigprocmask(SIG_SETMASK, &none, nullptr) < 0) Fail(ChildStep::kExec, errno);
@@ -391,7 +403,10 @@ void RunJailChild(const ChildSpec& spec) {
     sa.sa_handler = SIG_DFL;
     sigaction(sig, &sa, nullptr);  // fails harmlessly for the realtime signals glibc reserves
   }
+}
 
+// Loads the seccomp filter, the last step before exec; with user notification its listener goes to the agent.
+void LoadSeccompInChild(const ChildSpec& spec, int notify_fd) noexcept {
   if (spec.seccomp != nullptr && notify_fd >= 0) {
     // seccomp(2), not prctl: only it takes flags. The listener (CLOEXEC) goes to the agent and is closed
     // here before exec. NOTE: from here to execve only the syscalls IsJailChildSyscall names run; their
@@ -407,6 +422,23 @@ void RunJailChild(const ChildSpec& spec) {
   } else if (spec.seccomp != nullptr && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, spec.seccomp, 0, 0) < 0) {
     Fail(ChildStep::kSeccomp, errno);
   }
+}
+
+}  // namespace
+
+void RunJailChild(const ChildSpec& spec) {
+  int report_fd = -1;
+  int notify_fd = -1;
+  ArrangeFdsInChild(spec, &report_fd, &notify_fd);
+  WaitForIdMapsInChild(spec);
+  JoinCgroupsInChild(spec);
+  SetupNamespacesInChild(spec);
+  PrepareRootInChild(spec);
+  SetRlimitsInChild(spec);
+  DropPrivilegesInChild(spec);
+  PrepareExecFdsInChild(report_fd, notify_fd);
+  ResetSignalsInChild();
+  LoadSeccompInChild(spec, notify_fd);
   execve(spec.init_path, spec.argv, spec.envp);
   Fail(ChildStep::kExec, errno);
 }

@@ -7,6 +7,8 @@
 
 #include <linux/filter.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/types.h>
 
 #include <cstddef>
@@ -117,6 +119,26 @@ struct ChildSpec {
   const char* init_path = nullptr;  // inside the jail
   char* const* argv = nullptr;
   char* const* envp = nullptr;
+};
+
+// A one-byte message with room for one fd (SCM_RIGHTS): the child's SendFd and the parent's ReceiveFd.
+// Stack memory only (the child uses it between clone and exec); not copyable (msg points into it).
+struct FdMessage {
+  char byte = 0;
+  iovec iov{};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+
+  FdMessage() noexcept {
+    iov.iov_base = &byte;
+    iov.iov_len = 1;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+  }
+  FdMessage(const FdMessage&) = delete;
+  FdMessage& operator=(const FdMessage&) = delete;
 };
 
 // Never returns: execs sandbox-init or _exits(125) after writing a ChildError.

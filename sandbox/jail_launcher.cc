@@ -6,17 +6,19 @@ namespace sbx::sandbox {
 
 JailLauncher::JailLauncher(int threads) {
   for (int i = 0; i < threads; ++i) {
-    threads_.emplace_back([this](std::stop_token stop) { Run(stop); });
+    threads_.emplace_back([this] { Run(); });
   }
 }
 
 JailLauncher::~JailLauncher() {
-  for (auto& t : threads_) t.request_stop();
-  cv_.notify_all();
+  {
+    absl::MutexLock lock(&mu_);
+    threads_stop_ = true;
+  }
   threads_.clear();  // joins
   std::deque<std::function<void(bool)>> left;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     stopping_ = true;
     left.swap(queue_);
   }
@@ -27,7 +29,7 @@ absl::StatusOr<std::unique_ptr<Jail>> JailLauncher::Start(const Policy& policy, 
   std::promise<absl::StatusOr<std::unique_ptr<Jail>>> promise;
   auto future = promise.get_future();
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("the jail launcher is shutting down");
     queue_.push_back([&](bool run) {
       promise.set_value(run ? Jail::Start(policy, options)
@@ -35,16 +37,16 @@ absl::StatusOr<std::unique_ptr<Jail>> JailLauncher::Start(const Policy& policy, 
                                   absl::UnavailableError("the jail launcher shut down before starting the jail")));
     });
   }
-  cv_.notify_one();
   return future.get();
 }
 
-void JailLauncher::Run(std::stop_token stop) {
+void JailLauncher::Run() {
   for (;;) {
     std::function<void(bool)> job;
     {
-      std::unique_lock lock(mu_);
-      if (!cv_.wait(lock, stop, [this] { return !queue_.empty(); })) return;
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(this, &JailLauncher::HasWorkOrStop));
+      if (queue_.empty()) return;  // stopping
       job = std::move(queue_.front());
       queue_.pop_front();
     }

@@ -6,15 +6,15 @@
 #ifndef SBX_SANDBOX_JAIL_LAUNCHER_H_
 #define SBX_SANDBOX_JAIL_LAUNCHER_H_
 
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "sandbox/jail.h"
 #include "sandbox/policy/policy.h"
 
@@ -33,14 +33,16 @@ class JailLauncher {
   absl::StatusOr<std::unique_ptr<Jail>> Start(const Policy& policy, const JailOptions& options);
 
  private:
-  void Run(std::stop_token stop);
+  // A launcher thread: runs jobs until the destructor stops it and the queue is empty.
+  void Run();
+  bool HasWorkOrStop() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || threads_stop_; }
 
-  std::mutex mu_;
-  std::condition_variable_any cv_;
+  absl::Mutex mu_;
   // A job runs with true; with false when the launcher shuts down before running it (the caller gets an
   // error instead of waiting forever).
-  std::deque<std::function<void(bool run)>> queue_;  // GUARDED_BY(mu_)
-  bool stopping_ = false;                            // GUARDED_BY(mu_)
+  std::deque<std::function<void(bool run)>> queue_ ABSL_GUARDED_BY(mu_);
+  bool threads_stop_ ABSL_GUARDED_BY(mu_) = false;  // the threads return once the queue is empty
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;      // no more jobs are taken
   std::vector<std::jthread> threads_;
 };
 

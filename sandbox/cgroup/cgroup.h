@@ -1,6 +1,8 @@
 // Session cgroups: one per jail, with memory, pids and cpu limits, usage read back from the kernel, and a
 // kill-everything teardown. cgroup v2 when the host has it (controllers on the unified hierarchy), v1
-// otherwise (per-controller hierarchies: memory, pids, cpu, cpuacct, freezer).
+// otherwise (per-controller hierarchies: memory, pids, cpu, cpuacct, freezer). One interface (Cgroup) over
+// both, as nsjail splits cgroup.cc and cgroup2.cc: cgroup.cc dispatches, cgroup_v1.cc and cgroup_v2.cc hold
+// what differs, cgroup_layout.cc finds where they go, cgroupfs.{h,cc} is the file access they share.
 #ifndef SBX_SANDBOX_CGROUP_CGROUP_H_
 #define SBX_SANDBOX_CGROUP_CGROUP_H_
 
@@ -15,6 +17,10 @@
 #include "absl/status/statusor.h"
 
 namespace sbx::sandbox {
+
+namespace cgroup_internal {
+class DirMaker;
+}  // namespace cgroup_internal
 
 enum class CgroupVersion { kV1, kV2 };
 
@@ -122,6 +128,14 @@ class Cgroup {
 
  private:
   Cgroup() = default;
+  // What differs between the versions (cgroup_v1.cc, cgroup_v2.cc); the public functions dispatch on version_.
+  absl::Status CreateV1(const CgroupLayout& layout, const CgroupLimits& limits, cgroup_internal::DirMaker* dirs);
+  absl::Status CreateV2(const CgroupLayout& layout, const CgroupLimits& limits, cgroup_internal::DirMaker* dirs);
+  absl::Status ReadUsageV1(CgroupUsage* usage) const;
+  absl::Status ReadUsageV2(CgroupUsage* usage) const;
+  absl::Status KillAllV1() const;
+  absl::Status KillAllV2() const;
+
   CgroupVersion version_ = CgroupVersion::kV2;
   std::string memory_path_;   // v2: the cgroup directory
   std::string pids_path_;     // v2: same as memory_path_
