@@ -6,9 +6,6 @@
 // The anchor is `bwrap --unshare-all --die-with-parent` with equivalent read-only binds, /proc, /dev and
 // /tmp. Ours additionally creates a session cgroup (memory, pids, cpu), loads a seccomp filter and maps a
 // per-jail unprivileged uid range.
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,8 +18,6 @@
 #include <vector>
 
 #include "tests/bench/bench_util.h"
-
-extern char** environ;
 
 namespace {
 
