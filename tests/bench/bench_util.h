@@ -1,10 +1,8 @@
-// What the benchmark programs share: percentiles, and starting commands (posix_spawn) quietly, in the
-// background, or capturing their stdout.
+// What the benchmark programs share: percentiles, and starting commands (tests/common/spawn.h, Boost.Process)
+// quietly, in the background, or capturing their stdout.
 #ifndef SBX_TESTS_BENCH_BENCH_UTIL_H_
 #define SBX_TESTS_BENCH_BENCH_UTIL_H_
 
-#include <fcntl.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,7 +12,7 @@
 #include <string>
 #include <vector>
 
-extern char** environ;
+#include "tests/common/spawn.h"
 
 namespace sbx::bench {
 
@@ -27,26 +25,24 @@ inline double Percentile(std::vector<double> v, double p) {
 inline double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
 
 // Starts argv with stdout (and, when `quiet_stderr`, stderr) on /dev/null, or stdout into `stdout_fd` when
-// it is >= 0. Exits the benchmark when it cannot start.
-inline pid_t Spawn(const std::vector<std::string>& argv, bool quiet_stderr = false, int stdout_fd = -1) {
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  if (stdout_fd >= 0) {
-    posix_spawn_file_actions_adddup2(&actions, stdout_fd, 1);
-  } else {
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  }
-  if (quiet_stderr) posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
-  pid_t pid;
-  if (posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
-    perror(args[0]);
+// it is >= 0 (or a pipe, whose read end goes to *stdout_pipe). Exits the benchmark when it cannot start. Both
+// sides of a comparison start this way: Boost.Process under vfork, as posix_spawn does, so that no start pays
+// for copying this process's page tables.
+inline pid_t Spawn(const std::vector<std::string>& argv, bool quiet_stderr = false, int stdout_fd = -1,
+                   int* stdout_pipe = nullptr) {
+  sbx::testing::SpawnOptions options;
+  options.args = argv;
+  options.stdout_fd = stdout_fd;
+  options.stdout_pipe = stdout_pipe != nullptr;
+  options.stderr_inherit = !quiet_stderr;
+  options.vfork = true;
+  const sbx::testing::Spawned spawned = sbx::testing::Spawn(options);
+  if (spawned.pid < 0) {
+    fprintf(stderr, "%s: could not be started\n", argv[0].c_str());
     exit(1);
   }
-  posix_spawn_file_actions_destroy(&actions);
-  return pid;
+  if (stdout_pipe != nullptr) *stdout_pipe = spawned.stdout_fd;
+  return spawned.pid;
 }
 
 // Waits for `pid`; its exit status, or 128+N when signal N ended it.
@@ -64,17 +60,15 @@ inline int RunQuiet(const std::vector<std::string>& argv, bool quiet_stderr = fa
 
 // Runs argv; returns its stdout.
 inline std::string Capture(const std::vector<std::string>& argv) {
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) exit(1);
-  const pid_t pid = Spawn(argv, false, fds[1]);
-  close(fds[1]);
-  std::string out;
+  int out = -1;
+  const pid_t pid = Spawn(argv, false, -1, &out);
+  std::string text;
   char buf[4096];
   ssize_t n;
-  while ((n = read(fds[0], buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
-  close(fds[0]);
+  while ((n = read(out, buf, sizeof(buf))) > 0) text.append(buf, static_cast<size_t>(n));
+  close(out);
   Wait(pid);
-  return out;
+  return text;
 }
 
 }  // namespace sbx::bench

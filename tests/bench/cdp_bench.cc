@@ -3,6 +3,7 @@
 // the same script on a host Chromium started with --remote-debugging-port, in the same run. Prints medians and
 // ratios. Needs node and tests/npm/node_modules (deploy/install-deps.sh).
 //   cdp_bench [--runs N]
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #include <thread>
 
 #include "tests/bench/bench_util.h"
+#include "tests/common/spawn.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace pb = ::duvo::sandbox::v1;
@@ -41,7 +43,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::string(argv[i]) == "--runs") runs = atoi(argv[i + 1]);
   }
-  if (system("node --version >/dev/null 2>&1") != 0 ||
+  if (sbx::testing::RunShell("node --version >/dev/null 2>&1").exit_code != 0 ||
       !std::filesystem::exists(SBX_SOURCE_DIR "/tests/npm/node_modules/playwright-core")) {
     fprintf(stderr, "cdp_bench: needs node (>= 20) and tests/npm/node_modules (cd tests/npm && npm ci)\n");
     return 2;

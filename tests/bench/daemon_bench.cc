@@ -12,7 +12,6 @@
 // (5); --agent runs another build's sandbox-agent (with its sandbox-agentd and sandbox-init beside it),
 // e.g. to compare two builds on the same machine.
 #include <signal.h>
-#include <spawn.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -34,11 +33,10 @@
 
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
 #include "tests/bench/bench_util.h"
+#include "tests/common/spawn.h"
 
 namespace pb = ::duvo::sandbox::v1;
 using Clock = std::chrono::steady_clock;
-
-extern char** environ;
 
 namespace {
 
@@ -162,11 +160,10 @@ int main(int argc, char** argv) {
                         << "\npolicy_dir: \"" << dir << "\"\nstate_dir: \"" << dir << "/state\"\n";
   // The daemon's log goes to a file: it would drown the figures.
   const std::string log = std::string(dir) + "/agent.log";
-  pid_t agent = fork();
-  if (agent == 0) {
-    freopen(log.c_str(), "w", stderr);
-    execl(agent_bin.c_str(), agent_bin.c_str(), "serve", "--config", config.c_str(), nullptr);
-    _exit(127);
+  const pid_t agent = sbx::testing::SpawnLogged({agent_bin, "serve", "--config", config}, log, /*append=*/false);
+  if (agent < 0) {
+    fprintf(stderr, "cannot start %s\n", agent_bin.c_str());
+    return 1;
   }
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 1 << 20);

@@ -5,13 +5,7 @@
 //   http   POST /mcp on the daemon's TCP listener (an SSE response; the daemon calls itself in process).
 // Prints the median and p90 of each and the ratio of each median to the anchor's.
 //   mcp_bench [--calls N]
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -22,6 +16,8 @@
 #include <vector>
 
 #include "tests/bench/bench_util.h"
+#include "tests/common/http_server.h"
+#include "tests/common/spawn.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace {
@@ -46,26 +42,10 @@ const char kInit[] =
 
 // One HTTP/1.1 exchange on a new connection; returns the whole response (the server closes SSE streams).
 std::string HttpPost(int port, const std::string& headers, const std::string& body) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n"
-                            "Accept: application/json, text/event-stream\r\n" + headers +
-                            "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-    if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-      char buf[8192];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fd);
-  return out;
+  return sbx::testing::LoopbackExchange(
+      port, "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            "Accept: application/json, text/event-stream\r\n" + headers +
+            "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
 }
 
 }  // namespace
@@ -90,12 +70,7 @@ int main(int argc, char** argv) {
   // grpc: the anchor.
   auto stub = daemon.NewStub();
   pb::Session session;
-  {
-    grpc::ClientContext ctx;
-    pb::CreateRequest req;
-    req.set_kind(pb::FILE);
-    if (!stub->Create(&ctx, req, &session).ok()) return 1;
-  }
+  if (!sbx::testing::CreateSession(stub.get(), pb::FILE, &session).ok()) return 1;
   std::vector<double> grpc_ms;
   for (int i = 0; i < calls + 5; ++i) {
     const auto t0 = Clock::now();
@@ -114,25 +89,19 @@ int main(int argc, char** argv) {
   // stdio: sandboxctl mcp on pipes.
   std::vector<double> stdio_ms;
   {
-    int in[2], out[2];
-    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) return 1;
-    const std::string ctl = sbx::testing::CtlBin();
-    const std::string addr = daemon.address();
-    pid_t pid = fork();
-    if (pid == 0) {
-      dup2(in[0], 0);
-      dup2(out[1], 1);
-      execl(ctl.c_str(), ctl.c_str(), "--addr", addr.c_str(), "mcp", nullptr);
-      _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    FILE* reader = fdopen(out[0], "r");
+    sbx::testing::SpawnOptions options;
+    options.args = {sbx::testing::CtlBin(), "--addr", daemon.address(), "mcp"};
+    options.stdin_pipe = true;
+    options.stdout_pipe = true;
+    options.stderr_inherit = true;
+    const sbx::testing::Spawned ctl = sbx::testing::Spawn(options);
+    if (ctl.pid < 0) return 1;
+    FILE* reader = fdopen(ctl.stdout_fd, "r");
     char* line = nullptr;
     size_t cap = 0;
     auto exchange = [&](const std::string& msg) {
       const std::string l = msg + "\n";
-      if (write(in[1], l.data(), l.size()) != static_cast<ssize_t>(l.size())) return false;
+      if (write(ctl.stdin_fd, l.data(), l.size()) != static_cast<ssize_t>(l.size())) return false;
       return getline(&line, &cap, reader) > 0;
     };
     exchange(kInit);
@@ -144,9 +113,8 @@ int main(int argc, char** argv) {
       }
       if (i >= 5) stdio_ms.push_back(Ms(Clock::now() - t0));
     }
-    close(in[1]);
-    int status;
-    waitpid(pid, &status, 0);
+    close(ctl.stdin_fd);
+    sbx::testing::WaitExitCode(ctl.pid);
     free(line);
     fclose(reader);
   }

@@ -7,6 +7,7 @@
 // Prints the median ns per call over the rounds and the ratios.
 //
 //   seccomp_notify_bench [--rounds N] [--denied N] [--allowed N]
+#include <fcntl.h>
 #include <linux/keyctl.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>

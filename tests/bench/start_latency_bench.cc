@@ -9,10 +9,7 @@
 // second anchor that does what ours does: the file policy's cgroup limits (512 MiB, 256 pids, one CPU), a
 // seccomp filter, an unprivileged uid/gid, the same binds and tmpfs. nsjail is not a Debian package; without
 // it that column is skipped, and the output says so.
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,8 +22,6 @@
 #include <vector>
 
 #include "tests/bench/bench_util.h"
-
-extern char** environ;
 
 namespace {
 

@@ -1,5 +1,5 @@
 // Test helper: a small HTTP server on a loopback (or any local) IPv4 address, for pages and upstreams that
-// tests point Chromium, the egress proxy or a client at.
+// tests point Chromium, the egress proxy or a client at; and the client side of one exchange on loopback.
 #ifndef SBX_TESTS_COMMON_HTTP_SERVER_H_
 #define SBX_TESTS_COMMON_HTTP_SERVER_H_
 
@@ -49,6 +49,10 @@ std::string HttpResponse(const std::string& status, const std::string& type, con
 
 // The request target of a head ("GET /a?b=1 HTTP/1.1" -> "/a?b=1"), or "" when it has no such line.
 std::string RequestTarget(const std::string& head);
+
+// Sends `request` on a new TCP connection to 127.0.0.1:`port` (TCP_NODELAY) and reads until the server
+// closes it; "" when it cannot connect.
+std::string LoopbackExchange(int port, const std::string& request);
 
 // A non-loopback IPv4 address of this host, or "" (Chromium sends loopback destinations around any proxy,
 // as they are the jail's own).

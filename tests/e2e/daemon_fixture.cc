@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "tests/common/host_state.h"
+#include "tests/common/http_server.h"
 #include "tests/common/spawn.h"
 
 namespace sbx::testing {
@@ -75,22 +76,7 @@ std::string Daemon::Metrics() const {
   const size_t at = log.find(key);
   if (at == std::string::npos) return "";
   const int port = std::atoi(log.c_str() + at + key.size());
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return "";
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string text;
-  const char request[] = "GET /metrics HTTP/1.0\r\n\r\n";
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      write(fd, request, sizeof(request) - 1) == static_cast<ssize_t>(sizeof(request) - 1)) {
-    char buf[4096];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof(buf))) > 0) text.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
-  return text;
+  return LoopbackExchange(port, "GET /metrics HTTP/1.0\r\n\r\n");
 }
 
 double Daemon::Metric(const std::string& name) const {
@@ -148,6 +134,13 @@ std::unique_ptr<pb::Sandboxes::StubInterface> Daemon::NewStub() const {
   return pb::Sandboxes::NewStub(grpc::CreateChannel(address(), grpc::InsecureChannelCredentials()));
 }
 
+grpc::Status CreateSession(pb::Sandboxes::StubInterface* stub, pb::SessionKind kind, pb::Session* session) {
+  grpc::ClientContext ctx;
+  pb::CreateRequest req;
+  req.set_kind(kind);
+  return stub->Create(&ctx, req, session);
+}
+
 CallResult RunCall(pb::Sandboxes::StubInterface* stub, const std::string& session_id, const pb::ToolCall& call,
                    const std::string& idempotency_key) {
   CallResult result;
@@ -187,19 +180,41 @@ CallResult RunExec(pb::Sandboxes::StubInterface* stub, const std::string& sessio
   return RunCall(stub, session_id, call);
 }
 
-std::string RunCtl(const Daemon& daemon, const std::vector<std::string>& args, int* rc) {
-  std::string cmd = CtlBin() + " --addr " + daemon.address();
-  for (const std::string& a : args) cmd += " '" + a + "'";
-  FILE* p = popen(cmd.c_str(), "r");
-  *rc = -1;
-  if (p == nullptr) return "";
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+std::string PolicyWithEgress(const std::string& path, const std::vector<std::string>& allow,
+                             const std::vector<std::string>& ask) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string policy = ss.str();
+  const std::string none = "network {\n  mode: NONE\n}";
+  const size_t at = policy.find(none);
+  if (at == std::string::npos) return "";
+  std::string egress = "network {\n  mode: EGRESS\n";
+  for (const std::string& rule : allow) egress += "  allow: \"" + rule + "\"\n";
+  for (const std::string& rule : ask) egress += "  ask: \"" + rule + "\"\n";
+  egress += "}";
+  return policy.replace(at, none.size(), egress);
+}
+
+std::vector<pb::Audit> SessionAudits(pb::Sandboxes::StubInterface* stub, const std::string& id) {
+  grpc::ClientContext ctx;
+  pb::EventsRequest req;
+  req.set_session_id(id);
+  auto reader = stub->Events(&ctx, req);
+  std::vector<pb::Audit> out;
+  pb::Event e;
+  while (reader->Read(&e)) {
+    if (e.has_audit()) out.push_back(e.audit());
+  }
   return out;
+}
+
+std::string RunCtl(const Daemon& daemon, const std::vector<std::string>& args, int* rc) {
+  std::vector<std::string> argv = {CtlBin(), "--addr", daemon.address()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  RunResult run = RunCapture(argv);
+  *rc = run.exit_code;
+  return std::move(run.out);
 }
 
 std::vector<std::string> SessionCgroups(const std::string& id) {

@@ -65,13 +65,26 @@ struct CallResult {
   std::string request_id;
 };
 
+// Creates a session of `kind` with the policy's defaults.
+grpc::Status CreateSession(duvo::sandbox::v1::Sandboxes::StubInterface* stub, duvo::sandbox::v1::SessionKind kind,
+                           duvo::sandbox::v1::Session* session);
+
 CallResult RunCall(duvo::sandbox::v1::Sandboxes::StubInterface* stub, const std::string& session_id,
                    const duvo::sandbox::v1::ToolCall& call, const std::string& idempotency_key = "");
 CallResult RunExec(duvo::sandbox::v1::Sandboxes::StubInterface* stub, const std::string& session_id,
                    std::vector<std::string> argv, const std::string& stdin_data = "");
 
-// Runs sandboxctl against `daemon` with `args` (each shell-quoted in single quotes); returns its stdout and
-// sets *rc to its exit status.
+// The policy file at `path` with its "network {\n  mode: NONE\n}" block made EGRESS with these allow and ask
+// rules; "" when it has no such block.
+std::string PolicyWithEgress(const std::string& path, const std::vector<std::string>& allow,
+                             const std::vector<std::string>& ask = {});
+
+// The audit events in session `id`'s event log so far.
+std::vector<duvo::sandbox::v1::Audit> SessionAudits(duvo::sandbox::v1::Sandboxes::StubInterface* stub,
+                                                    const std::string& id);
+
+// Runs sandboxctl against `daemon` with `args`; returns its stdout and sets *rc to its exit status (-1 when a
+// signal ended it). Its stderr is the test's.
 std::string RunCtl(const Daemon& daemon, const std::vector<std::string>& args, int* rc);
 
 // The cgroup directories, in every hierarchy under /sys/fs/cgroup, of session `id` ("session-<id>"), or of
