@@ -109,8 +109,8 @@ class CdpMux {
 // described with waitid(WNOWAIT), which leaves the child to the reaper).
 // NOTE: writing to a dead Chromium's pipe raises SIGPIPE; the process must ignore it (sandbox-init does).
 // Not thread-safe: one thread at a time (sandbox-init runs the calls on a worker thread and hands the object
-// over explicitly, see DriverLane in init_server.cc); every call blocks until Chromium answered or its timeout
-// passed.
+// over explicitly, see DriverLane in sandbox/init/driver_lane.h); every call blocks until Chromium answered or
+// its timeout passed.
 class Browser {
  public:
   // Spawns Chromium (flags in cdp.cc), attaches to its first page target, enables the Page, Runtime, Network
