@@ -37,7 +37,7 @@ using Clock = std::chrono::steady_clock;
 // epoll data: the source kind in the top byte, the command's serial (never reused) below it.
 enum class Src : uint64_t { kControl = 1, kSignals, kStdout, kStderr, kStdin, kTimer, kDriver, kCdp };
 constexpr uint64_t kSerialMask = (uint64_t{1} << 56) - 1;
-uint64_t Tag(Src src, uint64_t serial) { return static_cast<uint64_t>(src) << 56 | serial; }
+inline uint64_t Tag(Src src, uint64_t serial) { return static_cast<uint64_t>(src) << 56 | serial; }
 
 // O_NONBLOCK on `fd`, best effort.
 void SetNonblocking(int fd);
@@ -80,6 +80,8 @@ struct Exec {
   bool timed_out = false;
 };
 
+// The serving loop: one thread, one epoll set (the control socket, the signalfd, every command's pipes or pty
+// and timer, the drivers' done eventfds and the CDP client's fds), every request answered from here.
 class Server {
  public:
   explicit Server(int control_fd) { control_.fd.Reset(control_fd); }

@@ -37,7 +37,7 @@ struct DesktopImage {
   uint32_t display_width = 0, display_height = 0;
 };
 
-class XConnection;  // desktop.cc: the xcb connection and what was read from the server
+class XConnection;  // x_connection.h: the xcb connection and what was read from the server
 
 // A running virtual display and the X connection that drives it. Owns the Xvfb and window-manager processes
 // (each in its own session): the destructor disconnects, SIGTERMs, then SIGKILLs and reaps them.
