@@ -203,6 +203,20 @@ bool EncodePng(const uint8_t* rgb, uint32_t width, uint32_t height, std::string*
   return true;
 }
 
+// *out: `rgb` (width x height pixels) as a PNG, taken from a display_width x display_height display.
+bool ToImage(const std::vector<uint8_t>& rgb, uint32_t width, uint32_t height, uint32_t display_width,
+             uint32_t display_height, DesktopImage* out, std::string* error) {
+  DesktopImage image;
+  image.png.reserve(rgb.size() / 4);
+  if (!EncodePng(rgb.data(), width, height, &image.png, error)) return false;
+  image.width = width;
+  image.height = height;
+  image.display_width = display_width;
+  image.display_height = display_height;
+  *out = std::move(image);
+  return true;
+}
+
 }  // namespace
 
 bool Desktop::Capture(uint32_t x0, uint32_t y0, uint32_t w, uint32_t h, std::vector<uint8_t>* rgb,
@@ -246,15 +260,7 @@ bool Desktop::Screenshot(uint32_t target_width, DesktopImage* out, std::string* 
     th = static_cast<uint32_t>(std::max<uint64_t>(1, (static_cast<uint64_t>(h) * tw + w / 2) / w));
     rgb = ScaleDown(rgb, w, h, tw, th);
   }
-  DesktopImage image;
-  image.png.reserve(rgb.size() / 4);
-  if (!EncodePng(rgb.data(), tw, th, &image.png, error)) return false;
-  image.width = tw;
-  image.height = th;
-  image.display_width = w;
-  image.display_height = h;
-  *out = std::move(image);
-  return true;
+  return ToImage(rgb, tw, th, w, h, out, error);
 }
 
 bool Desktop::Zoom(Point from, Point to, DesktopImage* out, std::string* error) {
@@ -269,14 +275,7 @@ bool Desktop::Zoom(Point from, Point to, DesktopImage* out, std::string* error) 
   const uint32_t w = static_cast<uint32_t>(to.x - from.x), h = static_cast<uint32_t>(to.y - from.y);
   std::vector<uint8_t> rgb;
   if (!Capture(static_cast<uint32_t>(from.x), static_cast<uint32_t>(from.y), w, h, &rgb, error)) return false;
-  DesktopImage image;
-  if (!EncodePng(rgb.data(), w, h, &image.png, error)) return false;
-  image.width = w;
-  image.height = h;
-  image.display_width = width_;
-  image.display_height = height_;
-  *out = std::move(image);
-  return true;
+  return ToImage(rgb, w, h, width_, height_, out, error);
 }
 
 }  // namespace sbx::init
