@@ -7,18 +7,11 @@
 #include <utility>
 
 #include "sandbox/init/drivers/driver_util.h"
+#include "sandbox/init/errors.h"
 #include "wire/frame.h"
 
-namespace sbx::sandbox {
+namespace sbx::sandbox::serve {
 namespace {
-
-namespace pb = ::sbx::init;
-
-void SetError(pb::Response* r, pb::Code code, std::string message) {
-  pb::Error* e = r->mutable_error();
-  e->set_code(code);
-  e->set_message(std::move(message));
-}
 
 // NOTE: runs on the desktop's worker (DriverLane), like RunDesktopInput.
 bool DesktopReady(init::Desktop& d, pb::Response* r) {
@@ -330,4 +323,4 @@ void RunBrowserRequest(init::Browser& b, const pb::BrowserRequest& q, const std:
   *r->mutable_browser_output() = std::move(out);
 }
 
-}  // namespace sbx::sandbox
+}  // namespace sbx::sandbox::serve

@@ -1,24 +1,17 @@
 // sandbox-init's browser and desktop calls: one init-protocol request carried out by its driver (a Browser
-// over CDP, a Desktop over X11), on the driver's worker thread (DriverLane in init_server.cc).
+// over CDP, a Desktop over X11), on the driver's worker thread (DriverLane, driver_lane.h).
 #ifndef SBX_SANDBOX_INIT_ACTIONS_H_
 #define SBX_SANDBOX_INIT_ACTIONS_H_
 
 #include <cstdint>
 #include <string>
 
+#include "sandbox/init/driver_lane.h"
 #include "sandbox/init/drivers/cdp.h"
 #include "sandbox/init/drivers/desktop.h"
 #include "wire/init_protocol.pb.h"
 
-namespace sbx::sandbox {
-
-// What a driver call produced: its answer, and a screenshot for the loop to keep for DesktopFetch.
-struct DriverResult {
-  ::sbx::init::Response response;
-  bool has_image = false;
-  std::string image;
-  uint32_t width = 0, height = 0, display_width = 0, display_height = 0;
-};
+namespace sbx::sandbox::serve {
 
 // One desktop call, on the desktop's worker (DriverLane): touches `d` and `out` only; a screenshot is left in
 // `out` for the loop to keep. `cancel_fd` becomes readable when serving ends (a hold_key stops waiting);
@@ -32,6 +25,6 @@ void RunDesktopInput(init::Desktop& d, const ::sbx::init::DesktopInput& q, int c
 void RunBrowserRequest(init::Browser& b, const ::sbx::init::BrowserRequest& q, const std::string& workspace,
                        int64_t deadline_ms, DriverResult* result);
 
-}  // namespace sbx::sandbox
+}  // namespace sbx::sandbox::serve
 
 #endif  // SBX_SANDBOX_INIT_ACTIONS_H_

@@ -11,7 +11,7 @@
 //   traversed, and write/remove never follow a final symlink.
 // - PID 1 duties: reaps every orphan.
 // - browser and desktop calls: each driver's calls run one at a time on a worker thread of its own (DriverLane
-//   in init_server.cc, which states the thread rules: the worker never reaps, never sends frames, and owns
+//   in driver_lane.h, which states the thread rules: the worker never reaps, never sends frames, and owns
 //   its driver while calls are outstanding), so the loop keeps serving while a call waits. Each call has a
 //   deadline (Request.timeout_ms) counted from its arrival; at most 16 wait per driver, more are refused.
 //

@@ -71,79 +71,82 @@ bool IsForwarded(int sig) {
   }
 }
 
-}  // namespace
+// --serve: the init protocol on the report fd, until the agent closes it (init_server.h).
+int ServeMode() {
+  // Output frames are ~256 KiB: keep them on the heap instead of a fresh mmap (page faults and zeroing)
+  // for every one.
+  mallopt(M_MMAP_THRESHOLD, 4 << 20);
+  mallopt(M_TRIM_THRESHOLD, 16 << 20);
+  return sbx::sandbox::ServeInitProtocol(sbx::sandbox::kInitReportFd);
+}
 
-int main(int argc, char** argv) {
-  if (argc == 2 && strcmp(argv[1], "--serve") == 0) {
-    // Output frames are ~256 KiB: keep them on the heap instead of a fresh mmap (page faults and zeroing)
-    // for every one.
-    mallopt(M_MMAP_THRESHOLD, 4 << 20);
-    mallopt(M_TRIM_THRESHOLD, 16 << 20);
-    return sbx::sandbox::ServeInitProtocol(sbx::sandbox::kInitReportFd);
-  }
-  // Before anything else: a dumpable init could be opened through /proc/1/mem (read-write), /proc/1/fd/3
-  // (the report channel) or /proc/1/environ by the workload, which runs as the same uid, and be made to
-  // report anything (issue 11 item 1). Not dumpable, ptrace_may_access asks for CAP_SYS_PTRACE, which no
-  // process in the jail has. (The serving init does the same in init_server.cc.)
+// Before anything else: a dumpable init could be opened through /proc/1/mem (read-write), /proc/1/fd/3
+// (the report channel) or /proc/1/environ by the workload, which runs as the same uid, and be made to
+// report anything (issue 11 item 1). Not dumpable, ptrace_may_access asks for CAP_SYS_PTRACE, which no
+// process in the jail has. (The serving init does the same in server.cc.)
+bool MakeUndumpable() {
   if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
     perror("sandbox-init: prctl(PR_SET_DUMPABLE)");
-    return 125;
+    return false;
   }
-  int first = 1;
-  if (first < argc && strcmp(argv[first], "--") == 0) ++first;
-  if (first >= argc) {
-    fprintf(stderr, "sandbox-init: no command given\n");
-    return 125;
-  }
-  // The report channel must not leak into the workload.
-  if (fcntl(sbx::sandbox::kInitReportFd, F_SETFD, FD_CLOEXEC) < 0 && errno != EBADF) return 125;
+  return true;
+}
 
-  // The workload's Landlock domain (landlock.h), made before the fork so the child only has to enter it.
-  // A kernel without Landlock runs the workload anyway, and says so on stderr and in the report; any other
-  // failure refuses to run it.
-  const int ruleset = sbx::init::CreateWorkloadRuleset();
-  if (ruleset < 0) {
-    if (!sbx::init::LandlockMissing(-ruleset)) {
-      fprintf(stderr, "sandbox-init: landlock_create_ruleset: %s\n", strerror(-ruleset));
-      return 125;
+// The workload's Landlock domain (landlock.h), made before the fork so the child only has to enter it.
+// A kernel without Landlock runs the workload anyway, and says so on stderr and in the report (-1 then); any
+// other failure refuses to run it (false).
+bool CreateRuleset(int* ruleset) {
+  *ruleset = sbx::init::CreateWorkloadRuleset();
+  if (*ruleset < 0) {
+    if (!sbx::init::LandlockMissing(-*ruleset)) {
+      fprintf(stderr, "sandbox-init: landlock_create_ruleset: %s\n", strerror(-*ruleset));
+      return false;
     }
     fprintf(stderr,
             "sandbox-init: warning: this kernel lacks Landlock (%s): the workload is NOT separated from "
             "sandbox-init (only init's non-dumpable state protects it)\n",
-            strerror(-ruleset));
+            strerror(-*ruleset));
     g_report_flags |= sbx::sandbox::InitReport::kNotSeparated;
   }
+  return true;
+}
 
-  sigset_t all, old;
-  sigfillset(&all);
-  sigprocmask(SIG_BLOCK, &all, &old);
+// The workload's child between fork and execve: its own process group, the signal mask init started with,
+// the Landlock domain; a failure goes to the parent over the CLOEXEC pipe.
+[[noreturn]] void ExecWorkloadInChild(int exec_pipe_write, int ruleset, const sigset_t& old, char** argv) {
+  setpgid(0, 0);
+  sigprocmask(SIG_SETMASK, &old, nullptr);
+  ChildFailure failure;
+  if (ruleset >= 0) {
+    failure.err = sbx::init::EnterWorkloadDomain(ruleset);
+    failure.landlock = failure.err != 0 ? 1 : 0;
+  }
+  if (failure.err == 0) {
+    execvpe(argv[0], argv, environ);
+    failure.err = errno;
+  }
+  ssize_t unused = write(exec_pipe_write, &failure, sizeof(failure));
+  (void)unused;
+  _exit(127);
+}
 
+// Forks the workload (`argv`) and waits for its execve. Returns its pid, or -1 with *exit_code set (125:
+// init failed; 126/127: the workload could not be executed, reported on fd 3).
+pid_t StartWorkloadFromParent(char** argv, int ruleset, const sigset_t& old, int* exit_code) {
+  *exit_code = 125;
   int exec_pipe[2];
   if (pipe2(exec_pipe, O_CLOEXEC) < 0) {
     perror("sandbox-init: pipe2");
-    return 125;
+    return -1;
   }
   const pid_t child = fork();
   if (child < 0) {
     perror("sandbox-init: fork");
-    return 125;
+    return -1;
   }
   if (child == 0) {
     close(exec_pipe[0]);
-    setpgid(0, 0);
-    sigprocmask(SIG_SETMASK, &old, nullptr);
-    ChildFailure failure;
-    if (ruleset >= 0) {
-      failure.err = sbx::init::EnterWorkloadDomain(ruleset);
-      failure.landlock = failure.err != 0 ? 1 : 0;
-    }
-    if (failure.err == 0) {
-      execvpe(argv[first], argv + first, environ);
-      failure.err = errno;
-    }
-    ssize_t unused = write(exec_pipe[1], &failure, sizeof(failure));
-    (void)unused;
-    _exit(127);
+    ExecWorkloadInChild(exec_pipe[1], ruleset, old, argv);
   }
   if (ruleset >= 0) close(ruleset);
   close(exec_pipe[1]);
@@ -156,14 +159,20 @@ int main(int argc, char** argv) {
   if (n == sizeof(failure)) {
     waitpid(child, nullptr, 0);
     if (failure.landlock != 0) {
-      fprintf(stderr, "sandbox-init: cannot put %s in its Landlock domain: %s\n", argv[first], strerror(failure.err));
+      fprintf(stderr, "sandbox-init: cannot put %s in its Landlock domain: %s\n", argv[0], strerror(failure.err));
     } else {
-      fprintf(stderr, "sandbox-init: cannot execute %s: %s\n", argv[first], strerror(failure.err));
+      fprintf(stderr, "sandbox-init: cannot execute %s: %s\n", argv[0], strerror(failure.err));
     }
     WriteReport(sbx::sandbox::InitReport::kExecFailed, failure.err);
-    return failure.err == ENOENT ? 127 : 126;
+    *exit_code = failure.err == ENOENT ? 127 : 126;
+    return -1;
   }
+  return child;
+}
 
+// PID 1's loop: forwards signals to the workload and reaps every child until the workload ends; returns its
+// status (128+N for a signal) after the report.
+int ForwardSignalsAndReap(pid_t child, const sigset_t& all) {
   for (;;) {
     siginfo_t info;
     const int sig = sigwaitinfo(&all, &info);
@@ -191,4 +200,29 @@ int main(int argc, char** argv) {
       return 128 + WTERMSIG(status);
     }
   }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 2 && strcmp(argv[1], "--serve") == 0) return ServeMode();
+  if (!MakeUndumpable()) return 125;
+  int first = 1;
+  if (first < argc && strcmp(argv[first], "--") == 0) ++first;
+  if (first >= argc) {
+    fprintf(stderr, "sandbox-init: no command given\n");
+    return 125;
+  }
+  // The report channel must not leak into the workload.
+  if (fcntl(sbx::sandbox::kInitReportFd, F_SETFD, FD_CLOEXEC) < 0 && errno != EBADF) return 125;
+  int ruleset = -1;
+  if (!CreateRuleset(&ruleset)) return 125;
+
+  sigset_t all, old;
+  sigfillset(&all);
+  sigprocmask(SIG_BLOCK, &all, &old);
+  int exit_code = 0;
+  const pid_t child = StartWorkloadFromParent(argv + first, ruleset, old, &exit_code);
+  if (child < 0) return exit_code;
+  return ForwardSignalsAndReap(child, all);
 }

@@ -93,6 +93,8 @@ class CdpMux {
     nlohmann::json client_id;
     std::string method;
   };
+  // Why a client's command (not Browser.close) is refused by the rules above, or "" when it may go on.
+  std::string Refusal(const std::string& method, const std::string& session, const nlohmann::json& params) const;
   const std::string driver_session_, driver_target_, download_dir_;
   int64_t next_id_ = kClientIdBase;
   int64_t next_cleanup_id_ = kCleanupIdBase;
@@ -109,8 +111,8 @@ class CdpMux {
 // described with waitid(WNOWAIT), which leaves the child to the reaper).
 // NOTE: writing to a dead Chromium's pipe raises SIGPIPE; the process must ignore it (sandbox-init does).
 // Not thread-safe: one thread at a time (sandbox-init runs the calls on a worker thread and hands the object
-// over explicitly, see DriverLane in init_server.cc); every call blocks until Chromium answered or its timeout
-// passed.
+// over explicitly, see DriverLane in sandbox/init/driver_lane.h); every call blocks until Chromium answered or
+// its timeout passed.
 class Browser {
  public:
   // Spawns Chromium (flags in cdp.cc), attaches to its first page target, enables the Page, Runtime, Network
@@ -239,6 +241,11 @@ class Browser {
 
  private:
   Browser() = default;
+  // Start's steps: Chromium spawned on its pipes; its first page found (or created) and attached to; the
+  // downloads, the domains, the lifecycle events and the viewport set. Each false with *error.
+  bool SpawnChromium(const BrowserConfig& config, std::string* error);
+  bool AttachToPage(int64_t deadline_ms, std::string* error);
+  bool SetUpPage(const BrowserConfig& config, int64_t deadline_ms, std::string* error);
   bool Check(std::string* error) const;  // false with "the browser is gone ..." / "the page crashed"
   bool Send(const nlohmann::json& message, int64_t deadline_ms, std::string* error);
   // Reads what is there (waiting until deadline_ms for something) and handles every complete message. False
@@ -248,6 +255,10 @@ class Browser {
   // read again at once (skipping the rest of an oversized message).
   bool ConsumeInput();
   void Handle(const nlohmann::json& message);
+  // Handle's events: browser-level ones (downloads, the page's target), and those of the page's session.
+  void HandleBrowserEvent(const std::string& method, const nlohmann::json& params);
+  void HandleDownloadProgress(const nlohmann::json& params);
+  void HandlePageEvent(const std::string& method, const nlohmann::json& params);
   void PushEvent(nlohmann::json event);
   // The call waiting for its answer (if any) fails with `message` (an answer that cannot be read).
   void FailWaitingCall(const std::string& message);
@@ -262,6 +273,11 @@ class Browser {
               nlohmann::json* result, std::string* error, int timeout_ms);
   bool EvaluateValue(const std::string& expression, int timeout_ms, nlohmann::json* value, std::string* error);
   bool DispatchClick(double x, double y, std::string* error);
+  // ImportStorageState's parts: the cookies, each origin's localStorage, and loading an origin in the page
+  // from an answer given here (Fetch).
+  bool ImportCookies(const nlohmann::json& cookies, std::string* error);
+  bool ImportOrigins(const nlohmann::json& origins, std::string* error);
+  bool LoadOriginLocally(const std::string& origin, std::string* error);
   void Terminate();
   // Holding the browser: the client's queued input, its messages sent to Chromium.
   void FlushClientInput();

@@ -37,7 +37,7 @@ struct DesktopImage {
   uint32_t display_width = 0, display_height = 0;
 };
 
-class XConnection;  // desktop.cc: the xcb connection and what was read from the server
+class XConnection;  // x_connection.h: the xcb connection and what was read from the server
 
 // A running virtual display and the X connection that drives it. Owns the Xvfb and window-manager processes
 // (each in its own session): the destructor disconnects, SIGTERMs, then SIGKILLs and reaps them.
@@ -130,6 +130,15 @@ class Desktop {
   bool PressChord(std::string_view chord, std::string_view what, std::vector<uint8_t>* pressed,
                   std::string* error);
   void ReleaseKeys(std::vector<uint8_t>* pressed);  // in reverse; sends only (a Sync follows)
+  // Click's and Scroll's presses: moves to `at` (if given), holds `modifiers`, presses and releases `button`
+  // `times` times, releases the modifiers. `what` prefixes a modifier's error ("click: modifiers").
+  bool PressButton(uint8_t button, int times, std::optional<Point> at, std::string_view modifiers,
+                   std::string_view what, std::string* error);
+  // Start's steps (desktop.cc): Xvfb spawned with a -displayfd pipe (*ready_fd); Xvfb ready by `deadline_ms`
+  // (closes ready_fd); the window manager managing the root window by `deadline_ms`. Each false with *error.
+  bool SpawnXvfb(const DesktopConfig& config, int* ready_fd, std::string* error);
+  bool AwaitXvfbReady(int ready_fd, int64_t deadline_ms, std::string* error);
+  bool StartWindowManager(const DesktopConfig& config, int64_t deadline_ms, std::string* error);
 
   int display_ = 0;
   uint32_t width_ = 0, height_ = 0;

@@ -1,4 +1,4 @@
-// Helpers sandbox-init's drivers (desktop.cc, cdp.cc) share: a monotonic clock in milliseconds, a sleep that
+// Helpers sandbox-init's drivers (desktop*.cc, cdp*.cc) share: a monotonic clock in milliseconds, a sleep that
 // survives signals, wording for errno values and wait statuses (inline), and the child processes they start
 // (Xvfb, a window manager, Chromium): spawning, reaping, and the tail of their output (driver_util.cc).
 #ifndef SBX_SANDBOX_INIT_DRIVERS_DRIVER_UTIL_H_
