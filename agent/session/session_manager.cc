@@ -104,14 +104,16 @@ SessionManager::SessionManager(Options options)
       default_idle_timeout_(options_.default_idle_timeout),
       policies_(options_.policies),
       warm_browsers_(options_.warm_browsers) {
-  reaper_ = std::jthread([this](std::stop_token stop) { Reap(stop); });
-  warmer_ = std::jthread([this](std::stop_token stop) { KeepWarm(stop); });
+  reaper_ = std::jthread([this] { Reap(); });
+  warmer_ = std::jthread([this] { KeepWarm(); });
 }
 
 SessionManager::~SessionManager() {
-  warmer_.request_stop();
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
   if (warmer_.joinable()) warmer_.join();
-  reaper_.request_stop();
   if (reaper_.joinable()) reaper_.join();
   CancelAll("the agent is shutting down");
 }
@@ -126,7 +128,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   std::optional<sandbox::Policy> ceiling;
   std::chrono::milliseconds default_ttl, default_idle_timeout;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto policy_it = policies_.find(kind);
     if (policy_it == policies_.end()) return absl::UnimplementedError("kind: not available on this agent");
     ceiling = policy_it->second;
@@ -166,6 +168,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   so.env = policy.spec().env;
   so.metrics = options_.metrics;
   so.launcher = &launcher_;
+  so.timer = &timer_;
   so.max_output_bytes = policy.limits().output_max_bytes;
   so.event_log.max_events = policy.limits().event_log_max_events;
   so.event_log.max_bytes = policy.limits().event_log_max_bytes;
@@ -219,7 +222,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
   request.SerializeToString(&request_bytes);
   std::shared_ptr<Session> evicted;  // a pooled browser that gave its slot to this session
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (policies_.count(kind) == 0) {
       return absl::UnimplementedError(absl::StrCat(
           "kind: ", pb::SessionKind_IsValid(kind) ? pb::SessionKind_Name(kind) : absl::StrCat(static_cast<int>(kind)),
@@ -246,8 +249,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
       while (!warm_.empty()) {
         std::shared_ptr<Session> pooled = std::move(warm_.front().first);
         warm_.pop_front();
-        warm_cv_.notify_all();
-        if (pooled->ended()) continue;  // Chromium died in the pool: the pool replaces it
+                if (pooled->ended()) continue;  // Chromium died in the pool: the pool replaces it
         pooled->TakeFromPool({request.labels().begin(), request.labels().end()});
         sessions_[pooled->id()] = pooled;
         if (from_reservation) {
@@ -281,7 +283,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
     bool started = false;
     ~Unstart() {
       if (started) return;  // counted as a session from the moment it was one (below)
-      std::lock_guard lock(self->mu_);
+      absl::MutexLock lock(&self->mu_);
       --self->starting_;
       if (reserved) ++self->reserved_;
     }
@@ -289,7 +291,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
 
   ASSIGN_OR_RETURN(std::shared_ptr<Session> session, StartSession(request, session_id));
   pb::Session described = session->Describe();
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   // In the same critical section that makes it a session: counted in starting_ and in sessions_ at once,
   // it took two slots for a moment, and a fleet grant's TryReserve then was refused for capacity.
   sessions_[session->id()] = session;
@@ -303,7 +305,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string& id) const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return absl::NotFoundError(absl::StrCat("session_id: no session '", id, "'"));
   return it->second;
@@ -312,7 +314,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string&
 std::vector<pb::Session> SessionManager::List(const std::map<std::string, std::string>& selector) const {
   std::vector<std::shared_ptr<Session>> all;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (const auto& [id, s] : sessions_) all.push_back(s);
   }
   std::vector<pb::Session> out;
@@ -334,7 +336,7 @@ absl::StatusOr<pb::Session> SessionManager::Cancel(const std::string& id) {
 absl::Status SessionManager::Delete(const std::string& id) {
   std::shared_ptr<Session> session;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = sessions_.find(id);
     if (it == sessions_.end()) return absl::NotFoundError(absl::StrCat("session_id: no session '", id, "'"));
     session = std::move(it->second);
@@ -350,7 +352,7 @@ absl::Status SessionManager::Delete(const std::string& id) {
 void SessionManager::CancelAll(const std::string& reason) {
   std::map<std::string, std::shared_ptr<Session>> all;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     all.swap(sessions_);
     held_ids_.clear();
     for (auto& [session, at] : warm_) all[session->id()] = std::move(session);
@@ -362,14 +364,14 @@ void SessionManager::CancelAll(const std::string& reason) {
 }
 
 size_t SessionManager::active() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   size_t n = 0;
   for (const auto& [id, s] : sessions_) n += s->ended() ? 0 : 1;
   return n;
 }
 
 uint32_t SessionManager::capacity() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return max_sessions_;
 }
 
@@ -380,7 +382,7 @@ size_t SessionManager::UsedLocked() const {
 }
 
 uint32_t SessionManager::free_capacity() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   // A pooled browser's slot is free for whoever asks: a browser request takes the browser, another request
   // takes its slot.
   const size_t used = UsedLocked() - warm_.size();
@@ -388,31 +390,31 @@ uint32_t SessionManager::free_capacity() const {
 }
 
 uint32_t SessionManager::warm_count() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   uint32_t n = 0;
   for (const auto& [session, at] : warm_) n += session->ended() ? 0 : 1;
   return n;
 }
 
 void SessionManager::Reserve() {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   ++reserved_;
 }
 
 bool SessionManager::TryReserve() {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (UsedLocked() - warm_.size() >= max_sessions_) return false;
   ++reserved_;
   return true;
 }
 
 void SessionManager::Unreserve() {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (reserved_ > 0) --reserved_;
 }
 
 std::vector<pb::SessionKind> SessionManager::kinds() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::vector<pb::SessionKind> out;
   for (const auto& [kind, policy] : policies_) out.push_back(static_cast<pb::SessionKind>(kind));
   return out;
@@ -423,14 +425,13 @@ void SessionManager::Reload(uint32_t max_sessions, std::chrono::milliseconds def
                             uint32_t warm_browsers) {
   std::deque<std::pair<std::shared_ptr<Session>, std::chrono::steady_clock::time_point>> retired;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     warm_browsers_ = warm_browsers;
     // Pooled browsers were started under the old policies: fresh ones replace them (and one being started
     // now is dropped when it is ready).
     retired.swap(warm_);
     ++pool_generation_;
-    warm_cv_.notify_all();
-    max_sessions_ = max_sessions;
+        max_sessions_ = max_sessions;
     default_ttl_ = default_ttl;
     default_idle_timeout_ = default_idle_timeout;
     policies_ = std::move(policies);
@@ -438,17 +439,17 @@ void SessionManager::Reload(uint32_t max_sessions, std::chrono::milliseconds def
   retired.clear();  // ends them (outside the lock)
 }
 
-void SessionManager::KeepWarm(std::stop_token stop) {
+void SessionManager::KeepWarm() {
   // A pooled browser's ttl runs from its start: one that waited this long is replaced by a fresh one.
   constexpr auto kMaxPoolAge = std::chrono::minutes(5);
   pb::CreateRequest request;
   request.set_kind(pb::BROWSER);
-  while (!stop.stop_requested()) {
+  while (!Stopping()) {
     std::vector<std::shared_ptr<Session>> retired;
     bool start = false;
     uint64_t generation = 0;
     {
-      std::unique_lock lock(mu_);
+      absl::MutexLock lock(&mu_);
       const auto now = Clock::now();
       size_t keep = warm_browsers_;  // a SIGHUP may have shrunk the pool: the oldest go first
       for (auto it = warm_.begin(); it != warm_.end();) {
@@ -464,37 +465,48 @@ void SessionManager::KeepWarm(std::stop_token stop) {
         ++warming_;
         generation = pool_generation_;
       } else if (retired.empty()) {
-        warm_cv_.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });
+        (void)mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
         continue;
       }
     }
     retired.clear();  // ends them (outside the lock)
     if (!start) continue;
     absl::StatusOr<std::shared_ptr<Session>> session = StartSession(request, NewSessionId(), /*pooled=*/true);
-    std::unique_lock lock(mu_);
-    --warming_;
-    if (session.ok() && generation != pool_generation_) {
-      // Started under policies a SIGHUP replaced meanwhile: it ends (outside the lock), a fresh one follows.
-      std::shared_ptr<Session> stale = std::move(*session);
-      lock.unlock();
-      stale.reset();
-    } else if (session.ok()) {
-      warm_.emplace_back(std::move(*session), Clock::now());
-    } else {
-      // NOTE: the next round tries again; a browser that cannot start keeps failing Creates the same way.
-      warm_cv_.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });
+    std::shared_ptr<Session> stale;
+    {
+      absl::MutexLock lock(&mu_);
+      --warming_;
+      if (session.ok() && generation != pool_generation_) {
+        // Started under policies a SIGHUP replaced meanwhile: it ends (outside the lock), a fresh one follows.
+        stale = std::move(*session);
+      } else if (session.ok()) {
+        warm_.emplace_back(std::move(*session), Clock::now());
+      } else {
+        // NOTE: the next round tries again; a browser that cannot start keeps failing Creates the same way.
+        (void)mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
+      }
     }
+    stale.reset();
   }
 }
 
-void SessionManager::Reap(std::stop_token stop) {
-  while (!stop.stop_requested()) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+bool SessionManager::Stopping() const {
+  absl::MutexLock lock(&mu_);
+  return stopping_;
+}
+
+void SessionManager::Reap() {
+  for (;;) {
+    {
+      // A scan every 100 ms (idle timeouts, ended sessions to forget); the agent's end stops it at once.
+      absl::MutexLock lock(&mu_);
+      if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Milliseconds(100))) return;
+    }
     const auto now = Clock::now();
     std::vector<std::shared_ptr<Session>> idle;
     std::vector<std::shared_ptr<Session>> forget;
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       for (auto it = sessions_.begin(); it != sessions_.end();) {
         const std::shared_ptr<Session>& s = it->second;
         if (s->ended()) {
