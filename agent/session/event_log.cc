@@ -266,13 +266,13 @@ void EventLog::DropLocked(std::map<uint64_t, Record>::iterator it, const char* b
 }
 
 void EventLog::TrimLocked() {
-  const auto over = [this] { return events_.size() > limits_.max_events || bytes_ > limits_.max_bytes; };
+  const auto over = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return events_.size() > limits_.max_events || bytes_ > limits_.max_bytes; };
   if (!over()) return;
   // Down to 7/8 of each budget, so trimming (a pass over the log) happens once per many appends.
   const uint64_t target_events = limits_.max_events - limits_.max_events / 8;
   const uint64_t target_bytes = limits_.max_bytes - limits_.max_bytes / 8;
-  const auto above_target = [&] { return events_.size() > target_events || bytes_ > target_bytes; };
-  const auto budget = [&] {
+  const auto above_target = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return events_.size() > target_events || bytes_ > target_bytes; };
+  const auto budget = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return events_.size() > target_events ? "limits.event_log_max_events" : "limits.event_log_max_bytes";
   };
   // (1) Payloads a client acknowledged, or of finished calls.

@@ -122,6 +122,46 @@ absl::StatusOr<pb::Session> SessionManager::Create(const pb::CreateRequest& requ
   return CreateWithId(request, NewSessionId());
 }
 
+namespace {
+
+// A request's options for its kind (a desktop's display, a browser's storage state) into `so`, checked
+// against the kind and the policy's display cap.
+absl::Status KindOptionsInto(const pb::CreateRequest& request, pb::SessionKind kind, const sandbox::Policy& policy,
+                             Session::Options* so) {
+  if (kind == pb::DESKTOP) {
+    const pb::DesktopOptions& d = request.desktop();
+    if ((d.width() != 0 && (d.width() < 64 || d.width() > 7680)) ||
+        (d.height() != 0 && (d.height() < 64 || d.height() > 4320))) {
+      return absl::InvalidArgumentError(absl::StrCat("desktop: ", d.width(), "x", d.height(),
+                                                     " is not a display size (64..7680 x 64..4320)"));
+    }
+    // The policy's display cap: a screenshot's size follows the display's (a 7680x4320 noise PNG is ~100 MB).
+    const uint32_t width = d.width() == 0 ? 1280 : d.width(), height = d.height() == 0 ? 800 : d.height();
+    if (width > policy.limits().display_max_width) {
+      return absl::PermissionDeniedError(absl::StrCat("desktop.width: ", width, " exceeds the policy's limits.display_max_width ",
+                                                      policy.limits().display_max_width));
+    }
+    if (height > policy.limits().display_max_height) {
+      return absl::PermissionDeniedError(absl::StrCat("desktop.height: ", height, " exceeds the policy's limits.display_max_height ",
+                                                      policy.limits().display_max_height));
+    }
+    so->desktop = d;
+  } else if (request.has_desktop()) {
+    return absl::InvalidArgumentError("desktop: display options are for kind DESKTOP sessions");
+  }
+  if (!request.browser().storage_state_json().empty()) {
+    if (kind != pb::BROWSER) return absl::InvalidArgumentError("browser: options are for kind BROWSER sessions");
+    constexpr size_t kMaxStorageState = 512 << 10;
+    if (request.browser().storage_state_json().size() > kMaxStorageState) {
+      return absl::InvalidArgumentError(absl::StrCat("browser.storage_state_json: over ", kMaxStorageState >> 10, " KiB"));
+    }
+    so->storage_state_json = request.browser().storage_state_json();
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::CreateRequest& request,
                                                                        const std::string& session_id, bool pooled) {
   const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
@@ -180,39 +220,39 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
     ASSIGN_OR_RETURN(so.egress, EgressFromRequest(policy, request.egress()));
   }
   so.approvals = policy.spec().approvals;
-  if (kind == pb::DESKTOP) {
-    const pb::DesktopOptions& d = request.desktop();
-    if ((d.width() != 0 && (d.width() < 64 || d.width() > 7680)) ||
-        (d.height() != 0 && (d.height() < 64 || d.height() > 4320))) {
-      return absl::InvalidArgumentError(absl::StrCat("desktop: ", d.width(), "x", d.height(),
-                                                     " is not a display size (64..7680 x 64..4320)"));
-    }
-    // The policy's display cap: a screenshot's size follows the display's (a 7680x4320 noise PNG is ~100 MB).
-    const uint32_t width = d.width() == 0 ? 1280 : d.width(), height = d.height() == 0 ? 800 : d.height();
-    if (width > policy.limits().display_max_width) {
-      return absl::PermissionDeniedError(absl::StrCat("desktop.width: ", width, " exceeds the policy's limits.display_max_width ",
-                                                      policy.limits().display_max_width));
-    }
-    if (height > policy.limits().display_max_height) {
-      return absl::PermissionDeniedError(absl::StrCat("desktop.height: ", height, " exceeds the policy's limits.display_max_height ",
-                                                      policy.limits().display_max_height));
-    }
-    so.desktop = d;
-  } else if (request.has_desktop()) {
-    return absl::InvalidArgumentError("desktop: display options are for kind DESKTOP sessions");
-  }
-  if (!request.browser().storage_state_json().empty()) {
-    if (kind != pb::BROWSER) return absl::InvalidArgumentError("browser: options are for kind BROWSER sessions");
-    constexpr size_t kMaxStorageState = 512 << 10;
-    if (request.browser().storage_state_json().size() > kMaxStorageState) {
-      return absl::InvalidArgumentError(absl::StrCat("browser.storage_state_json: over ", kMaxStorageState >> 10, " KiB"));
-    }
-    so.storage_state_json = request.browser().storage_state_json();
-  }
+  RETURN_IF_ERROR(KindOptionsInto(request, kind, policy, &so));
   if (options_.ledger != nullptr) RETURN_IF_ERROR(options_.ledger->Add(session_id));
   absl::StatusOr<std::shared_ptr<Session>> session = Session::Start(policy, std::move(so));
   if (!session.ok() && options_.ledger != nullptr) options_.ledger->Remove(session_id);  // the jail is gone
   return session;
+}
+
+std::optional<pb::Session> SessionManager::TakeWarmLocked(const pb::CreateRequest& request,
+                                                          const std::string& request_bytes, bool from_reservation) {
+  const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
+  // A warm browser, for a request that keeps the host's policy and the defaults (and is valid: display
+  // options are for desktops, and StartSession refuses them).
+  if (kind == pb::BROWSER && request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 &&
+      request.idle_timeout_ms() == 0 && !request.has_desktop() && !request.has_egress() &&
+      !request.has_approvals() && !request.has_browser()) {
+    while (!warm_.empty()) {
+      std::shared_ptr<Session> pooled = std::move(warm_.front().first);
+      warm_.pop_front();
+      if (pooled->ended()) continue;  // Chromium died in the pool: the pool replaces it
+      pooled->TakeFromPool({request.labels().begin(), request.labels().end()});
+      sessions_[pooled->id()] = pooled;
+      if (from_reservation) {
+        // The reservation's slot is now this session's, held until Delete like any reserved one.
+        if (reserved_ > 0) --reserved_;
+        held_ids_.insert(pooled->id());
+      }
+      if (!request.idempotency_key().empty()) {
+        idempotency_[request.idempotency_key()] = Idempotent{request_bytes, pooled->id()};
+      }
+      return pooled->Describe();
+    }
+  }
+  return std::nullopt;
 }
 
 absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest& request,
@@ -241,27 +281,8 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
                                                 request.idempotency_key(), "' was deleted"));
       }
     }
-    // A warm browser, for a request that keeps the host's policy and the defaults (and is valid: display
-    // options are for desktops, and StartSession refuses them).
-    if (kind == pb::BROWSER && request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 &&
-        request.idle_timeout_ms() == 0 && !request.has_desktop() && !request.has_egress() &&
-        !request.has_approvals() && !request.has_browser()) {
-      while (!warm_.empty()) {
-        std::shared_ptr<Session> pooled = std::move(warm_.front().first);
-        warm_.pop_front();
-                if (pooled->ended()) continue;  // Chromium died in the pool: the pool replaces it
-        pooled->TakeFromPool({request.labels().begin(), request.labels().end()});
-        sessions_[pooled->id()] = pooled;
-        if (from_reservation) {
-          // The reservation's slot is now this session's, held until Delete like any reserved one.
-          if (reserved_ > 0) --reserved_;
-          held_ids_.insert(pooled->id());
-        }
-        if (!request.idempotency_key().empty()) {
-          idempotency_[request.idempotency_key()] = Idempotent{request_bytes, pooled->id()};
-        }
-        return pooled->Describe();
-      }
+    if (std::optional<pb::Session> pooled = TakeWarmLocked(request, request_bytes, from_reservation)) {
+      return *std::move(pooled);
     }
     // Pooled browsers hold slots nobody asked for yet: one gives its slot up for a session that needs it.
     if (UsedLocked() >= max_sessions_ + (from_reservation ? 1 : 0) && !warm_.empty()) {
@@ -431,7 +452,7 @@ void SessionManager::Reload(uint32_t max_sessions, std::chrono::milliseconds def
     // now is dropped when it is ready).
     retired.swap(warm_);
     ++pool_generation_;
-        max_sessions_ = max_sessions;
+    max_sessions_ = max_sessions;
     default_ttl_ = default_ttl;
     default_idle_timeout_ = default_idle_timeout;
     policies_ = std::move(policies);

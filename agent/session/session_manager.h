@@ -98,6 +98,11 @@ class SessionManager {
   // Keeps options_.warm_browsers browser sessions started; replaces one that ended or aged in the pool.
   void KeepWarm();
   bool Stopping() const;
+  // A pooled browser for `request` (one that keeps the host's policy and the defaults), taken from the warm
+  // pool and made a session; nullopt when the request does not qualify or the pool is empty.
+  std::optional<duvo::sandbox::v1::Session> TakeWarmLocked(const duvo::sandbox::v1::CreateRequest& request,
+                                                           const std::string& request_bytes, bool from_reservation)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Starts a session (no idempotency, no capacity check): the common part of Create and the warm pool.
   // `pooled`: for the warm pool (Session::Options::pooled).
   absl::StatusOr<std::shared_ptr<Session>> StartSession(const duvo::sandbox::v1::CreateRequest& request,
