@@ -250,30 +250,35 @@ grpc::Status SandboxesService::Upload(grpc::ServerContext* ctx, grpc::ServerRead
   absl::StatusOr<std::shared_ptr<Session>> found = options_.sessions->Find(chunk.session_id());
   if (!found.ok()) return Finish("Upload", found.status(), rid);
   std::shared_ptr<Session> session = *found;
-  // NOTE: the transfer removes its file unless it finishes with a matching sha256 (agent/file_transfer.h).
-  // A gated upload waits for its approval before a byte is written (the client's chunks wait in flow control).
-  s = session->AwaitTransferApproval("upload", chunk.path(), "", [ctx] { return ctx->IsCancelled(); });
-  if (!s.ok()) return Finish("Upload", s, rid);
-  absl::StatusOr<std::unique_ptr<FileTransfer>> transfer = session->BeginUpload(chunk.path(), chunk.mode());
-  if (!transfer.ok()) return Finish("Upload", transfer.status(), rid);
-  FileTransfer& t = **transfer;
+  // The upload is a tool call (Session::BeginUpload): its events, its idempotency key; the transfer removes
+  // its file unless it finishes with a matching sha256 (agent/session/file_transfer.h).
+  absl::StatusOr<std::unique_ptr<Session::Upload>> upload =
+      session->BeginUpload(chunk.idempotency_key(), NewCallId(), chunk.path(), chunk.mode());
+  if (!upload.ok()) return Finish("Upload", upload.status(), rid);
+  Session::Upload& up = **upload;
+  if (!up.replayed()) {
+    // A gated upload waits for its approval before a byte is written (the client's chunks wait in flow control).
+    s = session->AwaitTransferApproval("upload", chunk.path(), "", [ctx] { return ctx->IsCancelled(); }, up.call_id());
+    if (!s.ok()) {
+      up.Fail(s);
+      return Finish("Upload", s, rid);
+    }
+  }
   for (;;) {
-    session->Touch();
-    s = t.Write(t.size(), chunk.data());
+    s = up.Write(up.size(), chunk.data());  // a replayed upload writes nothing
     if (!s.ok()) return Finish("Upload", s, rid);
     if (chunk.last()) break;
     if (!reader->Read(&chunk)) {
-      t.Abort();
-      return Finish("Upload",
-                    absl::InvalidArgumentError(
-                        "upload: the stream ended without a last chunk; the partial file was removed"),
-                    rid);
+      s = absl::InvalidArgumentError("upload: the stream ended without a last chunk; the partial file was removed");
+      up.Fail(s);
+      return Finish("Upload", s, rid);
     }
   }
-  absl::StatusOr<FileTransfer::Result> stored = t.Finish(chunk.sha256());
+  absl::StatusOr<FileTransfer::Result> stored = up.Finish(chunk.sha256());
   if (!stored.ok()) return Finish("Upload", stored.status(), rid);
   response->set_size(stored->size);
   response->set_sha256(stored->sha256);
+  response->set_call_id(up.call_id());
   if (options_.metrics) options_.metrics->ToolCall("upload", "OK");
   return Finish("Upload", absl::OkStatus(), rid);
 }

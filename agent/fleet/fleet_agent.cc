@@ -286,42 +286,34 @@ void FleetAgent::Reload(const FleetSettings& fleet) {
 // Commands over a lease's stream.
 
 void FleetAgent::WriteUploadChunkLocked(Lease* lease, const std::string& id, const pb::UploadPart& chunk) {
-  Session& session = *lease->session;
   Lease::Upload& up = lease->uploads[id];
-  // The same FileTransfer as local mode's Upload: a bad sha256, a failed write or an abort leaves no file.
-  absl::Status s;
-  if (!up.transfer) {
-    absl::StatusOr<std::unique_ptr<FileTransfer>> begun = session.BeginUpload(chunk.path(), chunk.mode());
-    if (begun.ok()) {
-      up.transfer = std::move(*begun);
-    } else {
-      s = begun.status();
-    }
-  }
-  if (s.ok()) s = up.transfer->Write(chunk.offset(), chunk.data());
+  // The same Session::Upload as local mode's Upload: a bad sha256, a failed write or an abort leaves no file.
+  absl::Status s = up.call->Write(chunk.offset(), chunk.data());
   if (s.ok()) {
-    up.next_offset = up.transfer->size();
+    up.next_offset = chunk.offset() + chunk.data().size();
     if (!chunk.last()) return;
-    s = up.transfer->Finish(chunk.sha256()).status();
+    s = up.call->Finish(chunk.sha256()).status();
   }
   FinishUploadLocked(lease, id, s);
 }
 
 void FleetAgent::FinishUploadLocked(Lease* lease, const std::string& id, const absl::Status& s) {
   Lease::Upload& up = lease->uploads[id];
-  up.transfer.reset();  // removes the file unless Finish succeeded
   up.held.clear();
-  pb::Event done;
-  pb::ToolCallFinished* f = done.mutable_tool_call_finished();
-  f->set_call_id(id);
   up.done = true;
-  if (s.ok()) {
-    f->mutable_result()->set_done(true);
+  if (up.call != nullptr) {
+    // Its tool_call_finished: the result of Finish, or `s` (the file removed).
+    if (!s.ok()) up.call->Fail(s);
+    up.call.reset();
   } else {
+    // It never began (the session had ended): its end is still an event named after the command.
+    pb::Event done;
+    pb::ToolCallFinished* f = done.mutable_tool_call_finished();
+    f->set_call_id(id);
     f->mutable_error()->set_code(static_cast<int>(s.code()));
     f->mutable_error()->set_message(std::string(s.message()));
+    lease->session->events().Append(std::move(done));
   }
-  lease->session->events().Append(std::move(done));
   // The chunks passed through gRPC's buffers and this thread's malloc arena; glibc keeps freed memory in
   // an arena for reuse, which left an agent hundreds of MiB larger after one big upload. Give it back.
   malloc_trim(0);
@@ -366,15 +358,16 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
     std::unique_lock lock(lease->cmd_mu);
     if (chunk.data().size() > kMaxUploadPartBytes) {
       // The upload this chunk belongs to cannot go on (its bytes would have a hole): it ends, leaving no file.
+      const std::string message = absl::StrCat("upload.data: ", chunk.data().size(), " bytes in one chunk, over the limit of ",
+                                               kMaxUploadPartBytes, " bytes (4 MiB); send smaller chunks");
       auto it = lease->uploads.find(id);
       if (it != lease->uploads.end()) {
-        it->second.transfer.reset();
+        if (it->second.call != nullptr) it->second.call->Fail(absl::InvalidArgumentError(message));
+        it->second.call.reset();
         it->second.held.clear();
         it->second.done = true;
       }
-      fail(absl::StatusCode::kInvalidArgument,
-           absl::StrCat("upload.data: ", chunk.data().size(), " bytes in one chunk, over the limit of ",
-                        kMaxUploadPartBytes, " bytes (4 MiB); send smaller chunks"));
+      fail(absl::StatusCode::kInvalidArgument, message);
       malloc_trim(0);  // what the chunk took goes back to the system (see below)
       return;
     }
@@ -385,6 +378,13 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
     if (chunk.offset() != up.next_offset) {
       return fail(absl::StatusCode::kInvalidArgument,
                   absl::StrCat("upload: chunk at offset ", chunk.offset(), ", expected ", up.next_offset));
+    }
+    // Its tool call begins with its first chunk (tool_call_started, before a HumanRequest its gate raises);
+    // the command id is its call id and its idempotency key.
+    if (up.call == nullptr) {
+      absl::StatusOr<std::unique_ptr<Session::Upload>> begun = session.BeginUpload(id, id, chunk.path(), chunk.mode());
+      if (!begun.ok()) return FinishUploadLocked(lease, id, begun.status());
+      up.call = std::move(*begun);
     }
     // A gated upload (approvals "upload") waits for its decision before a byte is written; its chunks are
     // held meanwhile, up to kMaxHeldUploadBytes (the decision arrives on this same stream, so this thread

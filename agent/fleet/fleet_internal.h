@@ -101,7 +101,9 @@ struct FleetAgent::Lease {
   std::mutex cmd_mu;
   std::set<std::string> commands_seen;  // GUARDED_BY(cmd_mu)
   struct Upload {
-    std::unique_ptr<FileTransfer> transfer;  // until the upload ends (removes its file unless it succeeded)
+    // The upload's tool call (Session::BeginUpload, at its first chunk) until it ends: its events, and no
+    // file left unless it succeeded.
+    std::unique_ptr<Session::Upload> call;
     uint64_t next_offset = 0;
     bool done = false;
     // Approvals "upload": asked at the first chunk; the chunks wait in `held` until the decision.

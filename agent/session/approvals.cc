@@ -1,13 +1,9 @@
 #include "agent/session/approvals.h"
 
 #include <algorithm>
-#include <condition_variable>
 #include <future>
 #include <map>
-#include <mutex>
 #include <optional>
-#include <stop_token>
-#include <thread>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -15,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "agent/session/event_log.h"
 #include "re2/re2.h"
 
@@ -48,14 +45,13 @@ std::string StateOf(const pb::HumanDecision& d) {
 
 class Approvals::Impl {
  public:
-  explicit Impl(Options options) : options_(std::move(options)) {
-    timer_ = std::jthread([this](std::stop_token stop) { RunTimer(stop); });
-  }
+  explicit Impl(Options options)
+      : options_(std::move(options)),
+        own_timer_(options_.timer == nullptr ? std::make_unique<Timer>() : nullptr),
+        timer_(options_.timer != nullptr ? options_.timer : own_timer_.get()) {}
 
-  ~Impl() {
-    timer_.request_stop();
-    if (timer_.joinable()) timer_.join();
-  }
+  // NOTE: an expiry being handed out finishes before this returns.
+  ~Impl() { timer_->CancelAll(this); }
 
   // One decision to hand out once the lock is released.
   struct Delivery {
@@ -65,7 +61,7 @@ class Approvals::Impl {
   };
 
   void SetObserver(std::function<void(const pb::Event&)> observer) {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     observer_ = observer ? std::make_shared<const std::function<void(const pb::Event&)>>(std::move(observer))
                          : nullptr;
   }
@@ -76,7 +72,7 @@ class Approvals::Impl {
     std::optional<pb::HumanRequest> raised;
     pb::Event raised_event;
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       auto remembered = ask.action.empty() ? session_decisions_.end() : session_decisions_.find(ask.action);
       if (remembered != session_decisions_.end()) {
         // A session-scoped decision covers this action: decided at once, naming the request that decided it.
@@ -115,10 +111,10 @@ class Approvals::Impl {
           r.set_deadline_unix_ms(UnixMs() + options_.timeout.count());
           *raised_event.mutable_human_request() = r;
           AppendLocked(raised_event);
-          open_.emplace(id, Pending{r, std::move(done), Clock::now() + options_.timeout, next_id_});
+          const Clock::time_point deadline = Clock::now() + options_.timeout;
+          open_.emplace(id, Pending{r, std::move(done), deadline, next_id_});
           raised = std::move(r);
-          timer_wake_ = true;  // the timer may be sleeping until a later deadline
-          timer_cv_.notify_all();
+          timer_->At(deadline, this, [this] { ExpireDue(); });
         }
       }
     }
@@ -145,7 +141,7 @@ class Approvals::Impl {
     std::vector<Delivery> out;
     pb::HumanDecision result;
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       auto it = open_.find(request_id);
       if (it == open_.end()) {
         auto past = decided_.find(request_id);
@@ -199,7 +195,7 @@ class Approvals::Impl {
   void Cancel(const std::string& request_id, const std::string& reason) {
     std::vector<Delivery> out;
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       auto it = open_.find(request_id);
       if (it == open_.end()) return;
       out.push_back(DecideLocked(it, Final(it->second, pb::HumanDecision::CANCELED, reason), ""));
@@ -210,7 +206,7 @@ class Approvals::Impl {
   void CloseAll(const std::string& reason) {
     std::vector<Delivery> out;
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (!closed_) {
         closed_ = true;
         close_reason_ = reason;
@@ -224,7 +220,7 @@ class Approvals::Impl {
   }
 
   std::vector<pb::HumanRequest> Open() const {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     std::vector<std::pair<uint64_t, pb::HumanRequest>> sorted;
     for (const auto& [id, p] : open_) sorted.emplace_back(p.order, p.request);
     std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -256,7 +252,7 @@ class Approvals::Impl {
     return d;
   }
 
-  OpenMap::iterator OldestLocked() {
+  OpenMap::iterator OldestLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return std::min_element(open_.begin(), open_.end(),
                             [](const auto& a, const auto& b) { return a.second.order < b.second.order; });
   }
@@ -266,7 +262,7 @@ class Approvals::Impl {
   // HumanRequest event always precedes its one HumanDecision event.
   // The observer sees the event as appended before any reader of the log can: a fleet agent killed the
   // moment the control plane saw a request has already journaled it.
-  void AppendLocked(pb::Event& event) {
+  void AppendLocked(pb::Event& event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (options_.events == nullptr) return;
     event.set_unix_ms(UnixMs());
     if (observer_ != nullptr) {
@@ -276,7 +272,7 @@ class Approvals::Impl {
     }
   }
 
-  pb::Event AppendDecisionLocked(const pb::HumanDecision& d) {
+  pb::Event AppendDecisionLocked(const pb::HumanDecision& d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     pb::Event event;
     *event.mutable_human_decision() = d;
     AppendLocked(event);
@@ -284,7 +280,8 @@ class Approvals::Impl {
   }
 
   // Moves an open request to decided_, appending its decision; the caller delivers it after unlocking.
-  Delivery DecideLocked(OpenMap::iterator it, const pb::HumanDecision& d, const std::string& key) {
+  Delivery DecideLocked(OpenMap::iterator it, const pb::HumanDecision& d, const std::string& key)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     pb::Event event = AppendDecisionLocked(d);
     Delivery delivery{std::move(it->second.done), d, std::move(event)};
     decided_[it->first] = Decided{d, key};
@@ -299,23 +296,12 @@ class Approvals::Impl {
     }
   }
 
-  // The deadline timer: sleeps until the nearest deadline (or a new request), expires what is due.
-  void RunTimer(std::stop_token stop) {
-    std::unique_lock lock(mu_);
-    while (!stop.stop_requested()) {
-      std::optional<Clock::time_point> next;
-      for (const auto& [id, p] : open_) {
-        if (!next || p.deadline < *next) next = p.deadline;
-      }
-      timer_wake_ = false;
-      if (next) {
-        timer_cv_.wait_until(lock, stop, *next, [this] { return timer_wake_; });
-      } else {
-        timer_cv_.wait(lock, stop, [this] { return timer_wake_; });
-      }
-      if (stop.stop_requested()) break;
+  // On the agent's timer, at a request's deadline: expires every open request that is due.
+  void ExpireDue() {
+    std::vector<Delivery> out;
+    {
+      absl::MutexLock lock(&mu_);
       const auto now = Clock::now();
-      std::vector<Delivery> out;
       for (auto it = open_.begin(); it != open_.end();) {
         auto next_it = std::next(it);
         if (it->second.deadline <= now) {
@@ -326,26 +312,21 @@ class Approvals::Impl {
         }
         it = next_it;
       }
-      if (out.empty()) continue;
-      lock.unlock();
-      Deliver(out);
-      lock.lock();
     }
+    Deliver(out);
   }
 
   const Options options_;
-  mutable std::mutex mu_;
-  std::condition_variable_any timer_cv_;
-  bool timer_wake_ = false;                                    // GUARDED_BY(mu_)
-  uint64_t next_id_ = 1;                                       // GUARDED_BY(mu_)
-  OpenMap open_;                                               // GUARDED_BY(mu_): by request id
-  std::map<std::string, Decided> decided_;                     // GUARDED_BY(mu_): by request id
-  std::map<std::string, pb::HumanDecision> session_decisions_;  // GUARDED_BY(mu_): by action
-  bool closed_ = false;                                        // GUARDED_BY(mu_)
-  std::shared_ptr<const std::function<void(const pb::Event&)>> observer_;  // GUARDED_BY(mu_)
-  std::string close_reason_;                                   // GUARDED_BY(mu_)
-
-  std::jthread timer_;  // last: started after every member it uses exists, joined first
+  const std::unique_ptr<Timer> own_timer_;  // only when options_.timer is null
+  Timer* const timer_;
+  mutable absl::Mutex mu_;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  OpenMap open_ ABSL_GUARDED_BY(mu_);                                       // by request id
+  std::map<std::string, Decided> decided_ ABSL_GUARDED_BY(mu_);             // by request id
+  std::map<std::string, pb::HumanDecision> session_decisions_ ABSL_GUARDED_BY(mu_);  // by action
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<const std::function<void(const pb::Event&)>> observer_ ABSL_GUARDED_BY(mu_);
+  std::string close_reason_ ABSL_GUARDED_BY(mu_);
 };
 
 Approvals::Approvals(Options options) : impl_(std::make_unique<Impl>(std::move(options))) {}

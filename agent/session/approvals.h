@@ -12,7 +12,7 @@
 //
 // Threads: Ask, Respond, CloseAll and Open may be called from any thread. `done` is never called with a lock
 // of this class held; it may run before Ask returns (a session-scoped decision), on the thread that called
-// Respond, on the deadline timer's thread, or in CloseAll / the destructor.
+// Respond, on the agent's timer thread (a deadline), or in CloseAll / the destructor.
 #ifndef SBX_AGENT_SESSION_APPROVALS_H_
 #define SBX_AGENT_SESSION_APPROVALS_H_
 
@@ -27,6 +27,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "agent/session/timer.h"
 #include "duvo/sandbox/v1/session.pb.h"
 #include "sandbox/policy/policy.h"
 
@@ -61,11 +62,13 @@ class Approvals {
     // Requests open at once; an Ask past it is REJECTed at once by "agent", saying so (a workload that makes
     // the proxy ask in a loop must not grow the agent's memory without bound).
     size_t max_open = 256;
+    // Not owned: the agent's timer, which expires requests at their deadlines. Null: Approvals makes its own.
+    Timer* timer = nullptr;
   };
   using Done = std::function<void(const duvo::sandbox::v1::HumanDecision&)>;
 
   explicit Approvals(Options options);
-  // CloseAll("session ended"), then stops the deadline timer.
+  // CloseAll("session ended"), then cancels its deadlines on the timer (waiting for one being handed out).
   ~Approvals();
   Approvals(const Approvals&) = delete;
   Approvals& operator=(const Approvals&) = delete;

@@ -47,24 +47,24 @@ EventLog::EventLog(std::string session_id, Limits limits)
 uint64_t EventLog::Append(pb::Event event) {
   uint64_t seq;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     seq = AppendLocked(std::move(event));
   }
-  if (seq != 0) cv_.notify_all();
+  if (seq != 0) cv_.SignalAll();
   return seq;
 }
 
 uint64_t EventLog::Append(pb::Event event, const std::function<void(const pb::Event&)>& before_readers) {
   uint64_t seq;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     seq = AppendLocked(std::move(event));
     if (seq != 0) {
       auto it = events_.find(seq);
       if (it != events_.end() && it->second.event != nullptr) before_readers(*it->second.event);
     }
   }
-  if (seq != 0) cv_.notify_all();
+  if (seq != 0) cv_.SignalAll();
   return seq;
 }
 
@@ -97,7 +97,7 @@ void EventLog::AddLocked(uint64_t seq, std::shared_ptr<pb::Event> event) {
 uint64_t EventLog::AppendOutput(const std::string& call_id, pb::OutputStream stream, uint64_t offset,
                                 std::string data) {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (closed_) return 0;
     if (open_seq_ != 0 && open_seq_ == last_seq_) {
       Record& r = events_.rbegin()->second;
@@ -123,21 +123,21 @@ uint64_t EventLog::AppendOutput(const std::string& call_id, pb::OutputStream str
   out->set_data(std::move(data));
   uint64_t seq;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     seq = AppendLocked(std::move(event));
     if (seq != 0 && events_.count(seq) != 0) {
       open_seq_ = seq;
       open_since_ = std::chrono::steady_clock::now();
     }
   }
-  if (seq != 0) cv_.notify_all();
+  if (seq != 0) cv_.SignalAll();
   return seq;
 }
 
 absl::Status EventLog::AppendFile(const std::string& call_id, const std::string& path, std::string_view data,
                                   const std::string& sha256, size_t chunk_bytes) {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (closed_) return absl::FailedPreconditionError("the session has ended");
     if (file_bytes_ + data.size() > limits_.max_file_bytes) {
       const std::string message =
@@ -152,7 +152,7 @@ absl::Status EventLog::AppendFile(const std::string& call_id, const std::string&
       d->set_path(path);
       d->set_detail(message);
       AppendLocked(std::move(event));
-      cv_.notify_all();
+      cv_.SignalAll();
       return absl::ResourceExhaustedError(message);
     }
     // NOTE: under one lock, so the file's chunks are consecutive events.
@@ -174,7 +174,7 @@ absl::Status EventLog::AppendFile(const std::string& call_id, const std::string&
       if (last) break;
     }
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   return absl::OkStatus();
 }
 
@@ -266,13 +266,13 @@ void EventLog::DropLocked(std::map<uint64_t, Record>::iterator it, const char* b
 }
 
 void EventLog::TrimLocked() {
-  const auto over = [this] { return events_.size() > limits_.max_events || bytes_ > limits_.max_bytes; };
+  const auto over = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return events_.size() > limits_.max_events || bytes_ > limits_.max_bytes; };
   if (!over()) return;
   // Down to 7/8 of each budget, so trimming (a pass over the log) happens once per many appends.
   const uint64_t target_events = limits_.max_events - limits_.max_events / 8;
   const uint64_t target_bytes = limits_.max_bytes - limits_.max_bytes / 8;
-  const auto above_target = [&] { return events_.size() > target_events || bytes_ > target_bytes; };
-  const auto budget = [&] {
+  const auto above_target = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return events_.size() > target_events || bytes_ > target_bytes; };
+  const auto budget = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return events_.size() > target_events ? "limits.event_log_max_events" : "limits.event_log_max_bytes";
   };
   // (1) Payloads a client acknowledged, or of finished calls.
@@ -310,7 +310,7 @@ void EventLog::TrimLocked() {
 }
 
 void EventLog::MarkDelivered(uint64_t seq) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (seq <= delivered_seq_) return;
   // File payloads are released once acknowledged; output stays until the byte budget needs it.
   for (auto it = events_.upper_bound(delivered_seq_); it != events_.end() && it->first <= seq; ++it) {
@@ -321,7 +321,7 @@ void EventLog::MarkDelivered(uint64_t seq) {
 }
 
 void EventLog::MarkSent(uint64_t seq) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = events_.find(seq);
   if (it == events_.end()) return;
   it->second.sent = true;
@@ -331,25 +331,25 @@ void EventLog::MarkSent(uint64_t seq) {
 
 void EventLog::Close() {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     closed_ = true;
     open_seq_ = 0;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 bool EventLog::closed() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return closed_;
 }
 
 uint64_t EventLog::last_seq() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return last_seq_;
 }
 
 EventLog::Usage EventLog::usage() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return Usage{events_.size(), bytes_, file_bytes_};
 }
 

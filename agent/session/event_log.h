@@ -21,18 +21,19 @@
 #define SBX_AGENT_SESSION_EVENT_LOG_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "duvo/sandbox/v1/session.pb.h"
 
 namespace sbx::agent {
@@ -114,52 +115,56 @@ class EventLog {
     uint64_t cost = 0;
     bool sent = false;  // MarkSent
   };
-  uint64_t AppendLocked(duvo::sandbox::v1::Event event);
-  void AddLocked(uint64_t seq, std::shared_ptr<duvo::sandbox::v1::Event> event);
-  bool AcknowledgedLocked(uint64_t seq, const Record& r) const;
-  bool OfRunningCallLocked(const duvo::sandbox::v1::Event& e) const;
-  void StripPayloadLocked(Record* r);
-  void DropLocked(std::map<uint64_t, Record>::iterator it, const char* budget);
-  void TrimLocked();
+  uint64_t AppendLocked(duvo::sandbox::v1::Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AddLocked(uint64_t seq, std::shared_ptr<duvo::sandbox::v1::Event> event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool AcknowledgedLocked(uint64_t seq, const Record& r) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool OfRunningCallLocked(const duvo::sandbox::v1::Event& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StripPayloadLocked(Record* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropLocked(std::map<uint64_t, Record>::iterator it, const char* budget) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TrimLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   template <typename StopFn>
-  bool HoldOpenChunkLocked(std::unique_lock<std::mutex>& lock, uint64_t after_seq,
-                           std::chrono::steady_clock::time_point deadline, StopFn& stop);
+  bool HoldOpenChunkLocked(uint64_t after_seq, std::chrono::steady_clock::time_point deadline, StopFn& stop)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Waits on cv_ until `until` at the latest (a steady-clock time; absl's waits take a duration).
+  void WaitUntilLocked(std::chrono::steady_clock::time_point until) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    (void)cv_.WaitWithTimeout(&mu_, absl::FromChrono(until - std::chrono::steady_clock::now()));
+  }
 
   const std::string session_id_;
   const Limits limits_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<uint64_t, Record> events_;  // GUARDED_BY(mu_): by seq; a dropped run is one marker at its last seq
-  uint64_t last_seq_ = 0;              // GUARDED_BY(mu_)
-  uint64_t bytes_ = 0;                 // GUARDED_BY(mu_): the records' cost
-  uint64_t file_bytes_ = 0;            // GUARDED_BY(mu_): file payloads held
-  uint64_t delivered_seq_ = 0;         // GUARDED_BY(mu_)
-  std::set<std::string> running_calls_;  // GUARDED_BY(mu_): started (or with output) and not finished
-  uint64_t open_seq_ = 0;                // GUARDED_BY(mu_): the open output chunk (the newest event), or 0
-  std::chrono::steady_clock::time_point open_since_;  // GUARDED_BY(mu_)
-  bool closed_ = false;                               // GUARDED_BY(mu_)
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::map<uint64_t, Record> events_ ABSL_GUARDED_BY(mu_);  // by seq; a dropped run is one marker at its last seq
+  uint64_t last_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;          // the records' cost
+  uint64_t file_bytes_ ABSL_GUARDED_BY(mu_) = 0;     // file payloads held
+  uint64_t delivered_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  std::set<std::string> running_calls_ ABSL_GUARDED_BY(mu_);  // started (or with output) and not finished
+  uint64_t open_seq_ ABSL_GUARDED_BY(mu_) = 0;  // the open output chunk (the newest event), or 0
+  std::chrono::steady_clock::time_point open_since_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // NOTE: returns true when it waited (the caller looks again), false when the events can be handed out.
 template <typename StopFn>
-bool EventLog::HoldOpenChunkLocked(std::unique_lock<std::mutex>& lock, uint64_t after_seq,
-                                   std::chrono::steady_clock::time_point deadline, StopFn& stop) {
+bool EventLog::HoldOpenChunkLocked(uint64_t after_seq, std::chrono::steady_clock::time_point deadline,
+                                   StopFn& stop) {
   // Only the newest event can be open: hold it back when it is all there is to hand out.
   if (open_seq_ == 0 || after_seq + 1 != open_seq_ || closed_) return false;
   const auto now = std::chrono::steady_clock::now();
   const auto ripe = open_since_ + kOutputHold;
   if (now >= ripe || now >= deadline || stop()) return false;
-  cv_.wait_until(lock, std::min(deadline, ripe));
+  WaitUntilLocked(std::min(deadline, ripe));
   return true;
 }
 
 template <typename StopFn>
 EventLog::ReadResult EventLog::Read(uint64_t after_seq, size_t max, std::chrono::steady_clock::time_point deadline,
                                     StopFn stop, std::vector<EventPtr>* out) {
-  std::unique_lock lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (;;) {
     if (after_seq < last_seq_) {
-      if (HoldOpenChunkLocked(lock, after_seq, deadline, stop)) continue;
+      if (HoldOpenChunkLocked(after_seq, deadline, stop)) continue;
       for (auto it = events_.upper_bound(after_seq); it != events_.end() && out->size() < max; ++it) {
         if (it->first == open_seq_) open_seq_ = 0;  // handed out: nothing joins it any more
         out->push_back(it->second.event);
@@ -170,7 +175,7 @@ EventLog::ReadResult EventLog::Read(uint64_t after_seq, size_t max, std::chrono:
     if (stop()) return ReadResult::kStopped;
     const auto now = std::chrono::steady_clock::now();
     if (now >= deadline) return ReadResult::kTimeout;
-    cv_.wait_until(lock, std::min(deadline, now + std::chrono::milliseconds(100)));
+    WaitUntilLocked(std::min(deadline, now + std::chrono::milliseconds(100)));
   }
 }
 

@@ -1,6 +1,7 @@
-// FileTransfer: one upload into a session's jail. The single implementation behind local mode's
-// Sandboxes.Upload (agent/sandboxes_service.cc) and fleet mode's upload commands over Attach
-// (agent/fleet_agent.cc), so both front ends give the same guarantees:
+// FileTransfer: the bytes of one upload into a session's jail. Session::Upload (session.h) runs it as a tool
+// call (events, idempotency) for both front ends, local mode's Sandboxes.Upload (agent/daemon/
+// sandboxes_service.cc) and fleet mode's upload commands over Attach (agent/fleet/fleet_agent.cc), so both
+// give the same guarantees:
 // - data goes to sandbox-init in frames of at most InitClient::kMaxChunkBytes (nothing is buffered here);
 // - the transfer ends with one sha256 check: what the sender declared (when it did), what the agent received
 //   and what the jail stored must all agree;
@@ -28,8 +29,8 @@ class FileTransfer {
     std::string sha256;  // lowercase hex
   };
 
-  // `init` is not owned and must outlive the transfer (Session::BeginUpload hands out transfers that the
-  // caller drops before the session). `path` is resolved by sandbox-init inside the jail; mode 0 = 0644.
+  // `init` is not owned and must outlive the transfer (a Session::Upload holds it, and is dropped before
+  // its session). `path` is resolved by sandbox-init inside the jail; mode 0 = 0644.
   FileTransfer(sandbox::InitClient* init, std::string path, uint32_t mode);
   // Removes the file unless Finish succeeded.
   ~FileTransfer();

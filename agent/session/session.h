@@ -5,26 +5,25 @@
 #define SBX_AGENT_SESSION_SESSION_H_
 
 #include <atomic>
-#include <condition_variable>
-#include <deque>
-#include <functional>
-#include <future>
 #include <chrono>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "agent/session/approvals.h"
 #include "agent/egress/egress_proxy.h"
 #include "agent/session/event_log.h"
 #include "agent/session/file_transfer.h"
+#include "agent/session/timer.h"
 #include "agent/obs/metrics.h"
 #include "duvo/sandbox/v1/session.pb.h"
 #include "sandbox/cgroup/cgroup.h"
@@ -36,6 +35,7 @@
 namespace sbx::agent {
 
 class CgroupLedger;
+struct SeccompRelay;
 
 // A request's own egress rules (CreateRequest.egress), already checked against the host policy's by the
 // SessionManager. The proxy applies `allow` and `ask`, and the host's rules (`ceiling_*`) over them.
@@ -66,6 +66,8 @@ class Session {
     Metrics* metrics = nullptr;        // not owned; may be null
     CgroupLedger* ledger = nullptr;    // not owned; may be null: forgets the session once its cgroup is gone
     sandbox::JailLauncher* launcher = nullptr;  // not owned; clones the jail from a long-lived thread
+    // Not owned; the agent's one timer (SessionManager's). Null: the session makes one of its own.
+    Timer* timer = nullptr;
     uint64_t max_output_bytes = 64ull << 20;     // one command's output budget (policy output_max_bytes)
     EventLog::Limits event_log;                  // the event log's budgets (policy limits.event_log_*, file_events_*)
     duvo::sandbox::v1::DesktopOptions desktop;   // kind DESKTOP: the display to start
@@ -98,8 +100,9 @@ class Session {
   // A file transfer's gate ("download" or "upload" of `path`): OK at once when the policy does not gate it;
   // else raises a HumanRequest and waits for its decision: OK when approved, PermissionDenied when rejected
   // or expired, Cancelled when the session ended or `gone()` (polled every 100 ms) says the client left.
+  // `call_id`: the call the request is for (an upload's), or "" (a download).
   absl::Status AwaitTransferApproval(std::string_view kind, const std::string& path, std::string_view detail,
-                                     const std::function<bool()>& gone);
+                                     const std::function<bool()>& gone, const std::string& call_id = "");
   duvo::sandbox::v1::Session Describe() const;
   bool ended() const { return ended_.load(); }
   bool Matches(const std::map<std::string, std::string>& selector) const;
@@ -134,14 +137,23 @@ class Session {
   void End(duvo::sandbox::v1::Outcome::Status status, const std::string& reason, const std::string& message,
            std::optional<int> exit_code = std::nullopt);
 
-  // Starts an upload into the jail: the one implementation both front ends use (agent/file_transfer.h: sha256
-  // checked at the end, the file removed on a mismatch or an abort). The transfer must be dropped before the
-  // session. FailedPrecondition once the session has ended; InvalidArgument for an empty path.
-  absl::StatusOr<std::unique_ptr<FileTransfer>> BeginUpload(const std::string& path, uint32_t mode);
+  // An upload into the jail, run as a tool call: the one implementation both front ends use (the Upload RPC
+  // and fleet upload commands). Begins with tool_call_started (a write_file naming the path and mode, without
+  // data) under `call_id`, and ends with tool_call_finished (Upload::Finish, Fail, or the Upload dropped
+  // unfinished). The bytes go through a FileTransfer (agent/session/file_transfer.h: sha256 checked at the
+  // end, the file removed on a mismatch or an abort).
+  // `key` is an idempotency key, as StartCallOnce's: an upload with a key already used for the same path and
+  // mode gets back the first upload (its call id and seq); when that one succeeded, nothing is written again
+  // (Upload::replayed(), and Finish returns its result). A key used for another path or mode is ABORTED; one
+  // whose upload is still running is ABORTED too; after one that failed, the key starts a new upload.
+  // FailedPrecondition once the session has ended; InvalidArgument for an empty path.
+  class Upload;
+  absl::StatusOr<std::unique_ptr<Upload>> BeginUpload(const std::string& key, const std::string& call_id,
+                                                      const std::string& path, uint32_t mode);
 
-  // The InitClient for Upload/Download and the service's own streams (Vnc, Cdp). Never null: Start() always makes
-  // one and it lives as long as the Session (reset only in ~Session). After the end the jail is killed, so its
-  // calls fail; callers check ended() first.
+  // The InitClient for Upload/Download and the service's own streams (Vnc, Cdp). Never null: Start() always
+  // makes one and it lives as long as the Session. After the end the jail is killed, so its calls fail;
+  // callers check ended() first.
   sandbox::InitClient* init() { return init_.get(); }
 
   // Marks the session used now (tool calls, uploads); the idle timeout counts from the last use.
@@ -152,14 +164,41 @@ class Session {
 
  private:
   Session(Options options, std::unique_ptr<sandbox::Jail> jail, std::unique_ptr<sandbox::InitClient> init);
+
+  // --- Start (session_start.cc) ---
+  // Network mode EGRESS: starts the jail's egress proxy with the request's rules, or the host policy's.
+  absl::Status StartEgressProxy(const sandbox::Policy& policy);
+  // The proxy's rules; sets effective_egress_ (what Describe reports).
+  absl::Status EgressRulesInto(const sandbox::Policy& policy, EgressProxyOptions* eo);
+  void OnEgressAudit(const EgressAudit& a);                       // an egress audit as an event
+  std::string AskEgress(const EgressAsk& a, EgressAnswerFn done);  // a held destination as a HumanRequest
+  // Appends session_started (seq 1), then hands the seccomp records held so far, and all later ones, to
+  // the event log.
+  void AppendStarted(std::chrono::steady_clock::time_point start, SeccompRelay* relay);
+
+  // --- The jail's end (session.cc) ---
   void WatchJail();  // runs on watcher_: waits for the jail's end and writes the outcome
+  // The outcome: End's status when it was ended, else what ended the jail.
+  duvo::sandbox::v1::Outcome OutcomeOf(const sandbox::RunResult& result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // --- Tool calls (session_calls.cc) ---
   // Runs a tool call whose tool_call_started (seq) is in the log: file tools before it returns, an exec on.
   absl::StatusOr<uint64_t> RunCall(const std::string& call_id, const duvo::sandbox::v1::ToolCall& call, uint64_t seq);
-  // A gated call's decision: approved calls run on approved_runner_; the rest finish with a ToolError.
+  void RunExec(const std::string& call_id, const duvo::sandbox::v1::Exec& exec);
+  // read_file, list_files and stat: their results.
+  absl::StatusOr<duvo::sandbox::v1::ToolResult> RunFileQuery(const duvo::sandbox::v1::ToolCall& call);
+  // A driver call (desktop, computer, browser): a lost display or browser ends the session.
+  void RunDriverCall(const std::string& call_id, const duvo::sandbox::v1::ToolCall& call);
+  // A gated call's decision: approved calls run on the approved runner; the rest finish with a ToolError.
   void OnGateDecided(const std::string& call_id, const duvo::sandbox::v1::ToolCall& call,
                      const duvo::sandbox::v1::HumanDecision& decision);
-  void RunApproved(std::stop_token stop);
+  void RunApproved();
   void FinishCall(const std::string& call_id, const absl::StatusOr<duvo::sandbox::v1::ToolResult>& result);
+  // Kills a command over its output budget, on the agent's timer (not the client's reader thread).
+  void RequestKill(const std::string& call_id);
+  std::string LastCallId() const;  // the newest tool call, for audits
+
+  // --- Driver actions (session.cc) ---
   // A desktop action: maps the caller's coordinate space onto the display, has sandbox-init carry it out,
   // and for a screenshot appends the image as file events.
   absl::StatusOr<duvo::sandbox::v1::ToolResult> RunDesktop(const std::string& call_id,
@@ -186,6 +225,8 @@ class Session {
   const int64_t created_unix_ms_;
   const std::chrono::steady_clock::time_point expires_;
   EventLog events_;
+  std::unique_ptr<Timer> own_timer_;  // only when Options.timer is null
+  Timer* const timer_;                // options_.timer, or own_timer_: the kills and the approvals' deadlines
   // After events_ (it appends there), created in the constructor before anything that can ask.
   std::unique_ptr<Approvals> approvals_;
   std::unique_ptr<ApprovalGates> gates_;
@@ -197,42 +238,89 @@ class Session {
   std::atomic<bool> ended_{false};
   std::atomic<int64_t> last_used_ns_;
 
-  mutable std::mutex mu_;
-  std::map<std::string, uint64_t> running_execs_;  // GUARDED_BY(mu_): call id -> InitClient call id
-  std::string last_call_id_;                       // GUARDED_BY(mu_): the newest tool call, for egress audits
-  std::map<std::string, std::string> labels_;      // GUARDED_BY(mu_)
-  duvo::sandbox::v1::Outcome outcome_;             // GUARDED_BY(mu_)
-  duvo::sandbox::v1::Outcome::Status end_status_ = duvo::sandbox::v1::Outcome::STATUS_UNSPECIFIED;  // GUARDED_BY(mu_)
-  std::string end_reason_, end_message_;           // GUARDED_BY(mu_)
-  std::optional<int> end_exit_code_;               // GUARDED_BY(mu_)
+  mutable absl::Mutex mu_;
+  // Signalled when a call finishes (running_execs_ shrinks): WatchJail waits for the calls to end.
+  absl::CondVar calls_changed_;
+  std::map<std::string, uint64_t> running_execs_ ABSL_GUARDED_BY(mu_);  // call id -> InitClient call id
+  std::string last_call_id_ ABSL_GUARDED_BY(mu_);  // the newest tool call, for egress audits
+  std::map<std::string, std::string> labels_ ABSL_GUARDED_BY(mu_);
+  // Gated tool calls waiting for a decision (busy() while any waits), and the origins the browser
+  // navigated to (OriginOf).
+  std::set<std::string> gated_waiting_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> origins_ ABSL_GUARDED_BY(mu_);
+  bool kills_closed_ ABSL_GUARDED_BY(mu_) = false;  // set by ~Session: no kill is scheduled after it
+  // The end: End's request (status unset until then), and the outcome WatchJail wrote.
+  struct EndRequest {
+    duvo::sandbox::v1::Outcome::Status status = duvo::sandbox::v1::Outcome::STATUS_UNSPECIFIED;
+    std::string reason, message;
+    std::optional<int> exit_code;
+  };
+  EndRequest end_ ABSL_GUARDED_BY(mu_);
+  duvo::sandbox::v1::Outcome outcome_ ABSL_GUARDED_BY(mu_);
 
+  // Idempotency keys of StartCallOnce and BeginUpload.
   struct IdempotentCall {
     std::string body;
     std::string call_id;
     uint64_t seq = 0;
+    // An upload's: running until it ends; a succeeded one keeps its result (a repeat writes nothing).
+    enum class Upload { kNone, kRunning, kSucceeded, kFailed } upload = Upload::kNone;
+    FileTransfer::Result upload_result;
   };
-  std::mutex idempotent_mu_;  // held across StartCall so two calls with one key start once
-  std::map<std::string, IdempotentCall> idempotent_calls_;  // GUARDED_BY(idempotent_mu_)
+  absl::Mutex idempotent_mu_;  // held across StartCall so two calls with one key start once
+  std::map<std::string, IdempotentCall> idempotent_calls_ ABSL_GUARDED_BY(idempotent_mu_);
 
-  // Kills commands over their output budget, off the client's reader thread.
-  void RequestKill(const std::string& call_id);
-  void RunKiller(std::stop_token stop);
-  std::mutex kill_mu_;
-  std::condition_variable_any kill_cv_;
-  std::deque<std::string> kill_queue_;  // GUARDED_BY(kill_mu_)
-  std::jthread killer_;
-
-  // Gated tool calls: waiting for a decision (busy() while any waits), and the approved ones run off the
-  // thread that decided (a RespondHumanRequest handler, the fleet's command reader) so that it is not held
-  // by a long browser call. The runner starts with the first approval.
-  std::set<std::string> gated_waiting_;  // GUARDED_BY(mu_)
-  std::set<std::string> origins_;        // GUARDED_BY(mu_): origins the browser navigated to (OriginOf)
-  std::mutex approved_mu_;
-  std::condition_variable_any approved_cv_;
-  std::deque<std::pair<std::string, duvo::sandbox::v1::ToolCall>> approved_;  // GUARDED_BY(approved_mu_)
-  std::jthread approved_runner_;                                               // GUARDED_BY(approved_mu_)
+  // Approved gated calls run off the thread that decided (a RespondHumanRequest handler, the fleet's command
+  // reader) so that it is not held by a long browser call. The runner starts with the first approval.
+  struct ApprovedRunner {
+    absl::Mutex mu;
+    absl::CondVar cv;
+    std::deque<std::pair<std::string, duvo::sandbox::v1::ToolCall>> queue ABSL_GUARDED_BY(mu);
+    bool stop ABSL_GUARDED_BY(mu) = false;
+    std::jthread thread ABSL_GUARDED_BY(mu);
+  };
+  ApprovedRunner approved_;
 
   std::jthread watcher_;  // last member: joined first
+};
+
+// One upload (Session::BeginUpload): a FileTransfer whose end is the call's tool_call_finished. Driven by one
+// front end's thread (or under its lock); dropped before its session.
+class Session::Upload {
+ public:
+  ~Upload();  // unfinished: aborted (no file is left), and the call finishes with an error saying so
+  Upload(const Upload&) = delete;
+  Upload& operator=(const Upload&) = delete;
+
+  const std::string& call_id() const { return call_id_; }
+  uint64_t seq() const { return seq_; }  // its tool_call_started
+  // A repeat of an upload that succeeded under the same idempotency key: writes nothing, and Finish returns
+  // the first upload's result.
+  bool replayed() const { return replay_.has_value(); }
+  uint64_t size() const { return transfer_ ? transfer_->size() : 0; }
+  // Finish or Fail was called, or a write failed.
+  bool ended() const { return ended_; }
+
+  // FileTransfer::Write; a failed write ends the upload with its error.
+  absl::Status Write(uint64_t offset, std::string_view data);
+  // FileTransfer::Finish; the call finishes with its result (done) or its error.
+  absl::StatusOr<FileTransfer::Result> Finish(std::string_view declared_sha256);
+  // Ends the upload with `why` (its gate refused it, the stream ended early): no file is left.
+  void Fail(const absl::Status& why);
+
+ private:
+  friend class Session;
+  Upload(Session* session, std::string key, std::string call_id, uint64_t seq,
+         std::optional<FileTransfer::Result> replay);
+  void End(const absl::StatusOr<FileTransfer::Result>& result);
+
+  Session* const session_;
+  const std::string key_;  // the idempotency key, or ""
+  const std::string call_id_;
+  const uint64_t seq_;
+  const std::optional<FileTransfer::Result> replay_;
+  std::unique_ptr<FileTransfer> transfer_;  // null when replayed
+  bool ended_ = false;
 };
 
 }  // namespace sbx::agent

@@ -104,14 +104,16 @@ SessionManager::SessionManager(Options options)
       default_idle_timeout_(options_.default_idle_timeout),
       policies_(options_.policies),
       warm_browsers_(options_.warm_browsers) {
-  reaper_ = std::jthread([this](std::stop_token stop) { Reap(stop); });
-  warmer_ = std::jthread([this](std::stop_token stop) { KeepWarm(stop); });
+  reaper_ = std::jthread([this] { Reap(); });
+  warmer_ = std::jthread([this] { KeepWarm(); });
 }
 
 SessionManager::~SessionManager() {
-  warmer_.request_stop();
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
   if (warmer_.joinable()) warmer_.join();
-  reaper_.request_stop();
   if (reaper_.joinable()) reaper_.join();
   CancelAll("the agent is shutting down");
 }
@@ -120,13 +122,53 @@ absl::StatusOr<pb::Session> SessionManager::Create(const pb::CreateRequest& requ
   return CreateWithId(request, NewSessionId());
 }
 
+namespace {
+
+// A request's options for its kind (a desktop's display, a browser's storage state) into `so`, checked
+// against the kind and the policy's display cap.
+absl::Status KindOptionsInto(const pb::CreateRequest& request, pb::SessionKind kind, const sandbox::Policy& policy,
+                             Session::Options* so) {
+  if (kind == pb::DESKTOP) {
+    const pb::DesktopOptions& d = request.desktop();
+    if ((d.width() != 0 && (d.width() < 64 || d.width() > 7680)) ||
+        (d.height() != 0 && (d.height() < 64 || d.height() > 4320))) {
+      return absl::InvalidArgumentError(absl::StrCat("desktop: ", d.width(), "x", d.height(),
+                                                     " is not a display size (64..7680 x 64..4320)"));
+    }
+    // The policy's display cap: a screenshot's size follows the display's (a 7680x4320 noise PNG is ~100 MB).
+    const uint32_t width = d.width() == 0 ? 1280 : d.width(), height = d.height() == 0 ? 800 : d.height();
+    if (width > policy.limits().display_max_width) {
+      return absl::PermissionDeniedError(absl::StrCat("desktop.width: ", width, " exceeds the policy's limits.display_max_width ",
+                                                      policy.limits().display_max_width));
+    }
+    if (height > policy.limits().display_max_height) {
+      return absl::PermissionDeniedError(absl::StrCat("desktop.height: ", height, " exceeds the policy's limits.display_max_height ",
+                                                      policy.limits().display_max_height));
+    }
+    so->desktop = d;
+  } else if (request.has_desktop()) {
+    return absl::InvalidArgumentError("desktop: display options are for kind DESKTOP sessions");
+  }
+  if (!request.browser().storage_state_json().empty()) {
+    if (kind != pb::BROWSER) return absl::InvalidArgumentError("browser: options are for kind BROWSER sessions");
+    constexpr size_t kMaxStorageState = 512 << 10;
+    if (request.browser().storage_state_json().size() > kMaxStorageState) {
+      return absl::InvalidArgumentError(absl::StrCat("browser.storage_state_json: over ", kMaxStorageState >> 10, " KiB"));
+    }
+    so->storage_state_json = request.browser().storage_state_json();
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::CreateRequest& request,
                                                                        const std::string& session_id, bool pooled) {
   const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
   std::optional<sandbox::Policy> ceiling;
   std::chrono::milliseconds default_ttl, default_idle_timeout;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto policy_it = policies_.find(kind);
     if (policy_it == policies_.end()) return absl::UnimplementedError("kind: not available on this agent");
     ceiling = policy_it->second;
@@ -166,6 +208,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   so.env = policy.spec().env;
   so.metrics = options_.metrics;
   so.launcher = &launcher_;
+  so.timer = &timer_;
   so.max_output_bytes = policy.limits().output_max_bytes;
   so.event_log.max_events = policy.limits().event_log_max_events;
   so.event_log.max_bytes = policy.limits().event_log_max_bytes;
@@ -177,39 +220,39 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
     ASSIGN_OR_RETURN(so.egress, EgressFromRequest(policy, request.egress()));
   }
   so.approvals = policy.spec().approvals;
-  if (kind == pb::DESKTOP) {
-    const pb::DesktopOptions& d = request.desktop();
-    if ((d.width() != 0 && (d.width() < 64 || d.width() > 7680)) ||
-        (d.height() != 0 && (d.height() < 64 || d.height() > 4320))) {
-      return absl::InvalidArgumentError(absl::StrCat("desktop: ", d.width(), "x", d.height(),
-                                                     " is not a display size (64..7680 x 64..4320)"));
-    }
-    // The policy's display cap: a screenshot's size follows the display's (a 7680x4320 noise PNG is ~100 MB).
-    const uint32_t width = d.width() == 0 ? 1280 : d.width(), height = d.height() == 0 ? 800 : d.height();
-    if (width > policy.limits().display_max_width) {
-      return absl::PermissionDeniedError(absl::StrCat("desktop.width: ", width, " exceeds the policy's limits.display_max_width ",
-                                                      policy.limits().display_max_width));
-    }
-    if (height > policy.limits().display_max_height) {
-      return absl::PermissionDeniedError(absl::StrCat("desktop.height: ", height, " exceeds the policy's limits.display_max_height ",
-                                                      policy.limits().display_max_height));
-    }
-    so.desktop = d;
-  } else if (request.has_desktop()) {
-    return absl::InvalidArgumentError("desktop: display options are for kind DESKTOP sessions");
-  }
-  if (!request.browser().storage_state_json().empty()) {
-    if (kind != pb::BROWSER) return absl::InvalidArgumentError("browser: options are for kind BROWSER sessions");
-    constexpr size_t kMaxStorageState = 512 << 10;
-    if (request.browser().storage_state_json().size() > kMaxStorageState) {
-      return absl::InvalidArgumentError(absl::StrCat("browser.storage_state_json: over ", kMaxStorageState >> 10, " KiB"));
-    }
-    so.storage_state_json = request.browser().storage_state_json();
-  }
+  RETURN_IF_ERROR(KindOptionsInto(request, kind, policy, &so));
   if (options_.ledger != nullptr) RETURN_IF_ERROR(options_.ledger->Add(session_id));
   absl::StatusOr<std::shared_ptr<Session>> session = Session::Start(policy, std::move(so));
   if (!session.ok() && options_.ledger != nullptr) options_.ledger->Remove(session_id);  // the jail is gone
   return session;
+}
+
+std::optional<pb::Session> SessionManager::TakeWarmLocked(const pb::CreateRequest& request,
+                                                          const std::string& request_bytes, bool from_reservation) {
+  const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
+  // A warm browser, for a request that keeps the host's policy and the defaults (and is valid: display
+  // options are for desktops, and StartSession refuses them).
+  if (kind == pb::BROWSER && request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 &&
+      request.idle_timeout_ms() == 0 && !request.has_desktop() && !request.has_egress() &&
+      !request.has_approvals() && !request.has_browser()) {
+    while (!warm_.empty()) {
+      std::shared_ptr<Session> pooled = std::move(warm_.front().first);
+      warm_.pop_front();
+      if (pooled->ended()) continue;  // Chromium died in the pool: the pool replaces it
+      pooled->TakeFromPool({request.labels().begin(), request.labels().end()});
+      sessions_[pooled->id()] = pooled;
+      if (from_reservation) {
+        // The reservation's slot is now this session's, held until Delete like any reserved one.
+        if (reserved_ > 0) --reserved_;
+        held_ids_.insert(pooled->id());
+      }
+      if (!request.idempotency_key().empty()) {
+        idempotency_[request.idempotency_key()] = Idempotent{request_bytes, pooled->id()};
+      }
+      return pooled->Describe();
+    }
+  }
+  return std::nullopt;
 }
 
 absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest& request,
@@ -219,7 +262,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
   request.SerializeToString(&request_bytes);
   std::shared_ptr<Session> evicted;  // a pooled browser that gave its slot to this session
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (policies_.count(kind) == 0) {
       return absl::UnimplementedError(absl::StrCat(
           "kind: ", pb::SessionKind_IsValid(kind) ? pb::SessionKind_Name(kind) : absl::StrCat(static_cast<int>(kind)),
@@ -238,28 +281,8 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
                                                 request.idempotency_key(), "' was deleted"));
       }
     }
-    // A warm browser, for a request that keeps the host's policy and the defaults (and is valid: display
-    // options are for desktops, and StartSession refuses them).
-    if (kind == pb::BROWSER && request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 &&
-        request.idle_timeout_ms() == 0 && !request.has_desktop() && !request.has_egress() &&
-        !request.has_approvals() && !request.has_browser()) {
-      while (!warm_.empty()) {
-        std::shared_ptr<Session> pooled = std::move(warm_.front().first);
-        warm_.pop_front();
-        warm_cv_.notify_all();
-        if (pooled->ended()) continue;  // Chromium died in the pool: the pool replaces it
-        pooled->TakeFromPool({request.labels().begin(), request.labels().end()});
-        sessions_[pooled->id()] = pooled;
-        if (from_reservation) {
-          // The reservation's slot is now this session's, held until Delete like any reserved one.
-          if (reserved_ > 0) --reserved_;
-          held_ids_.insert(pooled->id());
-        }
-        if (!request.idempotency_key().empty()) {
-          idempotency_[request.idempotency_key()] = Idempotent{request_bytes, pooled->id()};
-        }
-        return pooled->Describe();
-      }
+    if (std::optional<pb::Session> pooled = TakeWarmLocked(request, request_bytes, from_reservation)) {
+      return *std::move(pooled);
     }
     // Pooled browsers hold slots nobody asked for yet: one gives its slot up for a session that needs it.
     if (UsedLocked() >= max_sessions_ + (from_reservation ? 1 : 0) && !warm_.empty()) {
@@ -281,7 +304,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
     bool started = false;
     ~Unstart() {
       if (started) return;  // counted as a session from the moment it was one (below)
-      std::lock_guard lock(self->mu_);
+      absl::MutexLock lock(&self->mu_);
       --self->starting_;
       if (reserved) ++self->reserved_;
     }
@@ -289,7 +312,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
 
   ASSIGN_OR_RETURN(std::shared_ptr<Session> session, StartSession(request, session_id));
   pb::Session described = session->Describe();
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   // In the same critical section that makes it a session: counted in starting_ and in sessions_ at once,
   // it took two slots for a moment, and a fleet grant's TryReserve then was refused for capacity.
   sessions_[session->id()] = session;
@@ -303,7 +326,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
 }
 
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string& id) const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = sessions_.find(id);
   if (it == sessions_.end()) return absl::NotFoundError(absl::StrCat("session_id: no session '", id, "'"));
   return it->second;
@@ -312,7 +335,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Find(const std::string&
 std::vector<pb::Session> SessionManager::List(const std::map<std::string, std::string>& selector) const {
   std::vector<std::shared_ptr<Session>> all;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (const auto& [id, s] : sessions_) all.push_back(s);
   }
   std::vector<pb::Session> out;
@@ -334,7 +357,7 @@ absl::StatusOr<pb::Session> SessionManager::Cancel(const std::string& id) {
 absl::Status SessionManager::Delete(const std::string& id) {
   std::shared_ptr<Session> session;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = sessions_.find(id);
     if (it == sessions_.end()) return absl::NotFoundError(absl::StrCat("session_id: no session '", id, "'"));
     session = std::move(it->second);
@@ -350,7 +373,7 @@ absl::Status SessionManager::Delete(const std::string& id) {
 void SessionManager::CancelAll(const std::string& reason) {
   std::map<std::string, std::shared_ptr<Session>> all;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     all.swap(sessions_);
     held_ids_.clear();
     for (auto& [session, at] : warm_) all[session->id()] = std::move(session);
@@ -362,14 +385,14 @@ void SessionManager::CancelAll(const std::string& reason) {
 }
 
 size_t SessionManager::active() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   size_t n = 0;
   for (const auto& [id, s] : sessions_) n += s->ended() ? 0 : 1;
   return n;
 }
 
 uint32_t SessionManager::capacity() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return max_sessions_;
 }
 
@@ -380,7 +403,7 @@ size_t SessionManager::UsedLocked() const {
 }
 
 uint32_t SessionManager::free_capacity() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   // A pooled browser's slot is free for whoever asks: a browser request takes the browser, another request
   // takes its slot.
   const size_t used = UsedLocked() - warm_.size();
@@ -388,31 +411,31 @@ uint32_t SessionManager::free_capacity() const {
 }
 
 uint32_t SessionManager::warm_count() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   uint32_t n = 0;
   for (const auto& [session, at] : warm_) n += session->ended() ? 0 : 1;
   return n;
 }
 
 void SessionManager::Reserve() {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   ++reserved_;
 }
 
 bool SessionManager::TryReserve() {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (UsedLocked() - warm_.size() >= max_sessions_) return false;
   ++reserved_;
   return true;
 }
 
 void SessionManager::Unreserve() {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (reserved_ > 0) --reserved_;
 }
 
 std::vector<pb::SessionKind> SessionManager::kinds() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::vector<pb::SessionKind> out;
   for (const auto& [kind, policy] : policies_) out.push_back(static_cast<pb::SessionKind>(kind));
   return out;
@@ -423,13 +446,12 @@ void SessionManager::Reload(uint32_t max_sessions, std::chrono::milliseconds def
                             uint32_t warm_browsers) {
   std::deque<std::pair<std::shared_ptr<Session>, std::chrono::steady_clock::time_point>> retired;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     warm_browsers_ = warm_browsers;
     // Pooled browsers were started under the old policies: fresh ones replace them (and one being started
     // now is dropped when it is ready).
     retired.swap(warm_);
     ++pool_generation_;
-    warm_cv_.notify_all();
     max_sessions_ = max_sessions;
     default_ttl_ = default_ttl;
     default_idle_timeout_ = default_idle_timeout;
@@ -438,17 +460,17 @@ void SessionManager::Reload(uint32_t max_sessions, std::chrono::milliseconds def
   retired.clear();  // ends them (outside the lock)
 }
 
-void SessionManager::KeepWarm(std::stop_token stop) {
+void SessionManager::KeepWarm() {
   // A pooled browser's ttl runs from its start: one that waited this long is replaced by a fresh one.
   constexpr auto kMaxPoolAge = std::chrono::minutes(5);
   pb::CreateRequest request;
   request.set_kind(pb::BROWSER);
-  while (!stop.stop_requested()) {
+  while (!Stopping()) {
     std::vector<std::shared_ptr<Session>> retired;
     bool start = false;
     uint64_t generation = 0;
     {
-      std::unique_lock lock(mu_);
+      absl::MutexLock lock(&mu_);
       const auto now = Clock::now();
       size_t keep = warm_browsers_;  // a SIGHUP may have shrunk the pool: the oldest go first
       for (auto it = warm_.begin(); it != warm_.end();) {
@@ -464,37 +486,48 @@ void SessionManager::KeepWarm(std::stop_token stop) {
         ++warming_;
         generation = pool_generation_;
       } else if (retired.empty()) {
-        warm_cv_.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });
+        (void)mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
         continue;
       }
     }
     retired.clear();  // ends them (outside the lock)
     if (!start) continue;
     absl::StatusOr<std::shared_ptr<Session>> session = StartSession(request, NewSessionId(), /*pooled=*/true);
-    std::unique_lock lock(mu_);
-    --warming_;
-    if (session.ok() && generation != pool_generation_) {
-      // Started under policies a SIGHUP replaced meanwhile: it ends (outside the lock), a fresh one follows.
-      std::shared_ptr<Session> stale = std::move(*session);
-      lock.unlock();
-      stale.reset();
-    } else if (session.ok()) {
-      warm_.emplace_back(std::move(*session), Clock::now());
-    } else {
-      // NOTE: the next round tries again; a browser that cannot start keeps failing Creates the same way.
-      warm_cv_.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });
+    std::shared_ptr<Session> stale;
+    {
+      absl::MutexLock lock(&mu_);
+      --warming_;
+      if (session.ok() && generation != pool_generation_) {
+        // Started under policies a SIGHUP replaced meanwhile: it ends (outside the lock), a fresh one follows.
+        stale = std::move(*session);
+      } else if (session.ok()) {
+        warm_.emplace_back(std::move(*session), Clock::now());
+      } else {
+        // NOTE: the next round tries again; a browser that cannot start keeps failing Creates the same way.
+        (void)mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
+      }
     }
+    stale.reset();
   }
 }
 
-void SessionManager::Reap(std::stop_token stop) {
-  while (!stop.stop_requested()) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+bool SessionManager::Stopping() const {
+  absl::MutexLock lock(&mu_);
+  return stopping_;
+}
+
+void SessionManager::Reap() {
+  for (;;) {
+    {
+      // A scan every 100 ms (idle timeouts, ended sessions to forget); the agent's end stops it at once.
+      absl::MutexLock lock(&mu_);
+      if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Milliseconds(100))) return;
+    }
     const auto now = Clock::now();
     std::vector<std::shared_ptr<Session>> idle;
     std::vector<std::shared_ptr<Session>> forget;
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       for (auto it = sessions_.begin(); it != sessions_.end();) {
         const std::shared_ptr<Session>& s = it->second;
         if (s->ended()) {

@@ -5,19 +5,20 @@
 #define SBX_AGENT_SESSION_SESSION_MANAGER_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "agent/session/session.h"
+#include "agent/session/timer.h"
 #include "duvo/sandbox/v1/sandboxes.pb.h"
 #include "sandbox/cgroup/cgroup.h"
 #include "sandbox/jail_launcher.h"
@@ -93,38 +94,46 @@ class SessionManager {
               uint32_t warm_browsers);
 
  private:
-  void Reap(std::stop_token stop);  // idle timeouts and forgetting ended sessions
+  void Reap();  // idle timeouts and forgetting ended sessions
   // Keeps options_.warm_browsers browser sessions started; replaces one that ended or aged in the pool.
-  void KeepWarm(std::stop_token stop);
+  void KeepWarm();
+  bool Stopping() const;
+  // A pooled browser for `request` (one that keeps the host's policy and the defaults), taken from the warm
+  // pool and made a session; nullopt when the request does not qualify or the pool is empty.
+  std::optional<duvo::sandbox::v1::Session> TakeWarmLocked(const duvo::sandbox::v1::CreateRequest& request,
+                                                           const std::string& request_bytes, bool from_reservation)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Starts a session (no idempotency, no capacity check): the common part of Create and the warm pool.
   // `pooled`: for the warm pool (Session::Options::pooled).
   absl::StatusOr<std::shared_ptr<Session>> StartSession(const duvo::sandbox::v1::CreateRequest& request,
                                                         const std::string& session_id, bool pooled = false);
 
   const Options options_;
-  // Reloadable copies of options_ (GUARDED_BY(mu_)).
-  uint32_t max_sessions_;
-  std::chrono::milliseconds default_ttl_, default_idle_timeout_;
-  std::map<int, sandbox::Policy> policies_;
-  uint32_t warm_browsers_;
   // Declared before the sessions: destroyed after them, so no jail outlives the thread that cloned it.
   sandbox::JailLauncher launcher_;
-  mutable std::mutex mu_;
-  std::map<std::string, std::shared_ptr<Session>> sessions_;  // GUARDED_BY(mu_)
+  // The agent's one timer, shared by its sessions (Session::Options::timer); destroyed after them too.
+  Timer timer_;
+  mutable absl::Mutex mu_;
+  // Reloadable copies of options_.
+  uint32_t max_sessions_ ABSL_GUARDED_BY(mu_);
+  std::chrono::milliseconds default_ttl_ ABSL_GUARDED_BY(mu_), default_idle_timeout_ ABSL_GUARDED_BY(mu_);
+  std::map<int, sandbox::Policy> policies_ ABSL_GUARDED_BY(mu_);
+  uint32_t warm_browsers_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
   struct Idempotent {
     std::string request_bytes;
     std::string session_id;
   };
-  std::map<std::string, Idempotent> idempotency_;  // GUARDED_BY(mu_)
-  uint32_t starting_ = 0;                          // GUARDED_BY(mu_): Creates in flight
-  uint32_t reserved_ = 0;                          // GUARDED_BY(mu_): Reserve() slots
-  std::set<std::string> held_ids_;                 // GUARDED_BY(mu_): count until deleted, even ended
-  std::deque<std::pair<std::shared_ptr<Session>, std::chrono::steady_clock::time_point>> warm_;  // GUARDED_BY(mu_)
-  uint32_t warming_ = 0;                           // GUARDED_BY(mu_): pool sessions being started
-  uint64_t pool_generation_ = 0;                   // GUARDED_BY(mu_): bumped by Reload
-  std::condition_variable_any warm_cv_;
-  size_t UsedLocked() const;
-  std::map<std::string, std::chrono::steady_clock::time_point> ended_at_;  // GUARDED_BY(mu_)
+  std::map<std::string, Idempotent> idempotency_ ABSL_GUARDED_BY(mu_);
+  uint32_t starting_ ABSL_GUARDED_BY(mu_) = 0;  // Creates in flight
+  uint32_t reserved_ ABSL_GUARDED_BY(mu_) = 0;  // Reserve() slots
+  std::set<std::string> held_ids_ ABSL_GUARDED_BY(mu_);  // count until deleted, even ended
+  std::deque<std::pair<std::shared_ptr<Session>, std::chrono::steady_clock::time_point>> warm_ ABSL_GUARDED_BY(mu_);
+  uint32_t warming_ ABSL_GUARDED_BY(mu_) = 0;          // pool sessions being started
+  uint64_t pool_generation_ ABSL_GUARDED_BY(mu_) = 0;  // bumped by Reload
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;         // the destructor stops the reaper and the warmer
+  size_t UsedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::map<std::string, std::chrono::steady_clock::time_point> ended_at_ ABSL_GUARDED_BY(mu_);
   std::jthread reaper_;
   std::jthread warmer_;
 };

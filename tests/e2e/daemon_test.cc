@@ -321,6 +321,79 @@ TEST_F(DaemonTest, AnUploadThatEndsBeforeItsLastChunkLeavesNoFile) {
   EXPECT_EQ(RunCall(stub_.get(), s.id(), call).finished.error().code(), grpc::NOT_FOUND);
 }
 
+// One upload through the Upload RPC: `data` to `path` with `key` as its idempotency key (may be empty).
+grpc::Status Upload(pb::Sandboxes::StubInterface* stub, const std::string& session_id, const std::string& path,
+                    const std::string& data, const std::string& key, pb::UploadResponse* resp) {
+  grpc::ClientContext ctx;
+  auto writer = stub->Upload(&ctx, resp);
+  pb::UploadChunk c;
+  c.set_session_id(session_id);
+  c.set_path(path);
+  c.set_idempotency_key(key);
+  c.set_data(data);
+  c.set_last(true);
+  c.set_sha256(Sha256Hex(data));
+  writer->Write(c);
+  writer->WritesDone();
+  return writer->Finish();
+}
+
+// The session's events so far (the Events stream, cut off after a second once it has nothing more).
+std::vector<pb::Event> SessionEvents(pb::Sandboxes::StubInterface* stub, const std::string& session_id) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  pb::EventsRequest req;
+  req.set_session_id(session_id);
+  auto reader = stub->Events(&ctx, req);
+  std::vector<pb::Event> out;
+  pb::Event e;
+  while (reader->Read(&e)) out.push_back(e);
+  reader->Finish();
+  return out;
+}
+
+// Issue 16: an upload is a tool call like the others: tool_call_started (a write_file naming the path,
+// without its bytes) and tool_call_finished, under the call id the response names.
+TEST_F(DaemonTest, AnUploadIsAToolCallWithItsOwnEvents) {
+  pb::Session s = Create();
+  pb::UploadResponse resp;
+  grpc::Status status = Upload(stub_.get(), s.id(), "evented.txt", "hello, events\n", "", &resp);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_FALSE(resp.call_id().empty());
+  int started = 0, finished = 0;
+  for (const pb::Event& e : SessionEvents(stub_.get(), s.id())) {
+    if (e.has_tool_call_started() && e.tool_call_started().call_id() == resp.call_id()) {
+      ++started;
+      EXPECT_EQ(e.tool_call_started().call().write_file().path(), "evented.txt");
+      EXPECT_TRUE(e.tool_call_started().call().write_file().data().empty());
+    }
+    if (e.has_tool_call_finished() && e.tool_call_finished().call_id() == resp.call_id()) {
+      ++finished;
+      EXPECT_TRUE(e.tool_call_finished().result().done()) << e.DebugString();
+    }
+  }
+  EXPECT_EQ(started, 1);
+  EXPECT_EQ(finished, 1);
+}
+
+// Issue 16: an upload repeated with its idempotency key (a client retrying after a lost response) returns
+// the first upload's response and writes nothing: a change made to the file since stays.
+TEST_F(DaemonTest, AnUploadRepeatedWithItsIdempotencyKeyWritesOnce) {
+  pb::Session s = Create();
+  pb::UploadResponse first, second;
+  ASSERT_TRUE(Upload(stub_.get(), s.id(), "once.txt", "first bytes\n", "key-1", &first).ok());
+  CallResult changed = RunExec(stub_.get(), s.id(), {"sh", "-c", "echo changed > once.txt"});
+  ASSERT_EQ(changed.finished.result().exec().exit_code(), 0);
+  grpc::Status status = Upload(stub_.get(), s.id(), "once.txt", "first bytes\n", "key-1", &second);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(second.call_id(), first.call_id());
+  EXPECT_EQ(second.sha256(), first.sha256());
+  EXPECT_EQ(RunExec(stub_.get(), s.id(), {"cat", "once.txt"}).out, "changed\n");
+  // The same key for another path is refused.
+  pb::UploadResponse other;
+  EXPECT_EQ(Upload(stub_.get(), s.id(), "other.txt", "first bytes\n", "key-1", &other).error_code(), grpc::ABORTED);
+}
+
 // --- Lifecycle --------------------------------------------------------------------------------------------
 
 TEST_F(DaemonTest, CancelEndsTheSessionAsCanceled) {
