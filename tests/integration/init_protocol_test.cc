@@ -29,6 +29,7 @@
 
 #include "sandbox/cgroup/cgroup.h"
 #include "wire/frame.h"
+#include "wire/init_protocol.pb.h"
 #include "base/sha256.h"
 #include "sandbox/jail.h"
 #include "sandbox/policy/policy_loader.h"
@@ -792,6 +793,56 @@ TEST_F(HostileInitTest, TruncatedFrameThenClose) {
   });
   EXPECT_TRUE(StatusIs(status, absl::StatusCode::kUnavailable, "truncated frame: connection closed after 10 of 100"));
   EXPECT_FALSE(client_->healthy());
+}
+
+// A browser action travels as its typed message, with the call's deadline in the envelope; the answer comes
+// back as BrowserOutput.
+TEST_F(HostileInitTest, ABrowserActionTravelsAsItsTypedMessage) {
+  init::BrowserRequest navigate;
+  navigate.mutable_navigate()->set_url("http://example.test/");
+  navigate.mutable_navigate()->set_wait_until(init::WAIT_UNTIL_NETWORK_IDLE);
+  navigate.mutable_navigate()->set_timeout_ms(12'000);
+  absl::StatusOr<InitClient::BrowserOutput> out;
+  std::thread caller([&] { out = client_->BrowserRequest(navigate, 14'000); });
+  FrameReader reader;
+  char buf[4096];
+  std::string_view payload;
+  while (!reader.Next(&payload)) {
+    const ssize_t n = read(peer_.get(), buf, sizeof(buf));
+    ASSERT_GT(n, 0);
+    ASSERT_TRUE(reader.Feed(buf, static_cast<size_t>(n)));
+  }
+  init::Request request;
+  ASSERT_TRUE(request.ParseFromArray(payload.data(), static_cast<int>(payload.size())));
+  EXPECT_EQ(request.timeout_ms(), 14'000u);
+  ASSERT_TRUE(request.browser_request().has_navigate());
+  EXPECT_EQ(request.browser_request().navigate().url(), "http://example.test/");
+  EXPECT_EQ(request.browser_request().navigate().wait_until(), init::WAIT_UNTIL_NETWORK_IDLE);
+  EXPECT_EQ(request.browser_request().navigate().timeout_ms(), 12'000u);
+  init::Response response;
+  response.set_call_id(request.call_id());
+  response.mutable_browser_output()->set_data("loaded");
+  Write(EncodeFrame(response.SerializeAsString()));
+  caller.join();
+  ASSERT_TRUE(IsOk(out));
+  EXPECT_EQ(out->data, "loaded");
+}
+
+// Actions answered with something else than the call expects (a screenshot, the pointer's position) have
+// calls of their own: handed to the wrong one they are refused before they are sent, not read as a protocol
+// violation that would end the connection.
+TEST_F(HostileInitTest, AnActionOnTheWrongCallIsRefusedBeforeItIsSent) {
+  init::BrowserRequest shot;
+  shot.mutable_screenshot()->set_format(init::IMAGE_FORMAT_PNG);
+  EXPECT_TRUE(StatusIs(client_->BrowserRequest(shot), absl::StatusCode::kInvalidArgument, "BrowserScreenshot"));
+  EXPECT_TRUE(StatusIs(client_->BrowserRequest(init::BrowserRequest()), absl::StatusCode::kInvalidArgument));
+  init::DesktopInput cursor;
+  cursor.mutable_cursor_position();
+  EXPECT_TRUE(StatusIs(client_->DesktopInput(cursor), absl::StatusCode::kInvalidArgument, "PointerPosition"));
+  EXPECT_TRUE(StatusIs(client_->DesktopInput(init::DesktopInput()), absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(client_->healthy());
+  char byte;
+  EXPECT_EQ(recv(peer_.get(), &byte, 1, MSG_DONTWAIT), -1);  // nothing was sent
 }
 
 TEST_F(HostileInitTest, GarbageThatIsNotAResponse) {
