@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "wire/init_report.h"
 #include "sandbox/jail_child.h"
+#include "sandbox/jail_clone.h"
 #include "sandbox/mount_plan.h"
 #include "sandbox/oom_score.h"
 #include "sandbox/outcome.h"
@@ -53,129 +54,6 @@ absl::Status WriteProcFile(pid_t pid, const char* file, std::string_view content
 }
 
 int PidfdSendSignal(int pidfd, int sig) { return static_cast<int>(syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0)); }
-
-// clone3's arguments for a jail child: a pidfd, its pid in *tid, and (v2) born in the session cgroup with no
-// migration afterwards.
-clone_args JailCloneArgs(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd) {
-  clone_args args{};
-  args.flags = flags | CLONE_PIDFD | CLONE_PARENT_SETTID;
-  if (cgroup_fd >= 0) {
-    args.flags |= CLONE_INTO_CGROUP;
-    args.cgroup = static_cast<uint64_t>(cgroup_fd);
-  }
-  args.pidfd = reinterpret_cast<uint64_t>(pidfd);
-  args.parent_tid = reinterpret_cast<uint64_t>(tid);
-  args.exit_signal = SIGCHLD;
-  return args;
-}
-
-// clone3 with a pidfd (and CLONE_PARENT_SETTID into *tid); falls back to clone(2) on kernels (or seccomp
-// profiles) without clone3. Returns 0 in the child.
-// NOTE: clone(2) returns the pidfd through its parent_tid argument, so it cannot take CLONE_PARENT_SETTID
-// too (EINVAL): there *tid is stored after clone returns, and a reader of it must wait for it to be set.
-// Nor can it take CLONE_INTO_CGROUP: with a cgroup (v2) the fallback sets *move_into_cgroup before *tid,
-// and the reader of *tid then moves the child into the cgroup before releasing it from its sync pipe.
-pid_t CloneWithPidfd(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* move_into_cgroup) {
-  clone_args args = JailCloneArgs(flags, pidfd, tid, cgroup_fd);
-  long pid = syscall(SYS_clone3, &args, sizeof(args));
-  if (pid < 0 && errno == ENOSYS) {
-    pid = syscall(SYS_clone, flags | CLONE_PIDFD | SIGCHLD, nullptr, pidfd, nullptr, nullptr);
-    if (pid > 0) {
-      if (cgroup_fd >= 0) __atomic_store_n(move_into_cgroup, 1, __ATOMIC_RELAXED);
-      __atomic_store_n(tid, static_cast<pid_t>(pid), __ATOMIC_RELEASE);
-    }
-  }
-  return static_cast<pid_t>(pid);
-}
-
-#if defined(__x86_64__)
-// The jail child shares the agent's memory until it execs: clone3(CLONE_VM | CLONE_VFORK) onto its own stack,
-// as posix_spawn does. A fork-style clone of the agent (a large, many-threaded process) copies its page
-// tables, and then every page any agent thread writes takes a copy-on-write fault with a TLB shootdown on
-// every CPU: under a stream of session starts that was half the agent's CPU time. With CLONE_VFORK the
-// launching thread sleeps until the child execs or exits, so the child alone uses that thread's TLS.
-constexpr size_t kChildStackBytes = 256 << 10;
-
-// A stack for the children this thread clones, kept for the thread's life (one child at a time: the
-// thread is suspended while its child runs). A guard page below catches an overflow.
-struct ChildStack {
-  void* base = nullptr;
-  ~ChildStack() {
-    if (base != nullptr) munmap(base, kChildStackBytes + 4096);
-  }
-  char* top() {
-    if (base == nullptr) {
-      void* p = mmap(nullptr, kChildStackBytes + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
-                     -1, 0);
-      if (p == MAP_FAILED) return nullptr;
-      mprotect(p, 4096, PROT_NONE);
-      base = p;
-    }
-    return static_cast<char*>(base) + 4096 + kChildStackBytes;  // 16-byte aligned
-  }
-};
-
-[[noreturn]] void ChildEntry(void* spec) { internal::RunJailChild(*static_cast<const internal::ChildSpec*>(spec)); }
-
-// clone3 that runs fn(arg) on `stack_top` in the child and never returns there. In the parent: the pid, or
-// -1 with errno.
-[[gnu::noinline]] long Clone3OnStack(clone_args* args, void (*fn)(void*), void* arg) {
-  long ret;
-  register void (*r8)(void*) asm("r8") = fn;
-  register void* r9 asm("r9") = arg;
-  asm volatile(
-      "syscall\n\t"
-      "testq %%rax, %%rax\n\t"
-      "jnz 1f\n\t"
-      // The child, on its new stack (16-byte aligned; the call pushes the return address).
-      "xorl %%ebp, %%ebp\n\t"
-      "movq %%r9, %%rdi\n\t"
-      "callq *%%r8\n\t"
-      "movl $60, %%eax\n\t"  // SYS_exit, should fn ever return
-      "movl $125, %%edi\n\t"
-      "syscall\n\t"
-      "hlt\n\t"
-      "1:\n\t"
-      : "=a"(ret)
-      : "0"(static_cast<long>(SYS_clone3)), "D"(args), "S"(sizeof(clone_args)), "r"(r8), "r"(r9)
-      : "rcx", "r11", "memory", "cc");
-  if (ret < 0) {
-    errno = static_cast<int>(-ret);
-    return -1;
-  }
-  return ret;
-}
-#endif
-
-// Starts the jail child: returns its pid in the parent once it has exec'd sandbox-init or failed (x86-64,
-// CLONE_VFORK), or at once (elsewhere). -1 with errno when clone fails.
-// `before_copy` runs before the fallback's fork-style clone: that child gets a copy of `child` as it is then,
-// so whatever the helper thread still fills in must be there first.
-pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* move_into_cgroup,
-                 const internal::ChildSpec& child, const std::function<void()>& before_copy) {
-#if defined(__x86_64__)
-  static thread_local ChildStack stack;
-  char* top = stack.top();
-  if (top != nullptr) {
-    clone_args args = JailCloneArgs(flags | CLONE_VM | CLONE_VFORK, pidfd, tid, cgroup_fd);
-    args.stack = reinterpret_cast<uint64_t>(top - kChildStackBytes);
-    args.stack_size = kChildStackBytes;
-    // No signal handler of the agent may run on the child's stack before it resets them: block all.
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    long pid = Clone3OnStack(&args, ChildEntry, const_cast<internal::ChildSpec*>(&child));
-    const int err = errno;
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
-    errno = err;
-    if (pid >= 0 || errno != ENOSYS) return static_cast<pid_t>(pid);
-  }
-#endif
-  before_copy();
-  const pid_t pid = CloneWithPidfd(flags, pidfd, tid, cgroup_fd, move_into_cgroup);
-  if (pid == 0) internal::RunJailChild(child);  // never returns
-  return pid;
-}
 
 std::vector<std::string> BuildEnv(const PolicySpec& spec, char** host_environ) {
   std::vector<std::string> env;
@@ -325,6 +203,29 @@ absl::Status MakeChildPipesFromParent(bool serve, ChildPipes* p) {
   p->report_read.Reset(report_pipe[0]);
   p->report_write.Reset(report_pipe[1]);
   return absl::OkStatus();
+}
+
+// The child's ends, closed in the parent once the child has its own (after clone).
+void CloseChildEndsFromParent(ChildPipes* p) {
+  p->err_write.Reset();
+  p->ready_write.Reset();
+  p->sync_read.Reset();
+  p->report_write.Reset();
+  p->notify_write.Reset();
+}
+
+// sandbox-init's argv and environment, and the pointer arrays the child passes to execve (into the strings
+// here: fill in place, never move).
+struct ExecArgs {
+  std::vector<std::string> env, init_args;
+  std::vector<char*> envp, argv;
+};
+
+void FillExecArgs(const PolicySpec& spec, const JailOptions& options, ExecArgs* out) {
+  out->env = BuildEnv(spec, options.host_environ);
+  out->envp = CStrings(out->env);
+  out->init_args = InitArgs(options);
+  out->argv = CStrings(out->init_args);
 }
 
 // Everything the child reads, as pointers into the parent's precomputed data. The seccomp program and (v1)
@@ -544,10 +445,8 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   RETURN_IF_ERROR(PrepareSeccompNotifyFromParent(spec.seccomp, &deny_table, &pipes));
   ASSIGN_OR_RETURN(IdRange ids, IdRange::Acquire());
   ASSIGN_OR_RETURN(MountPlan plan, MountPlan::Build(policy, options.init_path, spec.uid, spec.gid));
-  std::vector<std::string> env = BuildEnv(spec, options.host_environ);
-  std::vector<char*> envp = CStrings(env);
-  std::vector<std::string> init_args = InitArgs(options);
-  std::vector<char*> argv = CStrings(init_args);
+  ExecArgs exec;
+  FillExecArgs(spec, options, &exec);
   const internal::ChildRlimit rlimits[] = {
       {RLIMIT_NOFILE, {spec.limits.open_files_max, spec.limits.open_files_max}},
       {RLIMIT_FSIZE, {spec.limits.file_size_max_bytes, spec.limits.file_size_max_bytes}},
@@ -565,23 +464,19 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   const int cgroup_fd = jail->cgroup_ ? jail->cgroup_->v2_dir_fd() : -1;
   RETURN_IF_ERROR(MakeChildPipesFromParent(options.serve, &pipes));
   internal::ChildSpec child = ChildSpecFor(spec, pipes, !ids.rootless(), plan, rlimits,
-                                           sizeof(rlimits) / sizeof(rlimits[0]), &prog, argv.data(), envp.data());
+                                           sizeof(rlimits) / sizeof(rlimits[0]), &prog, exec.argv.data(), exec.envp.data());
 
   SetupHelper helper{spec, options, cgroup_limits, ids, jail->cgroup_, child, prog, v1_cgroup, deny_table.has_value(),
                      pipes.ready_read.get(), pipes.clone_done.get(), std::move(pipes.sync_write)};
   std::jthread mapper([&helper] { helper.Run(); });
-  const pid_t pid = StartChild(CloneFlagsFor(spec), &helper.pidfd, &helper.child_pid, cgroup_fd,
+  const pid_t pid = internal::StartChild(CloneFlagsFor(spec), &helper.pidfd, &helper.child_pid, cgroup_fd,
                                &helper.move_into_cgroup, child, [&] { helper.prework_done.wait(); });
   const int clone_errno = errno;
   if (pid > 0) {
     jail->pid_ = pid;
     jail->pidfd_.Reset(helper.pidfd);
   }
-  pipes.err_write.Reset();
-  pipes.ready_write.Reset();
-  pipes.sync_read.Reset();
-  pipes.report_write.Reset();
-  pipes.notify_write.Reset();
+  CloseChildEndsFromParent(&pipes);
   const bool err_readable = pid > 0 ? WaitForExecFromParent(pipes.err_read.get()) : true;
   const uint64_t one = 1;
   if (write(pipes.clone_done.get(), &one, sizeof(one)) != sizeof(one)) {

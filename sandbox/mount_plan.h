@@ -41,6 +41,12 @@ class MountPlan {
   // cannot be written in overlay options.
   void SetReadOnlyOverlay(internal::MountOp& op, const std::string& host_src);
   void Add(internal::MountOp op, std::string description);
+  // Build's steps, in order: the policy's mounts (file_bytes: what the kFile mounts need on the root
+  // tmpfs), /proc, /dev, sandbox-init.
+  absl::Status AddPolicyMount(const MountSpec& spec, const std::string& owner, uint64_t* file_bytes);
+  void AddProc();
+  void AddDev(const std::string& owner);
+  void AddInit(std::string_view init_host_path);
 
   std::deque<std::string> strings_;  // stable addresses for the const char* in ops_
   std::vector<internal::MountOp> ops_;

@@ -194,81 +194,86 @@ bool SeccompUsesUserNotif(const SeccompPolicy& policy) {
                                                          [](const SeccompRule& r) { return IsDenial(r.action); }));
 }
 
-absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy) {
-  const bool notify = policy.audit_denials;
-  // The filter's action for a policy action: a denial goes to the supervisor when audited.
-  // ERRNO ENOSYS is a compatibility answer, not a refusal worth a record: "this kernel has no such call"
-  // (clone3, whose flags sit in a struct the filter cannot read, so glibc falls back to clone, which the
-  // filter checks). Every thread a workload starts asks it once; sending those through the supervisor
-  // would fill each session's audit budget with noise before a real denial came.
-  const auto filter_action = [notify](SeccompAction action, int errno_value, int nr) {
-    const bool compat = action == SeccompAction::kErrno && errno_value == ENOSYS;
-    if (notify && IsDenial(action) && !compat && !IsJailChildSyscall(nr)) return uint32_t{SCMP_ACT_NOTIFY};
-    return ToScmpAction(action, errno_value);
-  };
-  const uint32_t default_action = filter_action(policy.default_action, policy.default_errno, -1);
-  SeccompCtx ctx(seccomp_init(default_action));
-  if (!ctx) return absl::InternalError("seccomp_init failed");
+namespace {
+
+// The filter's action for a policy action: a denial goes to the supervisor when audited (`notify`).
+// ERRNO ENOSYS is a compatibility answer, not a refusal worth a record: "this kernel has no such call"
+// (clone3, whose flags sit in a struct the filter cannot read, so glibc falls back to clone, which the
+// filter checks). Every thread a workload starts asks it once; sending those through the supervisor
+// would fill each session's audit budget with noise before a real denial came.
+uint32_t FilterAction(bool notify, SeccompAction action, int errno_value, int nr) {
+  const bool compat = action == SeccompAction::kErrno && errno_value == ENOSYS;
+  if (notify && IsDenial(action) && !compat && !IsJailChildSyscall(nr)) return uint32_t{SCMP_ACT_NOTIFY};
+  return ToScmpAction(action, errno_value);
+}
+
+absl::Status SetFilterAttributes(scmp_filter_ctx ctx) {
   // Only the native ABI is in the filter; anything else (i386, x32) hits the bad-arch action.
-  if (int rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS); rc < 0) {
+  if (int rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS); rc < 0) {
     return ErrnoToStatus(-rc, "seccomp_attr_set(ACT_BADARCH)");
   }
   // The jail sets no_new_privs itself, before loading the program.
-  if (int rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_NNP, 0); rc < 0) {
+  if (int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0); rc < 0) {
     return ErrnoToStatus(-rc, "seccomp_attr_set(CTL_NNP)");
   }
+  return absl::OkStatus();
+}
 
-  for (size_t i = 0; i < policy.rules.size(); ++i) {
-    const SeccompRule& rule = policy.rules[i];
-    const std::string where = absl::StrCat("seccomp.rules[", i, "] (", rule.syscall, ")");
-    const int nr = seccomp_syscall_resolve_name(rule.syscall.c_str());
-    if (nr == __NR_SCMP_ERROR) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": unknown syscall '", rule.syscall, "'"));
-    }
-    const uint32_t action = filter_action(rule.action, rule.errno_value, nr);
-    // Two denials with other errnos (or ERRNO under a KILL default) are both "notify": the default covers
-    // the rule in the filter, and the supervisor tells them apart (SeccompDenyTable).
-    if (notify && action == default_action && action == SCMP_ACT_NOTIFY) continue;
-    if (action == default_action) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": the action equals the default action, so the rule would do nothing"));
-    }
-    const std::vector<std::vector<scmp_arg_cmp>> groups = Groups(rule.args);
-    size_t product = 1;
-    for (const auto& g : groups) product *= g.size();  // at most 128 * 8 per group, 6 groups: no overflow
-    if (product > kMaxAlternativesPerRule) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": the conditions expand to ", product,
-                                                     " seccomp comparisons (at most ",
-                                                     kMaxAlternativesPerRule, ")"));
-    }
-    std::vector<std::vector<scmp_arg_cmp>> alternatives;
-    std::vector<scmp_arg_cmp> current;
-    Expand(groups, 0, current, alternatives);
-    for (const auto& cmps : alternatives) {
-      int rc = seccomp_rule_add_array(ctx.get(), action, nr, cmps.size(), cmps.data());
-      if (rc < 0) return Annotate(ErrnoToStatus(-rc, "seccomp_rule_add"), where);
+// Adds policy.rules[i] to the filter, one rule per alternative of its argument conditions.
+absl::Status AddRule(scmp_filter_ctx ctx, const SeccompPolicy& policy, size_t i, uint32_t default_action) {
+  const bool notify = policy.audit_denials;
+  const SeccompRule& rule = policy.rules[i];
+  const std::string where = absl::StrCat("seccomp.rules[", i, "] (", rule.syscall, ")");
+  const int nr = seccomp_syscall_resolve_name(rule.syscall.c_str());
+  if (nr == __NR_SCMP_ERROR) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": unknown syscall '", rule.syscall, "'"));
+  }
+  const uint32_t action = FilterAction(notify, rule.action, rule.errno_value, nr);
+  // Two denials with other errnos (or ERRNO under a KILL default) are both "notify": the default covers
+  // the rule in the filter, and the supervisor tells them apart (SeccompDenyTable).
+  if (notify && action == default_action && action == SCMP_ACT_NOTIFY) return absl::OkStatus();
+  if (action == default_action) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": the action equals the default action, so the rule would do nothing"));
+  }
+  const std::vector<std::vector<scmp_arg_cmp>> groups = Groups(rule.args);
+  size_t product = 1;
+  for (const auto& g : groups) product *= g.size();  // at most 128 * 8 per group, 6 groups: no overflow
+  if (product > kMaxAlternativesPerRule) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": the conditions expand to ", product,
+                                                   " seccomp comparisons (at most ", kMaxAlternativesPerRule,
+                                                   ")"));
+  }
+  std::vector<std::vector<scmp_arg_cmp>> alternatives;
+  std::vector<scmp_arg_cmp> current;
+  Expand(groups, 0, current, alternatives);
+  for (const auto& cmps : alternatives) {
+    int rc = seccomp_rule_add_array(ctx, action, nr, cmps.size(), cmps.data());
+    if (rc < 0) return Annotate(ErrnoToStatus(-rc, "seccomp_rule_add"), where);
+  }
+  return absl::OkStatus();
+}
+
+// The jail child's own last syscalls get the plain default denial, not a notification (see
+// IsJailChildSyscall), unless the policy has rules for them (whose denials are plain already).
+absl::Status AddJailChildDefaults(scmp_filter_ctx ctx, const SeccompPolicy& policy) {
+  for (int nr : {__NR_sendmsg, __NR_close, __NR_execve, __NR_write, __NR_exit_group}) {
+    const bool has_rule = std::any_of(policy.rules.begin(), policy.rules.end(), [nr](const SeccompRule& r) {
+      return seccomp_syscall_resolve_name(r.syscall.c_str()) == nr;
+    });
+    if (has_rule) continue;
+    if (int rc = seccomp_rule_add(ctx, ToScmpAction(policy.default_action, policy.default_errno), nr, 0); rc < 0) {
+      return ErrnoToStatus(-rc, "seccomp_rule_add (the jail child's syscalls)");
     }
   }
+  return absl::OkStatus();
+}
 
-  // The jail child's own last syscalls get the plain default denial, not a notification (see
-  // IsJailChildSyscall), unless the policy has rules for them (whose denials are plain already).
-  if (notify && default_action == SCMP_ACT_NOTIFY) {
-    for (int nr : {__NR_sendmsg, __NR_close, __NR_execve, __NR_write, __NR_exit_group}) {
-      const bool has_rule = std::any_of(policy.rules.begin(), policy.rules.end(), [nr](const SeccompRule& r) {
-        return seccomp_syscall_resolve_name(r.syscall.c_str()) == nr;
-      });
-      if (has_rule) continue;
-      if (int rc = seccomp_rule_add(ctx.get(), ToScmpAction(policy.default_action, policy.default_errno), nr, 0);
-          rc < 0) {
-        return ErrnoToStatus(-rc, "seccomp_rule_add (the jail child's syscalls)");
-      }
-    }
-  }
-
-  // libseccomp 2.5 can only export to an fd.
+// The filter as BPF instructions (libseccomp 2.5 can only export to an fd).
+absl::Status ExportBpf(scmp_filter_ctx ctx, std::vector<sock_filter>* instructions) {
   UniqueFd mem(memfd_create("sbx-seccomp", MFD_CLOEXEC));
   if (!mem) return ErrnoToStatus(errno, "memfd_create");
-  if (int rc = seccomp_export_bpf(ctx.get(), mem.get()); rc < 0) {
+  if (int rc = seccomp_export_bpf(ctx, mem.get()); rc < 0) {
     return ErrnoToStatus(-rc, "seccomp_export_bpf");
   }
   struct stat st;
@@ -277,12 +282,26 @@ absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy) {
       st.st_size / sizeof(sock_filter) > BPF_MAXINSNS) {
     return absl::InternalError(absl::StrCat("seccomp program has an invalid size: ", st.st_size, " bytes"));
   }
-  SeccompProgram program;
-  program.user_notif = SeccompUsesUserNotif(policy);
-  program.instructions.resize(st.st_size / sizeof(sock_filter));
-  if (pread(mem.get(), program.instructions.data(), st.st_size, 0) != st.st_size) {
+  instructions->resize(st.st_size / sizeof(sock_filter));
+  if (pread(mem.get(), instructions->data(), st.st_size, 0) != st.st_size) {
     return ErrnoToStatus(errno, "pread(seccomp memfd)");
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<SeccompProgram> CompileSeccomp(const SeccompPolicy& policy) {
+  const bool notify = policy.audit_denials;
+  const uint32_t default_action = FilterAction(notify, policy.default_action, policy.default_errno, -1);
+  SeccompCtx ctx(seccomp_init(default_action));
+  if (!ctx) return absl::InternalError("seccomp_init failed");
+  RETURN_IF_ERROR(SetFilterAttributes(ctx.get()));
+  for (size_t i = 0; i < policy.rules.size(); ++i) RETURN_IF_ERROR(AddRule(ctx.get(), policy, i, default_action));
+  if (notify && default_action == SCMP_ACT_NOTIFY) RETURN_IF_ERROR(AddJailChildDefaults(ctx.get(), policy));
+  SeccompProgram program;
+  program.user_notif = SeccompUsesUserNotif(policy);
+  RETURN_IF_ERROR(ExportBpf(ctx.get(), &program.instructions));
   return program;
 }
 

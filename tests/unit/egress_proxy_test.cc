@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "net/http1_parser.h"
 #include "tests/unit/status_matchers.h"
 
 namespace sbx::agent {
@@ -1724,6 +1725,32 @@ TEST(EgressProxyStartTest, RefusesASocketThatIsNotListening) {
   options.max_connections = 0;
   EXPECT_TRUE(StatusIs(EgressProxy::Start(std::move(listen), std::move(options)), absl::StatusCode::kInvalidArgument,
                        "max_connections"));
+}
+
+// The pieces of HTTP/1 the proxy used to parse itself, now behind net/http1_parser.h.
+TEST(Http1ParserTest, FindHeadEndFindsTheBlankLineAcrossReads) {
+  const std::string head = "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\nBODY";
+  EXPECT_EQ(http1::FindHeadEnd(head, 0), head.size() - 4);
+  // Searched up to the middle of the CRLFCRLF before: the next search still finds it.
+  EXPECT_EQ(http1::FindHeadEnd(head, head.size() - 6), head.size() - 4);
+  EXPECT_EQ(http1::FindHeadEnd("GET / HTTP/1.1\r\nHost: a\r\n", 0), std::nullopt);
+  EXPECT_EQ(http1::FirstLine(head), "GET http://a/ HTTP/1.1");
+}
+
+TEST(Http1ParserTest, ClassifyTunnelStartSeesAConnectAfterBlankLines) {
+  std::string_view line;
+  EXPECT_EQ(http1::ClassifyTunnelStart("\r\n \t", false, &line), http1::TunnelStart::kBlank);
+  EXPECT_EQ(http1::ClassifyTunnelStart("\x16\x03\x01", false, &line), http1::TunnelStart::kNotConnect);
+  EXPECT_EQ(http1::ClassifyTunnelStart("\r\nconn", false, &line), http1::TunnelStart::kUndecided);
+  EXPECT_EQ(http1::ClassifyTunnelStart("\r\nconn", true, &line), http1::TunnelStart::kNotConnect);
+  EXPECT_EQ(http1::ClassifyTunnelStart("\nConnect evil:443 HTTP/1.1\r\n", false, &line), http1::TunnelStart::kConnect);
+  EXPECT_EQ(line, "Connect evil:443 HTTP/1.1");
+}
+
+TEST(Http1ParserTest, ErrorResponseClosesWithAOneLineBody) {
+  EXPECT_EQ(http1::ErrorResponse(403, "egress proxy: denied"),
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 21\r\n"
+            "Connection: close\r\n\r\negress proxy: denied\n");
 }
 
 }  // namespace
