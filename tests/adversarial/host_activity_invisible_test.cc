@@ -2,7 +2,6 @@
 // jail's inotify watches (inotify marks live on inodes; read-only binds are overlays with inodes of their
 // own), while watches on the jail's own tmpfs keep working.
 #include <fcntl.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,9 +13,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/common/spawn.h"
 #include "tests/integration/agent_runner.h"
-
-extern char** environ;
 
 namespace sbx::testing {
 namespace {
@@ -24,15 +22,11 @@ namespace {
 // Runs /usr/bin/tac on the host with stdin and stdout on /dev/null: its exec opens /usr/bin/tac and
 // /etc/ld.so.cache.
 void RunTacOnHost() {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  char arg0[] = "/usr/bin/tac";
-  char* argv[] = {arg0, nullptr};
-  pid_t pid;
-  ASSERT_EQ(posix_spawn(&pid, "/usr/bin/tac", &actions, nullptr, argv, environ), 0);
-  posix_spawn_file_actions_destroy(&actions);
+  SpawnOptions options;
+  options.args = {"/usr/bin/tac"};
+  options.stderr_inherit = true;
+  const pid_t pid = Spawn(options).pid;
+  ASSERT_GT(pid, 0);
   int status;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
 }

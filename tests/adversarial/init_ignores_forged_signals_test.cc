@@ -29,11 +29,8 @@ class InitIgnoresForgedSignalsTest : public ::testing::Test {
     daemon_ = std::make_unique<Daemon>(Daemon::Options{});
     ASSERT_TRUE(daemon_->ok()) << daemon_->Log();
     stub_ = daemon_->NewStub();
-    grpc::ClientContext ctx;
-    pb::CreateRequest req;
-    req.set_kind(pb::FILE);
     pb::Session session;
-    const grpc::Status status = stub_->Create(&ctx, req, &session);
+    const grpc::Status status = CreateSession(stub_.get(), pb::FILE, &session);
     ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << daemon_->Log();
     id_ = session.id();
     const grpc::Status up = UploadProbe(stub_.get(), id_, "forge_init_signal", "/workspace/forge_init_signal");

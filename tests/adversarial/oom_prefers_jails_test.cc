@@ -128,11 +128,8 @@ TEST_F(OomPrefersJailsTest, TheDaemonRaisesEverySessionAndLowersItself) {
   Daemon daemon(Daemon::Options{});
   ASSERT_TRUE(daemon.ok()) << daemon.Log();
   auto stub = daemon.NewStub();
-  grpc::ClientContext ctx;
-  pb::CreateRequest req;
-  req.set_kind(pb::FILE);
   pb::Session session;
-  const grpc::Status created = stub->Create(&ctx, req, &session);
+  const grpc::Status created = CreateSession(stub.get(), pb::FILE, &session);
   ASSERT_TRUE(created.ok()) << created.error_message() << "\n" << daemon.Log();
   const grpc::Status up = UploadProbe(stub.get(), session.id(), "oom_lower_self", "/workspace/oom_lower_self");
   ASSERT_TRUE(up.ok()) << up.error_message();

@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/adversarial/adversarial.h"
+#include "tests/common/spawn.h"
 
 namespace sbx::testing {
 namespace {
@@ -53,12 +54,9 @@ TEST_F(EscapesTest, SandboxctlEscapesJailMadeNames) {
 
   // An error that quotes a jail-made name.
   std::string cmd = CtlBin() + " --addr " + daemon_->address() + " ls " + id + " \"$(printf '\\033[2J\\007cleared/nope')\" 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string err;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof(buf), p)) > 0;) err.append(buf, n);
-  EXPECT_NE(pclose(p), 0) << err;
+  const RunResult run = RunShell(cmd);
+  const std::string& err = run.out;
+  EXPECT_NE(run.exit_code, 0) << err;
   EXPECT_THAT(err, HasSubstr("cleared/nope")) << "the error names the path";
   ExpectNoRawControls(err);
 }

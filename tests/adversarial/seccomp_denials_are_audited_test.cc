@@ -47,16 +47,7 @@ std::string FilePolicyWithPtraceKill() {
 class SeccompAuditDaemonTest : public AdvFileDaemonTest {
  protected:
   std::vector<pb::Audit> Audits() {
-    grpc::ClientContext ctx;
-    pb::EventsRequest req;
-    req.set_session_id(id_);
-    auto reader = stub_->Events(&ctx, req);
-    std::vector<pb::Audit> out;
-    pb::Event e;
-    while (reader->Read(&e)) {
-      if (e.has_audit()) out.push_back(e.audit());
-    }
-    return out;
+    return SessionAudits(stub_.get(), id_);
   }
   // Waits up to 10 s for an audit with `action` and `syscall`.
   std::vector<pb::Audit> WaitForAudit(const std::string& action, const std::string& syscall) {
@@ -212,11 +203,8 @@ TEST(SeccompAuditKillTest, DaemonKillRuleNamesTheSyscallInTheAuditAndTheOutcome)
     Daemon daemon(o);
     ASSERT_TRUE(daemon.ok()) << daemon.Log();
     auto stub = daemon.NewStub();
-    grpc::ClientContext ctx;
-    pb::CreateRequest req;
-    req.set_kind(pb::FILE);
     pb::Session session;
-    ASSERT_TRUE(stub->Create(&ctx, req, &session).ok());
+    ASSERT_TRUE(CreateSession(stub.get(), pb::FILE, &session).ok());
     const CallResult r = RunExec(stub.get(), session.id(), {"/adv/seccomp_denied_calls", "ptrace"});
     ASSERT_TRUE(r.has_finished);
     EXPECT_THAT(r.out, ::testing::Not(HasSubstr("survived")));

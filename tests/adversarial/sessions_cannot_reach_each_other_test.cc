@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/adversarial/adversarial.h"
+#include "tests/common/spawn.h"
 
 namespace sbx::testing {
 namespace {
@@ -17,11 +18,8 @@ namespace {
 namespace pb = ::duvo::sandbox::v1;
 
 std::string CreateFileSession(pb::Sandboxes::StubInterface* stub, const Daemon& daemon) {
-  grpc::ClientContext ctx;
-  pb::CreateRequest req;
-  req.set_kind(pb::FILE);
   pb::Session session;
-  grpc::Status status = stub->Create(&ctx, req, &session);
+  grpc::Status status = CreateSession(stub, pb::FILE, &session);
   EXPECT_TRUE(status.ok()) << status.error_message() << "\n" << daemon.Log();
   return session.id();
 }
@@ -63,15 +61,7 @@ TEST(SessionsCannotReachEachOther, TracesOfOneSessionAreInvisibleToAnother) {
   EXPECT_EQ(AdvField(seen, "sysv"), "ENOENT") << seen;
 
   // Nor does the host's own abstract namespace have it: the jail's sockets live in the jail's netns.
-  const std::string host = [&] {
-    std::string out;
-    FILE* p = popen((AdvProbe("neighbour") + " spy " + marker).c_str(), "r");
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-    pclose(p);
-    return out;
-  }();
+  const std::string host = RunCapture({AdvProbe("neighbour"), "spy", marker}).out;
   EXPECT_EQ(AdvField(host, "abstract"), "ECONNREFUSED") << host;
   EXPECT_EQ(AdvField(host, "tmp"), "ENOENT") << host;
 

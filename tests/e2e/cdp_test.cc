@@ -3,8 +3,6 @@
 // token, Chromium in its jail, pages from a server in this test reached through the session's egress proxy.
 // The scripts are tests/cdp/*.mjs; their clients are pinned in tests/npm (deploy/install-deps.sh runs npm ci).
 #include <arpa/inet.h>
-#include <ifaddrs.h>
-#include <net/if.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <netinet/in.h>
@@ -17,9 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -27,6 +23,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tests/common/http_server.h"
+#include "tests/common/spawn.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace sbx::testing {
@@ -36,92 +34,25 @@ namespace pb = ::duvo::sandbox::v1;
 using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
 
-// Pages for the clients, one response per connection; records the request lines.
-class PageServer {
- public:
-  explicit PageServer(const std::string& ip) {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    inet_pton(AF_INET, ip.c_str(), &addr.sin_addr);
-    bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    listen(fd_, 64);
-    socklen_t len = sizeof(addr);
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this] { Serve(); });
+// Pages for the clients (tests/common/http_server.h answers one request per connection and records heads).
+std::string Page(const std::string& head) {
+  // "GET http://host:port/path HTTP/1.1" through the proxy's origin-form: "GET /path HTTP/1.1".
+  std::string target = RequestTarget(head);
+  std::string body;
+  if (target.rfind("/submit?v=", 0) == 0) {
+    std::string v = target.substr(10);
+    for (char& ch : v) ch = ch == '+' ? ' ' : ch;
+    body = "<html><head><title>submitted</title></head><body>got " + v + "</body></html>";
+  } else if (target == "/second") {
+    body = "<html><head><title>second</title></head><body>second tab</body></html>";
+  } else if (target == "/popup") {
+    body = "<html><head><title>popup</title></head><body>a popup</body></html>";
+  } else {
+    body = "<html><head><title>form</title></head><body><form action=/submit><input id=v name=v>"
+           "<button id=go>go</button></form><a id=pop href=/popup target=_blank>pop</a></body></html>";
   }
-  ~PageServer() {
-    shutdown(fd_, SHUT_RDWR);
-    close(fd_);
-    thread_.join();
-  }
-  int port() const { return port_; }
-  std::vector<std::string> requests() {
-    std::lock_guard lock(mu_);
-    return requests_;
-  }
-
- private:
-  void Serve() {
-    for (;;) {
-      const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
-      if (c < 0) return;
-      std::thread([this, c] { Answer(c); }).detach();
-    }
-  }
-  void Answer(int c) {
-    std::string head;
-    char buf[4096];
-    while (head.find("\r\n\r\n") == std::string::npos) {
-      const ssize_t n = read(c, buf, sizeof(buf));
-      if (n <= 0) break;
-      head.append(buf, static_cast<size_t>(n));
-    }
-    const std::string line = head.substr(0, head.find("\r\n"));
-    {
-      std::lock_guard lock(mu_);
-      requests_.push_back(line);
-    }
-    // "GET http://host:port/path HTTP/1.1" through the proxy's origin-form: "GET /path HTTP/1.1".
-    std::string target = line.size() > 4 ? line.substr(4, line.rfind(' ') - 4) : "/";
-    std::string body;
-    if (target.rfind("/submit?v=", 0) == 0) {
-      std::string v = target.substr(10);
-      for (char& ch : v) ch = ch == '+' ? ' ' : ch;
-      body = "<html><head><title>submitted</title></head><body>got " + v + "</body></html>";
-    } else if (target == "/second") {
-      body = "<html><head><title>second</title></head><body>second tab</body></html>";
-    } else if (target == "/popup") {
-      body = "<html><head><title>popup</title></head><body>a popup</body></html>";
-    } else {
-      body = "<html><head><title>form</title></head><body><form action=/submit><input id=v name=v>"
-             "<button id=go>go</button></form><a id=pop href=/popup target=_blank>pop</a></body></html>";
-    }
-    const std::string response = "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\nContent-Length: " +
-                                 std::to_string(body.size()) + "\r\n\r\n" + body;
-    (void)!write(c, response.data(), response.size());
-    close(c);
-  }
-  int fd_ = -1;
-  int port_ = 0;
-  std::thread thread_;
-  std::mutex mu_;
-  std::vector<std::string> requests_;
-};
-
-std::string HostIPv4() {
-  ifaddrs* list = nullptr;
-  if (getifaddrs(&list) != 0) return "";
-  std::string out;
-  for (ifaddrs* i = list; i != nullptr && out.empty(); i = i->ifa_next) {
-    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK)) continue;
-    char buf[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof(buf));
-    out = buf;
-  }
-  freeifaddrs(list);
-  return out;
+  return "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\nContent-Length: " +
+         std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
 // A child process with its stdout on a pipe.
@@ -149,7 +80,7 @@ struct Child {
     return s;
   }
   int Wait() {
-    int status = 0;
+    int status = 127 << 8;  // one that could not be started ends as a failed exec would, with 127
     if (pid > 0) waitpid(pid, &status, 0);
     pid = -1;
     if (out >= 0) close(out);
@@ -162,21 +93,15 @@ struct Child {
   }
 };
 
-Child Spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env = {}) {
-  int p[2];
-  if (pipe2(p, O_CLOEXEC) != 0) return {};
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(p[1], 1);
-    for (const std::string& e : env) putenv(const_cast<char*>(e.c_str()));
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execvp(args[0], args.data());
-    _exit(127);
-  }
-  close(p[1]);
-  return Child{pid, p[0]};
+// `argv` (argv[0] looked up in PATH) with `env` ("NAME=value" each) on top of the test's environment.
+Child StartChild(const std::vector<std::string>& argv, const std::vector<std::string>& env = {}) {
+  SpawnOptions options;
+  options.args = argv;
+  options.env_overrides = env;
+  options.stdout_pipe = true;
+  options.stderr_inherit = true;
+  const Spawned spawned = Spawn(options);
+  return Child{spawned.pid, spawned.stdout_fd};
 }
 
 std::string NpmDir() { return std::string(SBX_SOURCE_DIR) + "/tests/npm"; }
@@ -214,7 +139,7 @@ class CdpTest : public ::testing::Test {
     if (access("/usr/lib/chromium/chromium", X_OK) != 0) {
       GTEST_SKIP() << "this machine lacks /usr/lib/chromium/chromium (deploy/install-deps.sh installs chromium)";
     }
-    if (system("node --version >/dev/null 2>&1") != 0) {
+    if (RunShell("node --version >/dev/null 2>&1").exit_code != 0) {
       GTEST_SKIP() << "this machine lacks node (>= 20; deploy/install-deps.sh installs nodejs)";
     }
     if (!std::filesystem::exists(NpmDir() + "/node_modules/playwright-core") ||
@@ -223,19 +148,13 @@ class CdpTest : public ::testing::Test {
     }
     host_ip_ = HostIPv4();
     if (host_ip_.empty()) GTEST_SKIP() << "this machine has no non-loopback IPv4 address for the test's pages";
-    pages_ = std::make_unique<PageServer>(host_ip_);
+    pages_ = std::make_unique<HttpServer>(host_ip_, Page);
     dir_ = std::filesystem::temp_directory_path() / ("sbx-cdp-" + std::to_string(getpid()));
     std::filesystem::create_directories(dir_ + "/sync");
     // The browser policy with egress to the page server only.
-    std::ifstream in(SBX_BROWSER_POLICY);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::string policy = ss.str();
-    const std::string none = "network {\n  mode: NONE\n}";
-    const size_t at = policy.find(none);
-    ASSERT_NE(at, std::string::npos) << "policies/browser.textproto has no network { mode: NONE } block";
-    policy.replace(at, none.size(),
-                   "network {\n  mode: EGRESS\n  allow: \"" + host_ip_ + "/32:" + std::to_string(pages_->port()) + "\"\n}");
+    const std::string policy =
+        PolicyWithEgress(SBX_BROWSER_POLICY, {host_ip_ + "/32:" + std::to_string(pages_->port())});
+    ASSERT_NE(policy, "") << "policies/browser.textproto has no network { mode: NONE } block";
     std::ofstream(dir_ + "/browser.textproto") << policy;
     token_file_ = dir_ + "/token";
     std::ofstream(token_file_) << "cdp-s3cret\n";
@@ -268,7 +187,7 @@ class CdpTest : public ::testing::Test {
 
   // sandboxctl browser SESSION cdp on a port of its choosing, over TCP with `token_file`: its port.
   int StartEndpoint(Child* c, const std::string& token_file) {
-    *c = Spawn({CtlBin(), "--addr", tcp_addr_, "--token-file", token_file, "browser", id_, "cdp", "--listen",
+    *c = StartChild({CtlBin(), "--addr", tcp_addr_, "--token-file", token_file, "browser", id_, "cdp", "--listen",
                 "127.0.0.1:0"});
     const std::string line = c->ReadLine(std::chrono::seconds(20));
     const size_t colon = line.rfind(':');
@@ -278,7 +197,7 @@ class CdpTest : public ::testing::Test {
 
   Child RunNode(const char* script, std::vector<std::string> env) {
     env.push_back("NPM_DIR=" + NpmDir());
-    return Spawn({"node", Script(script)}, env);
+    return StartChild({"node", Script(script)}, env);
   }
 
   CallResult Act(const pb::BrowserAction& action) {
@@ -292,7 +211,7 @@ class CdpTest : public ::testing::Test {
     return Act(a);
   }
 
-  std::unique_ptr<PageServer> pages_;
+  std::unique_ptr<HttpServer> pages_;
   std::string host_ip_, dir_, token_file_, tcp_addr_, id_, page_url_;
   std::unique_ptr<Daemon> daemon_;
   std::unique_ptr<pb::Sandboxes::StubInterface> stub_;

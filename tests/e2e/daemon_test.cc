@@ -1,7 +1,6 @@
 // The real daemon over its real unix socket: sessions, tool calls, streaming, files, events, cancel/ttl/idle,
 // isolation between sessions, and bad input (each with the right gRPC code, the daemon still serving).
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,6 +20,8 @@
 #include "google/rpc/status.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "base/sha256.h"
+#include "tests/common/http_server.h"
+#include "tests/common/spawn.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace sbx::testing {
@@ -745,14 +746,7 @@ TEST_F(DaemonTest, HealthServiceAndMetrics) {
   const size_t at = log.find("\"metrics\":\"127.0.0.1:");
   ASSERT_NE(at, std::string::npos) << log;
   const int port = std::stoi(log.substr(at + 21));
-  const std::string cmd = "exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(port) +
-                          "; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
-  FILE* p = popen(("bash -c \"" + cmd + "\"").c_str(), "r");
-  std::string text;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) text.append(buf, n);
-  pclose(p);
+  const std::string text = LoopbackExchange(port, "GET /metrics HTTP/1.0\r\n\r\n");
   EXPECT_THAT(text, HasSubstr("200 OK"));
   EXPECT_THAT(text, HasSubstr("sandbox_agent_sessions_active 1"));
   EXPECT_THAT(text, HasSubstr("sandbox_agent_warm_browsers 0"));
@@ -764,12 +758,9 @@ TEST_F(DaemonTest, HealthServiceAndMetrics) {
 
 TEST_F(DaemonTest, SandboxctlExecWithAPty) {
   pb::Session s = Create();
-  FILE* p = popen((CtlBin() + " --addr " + daemon_->address() + " exec -t " + s.id() + " -- tty </dev/null").c_str(), "r");
-  std::string out;
-  char buf[256];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  EXPECT_EQ(WEXITSTATUS(pclose(p)), 0) << out;
+  const RunResult ctl = RunCapture({CtlBin(), "--addr", daemon_->address(), "exec", "-t", s.id(), "--", "tty"});
+  const std::string& out = ctl.out;
+  EXPECT_EQ(ctl.exit_code, 0) << out;
   EXPECT_THAT(out, HasSubstr("/dev/pts/"));
 }
 
@@ -783,23 +774,17 @@ TEST(RootlessDaemonTest, ServesSessionsAndSaysWhatItCannotEnforce) {
   const std::string as_nobody = std::string("/usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups -- ") +
                                 "env -i XDG_RUNTIME_DIR=" + dir + " HOME=" + dir + " ";
   const std::string log = std::string(dir) + "/agent.log";
-  pid_t agent = fork();
-  if (agent == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    execl("/bin/sh", "sh", "-c",
-          (std::string("exec ") + as_nobody + AgentBin() + " serve --metrics-address off 2>" + log).c_str(), nullptr);
-    _exit(127);
-  }
+  SpawnOptions agent_options;
+  agent_options.args = {"/bin/sh", "-c", "exec " + as_nobody + AgentBin() + " serve --metrics-address off 2>" + log};
+  agent_options.stderr_inherit = true;
+  const pid_t agent = Spawn(agent_options).pid;
+  ASSERT_GT(agent, 0);
   const std::string socket = std::string(dir) + "/sandbox-agent/agent.sock";
   for (int i = 0; i < 200 && access(socket.c_str(), F_OK) != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  FILE* p = popen((as_nobody + CtlBin() + " run -- sh -c 'echo rootless-ok; id -u' 2>&1").c_str(), "r");
-  std::string out;
-  char buf[512];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  const int rc = pclose(p);
+  const RunResult ctl = RunShell(as_nobody + CtlBin() + " run -- sh -c 'echo rootless-ok; id -u' 2>&1");
+  const std::string& out = ctl.out;
   kill(agent, SIGTERM);
   int status = 0;
   waitpid(agent, &status, 0);
@@ -807,7 +792,7 @@ TEST(RootlessDaemonTest, ServesSessionsAndSaysWhatItCannotEnforce) {
   std::stringstream logged;
   logged << f.rdbuf();
   std::filesystem::remove_all(dir);
-  EXPECT_EQ(WEXITSTATUS(rc), 0) << out << logged.str();
+  EXPECT_EQ(ctl.exit_code, 0) << out << logged.str();
   EXPECT_THAT(out, HasSubstr("rootless-ok\n1000"));
   EXPECT_THAT(logged.str(), HasSubstr("cgroup limits are NOT enforced"));
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << logged.str();
@@ -862,20 +847,12 @@ struct Ctl {
 };
 
 Ctl RunCtl(const std::string& addr, std::vector<std::string> args, const std::string& stdin_data = "") {
-  std::string cmd = CtlBin() + " --addr " + addr;
-  for (const auto& a : args) cmd += " '" + a + "'";
-  const std::string in = "/tmp/sbx-ctl-in-" + std::to_string(getpid());
-  std::ofstream(in) << stdin_data;
-  cmd += " <" + in + " 2>&1";
-  Ctl r{};
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  unlink(in.c_str());
-  return r;
+  args.insert(args.begin(), {CtlBin(), "--addr", addr});
+  RunOptions options;
+  options.stdin_data = stdin_data;
+  options.stderr_to_stdout = true;
+  RunResult run = RunCapture(args, options);
+  return Ctl{run.exit_code, std::move(run.out)};
 }
 
 TEST_F(DaemonTest, SandboxctlRunExecCpLsAndErrors) {

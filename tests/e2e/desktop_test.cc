@@ -23,6 +23,7 @@
 
 #include "base/sha256.h"
 #include "tests/common/png_image.h"
+#include "tests/common/spawn.h"
 #include "tests/e2e/daemon_fixture.h"
 #include "tests/e2e/desktop_fixture.h"
 
@@ -349,20 +350,17 @@ TEST_F(DesktopTest, VncLiveViewSpeaksRfbOnlyWhenTheSessionAllowsIt) {
     ctx.TryCancel();
   }
   // The same through sandboxctl, on a local TCP port a VNC viewer would use.
-  int pipefd[2];
-  ASSERT_EQ(pipe(pipefd), 0);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    dup2(pipefd[1], 1);
-    execl(CtlBin().c_str(), "sandboxctl", "--addr", daemon_->address().c_str(), "desktop", id.c_str(), "vnc",
-          "--listen", "127.0.0.1:0", static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  close(pipefd[1]);
+  SpawnOptions ctl;
+  ctl.args = {CtlBin(), "--addr", daemon_->address(), "desktop", id, "vnc", "--listen", "127.0.0.1:0"};
+  ctl.stdout_pipe = true;
+  ctl.stderr_inherit = true;
+  const Spawned spawned = Spawn(ctl);
+  const pid_t pid = spawned.pid;
+  ASSERT_GT(pid, 0);
   std::string line;
   char c;
-  while (read(pipefd[0], &c, 1) == 1 && c != '\n') line += c;
-  close(pipefd[0]);
+  while (read(spawned.stdout_fd, &c, 1) == 1 && c != '\n') line += c;
+  close(spawned.stdout_fd);
   ASSERT_EQ(line.rfind("listening on 127.0.0.1:", 0), 0u) << line;
   const int port = atoi(line.c_str() + strlen("listening on 127.0.0.1:"));
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -12,7 +12,6 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,18 +40,7 @@ class Upstream : public HttpServer {
 // The built-in file (or another) policy with network EGRESS and the given rules.
 std::string EgressPolicy(const std::vector<std::string>& allow, const char* base = SBX_FILE_POLICY,
                          const std::vector<std::string>& ask = {}) {
-  std::ifstream in(base);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string policy = ss.str();
-  const std::string none = "network {\n  mode: NONE\n}";
-  const size_t at = policy.find(none);
-  if (at == std::string::npos) return "";
-  std::string egress = "network {\n  mode: EGRESS\n";
-  for (const std::string& rule : allow) egress += "  allow: \"" + rule + "\"\n";
-  for (const std::string& rule : ask) egress += "  ask: \"" + rule + "\"\n";
-  egress += "}";
-  return policy.replace(at, none.size(), egress);
+  return PolicyWithEgress(base, allow, ask);
 }
 
 // Fetches argv[1] through the proxy (for every host: NO_PROXY would send localhost straight to the jail's
@@ -91,11 +79,8 @@ class EgressTest : public ::testing::Test {
     daemon_ = std::make_unique<Daemon>(o);
     ASSERT_TRUE(daemon_->ok()) << daemon_->Log();
     stub_ = daemon_->NewStub();
-    grpc::ClientContext ctx;
-    pb::CreateRequest req;
-    req.set_kind(pb::FILE);
     pb::Session session;
-    grpc::Status status = stub_->Create(&ctx, req, &session);
+    grpc::Status status = CreateSession(stub_.get(), pb::FILE, &session);
     ASSERT_TRUE(status.ok()) << status.error_message() << daemon_->Log();
     id_ = session.id();
   }
@@ -108,16 +93,7 @@ class EgressTest : public ::testing::Test {
   CallResult Fetch(const std::string& url) { return RunExec(stub_.get(), id_, {"python3", "-c", kFetch, url}); }
 
   std::vector<pb::Audit> Audits() {
-    grpc::ClientContext ctx;
-    pb::EventsRequest req;
-    req.set_session_id(id_);
-    auto reader = stub_->Events(&ctx, req);
-    std::vector<pb::Audit> out;
-    pb::Event e;
-    while (reader->Read(&e)) {
-      if (e.has_audit()) out.push_back(e.audit());
-    }
-    return out;
+    return SessionAudits(stub_.get(), id_);
   }
 
   std::string CallIdOf(const CallResult& r) { return r.finished.call_id(); }

@@ -1,14 +1,11 @@
 // MCP end to end: the official TypeScript SDK's client (tests/mcp/*.mjs, from tests/npm) against a real daemon,
 // over stdio (`sandboxctl mcp`) and Streamable HTTP (/mcp on the daemon's TCP listener); and sandboxctl mcp's
 // own life cycle (the session it made is Deleted on end of input and on SIGTERM).
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <array>
 #include <chrono>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -16,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/common/spawn.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace sbx::testing {
@@ -24,18 +22,9 @@ namespace {
 namespace pb = ::duvo::sandbox::v1;
 
 std::string Shell(const std::string& cmd, int* rc) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) {
-    *rc = -1;
-    return out;
-  }
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  const int status = pclose(p);
-  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
+  RunResult run = RunShell(cmd);
+  *rc = run.exit_code;
+  return std::move(run.out);
 }
 
 // What the node tests need, or why they cannot run here (named for the skip).
@@ -166,21 +155,14 @@ TEST_F(McpE2eTest, TheSdksConformanceChecks) {
 
 // Without node: the stdio server speaks to a plain pipe, and SIGTERM Deletes the session it made.
 TEST_F(McpE2eTest, SandboxctlMcpDeletesItsSessionOnSigterm) {
-  int in[2], out[2];
-  ASSERT_EQ(pipe2(in, O_CLOEXEC), 0);
-  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
-  const std::string ctl = CtlBin();
-  const std::string addr = daemon_->address();
-  pid_t pid = fork();
+  SpawnOptions options;
+  options.args = {CtlBin(), "--addr", daemon_->address(), "mcp"};
+  options.stdin_pipe = true;
+  options.stdout_pipe = true;
+  options.stderr_inherit = true;
+  const Spawned ctl = Spawn(options);
+  const pid_t pid = ctl.pid;
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    dup2(in[0], 0);
-    dup2(out[1], 1);
-    execl(ctl.c_str(), ctl.c_str(), "--addr", addr.c_str(), "mcp", nullptr);
-    _exit(127);
-  }
-  close(in[0]);
-  close(out[1]);
   const std::string requests =
       R"({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-03-26","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})"
       "\n"
@@ -188,11 +170,11 @@ TEST_F(McpE2eTest, SandboxctlMcpDeletesItsSessionOnSigterm) {
       "\n"
       R"({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"exec","arguments":{"argv":["/bin/echo","up"]}}})"
       "\n";
-  ASSERT_EQ(write(in[1], requests.data(), requests.size()), static_cast<ssize_t>(requests.size()));
+  ASSERT_EQ(write(ctl.stdin_fd, requests.data(), requests.size()), static_cast<ssize_t>(requests.size()));
   std::string got;
   char buf[4096];
   while (got.find("\"id\":2") == std::string::npos) {
-    ssize_t n = read(out[0], buf, sizeof(buf));
+    ssize_t n = read(ctl.stdout_fd, buf, sizeof(buf));
     if (n <= 0) break;
     got.append(buf, static_cast<size_t>(n));
   }
@@ -204,8 +186,8 @@ TEST_F(McpE2eTest, SandboxctlMcpDeletesItsSessionOnSigterm) {
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   EXPECT_EQ(SessionCount(*daemon_), 0u) << "the session is Deleted before sandboxctl mcp exits";
-  close(in[1]);
-  close(out[0]);
+  close(ctl.stdin_fd);
+  close(ctl.stdout_fd);
 }
 
 }  // namespace

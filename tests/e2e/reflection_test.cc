@@ -2,16 +2,15 @@
 // (tests/e2e/reflection_client.py: Debian's python3-grpcio, no generated code of ours): it lists the
 // services, fetches the file descriptors, and calls Sandboxes.List with messages built only from what
 // reflection returned, with the bearer token and (refused) without it.
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <fstream>
 #include <string>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "tests/common/spawn.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace sbx::testing {
@@ -24,15 +23,9 @@ constexpr char kPython[] = "/usr/bin/python3";  // Debian's, where python3-grpci
 
 // Runs `cmd` through the shell; returns its stdout and stderr, with the exit status in *rc.
 std::string Shell(const std::string& cmd, int* rc) {
-  std::string out;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return "popen failed";
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
+  RunResult run = RunShell(cmd + " 2>&1");
+  *rc = run.exit_code;
+  return std::move(run.out);
 }
 
 TEST(ReflectionTest, AnIndependentClientListsDescribesAndCallsTheApiOverTcpWithTheToken) {
@@ -52,11 +45,8 @@ TEST(ReflectionTest, AnIndependentClientListsDescribesAndCallsTheApiOverTcpWithT
 
   // A session for List to return.
   auto stub = daemon.NewStub();
-  grpc::ClientContext ctx;
-  pb::CreateRequest req;
-  req.set_kind(pb::FILE);
   pb::Session session;
-  ASSERT_TRUE(stub->Create(&ctx, req, &session).ok());
+  ASSERT_TRUE(CreateSession(stub.get(), pb::FILE, &session).ok());
 
   const std::string out = Shell(std::string(kPython) + " " + SBX_REFLECTION_CLIENT + " --target 127.0.0.1:" +
                                   std::to_string(port) + " --token-file " + token_file + " --reflection-desc " +

@@ -194,15 +194,7 @@ TEST(ApprovalsFleetTest, AGatedUploadIsHeldUntilApprovedAndARejectedOneLeavesNoF
   ASSERT_TRUE(cp->WaitFor([&] { auto l = cp->Lease(lease); return l && !l->events.empty(); }, seconds(20)));
 
   // Two parts of "hello, fleet\n" (its sha256), both sent before anyone decides.
-  pb::SessionCommand part1;
-  part1.set_command_id("up-1");
-  part1.mutable_upload()->set_path("/workspace/greeting.txt");
-  part1.mutable_upload()->set_data("hello, ");
-  pb::SessionCommand part2 = part1;
-  part2.mutable_upload()->set_offset(7);
-  part2.mutable_upload()->set_data("fleet\n");
-  part2.mutable_upload()->set_last(true);
-  part2.mutable_upload()->set_sha256("a963e87ae48c91da3ea9c3399321d0354d3289ecc12c9ef18bd1df2354b114a2");
+  const auto [part1, part2] = GreetingUploadParts();
   cp->SendCommand(lease, part1);
   cp->SendCommand(lease, part2);
   ASSERT_TRUE(cp->WaitFor([&] { return !OpenRequests(*cp, lease).empty(); }, seconds(20))) << agent.Log();

@@ -1,5 +1,5 @@
 // What the fleet tests (fleet_test, approvals_fleet_test) start each test with: a control-plane double and
-// the options of an agent pointed at it. Header-only (gtest: the chaos library, which fleet_bench links, has
+// the options of an agent pointed at it; and the upload both send. Header-only (gtest: the chaos library, which fleet_bench links, has
 // none).
 #ifndef SBX_TESTS_FLEET_FLEET_FIXTURE_H_
 #define SBX_TESTS_FLEET_FLEET_FIXTURE_H_
@@ -30,6 +30,21 @@ inline AgentProcess::Options AgentFor(const ControlPlaneDouble& cp, std::string 
   o.agent_id = std::move(id);
   o.max_sessions = capacity;
   return o;
+}
+
+// An upload of "hello, fleet\n" to /workspace/greeting.txt in two parts ("up-1" both), the last with the
+// whole file's sha256.
+inline std::pair<duvo::sandbox::v1::SessionCommand, duvo::sandbox::v1::SessionCommand> GreetingUploadParts() {
+  duvo::sandbox::v1::SessionCommand part1;
+  part1.set_command_id("up-1");
+  part1.mutable_upload()->set_path("/workspace/greeting.txt");
+  part1.mutable_upload()->set_data("hello, ");
+  duvo::sandbox::v1::SessionCommand part2 = part1;
+  part2.mutable_upload()->set_offset(7);
+  part2.mutable_upload()->set_data("fleet\n");
+  part2.mutable_upload()->set_last(true);
+  part2.mutable_upload()->set_sha256("a963e87ae48c91da3ea9c3399321d0354d3289ecc12c9ef18bd1df2354b114a2");
+  return {part1, part2};
 }
 
 }  // namespace sbx::testing

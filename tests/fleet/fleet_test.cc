@@ -30,6 +30,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "agent/fleet/outbox.h"
 #include "duvo/sandbox/v1/agent_state.pb.h"
+#include "tests/common/http_server.h"
 #include "tests/common/spawn.h"
 #include "tests/fleet/agent_process.h"
 #include "tests/fleet/double/control_plane_double.h"
@@ -544,15 +545,7 @@ TEST(FleetTest, CommandsOverAttachRunOnceAndUploadsArriveIntact) {
   ASSERT_TRUE(cp->WaitFor([&] { auto l = cp->Lease(id); return l && !l->events.empty(); }, seconds(20)));
 
   // An upload in two parts, with the sha256 of "hello, fleet\n".
-  pb::SessionCommand part1;
-  part1.set_command_id("up-1");
-  part1.mutable_upload()->set_path("/workspace/greeting.txt");
-  part1.mutable_upload()->set_data("hello, ");
-  pb::SessionCommand part2 = part1;
-  part2.mutable_upload()->set_offset(7);
-  part2.mutable_upload()->set_data("fleet\n");
-  part2.mutable_upload()->set_last(true);
-  part2.mutable_upload()->set_sha256("a963e87ae48c91da3ea9c3399321d0354d3289ecc12c9ef18bd1df2354b114a2");
+  const auto [part1, part2] = GreetingUploadParts();
   cp->SendCommand(id, part1);
   cp->SendCommand(id, part2);
   pb::SessionCommand cat;
@@ -1043,23 +1036,7 @@ TEST(FleetTest, ADesktopLeaseStartsItsDisplayAndStreamsAScreenshot) {
 }
 
 // GET /metrics on 127.0.0.1:port.
-std::string Metrics(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req = "GET /metrics HTTP/1.0\r\n\r\n";
-    (void)!write(fd, req.data(), req.size());
-    char buf[8192];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
-  return out;
-}
+std::string Metrics(int port) { return LoopbackExchange(port, "GET /metrics HTTP/1.0\r\n\r\n"); }
 
 grpc::health::v1::HealthCheckResponse::ServingStatus Health(int port, grpc::Status* status) {
   auto stub = grpc::health::v1::Health::NewStub(

@@ -3,7 +3,6 @@
 // pixel by pixel and event by event.
 #include "sandbox/init/drivers/desktop.h"
 
-#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -20,6 +19,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/common/png_image.h"
+#include "tests/common/spawn.h"
 
 namespace sbx::init {
 namespace {
@@ -67,18 +67,14 @@ class XProbe {
   ~XProbe() { Stop(); }
 
   bool Start(const std::string& display) {
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) < 0) return false;
-    const std::string display_env = "DISPLAY=" + display;  // built before fork: raw syscalls in the child
-    char* const env[] = {const_cast<char*>(display_env.c_str()), nullptr};
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fds[1], 1);
-      execle(SBX_XPROBE_BIN, "xprobe", "--motion", static_cast<char*>(nullptr), env);
-      _exit(127);
-    }
-    close(fds[1]);
-    fd_ = fds[0];
+    ::sbx::testing::SpawnOptions options;
+    options.args = {SBX_XPROBE_BIN, "--motion"};
+    options.env = std::vector<std::string>{"DISPLAY=" + display};
+    options.stdout_pipe = true;
+    options.stderr_inherit = true;
+    const ::sbx::testing::Spawned spawned = ::sbx::testing::Spawn(options);
+    pid_ = spawned.pid;
+    fd_ = spawned.stdout_fd;
     return pid_ > 0 && !Wait("ready ", 1).empty();
   }
 

@@ -31,6 +31,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "duvo/sandbox/v1/sandboxes.grpc.pb.h"
+#include "tests/common/spawn.h"
 #include "tests/e2e/daemon_fixture.h"
 
 namespace sbx::testing {
@@ -55,15 +56,8 @@ struct ShResult {
 
 // Runs `cmd` with sh, stdout and stderr together.
 ShResult Sh(const std::string& cmd) {
-  ShResult r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  const int status = pclose(p);
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  RunResult run = RunShell(cmd + " 2>&1");
+  return ShResult{run.exit_code, std::move(run.out)};
 }
 
 std::string Trim(std::string s) {
@@ -314,12 +308,11 @@ TEST_F(AgentUnitTest, JailsAreBornInTheirCgroupAndTornDownWithNothingLeft) {
       << "a process was migrated into the session's cgroup instead of being cloned into it:\n" << trace;
 
   // A process of the host's pid namespace, moved into the session's cgroup (after the trace was read).
-  const pid_t outsider = fork();
-  ASSERT_GE(outsider, 0);
-  if (outsider == 0) {
-    execl("/bin/sleep", "sleep", "300", static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  SpawnOptions sleep;
+  sleep.args = {"/bin/sleep", "300"};
+  sleep.stderr_inherit = true;
+  const pid_t outsider = Spawn(sleep).pid;
+  ASSERT_GT(outsider, 0);
   // Killed and reaped on every way out of the test, an ASSERT's early return included (a no-op once reaped).
   bool outsider_reaped = false;
   absl::Cleanup reap_outsider = [&] {
