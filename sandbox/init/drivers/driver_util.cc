@@ -14,6 +14,51 @@
 
 namespace sbx::init::internal {
 
+namespace {
+
+// SpawnInSession's child between fork and execve: raw syscalls only (`moved`, one slot per entry of `fds`, was
+// allocated by the parent). A failure's errno goes to the parent over `errpipe`.
+[[noreturn]] void ExecInChild(char* const* args, char* const* envp, int out_fd, int null_fd, int above,
+                              const std::vector<std::pair<int, int>>& fds, int* moved, int errpipe) {
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);  // fails harmlessly for some
+  setsid();
+  int err = 0;
+  const int out_source = out_fd >= 0 ? out_fd : null_fd;
+  const int in = null_fd >= 0 ? fcntl(null_fd, F_DUPFD_CLOEXEC, above) : -1;
+  const int out = out_source >= 0 ? fcntl(out_source, F_DUPFD_CLOEXEC, above) : -1;
+  if ((null_fd >= 0 && in < 0) || (out_source >= 0 && out < 0)) err = errno;
+  for (size_t i = 0; err == 0 && i < fds.size(); ++i) {
+    moved[i] = fcntl(fds[i].first, F_DUPFD_CLOEXEC, above);
+    if (moved[i] < 0) err = errno;
+  }
+  if (err == 0) {
+    if (in >= 0) {
+      if (dup2(in, 0) < 0) err = errno;
+    } else {
+      close(0);
+    }
+  }
+  if (err == 0 && out >= 0 && (dup2(out, 1) < 0 || dup2(out, 2) < 0)) err = errno;
+  for (size_t i = 0; err == 0 && i < fds.size(); ++i) {
+    if (dup2(moved[i], fds[i].second) < 0) err = errno;
+  }
+  if (err == 0) {
+    syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);  // best effort (Linux >= 5.11)
+    for (const auto& fd : fds) fcntl(fd.second, F_SETFD, 0);
+    execve(args[0], args, envp);
+    err = errno;
+  }
+  (void)!write(errpipe, &err, sizeof(err));
+  _exit(127);
+}
+
+}  // namespace
+
 pid_t SpawnInSession(const std::vector<std::string>& argv, const std::vector<std::string>& env, int out_fd,
                      const std::vector<std::pair<int, int>>& fds, std::string* error) {
   if (argv.empty()) {
@@ -36,43 +81,7 @@ pid_t SpawnInSession(const std::vector<std::string>& argv, const std::vector<std
   }
   const int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);  // may fail: stdin is then closed
   const pid_t pid = fork();
-  if (pid == 0) {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);  // fails harmlessly for some
-    setsid();
-    int err = 0;
-    const int out_source = out_fd >= 0 ? out_fd : null_fd;
-    const int in = null_fd >= 0 ? fcntl(null_fd, F_DUPFD_CLOEXEC, above) : -1;
-    const int out = out_source >= 0 ? fcntl(out_source, F_DUPFD_CLOEXEC, above) : -1;
-    if ((null_fd >= 0 && in < 0) || (out_source >= 0 && out < 0)) err = errno;
-    for (size_t i = 0; err == 0 && i < fds.size(); ++i) {
-      moved[i] = fcntl(fds[i].first, F_DUPFD_CLOEXEC, above);
-      if (moved[i] < 0) err = errno;
-    }
-    if (err == 0) {
-      if (in >= 0) {
-        if (dup2(in, 0) < 0) err = errno;
-      } else {
-        close(0);
-      }
-    }
-    if (err == 0 && out >= 0 && (dup2(out, 1) < 0 || dup2(out, 2) < 0)) err = errno;
-    for (size_t i = 0; err == 0 && i < fds.size(); ++i) {
-      if (dup2(moved[i], fds[i].second) < 0) err = errno;
-    }
-    if (err == 0) {
-      syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);  // best effort (Linux >= 5.11)
-      for (const auto& fd : fds) fcntl(fd.second, F_SETFD, 0);
-      execve(args[0], args.data(), envp.data());
-      err = errno;
-    }
-    (void)!write(errpipe[1], &err, sizeof(err));
-    _exit(127);
-  }
+  if (pid == 0) ExecInChild(args.data(), envp.data(), out_fd, null_fd, above, fds, moved.data(), errpipe[1]);
   const int fork_errno = errno;
   close(errpipe[1]);
   if (null_fd >= 0) close(null_fd);
