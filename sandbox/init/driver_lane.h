@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/mutex.h"
 #include "base/unique_fd.h"
 #include "sandbox/init/drivers/driver_util.h"
 #include "sandbox/init/errors.h"
@@ -93,7 +94,7 @@ class DriverLane {
   void Post(uint64_t call_id, int64_t deadline_ms, Job job) {
     ++outstanding_;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      base::MutexLock lock(mu_);
       queue_.push_back(Queued{call_id, deadline_ms, std::move(job)});
     }
     cv_.notify_one();
@@ -105,7 +106,7 @@ class DriverLane {
     (void)unused;
     std::vector<DriverResult> done;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      base::MutexLock lock(mu_);
       done.swap(done_);
     }
     outstanding_ -= std::min(outstanding_, done.size());
@@ -135,8 +136,8 @@ class DriverLane {
     for (;;) {
       Queued next;
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, stop, [this] { return !queue_.empty(); });
+        base::MutexLock lock(mu_);
+        cv_.wait(lock, stop, [this]() SBX_REQUIRES(mu_) { return !queue_.empty(); });
         if (stop.stop_requested()) return;
         next = std::move(queue_.front());
         queue_.pop_front();
@@ -151,7 +152,7 @@ class DriverLane {
         next.job(next.deadline_ms, &result);
       }
       {
-        std::lock_guard<std::mutex> lock(mu_);
+        base::MutexLock lock(mu_);
         done_.push_back(std::move(result));
       }
       const uint64_t one = 1;
@@ -164,10 +165,10 @@ class DriverLane {
   UniqueFd done_fd_;    // eventfd: one count per finished call
   UniqueFd cancel_fd_;  // eventfd: readable once Stop began
   size_t outstanding_ = 0;  // loop only
-  std::mutex mu_;
+  base::Mutex mu_;
   std::condition_variable_any cv_;
-  std::deque<Queued> queue_;        // guarded by mu_
-  std::vector<DriverResult> done_;  // guarded by mu_
+  std::deque<Queued> queue_ SBX_GUARDED_BY(mu_);
+  std::vector<DriverResult> done_ SBX_GUARDED_BY(mu_);
   std::jthread worker_;  // NOTE: last member: joined (by Stop) before the rest goes
 };
 

@@ -31,7 +31,6 @@ extern char** environ;
 namespace sbx::sandbox::serve {
 namespace {
 
-constexpr uint32_t kMaxBrowserCallMs = 120000;  // a browser action's own timeout at most (the API's bound)
 // A driver call's deadline (Request.timeout_ms): this when the agent sends none, and this much at most.
 constexpr uint32_t kDefaultDriverCallMs = 30000;
 constexpr uint32_t kMaxDriverCallMs = 600000;

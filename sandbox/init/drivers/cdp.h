@@ -21,6 +21,8 @@
 #include <string_view>
 #include <vector>
 
+#include "base/mutex.h"
+
 namespace sbx::init {
 
 struct BrowserConfig {
@@ -327,16 +329,16 @@ class Browser {
   bool flushing_ = false;
   int client_event_fd_ = -1;  // eventfd: output for the client (or its end) waits
   int client_input_fd_ = -1;  // eventfd: input from the client waits
-  std::mutex client_mu_;
-  bool client_connected_ = false;    // guarded by client_mu_: between ClientOpen and the end
+  base::Mutex client_mu_;
+  bool client_connected_ SBX_GUARDED_BY(client_mu_) = false;  // between ClientOpen and the end
   struct ClientInputItem {
     bool open = false, close = false;
     std::string data;
     std::string error;  // close: why (empty: the client closed)
   };
-  std::deque<ClientInputItem> client_inbox_;  // guarded by client_mu_
-  size_t client_inbox_bytes_ = 0;             // guarded by client_mu_
-  ClientOutput client_out_;                   // guarded by client_mu_
+  std::deque<ClientInputItem> client_inbox_ SBX_GUARDED_BY(client_mu_);
+  size_t client_inbox_bytes_ SBX_GUARDED_BY(client_mu_) = 0;
+  ClientOutput client_out_ SBX_GUARDED_BY(client_mu_);
 };
 
 }  // namespace sbx::init

@@ -179,7 +179,7 @@ std::vector<json> CdpMux::Disconnect() {
 }
 
 bool Browser::ClientOpen(std::string* error) {
-  std::lock_guard<std::mutex> lock(client_mu_);
+  base::MutexLock lock(client_mu_);
   if (client_connected_) {
     *error = "a CDP client is already connected to this browser (one at a time)";
     return false;
@@ -194,7 +194,7 @@ bool Browser::ClientOpen(std::string* error) {
 }
 
 void Browser::ClientInput(std::string data, bool close) {
-  std::lock_guard<std::mutex> lock(client_mu_);
+  base::MutexLock lock(client_mu_);
   if (!client_connected_) return;
   if (client_inbox_bytes_ + data.size() > kMaxClientMessageBytes + (1 << 20)) {
     // The browser is not taking what the client sends: cut it off.
@@ -212,7 +212,7 @@ Browser::ClientOutput Browser::TakeClientOutput() {
   uint64_t count = 0;
   ssize_t unused = read(client_event_fd_, &count, sizeof(count));
   (void)unused;
-  std::lock_guard<std::mutex> lock(client_mu_);
+  base::MutexLock lock(client_mu_);
   ClientOutput out = std::move(client_out_);
   client_out_ = ClientOutput{};
   if (out.ended) client_connected_ = false;
@@ -223,7 +223,7 @@ void Browser::PushClient(const json& message) {
   std::string text = message.dump(-1, ' ', false, json::error_handler_t::replace);
   bool cut = false;
   {
-    std::lock_guard<std::mutex> lock(client_mu_);
+    base::MutexLock lock(client_mu_);
     if (client_out_.ended) return;
     if (client_out_.data.size() + text.size() > kMaxClientBacklogBytes) {
       cut = true;
@@ -244,7 +244,7 @@ void Browser::PushClient(const json& message) {
 
 void Browser::PushClientEnd(const std::string& error) {
   {
-    std::lock_guard<std::mutex> lock(client_mu_);
+    base::MutexLock lock(client_mu_);
     if (client_out_.ended || !client_connected_) return;
     client_out_.ended = true;
     client_out_.error = error;
@@ -280,7 +280,7 @@ void Browser::FlushClientInput() {
   for (;;) {
     ClientInputItem item;
     {
-      std::lock_guard<std::mutex> lock(client_mu_);
+      base::MutexLock lock(client_mu_);
       if (client_inbox_.empty()) break;
       item = std::move(client_inbox_.front());
       client_inbox_.pop_front();
@@ -289,7 +289,7 @@ void Browser::FlushClientInput() {
     if (item.open) {
       if (mux_) EndClient("");  // a previous client's leftovers
       {
-        std::lock_guard<std::mutex> lock(client_mu_);
+        base::MutexLock lock(client_mu_);
         client_connected_ = true;
         client_out_ = ClientOutput{};
       }
