@@ -99,7 +99,7 @@ void TcpListener::AcceptLoop(std::stop_token stop) {
     if (poll(&p, 1, 200) <= 0) continue;
     UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!fd) continue;
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (stopped_) return;
     conns_.remove_if([](const Conn& c) { return c.done; });  // joins finished threads
     if (conns_.size() >= options_.max_connections) continue;  // closed: over the bound
@@ -154,7 +154,7 @@ void TcpListener::Serve(Conn* conn, UniqueFd fd) {
       http_->ServeConnection(fd.get());
     }
   }
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   conn->fd = -1;
   fd.Reset();  // closed under mu_, so Stop never shuts down a number already reused
   conn->done = true;
@@ -162,7 +162,7 @@ void TcpListener::Serve(Conn* conn, UniqueFd fd) {
 
 void TcpListener::Stop() {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (stopped_) return;
     stopped_ = true;
   }
@@ -174,7 +174,7 @@ void TcpListener::Stop() {
   if (http_ != nullptr) http_->Stop();  // cancels calls, wakes streams
   std::list<Conn> conns;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     for (Conn& c : conns_) {
       if (c.fd >= 0) shutdown(c.fd, SHUT_RDWR);  // wakes a thread blocked on its connection
     }

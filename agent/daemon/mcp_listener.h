@@ -11,7 +11,7 @@
 #include <chrono>
 #include <list>
 #include <memory>
-#include <mutex>
+
 #include <set>
 #include <string>
 #include <thread>
@@ -20,6 +20,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "agent/mcp/mcp_http.h"
 #include "base/unique_fd.h"
 
@@ -54,7 +55,7 @@ class TcpListener {
   const Options options_;
   grpc::Server* grpc_ = nullptr;
   McpHttpServer* http_ = nullptr;
-  std::mutex mu_;
+  absl::Mutex mu_;
   std::list<Conn> conns_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   std::jthread accept_thread_;

@@ -44,7 +44,7 @@ absl::StatusOr<std::string> TokenFile::Get() {
   if (path_.empty()) return std::string();
   struct stat st;
   if (stat(path_.c_str(), &st) < 0) return ErrnoToStatus(errno, absl::StrCat("fleet.token_file ", path_));
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (st.st_ino == ino_ && st.st_size == size_ && st.st_mtim.tv_sec == mtime_.tv_sec &&
       st.st_mtim.tv_nsec == mtime_.tv_nsec) {
     return token_;

@@ -8,7 +8,6 @@
 
 #include <chrono>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -17,7 +16,9 @@
 #include <grpcpp/client_context.h>
 #include <grpcpp/support/status.h>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "agent/fleet/agent_config.h"
 
 namespace sbx::agent {
@@ -33,11 +34,11 @@ class TokenFile {
 
  private:
   const std::string path_;
-  std::mutex mu_;
-  std::string token_;  // GUARDED_BY(mu_)
-  ino_t ino_ = 0;      // GUARDED_BY(mu_)
-  off_t size_ = -1;    // GUARDED_BY(mu_)
-  struct timespec mtime_ {};  // GUARDED_BY(mu_)
+  absl::Mutex mu_;
+  std::string token_ ABSL_GUARDED_BY(mu_);
+  ino_t ino_ ABSL_GUARDED_BY(mu_) = 0;
+  off_t size_ ABSL_GUARDED_BY(mu_) = -1;
+  struct timespec mtime_ ABSL_GUARDED_BY(mu_){};
 };
 
 // A channel to fleet.control_plane. TLS when fleet.tls is set (ca_file or the system roots; cert_file and

@@ -34,7 +34,7 @@ Metrics::Metrics()
     : bucket_bounds_{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}, bucket_counts_(bucket_bounds_.size(), 0) {}
 
 void Metrics::SessionStarted(double s) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (size_t i = 0; i < bucket_bounds_.size(); ++i) {
     if (s <= bucket_bounds_[i]) ++bucket_counts_[i];
   }
@@ -43,40 +43,40 @@ void Metrics::SessionStarted(double s) {
 }
 
 void Metrics::ToolCall(std::string_view tool, std::string_view result) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   ++tool_calls_[{std::string(tool), std::string(result)}];
 }
 
 void Metrics::Outcome(std::string_view status, std::string_view reason) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   ++outcomes_[{std::string(status), std::string(reason)}];
 }
 
 void Metrics::BytesStreamed(uint64_t bytes) { bytes_streamed_ += bytes; }
 
 void Metrics::SetActiveSessions(std::function<size_t()> fn) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   active_ = std::move(fn);
 }
 
 void Metrics::SetWarmBrowsers(std::function<size_t()> fn) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   warm_browsers_ = std::move(fn);
 }
 
 void Metrics::FleetEvent(std::string_view event) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   ++fleet_events_[std::string(event)];
 }
 
 void Metrics::SetFleetGauges(std::function<size_t()> leases_held, std::function<size_t()> outbox_pending) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   leases_held_ = std::move(leases_held);
   outbox_pending_ = std::move(outbox_pending);
 }
 
 std::string Metrics::Render() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::string out;
   absl::StrAppend(&out, "# HELP sandbox_agent_sessions_active Sessions whose jail is running.\n",
                   "# TYPE sandbox_agent_sessions_active gauge\n", "sandbox_agent_sessions_active ",

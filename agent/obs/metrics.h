@@ -8,13 +8,14 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "base/unique_fd.h"
 
 namespace sbx::agent {
@@ -39,18 +40,19 @@ class Metrics {
   std::string Render() const;
 
  private:
-  mutable std::mutex mu_;
-  std::function<size_t()> active_;                                     // GUARDED_BY(mu_)
-  std::function<size_t()> warm_browsers_;                              // GUARDED_BY(mu_)
+  mutable absl::Mutex mu_;
+  std::function<size_t()> active_ ABSL_GUARDED_BY(mu_);
+  std::function<size_t()> warm_browsers_ ABSL_GUARDED_BY(mu_);
   std::vector<double> bucket_bounds_;                                  // seconds
-  std::vector<uint64_t> bucket_counts_;                                // GUARDED_BY(mu_)
-  double latency_sum_ = 0;                                             // GUARDED_BY(mu_)
-  uint64_t latency_count_ = 0;                                         // GUARDED_BY(mu_)
-  std::map<std::pair<std::string, std::string>, uint64_t> tool_calls_;  // GUARDED_BY(mu_)
-  std::map<std::pair<std::string, std::string>, uint64_t> outcomes_;    // GUARDED_BY(mu_)
+  std::vector<uint64_t> bucket_counts_ ABSL_GUARDED_BY(mu_);
+  double latency_sum_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t latency_count_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::pair<std::string, std::string>, uint64_t> tool_calls_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, uint64_t> outcomes_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> bytes_streamed_{0};
-  std::map<std::string, uint64_t> fleet_events_;                       // GUARDED_BY(mu_)
-  std::function<size_t()> leases_held_, outbox_pending_;               // GUARDED_BY(mu_)
+  std::map<std::string, uint64_t> fleet_events_ ABSL_GUARDED_BY(mu_);
+  std::function<size_t()> leases_held_ ABSL_GUARDED_BY(mu_);
+  std::function<size_t()> outbox_pending_ ABSL_GUARDED_BY(mu_);
 };
 
 // A minimal HTTP/1.0 server for GET /metrics on one address (loopback by default). One thread, owned.
