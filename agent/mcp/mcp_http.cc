@@ -69,7 +69,7 @@ bool Respond(int fd, int status, std::string_view content_type, std::string_view
   absl::StrAppend(&head, "Content-Length: ", body.size(), "\r\n");
   for (const auto& [k, v] : extra) absl::StrAppend(&head, k, ": ", v, "\r\n");
   absl::StrAppend(&head, keep_alive ? "" : "Connection: close\r\n", "\r\n");
-  return http1::SendAll(fd, kSseHead) && http1::SendAll(fd, body) && keep_alive;
+  return http1::SendAll(fd, head) && http1::SendAll(fd, body) && keep_alive;
 }
 
 // An HTTP-level error, with a JSON-RPC error body (the SDK shows its message).
