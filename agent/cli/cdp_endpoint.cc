@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "net/http_response.h"
 #include "net/loopback_guard.h"
 
 namespace sbx::cdp {
@@ -26,17 +27,6 @@ using nlohmann::json;
 constexpr size_t kMaxRequestHeadBytes = 16 << 10;
 
 uint32_t Rotl(uint32_t x, int n) { return (x << n) | (x >> (32 - n)); }
-
-bool WriteAll(int fd, std::string_view data) {
-  size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = ::send(fd, data.data() + done, data.size() - done, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    done += static_cast<size_t>(n);
-  }
-  return true;
-}
 
 std::string Lower(std::string s) {
   for (char& c : s) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
@@ -83,26 +73,12 @@ bool ParseHead(std::string_view head, HttpRequest* r) {
   return true;
 }
 
-const char* Reason(int status) {
-  switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 409: return "Conflict";
-    case 426: return "Upgrade Required";
-    default: return "Bad Gateway";
-  }
-}
-
 void Respond(int fd, int status, const std::string& content_type, const std::string& body,
              const std::string& extra_headers = "") {
-  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + Reason(status) + "\r\nContent-Type: " + content_type +
+  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + agent::http1::ReasonPhrase(status) + "\r\nContent-Type: " + content_type +
                     "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n" +
                     extra_headers + "\r\n" + body;
-  WriteAll(fd, out);
+  agent::http1::SendAll(fd, out);
 }
 
 // One command over a fresh stream, for /json/version and /json/list: its result, or nullopt with the HTTP
@@ -152,7 +128,7 @@ void ServeWebSocket(int fd, const HttpRequest& req, const CdpEndpointOptions& o,
   // The stream is opened before the upgrade is answered: a refused token is an HTTP 401 here.
   std::unique_ptr<CdpStream> stream = o.open(open, &status, &error);
   if (!stream) return Respond(fd, status, "text/plain", error + "\n");
-  if (!WriteAll(fd, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+  if (!agent::http1::SendAll(fd, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     "Sec-WebSocket-Accept: " + WebSocketAccept(key) + "\r\n\r\n")) {
     stream->Cancel();
     stream->Finish();
@@ -161,7 +137,7 @@ void ServeWebSocket(int fd, const HttpRequest& req, const CdpEndpointOptions& o,
   std::mutex write_mu;  // frames to the client: messages from the stream, pongs and the close from the reader
   auto send = [&](std::string_view frame) {
     std::lock_guard<std::mutex> lock(write_mu);
-    return WriteAll(fd, frame);
+    return agent::http1::SendAll(fd, frame);
   };
   std::atomic<bool> ended{false};  // the browser side ended first
   std::thread up([&] {
@@ -216,6 +192,127 @@ void ServeWebSocket(int fd, const HttpRequest& req, const CdpEndpointOptions& o,
   // The browser side ended (Browser.close, the session ended, a refusal): say so in the close frame.
   if (!client_gone) send(WebSocketCloseFrame(why.empty() ? 1000 : 1011, why.substr(0, 120)));
   ::shutdown(fd, SHUT_RDWR);
+}
+
+// Reads and parses the request's head (at most kMaxRequestHeadBytes, 30 s between reads); false when the
+// client left, was too slow, or sent a malformed head (answered with a 400).
+bool ReadRequest(int fd, HttpRequest* req) {
+  std::string head;
+  char buf[4096];
+  while (head.find("\r\n\r\n") == std::string::npos) {
+    if (head.size() > kMaxRequestHeadBytes) {
+      Respond(fd, 400, "text/plain", "the request's head is too long\n");
+      return false;
+    }
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 30000) <= 0) return false;
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    head.append(buf, static_cast<size_t>(n));
+  }
+  if (!ParseHead(head, req)) {
+    Respond(fd, 400, "text/plain", "a malformed HTTP request\n");
+    return false;
+  }
+  return true;
+}
+
+// The token first, then who may drive the browser at all; false after answering 401 or 403.
+bool Admitted(int fd, const HttpRequest& req, const CdpEndpointOptions& o) {
+  if (o.authorize && !o.authorize(req.Header("authorization"))) {
+    Respond(fd, 401, "text/plain", "Unauthorized: missing or wrong bearer token\n", "WWW-Authenticate: Bearer\r\n");
+    return false;
+  }
+  // As Chromium's DevTools server: no web page may drive the browser. A page's WebSocket (never subject to
+  // CORS) carries its Origin; a page reaching loopback through a rebound DNS name carries that name in Host.
+  // Node's clients (Playwright, Puppeteer) send no Origin.
+  if (const std::string origin = req.Header("origin"); !origin.empty()) {
+    Respond(fd, 403, "text/plain", "Forbidden: a request from a web page (it sent an Origin header)\n");
+    return false;
+  }
+  if (!sbx::agent::HostAllowedOnConnection(fd, req.Header("host"))) {
+    Respond(fd, 403, "text/plain", "Forbidden: over loopback the Host must be localhost or an IP address\n");
+    return false;
+  }
+  return true;
+}
+
+// One CDP command's result for an HTTP answer; nullopt after answering the failure with its status.
+std::optional<json> CommandOrRespond(int fd, const CdpEndpointOptions& o, const CdpOpenRequest& open,
+                                     const std::string& method) {
+  int status = 502;
+  std::string error;
+  std::optional<json> result = OneCommand(o, open, method, &status, &error);
+  if (!result) Respond(fd, status, "text/plain", error + "\n");
+  return result;
+}
+
+void ServeJsonVersion(int fd, const CdpEndpointOptions& o, const CdpOpenRequest& open, const std::string& ws_url) {
+  std::optional<json> v = CommandOrRespond(fd, o, open, "Browser.getVersion");
+  if (!v) return;
+  json out = {{"Browser", v->value("product", "")},
+              {"Protocol-Version", v->value("protocolVersion", "1.3")},
+              {"User-Agent", v->value("userAgent", "")},
+              {"V8-Version", v->value("jsVersion", "")},
+              {"WebKit-Version", v->value("revision", "")},
+              {"webSocketDebuggerUrl", ws_url}};
+  Respond(fd, 200, "application/json; charset=UTF-8", out.dump(2) + "\n");
+}
+
+void ServeJsonList(int fd, const CdpEndpointOptions& o, const CdpOpenRequest& open) {
+  std::optional<json> t = CommandOrRespond(fd, o, open, "Target.getTargets");
+  if (!t) return;
+  // The targets, as Chromium lists them. NOTE: no per-page WebSocket: clients connect to the browser's.
+  json list = json::array();
+  for (const json& info : t->value("targetInfos", json::array())) {
+    list.push_back({{"id", info.value("targetId", "")},
+                    {"type", info.value("type", "")},
+                    {"title", info.value("title", "")},
+                    {"url", info.value("url", "")},
+                    {"description", ""}});
+  }
+  Respond(fd, 200, "application/json; charset=UTF-8", list.dump(2) + "\n");
+}
+
+// Answers the request by its path: /json/version, /json/list, the WebSocket, or a 404 naming them. With a
+// session_path_prefix, the session comes from the path.
+void Route(int fd, const HttpRequest& req, const CdpEndpointOptions& o) {
+  std::string path = req.path.substr(0, req.path.find('?'));
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  std::string host = req.Header("host");
+  if (host.empty()) host = "127.0.0.1";
+  CdpOpenRequest open{o.session_id, req.Header("authorization")};
+  std::string base;  // what the paths below are under: "" or PREFIX/SESSION
+  if (!o.session_path_prefix.empty()) {
+    const std::string prefix = o.session_path_prefix + "/";
+    const size_t end = path.find('/', prefix.size());
+    if (path.rfind(prefix, 0) != 0 || end == std::string::npos || end == prefix.size()) {
+      return Respond(fd, 404, "text/plain", "expected " + prefix + "SESSION/json/version\n");
+    }
+    open.session_id = path.substr(prefix.size(), end - prefix.size());
+    base = path.substr(0, end);
+    path = path.substr(end);
+  }
+  const std::string ws_path = "/devtools/browser/" + open.session_id;
+  if (req.method != "GET" && req.method != "PUT") {
+    Respond(fd, 405, "text/plain", "GET only\n");
+  } else if (path == "/json/version") {
+    ServeJsonVersion(fd, o, open, "ws://" + host + base + ws_path);
+  } else if (path == "/json" || path == "/json/list") {
+    ServeJsonList(fd, o, open);
+  } else if (path == "/json/protocol") {
+    Respond(fd, 404, "text/plain", "the protocol description is not served here\n");
+  } else if (path == ws_path || path == "/devtools/browser") {
+    if (Lower(req.Header("upgrade")) != "websocket") {
+      Respond(fd, 426, "text/plain", "a WebSocket upgrade is expected here\n", "Upgrade: websocket\r\n");
+    } else {
+      ServeWebSocket(fd, req, o, open);
+    }
+  } else {
+    Respond(fd, 404, "text/plain",
+            "no such endpoint: " + base + "/json/version, " + base + "/json/list, " + base + ws_path + "\n");
+  }
 }
 
 }  // namespace
@@ -301,97 +398,122 @@ std::string WebSocketAccept(std::string_view key) {
 WebSocketReader::Event WebSocketReader::Next() {
   Event e;
   if (done_) return e;
-  auto fail = [&](uint16_t code, std::string why) {
-    done_ = true;
-    e.kind = Event::Kind::kError;
-    e.code = code;
-    e.data = std::move(why);
-    return e;
-  };
   for (;;) {
-    const size_t avail = buf_.size() - pos_;
-    if (avail < 2) break;
-    const auto* p = reinterpret_cast<const unsigned char*>(buf_.data() + pos_);
-    const bool fin = p[0] & 0x80;
-    if (p[0] & 0x70) return fail(1002, "reserved bits set (no extension was agreed)");
-    const uint8_t opcode = p[0] & 0x0f;
-    if (!(p[1] & 0x80)) return fail(1002, "a client frame must be masked");
-    uint64_t len = p[1] & 0x7f;
-    size_t header = 2;
-    if (len == 126) {
-      if (avail < 4) break;
-      len = uint64_t{p[2]} << 8 | p[3];
-      header = 4;
-    } else if (len == 127) {
-      if (avail < 10) break;
-      len = 0;
-      for (int i = 0; i < 8; ++i) len = len << 8 | p[2 + i];
-      header = 10;
-    }
-    const bool control = opcode & 0x08;
-    if (control && (len > 125 || !fin)) return fail(1002, "a control frame must be whole and at most 125 bytes");
-    if (!control && len > max_) return fail(1009, "a message over the size cap");
-    if (!control && message_.size() + len > max_) return fail(1009, "a message over the size cap");
-    if (avail < header + 4 + len) {
-      // Room for the frame is kept; the cap above bounds it.
-      break;
-    }
-    const unsigned char* mask = p + header;
-    std::string payload(reinterpret_cast<const char*>(p + header + 4), static_cast<size_t>(len));
-    for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>(payload[i] ^ mask[i % 4]);
-    pos_ += header + 4 + static_cast<size_t>(len);
-    if (pos_ > (1 << 20) && pos_ * 2 > buf_.size()) {
-      buf_.erase(0, pos_);
-      pos_ = 0;
-    }
-    switch (opcode) {
-      case 0x0:
-        if (!in_message_) return fail(1002, "a continuation frame with no message begun");
-        message_ += payload;
-        if (fin) {
-          in_message_ = false;
-          e.kind = Event::Kind::kMessage;
-          e.data = std::move(message_);
-          message_.clear();
-          return e;
-        }
-        continue;
-      case kWsText:
-      case kWsBinary:
-        if (in_message_) return fail(1002, "a new message began before the last one ended");
-        if (fin) {
-          e.kind = Event::Kind::kMessage;
-          e.data = std::move(payload);
-          return e;
-        }
-        in_message_ = true;
-        message_ = std::move(payload);
-        continue;
-      case kWsPing:
-        e.kind = Event::Kind::kPing;
-        e.data = std::move(payload);
-        return e;
-      case kWsPong:
-        e.kind = Event::Kind::kPong;
-        e.data = std::move(payload);
-        return e;
-      case kWsClose:
-        done_ = true;
-        e.kind = Event::Kind::kClose;
-        e.code = payload.size() >= 2 ? static_cast<uint16_t>(static_cast<unsigned char>(payload[0]) << 8 |
-                                                              static_cast<unsigned char>(payload[1]))
-                                     : 1005;
-        e.data = payload.size() > 2 ? payload.substr(2) : "";
-        return e;
-      default:
-        return fail(1002, "an unknown opcode");
-    }
+    Frame frame;
+    const Parse parsed = TakeFrame(&frame, &e);
+    if (parsed == Parse::kError) return e;
+    if (parsed == Parse::kNeedMore) break;
+    if (OnFrame(frame, &e)) return e;
   }
   if (pos_ > 0) {
     buf_.erase(0, pos_);
     pos_ = 0;
   }
   return e;
+}
+
+WebSocketReader::Event WebSocketReader::Fail(uint16_t code, std::string why) {
+  done_ = true;
+  Event e;
+  e.kind = Event::Kind::kError;
+  e.code = code;
+  e.data = std::move(why);
+  return e;
+}
+
+WebSocketReader::Parse WebSocketReader::Failed(Event* error, uint16_t code, std::string why) {
+  *error = Fail(code, std::move(why));
+  return Parse::kError;
+}
+
+WebSocketReader::Parse WebSocketReader::TakeFrame(Frame* frame, Event* error) {
+  const size_t avail = buf_.size() - pos_;
+  if (avail < 2) return Parse::kNeedMore;
+  const auto* p = reinterpret_cast<const unsigned char*>(buf_.data() + pos_);
+  frame->fin = p[0] & 0x80;
+  if (p[0] & 0x70) return Failed(error, 1002, "reserved bits set (no extension was agreed)");
+  frame->opcode = p[0] & 0x0f;
+  if (!(p[1] & 0x80)) return Failed(error, 1002, "a client frame must be masked");
+  uint64_t len = p[1] & 0x7f;
+  size_t header = 2;
+  if (len == 126) {
+    if (avail < 4) return Parse::kNeedMore;
+    len = uint64_t{p[2]} << 8 | p[3];
+    header = 4;
+  } else if (len == 127) {
+    if (avail < 10) return Parse::kNeedMore;
+    len = 0;
+    for (int i = 0; i < 8; ++i) len = len << 8 | p[2 + i];
+    header = 10;
+  }
+  const bool control = frame->opcode & 0x08;
+  if (control && (len > 125 || !frame->fin)) {
+    return Failed(error, 1002, "a control frame must be whole and at most 125 bytes");
+  }
+  if (!control && len > max_) return Failed(error, 1009, "a message over the size cap");
+  if (!control && message_.size() + len > max_) return Failed(error, 1009, "a message over the size cap");
+  // Room for the frame is kept; the cap above bounds it.
+  if (avail < header + 4 + len) return Parse::kNeedMore;
+  const unsigned char* mask = p + header;
+  frame->payload.assign(reinterpret_cast<const char*>(p + header + 4), static_cast<size_t>(len));
+  for (size_t i = 0; i < frame->payload.size(); ++i) {
+    frame->payload[i] = static_cast<char>(frame->payload[i] ^ mask[i % 4]);
+  }
+  pos_ += header + 4 + static_cast<size_t>(len);
+  if (pos_ > (1 << 20) && pos_ * 2 > buf_.size()) {
+    buf_.erase(0, pos_);
+    pos_ = 0;
+  }
+  return Parse::kFrame;
+}
+
+bool WebSocketReader::OnFrame(Frame& frame, Event* e) {
+  switch (frame.opcode) {
+    case 0x0:
+      if (!in_message_) {
+        *e = Fail(1002, "a continuation frame with no message begun");
+        return true;
+      }
+      message_ += frame.payload;
+      if (!frame.fin) return false;
+      in_message_ = false;
+      e->kind = Event::Kind::kMessage;
+      e->data = std::move(message_);
+      message_.clear();
+      return true;
+    case kWsText:
+    case kWsBinary:
+      if (in_message_) {
+        *e = Fail(1002, "a new message began before the last one ended");
+        return true;
+      }
+      if (!frame.fin) {
+        in_message_ = true;
+        message_ = std::move(frame.payload);
+        return false;
+      }
+      e->kind = Event::Kind::kMessage;
+      e->data = std::move(frame.payload);
+      return true;
+    case kWsPing:
+    case kWsPong:
+      e->kind = frame.opcode == kWsPing ? Event::Kind::kPing : Event::Kind::kPong;
+      e->data = std::move(frame.payload);
+      return true;
+    case kWsClose: {
+      const std::string& payload = frame.payload;
+      done_ = true;
+      e->kind = Event::Kind::kClose;
+      e->code = payload.size() >= 2 ? static_cast<uint16_t>(static_cast<unsigned char>(payload[0]) << 8 |
+                                                             static_cast<unsigned char>(payload[1]))
+                                    : 1005;
+      e->data = payload.size() > 2 ? payload.substr(2) : "";
+      return true;
+    }
+    default:
+      *e = Fail(1002, "an unknown opcode");
+      return true;
+  }
 }
 
 std::string WebSocketFrame(uint8_t opcode, std::string_view payload) {
@@ -421,118 +543,8 @@ std::string WebSocketCloseFrame(uint16_t code, std::string_view reason) {
 }
 
 void ServeCdpConnection(int fd, const CdpEndpointOptions& o) {
-  std::string head;
-  char buf[4096];
-  while (head.find("\r\n\r\n") == std::string::npos) {
-    if (head.size() > kMaxRequestHeadBytes) {
-      Respond(fd, 400, "text/plain", "the request's head is too long\n");
-      ::close(fd);
-      return;
-    }
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 30000) <= 0) {
-      ::close(fd);
-      return;
-    }
-    const ssize_t n = ::read(fd, buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      ::close(fd);
-      return;
-    }
-    head.append(buf, static_cast<size_t>(n));
-  }
   HttpRequest req;
-  if (!ParseHead(head, &req)) {
-    Respond(fd, 400, "text/plain", "a malformed HTTP request\n");
-    ::close(fd);
-    return;
-  }
-  if (o.authorize && !o.authorize(req.Header("authorization"))) {
-    Respond(fd, 401, "text/plain", "Unauthorized: missing or wrong bearer token\n", "WWW-Authenticate: Bearer\r\n");
-    ::close(fd);
-    return;
-  }
-  // As Chromium's DevTools server: no web page may drive the browser. A page's WebSocket (never subject to
-  // CORS) carries its Origin; a page reaching loopback through a rebound DNS name carries that name in Host.
-  // Node's clients (Playwright, Puppeteer) send no Origin.
-  if (const std::string origin = req.Header("origin"); !origin.empty()) {
-    Respond(fd, 403, "text/plain", "Forbidden: a request from a web page (it sent an Origin header)\n");
-    ::close(fd);
-    return;
-  }
-  if (!sbx::agent::HostAllowedOnConnection(fd, req.Header("host"))) {
-    Respond(fd, 403, "text/plain", "Forbidden: over loopback the Host must be localhost or an IP address\n");
-    ::close(fd);
-    return;
-  }
-  std::string path = req.path.substr(0, req.path.find('?'));
-  while (path.size() > 1 && path.back() == '/') path.pop_back();
-  std::string host = req.Header("host");
-  if (host.empty()) host = "127.0.0.1";
-  CdpOpenRequest open{o.session_id, req.Header("authorization")};
-  std::string base;  // what the paths below are under: "" or PREFIX/SESSION
-  if (!o.session_path_prefix.empty()) {
-    const std::string prefix = o.session_path_prefix + "/";
-    const size_t end = path.find('/', prefix.size());
-    if (path.rfind(prefix, 0) != 0 || end == std::string::npos || end == prefix.size()) {
-      Respond(fd, 404, "text/plain", "expected " + prefix + "SESSION/json/version\n");
-      ::close(fd);
-      return;
-    }
-    open.session_id = path.substr(prefix.size(), end - prefix.size());
-    base = path.substr(0, end);
-    path = path.substr(end);
-  }
-  const std::string ws_path = "/devtools/browser/" + open.session_id;
-  const std::string ws_url = "ws://" + host + base + ws_path;
-  if (req.method != "GET" && req.method != "PUT") {
-    Respond(fd, 405, "text/plain", "GET only\n");
-  } else if (path == "/json/version") {
-    int status = 502;
-    std::string error;
-    std::optional<json> v = OneCommand(o, open, "Browser.getVersion", &status, &error);
-    if (!v) {
-      Respond(fd, status, "text/plain", error + "\n");
-    } else {
-      json out = {{"Browser", v->value("product", "")},
-                  {"Protocol-Version", v->value("protocolVersion", "1.3")},
-                  {"User-Agent", v->value("userAgent", "")},
-                  {"V8-Version", v->value("jsVersion", "")},
-                  {"WebKit-Version", v->value("revision", "")},
-                  {"webSocketDebuggerUrl", ws_url}};
-      Respond(fd, 200, "application/json; charset=UTF-8", out.dump(2) + "\n");
-    }
-  } else if (path == "/json" || path == "/json/list") {
-    int status = 502;
-    std::string error;
-    std::optional<json> t = OneCommand(o, open, "Target.getTargets", &status, &error);
-    if (!t) {
-      Respond(fd, status, "text/plain", error + "\n");
-    } else {
-      // The targets, as Chromium lists them. NOTE: no per-page WebSocket: clients connect to the browser's.
-      json list = json::array();
-      for (const json& info : t->value("targetInfos", json::array())) {
-        list.push_back({{"id", info.value("targetId", "")},
-                        {"type", info.value("type", "")},
-                        {"title", info.value("title", "")},
-                        {"url", info.value("url", "")},
-                        {"description", ""}});
-      }
-      Respond(fd, 200, "application/json; charset=UTF-8", list.dump(2) + "\n");
-    }
-  } else if (path == "/json/protocol") {
-    Respond(fd, 404, "text/plain", "the protocol description is not served here\n");
-  } else if (path == ws_path || path == "/devtools/browser") {
-    if (Lower(req.Header("upgrade")) != "websocket") {
-      Respond(fd, 426, "text/plain", "a WebSocket upgrade is expected here\n", "Upgrade: websocket\r\n");
-    } else {
-      ServeWebSocket(fd, req, o, open);
-    }
-  } else {
-    Respond(fd, 404, "text/plain",
-            "no such endpoint: " + base + "/json/version, " + base + "/json/list, " + base + ws_path + "\n");
-  }
+  if (ReadRequest(fd, &req) && Admitted(fd, req, o)) Route(fd, req, o);
   ::close(fd);
 }
 

@@ -38,6 +38,21 @@ class WebSocketReader {
   Event Next();
 
  private:
+  struct Frame {
+    bool fin = false;
+    uint8_t opcode = 0;
+    std::string payload;  // unmasked
+  };
+  enum class Parse { kNeedMore, kFrame, kError };
+  // Takes the next whole frame from the buffer, checked (masking, sizes, control frames); kError sets *error.
+  Parse TakeFrame(Frame* frame, Event* error);
+  // What a frame makes: true with *e set when it is an event (a whole message, ping, pong, close, error);
+  // false when it was a fragment of a message still open.
+  bool OnFrame(Frame& frame, Event* e);
+  // Ends reading with an error event carrying the close code to send.
+  Event Fail(uint16_t code, std::string why);
+  Parse Failed(Event* error, uint16_t code, std::string why);  // *error = Fail(...): kError
+
   const size_t max_;
   std::string buf_;
   size_t pos_ = 0;

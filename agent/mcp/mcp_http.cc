@@ -7,21 +7,26 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <condition_variable>
 #include <deque>
 #include <random>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "net/http1_parser.h"
+#include "net/http_response.h"
 #include "net/loopback_guard.h"
 #include "base/status.h"
+#include "base/token_file.h"
 
 namespace sbx::agent::mcp {
 namespace {
 
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
+
+// The head of an SSE response: the stream's end is the connection's.
+constexpr std::string_view kSseHead =
+    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
 
 bool IsTchar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -47,69 +52,24 @@ std::string_view Trim(std::string_view s) {
   return s;
 }
 
-std::string ReadToken(const std::string& path) {
-  std::string token;
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return token;
-  char buf[4096];
-  ssize_t n = read(fd.get(), buf, sizeof(buf));
-  if (n > 0) token.assign(buf, static_cast<size_t>(n));
-  while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
-  return token;
-}
-
 std::string NewSessionId() {
-  static std::mutex mu;
+  ABSL_CONST_INIT static absl::Mutex mu(absl::kConstInit);
   static std::random_device rd;
-  std::lock_guard lock(mu);
+  absl::MutexLock lock(&mu);
   std::string id;
   for (int i = 0; i < 4; ++i) absl::StrAppend(&id, absl::Hex(rd(), absl::kZeroPad8));
   return id;
 }
 
-// Sends all of `data`; false when the client is gone or reads nothing for the socket's send timeout.
-bool SendAll(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return true;
-}
-
-const char* Reason(int status) {
-  switch (status) {
-    case 200: return "OK";
-    case 202: return "Accepted";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 415: return "Unsupported Media Type";
-    case 431: return "Request Header Fields Too Large";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Error";
-  }
-}
-
 // A whole response with a sized body.
 bool Respond(int fd, int status, std::string_view content_type, std::string_view body, bool keep_alive,
              const std::vector<std::pair<std::string, std::string>>& extra = {}) {
-  std::string head = absl::StrCat("HTTP/1.1 ", status, " ", Reason(status), "\r\n");
+  std::string head = absl::StrCat("HTTP/1.1 ", status, " ", http1::ReasonPhrase(status), "\r\n");
   if (!content_type.empty()) absl::StrAppend(&head, "Content-Type: ", ToAbsl(content_type), "\r\n");
   absl::StrAppend(&head, "Content-Length: ", body.size(), "\r\n");
   for (const auto& [k, v] : extra) absl::StrAppend(&head, k, ": ", v, "\r\n");
   absl::StrAppend(&head, keep_alive ? "" : "Connection: close\r\n", "\r\n");
-  return SendAll(fd, head) && SendAll(fd, body) && keep_alive;
+  return http1::SendAll(fd, head) && http1::SendAll(fd, body) && keep_alive;
 }
 
 // An HTTP-level error, with a JSON-RPC error body (the SDK shows its message).
@@ -232,27 +192,67 @@ bool OriginAllowed(std::string_view origin, std::string_view host_header) {
 struct McpHttpServer::Stream {
   explicit Stream(std::string id) : id(std::move(id)) {}
   const std::string id;
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<std::pair<uint64_t, std::string>> frames;  // (seq, SSE frame)
-  uint64_t last_seq = 0;
-  bool done = false;
-  int writer_fd = -1;  // the connection written to as frames arrive (-1: none; a follower reads `frames`)
-  uint64_t followers = 0;
+  absl::Mutex mu;
+  absl::CondVar cv;
+  std::deque<std::pair<uint64_t, std::string>> frames ABSL_GUARDED_BY(mu);  // (seq, SSE frame)
+  uint64_t last_seq ABSL_GUARDED_BY(mu) = 0;
+  bool done ABSL_GUARDED_BY(mu) = false;
+  // The connection written to as frames arrive (-1: none; a follower reads `frames`).
+  int writer_fd ABSL_GUARDED_BY(mu) = -1;
+  uint64_t followers ABSL_GUARDED_BY(mu) = 0;
+
+  // As condition_variable::wait_for with a predicate: waits up to `timeout` for frames after `cursor` or the
+  // stream's end; whether either came.
+  bool WaitForNews(uint64_t cursor, std::chrono::milliseconds timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
+    while (!HasNews(cursor)) {
+      if (cv.WaitWithDeadline(&mu, deadline)) return HasNews(cursor);
+    }
+    return true;
+  }
+  bool HasNews(uint64_t cursor) const ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    return done || (!frames.empty() && frames.back().first > cursor);
+  }
+
+  // Marks the stream done and wakes its follower.
+  void End() {
+    absl::MutexLock lock(&mu);
+    done = true;
+    cv.SignalAll();
+  }
 };
 
 struct McpHttpServer::Session {
   Session(std::string id, McpServer::Options o) : id(std::move(id)), server(std::move(o)) {}
   const std::string id;
   McpServer server;
-  std::mutex mu;
-  std::condition_variable cv;  // the standalone GET stream waits on it for the end
-  bool ended = false;
-  bool has_get_stream = false;
-  uint64_t next_stream = 1;
-  size_t busy = 0;  // requests running
-  Clock::time_point last_used = Clock::now();
-  std::map<uint64_t, std::shared_ptr<Stream>> streams;
+  absl::Mutex mu;
+  absl::CondVar cv;  // the standalone GET stream waits on it for the end
+  bool ended ABSL_GUARDED_BY(mu) = false;
+  bool has_get_stream ABSL_GUARDED_BY(mu) = false;
+  uint64_t next_stream ABSL_GUARDED_BY(mu) = 1;
+  size_t busy ABSL_GUARDED_BY(mu) = 0;  // requests running
+  Clock::time_point last_used ABSL_GUARDED_BY(mu) = Clock::now();
+  std::map<uint64_t, std::shared_ptr<Stream>> streams ABSL_GUARDED_BY(mu);
+
+  // Waits up to `timeout` for the session's end; whether it came.
+  bool WaitForEnd(std::chrono::milliseconds timeout) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
+    while (!ended) {
+      if (cv.WaitWithDeadline(&mu, deadline)) return ended;
+    }
+    return true;
+  }
+
+  // Ends the session: its McpServer shut down (calls canceled, the sandbox session Deleted), its GET stream
+  // and every tools/call stream woken to finish.
+  void End() {
+    server.Shutdown();
+    absl::MutexLock lock(&mu);
+    ended = true;
+    cv.SignalAll();
+    for (auto& [n, stream] : streams) stream->End();
+  }
 };
 
 class McpHttpServer::StreamEmitter final : public Emitter {
@@ -260,14 +260,14 @@ class McpHttpServer::StreamEmitter final : public Emitter {
   StreamEmitter(Stream* stream, size_t max_frames) : stream_(stream), max_frames_(max_frames) {}
   void Send(const json& message, uint64_t seq) override { Push(Dump(message), seq); }
   void Push(const std::string& data, uint64_t seq) {
-    std::lock_guard lock(stream_->mu);
+    absl::MutexLock lock(&stream_->mu);
     if (seq <= stream_->last_seq) seq = stream_->last_seq + 1;  // ids stay increasing
     stream_->last_seq = seq;
     std::string frame = SseFrame(absl::StrCat(stream_->id, "-", seq), data);
-    if (stream_->writer_fd >= 0 && !SendAll(stream_->writer_fd, frame)) stream_->writer_fd = -1;
+    if (stream_->writer_fd >= 0 && !http1::SendAll(stream_->writer_fd, frame)) stream_->writer_fd = -1;
     stream_->frames.emplace_back(seq, std::move(frame));
     while (stream_->frames.size() > max_frames_) stream_->frames.pop_front();
-    stream_->cv.notify_all();
+    stream_->cv.SignalAll();
   }
 
  private:
@@ -280,40 +280,30 @@ McpHttpServer::McpHttpServer(Options options) : options_(std::move(options)) {}
 McpHttpServer::~McpHttpServer() { Stop(); }
 
 size_t McpHttpServer::session_count() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return sessions_.size();
 }
 
 void McpHttpServer::Stop() {
   std::map<std::string, std::shared_ptr<Session>> sessions;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     stopped_ = true;
     sessions.swap(sessions_);
   }
-  for (auto& [id, s] : sessions) {
-    s->server.Shutdown();
-    std::lock_guard lock(s->mu);
-    s->ended = true;
-    s->cv.notify_all();
-    for (auto& [n, stream] : s->streams) {
-      std::lock_guard slock(stream->mu);
-      stream->done = true;
-      stream->cv.notify_all();
-    }
-  }
+  for (auto& [id, s] : sessions) s->End();
 }
 
 std::shared_ptr<McpHttpServer::Session> McpHttpServer::NewSession(duvo::sandbox::v1::SessionKind kind) {
   std::vector<std::shared_ptr<Session>> expired;
   std::shared_ptr<Session> session;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (stopped_) return nullptr;
     // Idle sessions (no request running, none for idle_timeout) make room.
     const Clock::time_point now = Clock::now();
     for (auto it = sessions_.begin(); it != sessions_.end();) {
-      std::lock_guard slock(it->second->mu);
+      absl::MutexLock slock(&it->second->mu);
       if (it->second->busy == 0 && now - it->second->last_used > options_.idle_timeout) {
         expired.push_back(it->second);
         it = sessions_.erase(it);
@@ -330,33 +320,20 @@ std::shared_ptr<McpHttpServer::Session> McpHttpServer::NewSession(duvo::sandbox:
       sessions_[session->id] = session;
     }
   }
-  for (auto& s : expired) {
-    s->server.Shutdown();
-    std::lock_guard lock(s->mu);
-    s->ended = true;
-    s->cv.notify_all();
-  }
+  for (auto& s : expired) s->End();
   return session;
 }
 
 void McpHttpServer::EndSession(const std::string& id) {
   std::shared_ptr<Session> s;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = sessions_.find(id);
     if (it == sessions_.end()) return;
     s = it->second;
     sessions_.erase(it);
   }
-  s->server.Shutdown();
-  std::lock_guard lock(s->mu);
-  s->ended = true;
-  s->cv.notify_all();
-  for (auto& [n, stream] : s->streams) {
-    std::lock_guard slock(stream->mu);
-    stream->done = true;
-    stream->cv.notify_all();
-  }
+  s->End();
 }
 
 bool McpHttpServer::Authorized(const HttpRequest& req) const {
@@ -366,7 +343,7 @@ bool McpHttpServer::Authorized(const HttpRequest& req) const {
 
 bool McpHttpServer::AuthorizationValid(const std::string& auth) const {
   if (options_.bearer_token_file.empty()) return false;
-  const std::string token = ReadToken(options_.bearer_token_file);
+  const std::string token = ReadTokenFile(options_.bearer_token_file);
   const std::string expected = "Bearer " + token;
   return !token.empty() && auth.size() == expected.size() &&
          CRYPTO_memcmp(auth.data(), expected.data(), expected.size()) == 0;
@@ -380,7 +357,7 @@ std::shared_ptr<McpHttpServer::Session> McpHttpServer::SessionOf(int fd, const H
   }
   std::shared_ptr<Session> s;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = sessions_.find(*id);
     if (it != sessions_.end()) s = it->second;
   }
@@ -504,36 +481,18 @@ bool McpHttpServer::Post(int fd, const HttpRequest& req, const std::string& body
                    Dump(ErrorResponse(nullptr, kParseError, "parse error: the body is not valid JSON")), req.keep_alive);
   }
   const bool is_initialize = message.is_object() && message.value("method", json()) == "initialize";
-  std::shared_ptr<Session> session;
-  if (is_initialize) {
-    duvo::sandbox::v1::SessionKind kind = duvo::sandbox::v1::FILE;
-    if (req.query == "kind=browser") {
-      kind = duvo::sandbox::v1::BROWSER;
-    } else if (req.query == "kind=desktop") {
-      kind = duvo::sandbox::v1::DESKTOP;
-    } else if (!req.query.empty() && req.query != "kind=file") {
-      return RespondError(fd, 400, "Bad Request: the query may only be kind=file, kind=browser or kind=desktop",
-                          req.keep_alive);
-    }
-    session = NewSession(kind);
-    if (!session) {
-      return RespondError(fd, 503, "Service Unavailable: the agent holds as many MCP sessions as it can",
-                          req.keep_alive, {{"Retry-After", "5"}});
-    }
-  } else {
-    bool keep_open = false;
-    session = SessionOf(fd, req, &keep_open);
-    if (!session) return keep_open;
-  }
+  bool keep_open = false;
+  std::shared_ptr<Session> session = PostSession(fd, req, is_initialize, &keep_open);
+  if (!session) return keep_open;
   {
-    std::lock_guard lock(session->mu);
+    absl::MutexLock lock(&session->mu);
     ++session->busy;
     session->last_used = Clock::now();
   }
   struct Idle {
     Session* s;
     ~Idle() {
-      std::lock_guard lock(s->mu);
+      absl::MutexLock lock(&s->mu);
       --s->busy;
       s->last_used = Clock::now();
     }
@@ -563,43 +522,67 @@ bool McpHttpServer::Post(int fd, const HttpRequest& req, const std::string& body
     if (!r) return Respond(fd, 202, "", "", req.keep_alive, extra);
     return Respond(fd, 200, "application/json", Dump(*r), req.keep_alive, extra);
   }
+  return PostCall(fd, session.get(), message);
+}
 
-  // tools/call: an SSE stream of its progress, then its response. Resumable with Last-Event-ID.
-  std::shared_ptr<Stream> stream;
-  {
-    std::lock_guard lock(session->mu);
-    stream = std::make_shared<Stream>(absl::StrCat(session->next_stream++));
-    session->streams[std::stoull(stream->id)] = stream;
-    while (session->streams.size() > options_.streams_per_session) {
-      auto oldest = session->streams.begin();
-      std::lock_guard slock(oldest->second->mu);
-      if (!oldest->second->done) break;
-      session->streams.erase(oldest);
-    }
+std::shared_ptr<McpHttpServer::Session> McpHttpServer::PostSession(int fd, const HttpRequest& req, bool is_initialize,
+                                                                   bool* keep_open) {
+  if (!is_initialize) return SessionOf(fd, req, keep_open);
+  duvo::sandbox::v1::SessionKind kind = duvo::sandbox::v1::FILE;
+  if (req.query == "kind=browser") {
+    kind = duvo::sandbox::v1::BROWSER;
+  } else if (req.query == "kind=desktop") {
+    kind = duvo::sandbox::v1::DESKTOP;
+  } else if (!req.query.empty() && req.query != "kind=file") {
+    *keep_open = RespondError(fd, 400, "Bad Request: the query may only be kind=file, kind=browser or kind=desktop",
+                              req.keep_alive);
+    return nullptr;
   }
-  const std::string head =
-      "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
+  std::shared_ptr<Session> session = NewSession(kind);
+  if (!session) {
+    *keep_open = RespondError(fd, 503, "Service Unavailable: the agent holds as many MCP sessions as it can",
+                              req.keep_alive, {{"Retry-After", "5"}});
+  }
+  return session;
+}
+
+bool McpHttpServer::PostCall(int fd, Session* session, const json& message) {
+  // tools/call: an SSE stream of its progress, then its response. Resumable with Last-Event-ID.
+  std::shared_ptr<Stream> stream = NewStream(session);
   {
-    std::lock_guard lock(stream->mu);
+    absl::MutexLock lock(&stream->mu);
     // The priming event: an id before any data, so a client cut off before the first message can resume,
     // and how long to wait before it does (SSE's retry, SEP-1699).
     const std::string prime = absl::StrCat("id: ", stream->id, "-0\nretry: 1000\ndata: \n\n");
-    if (SendAll(fd, head) && SendAll(fd, prime)) stream->writer_fd = fd;
+    if (http1::SendAll(fd, kSseHead) && http1::SendAll(fd, prime)) stream->writer_fd = fd;
   }
   StreamEmitter emitter(stream.get(), options_.replay_events);
   std::optional<json> r = session->server.Handle(message, &emitter);
   if (r) emitter.Push(Dump(*r), emitter.result_seq);
   {
-    std::lock_guard lock(stream->mu);
+    absl::MutexLock lock(&stream->mu);
     stream->done = true;
     stream->writer_fd = -1;
-    stream->cv.notify_all();
+    stream->cv.SignalAll();
   }
   return false;  // the stream's end is the connection's end
 }
 
+std::shared_ptr<McpHttpServer::Stream> McpHttpServer::NewStream(Session* session) {
+  absl::MutexLock lock(&session->mu);
+  auto stream = std::make_shared<Stream>(absl::StrCat(session->next_stream++));
+  session->streams[std::stoull(stream->id)] = stream;
+  while (session->streams.size() > options_.streams_per_session) {
+    auto oldest = session->streams.begin();
+    absl::MutexLock slock(&oldest->second->mu);
+    if (!oldest->second->done) break;
+    session->streams.erase(oldest);
+  }
+  return stream;
+}
+
 void McpHttpServer::Follow(int fd, Stream* stream, uint64_t after_seq) {
-  std::unique_lock lock(stream->mu);
+  stream->mu.Lock();
   stream->writer_fd = -1;  // this connection takes over: the cut-off one gets nothing more
   ++stream->followers;
   uint64_t cursor = after_seq;
@@ -612,29 +595,29 @@ void McpHttpServer::Follow(int fd, Stream* stream, uint64_t after_seq) {
       }
     }
     if (!out.empty()) {
-      lock.unlock();
+      stream->mu.Unlock();
       for (const std::string& f : out) {
-        if (!SendAll(fd, f)) {
-          lock.lock();
+        if (!http1::SendAll(fd, f)) {
+          stream->mu.Lock();
           --stream->followers;
+          stream->mu.Unlock();
           return;
         }
       }
-      lock.lock();
+      stream->mu.Lock();
       continue;
     }
     if (stream->done) break;
     // A keep-alive comment now and then, which also finds a client that left.
-    if (!stream->cv.wait_for(lock, options_.keepalive_interval, [&] {
-          return stream->done || (!stream->frames.empty() && stream->frames.back().first > cursor);
-        })) {
-      lock.unlock();
-      const bool alive = SendAll(fd, ":\n\n");
-      lock.lock();
+    if (!stream->WaitForNews(cursor, options_.keepalive_interval)) {
+      stream->mu.Unlock();
+      const bool alive = http1::SendAll(fd, ":\n\n");
+      stream->mu.Lock();
       if (!alive) break;
     }
   }
   --stream->followers;
+  stream->mu.Unlock();
 }
 
 bool McpHttpServer::Get(int fd, const HttpRequest& req) {
@@ -644,8 +627,6 @@ bool McpHttpServer::Get(int fd, const HttpRequest& req) {
   bool keep_open = false;
   std::shared_ptr<Session> session = SessionOf(fd, req, &keep_open);
   if (!session) return keep_open;
-  const std::string head =
-      "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
   if (const std::string* last = req.Header("last-event-id"); last != nullptr) {
     // "<stream>-<seq>": the rest of that stream.
     const size_t dash = last->find('-');
@@ -653,7 +634,7 @@ bool McpHttpServer::Get(int fd, const HttpRequest& req) {
     std::shared_ptr<Stream> stream;
     if (dash != std::string::npos && absl::SimpleAtoi(last->substr(0, dash), &stream_no) &&
         absl::SimpleAtoi(last->substr(dash + 1), &seq)) {
-      std::lock_guard lock(session->mu);
+      absl::MutexLock lock(&session->mu);
       auto it = session->streams.find(stream_no);
       if (it != session->streams.end()) stream = it->second;
     }
@@ -663,17 +644,17 @@ bool McpHttpServer::Get(int fd, const HttpRequest& req) {
                           req.keep_alive);
     }
     {
-      std::lock_guard lock(session->mu);
+      absl::MutexLock lock(&session->mu);
       ++session->busy;
     }
-    if (SendAll(fd, head)) Follow(fd, stream.get(), seq);
-    std::lock_guard lock(session->mu);
+    if (http1::SendAll(fd, kSseHead)) Follow(fd, stream.get(), seq);
+    absl::MutexLock lock(&session->mu);
     --session->busy;
     session->last_used = Clock::now();
     return false;
   }
   {
-    std::lock_guard lock(session->mu);
+    absl::MutexLock lock(&session->mu);
     if (session->has_get_stream) {
       return RespondError(fd, 409, "Conflict: this session's GET stream is already open", req.keep_alive);
     }
@@ -681,17 +662,18 @@ bool McpHttpServer::Get(int fd, const HttpRequest& req) {
   }
   // The stream for server-initiated messages: this server sends none, so it carries keep-alives until the
   // session ends or the client leaves.
-  if (SendAll(fd, head)) {
-    std::unique_lock lock(session->mu);
+  if (http1::SendAll(fd, kSseHead)) {
+    session->mu.Lock();
     while (!session->ended) {
-      if (session->cv.wait_for(lock, options_.keepalive_interval, [&] { return session->ended; })) break;
-      lock.unlock();
-      const bool alive = SendAll(fd, ":\n\n");
-      lock.lock();
+      if (session->WaitForEnd(options_.keepalive_interval)) break;
+      session->mu.Unlock();
+      const bool alive = http1::SendAll(fd, ":\n\n");
+      session->mu.Lock();
       if (!alive) break;
     }
+    session->mu.Unlock();
   }
-  std::lock_guard lock(session->mu);
+  absl::MutexLock lock(&session->mu);
   session->has_get_stream = false;
   return false;
 }

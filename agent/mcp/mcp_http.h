@@ -27,13 +27,13 @@
 #include <chrono>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "agent/mcp/mcp_server.h"
 #include "base/unique_fd.h"
 
@@ -103,6 +103,11 @@ class McpHttpServer {
   // One request on an open connection; false: close the connection.
   bool ServeRequest(int fd, const HttpRequest& req, const std::string& body);
   bool Post(int fd, const HttpRequest& req, const std::string& body);
+  // Post's steps: the MCP session (a new one for initialize, of the query's kind), and a tools/call answered
+  // as an SSE stream (NewStream: numbered, the oldest finished ones dropped past streams_per_session).
+  std::shared_ptr<Session> PostSession(int fd, const HttpRequest& req, bool is_initialize, bool* keep_open);
+  bool PostCall(int fd, Session* session, const nlohmann::json& message);
+  std::shared_ptr<Stream> NewStream(Session* session);
   bool Get(int fd, const HttpRequest& req);
   bool Delete(int fd, const HttpRequest& req);
   bool Authorized(const HttpRequest& req) const;
@@ -114,7 +119,7 @@ class McpHttpServer {
   void Follow(int fd, Stream* stream, uint64_t after_seq);
 
   const Options options_;
-  mutable std::mutex mu_;
+  mutable absl::Mutex mu_;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
 };

@@ -9,9 +9,9 @@
 #include <atomic>
 #include <list>
 #include <memory>
-#include <mutex>
 #include <thread>
 
+#include "absl/synchronization/mutex.h"
 #include "base/unique_fd.h"
 
 namespace sbx::agent::mcp {
@@ -26,7 +26,7 @@ class LineWriter {
   void Write(const json& message) {
     std::string line = Dump(message);
     line += '\n';
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     size_t off = 0;
     while (off < line.size()) {
       ssize_t n = write(fd_, line.data() + off, line.size() - off);
@@ -38,7 +38,7 @@ class LineWriter {
 
  private:
   const int fd_;
-  std::mutex mu_;
+  absl::Mutex mu_;  // one line written at a time
 };
 
 class LineEmitter final : public Emitter {

@@ -41,8 +41,9 @@ struct Tool {
 
 constexpr int64_t kMaxTimeoutMs = 24LL * 3600 * 1000;
 
-const std::vector<Tool>& Tools() {
-  static const std::vector<Tool>* tools = new std::vector<Tool>{
+// exec and the file tools, offered in every session.
+std::vector<Tool> FileTools() {
+  return {
       {"exec", false,
        "Run a command in the sandbox (a Linux jail with no network unless its policy allows some) and return its "
        "exit code, stdout and stderr. Give either `argv` (the program and its arguments, run without a shell) or "
@@ -82,6 +83,12 @@ const std::vector<Tool>& Tools() {
       {"remove", false, "Remove a file or, with recursive, a directory and everything in it.",
        {{"path", Type::kString, "Path in the workspace /workspace, relative or absolute.", true},
         {"recursive", Type::kBoolean, "Remove a directory and its contents (default false)."}}},
+  };
+}
+
+// The browser_* tools, offered in BROWSER sessions.
+std::vector<Tool> BrowserTools() {
+  return {
       {"browser_navigate", true,
        "Load a URL in the sandbox's headless Chromium and wait until it has loaded. Returns when the page is "
        "ready; read it with browser_content or browser_screenshot.",
@@ -116,9 +123,13 @@ const std::vector<Tool>& Tools() {
       {"browser_content", true,
        "Return the page's HTML, or with text the visible text only (at most 1 MiB; the result says when cut).",
        {{"text", Type::kBoolean, "Return the visible text instead of the HTML (default false)."}}},
-      // Anthropic's computer-use tool input (computer_20251124: every action agent/computer_use.cc accepts), so
-      // a client that speaks that tool can forward the model's tool_use input as it is.
-      {"computer", false,
+  };
+}
+
+// Anthropic's computer-use tool input (computer_20251124: every action agent/computer_use.cc accepts), so
+// a client that speaks that tool can forward the model's tool_use input as it is.
+Tool ComputerTool() {
+  return {"computer", false,
        "Use the sandbox's desktop (an X display) as Anthropic's computer-use tool does: take a screenshot, move "
        "and click the mouse, type, press keys, scroll, drag, wait, zoom into a region. Coordinates are pixels of "
        "the display, as in its screenshots ([x, y] from the top left). Input actions return a screenshot taken "
@@ -142,8 +153,16 @@ const std::vector<Tool>& Tools() {
          false, {}, 0, INT64_MAX, 4}},
        {},
        true,
-       true},
-  };
+       true};
+}
+
+const std::vector<Tool>& Tools() {
+  static const std::vector<Tool>* tools = [] {
+    auto* all = new std::vector<Tool>(FileTools());
+    for (Tool& t : BrowserTools()) all->push_back(std::move(t));
+    all->push_back(ComputerTool());
+    return all;
+  }();
   return *tools;
 }
 
@@ -192,6 +211,66 @@ json PropSchema(const Prop& p) {
   return s;
 }
 
+// Checks one argument against its property: the type, and an enum's values, an integer's range, a tuple's
+// size.
+absl::Status CheckValue(const Prop& prop, const std::string& where, const json& value) {
+  switch (prop.type) {
+    case Type::kString:
+      if (!value.is_string()) return absl::InvalidArgumentError(absl::StrCat(where, ": expected a string"));
+      if (!prop.values.empty()) {
+        bool ok = false;
+        for (const char* v : prop.values) ok = ok || value.get<std::string>() == v;
+        if (!ok) return absl::InvalidArgumentError(absl::StrCat(where, ": not one of the allowed values"));
+      }
+      return absl::OkStatus();
+    case Type::kInteger: {
+      if (!value.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat(where, ": expected an integer"));
+      const bool negative = value.is_number_integer() && !value.is_number_unsigned() && value.get<int64_t>() < 0;
+      if (negative || (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": out of range"));
+      }
+      const int64_t v = value.get<int64_t>();
+      if (v < prop.min || v > prop.max) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": must be between ", prop.min, " and ", prop.max));
+      }
+      return absl::OkStatus();
+    }
+    case Type::kBoolean:
+      if (!value.is_boolean()) return absl::InvalidArgumentError(absl::StrCat(where, ": expected true or false"));
+      return absl::OkStatus();
+    case Type::kNumber:
+      if (!value.is_number()) return absl::InvalidArgumentError(absl::StrCat(where, ": expected a number"));
+      return absl::OkStatus();
+    case Type::kStringArray:
+      if (!value.is_array() || value.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": expected a non-empty array of strings"));
+      }
+      for (const json& item : value) {
+        if (!item.is_string()) return absl::InvalidArgumentError(absl::StrCat(where, ": every item must be a string"));
+      }
+      return absl::OkStatus();
+    case Type::kStringMap:
+      if (!value.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, ": expected an object"));
+      for (const auto& [k, v] : value.items()) {
+        if (!v.is_string()) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ".", k, ": expected a string"));
+        }
+      }
+      return absl::OkStatus();
+    case Type::kIntegerTuple:
+      if (!value.is_array() || value.size() != static_cast<size_t>(prop.items)) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": expected an array of ", prop.items, " integers"));
+      }
+      for (const json& item : value) {
+        if (!item.is_number_integer() || (!item.is_number_unsigned() && item.get<int64_t>() < prop.min)) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ": every item must be an integer >= ", prop.min));
+        }
+      }
+      return absl::OkStatus();
+  }
+  return absl::OkStatus();
+}
+
 // Checks `args` against `tool`'s table: the same rules its schema states.
 absl::Status CheckArguments(const Tool& tool, const json& args) {
   if (!args.is_object()) return absl::InvalidArgumentError("arguments: expected an object");
@@ -206,61 +285,7 @@ absl::Status CheckArguments(const Tool& tool, const json& args) {
       return absl::InvalidArgumentError(
           absl::StrCat("arguments: unknown property \"", key, "\" (", tool.name, " takes ", known, ")"));
     }
-    const std::string where = absl::StrCat("arguments.", key);
-    switch (prop->type) {
-      case Type::kString:
-        if (!value.is_string()) return absl::InvalidArgumentError(absl::StrCat(where, ": expected a string"));
-        if (!prop->values.empty()) {
-          bool ok = false;
-          for (const char* v : prop->values) ok = ok || value.get<std::string>() == v;
-          if (!ok) return absl::InvalidArgumentError(absl::StrCat(where, ": not one of the allowed values"));
-        }
-        break;
-      case Type::kInteger: {
-        if (!value.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat(where, ": expected an integer"));
-        const bool negative = value.is_number_integer() && !value.is_number_unsigned() && value.get<int64_t>() < 0;
-        if (negative || (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))) {
-          return absl::InvalidArgumentError(absl::StrCat(where, ": out of range"));
-        }
-        const int64_t v = value.get<int64_t>();
-        if (v < prop->min || v > prop->max) {
-          return absl::InvalidArgumentError(absl::StrCat(where, ": must be between ", prop->min, " and ", prop->max));
-        }
-        break;
-      }
-      case Type::kBoolean:
-        if (!value.is_boolean()) return absl::InvalidArgumentError(absl::StrCat(where, ": expected true or false"));
-        break;
-      case Type::kNumber:
-        if (!value.is_number()) return absl::InvalidArgumentError(absl::StrCat(where, ": expected a number"));
-        break;
-      case Type::kStringArray:
-        if (!value.is_array() || value.empty()) {
-          return absl::InvalidArgumentError(absl::StrCat(where, ": expected a non-empty array of strings"));
-        }
-        for (const json& item : value) {
-          if (!item.is_string()) return absl::InvalidArgumentError(absl::StrCat(where, ": every item must be a string"));
-        }
-        break;
-      case Type::kStringMap:
-        if (!value.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, ": expected an object"));
-        for (const auto& [k, v] : value.items()) {
-          if (!v.is_string()) {
-            return absl::InvalidArgumentError(absl::StrCat(where, ".", k, ": expected a string"));
-          }
-        }
-        break;
-      case Type::kIntegerTuple:
-        if (!value.is_array() || value.size() != static_cast<size_t>(prop->items)) {
-          return absl::InvalidArgumentError(absl::StrCat(where, ": expected an array of ", prop->items, " integers"));
-        }
-        for (const json& item : value) {
-          if (!item.is_number_integer() || (!item.is_number_unsigned() && item.get<int64_t>() < prop->min)) {
-            return absl::InvalidArgumentError(absl::StrCat(where, ": every item must be an integer >= ", prop->min));
-          }
-        }
-        break;
-    }
+    RETURN_IF_ERROR(CheckValue(*prop, absl::StrCat("arguments.", key), value));
   }
   for (const Prop& p : tool.props) {
     if (p.required && !args.contains(p.name)) {
@@ -289,6 +314,57 @@ uint64_t U64(const json& args, const char* name) {
 bool Bool(const json& args, const char* name) {
   auto it = args.find(name);
   return it != args.end() && it->get<bool>();
+}
+
+void BuildExec(const json& args, pb::Exec* e) {
+  if (args.contains("argv")) {
+    for (const json& a : args["argv"]) e->add_argv(a.get<std::string>());
+  } else {
+    e->add_argv("/bin/sh");
+    e->add_argv("-c");
+    e->add_argv(Str(args, "command"));
+  }
+  e->set_cwd(Str(args, "cwd"));
+  if (args.contains("env")) {
+    for (const auto& [k, v] : args["env"].items()) (*e->mutable_env())[k] = v.get<std::string>();
+  }
+  e->set_stdin(Str(args, "stdin"));
+  e->set_timeout_ms(U64(args, "timeout_ms"));
+}
+
+// The browser_* tools.
+absl::Status BuildBrowserAction(std::string_view name, const json& args, pb::BrowserAction* b) {
+  if (name == "browser_navigate") {
+    b->mutable_navigate()->set_url(Str(args, "url"));
+    b->mutable_navigate()->set_wait_until(Str(args, "wait_until"));
+    b->mutable_navigate()->set_timeout_ms(static_cast<uint32_t>(U64(args, "timeout_ms")));
+  } else if (name == "browser_screenshot") {
+    b->mutable_screenshot()->set_full_page(Bool(args, "full_page"));
+    b->mutable_screenshot()->set_format("png");
+    b->mutable_screenshot()->set_width(static_cast<uint32_t>(U64(args, "width")));
+  } else if (name == "browser_click") {
+    if (args.contains("selector") == (args.contains("x") || args.contains("y")) ||
+        args.contains("x") != args.contains("y")) {
+      return absl::InvalidArgumentError("arguments: give either \"selector\" or both \"x\" and \"y\"");
+    }
+    if (args.contains("selector")) {
+      b->mutable_click()->set_selector(Str(args, "selector"));
+    } else {
+      b->mutable_click()->set_x(args["x"].get<double>());
+      b->mutable_click()->set_y(args["y"].get<double>());
+    }
+  } else if (name == "browser_type") {
+    b->mutable_type()->set_text(Str(args, "text"));
+    b->mutable_type()->set_selector(Str(args, "selector"));
+  } else if (name == "browser_press") {
+    b->mutable_press()->set_key(Str(args, "key"));
+  } else if (name == "browser_evaluate") {
+    b->mutable_evaluate()->set_expression(Str(args, "expression"));
+    b->mutable_evaluate()->set_timeout_ms(static_cast<uint32_t>(U64(args, "timeout_ms")));
+  } else if (name == "browser_content") {
+    b->mutable_content()->set_text(Bool(args, "text"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -329,20 +405,7 @@ absl::StatusOr<pb::ToolCall> BuildToolCall(std::string_view name, const json& ar
   }
   if (absl::Status s = CheckArguments(*tool, args); !s.ok()) return s;
   if (name == "exec") {
-    pb::Exec* e = call.mutable_exec();
-    if (args.contains("argv")) {
-      for (const json& a : args["argv"]) e->add_argv(a.get<std::string>());
-    } else {
-      e->add_argv("/bin/sh");
-      e->add_argv("-c");
-      e->add_argv(Str(args, "command"));
-    }
-    e->set_cwd(Str(args, "cwd"));
-    if (args.contains("env")) {
-      for (const auto& [k, v] : args["env"].items()) (*e->mutable_env())[k] = v.get<std::string>();
-    }
-    e->set_stdin(Str(args, "stdin"));
-    e->set_timeout_ms(U64(args, "timeout_ms"));
+    BuildExec(args, call.mutable_exec());
   } else if (name == "read_file") {
     call.mutable_read_file()->set_path(Str(args, "path"));
     call.mutable_read_file()->set_offset(U64(args, "offset"));
@@ -366,37 +429,7 @@ absl::StatusOr<pb::ToolCall> BuildToolCall(std::string_view name, const json& ar
     call.mutable_remove()->set_path(Str(args, "path"));
     call.mutable_remove()->set_recursive(Bool(args, "recursive"));
   } else {
-    pb::BrowserAction* b = call.mutable_browser();
-    if (name == "browser_navigate") {
-      b->mutable_navigate()->set_url(Str(args, "url"));
-      b->mutable_navigate()->set_wait_until(Str(args, "wait_until"));
-      b->mutable_navigate()->set_timeout_ms(static_cast<uint32_t>(U64(args, "timeout_ms")));
-    } else if (name == "browser_screenshot") {
-      b->mutable_screenshot()->set_full_page(Bool(args, "full_page"));
-      b->mutable_screenshot()->set_format("png");
-      b->mutable_screenshot()->set_width(static_cast<uint32_t>(U64(args, "width")));
-    } else if (name == "browser_click") {
-      if (args.contains("selector") == (args.contains("x") || args.contains("y")) ||
-          args.contains("x") != args.contains("y")) {
-        return absl::InvalidArgumentError("arguments: give either \"selector\" or both \"x\" and \"y\"");
-      }
-      if (args.contains("selector")) {
-        b->mutable_click()->set_selector(Str(args, "selector"));
-      } else {
-        b->mutable_click()->set_x(args["x"].get<double>());
-        b->mutable_click()->set_y(args["y"].get<double>());
-      }
-    } else if (name == "browser_type") {
-      b->mutable_type()->set_text(Str(args, "text"));
-      b->mutable_type()->set_selector(Str(args, "selector"));
-    } else if (name == "browser_press") {
-      b->mutable_press()->set_key(Str(args, "key"));
-    } else if (name == "browser_evaluate") {
-      b->mutable_evaluate()->set_expression(Str(args, "expression"));
-      b->mutable_evaluate()->set_timeout_ms(static_cast<uint32_t>(U64(args, "timeout_ms")));
-    } else if (name == "browser_content") {
-      b->mutable_content()->set_text(Bool(args, "text"));
-    }
+    RETURN_IF_ERROR(BuildBrowserAction(name, args, call.mutable_browser()));
   }
   return call;
 }
