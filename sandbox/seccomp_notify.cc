@@ -281,7 +281,7 @@ SeccompSupervisor::~SeccompSupervisor() {
 }
 
 std::string SeccompSupervisor::last_killed_syscall() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return last_killed_;
 }
 
@@ -363,7 +363,7 @@ void SeccompSupervisor::Handle(seccomp_notif* req, seccomp_notif_resp* resp) {
       // reason already there, not race this thread for it.
       std::string previous;
       {
-        std::lock_guard lock(mu_);
+        absl::MutexLock lock(&mu_);
         previous = std::exchange(last_killed_, SyscallName(req->data.nr));
       }
       kills_.fetch_add(1);
@@ -371,7 +371,7 @@ void SeccompSupervisor::Handle(seccomp_notif* req, seccomp_notif_resp* resp) {
         killed = true;
       } else {
         kills_.fetch_sub(1);
-        std::lock_guard lock(mu_);
+        absl::MutexLock lock(&mu_);
         last_killed_ = std::move(previous);
       }
     }

@@ -40,7 +40,9 @@
 #include <string_view>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "sandbox/seccomp_program.h"
 #include "base/unique_fd.h"
 
@@ -133,8 +135,8 @@ class SeccompSupervisor {
   AuditRateLimiter limiter_;  // the thread's only
   std::atomic<uint64_t> kills_{0};
   std::atomic<uint64_t> denials_{0};
-  mutable std::mutex mu_;
-  std::string last_killed_;  // guarded by mu_
+  mutable absl::Mutex mu_;
+  std::string last_killed_ ABSL_GUARDED_BY(mu_);
   std::jthread thread_;      // last: joined first
 };
 
