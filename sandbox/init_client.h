@@ -46,7 +46,7 @@ struct ExecEnd {
 
 enum class OutputStream { kStdout = 1, kStderr = 2 };
 
-// Desktop sessions (sandbox-init drives Xvfb; see sandbox/init/desktop.h).
+// Desktop sessions (sandbox-init drives Xvfb; see sandbox/init/drivers/desktop.h).
 struct DesktopInfo {
   uint32_t width = 0, height = 0;
   std::string display;  // ":1"
@@ -161,7 +161,7 @@ class InitClient {
   absl::StatusOr<Screenshot> BrowserScreenshot(const init::BrowserScreenshot& screenshot,
                                                uint32_t call_timeout_ms = 0);
 
-  // An external CDP client on the session's browser (Playwright, Puppeteer; sandbox/init/cdp.h, CdpMux): the
+  // An external CDP client on the session's browser (Playwright, Puppeteer; sandbox/init/drivers/cdp.h, CdpMux): the
   // messages for the client arrive on on_output (stdout), each ended by a NUL byte, a message possibly
   // spanning chunks; on_end runs once, last (ExecEnd: a clean end, e.g. the client's Browser.close; an error:
   // refused, the browser is gone, the client fell behind). Callbacks as StartExec's. Returns the stream id.

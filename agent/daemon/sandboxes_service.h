@@ -42,7 +42,7 @@ class SandboxesService final : public duvo::sandbox::v1::Sandboxes::Service {
                       duvo::sandbox::v1::Session* response) override;
   grpc::Status Vnc(grpc::ServerContext* ctx,
                    grpc::ServerReaderWriter<duvo::sandbox::v1::VncData, duvo::sandbox::v1::VncData>* stream) override;
-  // Decides an open HumanRequest of the session (agent/approvals.h), by "local".
+  // Decides an open HumanRequest of the session (agent/session/approvals.h), by "local".
   grpc::Status RespondHumanRequest(grpc::ServerContext* ctx,
                                    const duvo::sandbox::v1::RespondHumanRequestRequest* request,
                                    duvo::sandbox::v1::HumanDecision* response) override;

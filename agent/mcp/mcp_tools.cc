@@ -126,7 +126,7 @@ std::vector<Tool> BrowserTools() {
   };
 }
 
-// Anthropic's computer-use tool input (computer_20251124: every action agent/computer_use.cc accepts), so
+// Anthropic's computer-use tool input (computer_20251124: every action agent/session/computer_use.cc accepts), so
 // a client that speaks that tool can forward the model's tool_use input as it is.
 Tool ComputerTool() {
   return {"computer", false,

@@ -70,7 +70,7 @@ uint64_t EventLog::Append(pb::Event event, const std::function<void(const pb::Ev
 
 uint64_t EventLog::AppendLocked(pb::Event event) {
   if (closed_) return 0;
-  // The one place jail text is made valid UTF-8: every event passes here (agent/jail_text.h).
+  // The one place jail text is made valid UTF-8: every event passes here (agent/session/jail_text.h).
   SanitizeUtf8(&event);
   open_seq_ = 0;
   const uint64_t seq = ++last_seq_;

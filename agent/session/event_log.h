@@ -63,7 +63,7 @@ class EventLog {
   explicit EventLog(std::string session_id, Limits limits = {});
 
   // Appends `event`, setting its seq, session id and time, after making its text valid UTF-8
-  // (agent/jail_text.h); returns the seq. After Close, does nothing and returns 0.
+  // (agent/session/jail_text.h); returns the seq. After Close, does nothing and returns 0.
   uint64_t Append(duvo::sandbox::v1::Event event);
   // The same, calling `before_readers` with the event as appended (seq set) before any reader can see it,
   // under the log's lock: it must not touch this log. For what has to be durable before anyone is told.

@@ -204,7 +204,7 @@ class Session {
   absl::StatusOr<duvo::sandbox::v1::ToolResult> RunDesktop(const std::string& call_id,
                                                            const duvo::sandbox::v1::DesktopAction& action);
   // A browser action, carried out by sandbox-init over CDP; the page's reports become PageEvents.
-  // Anthropic's computer-use tool input (agent/computer_use.h), run as DesktopActions.
+  // Anthropic's computer-use tool input (agent/session/computer_use.h), run as DesktopActions.
   absl::StatusOr<duvo::sandbox::v1::ToolResult> RunComputer(const std::string& call_id,
                                                             const duvo::sandbox::v1::ComputerUse& call);
   absl::StatusOr<duvo::sandbox::v1::ToolResult> RunBrowser(const std::string& call_id,

@@ -154,7 +154,7 @@ absl::StatusOr<std::shared_ptr<Session>> Session::Start(const sandbox::Policy& p
 
 absl::Status Session::StartEgressProxy(const sandbox::Policy& policy) {
   // The proxy listens on the jail's loopback and connects out from the agent's namespace, to the
-  // policy's allowed destinations only (agent/egress_proxy.h): the request's rules when it had its own
+  // policy's allowed destinations only (agent/egress/egress_proxy.h): the request's rules when it had its own
   // (inside the host's, which the proxy checks too), else the host policy's.
   EgressProxyOptions eo;
   RETURN_IF_ERROR(EgressRulesInto(policy, &eo));

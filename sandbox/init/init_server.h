@@ -1,5 +1,5 @@
 // The serving mode of sandbox-init (`sandbox-init --serve`): PID 1 of a jail speaking the init protocol
-// (sandbox/init/init_protocol.proto) with the agent over the control socket, one single-threaded epoll loop
+// (wire/init_protocol.proto) with the agent over the control socket, one single-threaded epoll loop
 // over the socket, every running command's output pipes (or pty master), a signalfd and per-command
 // timerfds.
 //

@@ -101,7 +101,7 @@ struct EnvVar {
 };
 
 // Human approval gates (policy.proto ApprovalPolicy): what waits for a person's decision. The agent enforces
-// them (agent/approvals.h); the jail never sees them. A request's gates are added to the host policy's
+// them (agent/session/approvals.h); the jail never sees them. A request's gates are added to the host policy's
 // (PolicyBuilder::AddApprovals), never taking one away.
 struct ApprovalSpec {
   // Tool-call kinds (kApprovalKinds in policy_builder.cc: "download", "upload", "write_file", "remove", "exec",

@@ -22,7 +22,7 @@
 #include "base/unique_fd.h"
 
 namespace sbx::sandbox::internal {
-// policies/file.textproto, embedded by sandbox/embed_policies.cmake into the generated default_policies.cc.
+// policies/file.textproto, embedded by sandbox/policy/embed_policies.cmake into the generated default_policies.cc.
 extern const char kDefaultFilePolicy[];
 // The same policy encoded by protoc at build time: parsing it needs no descriptor pool (~0.5 ms less).
 extern const unsigned char kDefaultFilePolicyBinary[];

@@ -320,7 +320,7 @@ TEST_F(CdpTest, AWrongTokenIsARefusedWebSocket) {
   EXPECT_THAT(ok, HasSubstr("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
 }
 
-// The daemon's own TCP port serves the session's CDP endpoint under /cdp/SESSION/ (agent/mcp/mcp_listener.cc),
+// The daemon's own TCP port serves the session's CDP endpoint under /cdp/SESSION/ (agent/daemon/mcp_listener.cc),
 // with the bearer token of its gRPC and MCP sides: Playwright connects with it as a header.
 TEST_F(CdpTest, PlaywrightOnTheDaemonsPortWithTheToken) {
   const std::string base = "/cdp/" + id_;

@@ -1,4 +1,4 @@
-// Approvals: the per-session gate registry (agent/approvals.h) against a real EventLog: request ids, the
+// Approvals: the per-session gate registry (agent/session/approvals.h) against a real EventLog: request ids, the
 // deadline timer, Respond's errors and idempotency, session-scoped decisions, CloseAll, and a deadline racing
 // a response deciding exactly once.
 #include "agent/session/approvals.h"
