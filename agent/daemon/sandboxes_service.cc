@@ -8,15 +8,16 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
 #include <random>
 #include <thread>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "agent/daemon/grpc_status.h"
+#include "agent/daemon/stream_relays.h"
 #include "agent/obs/log.h"
 #include "base/sha256.h"
 #include "base/status.h"
@@ -58,6 +59,71 @@ const char* ToolName(const pb::ToolCall& call) {
   return "none";
 }
 
+// A Call's control-message reader says here when the client's side of the stream has ended.
+struct CallControl {
+  absl::Mutex mu;
+  absl::CondVar cv;
+  bool ended ABSL_GUARDED_BY(mu) = false;
+};
+
+// Finds the session, checks `precondition` (first, so its error wins), and refuses one that has ended.
+absl::StatusOr<std::shared_ptr<Session>> FindLiveSession(
+    SessionManager& sessions, const std::string& session_id,
+    absl::FunctionRef<absl::Status(Session&)> precondition = [](Session&) { return absl::OkStatus(); }) {
+  absl::StatusOr<std::shared_ptr<Session>> found = sessions.Find(session_id);
+  if (!found.ok()) return found.status();
+  std::shared_ptr<Session> session = *found;
+  absl::Status s = precondition(*session);
+  if (!s.ok()) return s;
+  if (session->ended() || session->init() == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat("session ", session->id(), " has ended"));
+  }
+  return session;
+}
+
+// Call: streams the events of `call_id` (and the session's outcome) after `after` until the call finishes,
+// the session ends or the client goes. Returns the call's result code for the metrics.
+std::string StreamCallEvents(grpc::ServerContext* ctx, grpc::ServerReaderWriter<pb::Event, pb::CallRequest>* stream,
+                             Session& session, const std::string& call_id, uint64_t after, Metrics* metrics) {
+  bool finished = false;
+  std::string result_code = "OK";
+  while (!finished) {
+    std::vector<EventLog::EventPtr> events;
+    EventLog::ReadResult r = session.events().Read(after, 256, Clock::now() + kForever,
+                                                   [ctx] { return ctx->IsCancelled(); }, &events);
+    if (r == EventLog::ReadResult::kStopped) break;
+    for (const EventLog::EventPtr& ptr : events) {
+      const pb::Event& e = *ptr;
+      after = e.seq();
+      const bool mine = CallIdOf(e) == call_id;
+      // A run of events the log gave up (its budget) may hold this call's: the stream says so.
+      const bool dropped_run = e.has_dropped() && e.dropped().first_seq() != 0;
+      if (!mine && !e.has_outcome() && !dropped_run) continue;
+      if (e.has_output() && metrics) metrics->BytesStreamed(e.output().data().size());
+      if (!stream->Write(e)) {
+        finished = true;
+        break;
+      }
+      // This call's own stream carried it: its file payload is released, its output may go first under the
+      // log's byte budget. (Not a watermark: other calls' events before it were not carried here.)
+      session.events().MarkSent(e.seq());
+      if (e.has_tool_call_finished() && mine) {
+        finished = true;
+        if (e.tool_call_finished().has_error()) {
+          result_code = absl::StatusCodeToString(static_cast<absl::StatusCode>(e.tool_call_finished().error().code()));
+        }
+        break;
+      }
+      if (e.has_outcome()) {
+        finished = true;
+        result_code = "SESSION_ENDED";
+        break;
+      }
+    }
+    if (r == EventLog::ReadResult::kClosed) break;
+  }
+  return result_code;
+}
 
 }  // namespace
 
@@ -167,9 +233,7 @@ grpc::Status SandboxesService::Call(grpc::ServerContext* ctx,
 
   // Control messages (stdin, window size, signals) arrive on another thread while this one streams.
   std::atomic<bool> done{false};
-  std::mutex control_mu;
-  std::condition_variable control_cv;
-  bool control_ended = false;  // GUARDED_BY(control_mu)
+  CallControl control_state;
   std::jthread control([&] {
     pb::CallRequest msg;
     while (!done && stream->Read(&msg)) {
@@ -181,58 +245,24 @@ grpc::Status SandboxesService::Call(grpc::ServerContext* ctx,
       c.signal = msg.signal();
       (void)session->ControlExec(call_id, c);
     }
-    std::lock_guard lock(control_mu);
-    control_ended = true;
-    control_cv.notify_all();
+    absl::MutexLock lock(&control_state.mu);
+    control_state.ended = true;
+    control_state.cv.SignalAll();
   });
 
-  uint64_t after = started_seq - 1;
-  bool finished = false;
-  std::string result_code = "OK";
-  while (!finished) {
-    std::vector<EventLog::EventPtr> events;
-    EventLog::ReadResult r = session->events().Read(after, 256, Clock::now() + kForever,
-                                                    [ctx] { return ctx->IsCancelled(); }, &events);
-    if (r == EventLog::ReadResult::kStopped) break;
-    for (const EventLog::EventPtr& ptr : events) {
-      const pb::Event& e = *ptr;
-      after = e.seq();
-      const bool mine = CallIdOf(e) == call_id;
-      // A run of events the log gave up (its budget) may hold this call's: the stream says so.
-      const bool dropped_run = e.has_dropped() && e.dropped().first_seq() != 0;
-      if (!mine && !e.has_outcome() && !dropped_run) continue;
-      if (e.has_output() && options_.metrics) options_.metrics->BytesStreamed(e.output().data().size());
-      if (!stream->Write(e)) {
-        finished = true;
-        break;
-      }
-      // This call's own stream carried it: its file payload is released, its output may go first under the
-      // log's byte budget. (Not a watermark: other calls' events before it were not carried here.)
-      session->events().MarkSent(e.seq());
-      if (e.has_tool_call_finished() && mine) {
-        finished = true;
-        if (e.tool_call_finished().has_error()) {
-          result_code = absl::StatusCodeToString(static_cast<absl::StatusCode>(e.tool_call_finished().error().code()));
-        }
-        break;
-      }
-      if (e.has_outcome()) {
-        finished = true;
-        result_code = "SESSION_ENDED";
-        break;
-      }
-    }
-    if (r == EventLog::ReadResult::kClosed) break;
-  }
+  const std::string result_code = StreamCallEvents(ctx, stream, *session, call_id, started_seq - 1, options_.metrics);
   if (options_.metrics) options_.metrics->ToolCall(tool, result_code);
   done = true;
   // The client half-closes once it has seen the end; one that does not is cut off after a grace period so
   // this handler (and the reader thread blocked in Read) can finish.
   {
-    std::unique_lock lock(control_mu);
+    absl::MutexLock lock(&control_state.mu);
     // NOTE: a cv, not a sleep loop: a fast call (a desktop action, a file tool) ends before the client's
     // half-close has been read, and polling every 10 ms added those 10 ms to every such call.
-    if (!control_cv.wait_for(lock, std::chrono::seconds(2), [&] { return control_ended; })) ctx->TryCancel();
+    const absl::Time deadline = absl::Now() + absl::Seconds(2);
+    while (!control_state.ended && !control_state.cv.WaitWithDeadline(&control_state.mu, deadline)) {
+    }
+    if (!control_state.ended) ctx->TryCancel();
   }
   control.join();
   return Finish("Call", absl::OkStatus(), rid);
@@ -288,12 +318,9 @@ grpc::Status SandboxesService::Download(grpc::ServerContext* ctx, const pb::Down
   std::string rid;
   absl::Status s = Begin(ctx, &rid);
   if (!s.ok()) return Finish("Download", s, rid);
-  absl::StatusOr<std::shared_ptr<Session>> found = options_.sessions->Find(request->session_id());
+  absl::StatusOr<std::shared_ptr<Session>> found = FindLiveSession(*options_.sessions, request->session_id());
   if (!found.ok()) return Finish("Download", found.status(), rid);
   std::shared_ptr<Session> session = *found;
-  if (session->ended() || session->init() == nullptr) {
-    return Finish("Download", absl::FailedPreconditionError(absl::StrCat("session ", session->id(), " has ended")), rid);
-  }
   absl::StatusOr<sandbox::FileInfo> info = session->init()->Stat(request->path());
   if (!info.ok()) return Finish("Download", info.status(), rid);
   if (info->type != sandbox::FileInfo::Type::kFile) {
@@ -417,52 +444,16 @@ grpc::Status SandboxesService::Vnc(grpc::ServerContext* ctx, grpc::ServerReaderW
   if (!s.ok()) return Finish("Vnc", s, rid);
   pb::VncData first;
   if (!stream->Read(&first)) return Finish("Vnc", absl::InvalidArgumentError("vnc: no first message"), rid);
-  absl::StatusOr<std::shared_ptr<Session>> found = options_.sessions->Find(first.session_id());
+  absl::StatusOr<std::shared_ptr<Session>> found =
+      FindLiveSession(*options_.sessions, first.session_id(), [](Session& session) {
+        if (session.vnc_allowed()) return absl::OkStatus();
+        return absl::FailedPreconditionError(
+            absl::StrCat("vnc: session ", session.id(), " was not created as a desktop with desktop.vnc"));
+      });
   if (!found.ok()) return Finish("Vnc", found.status(), rid);
   std::shared_ptr<Session> session = *found;
-  if (!session->vnc_allowed()) {
-    return Finish("Vnc", absl::FailedPreconditionError(absl::StrCat(
-                             "vnc: session ", session->id(), " was not created as a desktop with desktop.vnc")),
-                  rid);
-  }
-  if (session->ended() || session->init() == nullptr) {
-    return Finish("Vnc", absl::FailedPreconditionError(absl::StrCat("session ", session->id(), " has ended")), rid);
-  }
-  // One x11vnc per viewer, in inetd mode: RFB over its stdin and stdout, relayed here. Its output bypasses
-  // the session's event log (a live view is not a tool call's output).
-  struct Relay {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::deque<std::string> out;  // GUARDED_BY(mu)
-    size_t out_bytes = 0;         // GUARDED_BY(mu)
-    bool ended = false;           // GUARDED_BY(mu)
-    bool overflow = false;        // GUARDED_BY(mu): the viewer read too slowly
-  };
-  // What x11vnc may have sent that the viewer has not taken yet, before the viewer is cut off.
-  constexpr size_t kMaxVncBacklogBytes = 64 << 20;
-  auto relay = std::make_shared<Relay>();
-  sandbox::ExecSpec spec;
-  spec.argv = {"x11vnc", "-inetd", "-display", ":1", "-nopw", "-shared", "-quiet", "-noxdamage", "-nowf", "-o",
-               "/dev/null"};
-  spec.stdin_open = true;
-  spec.socket_stdio = true;  // x11vnc -inetd wants a socket on stdin/stdout
-  auto on_output = [relay](sandbox::OutputStream stream_kind, std::string data, uint64_t) {
-    if (stream_kind != sandbox::OutputStream::kStdout) return;  // x11vnc's own messages
-    std::lock_guard lock(relay->mu);
-    if (relay->out_bytes + data.size() > kMaxVncBacklogBytes) {
-      relay->overflow = relay->ended = true;
-    } else {
-      relay->out_bytes += data.size();
-      relay->out.push_back(std::move(data));
-    }
-    relay->cv.notify_all();
-  };
-  auto on_end = [relay](absl::StatusOr<sandbox::ExecEnd>) {
-    std::lock_guard lock(relay->mu);
-    relay->ended = true;
-    relay->cv.notify_all();
-  };
-  absl::StatusOr<uint64_t> call = session->init()->StartExec(spec, on_output, on_end);
+  auto relay = std::make_shared<VncRelay>();
+  absl::StatusOr<uint64_t> call = StartVnc(*session, relay);
   if (!call.ok()) return Finish("Vnc", Annotate(call.status(), "vnc: starting x11vnc"), rid);
   Log(LogLevel::kInfo, "vnc viewer attached", {{"session_id", session->id()}, {"request_id", rid}});
   sandbox::InitClient* init = session->init();
@@ -476,37 +467,18 @@ grpc::Status SandboxesService::Vnc(grpc::ServerContext* ctx, grpc::ServerReaderW
     }
     (void)init->WriteStdin(id, "", true);
     (void)init->Signal(id, SIGTERM);
-    std::lock_guard lock(relay->mu);
+    absl::MutexLock lock(&relay->mu);
     relay->ended = true;
-    relay->cv.notify_all();
+    relay->cv.SignalAll();
   });
-  for (;;) {
-    std::deque<std::string> batch;
-    {
-      std::unique_lock lock(relay->mu);
-      relay->cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return !relay->out.empty() || relay->ended; });
-      if (relay->out.empty() && (relay->ended || ctx->IsCancelled())) break;
-      batch.swap(relay->out);
-      relay->out_bytes = 0;
-    }
-    bool ok = true;
-    for (std::string& data : batch) {
-      pb::VncData frame;
-      frame.set_data(std::move(data));
-      if (!stream->Write(frame)) {
-        ok = false;
-        break;
-      }
-    }
-    if (!ok) break;
-  }
+  PumpVnc(ctx, stream, *relay);
   (void)init->Signal(*call, SIGKILL);
   ctx->TryCancel();  // ends the reader's Read
   reader.join();
   Log(LogLevel::kInfo, "vnc viewer detached", {{"session_id", session->id()}, {"request_id", rid}});
   bool overflow;
   {
-    std::lock_guard lock(relay->mu);
+    absl::MutexLock lock(&relay->mu);
     overflow = relay->overflow;
   }
   if (overflow) {
@@ -523,161 +495,30 @@ grpc::Status SandboxesService::Cdp(grpc::ServerContext* ctx,
   if (!s.ok()) return Finish("Cdp", s, rid);
   pb::CdpFrame first;
   if (!stream->Read(&first)) return Finish("Cdp", absl::InvalidArgumentError("cdp: no first message"), rid);
-  absl::StatusOr<std::shared_ptr<Session>> found = options_.sessions->Find(first.session_id());
+  absl::StatusOr<std::shared_ptr<Session>> found =
+      FindLiveSession(*options_.sessions, first.session_id(), [](Session& session) {
+        if (session.kind() == pb::BROWSER) return absl::OkStatus();
+        return absl::FailedPreconditionError(
+            absl::StrCat("cdp: session ", session.id(), " is not a browser session"));
+      });
   if (!found.ok()) return Finish("Cdp", found.status(), rid);
   std::shared_ptr<Session> session = *found;
-  if (session->kind() != pb::BROWSER) {
-    return Finish("Cdp", absl::FailedPreconditionError(
-                             absl::StrCat("cdp: session ", session->id(), " is not a browser session")), rid);
-  }
-  if (session->ended() || session->init() == nullptr) {
-    return Finish("Cdp", absl::FailedPreconditionError(absl::StrCat("session ", session->id(), " has ended")), rid);
-  }
-  // Chromium's messages for the client, split at their NUL ends by the init client's reader thread and
-  // written from here. Bounded: sandbox-init itself cuts a client off that falls far behind (cdp.h); this
-  // bound is the agent's share of that backlog.
-  struct Relay {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::string partial;          // GUARDED_BY(mu): a message not yet complete
-    std::deque<std::string> out;  // GUARDED_BY(mu): complete messages
-    size_t out_bytes = 0;         // GUARDED_BY(mu)
-    bool ended = false;           // GUARDED_BY(mu)
-    bool opened = false;          // GUARDED_BY(mu): sandbox-init accepted the client (its empty first chunk)
-    absl::Status end;             // GUARDED_BY(mu)
-  };
-  constexpr size_t kMaxCdpBacklogBytes = 192 << 20;
-  constexpr size_t kMaxCdpMessageBytes = 64 << 20;
-  constexpr size_t kPieceBytes = 1 << 20;  // CdpFrame pieces (the gRPC message cap is 4 MiB)
-  std::shared_ptr<Relay> relay;
-  auto on_output_for = [](std::shared_ptr<Relay> relay) { return [relay](sandbox::OutputStream, std::string data, uint64_t) {
-    std::lock_guard lock(relay->mu);
-    relay->opened = true;
-    relay->cv.notify_all();
-    if (relay->ended) return;
-    size_t start = 0;
-    for (;;) {
-      const size_t nul = data.find('\0', start);
-      if (nul == std::string::npos) break;
-      relay->partial.append(data, start, nul - start);
-      relay->out_bytes += relay->partial.size();
-      relay->out.push_back(std::move(relay->partial));
-      relay->partial.clear();
-      start = nul + 1;
-    }
-    relay->partial.append(data, start, std::string::npos);
-    if (relay->out_bytes + relay->partial.size() > kMaxCdpBacklogBytes || relay->partial.size() > kMaxCdpMessageBytes) {
-      relay->ended = true;
-      relay->end = absl::ResourceExhaustedError(absl::StrCat("cdp: the client fell ", kMaxCdpBacklogBytes >> 20,
-                                                             " MiB behind the browser"));
-    }
-    relay->cv.notify_all();
-  }; };
-  auto on_end_for = [](std::shared_ptr<Relay> relay) { return [relay](absl::StatusOr<sandbox::ExecEnd> end) {
-    std::lock_guard lock(relay->mu);
-    if (!relay->ended) relay->end = end.status();
-    relay->ended = true;
-    relay->cv.notify_all();
-  }; };
   sandbox::InitClient* init = session->init();
-  absl::StatusOr<uint64_t> call;
-  // sandbox-init accepts the client (an empty first chunk) or refuses it: another client is connected. One
-  // that just went (a dropped connection, a /json/version fetch) may still be leaving: tried again for 3 s.
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-  for (;;) {
-    relay = std::make_shared<Relay>();
-    call = init->StartCdp(on_output_for(relay), on_end_for(relay));
-    if (!call.ok()) return Finish("Cdp", Annotate(call.status(), "cdp"), rid);
-    std::unique_lock lock(relay->mu);
-    relay->cv.wait_for(lock, std::chrono::seconds(30), [&] { return relay->opened || relay->ended; });
-    if (relay->opened) break;
-    absl::Status refused = relay->ended ? relay->end : absl::DeadlineExceededError("cdp: sandbox-init did not answer");
-    lock.unlock();
-    if (refused.code() == absl::StatusCode::kFailedPrecondition && std::chrono::steady_clock::now() < give_up &&
-        !ctx->IsCancelled()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      continue;
-    }
-    (void)init->CdpSend(*call, "", true);
-    return Finish("Cdp", refused.ok() ? absl::UnavailableError("cdp: the stream ended") : refused, rid);
-  }
+  std::shared_ptr<CdpRelay> relay;
+  absl::StatusOr<uint64_t> call = OpenCdp(ctx, init, &relay);
+  if (!call.ok()) return Finish("Cdp", call.status(), rid);
   // An empty first message: the stream is open (the endpoint answers its WebSocket upgrade only then, so a
   // refused token or session is an HTTP error there, not a dead WebSocket).
   stream->Write(pb::CdpFrame());
   Log(LogLevel::kInfo, "cdp client attached", {{"session_id", session->id()}, {"request_id", rid}});
-  // The client's messages go to sandbox-init from this thread, each ended by a NUL byte (a CDP message, being
-  // JSON text, holds none: one that does is refused, as it would split into two).
-  std::jthread reader([&, init, id = *call] {
-    pb::CdpFrame in;
-    std::string message;
-    absl::Status why;
-    bool first_frame = true;
-    auto take = [&](pb::CdpFrame& frame) -> bool {
-      if (frame.message().find('\0') != std::string::npos) {
-        why = absl::InvalidArgumentError("cdp: a message holds a NUL byte");
-        return false;
-      }
-      message.append(frame.message());
-      if (message.size() > kMaxCdpMessageBytes) {
-        why = absl::InvalidArgumentError(absl::StrCat("cdp: a message over ", kMaxCdpMessageBytes >> 20, " MiB"));
-        return false;
-      }
-      if (frame.more() || message.empty()) return true;
-      message.push_back('\0');
-      session->Touch();
-      absl::Status sent = init->CdpSend(id, message, false);
-      message.clear();
-      if (!sent.ok()) {
-        why = sent;
-        return false;
-      }
-      return true;
-    };
-    bool ok = take(first);
-    first_frame = false;
-    while (ok && stream->Read(&in)) ok = take(in);
-    (void)first_frame;
-    (void)init->CdpSend(id, "", true);  // its sessions detached, its targets closed
-    std::lock_guard lock(relay->mu);
-    if (!why.ok() && !relay->ended) {
-      relay->ended = true;
-      relay->end = why;
-    }
-    relay->cv.notify_all();
-  });
-  bool write_failed = false;
-  for (;;) {
-    std::deque<std::string> batch;
-    {
-      std::unique_lock lock(relay->mu);
-      relay->cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return !relay->out.empty() || relay->ended; });
-      if (relay->out.empty() && (relay->ended || ctx->IsCancelled())) break;
-      batch.swap(relay->out);
-      relay->out_bytes = 0;
-    }
-    for (std::string& m : batch) {
-      for (size_t off = 0; off < m.size() || off == 0;) {
-        pb::CdpFrame frame;
-        const size_t n = std::min(kPieceBytes, m.size() - off);
-        frame.set_message(m.substr(off, n));
-        off += n;
-        frame.set_more(off < m.size());
-        if (!stream->Write(frame)) {
-          write_failed = true;
-          break;
-        }
-        if (off >= m.size()) break;
-      }
-      if (write_failed) break;
-    }
-    if (write_failed) break;
-  }
+  std::jthread reader([&, init, id = *call] { RelayCdpClient(stream, first, *session, init, id, *relay); });
+  const bool write_failed = PumpCdp(ctx, stream, *relay);
   ctx->TryCancel();  // ends the reader's Read
   reader.join();
   Log(LogLevel::kInfo, "cdp client detached", {{"session_id", session->id()}, {"request_id", rid}});
   absl::Status end;
   {
-    std::lock_guard lock(relay->mu);
+    absl::MutexLock lock(&relay->mu);
     end = relay->end;
   }
   return Finish("Cdp", write_failed ? absl::OkStatus() : end, rid);
