@@ -285,19 +285,8 @@ void FleetAgent::Reload(const FleetSettings& fleet) {
 // ---------------------------------------------------------------------------------------------------------
 // Commands over a lease's stream.
 
-void FleetAgent::WriteUploadChunkLocked(Lease* lease, const std::string& id, const pb::UploadPart& chunk) {
-  Lease::Upload& up = lease->uploads[id];
-  // The same Session::Upload as local mode's Upload: a bad sha256, a failed write or an abort leaves no file.
-  absl::Status s = up.call->Write(chunk.offset(), chunk.data());
-  if (s.ok()) {
-    up.next_offset = chunk.offset() + chunk.data().size();
-    if (!chunk.last()) return;
-    s = up.call->Finish(chunk.sha256()).status();
-  }
-  FinishUploadLocked(lease, id, s);
-}
-
-void FleetAgent::FinishUploadLocked(Lease* lease, const std::string& id, const absl::Status& s) {
+void FleetAgent::FinishUploadLocked(Lease* lease, const std::string& id, const absl::Status& s)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease->cmd_mu) {
   Lease::Upload& up = lease->uploads[id];
   up.held.clear();
   up.done = true;
@@ -319,8 +308,21 @@ void FleetAgent::FinishUploadLocked(Lease* lease, const std::string& id, const a
   malloc_trim(0);
 }
 
+void FleetAgent::WriteUploadChunkLocked(Lease* lease, const std::string& id, const pb::UploadPart& chunk)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease->cmd_mu) {
+  Lease::Upload& up = lease->uploads[id];
+  // The same Session::Upload as local mode's Upload: a bad sha256, a failed write or an abort leaves no file.
+  absl::Status s = up.call->Write(chunk.offset(), chunk.data());
+  if (s.ok()) {
+    up.next_offset = chunk.offset() + chunk.data().size();
+    if (!chunk.last()) return;
+    s = up.call->Finish(chunk.sha256()).status();
+  }
+  FinishUploadLocked(lease, id, s);
+}
+
 void FleetAgent::OnUploadDecided(Lease* lease, const std::string& id, const pb::HumanDecision& decision) {
-  std::lock_guard lock(lease->cmd_mu);
+  absl::MutexLock lock(&lease->cmd_mu);
   auto it = lease->uploads.find(id);
   if (it == lease->uploads.end() || it->second.done) return;
   Lease::Upload& up = it->second;
@@ -339,6 +341,88 @@ void FleetAgent::OnUploadDecided(Lease* lease, const std::string& id, const pb::
   }
 }
 
+// An upload chunk, cmd_mu held: refused, written, or held for its gate's decision (then `*ask_out` is the
+// question to ask, after the lock is released).
+void FleetAgent::HandleUploadChunkLocked(Lease* lease, const std::string& id, const pb::UploadPart& chunk,
+                                         const CommandFail& fail, std::optional<GateAsk>* ask_out)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease->cmd_mu) {
+  Session& session = *lease->session;
+  if (chunk.data().size() > kMaxUploadPartBytes) {
+    // The upload this chunk belongs to cannot go on (its bytes would have a hole): it ends, leaving no file.
+    const std::string message = absl::StrCat("upload.data: ", chunk.data().size(), " bytes in one chunk, over the limit of ",
+                                             kMaxUploadPartBytes, " bytes (4 MiB); send smaller chunks");
+    auto it = lease->uploads.find(id);
+    if (it != lease->uploads.end()) {
+      if (it->second.call != nullptr) it->second.call->Fail(absl::InvalidArgumentError(message));
+      it->second.call.reset();
+      it->second.held.clear();
+      it->second.done = true;
+    }
+    fail(absl::StatusCode::kInvalidArgument, message);
+    malloc_trim(0);  // what the chunk took goes back to the system (see FinishUploadLocked)
+    return;
+  }
+  Lease::Upload& up = lease->uploads[id];
+  if (up.done || chunk.offset() + chunk.data().size() <= up.next_offset) {
+    if (!chunk.data().empty() || up.done) return;  // a resend of a chunk already written
+  }
+  if (chunk.offset() != up.next_offset) {
+    return fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat("upload: chunk at offset ", chunk.offset(), ", expected ", up.next_offset));
+  }
+  // Its tool call begins with its first chunk (tool_call_started, before a HumanRequest its gate raises);
+  // the command id is its call id and its idempotency key.
+  if (up.call == nullptr) {
+    absl::StatusOr<std::unique_ptr<Session::Upload>> begun = session.BeginUpload(id, id, chunk.path(), chunk.mode());
+    if (!begun.ok()) return FinishUploadLocked(lease, id, begun.status());
+    up.call = std::move(*begun);
+  }
+  // A gated upload (approvals "upload") waits for its decision before a byte is written; its chunks are
+  // held meanwhile, up to kMaxHeldUploadBytes (the decision arrives on this same stream, so this thread
+  // cannot wait for it).
+  if (up.gate == Lease::Upload::Gate::kUnasked) {
+    std::optional<GateAsk> ask = session.gates().ForTransfer("upload", chunk.path(), "");
+    if (!ask) {
+      up.gate = Lease::Upload::Gate::kApproved;
+    } else {
+      up.gate = Lease::Upload::Gate::kWaiting;
+      up.next_offset = chunk.offset() + chunk.data().size();
+      up.held_bytes = chunk.data().size();
+      up.held.push_back(chunk);
+      ask->call_id = id;
+      *ask_out = std::move(ask);  // asked by the caller, once the lock is released
+      return;
+    }
+  }
+  if (up.gate == Lease::Upload::Gate::kWaiting) {
+    if (up.held_bytes + chunk.data().size() > kMaxHeldUploadBytes) {
+      FinishUploadLocked(lease, id, absl::ResourceExhaustedError(absl::StrCat(
+                                        "upload: more than ", kMaxHeldUploadBytes,
+                                        " bytes sent before the upload was approved; the upload ended")));
+      return;
+    }
+    up.next_offset = chunk.offset() + chunk.data().size();
+    up.held_bytes += chunk.data().size();
+    up.held.push_back(chunk);
+    return;
+  }
+  WriteUploadChunkLocked(lease, id, chunk);
+}
+
+void FleetAgent::HandleUploadCommand(Lease* lease, const std::string& id, const pb::UploadPart& chunk,
+                                     const CommandFail& fail) {
+  std::optional<GateAsk> ask;
+  {
+    absl::MutexLock lock(&lease->cmd_mu);
+    HandleUploadChunkLocked(lease, id, chunk, fail, &ask);
+  }
+  // Asked with the lock released: the decision may come at once (a session-scoped one) and takes the lock.
+  if (!ask) return;
+  lease->session->approvals().Ask(std::move(*ask), [this, lease, id](const pb::HumanDecision& d) {
+    OnUploadDecided(lease, id, d);
+  });
+}
+
 void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
                                const std::function<void(const pb::AgentMessage&)>& send) {
   Session& session = *lease->session;
@@ -353,76 +437,9 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
   if (id.empty() || id.size() > 256) {
     return fail(absl::StatusCode::kInvalidArgument, "command_id: required, at most 256 bytes");
   }
-  if (command.has_upload()) {
-    const pb::UploadPart& chunk = command.upload();
-    std::unique_lock lock(lease->cmd_mu);
-    if (chunk.data().size() > kMaxUploadPartBytes) {
-      // The upload this chunk belongs to cannot go on (its bytes would have a hole): it ends, leaving no file.
-      const std::string message = absl::StrCat("upload.data: ", chunk.data().size(), " bytes in one chunk, over the limit of ",
-                                               kMaxUploadPartBytes, " bytes (4 MiB); send smaller chunks");
-      auto it = lease->uploads.find(id);
-      if (it != lease->uploads.end()) {
-        if (it->second.call != nullptr) it->second.call->Fail(absl::InvalidArgumentError(message));
-        it->second.call.reset();
-        it->second.held.clear();
-        it->second.done = true;
-      }
-      fail(absl::StatusCode::kInvalidArgument, message);
-      malloc_trim(0);  // what the chunk took goes back to the system (see below)
-      return;
-    }
-    Lease::Upload& up = lease->uploads[id];
-    if (up.done || chunk.offset() + chunk.data().size() <= up.next_offset) {
-      if (!chunk.data().empty() || up.done) return;  // a resend of a chunk already written
-    }
-    if (chunk.offset() != up.next_offset) {
-      return fail(absl::StatusCode::kInvalidArgument,
-                  absl::StrCat("upload: chunk at offset ", chunk.offset(), ", expected ", up.next_offset));
-    }
-    // Its tool call begins with its first chunk (tool_call_started, before a HumanRequest its gate raises);
-    // the command id is its call id and its idempotency key.
-    if (up.call == nullptr) {
-      absl::StatusOr<std::unique_ptr<Session::Upload>> begun = session.BeginUpload(id, id, chunk.path(), chunk.mode());
-      if (!begun.ok()) return FinishUploadLocked(lease, id, begun.status());
-      up.call = std::move(*begun);
-    }
-    // A gated upload (approvals "upload") waits for its decision before a byte is written; its chunks are
-    // held meanwhile, up to kMaxHeldUploadBytes (the decision arrives on this same stream, so this thread
-    // cannot wait for it).
-    if (up.gate == Lease::Upload::Gate::kUnasked) {
-      std::optional<GateAsk> ask = session.gates().ForTransfer("upload", chunk.path(), "");
-      if (!ask) {
-        up.gate = Lease::Upload::Gate::kApproved;
-      } else {
-        up.gate = Lease::Upload::Gate::kWaiting;
-        up.next_offset = chunk.offset() + chunk.data().size();
-        up.held_bytes = chunk.data().size();
-        up.held.push_back(chunk);
-        ask->call_id = id;
-        lock.unlock();  // the decision may come at once (a session-scoped one) and takes the lock
-        session.approvals().Ask(std::move(*ask), [this, lease, id](const pb::HumanDecision& d) {
-          OnUploadDecided(lease, id, d);
-        });
-        return;
-      }
-    }
-    if (up.gate == Lease::Upload::Gate::kWaiting) {
-      if (up.held_bytes + chunk.data().size() > kMaxHeldUploadBytes) {
-        FinishUploadLocked(lease, id, absl::ResourceExhaustedError(absl::StrCat(
-                                          "upload: more than ", kMaxHeldUploadBytes,
-                                          " bytes sent before the upload was approved; the upload ended")));
-        return;
-      }
-      up.next_offset = chunk.offset() + chunk.data().size();
-      up.held_bytes += chunk.data().size();
-      up.held.push_back(chunk);
-      return;
-    }
-    WriteUploadChunkLocked(lease, id, chunk);
-    return;
-  }
+  if (command.has_upload()) return HandleUploadCommand(lease, id, command.upload(), fail);
   {
-    std::lock_guard lock(lease->cmd_mu);
+    absl::MutexLock lock(&lease->cmd_mu);
     if (!lease->commands_seen.insert(id).second) return;  // resent after a reconnect: already carried out
   }
   session.Touch();

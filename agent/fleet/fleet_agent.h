@@ -37,6 +37,7 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -51,6 +52,7 @@
 #include "agent/fleet/agent_config.h"
 #include "agent/obs/metrics.h"
 #include "agent/fleet/outbox.h"
+#include "agent/session/approvals.h"
 #include "agent/session/session_manager.h"
 #include "agent/fleet/worker_client.h"
 #include "duvo/sandbox/v1/worker.grpc.pb.h"
@@ -133,11 +135,20 @@ class FleetAgent {
   // Drain's steps.
   void StopLeasing();
   size_t DeliverOutbox(std::chrono::steady_clock::time_point flush_until);
-  // Uploads over Attach (lease->cmd_mu held): one chunk written, or the upload finished with `status`.
+  // Commands over Attach (fleet_agent.cc). The ...Locked ones run with lease->cmd_mu held; their
+  // ABSL_EXCLUSIVE_LOCKS_REQUIRED(lease->cmd_mu) is on their definitions, as Lease is incomplete here.
+  // Answers a command with its command_error.
+  using CommandFail = std::function<void(absl::StatusCode, std::string)>;
+  // Uploads: one chunk written, or the upload finished with `status`.
   void WriteUploadChunkLocked(Lease* lease, const std::string& id, const duvo::sandbox::v1::UploadPart& chunk);
   void FinishUploadLocked(Lease* lease, const std::string& id, const absl::Status& status);
   // A gated upload's decision: its held chunks are written, or it ends with the decision's error.
   void OnUploadDecided(Lease* lease, const std::string& id, const duvo::sandbox::v1::HumanDecision& decision);
+  // An upload command's chunk: takes cmd_mu for HandleUploadChunkLocked, then asks the gate's question.
+  void HandleUploadCommand(Lease* lease, const std::string& id, const duvo::sandbox::v1::UploadPart& chunk,
+                           const CommandFail& fail);
+  void HandleUploadChunkLocked(Lease* lease, const std::string& id, const duvo::sandbox::v1::UploadPart& chunk,
+                               const CommandFail& fail, std::optional<GateAsk>* ask_out);
   void HandleCommand(Lease* lease, const duvo::sandbox::v1::SessionCommand& command,
                      const std::function<void(const duvo::sandbox::v1::AgentMessage&)>& send);
   // Journals the outcome (and acks the lease record), then wakes the reporter.

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <stop_token>
 #include <string>
@@ -96,10 +95,9 @@ struct FleetAgent::Lease {
   };
   std::shared_ptr<ApprovalJournal> approval_journal = std::make_shared<ApprovalJournal>();
 
-  // NOTE: a std::mutex still: the upload path that takes it (fleet_agent.cc) is being moved onto the shared
-  // file-transfer path; its annotations come with that change.
-  std::mutex cmd_mu;
-  std::set<std::string> commands_seen;  // GUARDED_BY(cmd_mu)
+  // The commands carried out (by command id) and the uploads in progress (fleet_agent.cc).
+  absl::Mutex cmd_mu;
+  std::set<std::string> commands_seen ABSL_GUARDED_BY(cmd_mu);
   struct Upload {
     // The upload's tool call (Session::BeginUpload, at its first chunk) until it ends: its events, and no
     // file left unless it succeeded.
@@ -111,7 +109,7 @@ struct FleetAgent::Lease {
     std::vector<pb::UploadPart> held;
     uint64_t held_bytes = 0;
   };
-  std::map<std::string, Upload> uploads;  // GUARDED_BY(cmd_mu)
+  std::map<std::string, Upload> uploads ABSL_GUARDED_BY(cmd_mu);
 
   // The Attach stream: the streamer (re)connects it while the session runs; the pump stops it once the
   // outcome is journaled, canceling the stream in flight.

@@ -9,11 +9,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "agent/run/init_locator.h"
 #include "agent/run/outcome_json.h"
 #include "sandbox/cgroup/cgroup.h"
@@ -120,6 +121,100 @@ int SetupError(const RunFlags& flags, const absl::Status& status) {
   return 125;
 }
 
+// The jail's cgroups: `layout` when it could be prepared. Rootless without a delegated cgroup, the run goes on
+// with a warning; as root, that is a setup error.
+absl::Status UseCgroups(const sandbox::Policy& policy, absl::StatusOr<sandbox::CgroupLayout>& layout,
+                        sandbox::JailOptions& options) {
+  if (layout.ok()) {
+    options.cgroups = &*layout;
+  } else if (geteuid() != 0) {
+    // Rootless without a delegated cgroup: say plainly what is not enforced.
+    const sandbox::Limits& l = policy.limits();
+    std::string warning = absl::StrCat(
+        "rootless: cgroup limits are NOT enforced (memory ", l.memory_max_bytes, " bytes, pids ", l.pids_max,
+        ", cpu ", l.cpu_millicores, " millicores): ", layout.status().message(),
+        "; run as root or delegate a cgroup to this user");
+    fprintf(stderr, "sandbox-agent: warning: %s\n", warning.c_str());
+    options.warnings.push_back(std::move(warning));
+  } else {
+    return Annotate(layout.status(), "cgroups");
+  }
+  return absl::OkStatus();
+}
+
+// Signals to the agent are forwarded to the workload (and mark the run canceled): blocked here, read from the
+// returned signalfd by Jail::Wait.
+absl::StatusOr<UniqueFd> BlockForwardedSignals() {
+  sigset_t forwarded;
+  sigemptyset(&forwarded);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&forwarded, sig);
+  sigprocmask(SIG_BLOCK, &forwarded, nullptr);
+  UniqueFd signals(signalfd(-1, &forwarded, SFD_CLOEXEC));
+  if (!signals) return ErrnoToStatus(errno, "signalfd");
+  return signals;
+}
+
+// Seccomp denials (policy audit_denials): one stderr line each, and the outcome JSON's seccomp_audits. The
+// supervisor's rate limit bounds them per second; this bounds what the JSON holds over a long run. Record runs
+// on the jail's supervisor thread.
+class SeccompAudits {
+ public:
+  static constexpr size_t kMaxJsonAudits = 1000;
+
+  void Record(const sandbox::SeccompAudit& a) {
+    const std::string line =
+        a.kind == sandbox::SeccompAudit::Kind::kSuppressed
+            ? absl::StrCat(SeccompAuditAction(a.kind), ": ", a.suppressed,
+                           " more denials (rate limit: audits past it are only counted)")
+            : absl::StrCat(SeccompAuditAction(a.kind), ": ", a.syscall, "(", a.args, ") by pid ", a.pid, " \"",
+                           a.comm, "\"",
+                           a.kind == sandbox::SeccompAudit::Kind::kDenied ? absl::StrCat(": errno ", a.errno_value)
+                                                                          : ": killed");
+    fprintf(stderr, "sandbox-agent: %s\n", line.c_str());
+    absl::MutexLock lock(&mu_);
+    if (audits_.size() < kMaxJsonAudits) {
+      audits_.push_back(a);
+    } else {
+      ++dropped_;
+    }
+  }
+
+  // Once the supervisor has stopped: the audits kept, and how many past kMaxJsonAudits were not.
+  std::vector<sandbox::SeccompAudit> Take(uint64_t* dropped) {
+    absl::MutexLock lock(&mu_);
+    *dropped = dropped_;
+    return std::move(audits_);
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<sandbox::SeccompAudit> audits_ ABSL_GUARDED_BY(mu_);
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// The run's end: its failure on stderr, the outcome JSON, and the exit status.
+int FinishRun(const RunFlags& flags, const sandbox::RunResult& result,
+              const std::vector<sandbox::SeccompAudit>& audits) {
+  if (result.status == sandbox::RunStatus::kFailed && !result.message.empty()) {
+    fprintf(stderr, "sandbox-agent: %s: %s\n", std::string(sandbox::RunReasonName(result.reason)).c_str(),
+            result.message.c_str());
+  }
+  if (!flags.outcome_json.empty()) {
+    if (absl::Status s = WriteOutcomeJson(result, flags.outcome_json, audits); !s.ok()) {
+      fprintf(stderr, "sandbox-agent: %.*s\n", static_cast<int>(s.message().size()), s.message().data());
+    }
+  }
+  const int code = sandbox::ExitStatusFor(result);
+#if !defined(__SANITIZE_ADDRESS__)
+  // The run is over and everything it owed is written: end here rather than return through the static
+  // destructors (protobuf's descriptor pools, locale caches), a few hundred microseconds of every start that
+  // release nothing the kernel would not. Sanitizer builds return, for the leak check at exit.
+  fflush(nullptr);
+  _exit(code);
+#endif
+  return code;
+}
+
 }  // namespace
 
 int RunCommand(const RunFlags& flags) {
@@ -146,79 +241,24 @@ int RunCommand(const RunFlags& flags) {
   options.name = absl::StrCat("run-", getpid());
   options.warnings = std::move(warnings);
   absl::StatusOr<sandbox::CgroupLayout> layout = sandbox::PrepareCgroupLayout();
-  if (layout.ok()) {
-    options.cgroups = &*layout;
-  } else if (geteuid() != 0) {
-    // Rootless without a delegated cgroup: say plainly what is not enforced.
-    const sandbox::Limits& l = policy->limits();
-    std::string warning = absl::StrCat(
-        "rootless: cgroup limits are NOT enforced (memory ", l.memory_max_bytes, " bytes, pids ", l.pids_max,
-        ", cpu ", l.cpu_millicores, " millicores): ", layout.status().message(),
-        "; run as root or delegate a cgroup to this user");
-    fprintf(stderr, "sandbox-agent: warning: %s\n", warning.c_str());
-    options.warnings.push_back(std::move(warning));
-  } else {
-    return SetupError(flags, Annotate(layout.status(), "cgroups"));
-  }
+  if (absl::Status s = UseCgroups(*policy, layout, options); !s.ok()) return SetupError(flags, s);
 
-  // Signals to the agent are forwarded to the workload (and mark the run canceled).
-  sigset_t forwarded;
-  sigemptyset(&forwarded);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&forwarded, sig);
-  sigprocmask(SIG_BLOCK, &forwarded, nullptr);
-  UniqueFd signals(signalfd(-1, &forwarded, SFD_CLOEXEC));
-  if (!signals) return SetupError(flags, ErrnoToStatus(errno, "signalfd"));
+  absl::StatusOr<UniqueFd> signals = BlockForwardedSignals();
+  if (!signals.ok()) return SetupError(flags, signals.status());
 
-  // Seccomp denials (policy audit_denials): one stderr line each, and the outcome JSON's seccomp_audits. The
-  // supervisor's rate limit bounds them per second; this bounds what the JSON holds over a long run.
-  constexpr size_t kMaxJsonAudits = 1000;
-  std::mutex audits_mu;
-  std::vector<sandbox::SeccompAudit> audits;
-  uint64_t audits_dropped = 0;
-  options.seccomp_audit = [&](const sandbox::SeccompAudit& a) {
-    const std::string line =
-        a.kind == sandbox::SeccompAudit::Kind::kSuppressed
-            ? absl::StrCat(SeccompAuditAction(a.kind), ": ", a.suppressed,
-                           " more denials (rate limit: audits past it are only counted)")
-            : absl::StrCat(SeccompAuditAction(a.kind), ": ", a.syscall, "(", a.args, ") by pid ", a.pid, " \"",
-                           a.comm, "\"",
-                           a.kind == sandbox::SeccompAudit::Kind::kDenied ? absl::StrCat(": errno ", a.errno_value)
-                                                                          : ": killed");
-    fprintf(stderr, "sandbox-agent: %s\n", line.c_str());
-    std::lock_guard lock(audits_mu);
-    if (audits.size() < kMaxJsonAudits) {
-      audits.push_back(a);
-    } else {
-      ++audits_dropped;
-    }
-  };
+  SeccompAudits audits;
+  options.seccomp_audit = [&audits](const sandbox::SeccompAudit& a) { audits.Record(a); };
   absl::StatusOr<std::unique_ptr<sandbox::Jail>> jail = sandbox::Jail::Start(*policy, options);
   if (!jail.ok()) return SetupError(flags, jail.status());
-  sandbox::RunResult result = (*jail)->Wait(signals.get());
-  jail->reset();  // the supervisor has stopped: `audits` is this thread's now
+  sandbox::RunResult result = (*jail)->Wait(signals->get());
+  jail->reset();  // the supervisor has stopped: the audits are all in
+  uint64_t audits_dropped = 0;
+  const std::vector<sandbox::SeccompAudit> kept = audits.Take(&audits_dropped);
   if (audits_dropped > 0) {
     result.warnings.push_back(absl::StrCat("seccomp_audits: ", audits_dropped, " records past the first ",
-                                           kMaxJsonAudits, " are on stderr only"));
+                                           SeccompAudits::kMaxJsonAudits, " are on stderr only"));
   }
-
-  if (result.status == sandbox::RunStatus::kFailed && !result.message.empty()) {
-    fprintf(stderr, "sandbox-agent: %s: %s\n", std::string(sandbox::RunReasonName(result.reason)).c_str(),
-            result.message.c_str());
-  }
-  if (!flags.outcome_json.empty()) {
-    if (absl::Status s = WriteOutcomeJson(result, flags.outcome_json, audits); !s.ok()) {
-      fprintf(stderr, "sandbox-agent: %.*s\n", static_cast<int>(s.message().size()), s.message().data());
-    }
-  }
-  const int code = sandbox::ExitStatusFor(result);
-#if !defined(__SANITIZE_ADDRESS__)
-  // The run is over and everything it owed is written: end here rather than return through the static
-  // destructors (protobuf's descriptor pools, locale caches), a few hundred microseconds of every start that
-  // release nothing the kernel would not. Sanitizer builds return, for the leak check at exit.
-  fflush(nullptr);
-  _exit(code);
-#endif
-  return code;
+  return FinishRun(flags, result, kept);
 }
 
 }  // namespace sbx::agent
