@@ -237,13 +237,7 @@ grpc::Status SandboxesService::Call(grpc::ServerContext* ctx,
   std::jthread control([&] {
     pb::CallRequest msg;
     while (!done && stream->Read(&msg)) {
-      Session::ExecControl c;
-      c.stdin_data = msg.stdin();
-      c.stdin_eof = msg.stdin_eof();
-      c.rows = msg.rows();
-      c.cols = msg.cols();
-      c.signal = msg.signal();
-      (void)session->ControlExec(call_id, c);
+      (void)session->ControlExec(call_id, Session::ExecControl::Of(msg));
     }
     absl::MutexLock lock(&control_state.mu);
     control_state.ended = true;

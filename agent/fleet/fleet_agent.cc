@@ -451,13 +451,9 @@ void FleetAgent::HandleCommand(Lease* lease, const pb::SessionCommand& command,
     }
     case pb::SessionCommand::kInput: {
       const pb::ExecInput& in = command.input();
-      Session::ExecControl control;
-      control.stdin_data = in.stdin();
-      control.stdin_eof = in.stdin_eof();
-      control.rows = in.rows();
-      control.cols = in.cols();
-      control.signal = in.signal();
-      if (absl::Status s = session.ControlExec(in.call_id(), control); !s.ok()) fail(s.code(), std::string(s.message()));
+      if (absl::Status s = session.ControlExec(in.call_id(), Session::ExecControl::Of(in)); !s.ok()) {
+        fail(s.code(), std::string(s.message()));
+      }
       return;
     }
     case pb::SessionCommand::kAnswer: {

@@ -18,6 +18,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "base/clock.h"
 #include "agent/fleet/fleet_agent.h"
 #include "agent/session/file_transfer.h"
 #include "duvo/sandbox/v1/agent_state.pb.h"
@@ -59,7 +60,6 @@ inline constexpr size_t kReportMaxBytes = 3 << 20;    // all its events (an outb
 // After the session ended, how long the stream may take to have its last events acknowledged.
 inline constexpr milliseconds kFinalAckWait{2000};
 
-int64_t UnixMs();
 std::string GrpcError(const grpc::Status& s);
 pb::Outcome Failed(const std::string& reason, const std::string& message);
 

@@ -18,10 +18,6 @@
 
 namespace sbx::agent {
 
-int64_t UnixMs() {
-  return std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 std::string GrpcError(const grpc::Status& s) {
   return absl::StrCat(s.error_code(), " ", s.error_message());
 }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "agent/session/event_log.h"
+#include "base/clock.h"
 #include "re2/re2.h"
 
 namespace sbx::agent {
@@ -20,11 +21,6 @@ namespace {
 
 namespace pb = ::duvo::sandbox::v1;
 using Clock = std::chrono::steady_clock;
-
-int64_t UnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 pb::HumanDecision::Scope Normalized(pb::HumanDecision::Scope scope) {
   return scope == pb::HumanDecision::SCOPE_UNSPECIFIED ? pb::HumanDecision::REQUEST : scope;

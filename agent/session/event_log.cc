@@ -5,17 +5,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/session/jail_text.h"
+#include "base/clock.h"
 
 namespace sbx::agent {
 namespace {
 
 namespace pb = ::duvo::sandbox::v1;
-
-int64_t UnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 
 uint64_t PayloadOf(const pb::Event& e) {
   if (e.has_output()) return e.output().data().size();

@@ -14,6 +14,7 @@
 #include "agent/session/jail_text.h"
 #include "agent/obs/log.h"
 #include "agent/run/outcome_json.h"
+#include "base/clock.h"
 #include "base/status.h"
 #include "wire/init_protocol.pb.h"
 
@@ -22,12 +23,6 @@ namespace {
 
 namespace pb = ::duvo::sandbox::v1;
 using Clock = std::chrono::steady_clock;
-
-
-int64_t UnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 }  // namespace
 

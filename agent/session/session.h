@@ -117,6 +117,12 @@ class Session {
     bool stdin_eof = false;
     uint32_t rows = 0, cols = 0;
     int signal = 0;
+
+    // From a CallRequest (local mode) or an ExecInput (fleet mode): both carry these five fields.
+    template <typename Message>
+    static ExecControl Of(const Message& m) {
+      return ExecControl{m.stdin(), m.stdin_eof(), m.rows(), m.cols(), m.signal()};
+    }
   };
 
   // Starts a tool call: appends tool_call_started and returns its seq; the call's output and its
