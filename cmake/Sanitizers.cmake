@@ -89,7 +89,8 @@ function(sbx_unsanitize_static_programs)
   # The jail child (everything between clone and execve, jail_child.h, entered from jail.cc) runs in a copy of
   # a multithreaded process on a stack ASan does not know: instrumented, it prints "ASan is ignoring requested
   # __asan_handle_no_return" into the jail's stderr, and it must not run ASan's runtime there anyway. So
-  # jail_child.cc and jail.cc (which clones and calls into it) are built plain.
+  # jail_child.cc, jail_clone.cc (which clones and calls into it) and jail.cc are built plain.
   set_source_files_properties(${PROJECT_SOURCE_DIR}/sandbox/jail_child.cc ${PROJECT_SOURCE_DIR}/sandbox/jail.cc
+                              ${PROJECT_SOURCE_DIR}/sandbox/jail_clone.cc
                               DIRECTORY ${PROJECT_SOURCE_DIR}/sandbox PROPERTIES COMPILE_OPTIONS -fno-sanitize=all)
 endfunction()
