@@ -19,7 +19,6 @@
 #include "absl/synchronization/mutex.h"
 #include "agent/fleet/fleet_internal.h"
 #include "agent/obs/log.h"
-#include "agent/session/file_transfer.h"
 #include "agent/session/jail_text.h"
 #include "base/status.h"
 

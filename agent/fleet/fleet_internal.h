@@ -20,7 +20,6 @@
 #include "absl/synchronization/mutex.h"
 #include "base/clock.h"
 #include "agent/fleet/fleet_agent.h"
-#include "agent/session/file_transfer.h"
 #include "duvo/sandbox/v1/agent_state.pb.h"
 
 namespace sbx::agent {
