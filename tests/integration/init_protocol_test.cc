@@ -364,6 +364,25 @@ TEST_F(InitProtocolTest, CommandNotFoundAndNotExecutable) {
   EXPECT_TRUE(StatusIs(*both->end, absl::StatusCode::kInvalidArgument, "socket_stdio is not for a pty"));
 }
 
+// Commands start on a small stack of their own that shares init's memory (exec.cc, SpawnCommand). glibc's
+// execvpe copies argv onto that stack when a file has no #! line (ENOEXEC, run through /bin/sh): the stack
+// must be sized for it, and init must be unharmed either way.
+TEST_F(InitProtocolTest, AScriptWithoutAShebangRunsWithAHugeArgv) {
+  auto made = RunToEnd(Command({"sh", "-c", "printf 'echo $#\\n' > /tmp/noshebang && chmod +x /tmp/noshebang"}));
+  ASSERT_ENDED_OK(made);
+  ASSERT_EQ((*made->end)->exit_code, 0) << made->err;
+  constexpr int kArgs = 40000;  // 320 KB of argv pointers copied onto the child's stack
+  std::vector<std::string> argv = {"/tmp/noshebang"};
+  for (int i = 0; i < kArgs; ++i) argv.push_back("x");
+  auto run = RunToEnd(Command(argv));
+  ASSERT_ENDED_OK(run);
+  EXPECT_EQ((*run->end)->exit_code, 0) << run->err;
+  EXPECT_EQ(run->out, std::to_string(kArgs) + "\n");
+  auto after = RunToEnd(Command({"echo", "still serving"}));
+  ASSERT_ENDED_OK(after);
+  EXPECT_EQ(after->out, "still serving\n");
+}
+
 TEST_F(InitProtocolTest, ManyCommandsRunConcurrently) {
   constexpr int kCommands = 12;
   std::vector<std::shared_ptr<ExecRun>> runs;
