@@ -71,5 +71,26 @@ TEST_F(BrowserPolicyTest, TheBrowserSeesTheJailsFilesNotTheHosts) {
   EXPECT_THAT(passwd.out, HasSubstr("sandbox:x:1000:1000"));
 }
 
+// The host's font cache is visible read-only: without it every browser (and every font-using desktop
+// program) rescans /usr/share/fonts at start, which took 0.7 to 1.2 s of a cold browser start on this
+// machine kind. fontconfig writes a cache of its own (under $XDG_CACHE_HOME) only for directories whose
+// system cache it did not find valid, so an empty user cache dir proves every font directory was served
+// from the host's. Both policies that run font-using programs are checked.
+TEST_F(BrowserPolicyTest, FontsComeFromTheHostsFontCacheNotARescan) {
+  if (access("/usr/bin/fc-list", X_OK) != 0) GTEST_SKIP() << "this machine lacks fc-list (fontconfig)";
+  for (const char* policy : {SBX_BROWSER_POLICY, SBX_DESKTOP_POLICY}) {
+    AgentInvocation inv;
+    inv.bind_probe = false;
+    inv.flags = {"--policy", policy, "--time-limit", "60"};
+    inv.command = {"/bin/sh", "-c",
+                   "export XDG_CACHE_HOME=/tmp/fc-user-cache; mkdir -p $XDG_CACHE_HOME; "
+                   "n=$(fc-list | wc -l); echo fonts=$n; echo written=$(find $XDG_CACHE_HOME -type f | wc -l)"};
+    AgentRun run = RunAgent(inv);
+    EXPECT_EQ(run.exit_code, 0) << policy << ": " << run.err;
+    EXPECT_THAT(run.out, Not(HasSubstr("fonts=0"))) << policy;
+    EXPECT_THAT(run.out, HasSubstr("written=0")) << policy << ": fontconfig rebuilt its cache: " << run.out;
+  }
+}
+
 }  // namespace
 }  // namespace sbx::testing
