@@ -1,4 +1,4 @@
-// What the benchmark programs share: percentiles, and starting commands (tests/common/spawn.h, Boost.Process)
+// What the benchmark programs share: percentiles, the machine's CPU meter, and starting commands (tests/common/spawn.h, Boost.Process)
 // quietly, in the background, or capturing their stdout.
 #ifndef SBX_TESTS_BENCH_BENCH_UTIL_H_
 #define SBX_TESTS_BENCH_BENCH_UTIL_H_
@@ -23,6 +23,21 @@ inline double Percentile(std::vector<double> v, double p) {
 }
 
 inline double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
+
+// CPU time the whole machine has spent busy since boot (user, nice, system, irq, softirq, steal from
+// /proc/stat), in seconds. The difference over a phase is what the phase cost, whoever paid it: the agent,
+// its jails, the kernel's namespace and cgroup work, the control-plane double, the benchmark itself. On a
+// quiet machine that is the physical cost of the work, which wall-clock figures on 2 shared cores are not.
+inline double MachineBusySeconds() {
+  FILE* f = fopen("/proc/stat", "r");
+  if (f == nullptr) return 0;
+  unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  const int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &user, &nice, &system, &idle, &iowait,
+                       &irq, &softirq, &steal);
+  fclose(f);
+  if (n < 8) return 0;
+  return static_cast<double>(user + nice + system + irq + softirq + steal) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
 
 // Starts argv with stdout (and, when `quiet_stderr`, stderr) on /dev/null, or stdout into `stdout_fd` when
 // it is >= 0 (or a pipe, whose read end goes to *stdout_pipe). Exits the benchmark when it cannot start. Both
