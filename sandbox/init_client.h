@@ -75,6 +75,8 @@ class InitClient {
   static constexpr uint32_t kMaxFrameBytes = sandbox::kMaxFrameBytes;
   // Largest data chunk in one frame (output, file data).
   static constexpr uint32_t kMaxChunkBytes = sandbox::kMaxChunkBytes;
+  // Largest chunk of a command's output (on_output's data).
+  static constexpr uint32_t kMaxOutputChunkBytes = sandbox::kMaxOutputChunkBytes;
   // How long a blocking call waits for sandbox-init's answer (and a frame for the socket to take it), unless
   // the call carries its own timeout (driver calls: see below).
   static constexpr int kCallTimeoutMs = 30'000;

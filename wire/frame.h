@@ -13,8 +13,11 @@ namespace sbx::sandbox {
 
 // Largest payload either side accepts; a bigger length prefix ends the connection.
 inline constexpr uint32_t kMaxFrameBytes = 1 << 20;
-// Largest data chunk (command output, file data) carried in one frame.
+// Largest data chunk (file data, stdin, CDP messages) carried in one frame.
 inline constexpr uint32_t kMaxChunkBytes = 256 << 10;
+// Largest chunk of a command's output in one frame: a whole frame but for the envelope's few bytes, so a full
+// 1 MiB pipe goes to the agent in one read, one frame and (EventLog) one event.
+inline constexpr uint32_t kMaxOutputChunkBytes = kMaxFrameBytes - (4 << 10);
 inline constexpr size_t kFrameHeaderBytes = 4;
 
 // Writes the 4-byte little-endian length prefix for a payload of `size` bytes.

@@ -244,7 +244,11 @@ grpc::Status SandboxesService::Call(grpc::ServerContext* ctx,
     control_state.cv.SignalAll();
   });
 
+  // The caller is attached while it streams: its call's output waits for it instead of being dropped
+  // (EventLog::AttachReader).
+  session->events().AttachReader(call_id);
   const std::string result_code = StreamCallEvents(ctx, stream, *session, call_id, started_seq - 1, options_.metrics);
+  session->events().DetachReader(call_id);
   if (options_.metrics) options_.metrics->ToolCall(tool, result_code);
   done = true;
   // The client half-closes once it has seen the end; one that does not is cut off after a grace period so

@@ -1,5 +1,6 @@
 #include "agent/session/event_log.h"
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
 
@@ -74,7 +75,12 @@ uint64_t EventLog::AppendLocked(pb::Event event) {
   event.set_unix_ms(UnixMs());
   if (event.has_tool_call_started()) running_calls_.insert(event.tool_call_started().call_id());
   if (event.has_output()) running_calls_.insert(event.output().call_id());
-  if (event.has_tool_call_finished()) running_calls_.erase(event.tool_call_finished().call_id());
+  if (event.has_tool_call_finished()) {
+    const std::string& call = event.tool_call_finished().call_id();
+    running_calls_.erase(call);
+    auto flow = flows_.find(call);
+    if (flow != flows_.end() && flow->second.readers == 0) flows_.erase(flow);
+  }
   AddLocked(seq, std::make_shared<pb::Event>(std::move(event)));
   TrimLocked();
   return seq;
@@ -84,6 +90,7 @@ void EventLog::AddLocked(uint64_t seq, std::shared_ptr<pb::Event> event) {
   Record r;
   r.cost = event->ByteSizeLong() + kEventOverheadBytes;
   if (event->has_file()) file_bytes_ += event->file().data().size();
+  if (event->has_output()) flows_[event->output().call_id()].pending += event->output().data().size();
   r.event = std::move(event);
   bytes_ += r.cost;
   events_[seq] = std::move(r);
@@ -93,6 +100,7 @@ uint64_t EventLog::AppendOutput(const std::string& call_id, pb::OutputStream str
                                 std::string data) {
   {
     absl::MutexLock lock(&mu_);
+    AwaitLiveReaderLocked(call_id);
     if (closed_) return 0;
     if (open_seq_ != 0 && open_seq_ == last_seq_) {
       Record& r = events_.rbegin()->second;
@@ -101,9 +109,12 @@ uint64_t EventLog::AppendOutput(const std::string& call_id, pb::OutputStream str
       if (open->call_id() == call_id && open->stream() == stream &&
           open->offset() + open->data().size() == offset && open->data().size() + data.size() <= kOutputChunkBytes &&
           std::chrono::steady_clock::now() - open_since_ < kOutputHold) {
+        // Room for the whole chunk at once: growing it by doubling would copy it again at each step.
+        if (open->data().capacity() < kOutputChunkBytes) open->mutable_data()->reserve(kOutputChunkBytes);
         open->mutable_data()->append(data);
         r.cost += data.size();
         bytes_ += data.size();
+        flows_[call_id].pending += data.size();
         const uint64_t seq = open_seq_;
         TrimLocked();
         return seq;  // readers are woken by the chunk's opening, and look again when it ripens
@@ -184,6 +195,7 @@ void EventLog::StripPayloadLocked(Record* r) {
   const pb::Event& old = *r->event;
   const uint64_t size = PayloadOf(old);
   if (size == 0) return;
+  UnpendLocked(*r);
   // NOTE: built field by field: copying the event and clearing its data would keep the buffer's capacity.
   // Readers holding the old event keep their copy.
   auto stub = std::make_shared<pb::Event>();
@@ -224,6 +236,7 @@ void EventLog::DropLocked(std::map<uint64_t, Record>::iterator it, const char* b
     bytes = it->second.event->dropped().bytes();
   }
   if (it->first == open_seq_) open_seq_ = 0;
+  UnpendLocked(it->second);
   if (it->second.event->has_file()) file_bytes_ -= it->second.event->file().data().size();
   bytes_ -= it->second.cost;
   it = events_.erase(it);
@@ -319,9 +332,61 @@ void EventLog::MarkSent(uint64_t seq) {
   absl::MutexLock lock(&mu_);
   auto it = events_.find(seq);
   if (it == events_.end()) return;
+  if (!it->second.sent && it->second.event->has_output()) {
+    UnpendLocked(it->second);
+    auto flow = flows_.find(it->second.event->output().call_id());
+    if (flow != flows_.end()) flow->second.progress = std::chrono::steady_clock::now();
+  }
   it->second.sent = true;
   if (it->second.event->has_file()) StripPayloadLocked(&it->second);
   TrimLocked();
+  if (waiting_writers_ > 0) cv_.SignalAll();
+}
+
+void EventLog::UnpendLocked(const Record& r) {
+  if (r.sent || !r.event->has_output()) return;
+  auto flow = flows_.find(r.event->output().call_id());
+  if (flow == flows_.end()) return;
+  const uint64_t size = r.event->output().data().size();
+  flow->second.pending -= std::min(flow->second.pending, size);
+}
+
+void EventLog::AwaitLiveReaderLocked(const std::string& call_id) {
+  for (;;) {
+    if (closed_) return;
+    auto it = flows_.find(call_id);
+    if (it == flows_.end() || it->second.readers == 0 || it->second.pending < kLiveWindowBytes) return;
+    const auto stalled = it->second.progress + kLiveStall;
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= stalled) return;  // the caller stopped carrying: the budgets rule again
+    // The open chunk goes to the caller now rather than when it ripens: nothing joins it while we wait.
+    if (open_seq_ != 0) {
+      open_seq_ = 0;
+      cv_.SignalAll();
+    }
+    ++waiting_writers_;
+    WaitUntilLocked(std::min(stalled, now + std::chrono::milliseconds(100)));
+    --waiting_writers_;
+  }
+}
+
+void EventLog::AttachReader(const std::string& call_id) {
+  absl::MutexLock lock(&mu_);
+  if (closed_) return;
+  CallFlow& flow = flows_[call_id];
+  ++flow.readers;
+  flow.progress = std::chrono::steady_clock::now();
+}
+
+void EventLog::DetachReader(const std::string& call_id) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto flow = flows_.find(call_id);
+    if (flow == flows_.end()) return;
+    if (flow->second.readers > 0) --flow->second.readers;
+    if (flow->second.readers == 0 && running_calls_.count(call_id) == 0) flows_.erase(flow);
+  }
+  cv_.SignalAll();  // a writer waiting for this reader goes on
 }
 
 void EventLog::Close() {

@@ -10,6 +10,14 @@
 //   finished calls, or session-wide ones, (3) the oldest events left. Events given up are replaced by one
 //   `dropped` marker per run of seqs (its seq is the run's last), so a resuming client sees exactly what is
 //   gone; nothing is lost silently. Output nobody took of a running call is only lost at (3).
+// - A live caller is not outrun: while the Call stream of a call is attached (AttachReader), AppendOutput
+//   of that call waits once kLiveWindowBytes of its output are unsent, so the init client's reader stops
+//   reading, sandbox-init's queue to the agent fills, init stops reading the command's pipes
+//   (sandbox/init/server.cc, UpdatePause) and the command blocks in write(2), as behind a pipe to a slow
+//   reader. Nothing of it is dropped. A caller that carries nothing for kLiveStall (it stopped reading, or
+//   its connection did) no longer holds the source back: the budgets above apply again, so a client cannot
+//   stall the session for good. Without an attached caller (a detached call, Events-only clients, the
+//   fleet) output never waits and the budgets alone bound it.
 // - limits.file_events_max_bytes: file payloads (screenshots, downloads) held at once; a file past it is not
 //   appended, a `dropped` event says so. A file chunk's payload is released once acknowledged.
 // "Acknowledged": an Events request's ack_seq or the fleet's ack (MarkDelivered, a watermark), or the Call
@@ -55,7 +63,14 @@ class EventLog {
   using Limits = EventLogLimits;
   // How long an output chunk stays open for more writes of its stream, and its largest size.
   static constexpr std::chrono::milliseconds kOutputHold{5};
-  static constexpr size_t kOutputChunkBytes = 64 << 10;
+  // 1 MiB: one gRPC message per chunk, and each message costs the daemon wake-ups and syscalls whatever its
+  // size (perf: most of the streaming time was the gRPC thread's per-message scheduling and copies).
+  static constexpr size_t kOutputChunkBytes = 1 << 20;
+  // A live caller's window: its call's output appended and not yet carried by its Call stream, past which
+  // AppendOutput waits (see above). A few chunks: enough to keep the stream busy while init refills.
+  static constexpr uint64_t kLiveWindowBytes = 8 << 20;
+  // How long an attached caller may carry nothing before its call's output stops waiting for it.
+  static constexpr std::chrono::seconds kLiveStall{5};
   // What one held event costs besides its serialized size (the Event object, its strings' headers, the
   // shared_ptr's control block, the map node): an estimate, so metadata counts against max_bytes.
   static constexpr uint64_t kEventOverheadBytes = 256;
@@ -95,6 +110,10 @@ class EventLog {
   void MarkDelivered(uint64_t seq);
   // The Call stream of the event's own call carried event `seq`.
   void MarkSent(uint64_t seq);
+  // The Call stream of `call_id` is attached and reading (counted: an idempotent replay may attach twice);
+  // DetachReader when it stops. While attached, the call's output waits for it (kLiveWindowBytes).
+  void AttachReader(const std::string& call_id);
+  void DetachReader(const std::string& call_id);
 
   // No more events: wakes every reader.
   void Close();
@@ -115,6 +134,16 @@ class EventLog {
     uint64_t cost = 0;
     bool sent = false;  // MarkSent
   };
+  // A call's output flow, for its live caller's window.
+  struct CallFlow {
+    int readers = 0;       // attached Call streams
+    uint64_t pending = 0;  // output payload held and not yet sent (MarkSent)
+    std::chrono::steady_clock::time_point progress;  // the last attach, or event its stream carried
+  };
+  // The output payload of `r` leaves the call's pending bytes (sent, stripped or dropped unsent).
+  void UnpendLocked(const Record& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Waits while `call_id`'s live caller is a window behind (see the header comment).
+  void AwaitLiveReaderLocked(const std::string& call_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t AppendLocked(duvo::sandbox::v1::Event event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddLocked(uint64_t seq, std::shared_ptr<duvo::sandbox::v1::Event> event) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool AcknowledgedLocked(uint64_t seq, const Record& r) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -141,6 +170,8 @@ class EventLog {
   uint64_t delivered_seq_ ABSL_GUARDED_BY(mu_) = 0;
   std::set<std::string> running_calls_ ABSL_GUARDED_BY(mu_);  // started (or with output) and not finished
   uint64_t open_seq_ ABSL_GUARDED_BY(mu_) = 0;  // the open output chunk (the newest event), or 0
+  std::map<std::string, CallFlow> flows_ ABSL_GUARDED_BY(mu_);  // of running calls, and attached ones
+  int waiting_writers_ ABSL_GUARDED_BY(mu_) = 0;                // in AwaitLiveReaderLocked
   std::chrono::steady_clock::time_point open_since_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -166,6 +197,9 @@ EventLog::ReadResult EventLog::Read(uint64_t after_seq, size_t max, std::chrono:
     if (after_seq < last_seq_) {
       if (HoldOpenChunkLocked(after_seq, deadline, stop)) continue;
       for (auto it = events_.upper_bound(after_seq); it != events_.end() && out->size() < max; ++it) {
+        // A following reader gets the open chunk only when it is all there is (ripe, HoldOpenChunkLocked):
+        // behind closed ones it keeps filling, so bulk output goes in whole chunks.
+        if (it->first == open_seq_ && !out->empty() && std::chrono::steady_clock::now() < deadline) break;
         if (it->first == open_seq_) open_seq_ = 0;  // handed out: nothing joins it any more
         out->push_back(it->second.event);
       }

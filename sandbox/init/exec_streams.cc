@@ -32,7 +32,9 @@ constexpr int kDrainReadsAfterTimeout = 8;
 // what costs (under a paravirtualized guest, many microseconds). 250 us is invisible next to the agent's
 // own 5 ms output hold, and a writer at 1 GB/s fills one 256 KiB chunk in about that time.
 constexpr auto kReadCoalesce = std::chrono::microseconds(250);
-// Full chunks read back to back in one go: the 1 MiB pipe (StartExec sets its size).
+// Full chunks read back to back in one go. A chunk is nearly a whole frame (kMaxOutputChunkBytes), so one
+// read takes what a 1 MiB pipe (StartExec sets its size) holds: per byte, 4x fewer reads, frames, parses on
+// the agent and events than with kMaxChunkBytes.
 constexpr int kReadsPerWake = 4;
 
 }  // namespace
@@ -81,7 +83,7 @@ void Server::OnExecEvent(Src src, uint64_t serial, uint32_t events) {
 
 void Server::ReadOutput(Exec& e, int stream) {
   Watch& w = stream == 1 ? e.out : e.err;
-  static char buf[kMaxChunkBytes];
+  static char buf[kMaxOutputChunkBytes];
   for (int i = 0; i < kReadsPerWake; ++i) {
     if (!w.fd || e.eof[stream] || stop_) return;
     ssize_t n = read(w.fd.get(), buf, sizeof(buf));

@@ -28,6 +28,7 @@ constexpr size_t kResumeOutputBytes = 1u << 20;
 // Above this many unsent bytes, requests are no longer read either (only file answers get it this far).
 constexpr size_t kPauseRequestsBytes = 8u << 20;
 constexpr size_t kControlReadBytes = 64u << 10;
+constexpr int kSocketSendBytes = 2 << 20;  // the kernel doubles it
 
 bool SetupFailed(const char* what) {
   fprintf(stderr, "sandbox-init: --serve: %s: %s\n", what, strerror(errno));
@@ -51,6 +52,10 @@ bool Server::Setup() {
     return false;
   }
   SetNonblocking(control_.fd.get());
+  // Room for a few whole output frames (~1 MiB each) in the socket, best effort (the kernel caps it at
+  // net.core.wmem_max): with the default ~200 KiB, each frame went out in five sends with a wake-up between.
+  const int sndbuf = kSocketSendBytes;
+  (void)setsockopt(control_.fd.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
   // Not dumpable: the workload (same uid) can then neither ptrace-attach, read or write init's memory
   // through /proc/1/mem, nor take the control socket with pidfd_getfd.
   prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);

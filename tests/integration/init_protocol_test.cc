@@ -416,7 +416,7 @@ TEST_F(InitProtocolTest, TwentyMebibytesArriveCompleteInOrder) {
   EXPECT_EQ(run->next_offset[1], 20u << 20);
   EXPECT_TRUE(run->offsets_ok);
   EXPECT_TRUE(all_zero);
-  EXPECT_LE(run->largest_chunk, InitClient::kMaxChunkBytes);
+  EXPECT_LE(run->largest_chunk, InitClient::kMaxOutputChunkBytes);
 }
 
 TEST_F(InitProtocolTest, AFastWritersOutputComesInFewChunks) {

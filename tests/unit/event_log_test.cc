@@ -1,6 +1,7 @@
 // EventLog: gap-free seqs, waiting readers, closing, and bounded retention of finished calls' output.
 #include "agent/session/event_log.h"
 
+#include <atomic>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -315,6 +316,94 @@ TEST(EventLogTest, JailTextThatIsNotUtf8IsReplacedAndItsBytesKept) {
     pb::Event parsed;
     EXPECT_TRUE(parsed.ParseFromString(e->SerializeAsString())) << e->DebugString();
   }
+}
+
+// A live caller (AttachReader) holds its call's output back at kLiveWindowBytes instead of losing it to the
+// byte budget: the writer waits until the caller's stream carried enough (MarkSent).
+TEST(EventLogTest, ALiveCallersOutputWaitsForItInsteadOfBeingDropped) {
+  EventLog::Limits limits;
+  limits.max_bytes = 3 * EventLog::kLiveWindowBytes;
+  EventLog log("s", limits);
+  log.AttachReader("c");
+  const uint64_t total = 8 * EventLog::kLiveWindowBytes;  // far past the budget
+  const size_t piece = 256 << 10;
+  std::atomic<uint64_t> written{0};
+  std::thread writer([&] {
+    for (uint64_t off = 0; off < total; off += piece) {
+      log.AppendOutput("c", pb::STDOUT, off, std::string(piece, 'x'));
+      written = off + piece;
+    }
+    log.Append(Finished("c"));
+  });
+  uint64_t after = 0, received = 0, dropped = 0;
+  bool waited = false;
+  while (true) {
+    std::vector<EventLog::EventPtr> out;
+    if (log.Read(after, 256, Clock::now() + std::chrono::seconds(10), [] { return false; }, &out) !=
+        EventLog::ReadResult::kEvents) {
+      break;
+    }
+    bool done = false;
+    for (const EventLog::EventPtr& e : out) {
+      after = e->seq();
+      if (e->has_output()) {
+        EXPECT_EQ(e->output().offset(), received) << "in order, no gap";
+        received += e->output().data().size();
+        dropped += e->output().dropped_bytes();
+      }
+      if (e->has_dropped()) dropped += e->dropped().bytes();
+      done = done || e->has_tool_call_finished();
+      log.MarkSent(e->seq());
+    }
+    if (!waited && received > 0) {
+      // The caller pauses: the writer stops a window (and a chunk) ahead of it, not at the budget.
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      EXPECT_LE(written.load(), received + EventLog::kLiveWindowBytes + 2 * EventLog::kOutputChunkBytes);
+      waited = true;
+    }
+    if (done) break;
+  }
+  writer.join();
+  log.DetachReader("c");
+  EXPECT_EQ(received, total);
+  EXPECT_EQ(dropped, 0u);
+  EXPECT_LE(log.usage().bytes, limits.max_bytes);
+}
+
+// Without an attached caller, or once it detached, output never waits: the budget bounds it.
+TEST(EventLogTest, WithoutALiveCallerOutputDoesNotWaitAndTheBudgetBoundsIt) {
+  EventLog::Limits limits;
+  limits.max_bytes = 2 * EventLog::kLiveWindowBytes;
+  EventLog log("s", limits);
+  log.AttachReader("c");
+  log.DetachReader("c");
+  const size_t piece = 256 << 10;
+  const auto start = Clock::now();
+  for (uint64_t off = 0; off < 8 * EventLog::kLiveWindowBytes; off += piece) {
+    log.AppendOutput("c", pb::STDOUT, off, std::string(piece, 'x'));
+  }
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(4)) << "the writer waited for nobody";
+  EXPECT_LE(log.usage().bytes, limits.max_bytes);
+}
+
+// A writer waiting for a caller goes on when the caller detaches (its stream ended) or the log closes.
+TEST(EventLogTest, AWriterWaitingForACallerGoesOnWhenItDetaches) {
+  EventLog log("s");
+  log.AttachReader("c");
+  const size_t piece = 256 << 10;
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    for (uint64_t off = 0; off < 2 * EventLog::kLiveWindowBytes; off += piece) {
+      log.AppendOutput("c", pb::STDOUT, off, std::string(piece, 'x'));
+    }
+    done = true;
+  });
+  const auto deadline = Clock::now() + std::chrono::seconds(2);
+  while (!done && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_FALSE(done) << "the writer should wait for the attached caller";
+  log.DetachReader("c");
+  writer.join();
+  EXPECT_TRUE(done);
 }
 
 }  // namespace
