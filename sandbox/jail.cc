@@ -221,10 +221,11 @@ struct ExecArgs {
   std::vector<char*> envp, argv;
 };
 
-void FillExecArgs(const PolicySpec& spec, const JailOptions& options, ExecArgs* out) {
+// With an in-process PID 1 the child runs the workload's argv itself (it looks argv[0] up on the jail's PATH).
+void FillExecArgs(const PolicySpec& spec, const JailOptions& options, bool in_process_init, ExecArgs* out) {
   out->env = BuildEnv(spec, options.host_environ);
   out->envp = CStrings(out->env);
-  out->init_args = InitArgs(options);
+  out->init_args = in_process_init ? options.argv : InitArgs(options);
   out->argv = CStrings(out->init_args);
 }
 
@@ -291,7 +292,9 @@ struct SetupHelper {
   std::shared_ptr<const SeccompProgram> seccomp{};
   // The helper's failure: the child is not released.
   absl::Status status{};
-  std::latch prework_done{1};  // the cgroup and seccomp work is over (for the clone(2) fallback)
+  // The cgroup and seccomp work is over: a fork-style clone (the clone(2) fallback, the in-process PID 1)
+  // copies `child` and `prog` as they are, so it waits for this first.
+  std::latch prework_done{1};
   Clock::time_point deadline = Clock::now() + std::chrono::milliseconds(kSetupTimeoutMs);
 
   int RemainingMs() const {
@@ -445,8 +448,11 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   RETURN_IF_ERROR(PrepareSeccompNotifyFromParent(spec.seccomp, &deny_table, &pipes));
   ASSIGN_OR_RETURN(IdRange ids, IdRange::Acquire());
   ASSIGN_OR_RETURN(MountPlan plan, MountPlan::Build(policy, options.init_path, spec.uid, spec.gid));
+  // The in-process PID 1 (JailOptions::in_process_init) on every architecture: it needs only the fork-style
+  // clone, which every kernel has. Serving jails always exec sandbox-init (the init protocol lives there).
+  const bool in_process_init = options.in_process_init && !options.serve;
   ExecArgs exec;
-  FillExecArgs(spec, options, &exec);
+  FillExecArgs(spec, options, in_process_init, &exec);
   const internal::ChildRlimit rlimits[] = {
       {RLIMIT_NOFILE, {spec.limits.open_files_max, spec.limits.open_files_max}},
       {RLIMIT_FSIZE, {spec.limits.file_size_max_bytes, spec.limits.file_size_max_bytes}},
@@ -465,12 +471,14 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   RETURN_IF_ERROR(MakeChildPipesFromParent(options.serve, &pipes));
   internal::ChildSpec child = ChildSpecFor(spec, pipes, !ids.rootless(), plan, rlimits,
                                            sizeof(rlimits) / sizeof(rlimits[0]), &prog, exec.argv.data(), exec.envp.data());
+  child.in_process_init = in_process_init;
 
   SetupHelper helper{spec, options, cgroup_limits, ids, jail->cgroup_, child, prog, v1_cgroup, deny_table.has_value(),
                      pipes.ready_read.get(), pipes.clone_done.get(), std::move(pipes.sync_write)};
   std::jthread mapper([&helper] { helper.Run(); });
   const pid_t pid = internal::StartChild(CloneFlagsFor(spec), &helper.pidfd, &helper.child_pid, cgroup_fd,
-                               &helper.move_into_cgroup, child, [&] { helper.prework_done.wait(); });
+                               &helper.move_into_cgroup, child, [&] { helper.prework_done.wait(); },
+                               /*fork_style=*/in_process_init);
   const int clone_errno = errno;
   if (pid > 0) {
     jail->pid_ = pid;

@@ -110,10 +110,10 @@ struct ChildStack {
 }  // namespace
 
 pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* move_into_cgroup,
-                 const ChildSpec& child, const std::function<void()>& before_copy) {
+                 const ChildSpec& child, const std::function<void()>& before_copy, bool fork_style) {
 #if defined(__x86_64__)
   static thread_local ChildStack stack;
-  char* top = stack.top();
+  char* top = fork_style ? nullptr : stack.top();
   if (top != nullptr) {
     clone_args args = JailCloneArgs(flags | CLONE_VM | CLONE_VFORK, pidfd, tid, cgroup_fd);
     args.stack = reinterpret_cast<uint64_t>(top - kChildStackBytes);

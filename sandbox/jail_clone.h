@@ -18,8 +18,11 @@ namespace sbx::sandbox::internal {
 // `flags` are the namespaces' CLONE_* flags; the pidfd goes to *pidfd and the pid to *tid (see jail_clone.cc
 // for when). `cgroup_fd` >= 0 (v2): the child is born in that cgroup, or, with the clone(2) fallback,
 // *move_into_cgroup is set for the caller to move it.
+// `fork_style`: always the fork-style clone (after `before_copy`), for a child that never execs (the in-process
+// PID 1 of ChildSpec::in_process_init), which would keep a CLONE_VFORK parent asleep for the whole run. Only for
+// a small process such as `sandbox-agent run`: see jail_clone.cc for what a fork-style copy of the daemon costs.
 pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* move_into_cgroup, const ChildSpec& child,
-                 const std::function<void()>& before_copy);
+                 const std::function<void()>& before_copy, bool fork_style = false);
 
 }  // namespace sbx::sandbox::internal
 
