@@ -158,6 +158,10 @@ uint64_t CloneFlagsFor(const PolicySpec& spec) {
   return flags;
 }
 
+// The in-process PID 1 (JailOptions::in_process_init) on every architecture: it needs only the fork-style
+// clone, which every kernel has. Serving jails always exec sandbox-init (the init protocol lives there).
+bool InProcessInit(const JailOptions& options) { return options.in_process_init && !options.serve; }
+
 // The channels between the agent and the jail child (see internal::ChildSpec).
 struct ChildPipes {
   UniqueFd ready_read, ready_write;  // the child says it waits for its id maps
@@ -448,9 +452,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   RETURN_IF_ERROR(PrepareSeccompNotifyFromParent(spec.seccomp, &deny_table, &pipes));
   ASSIGN_OR_RETURN(IdRange ids, IdRange::Acquire());
   ASSIGN_OR_RETURN(MountPlan plan, MountPlan::Build(policy, options.init_path, spec.uid, spec.gid));
-  // The in-process PID 1 (JailOptions::in_process_init) on every architecture: it needs only the fork-style
-  // clone, which every kernel has. Serving jails always exec sandbox-init (the init protocol lives there).
-  const bool in_process_init = options.in_process_init && !options.serve;
+  const bool in_process_init = InProcessInit(options);
   ExecArgs exec;
   FillExecArgs(spec, options, in_process_init, &exec);
   const internal::ChildRlimit rlimits[] = {
@@ -477,8 +479,7 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
                      pipes.ready_read.get(), pipes.clone_done.get(), std::move(pipes.sync_write)};
   std::jthread mapper([&helper] { helper.Run(); });
   const pid_t pid = internal::StartChild(CloneFlagsFor(spec), &helper.pidfd, &helper.child_pid, cgroup_fd,
-                               &helper.move_into_cgroup, child, [&] { helper.prework_done.wait(); },
-                               /*fork_style=*/in_process_init);
+                               &helper.move_into_cgroup, child, [&] { helper.prework_done.wait(); }, in_process_init);
   const int clone_errno = errno;
   if (pid > 0) {
     jail->pid_ = pid;
