@@ -36,9 +36,9 @@ struct OneShotCommand {
   const char* name = "sandbox-init";
 };
 
-// Becomes PID 1 of the command: not dumpable first, then the Landlock ruleset, all signals blocked, the fork
-// (a raw clone(SIGCHLD)), and the forward-and-reap loop. Returns PID 1's exit status: the workload's (128+N
-// for a signal), 125 when PID 1 itself failed, 126/127 when the command could not be executed (then the
+// Becomes PID 1 of the command: not dumpable first, then the Landlock ruleset, all signals blocked, the
+// workload's start (clone(CLONE_VM | CLONE_VFORK), see one_shot_init.cc), and the forward-and-reap loop.
+// Returns PID 1's exit status: the workload's (128+N for a signal), 125 when PID 1 itself failed, 126/127 when the command could not be executed (then the
 // report says kExecFailed with the errno).
 int RunOneShotInit(const OneShotCommand& command);
 
