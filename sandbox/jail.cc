@@ -172,6 +172,7 @@ struct ChildPipes {
   UniqueFd report_read, report_write;
   // With user notification the child sends the filter's listener over this socketpair (SCM_RIGHTS).
   UniqueFd notify_read, notify_write;
+  std::optional<internal::SharedForkHandoff> handoff;  // the in-process PID 1's (a fork-style child)
 };
 
 // With user notification (policy audit_denials): the table the supervisor answers denials from, and the
@@ -195,7 +196,8 @@ absl::Status MakePipeFromParent(UniqueFd* read_end, UniqueFd* write_end) {
   return absl::OkStatus();
 }
 
-absl::Status MakeChildPipesFromParent(bool serve, ChildPipes* p) {
+absl::Status MakeChildPipesFromParent(bool serve, bool in_process_init, ChildPipes* p) {
+  if (in_process_init && p->handoff.emplace().get() == nullptr) return ErrnoToStatus(errno, "mmap (child handoff)");
   RETURN_IF_ERROR(MakePipeFromParent(&p->ready_read, &p->ready_write));
   RETURN_IF_ERROR(MakePipeFromParent(&p->sync_read, &p->sync_write));
   RETURN_IF_ERROR(MakePipeFromParent(&p->err_read, &p->err_write));
@@ -264,6 +266,7 @@ internal::ChildSpec ChildSpecFor(const PolicySpec& spec, const ChildPipes& pipes
   child.init_path = kInitPathInJail;
   child.argv = argv;
   child.envp = envp;
+  if (pipes.handoff) internal::UseForkHandoff(pipes.handoff->get(), &child);
   return child;
 }
 
@@ -284,6 +287,8 @@ struct SetupHelper {
   int ready_read = -1;
   int clone_done = -1;
   UniqueFd sync_write;
+  // Not null: the child is a fork-style copy and reads the helper's work from here (ForkHandoff), not `child`.
+  internal::ForkHandoff* handoff = nullptr;
 
   // Written by the kernel or the clone(2) fallback (see CloneWithPidfd), read here atomically.
   int pidfd = -1;
@@ -296,9 +301,7 @@ struct SetupHelper {
   std::shared_ptr<const SeccompProgram> seccomp{};
   // The helper's failure: the child is not released.
   absl::Status status{};
-  // The cgroup and seccomp work is over: a fork-style clone (the clone(2) fallback, the in-process PID 1)
-  // copies `child` and `prog` as they are, so it waits for this first.
-  std::latch prework_done{1};
+  std::latch prework_done{1};  // the cgroup and seccomp work is over (for the clone(2) fallback)
   Clock::time_point deadline = Clock::now() + std::chrono::milliseconds(kSetupTimeoutMs);
 
   int RemainingMs() const {
@@ -340,8 +343,8 @@ struct SetupHelper {
         cgroup.emplace(*std::move(created));
         tasks_files = cgroup->V1SelfJoinFiles();
         for (const std::string& f : tasks_files) tasks_file_ptrs.push_back(f.c_str());
-        child.cgroup_tasks_files = tasks_file_ptrs.data();
-        child.num_cgroup_tasks_files = tasks_file_ptrs.size();
+        if (handoff == nullptr) child.cgroup_tasks_files = tasks_file_ptrs.data();
+        if (handoff == nullptr) child.num_cgroup_tasks_files = tasks_file_ptrs.size();
       } else {
         status = created.status();
       }
@@ -358,6 +361,10 @@ struct SetupHelper {
       } else {
         status = compiled.status();
       }
+    }
+    if (status.ok() && handoff != nullptr &&
+        !internal::FillForkHandoff(handoff, &seccomp->instructions, v1_cgroup ? &tasks_files : nullptr)) {
+      status = absl::InternalError("jail setup: the seccomp program or cgroup paths do not fit the handoff");
     }
   }
 
@@ -470,13 +477,13 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
     jail->cgroup_.emplace(std::move(cgroup));
   }
   const int cgroup_fd = jail->cgroup_ ? jail->cgroup_->v2_dir_fd() : -1;
-  RETURN_IF_ERROR(MakeChildPipesFromParent(options.serve, &pipes));
+  RETURN_IF_ERROR(MakeChildPipesFromParent(options.serve, in_process_init, &pipes));
   internal::ChildSpec child = ChildSpecFor(spec, pipes, !ids.rootless(), plan, rlimits,
                                            sizeof(rlimits) / sizeof(rlimits[0]), &prog, exec.argv.data(), exec.envp.data());
-  child.in_process_init = in_process_init;
 
   SetupHelper helper{spec, options, cgroup_limits, ids, jail->cgroup_, child, prog, v1_cgroup, deny_table.has_value(),
-                     pipes.ready_read.get(), pipes.clone_done.get(), std::move(pipes.sync_write)};
+                     pipes.ready_read.get(), pipes.clone_done.get(), std::move(pipes.sync_write),
+                     pipes.handoff ? pipes.handoff->get() : nullptr};
   std::jthread mapper([&helper] { helper.Run(); });
   const pid_t pid = internal::StartChild(CloneFlagsFor(spec), &helper.pidfd, &helper.child_pid, cgroup_fd,
                                &helper.move_into_cgroup, child, [&] { helper.prework_done.wait(); }, in_process_init);

@@ -301,7 +301,8 @@ void WaitForIdMapsInChild(const ChildSpec& spec) noexcept {
 // Joins the v1 session cgroups first, by moving ourselves ("0"): that path skips the kernel's global
 // threadgroup lock and its RCU grace period. Still host root here, so the tasks files are writable.
 void JoinCgroupsInChild(const ChildSpec& spec) noexcept {
-  for (size_t i = 0; i < spec.num_cgroup_tasks_files; ++i) {
+  // (A fork-style child's list comes from the helper after the clone: it ends at a nullptr, see ForkHandoff.)
+  for (size_t i = 0; i < spec.num_cgroup_tasks_files && spec.cgroup_tasks_files[i] != nullptr; ++i) {
     int fd = open(spec.cgroup_tasks_files[i], O_WRONLY | O_CLOEXEC);
     if (fd < 0) Fail(ChildStep::kCgroupJoin, errno, static_cast<int>(i));
     if (write(fd, "0", 1) != 1) Fail(ChildStep::kCgroupJoin, errno, static_cast<int>(i));
