@@ -93,4 +93,8 @@ function(sbx_unsanitize_static_programs)
   set_source_files_properties(${PROJECT_SOURCE_DIR}/sandbox/jail_child.cc ${PROJECT_SOURCE_DIR}/sandbox/jail.cc
                               ${PROJECT_SOURCE_DIR}/sandbox/jail_clone.cc
                               DIRECTORY ${PROJECT_SOURCE_DIR}/sandbox PROPERTIES COMPILE_OPTIONS -fno-sanitize=all)
+  # The one-shot PID 1 (wire/one_shot_init.h) runs in that jail child too, when it stays PID 1 instead of
+  # exec'ing sandbox-init, and starts the workload on a stack of its own.
+  set_source_files_properties(${PROJECT_SOURCE_DIR}/wire/one_shot_init.cc ${PROJECT_SOURCE_DIR}/wire/landlock.cc
+                              DIRECTORY ${PROJECT_SOURCE_DIR}/wire PROPERTIES COMPILE_OPTIONS -fno-sanitize=all)
 endfunction()

@@ -158,6 +158,10 @@ uint64_t CloneFlagsFor(const PolicySpec& spec) {
   return flags;
 }
 
+// The in-process PID 1 (JailOptions::in_process_init) on every architecture: it needs only the fork-style
+// clone, which every kernel has. Serving jails always exec sandbox-init (the init protocol lives there).
+bool InProcessInit(const JailOptions& options) { return options.in_process_init && !options.serve; }
+
 // The channels between the agent and the jail child (see internal::ChildSpec).
 struct ChildPipes {
   UniqueFd ready_read, ready_write;  // the child says it waits for its id maps
@@ -168,6 +172,7 @@ struct ChildPipes {
   UniqueFd report_read, report_write;
   // With user notification the child sends the filter's listener over this socketpair (SCM_RIGHTS).
   UniqueFd notify_read, notify_write;
+  std::optional<internal::SharedForkHandoff> handoff;  // the in-process PID 1's (a fork-style child)
 };
 
 // With user notification (policy audit_denials): the table the supervisor answers denials from, and the
@@ -191,7 +196,8 @@ absl::Status MakePipeFromParent(UniqueFd* read_end, UniqueFd* write_end) {
   return absl::OkStatus();
 }
 
-absl::Status MakeChildPipesFromParent(bool serve, ChildPipes* p) {
+absl::Status MakeChildPipesFromParent(bool serve, bool in_process_init, ChildPipes* p) {
+  if (in_process_init && p->handoff.emplace().get() == nullptr) return ErrnoToStatus(errno, "mmap (child handoff)");
   RETURN_IF_ERROR(MakePipeFromParent(&p->ready_read, &p->ready_write));
   RETURN_IF_ERROR(MakePipeFromParent(&p->sync_read, &p->sync_write));
   RETURN_IF_ERROR(MakePipeFromParent(&p->err_read, &p->err_write));
@@ -221,10 +227,11 @@ struct ExecArgs {
   std::vector<char*> envp, argv;
 };
 
-void FillExecArgs(const PolicySpec& spec, const JailOptions& options, ExecArgs* out) {
+// With an in-process PID 1 the child runs the workload's argv itself (it looks argv[0] up on the jail's PATH).
+void FillExecArgs(const PolicySpec& spec, const JailOptions& options, bool in_process_init, ExecArgs* out) {
   out->env = BuildEnv(spec, options.host_environ);
   out->envp = CStrings(out->env);
-  out->init_args = InitArgs(options);
+  out->init_args = in_process_init ? options.argv : InitArgs(options);
   out->argv = CStrings(out->init_args);
 }
 
@@ -259,6 +266,7 @@ internal::ChildSpec ChildSpecFor(const PolicySpec& spec, const ChildPipes& pipes
   child.init_path = kInitPathInJail;
   child.argv = argv;
   child.envp = envp;
+  if (pipes.handoff) internal::UseForkHandoff(pipes.handoff->get(), &child);
   return child;
 }
 
@@ -279,6 +287,8 @@ struct SetupHelper {
   int ready_read = -1;
   int clone_done = -1;
   UniqueFd sync_write;
+  // Not null: the child is a fork-style copy and reads the helper's work from here (ForkHandoff), not `child`.
+  internal::ForkHandoff* handoff = nullptr;
 
   // Written by the kernel or the clone(2) fallback (see CloneWithPidfd), read here atomically.
   int pidfd = -1;
@@ -333,8 +343,8 @@ struct SetupHelper {
         cgroup.emplace(*std::move(created));
         tasks_files = cgroup->V1SelfJoinFiles();
         for (const std::string& f : tasks_files) tasks_file_ptrs.push_back(f.c_str());
-        child.cgroup_tasks_files = tasks_file_ptrs.data();
-        child.num_cgroup_tasks_files = tasks_file_ptrs.size();
+        if (handoff == nullptr) child.cgroup_tasks_files = tasks_file_ptrs.data();
+        if (handoff == nullptr) child.num_cgroup_tasks_files = tasks_file_ptrs.size();
       } else {
         status = created.status();
       }
@@ -351,6 +361,10 @@ struct SetupHelper {
       } else {
         status = compiled.status();
       }
+    }
+    if (status.ok() && handoff != nullptr &&
+        !internal::FillForkHandoff(handoff, &seccomp->instructions, v1_cgroup ? &tasks_files : nullptr)) {
+      status = absl::InternalError("jail setup: the seccomp program or cgroup paths do not fit the handoff");
     }
   }
 
@@ -445,8 +459,9 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
   RETURN_IF_ERROR(PrepareSeccompNotifyFromParent(spec.seccomp, &deny_table, &pipes));
   ASSIGN_OR_RETURN(IdRange ids, IdRange::Acquire());
   ASSIGN_OR_RETURN(MountPlan plan, MountPlan::Build(policy, options.init_path, spec.uid, spec.gid));
+  const bool in_process_init = InProcessInit(options);
   ExecArgs exec;
-  FillExecArgs(spec, options, &exec);
+  FillExecArgs(spec, options, in_process_init, &exec);
   const internal::ChildRlimit rlimits[] = {
       {RLIMIT_NOFILE, {spec.limits.open_files_max, spec.limits.open_files_max}},
       {RLIMIT_FSIZE, {spec.limits.file_size_max_bytes, spec.limits.file_size_max_bytes}},
@@ -462,15 +477,16 @@ absl::StatusOr<std::unique_ptr<Jail>> Jail::Start(const Policy& policy, const Ja
     jail->cgroup_.emplace(std::move(cgroup));
   }
   const int cgroup_fd = jail->cgroup_ ? jail->cgroup_->v2_dir_fd() : -1;
-  RETURN_IF_ERROR(MakeChildPipesFromParent(options.serve, &pipes));
+  RETURN_IF_ERROR(MakeChildPipesFromParent(options.serve, in_process_init, &pipes));
   internal::ChildSpec child = ChildSpecFor(spec, pipes, !ids.rootless(), plan, rlimits,
                                            sizeof(rlimits) / sizeof(rlimits[0]), &prog, exec.argv.data(), exec.envp.data());
 
   SetupHelper helper{spec, options, cgroup_limits, ids, jail->cgroup_, child, prog, v1_cgroup, deny_table.has_value(),
-                     pipes.ready_read.get(), pipes.clone_done.get(), std::move(pipes.sync_write)};
+                     pipes.ready_read.get(), pipes.clone_done.get(), std::move(pipes.sync_write),
+                     pipes.handoff ? pipes.handoff->get() : nullptr};
   std::jthread mapper([&helper] { helper.Run(); });
   const pid_t pid = internal::StartChild(CloneFlagsFor(spec), &helper.pidfd, &helper.child_pid, cgroup_fd,
-                               &helper.move_into_cgroup, child, [&] { helper.prework_done.wait(); });
+                               &helper.move_into_cgroup, child, [&] { helper.prework_done.wait(); }, in_process_init);
   const int clone_errno = errno;
   if (pid > 0) {
     jail->pid_ = pid;

@@ -30,6 +30,12 @@ struct JailOptions {
   // then be empty. The jail lives until the control socket closes or the jail is killed.
   bool serve = false;
   std::string init_path;          // host path of the sandbox-init binary
+  // One-shot jails only (ignored with `serve`): the jail child does not exec sandbox-init but stays PID 1
+  // itself, running the same one-shot code (wire/one_shot_init.h), as bubblewrap does; that saves the exec of
+  // a second binary. It needs a fork-style clone of the calling process (a CLONE_VFORK parent would sleep
+  // until PID 1 exits), cheap for a small process such as `sandbox-agent run` but not for the daemon (see
+  // sandbox/jail_clone.cc), which must leave it false.
+  bool in_process_init = false;
   // Where the session cgroup goes; nullptr runs without one (rootless without delegation), in which case
   // the memory/pids/cpu limits are not enforced and `warnings` must say so.
   const CgroupLayout* cgroups = nullptr;

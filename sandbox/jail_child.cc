@@ -20,6 +20,8 @@
 #include <climits>
 #include <cstring>
 
+#include "wire/one_shot_init.h"
+
 // NOTE: everything in this file runs between clone and execve. Raw syscalls and async-signal-safe libc
 // wrappers only: no allocation, no locks, no logging, no C++ exceptions. On x86-64 the child shares the
 // agent's memory (CLONE_VM|CLONE_VFORK, see jail.cc) and runs on the suspended launching thread's TLS, so
@@ -299,7 +301,8 @@ void WaitForIdMapsInChild(const ChildSpec& spec) noexcept {
 // Joins the v1 session cgroups first, by moving ourselves ("0"): that path skips the kernel's global
 // threadgroup lock and its RCU grace period. Still host root here, so the tasks files are writable.
 void JoinCgroupsInChild(const ChildSpec& spec) noexcept {
-  for (size_t i = 0; i < spec.num_cgroup_tasks_files; ++i) {
+  // (A fork-style child's list comes from the helper after the clone: it ends at a nullptr, see ForkHandoff.)
+  for (size_t i = 0; i < spec.num_cgroup_tasks_files && spec.cgroup_tasks_files[i] != nullptr; ++i) {
     int fd = open(spec.cgroup_tasks_files[i], O_WRONLY | O_CLOEXEC);
     if (fd < 0) Fail(ChildStep::kCgroupJoin, errno, static_cast<int>(i));
     if (write(fd, "0", 1) != 1) Fail(ChildStep::kCgroupJoin, errno, static_cast<int>(i));
@@ -392,6 +395,25 @@ void PrepareExecFdsInChild(int report_fd, int notify_fd) noexcept {
   if (report_fd >= 0 && dup2(report_fd, 3) < 0) Fail(ChildStep::kFds, errno);
 }
 
+// In-process PID 1 (no exec closes anything): of the agent's fds only stdio stays, the report channel as fd 3
+// (where sandbox-init has it, close-on-exec for the workload), and until the seccomp step the error pipe (4)
+// and the listener's socket (5). A fork-style copy of the agent holds every fd the agent had: none of them
+// may outlive this step.
+void PrepareInProcessFdsInChild(int report_fd, int* notify_fd) noexcept {
+  if (report_fd < 0 || dup3(report_fd, 3, O_CLOEXEC) < 0) Fail(ChildStep::kFds, report_fd < 0 ? EBADF : errno);
+  if (dup3(g_err_fd, 4, O_CLOEXEC) < 0) Fail(ChildStep::kFds, errno);
+  g_err_fd = 4;
+  int first_closed = 5;
+  if (*notify_fd >= 0) {
+    if (dup3(*notify_fd, 5, O_CLOEXEC) < 0) Fail(ChildStep::kFds, errno);
+    *notify_fd = 5;
+    first_closed = 6;
+  }
+  if (syscall(SYS_close_range, static_cast<unsigned>(first_closed), ~0u, 0u) < 0) {
+    for (int fd = first_closed; fd < 65536; ++fd) close(fd);
+  }
+}
+
 // The parent may have blocked some signals for a signalfd, and set handlers: the jail starts clean.
 void ResetSignalsInChild() noexcept {
   sigset_t none;
@@ -436,6 +458,23 @@ void RunJailChild(const ChildSpec& spec) {
   PrepareRootInChild(spec);
   SetRlimitsInChild(spec);
   DropPrivilegesInChild(spec);
+  if (spec.in_process_init) {
+    PrepareInProcessFdsInChild(report_fd, &notify_fd);
+    ResetSignalsInChild();
+    LoadSeccompInChild(spec, notify_fd);
+    // EOF on the error pipe tells the agent the jail is up, as the exec of sandbox-init would: it then starts
+    // the seccomp supervisor, so a denial PID 1 or the workload meets from here on is answered. (Between the
+    // filter and this close only IsJailChildSyscall's calls run.) The workload's own exec failure goes into
+    // the InitReport, as with sandbox-init.
+    close(g_err_fd);
+    g_err_fd = -1;
+    sbx::init::OneShotCommand command;
+    command.argv = spec.argv;
+    command.envp = spec.envp;
+    command.report_fd = 3;
+    command.name = "sandbox-agent";
+    _exit(sbx::init::RunOneShotInit(command));
+  }
   PrepareExecFdsInChild(report_fd, notify_fd);
   ResetSignalsInChild();
   LoadSeccompInChild(spec, notify_fd);

@@ -117,8 +117,13 @@ struct ChildSpec {
   // workload never hold it. -1: no user notification (prctl).
   int notify_fd = -1;
   const char* init_path = nullptr;  // inside the jail
+  // sandbox-init's argv, or with in_process_init the workload's.
   char* const* argv = nullptr;
   char* const* envp = nullptr;
+  // The child does not exec sandbox-init: after the seccomp filter it closes its error pipe (success, as the
+  // exec would have) and stays PID 1 of a one-shot jail itself (wire/one_shot_init.h), reporting on fd 3.
+  // Only for a fork-style clone (see jail_clone.h): a CLONE_VFORK parent would sleep until the child exits.
+  bool in_process_init = false;
 };
 
 // A one-byte message with room for one fd (SCM_RIGHTS): the child's SendFd and the parent's ReceiveFd.
@@ -141,7 +146,8 @@ struct FdMessage {
   FdMessage& operator=(const FdMessage&) = delete;
 };
 
-// Never returns: execs sandbox-init or _exits(125) after writing a ChildError.
+// Never returns: execs sandbox-init (or with in_process_init runs PID 1 and _exits with its status), or
+// _exits(125) after writing a ChildError.
 [[noreturn]] void RunJailChild(const ChildSpec& spec);
 
 // A human name for a step ("pivot_root", "mount", ...).

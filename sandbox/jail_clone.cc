@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 
 namespace sbx::sandbox::internal {
 namespace {
@@ -109,11 +110,47 @@ struct ChildStack {
 
 }  // namespace
 
+SharedForkHandoff::SharedForkHandoff() {
+  void* p = mmap(nullptr, sizeof(ForkHandoff), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p != MAP_FAILED) handoff_ = static_cast<ForkHandoff*>(p);
+}
+
+SharedForkHandoff::~SharedForkHandoff() {
+  if (handoff_ != nullptr) munmap(handoff_, sizeof(ForkHandoff));
+}
+
+bool FillForkHandoff(ForkHandoff* h, const std::vector<sock_filter>* instructions,
+                     const std::vector<std::string>* tasks_files) {
+  if (instructions != nullptr) {
+    if (instructions->size() > BPF_MAXINSNS) return false;
+    memcpy(h->filter, instructions->data(), instructions->size() * sizeof(sock_filter));
+    h->prog.len = static_cast<unsigned short>(instructions->size());
+    h->prog.filter = h->filter;
+  }
+  if (tasks_files != nullptr) {
+    if (tasks_files->size() > ForkHandoff::kMaxTasksFiles) return false;
+    for (size_t i = 0; i < tasks_files->size(); ++i) {
+      const std::string& path = (*tasks_files)[i];
+      if (path.size() >= PATH_MAX) return false;
+      memcpy(h->tasks_paths[i], path.c_str(), path.size() + 1);
+      h->tasks_files[i] = h->tasks_paths[i];
+    }
+  }
+  return true;
+}
+
+void UseForkHandoff(ForkHandoff* h, ChildSpec* child) {
+  child->seccomp = &h->prog;
+  child->cgroup_tasks_files = h->tasks_files;
+  child->num_cgroup_tasks_files = ForkHandoff::kMaxTasksFiles;
+  child->in_process_init = true;
+}
+
 pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* move_into_cgroup,
-                 const ChildSpec& child, const std::function<void()>& before_copy) {
+                 const ChildSpec& child, const std::function<void()>& before_copy, bool fork_style) {
 #if defined(__x86_64__)
   static thread_local ChildStack stack;
-  char* top = stack.top();
+  char* top = fork_style ? nullptr : stack.top();
   if (top != nullptr) {
     clone_args args = JailCloneArgs(flags | CLONE_VM | CLONE_VFORK, pidfd, tid, cgroup_fd);
     args.stack = reinterpret_cast<uint64_t>(top - kChildStackBytes);
@@ -129,7 +166,7 @@ pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* mov
     if (pid >= 0 || errno != ENOSYS) return static_cast<pid_t>(pid);
   }
 #endif
-  before_copy();
+  if (!fork_style) before_copy();  // a fork_style child reads the helper's late work from its ForkHandoff
   const pid_t pid = CloneWithPidfd(flags, pidfd, tid, cgroup_fd, move_into_cgroup);
   if (pid == 0) RunJailChild(child);  // never returns
   return pid;

@@ -132,6 +132,9 @@ bool IsDenial(SeccompAction action) { return action == SeccompAction::kErrno || 
 
 }  // namespace
 
+// The in-process PID 1 of a one-shot jail (ChildSpec::in_process_init) makes the same calls after the filter
+// (sendmsg, close) and then closes its error pipe, after which the agent starts the supervisor: PID 1's later
+// calls (fork, wait, signals) and the workload's are answered like sandbox-init's, so they need no entry here.
 bool IsJailChildSyscall(int nr) {
   return nr == __NR_sendmsg || nr == __NR_close || nr == __NR_execve || nr == __NR_write ||
          nr == __NR_exit_group;

@@ -237,6 +237,9 @@ int RunCommand(const RunFlags& flags) {
   sandbox::JailOptions options;
   options.argv = flags.command;
   options.init_path = *init;
+  // The jail child stays PID 1 instead of exec'ing sandbox-init (~2 ms less per run): `run` is a small
+  // process, so the fork-style clone this needs is cheap (sandbox/jail.h).
+  options.in_process_init = true;
   options.host_environ = environ;
   options.name = absl::StrCat("run-", getpid());
   options.warnings = std::move(warnings);

@@ -1,7 +1,11 @@
 // Start latency of a sandboxed /bin/true: `sandbox-agent run` against bubblewrap, side by side in one run.
 // Prints both medians and their ratio, and runs per second sequentially and with 2 in parallel.
 //
-//   start_latency_bench [--runs N] [--agent PATH] [--bwrap PATH] [--nsjail PATH]
+//   start_latency_bench [--runs N] [--agent PATH] [--agent-b PATH] [--bwrap PATH] [--nsjail PATH]
+//
+// --agent-b: a second sandbox-agent (e.g. a copy of another build's bin/, with its sandbox-init beside it)
+// timed in the same interleaved loop, so that two builds are compared on one machine state; its median and
+// both ratios are printed after ours. The machine is often shared: compare builds this way, not across runs.
 //
 // The anchor is `bwrap --unshare-all --die-with-parent` with equivalent read-only binds, /proc, /dev and
 // /tmp. Ours additionally creates a session cgroup (memory, pids, cpu), loads a seccomp filter and maps a
@@ -86,9 +90,11 @@ int main(int argc, char** argv) {
   std::string agent = SBX_AGENT_BIN;
   std::string bwrap = "/usr/bin/bwrap";
   std::string nsjail_path;
+  std::string agent_b;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--runs")) runs = atoi(argv[i + 1]);
     if (!strcmp(argv[i], "--agent")) agent = argv[i + 1];
+    if (!strcmp(argv[i], "--agent-b")) agent_b = argv[i + 1];
     if (!strcmp(argv[i], "--bwrap")) bwrap = argv[i + 1];
     if (!strcmp(argv[i], "--nsjail")) nsjail_path = argv[i + 1];
   }
@@ -104,17 +110,19 @@ int main(int argc, char** argv) {
       "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/workspace", "--chdir", "/workspace",
       "--hostname", "sandbox", "--", "/bin/true"};
   const std::vector<std::string> nsjail = NsjailArgv(nsjail_path);
+  std::vector<std::string> ours_b;
+  if (!agent_b.empty()) ours_b = {agent_b, "run", "--", "/bin/true"};
 
   // Warm up both (page cache, dynamic loader).
   for (int i = 0; i < 10; ++i) {
     if (sbx::bench::RunQuiet(ours) != 0 || sbx::bench::RunQuiet(anchor) != 0 ||
-        (!nsjail.empty() && sbx::bench::RunQuiet(nsjail) != 0)) {
+        (!nsjail.empty() && sbx::bench::RunQuiet(nsjail) != 0) || (!ours_b.empty() && sbx::bench::RunQuiet(ours_b) != 0)) {
       fprintf(stderr, "warm-up run failed (are we root, is sandbox-agent built?)\n");
       return 1;
     }
   }
   // Interleave so both see the same machine state.
-  std::vector<double> ours_ms, anchor_ms, nsjail_ms;
+  std::vector<double> ours_ms, anchor_ms, nsjail_ms, ours_b_ms;
   for (int i = 0; i < runs; ++i) {
     auto t0 = Clock::now();
     sbx::bench::RunQuiet(ours);
@@ -127,6 +135,11 @@ int main(int argc, char** argv) {
       sbx::bench::RunQuiet(nsjail);
       nsjail_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t2).count());
     }
+    if (!ours_b.empty()) {
+      const auto t3 = Clock::now();
+      sbx::bench::RunQuiet(ours_b);
+      ours_b_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t3).count());
+    }
   }
   const double m_ours = sbx::bench::Median(ours_ms), m_anchor = sbx::bench::Median(anchor_ms);
   printf("machine: %u cores\n", std::thread::hardware_concurrency());
@@ -134,6 +147,11 @@ int main(int argc, char** argv) {
   printf("  sandbox-agent run   median %.2f ms  p90 %.2f ms\n", m_ours, sbx::bench::Percentile(ours_ms, 0.9));
   printf("  bwrap --unshare-all median %.2f ms  p90 %.2f ms\n", m_anchor, sbx::bench::Percentile(anchor_ms, 0.9));
   printf("  ratio (ours / bwrap) %.2f\n", m_ours / m_anchor);
+  if (!ours_b.empty()) {
+    const double m_b = sbx::bench::Median(ours_b_ms);
+    printf("  agent B (%s) median %.2f ms  p90 %.2f ms\n", agent_b.c_str(), m_b, sbx::bench::Percentile(ours_b_ms, 0.9));
+    printf("  ratio (B / bwrap) %.2f  ratio (ours / B) %.2f\n", m_b / m_anchor, m_ours / m_b);
+  }
   if (nsjail.empty()) {
     printf("  nsjail: not on this machine (not a Debian package: build github.com/google/nsjail and pass\n"
            "  --nsjail PATH), column skipped\n");

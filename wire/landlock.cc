@@ -1,4 +1,4 @@
-#include "sandbox/init/landlock.h"
+#include "wire/landlock.h"
 
 #include <linux/landlock.h>
 #include <sys/prctl.h>
