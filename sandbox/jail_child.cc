@@ -468,6 +468,9 @@ void RunJailChild(const ChildSpec& spec) {
     // the InitReport, as with sandbox-init.
     close(g_err_fd);
     g_err_fd = -1;
+    for (const ChildSpec::Region& r : spec.scrub) {
+      if (r.start != nullptr) memset(r.start, 0, r.len);
+    }
     sbx::init::OneShotCommand command;
     command.argv = spec.argv;
     command.envp = spec.envp;

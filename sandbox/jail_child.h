@@ -124,6 +124,15 @@ struct ChildSpec {
   // exec would have) and stays PID 1 of a one-shot jail itself (wire/one_shot_init.h), reporting on fd 3.
   // Only for a fork-style clone (see jail_clone.h): a CLONE_VFORK parent would sleep until the child exits.
   bool in_process_init = false;
+  // With in_process_init: the agent's command line and environment blocks (the kernel's arg_start..arg_end
+  // and env_start..env_end), which PID 1 zeroes in its copy before it starts the workload. /proc/1/cmdline is
+  // readable by any process of the pid namespace, with no ptrace check; it would show the agent's command
+  // line (host paths of binds, the policy file), and the environment block the operator's environment.
+  struct Region {
+    char* start = nullptr;
+    size_t len = 0;
+  };
+  Region scrub[2];
 };
 
 // A one-byte message with room for one fd (SCM_RIGHTS): the child's SendFd and the parent's ReceiveFd.

@@ -2,6 +2,7 @@
 // exec (CLONE_VM | CLONE_VFORK on a stack of its own), with a clone(2) fallback.
 #include "sandbox/jail_clone.h"
 
+#include <fcntl.h>
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 namespace sbx::sandbox::internal {
@@ -139,11 +141,47 @@ bool FillForkHandoff(ForkHandoff* h, const std::vector<sock_filter>* instruction
   return true;
 }
 
+namespace {
+
+// This process's command line and environment blocks from /proc/self/stat (fields 48 to 51: arg_start,
+// arg_end, env_start, env_end; Linux >= 3.5). Both empty when it cannot be read.
+void ArgsAndEnvRegions(ChildSpec::Region* args, ChildSpec::Region* env) {
+  char buf[4096];
+  const int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  const ssize_t n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0) return;
+  buf[n] = '\0';
+  // Field 2 (comm) may hold spaces and parentheses: count fields from the last ')', which ends it.
+  const char* p = strrchr(buf, ')');
+  if (p == nullptr) return;
+  unsigned long long fields[51] = {};
+  int field = 2;
+  for (++p; *p != '\0' && field < 51;) {
+    while (*p == ' ') ++p;
+    char* end = nullptr;
+    const unsigned long long v = strtoull(p, &end, 10);
+    if (end == p) {  // field 3, the state letter
+      while (*p != ' ' && *p != '\0') ++p;
+    } else {
+      p = end;
+    }
+    fields[++field - 1] = v;
+  }
+  if (field < 51 || fields[47] == 0 || fields[48] < fields[47] || fields[50] < fields[49]) return;
+  *args = {reinterpret_cast<char*>(fields[47]), static_cast<size_t>(fields[48] - fields[47])};
+  *env = {reinterpret_cast<char*>(fields[49]), static_cast<size_t>(fields[50] - fields[49])};
+}
+
+}  // namespace
+
 void UseForkHandoff(ForkHandoff* h, ChildSpec* child) {
   child->seccomp = &h->prog;
   child->cgroup_tasks_files = h->tasks_files;
   child->num_cgroup_tasks_files = ForkHandoff::kMaxTasksFiles;
   child->in_process_init = true;
+  ArgsAndEnvRegions(&child->scrub[0], &child->scrub[1]);
 }
 
 pid_t StartChild(uint64_t flags, int* pidfd, pid_t* tid, int cgroup_fd, int* move_into_cgroup,

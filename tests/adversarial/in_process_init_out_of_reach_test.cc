@@ -74,5 +74,21 @@ TEST_F(InProcessInitOutOfReachTest, TheWorkloadHoldsNoFdOfPidOne) {
   EXPECT_EQ(Field(run.out, "own_fds"), "0") << run.out;
 }
 
+// /proc/PID/cmdline is readable by every process of the pid namespace, with no ptrace check and whatever
+// the dumpable flag says: PID 1's would be the agent's own command line (host paths of binds, the policy
+// file, every flag). PID 1 zeroes its copy of it, and of the environment block, before the workload starts.
+TEST_F(InProcessInitOutOfReachTest, TheAgentsCommandLineIsNotReadableFromPidOne) {
+  AgentInvocation inv;
+  inv.bind_probe = false;
+  inv.flags = {"--env", "SBX_CMDLINE_MARKER=marker-in-the-agents-argv", "--cwd", "/tmp"};
+  inv.command = {"/bin/sh", "-c", "tr '\\0' '\\n' < /proc/1/cmdline; echo end-of-cmdline"};
+  AgentRun run = RunAgent(inv);
+  ASSERT_EQ(run.outcome["status"], "completed") << run.outcome.dump() << run.err;
+  ASSERT_THAT(run.out, ::testing::HasSubstr("end-of-cmdline")) << run.err;
+  EXPECT_THAT(run.out, ::testing::Not(::testing::HasSubstr("marker-in-the-agents-argv"))) << run.out;
+  EXPECT_THAT(run.out, ::testing::Not(::testing::HasSubstr("sandbox-agent"))) << run.out;
+  EXPECT_THAT(run.out, ::testing::Not(::testing::HasSubstr("--cwd"))) << run.out;
+}
+
 }  // namespace
 }  // namespace sbx::testing
