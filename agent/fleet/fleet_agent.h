@@ -112,7 +112,7 @@ class FleetAgent {
   std::shared_ptr<Lease> ValidateGrant(const duvo::sandbox::v1::LeaseGrant& grant, bool over_capacity);
   void RunLease(Lease* lease);  // the pump
   absl::StatusOr<std::shared_ptr<Session>> CreateSession(Lease* lease);
-  // A browser from the warm pool: its own session id is journaled and held for the lease.
+  // A session from a warm pool: its own session id is journaled and held for the lease.
   void AdoptPooledSession(Lease* lease, const std::string& session_id);
   void JournalApprovals(Lease* lease);
   void AwaitSessionEnd(Lease* lease);

@@ -90,7 +90,7 @@ void FleetAgent::LeaseLoop(std::stop_token stop) {
       pb::KindCapacity* c = request.add_capacity();
       c->set_kind(kind);
       c->set_free(free);
-      if (kind == pb::BROWSER) c->set_warm(std::min(free, options_.sessions->warm_count()));
+      c->set_warm(std::min(free, options_.sessions->warm_count(kind)));
     }
     request.set_max_sessions(options_.sessions->capacity());
     request.set_wait_ms(fleet.lease_wait.count());
@@ -326,7 +326,7 @@ void FleetAgent::Accept(const pb::LeaseGrant& grant, bool over_capacity) {
 // ---------------------------------------------------------------------------------------------------------
 // One lease: the session, its stream, its outcome.
 
-// Creates the lease's session (CreateWithId; a browser may come from the warm pool, with an id of its own).
+// Creates the lease's session (CreateWithId; it may come from a warm pool, with an id of its own).
 absl::StatusOr<std::shared_ptr<Session>> FleetAgent::CreateSession(Lease* lease) {
   const pb::SandboxRequest& req = lease->request;
   pb::CreateRequest create;
@@ -348,7 +348,7 @@ absl::StatusOr<std::shared_ptr<Session>> FleetAgent::CreateSession(Lease* lease)
 }
 
 void FleetAgent::AdoptPooledSession(Lease* lease, const std::string& session_id) {
-  // Served from the warm pool: the session is the pooled browser, with its own id. Journal that id before
+  // Served from a warm pool: the session is the pooled one, with its own id. Journal that id before
   // anything else, so that after a crash the right cgroup is removed (recovery reports a lease once,
   // whichever of its records it finds).
   pb::LeaseRecord record = lease->record;
