@@ -241,37 +241,71 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   return session;
 }
 
-std::optional<pb::Session> SessionManager::TakeWarmLocked(const pb::CreateRequest& request,
-                                                          const std::string& request_bytes, bool from_reservation) {
+int SessionManager::FindWarmLocked(const pb::CreateRequest& request) const {
   const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
   // A pooled session of the request's kind, for a request that keeps the host's policy and the defaults (a
   // pooled desktop has the default display, a pooled browser no storage state).
-  if (request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 && request.idle_timeout_ms() == 0 &&
-      !request.has_desktop() && !request.has_egress() && !request.has_approvals() && !request.has_browser()) {
-    for (auto it = warm_.begin(); it != warm_.end();) {
-      // One that died in the pool (Chromium, the display) stays for the warmer to replace (and to end
-      // outside the lock).
-      if (it->session->kind() != kind || it->session->ended()) {
-        ++it;
-        continue;
-      }
-      std::shared_ptr<Session> pooled = std::move(it->session);
-      warm_.erase(it);
-      pool_changed_ = true;  // the warmer starts its replacement now
-      pooled->TakeFromPool({request.labels().begin(), request.labels().end()});
-      sessions_[pooled->id()] = pooled;
-      if (from_reservation) {
-        // The reservation's slot is now this session's, held until Delete like any reserved one.
-        if (reserved_ > 0) --reserved_;
-        held_ids_.insert(pooled->id());
-      }
-      if (!request.idempotency_key().empty()) {
-        idempotency_[request.idempotency_key()] = Idempotent{request_bytes, pooled->id()};
-      }
-      return pooled->Describe();
-    }
+  if (request.policy().ByteSizeLong() != 0 || request.ttl_ms() != 0 || request.idle_timeout_ms() != 0 ||
+      request.has_desktop() || request.has_egress() || request.has_approvals() || request.has_browser()) {
+    return -1;
   }
-  return std::nullopt;
+  for (size_t i = 0; i < warm_.size(); ++i) {
+    // One that died in the pool (Chromium, the display) stays for the warmer to replace (and to end outside
+    // the lock).
+    if (warm_[i].session->kind() == kind && !warm_[i].session->ended()) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+pb::Session SessionManager::AdoptPooledLocked(std::shared_ptr<Session> pooled, const pb::CreateRequest& request,
+                                              const std::string& request_bytes, bool from_reservation) {
+  pooled->TakeFromPool({request.labels().begin(), request.labels().end()});
+  sessions_[pooled->id()] = pooled;
+  if (from_reservation) {
+    // The reservation's slot is now this session's, held until Delete like any reserved one.
+    if (reserved_ > 0) --reserved_;
+    held_ids_.insert(pooled->id());
+  }
+  if (!request.idempotency_key().empty()) {
+    idempotency_[request.idempotency_key()] = Idempotent{request_bytes, pooled->id()};
+  }
+  return pooled->Describe();
+}
+
+std::optional<pb::Session> SessionManager::TakeWarmLocked(const pb::CreateRequest& request,
+                                                          const std::string& request_bytes, bool from_reservation) {
+  const int i = FindWarmLocked(request);
+  if (i < 0) return std::nullopt;
+  std::shared_ptr<Session> pooled = std::move(warm_[i].session);
+  warm_.erase(warm_.begin() + i);
+  pool_changed_ = true;  // the warmer starts its replacement
+  refill_after_ = Clock::now() + kRefillDelay;
+  return AdoptPooledLocked(std::move(pooled), request, request_bytes, from_reservation);
+}
+
+std::optional<std::string> SessionManager::ClaimWarm(const pb::CreateRequest& request) {
+  absl::MutexLock lock(&mu_);
+  const int i = FindWarmLocked(request);
+  if (i < 0) return std::nullopt;
+  std::shared_ptr<Session> pooled = std::move(warm_[i].session);
+  warm_.erase(warm_.begin() + i);
+  pool_changed_ = true;
+  refill_after_ = Clock::now() + kRefillDelay;
+  std::string id = pooled->id();
+  claimed_[id] = std::move(pooled);
+  return id;
+}
+
+void SessionManager::Unclaim(const std::string& id) {
+  std::shared_ptr<Session> unused;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = claimed_.find(id);
+    if (it == claimed_.end()) return;
+    unused = std::move(it->second);
+    claimed_.erase(it);
+  }
+  unused.reset();  // ends it (outside the lock)
 }
 
 absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest& request,
@@ -280,6 +314,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
   std::string request_bytes;
   request.SerializeToString(&request_bytes);
   std::shared_ptr<Session> evicted;  // a pooled session that gave its slot to this session
+  std::shared_ptr<Session> dead;     // a claimed session that died before it was taken
   {
     absl::MutexLock lock(&mu_);
     if (policies_.count(kind) == 0) {
@@ -300,7 +335,13 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
                                                 request.idempotency_key(), "' was deleted"));
       }
     }
-    if (std::optional<pb::Session> pooled = TakeWarmLocked(request, request_bytes, from_reservation)) {
+    if (auto claimed = claimed_.find(session_id); claimed != claimed_.end()) {
+      std::shared_ptr<Session> pooled = std::move(claimed->second);
+      claimed_.erase(claimed);
+      // One that died meanwhile ends before a cold session starts under its id (its cgroup has that name).
+      if (!pooled->ended()) return AdoptPooledLocked(std::move(pooled), request, request_bytes, from_reservation);
+      dead = std::move(pooled);
+    } else if (std::optional<pb::Session> pooled = TakeWarmLocked(request, request_bytes, from_reservation)) {
       return *std::move(pooled);
     }
     // Pooled sessions hold slots nobody asked for yet: one gives its slot up for a session that needs it.
@@ -317,6 +358,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
     ++starting_;
   }
   evicted.reset();  // ends it (outside the lock)
+  dead.reset();
   struct Unstart {
     SessionManager* self;
     bool reserved;
@@ -397,6 +439,8 @@ void SessionManager::CancelAll(const std::string& reason) {
     held_ids_.clear();
     for (Pooled& p : warm_) all[p.session->id()] = std::move(p.session);
     warm_.clear();
+    for (auto& [id, session] : claimed_) all[id] = std::move(session);
+    claimed_.clear();
     warm_sizes_ = WarmPools{};  // shutting down: the pools do not refill
   }
   for (auto& [id, s] : all) s->End(pb::Outcome::CANCELED, "canceled", reason);
@@ -513,6 +557,12 @@ void SessionManager::KeepWarm() {
       absl::MutexLock lock(&mu_);
       pool_changed_ = false;
       start = PrunePoolLocked(&retired);
+      if (start.has_value() && Clock::now() < refill_after_) {
+        // Just after a take: the refill waits (kRefillDelay) unless the agent stops.
+        const absl::Duration wait = absl::FromChrono(refill_after_ - Clock::now());
+        (void)mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait);
+        continue;  // `retired` ends after the lock is released, as below
+      }
       if (start.has_value()) {
         ++warming_;
         generation = pool_generation_;

@@ -74,6 +74,13 @@ class SessionManager {
   absl::StatusOr<duvo::sandbox::v1::Session> CreateWithId(const duvo::sandbox::v1::CreateRequest& request,
                                                          const std::string& session_id,
                                                          bool from_reservation = false);
+  // Fleet mode: sets aside the pooled session CreateWithId would take for `request`, before the lease's record
+  // is journaled, so that the record names the session the lease runs in (no second journal write on the
+  // lease path). Call it holding a reservation (Reserve, TryReserve): the session's slot becomes the
+  // reservation's. Then CreateWithId(request, <the id>, true) takes it, or Unclaim ends it. Its id, or
+  // nullopt when the request does not qualify or the pool is empty.
+  std::optional<std::string> ClaimWarm(const duvo::sandbox::v1::CreateRequest& request);
+  void Unclaim(const std::string& id);
   // Holds one slot of capacity (fleet mode: from a lease's acceptance until its outcome is acknowledged).
   void Reserve();
   // Reserve, if a slot is free now (a pooled session's slot counts as free); false when none is.
@@ -116,6 +123,14 @@ class SessionManager {
   std::optional<duvo::sandbox::v1::Session> TakeWarmLocked(const duvo::sandbox::v1::CreateRequest& request,
                                                            const std::string& request_bytes, bool from_reservation)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The pooled session `pooled` made the session of `request`: labels, CPU, idempotency, reservation.
+  duvo::sandbox::v1::Session AdoptPooledLocked(std::shared_ptr<Session> pooled,
+                                               const duvo::sandbox::v1::CreateRequest& request,
+                                               const std::string& request_bytes, bool from_reservation)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The index in warm_ of a live pooled session for `request`, or -1 (a request that does not keep the
+  // host's policy and the defaults never takes one).
+  int FindWarmLocked(const duvo::sandbox::v1::CreateRequest& request) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Starts a session (no idempotency, no capacity check): the common part of Create and the warm pool.
   // `pooled`: for the warm pool (Session::Options::pooled).
   absl::StatusOr<std::shared_ptr<Session>> StartSession(const duvo::sandbox::v1::CreateRequest& request,
@@ -147,9 +162,15 @@ class SessionManager {
   };
   std::deque<Pooled> warm_ ABSL_GUARDED_BY(mu_);  // every kind's, oldest first
   uint32_t warming_ ABSL_GUARDED_BY(mu_) = 0;     // pool sessions being started
+  // ClaimWarm's sessions by id, until CreateWithId takes them (their slots are reservations meanwhile).
+  std::map<std::string, std::shared_ptr<Session>> claimed_ ABSL_GUARDED_BY(mu_);
   // Set when a pooled session is taken or the pools change: the warmer refills at once, not at its next
   // round.
   bool pool_changed_ ABSL_GUARDED_BY(mu_) = false;
+  // A take defers the refill this long: the start of its replacement (clone, mounts, cgroup writes) would
+  // compete with the taken session's first call for the CPU and the kernel's cgroup and mount locks.
+  static constexpr std::chrono::milliseconds kRefillDelay{50};
+  std::chrono::steady_clock::time_point refill_after_ ABSL_GUARDED_BY(mu_);
   uint64_t pool_generation_ ABSL_GUARDED_BY(mu_) = 0;  // bumped by Reload
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;         // the destructor stops the reaper and the warmer
   size_t UsedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
