@@ -15,6 +15,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "agent/fleet/agent_config.h"
 #include "agent/session/cgroup_ledger.h"
@@ -34,6 +35,17 @@
 
 namespace sbx::agent {
 namespace {
+
+namespace pb = ::duvo::sandbox::v1;
+
+// The config's warm_files, warm_desktops and warm_browsers.
+WarmPools WarmPoolsOf(const AgentConfig& config) {
+  WarmPools warm;
+  warm.files = config.warm_files;
+  warm.desktops = config.warm_desktops;
+  warm.browsers = config.warm_browsers;
+  return warm;
+}
 
 absl::Status MkdirAll(const std::string& dir, mode_t mode) {
   std::string partial;
@@ -108,7 +120,7 @@ void ReloadConfig(const ServeFlags& flags, const AgentConfig& running, SessionMa
     return;
   }
   sessions->Reload(config->max_sessions, config->default_ttl, config->default_idle_timeout, std::move(*policies),
-                   config->warm_browsers);
+                   WarmPoolsOf(*config));
   if (fleet != nullptr) fleet->Reload(config->fleet);
   if (config->unix_socket != running.unix_socket || config->tcp_address != running.tcp_address ||
       config->state_dir != running.state_dir || config->metrics_address != running.metrics_address ||
@@ -213,7 +225,7 @@ absl::Status Daemon::StartSessions() {
   SessionManager::Options mo;
   mo.ledger = ledger_.get();
   mo.max_sessions = config_.max_sessions;
-  mo.warm_browsers = config_.warm_browsers;
+  mo.warm = WarmPoolsOf(config_);
   mo.egress_deny = config_.egress_deny;
   mo.default_ttl = config_.default_ttl;
   mo.default_idle_timeout = config_.default_idle_timeout;
@@ -224,7 +236,10 @@ absl::Status Daemon::StartSessions() {
   mo.metrics = &metrics_;
   sessions_ = std::make_unique<SessionManager>(std::move(mo));
   metrics_.SetActiveSessions([raw = sessions_.get()] { return raw->active(); });
-  metrics_.SetWarmBrowsers([raw = sessions_.get()] { return raw->warm_count(); });
+  metrics_.SetWarmSessions([raw = sessions_.get()](std::string_view kind) -> size_t {
+    pb::SessionKind k = pb::SESSION_KIND_UNSPECIFIED;
+    return pb::SessionKind_Parse(absl::AsciiStrToUpper(std::string(kind)), &k) ? raw->warm_count(k) : 0;
+  });
 
   SandboxesService::Options so;
   so.sessions = sessions_.get();
@@ -343,7 +358,7 @@ void Daemon::Shutdown() {
   if (health_server_) health_server_->Shutdown(std::chrono::system_clock::now());
   // The gauges must not call into the session manager once it is gone.
   metrics_.SetActiveSessions(nullptr);
-  metrics_.SetWarmBrowsers(nullptr);
+  metrics_.SetWarmSessions(nullptr);
   sessions_.reset();
   unlink(config_.unix_socket.c_str());
   Log(LogLevel::kInfo, "stopped");

@@ -89,6 +89,38 @@ absl::Status LoadFleet(const duvo::sandbox::v1::FleetConfig& f, const std::strin
   return absl::OkStatus();
 }
 
+// warm_files, warm_desktops, warm_browsers: each, and the three together, at most max_sessions.
+absl::Status LoadWarmPools(const duvo::sandbox::v1::AgentConfig& proto, const std::string& file, AgentConfig* c) {
+  struct Pool {
+    const char* name;
+    bool has;
+    uint32_t value;
+    uint32_t* field;
+  };
+  const Pool pools[] = {
+      {"warm_files", proto.has_warm_files(), proto.warm_files(), &c->warm_files},
+      {"warm_desktops", proto.has_warm_desktops(), proto.warm_desktops(), &c->warm_desktops},
+      {"warm_browsers", proto.has_warm_browsers(), proto.warm_browsers(), &c->warm_browsers},
+  };
+  uint64_t total = 0;
+  for (const Pool& p : pools) {
+    if (!p.has) continue;
+    if (p.value > c->max_sessions) {
+      return absl::InvalidArgumentError(absl::StrCat(file, ": ", p.name, ": ", p.value,
+                                                     " is more than max_sessions (", c->max_sessions, ")"));
+    }
+    *p.field = p.value;
+    total += p.value;
+  }
+  if (total > c->max_sessions) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        file, ": warm_files + warm_desktops + warm_browsers: ", c->warm_files, " + ", c->warm_desktops, " + ",
+        c->warm_browsers, " = ", total, " is more than max_sessions (", c->max_sessions,
+        "); the warm pools share the agent's slots"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<AgentConfig> LoadAgentConfig(std::string_view path) {
@@ -135,13 +167,7 @@ absl::StatusOr<AgentConfig> LoadAgentConfig(std::string_view path) {
   if (!proto.metrics_address().empty()) c.metrics_address = proto.metrics_address();
   c.init_path = proto.init_path();
   c.health_address = proto.health_address();
-  if (proto.has_warm_browsers()) {
-    if (proto.warm_browsers() > c.max_sessions) {
-      return absl::InvalidArgumentError(absl::StrCat(file, ": warm_browsers: ", proto.warm_browsers(),
-                                                     " is more than max_sessions (", c.max_sessions, ")"));
-    }
-    c.warm_browsers = proto.warm_browsers();
-  }
+  RETURN_IF_ERROR(LoadWarmPools(proto, file, &c));
   for (int i = 0; i < proto.egress_deny_cidrs_size(); ++i) {
     absl::StatusOr<IpNetwork> network = ParseIpNetwork(proto.egress_deny_cidrs(i));
     if (!network.ok()) {

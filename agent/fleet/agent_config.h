@@ -45,6 +45,8 @@ struct AgentConfig {
   std::string init_path;                           // empty: located beside the binary
   std::string health_address;                      // empty: health only on the unix socket
   uint32_t warm_browsers = 0;                      // browser sessions kept started
+  uint32_t warm_files = 0;                         // file sessions kept started
+  uint32_t warm_desktops = 0;                      // desktop sessions kept started
   std::vector<IpNetwork> egress_deny;              // egress_deny_cidrs: the egress proxy's off-limits networks
   FleetSettings fleet;
 };

@@ -90,7 +90,7 @@ void FleetAgent::LeaseLoop(std::stop_token stop) {
       pb::KindCapacity* c = request.add_capacity();
       c->set_kind(kind);
       c->set_free(free);
-      if (kind == pb::BROWSER) c->set_warm(std::min(free, options_.sessions->warm_count()));
+      c->set_warm(std::min(free, options_.sessions->warm_count(kind)));
     }
     request.set_max_sessions(options_.sessions->capacity());
     request.set_wait_ms(fleet.lease_wait.count());
@@ -297,7 +297,10 @@ void FleetAgent::Accept(const pb::LeaseGrant& grant, bool over_capacity) {
   if (!options_.sessions->TryReserve()) {
     return Reject(id, "capacity: the agent's slots filled up while the grant was on its way");
   }
-  lease->session_id = NewSessionId();
+  // A pooled session that will serve the lease is claimed now, so that the record below names it: a second
+  // journal write (AdoptPooledSession's) would sit on the lease's path to running.
+  const std::optional<std::string> pooled = options_.sessions->ClaimWarm(CreateRequestOf(*lease));
+  lease->session_id = pooled.value_or(NewSessionId());
   lease->set_expires(Clock::now() + LeaseTtl(grant.ttl_ms()));
 
   pb::LeaseRecord record;
@@ -309,6 +312,7 @@ void FleetAgent::Accept(const pb::LeaseGrant& grant, bool over_capacity) {
     // Without the journal entry a crash could lose this lease's outcome: do not run it.
     Log(LogLevel::kError, "outbox: cannot journal a lease; not running it",
         {{"lease_id", id}, {"error", record_id.status().ToString()}});
+    if (pooled.has_value()) options_.sessions->Unclaim(*pooled);
     options_.sessions->Unreserve();
     return;
   }
@@ -326,9 +330,8 @@ void FleetAgent::Accept(const pb::LeaseGrant& grant, bool over_capacity) {
 // ---------------------------------------------------------------------------------------------------------
 // One lease: the session, its stream, its outcome.
 
-// Creates the lease's session (CreateWithId; a browser may come from the warm pool, with an id of its own).
-absl::StatusOr<std::shared_ptr<Session>> FleetAgent::CreateSession(Lease* lease) {
-  const pb::SandboxRequest& req = lease->request;
+pb::CreateRequest FleetAgent::CreateRequestOf(const Lease& lease) {
+  const pb::SandboxRequest& req = lease.request;
   pb::CreateRequest create;
   create.set_kind(req.kind());
   *create.mutable_policy() = req.policy();
@@ -339,8 +342,16 @@ absl::StatusOr<std::shared_ptr<Session>> FleetAgent::CreateSession(Lease* lease)
   if (req.has_approvals()) *create.mutable_approvals() = req.approvals();
   if (req.has_browser()) *create.mutable_browser() = req.browser();
   create.mutable_labels()->insert(req.labels().begin(), req.labels().end());
-  (*create.mutable_labels())["lease_id"] = lease->lease_id;
-  absl::StatusOr<pb::Session> created = options_.sessions->CreateWithId(create, lease->session_id, true);
+  (*create.mutable_labels())["lease_id"] = lease.lease_id;
+  return create;
+}
+
+// Creates the lease's session (CreateWithId): the pooled session Accept claimed, or one that may come from a
+// warm pool with an id of its own (adopted), or a cold one.
+absl::StatusOr<std::shared_ptr<Session>> FleetAgent::CreateSession(Lease* lease) {
+  absl::StatusOr<pb::Session> created = options_.sessions->CreateWithId(CreateRequestOf(*lease), lease->session_id, true);
+  // A session claimed from the pool (Accept) that CreateWithId refused before taking it ends.
+  if (!created.ok()) options_.sessions->Unclaim(lease->session_id);
   if (created.ok() && created->id() != lease->session_id) AdoptPooledSession(lease, created->id());
   absl::StatusOr<std::shared_ptr<Session>> session =
       created.ok() ? options_.sessions->Find(lease->session_id) : absl::StatusOr<std::shared_ptr<Session>>(created.status());
@@ -348,7 +359,7 @@ absl::StatusOr<std::shared_ptr<Session>> FleetAgent::CreateSession(Lease* lease)
 }
 
 void FleetAgent::AdoptPooledSession(Lease* lease, const std::string& session_id) {
-  // Served from the warm pool: the session is the pooled browser, with its own id. Journal that id before
+  // Served from a warm pool: the session is the pooled one, with its own id. Journal that id before
   // anything else, so that after a crash the right cgroup is removed (recovery reports a lease once,
   // whichever of its records it finds).
   pb::LeaseRecord record = lease->record;

@@ -59,9 +59,9 @@ void Metrics::SetActiveSessions(std::function<size_t()> fn) {
   active_ = std::move(fn);
 }
 
-void Metrics::SetWarmBrowsers(std::function<size_t()> fn) {
+void Metrics::SetWarmSessions(std::function<size_t(std::string_view kind)> fn) {
   absl::MutexLock lock(&mu_);
-  warm_browsers_ = std::move(fn);
+  warm_ = std::move(fn);
 }
 
 void Metrics::FleetEvent(std::string_view event) {
@@ -81,9 +81,15 @@ std::string Metrics::Render() const {
   absl::StrAppend(&out, "# HELP sandbox_agent_sessions_active Sessions whose jail is running.\n",
                   "# TYPE sandbox_agent_sessions_active gauge\n", "sandbox_agent_sessions_active ",
                   active_ ? active_() : 0, "\n");
+  // sandbox_agent_warm_browsers is the browser pool's gauge from before the other kinds had pools.
   absl::StrAppend(&out, "# HELP sandbox_agent_warm_browsers Browser sessions started and waiting in the warm pool.\n",
                   "# TYPE sandbox_agent_warm_browsers gauge\n", "sandbox_agent_warm_browsers ",
-                  warm_browsers_ ? warm_browsers_() : 0, "\n");
+                  warm_ ? warm_("browser") : 0, "\n");
+  absl::StrAppend(&out, "# HELP sandbox_agent_warm_sessions Sessions started and waiting in the warm pools, per kind.\n",
+                  "# TYPE sandbox_agent_warm_sessions gauge\n");
+  for (const char* kind : {"file", "desktop", "browser"}) {
+    absl::StrAppend(&out, "sandbox_agent_warm_sessions{kind=\"", kind, "\"} ", warm_ ? warm_(kind) : 0, "\n");
+  }
   absl::StrAppend(&out, "# HELP sandbox_agent_session_start_seconds Create to jail running.\n",
                   "# TYPE sandbox_agent_session_start_seconds histogram\n");
   for (size_t i = 0; i < bucket_bounds_.size(); ++i) {

@@ -28,8 +28,9 @@ class Metrics {
   void Outcome(std::string_view status, std::string_view reason);
   void BytesStreamed(uint64_t bytes);
   void SetActiveSessions(std::function<size_t()> fn);
-  // Browser sessions started and waiting in the warm pool (AgentConfig.warm_browsers).
-  void SetWarmBrowsers(std::function<size_t()> fn);
+  // Sessions started and waiting in the warm pools, per kind ("file", "desktop", "browser"; AgentConfig
+  // warm_files, warm_desktops, warm_browsers).
+  void SetWarmSessions(std::function<size_t(std::string_view kind)> fn);
   // Fleet mode: a counted event (leased, rejected, duplicate, revoked, expired, reported, and
   // "<method>_error" for failed control-plane calls), and the gauges of leases held (until their outcome is
   // acknowledged) and outcomes waiting in the outbox.
@@ -42,7 +43,7 @@ class Metrics {
  private:
   mutable absl::Mutex mu_;
   std::function<size_t()> active_ ABSL_GUARDED_BY(mu_);
-  std::function<size_t()> warm_browsers_ ABSL_GUARDED_BY(mu_);
+  std::function<size_t(std::string_view)> warm_ ABSL_GUARDED_BY(mu_);
   std::vector<double> bucket_bounds_;                                  // seconds
   std::vector<uint64_t> bucket_counts_ ABSL_GUARDED_BY(mu_);
   double latency_sum_ ABSL_GUARDED_BY(mu_) = 0;

@@ -94,7 +94,7 @@ bool Session::Matches(const std::map<std::string, std::string>& selector) const 
 void Session::TakeFromPool(std::map<std::string, std::string> labels) {
   if (absl::Status s = jail_->SetCpuBackground(false); !s.ok()) {
     // NOTE: the session still works; it only gets the CPU nothing else wants.
-    Log(LogLevel::kWarn, "bringing a pooled browser out of the CPU background failed",
+    Log(LogLevel::kWarn, "bringing a pooled session out of the CPU background failed",
         {{"session_id", options_.id}, {"error", s.ToString()}});
   }
   Touch();  // its idle time starts now, not when the pool started it

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "agent/obs/log.h"
 #include "agent/session/cgroup_ledger.h"
 #include "sandbox/policy/policy_builder.h"
 #include "sandbox/policy/policy_loader.h"
@@ -92,6 +93,19 @@ absl::StatusOr<SessionEgress> EgressFromRequest(const sandbox::Policy& host, con
 
 }  // namespace
 
+uint32_t WarmPools::For(pb::SessionKind kind) const {
+  switch (kind) {
+    case pb::FILE:
+      return files;
+    case pb::DESKTOP:
+      return desktops;
+    case pb::BROWSER:
+      return browsers;
+    default:
+      return 0;
+  }
+}
+
 std::string NewSessionId() {
   static thread_local std::mt19937_64 rng(std::random_device{}());
   return absl::StrFormat("s-%016x", rng());
@@ -103,7 +117,7 @@ SessionManager::SessionManager(Options options)
       default_ttl_(options_.default_ttl),
       default_idle_timeout_(options_.default_idle_timeout),
       policies_(options_.policies),
-      warm_browsers_(options_.warm_browsers) {
+      warm_sizes_(options_.warm) {
   reaper_ = std::jthread([this] { Reap(); });
   warmer_ = std::jthread([this] { KeepWarm(); });
 }
@@ -227,32 +241,71 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::StartSession(const pb::
   return session;
 }
 
+int SessionManager::FindWarmLocked(const pb::CreateRequest& request) const {
+  const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
+  // A pooled session of the request's kind, for a request that keeps the host's policy and the defaults (a
+  // pooled desktop has the default display, a pooled browser no storage state).
+  if (request.policy().ByteSizeLong() != 0 || request.ttl_ms() != 0 || request.idle_timeout_ms() != 0 ||
+      request.has_desktop() || request.has_egress() || request.has_approvals() || request.has_browser()) {
+    return -1;
+  }
+  for (size_t i = 0; i < warm_.size(); ++i) {
+    // One that died in the pool (Chromium, the display) stays for the warmer to replace (and to end outside
+    // the lock).
+    if (warm_[i].session->kind() == kind && !warm_[i].session->ended()) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+pb::Session SessionManager::AdoptPooledLocked(std::shared_ptr<Session> pooled, const pb::CreateRequest& request,
+                                              const std::string& request_bytes, bool from_reservation) {
+  pooled->TakeFromPool({request.labels().begin(), request.labels().end()});
+  sessions_[pooled->id()] = pooled;
+  if (from_reservation) {
+    // The reservation's slot is now this session's, held until Delete like any reserved one.
+    if (reserved_ > 0) --reserved_;
+    held_ids_.insert(pooled->id());
+  }
+  if (!request.idempotency_key().empty()) {
+    idempotency_[request.idempotency_key()] = Idempotent{request_bytes, pooled->id()};
+  }
+  return pooled->Describe();
+}
+
 std::optional<pb::Session> SessionManager::TakeWarmLocked(const pb::CreateRequest& request,
                                                           const std::string& request_bytes, bool from_reservation) {
-  const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
-  // A warm browser, for a request that keeps the host's policy and the defaults (and is valid: display
-  // options are for desktops, and StartSession refuses them).
-  if (kind == pb::BROWSER && request.policy().ByteSizeLong() == 0 && request.ttl_ms() == 0 &&
-      request.idle_timeout_ms() == 0 && !request.has_desktop() && !request.has_egress() &&
-      !request.has_approvals() && !request.has_browser()) {
-    while (!warm_.empty()) {
-      std::shared_ptr<Session> pooled = std::move(warm_.front().first);
-      warm_.pop_front();
-      if (pooled->ended()) continue;  // Chromium died in the pool: the pool replaces it
-      pooled->TakeFromPool({request.labels().begin(), request.labels().end()});
-      sessions_[pooled->id()] = pooled;
-      if (from_reservation) {
-        // The reservation's slot is now this session's, held until Delete like any reserved one.
-        if (reserved_ > 0) --reserved_;
-        held_ids_.insert(pooled->id());
-      }
-      if (!request.idempotency_key().empty()) {
-        idempotency_[request.idempotency_key()] = Idempotent{request_bytes, pooled->id()};
-      }
-      return pooled->Describe();
-    }
+  const int i = FindWarmLocked(request);
+  if (i < 0) return std::nullopt;
+  std::shared_ptr<Session> pooled = std::move(warm_[i].session);
+  warm_.erase(warm_.begin() + i);
+  pool_changed_ = true;  // the warmer starts its replacement
+  refill_after_ = Clock::now() + kRefillDelay;
+  return AdoptPooledLocked(std::move(pooled), request, request_bytes, from_reservation);
+}
+
+std::optional<std::string> SessionManager::ClaimWarm(const pb::CreateRequest& request) {
+  absl::MutexLock lock(&mu_);
+  const int i = FindWarmLocked(request);
+  if (i < 0) return std::nullopt;
+  std::shared_ptr<Session> pooled = std::move(warm_[i].session);
+  warm_.erase(warm_.begin() + i);
+  pool_changed_ = true;
+  refill_after_ = Clock::now() + kRefillDelay;
+  std::string id = pooled->id();
+  claimed_[id] = std::move(pooled);
+  return id;
+}
+
+void SessionManager::Unclaim(const std::string& id) {
+  std::shared_ptr<Session> unused;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = claimed_.find(id);
+    if (it == claimed_.end()) return;
+    unused = std::move(it->second);
+    claimed_.erase(it);
   }
-  return std::nullopt;
+  unused.reset();  // ends it (outside the lock)
 }
 
 absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest& request,
@@ -260,7 +313,8 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
   const pb::SessionKind kind = request.kind() == pb::SESSION_KIND_UNSPECIFIED ? pb::FILE : request.kind();
   std::string request_bytes;
   request.SerializeToString(&request_bytes);
-  std::shared_ptr<Session> evicted;  // a pooled browser that gave its slot to this session
+  std::shared_ptr<Session> evicted;  // a pooled session that gave its slot to this session
+  std::shared_ptr<Session> dead;     // a claimed session that died before it was taken
   {
     absl::MutexLock lock(&mu_);
     if (policies_.count(kind) == 0) {
@@ -281,12 +335,18 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
                                                 request.idempotency_key(), "' was deleted"));
       }
     }
-    if (std::optional<pb::Session> pooled = TakeWarmLocked(request, request_bytes, from_reservation)) {
+    if (auto claimed = claimed_.find(session_id); claimed != claimed_.end()) {
+      std::shared_ptr<Session> pooled = std::move(claimed->second);
+      claimed_.erase(claimed);
+      // One that died meanwhile ends before a cold session starts under its id (its cgroup has that name).
+      if (!pooled->ended()) return AdoptPooledLocked(std::move(pooled), request, request_bytes, from_reservation);
+      dead = std::move(pooled);
+    } else if (std::optional<pb::Session> pooled = TakeWarmLocked(request, request_bytes, from_reservation)) {
       return *std::move(pooled);
     }
-    // Pooled browsers hold slots nobody asked for yet: one gives its slot up for a session that needs it.
+    // Pooled sessions hold slots nobody asked for yet: one gives its slot up for a session that needs it.
     if (UsedLocked() >= max_sessions_ + (from_reservation ? 1 : 0) && !warm_.empty()) {
-      evicted = std::move(warm_.front().first);
+      evicted = std::move(warm_.front().session);
       warm_.pop_front();
     }
     if (from_reservation) {
@@ -298,6 +358,7 @@ absl::StatusOr<pb::Session> SessionManager::CreateWithId(const pb::CreateRequest
     ++starting_;
   }
   evicted.reset();  // ends it (outside the lock)
+  dead.reset();
   struct Unstart {
     SessionManager* self;
     bool reserved;
@@ -376,9 +437,11 @@ void SessionManager::CancelAll(const std::string& reason) {
     absl::MutexLock lock(&mu_);
     all.swap(sessions_);
     held_ids_.clear();
-    for (auto& [session, at] : warm_) all[session->id()] = std::move(session);
+    for (Pooled& p : warm_) all[p.session->id()] = std::move(p.session);
     warm_.clear();
-    warm_browsers_ = 0;  // shutting down: the pool does not refill
+    for (auto& [id, session] : claimed_) all[id] = std::move(session);
+    claimed_.clear();
+    warm_sizes_ = WarmPools{};  // shutting down: the pools do not refill
   }
   for (auto& [id, s] : all) s->End(pb::Outcome::CANCELED, "canceled", reason);
   all.clear();  // joins each session's watcher after its jail is killed
@@ -404,16 +467,16 @@ size_t SessionManager::UsedLocked() const {
 
 uint32_t SessionManager::free_capacity() const {
   absl::MutexLock lock(&mu_);
-  // A pooled browser's slot is free for whoever asks: a browser request takes the browser, another request
-  // takes its slot.
+  // A pooled session's slot is free for whoever asks: a request of its kind takes the session, another
+  // request takes its slot.
   const size_t used = UsedLocked() - warm_.size();
   return used >= max_sessions_ ? 0 : static_cast<uint32_t>(max_sessions_ - used);
 }
 
-uint32_t SessionManager::warm_count() const {
+uint32_t SessionManager::warm_count(pb::SessionKind kind) const {
   absl::MutexLock lock(&mu_);
   uint32_t n = 0;
-  for (const auto& [session, at] : warm_) n += session->ended() ? 0 : 1;
+  for (const Pooled& p : warm_) n += p.session->kind() == kind && !p.session->ended() ? 1 : 0;
   return n;
 }
 
@@ -443,15 +506,16 @@ std::vector<pb::SessionKind> SessionManager::kinds() const {
 
 void SessionManager::Reload(uint32_t max_sessions, std::chrono::milliseconds default_ttl,
                             std::chrono::milliseconds default_idle_timeout, std::map<int, sandbox::Policy> policies,
-                            uint32_t warm_browsers) {
-  std::deque<std::pair<std::shared_ptr<Session>, std::chrono::steady_clock::time_point>> retired;
+                            WarmPools warm) {
+  std::deque<Pooled> retired;
   {
     absl::MutexLock lock(&mu_);
-    warm_browsers_ = warm_browsers;
-    // Pooled browsers were started under the old policies: fresh ones replace them (and one being started
+    warm_sizes_ = warm;
+    // Pooled sessions were started under the old policies: fresh ones replace them (and one being started
     // now is dropped when it is ready).
     retired.swap(warm_);
     ++pool_generation_;
+    pool_changed_ = true;
     max_sessions_ = max_sessions;
     default_ttl_ = default_ttl;
     default_idle_timeout_ = default_idle_timeout;
@@ -460,38 +524,59 @@ void SessionManager::Reload(uint32_t max_sessions, std::chrono::milliseconds def
   retired.clear();  // ends them (outside the lock)
 }
 
-void SessionManager::KeepWarm() {
-  // A pooled browser's ttl runs from its start: one that waited this long is replaced by a fresh one.
+std::optional<pb::SessionKind> SessionManager::PrunePoolLocked(std::vector<std::shared_ptr<Session>>* retired) {
+  // A pooled session's ttl runs from its start: one that waited this long is replaced by a fresh one.
   constexpr auto kMaxPoolAge = std::chrono::minutes(5);
-  pb::CreateRequest request;
-  request.set_kind(pb::BROWSER);
+  constexpr pb::SessionKind kKinds[] = {pb::FILE, pb::DESKTOP, pb::BROWSER};
+  const auto now = Clock::now();
+  std::map<int, uint32_t> kept;  // by kind; a SIGHUP may have shrunk a pool: the newest are kept
+  for (auto it = warm_.rbegin(); it != warm_.rend(); ++it) {
+    const pb::SessionKind kind = it->session->kind();
+    if (it->session->ended() || now - it->at > kMaxPoolAge || kept[kind] >= warm_sizes_.For(kind)) {
+      retired->push_back(std::move(it->session));
+    } else {
+      ++kept[kind];
+    }
+  }
+  std::erase_if(warm_, [](const Pooled& p) { return p.session == nullptr; });
+  if (UsedLocked() >= max_sessions_) return std::nullopt;
+  // Files first: they start in milliseconds, a browser in seconds. A kind without a policy has no pool.
+  for (pb::SessionKind kind : kKinds) {
+    if (kept[kind] < warm_sizes_.For(kind) && policies_.count(kind) > 0) return kind;
+  }
+  return std::nullopt;
+}
+
+void SessionManager::KeepWarm() {
+  std::string last_error;  // logged once, not at every retry
   while (!Stopping()) {
     std::vector<std::shared_ptr<Session>> retired;
-    bool start = false;
+    std::optional<pb::SessionKind> start;
     uint64_t generation = 0;
     {
       absl::MutexLock lock(&mu_);
-      const auto now = Clock::now();
-      size_t keep = warm_browsers_;  // a SIGHUP may have shrunk the pool: the oldest go first
-      for (auto it = warm_.begin(); it != warm_.end();) {
-        if (it->first->ended() || now - it->second > kMaxPoolAge || warm_.size() > keep) {
-          retired.push_back(std::move(it->first));
-          it = warm_.erase(it);
-        } else {
-          ++it;
-        }
+      pool_changed_ = false;
+      start = PrunePoolLocked(&retired);
+      if (start.has_value() && Clock::now() < refill_after_) {
+        // Just after a take: the refill waits (kRefillDelay) unless the agent stops.
+        const absl::Duration wait = absl::FromChrono(refill_after_ - Clock::now());
+        (void)mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait);
+        continue;  // `retired` ends after the lock is released, as below
       }
-      start = warm_.size() + warming_ < warm_browsers_ && UsedLocked() < max_sessions_;
-      if (start) {
+      if (start.has_value()) {
         ++warming_;
         generation = pool_generation_;
       } else if (retired.empty()) {
-        (void)mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
+        // Aging is checked every second; a take, a reload or the end wakes the warmer at once.
+        const auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || pool_changed_; };
+        (void)mu_.AwaitWithTimeout(absl::Condition(&wake), absl::Seconds(1));
         continue;
       }
     }
     retired.clear();  // ends them (outside the lock)
-    if (!start) continue;
+    if (!start.has_value()) continue;
+    pb::CreateRequest request;
+    request.set_kind(*start);
     absl::StatusOr<std::shared_ptr<Session>> session = StartSession(request, NewSessionId(), /*pooled=*/true);
     std::shared_ptr<Session> stale;
     {
@@ -501,11 +586,16 @@ void SessionManager::KeepWarm() {
         // Started under policies a SIGHUP replaced meanwhile: it ends (outside the lock), a fresh one follows.
         stale = std::move(*session);
       } else if (session.ok()) {
-        warm_.emplace_back(std::move(*session), Clock::now());
+        warm_.push_back(Pooled{std::move(*session), Clock::now()});
       } else {
-        // NOTE: the next round tries again; a browser that cannot start keeps failing Creates the same way.
+        // NOTE: the next round tries again; a session that cannot start keeps failing Creates the same way.
         (void)mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Seconds(1));
       }
+    }
+    if (!session.ok() && session.status().ToString() != last_error) {
+      last_error = session.status().ToString();
+      Log(LogLevel::kWarn, "a warm-pool session did not start",
+          {{"kind", pb::SessionKind_Name(*start)}, {"error", session.status().ToString()}});
     }
     stale.reset();
   }

@@ -5,9 +5,11 @@
 //     `head -c 1G /dev/zero | cat > /dev/null` on the host. Also the CPU time the daemon (agent and
 //     sandbox-init) and this client spent per GiB, to see where a slow run went.
 //  3. idle density: N concurrent idle file sessions; agent RSS and host memory per session.
+//  4. Create -> first exec of `true` done, for a file session from the warm pool (warm_files: 1) and a cold
+//     one (a request with an explicit ttl, which never takes a pooled session), interleaved; Create alone too.
 //
-//   daemon_bench [--calls N] [--stream-bytes B] [--sessions N] [--runs N] [--only exec|stream|density]
-//                [--agent PATH]
+//   daemon_bench [--calls N] [--stream-bytes B] [--sessions N] [--runs N] [--starts N]
+//                [--only exec|stream|density|start] [--agent PATH]
 // --only runs one part (e.g. to profile the daemon during streaming alone); --runs is the streaming runs
 // (5); --agent runs another build's sandbox-agent (with its sandbox-agentd and sandbox-init beside it),
 // e.g. to compare two builds on the same machine.
@@ -152,6 +154,7 @@ int main(int argc, char** argv) {
   uint64_t stream_bytes = 1ull << 30;
   int sessions = 500;
   int runs = 5;
+  int starts = 50;
   std::string only;
   std::string agent_bin = SBX_AGENT_BIN;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -159,11 +162,12 @@ int main(int argc, char** argv) {
     if (!strcmp(argv[i], "--stream-bytes")) stream_bytes = strtoull(argv[i + 1], nullptr, 10);
     if (!strcmp(argv[i], "--sessions")) sessions = atoi(argv[i + 1]);
     if (!strcmp(argv[i], "--runs")) runs = std::max(1, atoi(argv[i + 1]));
+    if (!strcmp(argv[i], "--starts")) starts = std::max(1, atoi(argv[i + 1]));
     if (!strcmp(argv[i], "--only")) only = argv[i + 1];
     if (!strcmp(argv[i], "--agent")) agent_bin = argv[i + 1];
   }
-  if (!only.empty() && only != "exec" && only != "stream" && only != "density") {
-    fprintf(stderr, "--only %s: expected exec, stream or density\n", only.c_str());
+  if (!only.empty() && only != "exec" && only != "stream" && only != "density" && only != "start") {
+    fprintf(stderr, "--only %s: expected exec, stream, density or start\n", only.c_str());
     return 2;
   }
   const auto part = [&only](const char* name) { return only.empty() || only == name; };
@@ -188,7 +192,7 @@ int main(int argc, char** argv) {
     std::ofstream(std::string(dir) + "/file.textproto") << text;
   }
   std::ofstream(config) << "unix_socket: \"" << socket << "\"\nmetrics_address: \"off\"\nmax_sessions: " << sessions + 4
-                        << "\npolicy_dir: \"" << dir << "\"\nstate_dir: \"" << dir << "/state\"\n";
+                        << "\npolicy_dir: \"" << dir << "\"\nstate_dir: \"" << dir << "/state\"\nwarm_files: 1\n";
   // The daemon's log goes to a file: it would drown the figures.
   const std::string log = std::string(dir) + "/agent.log";
   const pid_t agent = sbx::testing::SpawnLogged({agent_bin, "serve", "--config", config}, log, /*append=*/false);
@@ -284,6 +288,47 @@ int main(int argc, char** argv) {
       printf("  CPU per GiB         agent %.2f s, this client %.2f s (medians; sandbox-init not found)\n",
              Pct(agent_cpu, 0.5), Pct(client_cpu, 0.5));
     }
+  }
+
+  // 4. Create -> first exec, warm and cold, interleaved (before the density part fills the agent).
+  if (part("start")) {
+    std::vector<double> create_ms[2], first_ms[2];  // [0] cold, [1] warm
+    int warm_misses = 0;
+    for (int i = 0; i < 2 * starts; ++i) {
+      const bool want_warm = i % 2 == 1;
+      // The pool refills in the background (its session's start, some 10-20 ms at the lowest CPU priority).
+      std::this_thread::sleep_for(std::chrono::milliseconds(want_warm ? 150 : 20));
+      pb::CreateRequest req;
+      if (!want_warm) req.set_ttl_ms(3600000);  // the default ttl, asked for: never served from the pool
+      const int64_t before_ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+      const auto t0 = Clock::now();
+      pb::Session s;
+      grpc::ClientContext ctx;
+      if (!stub.Create(&ctx, req, &s).ok()) {
+        fprintf(stderr, "create failed\n");
+        continue;
+      }
+      const auto t1 = Clock::now();
+      if (!Exec(stub, s.id(), {"true"}).ok) fprintf(stderr, "first exec failed\n");
+      const auto t2 = Clock::now();
+      const bool was_warm = s.created_unix_ms() < before_ms;
+      if (want_warm && !was_warm) ++warm_misses;
+      create_ms[was_warm].push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+      first_ms[was_warm].push_back(std::chrono::duration<double, std::milli>(t2 - t0).count());
+      grpc::ClientContext dctx;
+      pb::DeleteRequest del;
+      del.set_session_id(s.id());
+      pb::DeleteResponse deleted;
+      (void)stub.Delete(&dctx, del, &deleted);
+    }
+    printf("file session Create -> first exec of `true` done, %d runs each, interleaved\n", starts);
+    for (int warm = 1; warm >= 0; --warm) {
+      printf("  %s  Create p50 %6.2f ms  p99 %6.2f ms   -> first exec p50 %6.2f ms  p99 %6.2f ms  (%zu runs)\n",
+             warm ? "warm (from the pool)" : "cold                ", Pct(create_ms[warm], 0.5),
+             Pct(create_ms[warm], 0.99), Pct(first_ms[warm], 0.5), Pct(first_ms[warm], 0.99), first_ms[warm].size());
+    }
+    if (warm_misses > 0) printf("  (%d warm runs found the pool empty and started cold)\n", warm_misses);
   }
 
   // 3. idle density.

@@ -438,5 +438,49 @@ TEST_F(DesktopTest, AScreenshotOverTheFileEventBudgetIsRefusedAndRecorded) {
   EXPECT_TRUE(recorded) << "going over the budget is an event";
 }
 
+// warm_desktops (issue 15): a Create without display options takes a pooled desktop (started before it, its
+// display working); one with display options gets a desktop started for it.
+TEST(DesktopPoolTest, ACreateWithoutDisplayOptionsTakesAPooledDesktop) {
+  if (access("/usr/bin/Xvfb", X_OK) != 0) GTEST_SKIP() << "this machine lacks Xvfb (deploy/install-deps.sh installs it)";
+  const std::string policy_dir =
+      std::filesystem::temp_directory_path() / ("sbx-desktop-pool-" + std::to_string(getpid()));
+  Daemon::Options o = DesktopDaemon(policy_dir);
+  o.config_lines.push_back("warm_desktops: 1");
+  Daemon daemon(o);
+  ASSERT_TRUE(daemon.ok()) << daemon.Log();
+  auto stub = daemon.NewStub();
+  const auto now_ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
+  const auto create = [&](pb::CreateRequest req) {
+    req.set_kind(pb::DESKTOP);
+    grpc::ClientContext ctx;
+    pb::Session session;
+    const grpc::Status status = stub->Create(&ctx, req, &session);
+    EXPECT_TRUE(status.ok()) << status.error_message() << "\n" << daemon.Log();
+    return session;
+  };
+  ASSERT_TRUE(daemon.WaitForMetric("sandbox_agent_warm_sessions{kind=\"desktop\"}", 1, std::chrono::seconds(60)))
+      << daemon.Log();
+  const int64_t before = now_ms();
+  const pb::Session pooled = create(pb::CreateRequest());
+  EXPECT_LT(pooled.created_unix_ms(), before) << "not a desktop from the pool";
+  pb::ToolCall call;
+  call.mutable_desktop()->mutable_screenshot()->set_target_width(320);
+  const CallResult shot = RunCall(stub.get(), pooled.id(), call);
+  ASSERT_TRUE(shot.has_finished && shot.finished.has_result()) << shot.finished.DebugString();
+  EXPECT_EQ(shot.finished.result().desktop().image_width(), 320u);
+  EXPECT_EQ(shot.finished.result().desktop().display_width(), 1280u);
+  pb::CreateRequest sized;
+  sized.mutable_desktop()->set_width(800);
+  sized.mutable_desktop()->set_height(600);
+  const int64_t before_sized = now_ms();
+  const pb::Session cold = create(sized);
+  EXPECT_GE(cold.created_unix_ms(), before_sized);
+  std::error_code ec;
+  std::filesystem::remove_all(policy_dir, ec);
+}
+
 }  // namespace
 }  // namespace sbx::testing

@@ -174,6 +174,56 @@ TEST(FleetTest, AgentKilledWithSessionsRunningReportsEachOnceAfterRestartAndLeav
   EXPECT_EQ(agent.Terminate(seconds(30)), 0);
 }
 
+// A file lease is served from the warm file pool (issue 15): the agent advertises its warm sessions per kind
+// in its capacity, the lease's session was started before the lease was enqueued, the pool refills, and the
+// agent's end leaves none of the sessions (leased or pooled) behind.
+TEST(FleetTest, AFileLeaseIsServedFromTheWarmPoolAdvertisedPerKind) {
+  auto cp = StartDouble();
+  ASSERT_NE(cp, nullptr);
+  AgentProcess::Options o = AgentFor(*cp, "agent-warm-file", 3);
+  o.config_lines = {"warm_files: 2"};
+  AgentProcess agent(o);
+  ASSERT_TRUE(agent.Start());
+  const auto warm = [&](pb::SessionKind kind) {
+    const std::map<int, uint32_t> by_kind = cp->Agents()["agent-warm-file"].warm_by_kind;
+    auto it = by_kind.find(kind);
+    return it == by_kind.end() ? -1 : static_cast<int>(it->second);
+  };
+  ASSERT_TRUE(cp->WaitFor([&] { return warm(pb::FILE) == 2; }, seconds(30))) << agent.Log();
+  EXPECT_EQ(cp->Agents()["agent-warm-file"].warm_advertised, 2u);  // no other kind claims them
+  const int64_t enqueued_unix_ms =
+      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const std::string id = cp->Enqueue(ExecRequest({"echo", "warm"}));
+  ASSERT_TRUE(cp->WaitForOutcomes(1, seconds(30))) << agent.Log();
+  std::optional<ControlPlaneDouble::LeaseView> l = cp->Lease(id);
+  ASSERT_TRUE(l->outcome.has_value());
+  EXPECT_EQ(l->outcome->outcome().status(), pb::Outcome::COMPLETED) << l->outcome->DebugString();
+  ASSERT_FALSE(l->events.empty());
+  ASSERT_TRUE(l->events[0].has_session_started());
+  EXPECT_LT(l->events[0].unix_ms(), enqueued_unix_ms) << "the session was not started before the lease";
+  std::string out;
+  for (const pb::Event& e : l->events) {
+    if (e.has_output()) out += e.output().data();
+  }
+  EXPECT_EQ(out, "warm\n");
+  const std::string session_id = l->outcome->session_id();
+  ASSERT_FALSE(session_id.empty());
+  // The pool refills to two, and its sessions are new ones.
+  ASSERT_TRUE(cp->WaitFor([&] { return warm(pb::FILE) == 2; }, seconds(30))) << agent.Log();
+  // The cgroup ledger holds the two pooled sessions once the leased one, ended, is gone.
+  std::vector<std::string> recorded;
+  ASSERT_TRUE(cp->WaitFor([&] {
+    recorded.clear();
+    for (const auto& e : std::filesystem::directory_iterator(agent.state_dir() + "/cgroups")) {
+      if (e.path().filename().string()[0] != '.') recorded.push_back(e.path().filename().string());
+    }
+    return recorded.size() == 2 && std::find(recorded.begin(), recorded.end(), session_id) == recorded.end();
+  }, seconds(30))) << recorded.size();
+  EXPECT_EQ(agent.Terminate(seconds(30)), 0);
+  for (const std::string& recorded_id : recorded) EXPECT_EQ(Leftovers(recorded_id), "") << recorded_id;
+  EXPECT_EQ(Leftovers(session_id), "");
+}
+
 // A browser lease is served from the warm pool (advertised as warm capacity): its session was started before
 // the lease was enqueued. Killed with it running, the agent reports it once after a restart, under the pooled
 // session's id, and leaves none of its cgroups behind.

@@ -68,5 +68,27 @@ TEST(AgentConfigTest, FleetStreamOpTimeoutHasADefaultAndARange) {
   EXPECT_TRUE(StatusIs(c, absl::StatusCode::kInvalidArgument, "fleet.stream_op_timeout_ms")) << c.status();
 }
 
+// warm_files, warm_desktops, warm_browsers (issue 15): each kind's pool; each, and the three together, at most
+// max_sessions, refused naming the key.
+TEST(AgentConfigTest, WarmPoolsPerKindAreLoadedAndMayNotExceedCapacity) {
+  std::string path = WriteConfig("max_sessions: 6\nwarm_files: 2\nwarm_desktops: 1\nwarm_browsers: 3\n");
+  absl::StatusOr<AgentConfig> c = LoadAgentConfig(path);
+  unlink(path.c_str());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->warm_files, 2u);
+  EXPECT_EQ(c->warm_desktops, 1u);
+  EXPECT_EQ(c->warm_browsers, 3u);
+  path = WriteConfig("max_sessions: 4\nwarm_files: 2\nwarm_browsers: 3\n");
+  c = LoadAgentConfig(path);
+  unlink(path.c_str());
+  EXPECT_TRUE(StatusIs(c, absl::StatusCode::kInvalidArgument, "warm_files + warm_desktops + warm_browsers: 2 + 0 + 3"))
+      << c.status();
+  path = WriteConfig("max_sessions: 4\nwarm_desktops: 4000000000\n");
+  c = LoadAgentConfig(path);
+  unlink(path.c_str());
+  EXPECT_TRUE(StatusIs(c, absl::StatusCode::kInvalidArgument, "warm_desktops: 4000000000 is more than max_sessions"))
+      << c.status();
+}
+
 }  // namespace
 }  // namespace sbx::agent

@@ -533,9 +533,11 @@ grpc::Status ControlPlaneDouble::DoLease(grpc::ServerContext* ctx, const v1::Lea
     agent.max_sessions = request.max_sessions();
     agent.labels = std::map<std::string, std::string>(request.labels().begin(), request.labels().end());
     uint64_t free = 0, warm = 0;
+    agent.warm_by_kind.clear();
     for (const v1::KindCapacity& capacity : request.capacity()) {
       free += capacity.free();
       warm += capacity.warm();
+      agent.warm_by_kind[capacity.kind()] = capacity.warm();
     }
     agent.warm_advertised = static_cast<uint32_t>(std::min<uint64_t>(warm, UINT32_MAX));
     agent.max_free_advertised =

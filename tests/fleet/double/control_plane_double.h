@@ -118,6 +118,8 @@ class ControlPlaneDouble {
     uint32_t max_sessions = 0;         // from its latest Lease call
     uint32_t max_free_advertised = 0;  // the peak over its Lease calls of sum(capacity[].free)
     uint32_t warm_advertised = 0;      // sum(capacity[].warm) of its latest Lease call
+    // capacity[].warm by kind (a duvo.sandbox.v1.SessionKind) of its latest Lease call.
+    std::map<int, uint32_t> warm_by_kind;
     int max_outstanding = 0;           // the peak of `outstanding`
     // Leases granted to it and not yet reported (a duplicate grant of an outstanding lease does not add).
     int outstanding = 0;
