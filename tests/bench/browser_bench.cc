@@ -1,6 +1,7 @@
 // Browser sessions: cold Create -> first screenshot of a local page through the daemon, and the session's
 // peak memory, side by side with an anchor in the same run: Debian's Chromium run directly on the host to
-// screenshot the same page (`chromium --headless --screenshot`, one process, no jail, no API).
+// screenshot the same page (`chromium --headless --screenshot`, one process, no jail, no API), on both
+// cores and, as a second anchor, on one (`taskset -c 0`): the browser policy gives a session one CPU.
 //
 //   browser_bench [--runs N]
 #include <unistd.h>
@@ -115,7 +116,7 @@ int main(int argc, char** argv) {
     (void)s->Delete(&dctx, del, &dresp);
     return ms;
   };
-  std::vector<double> cold_ms, warm_ms, anchor_ms, peak_mib, jail_ms;
+  std::vector<double> cold_ms, warm_ms, anchor_ms, anchor_one_cpu_ms, peak_mib, jail_ms;
   for (int i = 0; i < runs; ++i) {
     const double jail = file_create(stub.get());
     if (jail < 0) {
@@ -130,15 +131,18 @@ int main(int argc, char** argv) {
     }
     cold_ms.push_back(ms);
     peak_mib.push_back(peak);
-    const std::string profile = dir + "/profile-" + std::to_string(i);
-    const auto a0 = Clock::now();
-    sbx::bench::RunQuiet({kChromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                          "--user-data-dir=" + profile, "--screenshot=" + dir + "/anchor.png",
-                          "--window-size=1280,800", "file://" + dir + "/page.html"},
-                         /*quiet_stderr=*/true);
-    anchor_ms.push_back(Ms(Clock::now() - a0));
-    std::error_code ec;
-    std::filesystem::remove_all(profile, ec);
+    for (const bool one_cpu : {false, true}) {
+      const std::string profile = dir + "/profile-" + std::to_string(i);
+      std::vector<std::string> argv = {kChromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                       "--user-data-dir=" + profile, "--screenshot=" + dir + "/anchor.png",
+                                       "--window-size=1280,800", "file://" + dir + "/page.html"};
+      if (one_cpu) argv.insert(argv.begin(), {"taskset", "-c", "0"});
+      const auto a0 = Clock::now();
+      sbx::bench::RunQuiet(argv, /*quiet_stderr=*/true);
+      (one_cpu ? anchor_one_cpu_ms : anchor_ms).push_back(Ms(Clock::now() - a0));
+      std::error_code ec;
+      std::filesystem::remove_all(profile, ec);
+    }
   }
   {
     // The warm pool: a daemon keeping one browser started; each run waits for the pool to refill first.
@@ -150,7 +154,11 @@ int main(int argc, char** argv) {
     auto warm_stub = warm.NewStub();
     step_ms = warm_steps;
     for (int i = 0; i < runs; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+      // The pool's refill (a Chromium start, seconds on a slow machine) must be done, or the run is cold.
+      if (!warm.WaitForMetric("sandbox_agent_warm_browsers", 1, std::chrono::seconds(60))) {
+        fprintf(stderr, "the warm pool did not refill within 60 s:\n%s\n", warm.Log().c_str());
+        return 1;
+      }
       double ms = 0;
       if (!one(warm_stub.get(), &ms, nullptr)) {
         fprintf(stderr, "a warm browser call failed:\n%s\n", warm.Log().c_str());
@@ -170,6 +178,9 @@ int main(int argc, char** argv) {
   printf("  anchor: chromium --screenshot on the host  p50 %8.1f ms   ratio %.2f\n",
          sbx::bench::Percentile(anchor_ms, 0.5),
          sbx::bench::Percentile(cold_ms, 0.5) / sbx::bench::Percentile(anchor_ms, 0.5));
+  printf("  anchor on one CPU (taskset -c 0; the policy's cpu limit is one CPU)  p50 %8.1f ms   ratio %.2f\n",
+         sbx::bench::Percentile(anchor_one_cpu_ms, 0.5),
+         sbx::bench::Percentile(cold_ms, 0.5) / sbx::bench::Percentile(anchor_one_cpu_ms, 0.5));
   printf("peak memory per browser session (the cgroup's high-water mark): p50 %.0f MiB, max %.0f MiB\n",
          sbx::bench::Percentile(peak_mib, 0.5), sbx::bench::Percentile(peak_mib, 1.0));
   printf("warm Create -> first screenshot (a browser from the pool):\n");
