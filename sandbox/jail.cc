@@ -566,12 +566,7 @@ absl::Status Jail::SetCpuBackground(bool background) const {
 }
 
 void Jail::Kill() {
-  // Killing PID 1 of the namespace makes the kernel kill everything else in it, and no process can be added
-  // to a pid namespace whose init has died; every process of the jail is in that namespace. So the cgroup's
-  // own kill is only the fallback, for a PID 1 that cannot be signalled. (Once PID 1 is reaped, the namespace
-  // is empty already.) On cgroup v1 that kill freezes the cgroup, kills, and thaws it: perf put the freezer
-  // writes at 7% of the machine's CPU in a stream of fleet sessions, each ended by Kill.
-  if (reaped_) return;
+  if (reaped_) return;  // PID 1 is reaped: its pid namespace is empty already
   if (pidfd_ && PidfdSendSignal(pidfd_.get(), SIGKILL) == 0) return;
   if (cgroup_) (void)cgroup_->KillAll();
 }
